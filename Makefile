@@ -1,0 +1,52 @@
+# convserve: `make demo` and `make test` set up .venv/ when missing (idempotent, fast when present).
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+SERVE_STAMP := $(VENV)/.installed-serve
+FULL_STAMP := $(VENV)/.installed-full
+PYTEST_ARGS ?=
+
+.PHONY: demo test test-fast models protos bench loadtest fuzz soak lint clean-venv
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+
+# Serving dependencies only (no torch): what `make demo` needs.
+$(SERVE_STAMP): pyproject.toml | $(PY)
+	$(PY) -m pip install -q -e '.[cpu]'
+	touch $@
+
+# Everything: serving, export (torch, onnx, training data), dev tools.
+$(FULL_STAMP): pyproject.toml | $(PY)
+	$(PY) -m pip install -q -e '.[cpu,export,dev]'
+	touch $@ $(SERVE_STAMP)
+
+demo: $(SERVE_STAMP)
+	$(PY) -m examples.demo
+
+# pytest exits 5 when it collected no tests: that must fail, not pass silently.
+test: $(FULL_STAMP)
+	@$(PY) -m pytest -q $(PYTEST_ARGS); rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests" >&2; exit 1; fi; exit $$rc
+
+models: $(FULL_STAMP)
+	$(PY) -m export.cli models
+
+protos: $(FULL_STAMP)
+	$(PY) scripts/generate_protos.py
+
+bench: $(FULL_STAMP)
+	$(PY) -m bench.run
+
+loadtest: $(SERVE_STAMP)
+	$(PY) -m bench.loadtest_demo
+
+fuzz: $(FULL_STAMP)
+	$(PY) -m pytest -q tests/fuzz --hypothesis-profile=long
+
+soak: $(FULL_STAMP)
+	$(PY) -m bench.soak
+
+clean-venv:
+	rm -rf $(VENV)

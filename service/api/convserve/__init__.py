@@ -1,0 +1,1 @@
+"""Generated from protos/convserve/ by scripts/generate_protos.py; do not edit."""

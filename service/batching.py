@@ -1,0 +1,249 @@
+"""Dynamic batching: many small requests in, few large ONNX Runtime runs out.
+
+Why: a CNN run at batch 16 costs far less than 16 runs at batch 1, and camera apps send one
+frame at a time. The batcher stacks queued requests (from any client, several images each) on
+dim 0, runs them on a free model instance, checks the output batch size and splits the outputs
+back by offsets.
+
+Latency rules: a request never waits for a batch to fill when the model is idle. The queue delay
+(`max_queue_delay_us`) is spent only when recent traffic says more requests are about to arrive
+(the last batch held more requests than are queued now), which is what closed-loop clients under
+load look like. The queue is bounded (RESOURCE_EXHAUSTED when full), deadlines are checked before
+a request reaches the model, a cancelled call's queued work is removed, and a failed run fails
+every request of that batch and nothing else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import time
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+from typing import Callable, Protocol
+
+import numpy as np
+
+from service.errors import DeadlineExceeded, InternalError, InvalidArgument, ResourceExhausted, ServiceError, Unavailable
+
+RunFn = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
+
+
+class BatchObserver(Protocol):
+    """What the batcher reports (service/metrics.py implements it)."""
+
+    def batch_done(self, images: int, requests: int, seconds: float) -> None: ...
+    def rejected(self, reason: str) -> None: ...
+    def queue_depth(self, images: int) -> None: ...
+
+
+class _NullObserver:
+    def batch_done(self, images, requests, seconds): pass
+    def rejected(self, reason): pass
+    def queue_depth(self, images): pass
+
+
+@dataclass(frozen=True)
+class BatchPolicy:
+    max_batch_size: int = 32
+    max_queue_delay_s: float = 0.0005
+    preferred_batch_sizes: tuple[int, ...] = ()
+    instances: int = 1
+    max_queue_size: int = 1024  # images
+
+
+@dataclass(eq=False)
+class _Pending:
+    inputs: dict[str, np.ndarray]
+    count: int
+    key: tuple
+    future: asyncio.Future
+    enqueued: float
+    deadline: float | None
+    queue_wait: float = field(default=0.0)
+
+
+class DynamicBatcher:
+    """Per-model batching queue in front of `instances` concurrent runs of `run`."""
+
+    def __init__(self, run: RunFn, executor: Executor, policy: BatchPolicy, observer: BatchObserver | None = None):
+        self._run = run
+        self._executor = executor
+        self.policy = policy
+        self._observer = observer or _NullObserver()
+        self._queue: collections.deque[_Pending] = collections.deque()
+        self._queued_images = 0
+        self._arrived = asyncio.Event()
+        self._slots = asyncio.Semaphore(policy.instances)
+        self._running: set[asyncio.Task] = set()
+        self._expected_requests = 1
+        self._last_done = 0.0
+        self._closing = False
+        self._dispatcher: asyncio.Task | None = None
+
+    def start(self) -> None:
+        self._dispatcher = asyncio.get_running_loop().create_task(self._dispatch_loop())
+
+    @property
+    def queued_images(self) -> int:
+        return self._queued_images
+
+    @property
+    def idle(self) -> bool:
+        return not self._queue and not self._running
+
+    async def submit(self, inputs: dict[str, np.ndarray], deadline: float | None = None) -> tuple[dict[str, np.ndarray], float]:
+        """Queue one request ([n, ...] arrays); returns its outputs and the seconds it waited in the queue.
+
+        `deadline` is absolute `time.monotonic()` seconds, or None.
+        """
+        if self._closing:
+            raise Unavailable("model is shutting down or being unloaded; retry on another replica")
+        count = int(next(iter(inputs.values())).shape[0])
+        if count > self.policy.max_batch_size:
+            raise InvalidArgument(f"batch of {count} exceeds the model's max_batch_size {self.policy.max_batch_size}")
+        if self._queued_images + count > self.policy.max_queue_size:
+            self._observer.rejected("queue_full")
+            raise ResourceExhausted(f"model queue is full ({self._queued_images} images queued, limit {self.policy.max_queue_size}); retry later")
+        key = tuple((name, array.shape[1:], array.dtype.str) for name, array in sorted(inputs.items()))
+        future = asyncio.get_running_loop().create_future()
+        pending = _Pending(inputs, count, key, future, time.monotonic(), deadline)
+        self._queue.append(pending)
+        self._queued_images += count
+        self._observer.queue_depth(self._queued_images)
+        self._arrived.set()
+        try:
+            outputs = await future
+        except asyncio.CancelledError:
+            self._remove(pending)
+            raise
+        return outputs, pending.queue_wait
+
+    def _remove(self, pending: _Pending) -> None:
+        try:
+            self._queue.remove(pending)
+        except ValueError:
+            return
+        self._queued_images -= pending.count
+        self._observer.queue_depth(self._queued_images)
+
+    async def _dispatch_loop(self) -> None:
+        while True:
+            while not self._queue:
+                self._arrived.clear()
+                await self._arrived.wait()
+            await self._slots.acquire()
+            await self._wait_for_company()
+            batch = self._take_batch()
+            if not batch:
+                self._slots.release()
+                continue
+            task = asyncio.get_running_loop().create_task(self._execute(batch))
+            self._running.add(task)
+            task.add_done_callback(self._running.discard)
+
+    async def _wait_for_company(self) -> None:
+        """Under load, wait up to the queue delay for the requests the last batch suggests are coming."""
+        delay = self.policy.max_queue_delay_s
+        if delay <= 0 or not self._queue:
+            return
+        recent = time.monotonic() - self._last_done < max(0.05, 4 * delay)
+        if not recent:
+            return
+        give_up = self._queue[0].enqueued + delay
+        while len(self._queue) < self._expected_requests and self._queued_images < self.policy.max_batch_size:
+            remaining = give_up - time.monotonic()
+            if remaining <= 0:
+                return
+            self._arrived.clear()
+            try:
+                await asyncio.wait_for(self._arrived.wait(), remaining)
+            except asyncio.TimeoutError:
+                return
+
+    def _take_batch(self) -> list[_Pending]:
+        """The oldest live request plus every queued request of the same shape that still fits."""
+        batch: list[_Pending] = []
+        keep: collections.deque[_Pending] = collections.deque()
+        total, key = 0, None
+        while self._queue:
+            pending = self._queue.popleft()
+            if pending.future.done():
+                self._queued_images -= pending.count
+                continue
+            if key is None:
+                key = pending.key
+            if pending.key == key and total + pending.count <= self.policy.max_batch_size:
+                batch.append(pending)
+                total += pending.count
+                self._queued_images -= pending.count
+            else:
+                keep.append(pending)
+                if total >= self.policy.max_batch_size:
+                    break
+        keep.extend(self._queue)
+        self._queue = keep
+        self._observer.queue_depth(self._queued_images)
+        return batch
+
+    async def _execute(self, batch: list[_Pending]) -> None:
+        try:
+            now = time.monotonic()
+            live = []
+            for pending in batch:
+                pending.queue_wait = now - pending.enqueued
+                if pending.deadline is not None and now >= pending.deadline:
+                    self._observer.rejected("deadline")
+                    _fail(pending, DeadlineExceeded("deadline passed while the request was queued; it never reached the model"))
+                elif not pending.future.done():
+                    live.append(pending)
+            if live:
+                await self._run_batch(live)
+        finally:
+            self._last_done = time.monotonic()
+            self._slots.release()
+
+    async def _run_batch(self, live: list[_Pending]) -> None:
+        total = sum(p.count for p in live)
+        if len(live) == 1:
+            merged = live[0].inputs
+        else:
+            merged = {name: np.concatenate([p.inputs[name] for p in live]) for name in live[0].inputs}
+        started = time.monotonic()
+        try:
+            outputs = await asyncio.get_running_loop().run_in_executor(self._executor, self._run, merged)
+            for name, value in outputs.items():
+                if value.shape[:1] != (total,):
+                    raise InternalError(f"model returned output '{name}' with batch {value.shape[:1]}, expected {total}")
+        except Exception as exc:  # every waiter of this batch gets the error, no one else
+            error = exc if isinstance(exc, ServiceError) else InternalError(f"inference failed: {type(exc).__name__}: {exc}")
+            for pending in live:
+                _fail(pending, error)
+            return
+        self._observer.batch_done(total, len(live), time.monotonic() - started)
+        self._expected_requests = len(live)
+        offset = 0
+        for pending in live:
+            part = {name: value[offset : offset + pending.count] for name, value in outputs.items()}
+            offset += pending.count
+            if not pending.future.done():
+                pending.future.set_result(part)
+
+    async def close(self, drain_timeout: float) -> None:
+        """Refuse new requests, let queued and running ones finish (up to the timeout), fail the rest."""
+        self._closing = True
+        give_up = time.monotonic() + drain_timeout
+        while not self.idle and time.monotonic() < give_up:
+            await asyncio.sleep(0.01)
+        for pending in list(self._queue):
+            _fail(pending, Unavailable("server shut down before this request was run"))
+        self._queue.clear()
+        self._queued_images = 0
+        if self._dispatcher is not None:
+            self._dispatcher.cancel()
+            await asyncio.gather(self._dispatcher, return_exceptions=True)
+
+
+def _fail(pending: _Pending, error: Exception) -> None:
+    if not pending.future.done():
+        pending.future.set_exception(error)

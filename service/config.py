@@ -1,0 +1,244 @@
+"""Per-model configuration: the schema of `model_repo/<model>/config.yaml`, validated at load.
+
+Every field is documented in docs/model-config.md. Unknown fields are errors (a typo must not be
+silently ignored), values are frozen after load, and every problem is reported as a `ConfigError`
+naming the file and the dotted field path.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from service.errors import ConfigError
+
+DTYPES = ("float32", "float16", "float64", "int8", "uint8", "int16", "int32", "int64", "bool", "bytes")
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TensorSpec(_Frozen):
+    """One graph input or output. `dims` includes the batch axis as -1; other -1 are free axes."""
+
+    name: str = Field(min_length=1)
+    dtype: Literal[DTYPES] = "float32"  # type: ignore[valid-type]
+    dims: tuple[int, ...]
+
+    @field_validator("dims")
+    @classmethod
+    def _dims_valid(cls, dims: tuple[int, ...]) -> tuple[int, ...]:
+        if not dims:
+            raise ValueError("must list at least the batch axis")
+        if dims[0] != -1:
+            raise ValueError("the first axis is the batch axis and must be -1")
+        if any(d == 0 or d < -1 for d in dims):
+            raise ValueError("each axis is a positive size or -1 (free)")
+        return dims
+
+
+class PreprocessingConfig(_Frozen):
+    """How an encoded image becomes the model's input tensor (service/preprocess.py applies it)."""
+
+    color_order: Literal["rgb", "bgr", "gray"] = "rgb"
+    resize: Literal["stretch", "letterbox", "center_crop", "native"] = "stretch"
+    size: tuple[int, int] | None = None  # (height, width) after resizing; None only with "native"
+    resize_shorter: int | None = None  # center_crop: shorter side before cropping (default: crop size)
+    interpolation: Literal["linear", "area", "nearest", "cubic"] = "linear"
+    padding: int = Field(default=0, ge=0)  # constant border added after resizing (LeNet-5: 28 -> 32)
+    pad_value: float = Field(default=0.0, ge=0, le=255)  # letterbox fill / padding value, in pixel units
+    stride: int = Field(default=1, ge=1)  # "native": pad height and width up to a multiple of this
+    scale: float = 1.0 / 255.0
+    mean: tuple[float, ...] = (0.0,)
+    std: tuple[float, ...] = (1.0,)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "PreprocessingConfig":
+        channels = 1 if self.color_order == "gray" else 3
+        for name in ("mean", "std"):
+            values = getattr(self, name)
+            if len(values) not in (1, channels):
+                raise ValueError(f"{name} has {len(values)} values; {self.color_order} needs 1 or {channels}")
+        if any(s == 0 for s in self.std):
+            raise ValueError("std values must be non-zero")
+        if self.resize == "native":
+            if self.size is not None:
+                raise ValueError("size must be omitted with resize 'native' (the image keeps its size)")
+        elif self.size is None or min(self.size) <= 0:
+            raise ValueError(f"size (height, width) is required with resize '{self.resize}'")
+        if self.resize_shorter is not None and self.resize != "center_crop":
+            raise ValueError("resize_shorter only applies to resize 'center_crop'")
+        return self
+
+    @property
+    def channels(self) -> int:
+        return 1 if self.color_order == "gray" else 3
+
+    @property
+    def input_hw(self) -> tuple[int, int] | None:
+        """(height, width) of the tensor fed to the model, or None when it follows the image."""
+        if self.size is None:
+            return None
+        return (self.size[0] + 2 * self.padding, self.size[1] + 2 * self.padding)
+
+
+class BatchingConfig(_Frozen):
+    max_batch_size: int = Field(default=32, ge=1)
+    max_queue_delay_us: int = Field(default=500, ge=0)
+    preferred_batch_sizes: tuple[int, ...] = ()
+    instances: int = Field(default=1, ge=1)
+    max_queue_size: int = Field(default=1024, ge=1)
+
+    @model_validator(mode="after")
+    def _preferred_within_max(self) -> "BatchingConfig":
+        for size in self.preferred_batch_sizes:
+            if not 1 <= size <= self.max_batch_size:
+                raise ValueError(f"preferred batch size {size} is outside 1..max_batch_size ({self.max_batch_size})")
+        return self
+
+
+class CamConfig(_Frozen):
+    """Where class activation maps come from (see docs/cam.md)."""
+
+    method: Literal["cam", "score_cam"] = "cam"
+    features_output: str | None = None  # last conv feature maps [N, K, h, w] (method "cam")
+    weights_initializer: str | None = None  # ONNX initializer holding the classifier weights [C, K]
+    max_maps: int = Field(default=32, ge=1)  # score_cam: activation maps (forward passes) per request
+
+
+class DetectionConfig(_Frozen):
+    layout: Literal["yolo_grid", "yolov5", "yolov8"] = "yolo_grid"
+    grid: int | None = Field(default=None, ge=1)  # yolo_grid: S
+    boxes_per_cell: int | None = Field(default=None, ge=1)  # yolo_grid: B
+    score_threshold: float = Field(default=0.25, ge=0.0, le=1.0)
+    iou_threshold: float = Field(default=0.45, ge=0.0, le=1.0)
+    max_detections: int = Field(default=100, ge=1)
+
+    @model_validator(mode="after")
+    def _grid_needs_sizes(self) -> "DetectionConfig":
+        if self.layout == "yolo_grid" and (self.grid is None or self.boxes_per_cell is None):
+            raise ValueError("layout yolo_grid needs grid (S) and boxes_per_cell (B)")
+        return self
+
+
+class PostprocessingConfig(_Frozen):
+    output: str | None = None  # the output that carries the answer; default: the first output
+    scores: Literal["logits", "probabilities"] = "logits"  # classification: softmax applied if logits
+    top_k: int = Field(default=5, ge=1)
+    cam: CamConfig | None = None
+    detection: DetectionConfig | None = None
+
+
+class CudaOptions(_Frozen):
+    device_id: int = Field(default=0, ge=0)
+    gpu_mem_limit: int | None = Field(default=None, ge=1)  # bytes
+    arena_extend_strategy: Literal["kNextPowerOfTwo", "kSameAsRequested"] = "kNextPowerOfTwo"
+    cudnn_conv_algo_search: Literal["HEURISTIC", "EXHAUSTIVE", "DEFAULT"] = "HEURISTIC"
+    do_copy_in_default_stream: bool = True
+
+
+class RuntimeConfig(_Frozen):
+    providers: tuple[Literal["cuda", "cpu"], ...] | None = None  # None: the server's --providers
+    graph_optimization_level: Literal["disable", "basic", "extended", "all"] = "all"
+    intra_op_threads: int = Field(default=0, ge=0)  # 0: sized to the machine's cores / instances
+    inter_op_threads: int = Field(default=1, ge=0)
+    cuda: CudaOptions = CudaOptions()
+
+
+class ModelConfig(_Frozen):
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
+    task: Literal["classification", "detection", "segmentation"]
+    platform: Literal["onnx"] = "onnx"
+    inputs: tuple[TensorSpec, ...] = Field(min_length=1)
+    outputs: tuple[TensorSpec, ...] = Field(min_length=1)
+    preprocessing: PreprocessingConfig | None = None  # None: the model only takes tensors
+    labels: str | None = None  # labels file, one label per line, relative to the model directory
+    batching: BatchingConfig = BatchingConfig()
+    postprocessing: PostprocessingConfig = PostprocessingConfig()
+    runtime: RuntimeConfig = RuntimeConfig()
+    default_version: int | None = Field(default=None, ge=1)  # None: the newest version
+    description: str = ""
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> "ModelConfig":
+        input_names = [t.name for t in self.inputs]
+        output_names = [t.name for t in self.outputs]
+        for kind, names in (("inputs", input_names), ("outputs", output_names)):
+            if len(set(names)) != len(names):
+                raise ValueError(f"{kind} has duplicate names: {names}")
+        post = self.postprocessing
+        if post.output is not None and post.output not in output_names:
+            raise ValueError(f"postprocessing.output '{post.output}' is not among outputs {output_names}")
+        if post.cam and post.cam.features_output and post.cam.features_output not in output_names:
+            raise ValueError(f"postprocessing.cam.features_output '{post.cam.features_output}' is not among outputs")
+        if self.task == "detection" and post.detection is None:
+            raise ValueError("task detection needs postprocessing.detection")
+        if self.preprocessing is not None:
+            image_input = self.inputs[0]
+            if len(image_input.dims) != 4:
+                raise ValueError(f"inputs[0] '{image_input.name}' must be NCHW (4 dims) when preprocessing is set")
+            channels, hw = image_input.dims[1], self.preprocessing.input_hw
+            if channels != -1 and channels != self.preprocessing.channels:
+                raise ValueError(
+                    f"inputs[0] has {channels} channels but preprocessing.color_order "
+                    f"'{self.preprocessing.color_order}' gives {self.preprocessing.channels}"
+                )
+            if hw is not None and tuple(image_input.dims[2:]) not in (hw, (-1, -1)):
+                raise ValueError(f"inputs[0] dims {image_input.dims[2:]} disagree with preprocessing size {hw}")
+        return self
+
+    @property
+    def answer_output(self) -> str:
+        return self.postprocessing.output or self.outputs[0].name
+
+
+def _field_path(loc: tuple) -> str:
+    parts: list[str] = []
+    for item in loc:
+        if isinstance(item, int):
+            parts.append(f"[{item}]")
+        else:
+            parts.append(("." if parts else "") + str(item))
+    return "".join(parts)
+
+
+def parse_model_config(data: object, path: str | Path) -> ModelConfig:
+    """Validate already-parsed YAML/JSON data; the first problem is raised naming file and field."""
+    if not isinstance(data, dict):
+        raise ConfigError(str(path), "", "must be a mapping of fields")
+    try:
+        return ModelConfig.model_validate(data)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        field = _field_path(tuple(error["loc"]))
+        message = error["msg"]
+        if error["type"] == "extra_forbidden":
+            message = "unknown field"
+        elif error["type"] == "literal_error":
+            message = f"{message} (got {error.get('input')!r})"
+        raise ConfigError(str(path), field, message) from None
+
+
+def load_model_config(path: str | Path) -> ModelConfig:
+    """Read config.yaml (or .json) with a safe loader and validate it."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(str(path), "", f"cannot read: {exc.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(str(path), "", f"not valid YAML: {exc}") from None
+    return parse_model_config(data, path)
+
+
+def dump_model_config(config: ModelConfig, path: str | Path) -> None:
+    """Write a config with defaults left out, so files stay short and readable."""
+    data = config.model_dump(mode="json", exclude_defaults=True)
+    data = {"name": config.name, "task": config.task, **data}
+    Path(path).write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")

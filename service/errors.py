@@ -1,0 +1,86 @@
+"""One exception hierarchy for the whole server.
+
+Every failure a client can see is a `ServiceError` subclass carrying its gRPC status code, so the
+servicers map errors to statuses in exactly one place (`status_of`) and nothing below the servicer
+layer needs to know about gRPC.
+"""
+
+from __future__ import annotations
+
+import grpc
+
+
+class ServiceError(Exception):
+    """Root of every error that is reported to a client as a gRPC status."""
+
+    code: grpc.StatusCode = grpc.StatusCode.INTERNAL
+
+    def __init__(self, message: str):
+        super().__init__(message)
+        self.message = message
+
+
+class InvalidArgument(ServiceError):
+    code = grpc.StatusCode.INVALID_ARGUMENT
+
+
+class NotFound(ServiceError):
+    code = grpc.StatusCode.NOT_FOUND
+
+
+class Unavailable(ServiceError):
+    code = grpc.StatusCode.UNAVAILABLE
+
+
+class ResourceExhausted(ServiceError):
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+class DeadlineExceeded(ServiceError):
+    code = grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+class Cancelled(ServiceError):
+    code = grpc.StatusCode.CANCELLED
+
+
+class Unauthenticated(ServiceError):
+    code = grpc.StatusCode.UNAUTHENTICATED
+
+
+class PermissionDenied(ServiceError):
+    code = grpc.StatusCode.PERMISSION_DENIED
+
+
+class FailedPrecondition(ServiceError):
+    code = grpc.StatusCode.FAILED_PRECONDITION
+
+
+class InternalError(ServiceError):
+    code = grpc.StatusCode.INTERNAL
+
+
+class ConfigError(Exception):
+    """A model configuration or repository layout problem, naming the file and the field.
+
+    Raised at load time, never on the request path; the repository turns it into an
+    `Unavailable` model whose reason is this message.
+    """
+
+    def __init__(self, path: str, field: str, problem: str):
+        self.path = str(path)
+        self.field = field
+        self.problem = problem
+        where = f"{self.path}: {field}" if field else self.path
+        super().__init__(f"{where}: {problem}")
+
+
+class RuntimeMissing(RuntimeError):
+    """Neither onnxruntime nor onnxruntime-gpu is installed."""
+
+
+def status_of(error: BaseException) -> tuple[grpc.StatusCode, str]:
+    """The gRPC status and message a client receives for `error`."""
+    if isinstance(error, ServiceError):
+        return error.code, error.message
+    return grpc.StatusCode.INTERNAL, f"internal error: {type(error).__name__}: {error}"

@@ -1,0 +1,122 @@
+"""Prometheus metrics for every stage of a request, through an injected registry.
+
+Why injected: tests start several servers in one process, each with its own registry, and
+nothing global needs cleaning up. The V2 ModelStatistics RPC reads its counts and cumulative
+durations back from this same registry (`model_statistics`), so the scrape and the RPC can never
+disagree. Every metric is documented in docs/metrics.md.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.gc_collector import GCCollector
+from prometheus_client.platform_collector import PlatformCollector
+from prometheus_client.process_collector import ProcessCollector
+
+STAGES = ("queue", "preprocess", "inference", "postprocess", "total")
+LATENCY_BUCKETS = (
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+
+
+class Metrics:
+    """All convserve metrics, registered on `registry` (a fresh one per server)."""
+
+    def __init__(self, registry: CollectorRegistry | None = None, process_metrics: bool = True):
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        if process_metrics:
+            ProcessCollector(registry=r)
+            PlatformCollector(registry=r)
+            GCCollector(registry=r)
+        self.requests = Counter("convserve_requests", "RPCs handled, by method and final gRPC status code.", ["model", "method", "code"], registry=r)
+        self.images = Counter("convserve_images", "Images (batch items) run through a model.", ["model"], registry=r)
+        self.latency = Histogram("convserve_request_duration_seconds", "Per-request latency by stage: queue wait, decode+preprocess, inference, postprocess, total.", ["model", "stage"], buckets=LATENCY_BUCKETS, registry=r)
+        self.batch_size = Histogram("convserve_batch_size", "Images per model execution (batching efficiency).", ["model"], buckets=BATCH_BUCKETS, registry=r)
+        self.batch_requests = Histogram("convserve_batch_requests", "Requests merged into one model execution (inferences per batch).", ["model"], buckets=BATCH_BUCKETS, registry=r)
+        self.executions = Counter("convserve_model_executions", "Model executions (batches run).", ["model"], registry=r)
+        self.execution_seconds = Counter("convserve_model_execution_seconds", "Wall time spent in model executions.", ["model"], registry=r)
+        self.queue_depth = Gauge("convserve_queue_depth", "Images waiting in the model's batching queue.", ["model"], registry=r)
+        self.inflight = Gauge("convserve_inflight_requests", "Requests being handled now.", ["model"], registry=r)
+        self.rejected = Counter("convserve_rejected_requests", "Requests refused by backpressure (queue_full) or dropped at their deadline (deadline).", ["model", "reason"], registry=r)
+        self.model_ready = Gauge("convserve_model_ready", "1 when the model version is loaded, warmed up and serving.", ["model", "version"], registry=r)
+        self.model_provider = Gauge("convserve_model_provider_info", "Execution provider the model's sessions really use (value 1).", ["model", "version", "provider"], registry=r)
+        self.model_load_seconds = Gauge("convserve_model_load_seconds", "Seconds to load the model version (sessions created).", ["model", "version"], registry=r)
+        self.model_warmup_seconds = Gauge("convserve_model_warmup_seconds", "Seconds the warm-up run took.", ["model", "version"], registry=r)
+        self.stream_frames_dropped = Counter("convserve_stream_frames_dropped", "Stream frames skipped under the client's drop_frames policy.", ["model"], registry=r)
+
+    def observe_stage(self, model: str, stage: str, seconds: float) -> None:
+        self.latency.labels(model, stage).observe(seconds)
+
+    def batch_observer(self, model: str) -> "BatchMetrics":
+        return BatchMetrics(self, model)
+
+    def model_statistics(self, model: str) -> "ModelStats":
+        """Counts and cumulative durations for V2 ModelStatistics, read from this registry."""
+        def value(name: str, **labels) -> float:
+            return self.registry.get_sample_value(name, {"model": model, **labels}) or 0.0
+
+        def stage(name: str) -> tuple[int, float]:
+            return (int(value("convserve_request_duration_seconds_count", stage=name)),
+                    value("convserve_request_duration_seconds_sum", stage=name))
+
+        ok = 0.0
+        failed = 0.0
+        for metric in self.registry.collect():
+            if metric.name != "convserve_requests":
+                continue
+            for sample in metric.samples:
+                if sample.name.endswith("_total") and sample.labels.get("model") == model:
+                    if sample.labels["code"] == "OK":
+                        ok += sample.value
+                    else:
+                        failed += sample.value
+        return ModelStats(
+            success_count=int(ok), fail_count=int(failed),
+            total=stage("total"), queue=stage("queue"), compute_input=stage("preprocess"),
+            compute_infer=stage("inference"), compute_output=stage("postprocess"),
+            inference_count=int(value("convserve_images_total")),
+            execution_count=int(value("convserve_model_executions_total")),
+        )
+
+
+@dataclass(frozen=True)
+class ModelStats:
+    """(count, cumulative seconds) pairs per stage, plus request/image/execution counts."""
+
+    success_count: int
+    fail_count: int
+    total: tuple[int, float]
+    queue: tuple[int, float]
+    compute_input: tuple[int, float]
+    compute_infer: tuple[int, float]
+    compute_output: tuple[int, float]
+    inference_count: int
+    execution_count: int
+
+
+class BatchMetrics:
+    """The batcher's observer for one model."""
+
+    def __init__(self, metrics: Metrics, model: str):
+        self._batch_size = metrics.batch_size.labels(model)
+        self._batch_requests = metrics.batch_requests.labels(model)
+        self._executions = metrics.executions.labels(model)
+        self._execution_seconds = metrics.execution_seconds.labels(model)
+        self._queue_depth = metrics.queue_depth.labels(model)
+        self._rejected = {reason: metrics.rejected.labels(model, reason) for reason in ("queue_full", "deadline")}
+
+    def batch_done(self, images: int, requests: int, seconds: float) -> None:
+        self._batch_size.observe(images)
+        self._batch_requests.observe(requests)
+        self._executions.inc()
+        self._execution_seconds.inc(seconds)
+
+    def rejected(self, reason: str) -> None:
+        self._rejected[reason].inc()
+
+    def queue_depth(self, images: int) -> None:
+        self._queue_depth.set(images)

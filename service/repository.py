@@ -1,0 +1,141 @@
+"""Scan a Triton-like model repository and validate it before anything is loaded.
+
+Layout: `<repo>/<model>/config.yaml`, a labels file, and `<repo>/<model>/<version>/model.onnx`
+with integer versions. Every problem is a `ConfigError` naming the file and field, so an operator
+can fix a bad deploy from one log line. The repository never executes code: configs are parsed
+with a safe YAML loader and only ONNX graphs are loaded, whose external data must stay inside the
+model's own directory.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import onnx
+
+from service.config import ModelConfig, load_model_config
+from service.errors import ConfigError
+
+CONFIG_NAMES = ("config.yaml", "config.yml", "config.json")
+MODEL_FILE = "model.onnx"
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """A validated model directory: its config, labels and available versions (newest last)."""
+
+    name: str
+    directory: Path
+    config: ModelConfig
+    labels: tuple[str, ...]
+    versions: tuple[int, ...]
+
+    def model_path(self, version: int) -> Path:
+        return self.directory / str(version) / MODEL_FILE
+
+    @property
+    def default_version(self) -> int:
+        return self.config.default_version or self.versions[-1]
+
+
+def find_config(directory: Path) -> Path | None:
+    for name in CONFIG_NAMES:
+        if (directory / name).is_file():
+            return directory / name
+    return None
+
+
+def model_directories(repo: Path) -> list[Path]:
+    """Sub-directories of the repository, sorted; hidden ones are ignored."""
+    if not repo.is_dir():
+        raise ConfigError(str(repo), "", "model repository directory does not exist")
+    return sorted(p for p in repo.iterdir() if p.is_dir() and not p.name.startswith((".", "_")))
+
+
+def read_labels(directory: Path, config: ModelConfig, config_path: Path) -> tuple[str, ...]:
+    if config.labels is None:
+        return ()
+    path = (directory / config.labels).resolve()
+    if directory.resolve() not in path.parents:
+        raise ConfigError(str(config_path), "labels", f"'{config.labels}' points outside the model directory")
+    if not path.is_file():
+        raise ConfigError(str(config_path), "labels", f"labels file '{config.labels}' does not exist")
+    labels = tuple(line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip())
+    if not labels:
+        raise ConfigError(str(path), "", "labels file is empty")
+    return labels
+
+
+def list_versions(directory: Path, config_path: Path) -> tuple[int, ...]:
+    versions = []
+    for child in directory.iterdir():
+        if child.is_dir() and child.name.isdigit() and int(child.name) > 0:
+            if not (child / MODEL_FILE).is_file():
+                raise ConfigError(str(child), MODEL_FILE, "version directory has no model.onnx")
+            versions.append(int(child.name))
+    if not versions:
+        raise ConfigError(str(directory), "", "no version directory (an integer such as 1/ holding model.onnx)")
+    return tuple(sorted(versions))
+
+
+def scan_model(directory: Path) -> ModelSource:
+    """Validate one model directory (config, labels, versions); no ONNX Runtime involved."""
+    config_path = find_config(directory)
+    if config_path is None:
+        raise ConfigError(str(directory), "config.yaml", "missing model configuration")
+    config = load_model_config(config_path)
+    if config.name != directory.name:
+        raise ConfigError(str(config_path), "name", f"'{config.name}' differs from the directory name '{directory.name}'")
+    labels = read_labels(directory, config, config_path)
+    versions = list_versions(directory, config_path)
+    if config.default_version is not None and config.default_version not in versions:
+        raise ConfigError(str(config_path), "default_version", f"version {config.default_version} not in {list(versions)}")
+    return ModelSource(directory.name, directory, config, labels, versions)
+
+
+def check_external_data(model_path: Path) -> None:
+    """Refuse ONNX external-data references that leave the model's own directory."""
+    model = onnx.load(str(model_path), load_external_data=False)
+    root = model_path.parent.parent.resolve()
+    tensors = list(model.graph.initializer)
+    for node in model.graph.node:
+        tensors.extend(attr.t for attr in node.attribute if attr.HasField("t"))
+    for tensor in tensors:
+        if tensor.data_location != onnx.TensorProto.EXTERNAL:
+            continue
+        location = next((e.value for e in tensor.external_data if e.key == "location"), "")
+        target = (model_path.parent / location).resolve()
+        if location.startswith("/") or root not in target.parents:
+            raise ConfigError(
+                str(model_path), f"initializer {tensor.name}",
+                f"external data location '{location}' points outside the model directory",
+            )
+
+
+def _shape_matches(config_dims: tuple[int, ...], graph_shape: tuple) -> bool:
+    if len(config_dims) != len(graph_shape):
+        return False
+    for want, have in zip(config_dims[1:], graph_shape[1:]):
+        if isinstance(have, int) and want != -1 and want != have:
+            return False
+    return True
+
+
+def check_signature(source: ModelSource, version: int, signature) -> None:
+    """Config inputs/outputs must exist in the graph with the same rank and fixed sizes."""
+    config_path = find_config(source.directory)
+    graph = {"inputs": {n: s for n, _, s in signature.inputs}, "outputs": {n: s for n, _, s in signature.outputs}}
+    for kind in ("inputs", "outputs"):
+        for index, spec in enumerate(getattr(source.config, kind)):
+            field = f"{kind}[{index}]"
+            if spec.name not in graph[kind]:
+                raise ConfigError(str(config_path), f"{field}.name", f"'{spec.name}' is not a graph {kind[:-1]} of version {version} (graph has {sorted(graph[kind])})")
+            shape = graph[kind][spec.name]
+            if not _shape_matches(spec.dims, shape):
+                raise ConfigError(str(config_path), f"{field}.dims", f"{list(spec.dims)} disagree with the ONNX graph's shape {list(shape)}")
+    config = source.config
+    if config.task == "classification" and source.labels:
+        classes = next(s for s in config.outputs if s.name == config.answer_output).dims[-1]
+        if classes != -1 and classes != len(source.labels):
+            raise ConfigError(str(config_path), "labels", f"{len(source.labels)} labels but the model has {classes} classes")

@@ -1,0 +1,160 @@
+"""ONNX Runtime sessions for one model version: providers, threads, warm-up, runs.
+
+Why a class of its own: the provider a session *really* got can differ from the one asked for
+(onnxruntime-gpu without CUDA libraries quietly runs on the CPU), so it is read back from the
+session and reported, never assumed. Runs are synchronous and release the GIL; the batcher calls
+`run` from a thread pool.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from service.config import ModelConfig, RuntimeConfig
+from service.errors import RuntimeMissing
+
+log = logging.getLogger("convserve.runtime")
+
+PROVIDER_NAMES = {"cuda": "CUDAExecutionProvider", "cpu": "CPUExecutionProvider"}
+_SHORT_NAMES = {v: k for k, v in PROVIDER_NAMES.items()}
+_OPT_LEVELS = {"disable": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC", "extended": "ORT_ENABLE_EXTENDED", "all": "ORT_ENABLE_ALL"}
+_NUMPY_OF_ORT = {
+    "tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64,
+    "tensor(int8)": np.int8, "tensor(uint8)": np.uint8, "tensor(int16)": np.int16,
+    "tensor(int32)": np.int32, "tensor(int64)": np.int64, "tensor(bool)": np.bool_,
+}
+
+
+def import_onnxruntime():
+    """The onnxruntime module, or a clear error naming the extras that provide it."""
+    try:
+        import onnxruntime
+    except ImportError:
+        raise RuntimeMissing(
+            "ONNX Runtime is not installed: install exactly one build, "
+            "`pip install 'convserve[cpu]'` (onnxruntime) or `pip install 'convserve[gpu]'` (onnxruntime-gpu)"
+        ) from None
+    return onnxruntime
+
+
+class ProviderUnavailable(RuntimeError):
+    """CUDA was required (--require-gpu) but the session did not get it."""
+
+
+@dataclass(frozen=True)
+class GraphSignature:
+    """Names, ONNX element types and shapes (None or a string for free axes) of a graph's tensors."""
+
+    inputs: tuple[tuple[str, str, tuple], ...]
+    outputs: tuple[tuple[str, str, tuple], ...]
+
+    def describe(self) -> str:
+        def one(items):
+            return ", ".join(f"{n}:{t.removeprefix('tensor(').rstrip(')')}{list(s)}" for n, t, s in items)
+        return f"inputs[{one(self.inputs)}] outputs[{one(self.outputs)}]"
+
+
+def cpu_count() -> int:
+    """Cores this process may use (cgroup/affinity aware where the OS says so)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - non-Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def resolve_providers(requested: tuple[str, ...], cfg: RuntimeConfig) -> list:
+    """Provider list for InferenceSession, with CUDA options from the model config."""
+    providers = []
+    for short in requested:
+        if short == "cuda":
+            cuda = cfg.cuda
+            options = {
+                "device_id": cuda.device_id,
+                "arena_extend_strategy": cuda.arena_extend_strategy,
+                "cudnn_conv_algo_search": cuda.cudnn_conv_algo_search,
+                "do_copy_in_default_stream": int(cuda.do_copy_in_default_stream),
+            }
+            if cuda.gpu_mem_limit is not None:
+                options["gpu_mem_limit"] = cuda.gpu_mem_limit
+            providers.append((PROVIDER_NAMES["cuda"], options))
+        else:
+            providers.append(PROVIDER_NAMES["cpu"])
+    return providers
+
+
+class ModelRuntime:
+    """`instances` ONNX Runtime sessions of one model version, used by one batcher."""
+
+    def __init__(self, model_path: Path, config: ModelConfig, providers: tuple[str, ...], require_gpu: bool = False):
+        ort = import_onnxruntime()
+        self.config = config
+        requested = config.runtime.providers or providers
+        instances = config.batching.instances
+        options = ort.SessionOptions()
+        options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, _OPT_LEVELS[config.runtime.graph_optimization_level])
+        options.intra_op_num_threads = config.runtime.intra_op_threads or max(1, cpu_count() // instances)
+        options.inter_op_num_threads = config.runtime.inter_op_threads
+        options.log_severity_level = 3
+        available = set(ort.get_available_providers())
+        wanted = [p for p in requested if PROVIDER_NAMES[p] in available]
+        self.missing_providers = tuple(p for p in requested if PROVIDER_NAMES[p] not in available)
+        if not wanted:
+            wanted = ["cpu"]
+        provider_list = resolve_providers(tuple(wanted), config.runtime)
+        self._sessions = [
+            ort.InferenceSession(str(model_path), sess_options=options, providers=provider_list) for _ in range(instances)
+        ]
+        self._free = list(range(instances))
+        self._lock = threading.Lock()
+        actual = self._sessions[0].get_providers()
+        self.provider = _SHORT_NAMES.get(actual[0], actual[0])
+        self.requested_providers = tuple(requested)
+        if "cuda" in requested and self.provider != "cuda" and require_gpu:
+            raise ProviderUnavailable(
+                f"CUDA was required but the session runs on {actual[0]} "
+                f"(available providers: {sorted(available)}); check the CUDA/cuDNN libraries"
+            )
+        session = self._sessions[0]
+        self.signature = GraphSignature(
+            inputs=tuple((i.name, i.type, tuple(i.shape)) for i in session.get_inputs()),
+            outputs=tuple((o.name, o.type, tuple(o.shape)) for o in session.get_outputs()),
+        )
+        self.output_names = tuple(name for name, _, _ in self.signature.outputs)
+        self.input_dtypes = {name: _NUMPY_OF_ORT.get(t, np.float32) for name, t, _ in self.signature.inputs}
+
+    @property
+    def cuda_fallback(self) -> bool:
+        """CUDA was asked for but this model runs elsewhere: reported loudly by the server."""
+        return "cuda" in self.requested_providers and self.provider != "cuda"
+
+    def run(self, inputs: dict[str, np.ndarray], output_names: tuple[str, ...] | None = None) -> dict[str, np.ndarray]:
+        """Run one batch on a free session; blocking, call from a worker thread."""
+        with self._lock:
+            index = self._free.pop()
+        try:
+            names = list(output_names or self.output_names)
+            values = self._sessions[index].run(names, inputs)
+        finally:
+            with self._lock:
+                self._free.append(index)
+        return dict(zip(names, values))
+
+    def warm_up(self, batch_size: int) -> float:
+        """Run once at `batch_size` with zero inputs of the configured shapes; returns seconds."""
+        inputs = {}
+        for spec in self.config.inputs:
+            shape = [batch_size] + [d if d > 0 else 32 for d in spec.dims[1:]]
+            hw = self.config.preprocessing.input_hw if self.config.preprocessing else None
+            if hw is not None and len(shape) == 4:
+                shape[2:] = hw
+            inputs[spec.name] = np.zeros(shape, dtype=self.input_dtypes.get(spec.name, np.float32))
+        started = time.perf_counter()
+        self.run(inputs)
+        return time.perf_counter() - started

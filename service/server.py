@@ -1,0 +1,212 @@
+"""Assemble and run the gRPC server: servicers, health, reflection, metrics, shutdown.
+
+Shutdown sequence on SIGTERM/SIGINT (what Kubernetes relies on): health turns NOT_SERVING at
+once so load balancers stop sending; after `shutdown_grace_s` new calls are refused with
+UNAVAILABLE; queued and in-flight requests get up to `drain_timeout_s` to finish; then the process
+exits 0. Nothing that was accepted is dropped silently.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import time
+from dataclasses import dataclass
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from prometheus_client import start_http_server
+
+from service.api import DESCRIPTOR_POOL
+from service.api.convserve.v1 import vision_pb2, vision_pb2_grpc
+from service.api.inference import grpc_service_pb2, grpc_service_pb2_grpc
+from service.dataplane import DataPlane
+from service.metrics import Metrics
+from service.models import LoadOptions, ModelRegistry
+from service.runtime import cpu_count, import_onnxruntime
+from service.servicers.calls import CallRunner
+from service.servicers.inference import InferenceServicer
+from service.servicers.lifecycle import Lifecycle
+from service.servicers.vision import VisionServicer
+from service.settings import ServerSettings
+
+log = logging.getLogger("convserve.server")
+
+SERVICE_NAMES = (
+    grpc_service_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name,
+    vision_pb2.DESCRIPTOR.services_by_name["VisionService"].full_name,
+)
+
+
+class AdmissionInterceptor(grpc.aio.ServerInterceptor):
+    """Refuses new calls with UNAVAILABLE once shutdown has passed its grace period."""
+
+    def __init__(self, lifecycle: Lifecycle):
+        self.lifecycle = lifecycle
+
+    async def intercept_service(self, continuation, handler_call_details):
+        if not self.lifecycle.accepting and not handler_call_details.method.startswith("/grpc.health"):
+            return _refusal(grpc.StatusCode.UNAVAILABLE, "server is shutting down; retry on another replica")
+        return await continuation(handler_call_details)
+
+
+def _refusal(code: grpc.StatusCode, message: str) -> grpc.RpcMethodHandler:
+    async def refuse(request, context):
+        await context.abort(code, message)
+    return grpc.unary_unary_rpc_method_handler(refuse)
+
+
+@dataclass
+class RunningServer:
+    """Handles to a started server, for the CLI and for tests."""
+
+    server: grpc.aio.Server
+    port: int
+    metrics_port: int | None
+    registry: ModelRegistry
+    metrics: Metrics
+    lifecycle: Lifecycle
+    health: object  # grpc_health aio HealthServicer
+    dataplane: DataPlane
+    settings: ServerSettings
+
+    async def stop(self) -> None:
+        await shutdown(self)
+
+
+def _grpc_options(settings: ServerSettings) -> list[tuple[str, int]]:
+    size = settings.limits.max_message_bytes
+    options = [
+        ("grpc.max_receive_message_length", size),
+        ("grpc.max_send_message_length", size),
+        ("grpc.so_reuseport", 0),
+    ]
+    if settings.max_connection_age_s > 0:
+        options += [
+            ("grpc.max_connection_age_ms", int(settings.max_connection_age_s * 1000)),
+            ("grpc.max_connection_age_grace_ms", int(max(settings.drain_timeout_s, 5) * 1000)),
+        ]
+    return options
+
+
+def _server_credentials(settings: ServerSettings) -> grpc.ServerCredentials | None:
+    if settings.tls_cert is None:
+        return None
+    chain = settings.tls_cert.read_bytes()
+    key = settings.tls_key.read_bytes()
+    client_ca = settings.tls_client_ca.read_bytes() if settings.tls_client_ca else None
+    return grpc.ssl_server_credentials([(key, chain)], root_certificates=client_ca, require_client_auth=client_ca is not None)
+
+
+async def start_server(settings: ServerSettings, interceptors: list | None = None) -> RunningServer:
+    """Start serving: health NOT_SERVING while models load and warm up, SERVING after."""
+    import_onnxruntime()  # refuse to start, clearly, without an ONNX Runtime build
+    os.environ.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", str(settings.limits.max_pixels))
+    metrics = Metrics()
+    lifecycle = Lifecycle()
+    registry = ModelRegistry(settings.model_repo, metrics, LoadOptions(settings.providers, settings.require_gpu, settings.drain_timeout_s))
+    dataplane = DataPlane(registry, metrics, settings.limits, settings.preprocess_threads or cpu_count())
+    calls = CallRunner(metrics, registry, settings.limits)
+    server = grpc.aio.server(
+        interceptors=[AdmissionInterceptor(lifecycle), *(interceptors or [])], options=_grpc_options(settings),
+        maximum_concurrent_rpcs=None,
+    )
+    grpc_service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
+        InferenceServicer(dataplane, calls, lifecycle, settings.repository_api), server)
+    vision_pb2_grpc.add_VisionServiceServicer_to_server(VisionServicer(dataplane, calls), server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    _enable_reflection(server)
+    await _set_health(health_servicer, health_pb2.HealthCheckResponse.NOT_SERVING)
+    address = f"{settings.host}:{settings.port}"
+    credentials = _server_credentials(settings)
+    port = server.add_secure_port(address, credentials) if credentials else server.add_insecure_port(address)
+    if port == 0:
+        raise OSError(f"could not bind the gRPC port {address}")
+    metrics_port = None
+    if settings.metrics_port >= 0:
+        http_server, _ = start_http_server(settings.metrics_port, addr=settings.host, registry=metrics.registry)
+        metrics_port = http_server.server_port
+    await server.start()
+    log.info("server started", extra={"event": "server_started", "port": port, "metrics_port": metrics_port,
+                                        "providers": ",".join(settings.providers), "model_repo": str(settings.model_repo)})
+    running = RunningServer(server, port, metrics_port, registry, metrics, lifecycle, health_servicer, dataplane, settings)
+    started = time.perf_counter()
+    await registry.load_all()
+    _warn_cuda_once(registry, settings)
+    lifecycle.serving = True
+    await _set_health(health_servicer, health_pb2.HealthCheckResponse.SERVING)
+    log.info("server ready", extra={"event": "server_ready", "load_s": round(time.perf_counter() - started, 3),
+                                      "models": {n: e.state for n, e in registry.entries.items()}})
+    return running
+
+
+def _enable_reflection(server: grpc.aio.Server) -> None:
+    """Reflection over our private descriptor pool (tritonclient owns the default pool's `inference.*`)."""
+    try:
+        DESCRIPTOR_POOL.FindFileByName(health_pb2.DESCRIPTOR.name)
+    except KeyError:
+        DESCRIPTOR_POOL.AddSerializedFile(health_pb2.DESCRIPTOR.serialized_pb)
+    names = (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME)
+    reflection.enable_server_reflection(names, server, pool=DESCRIPTOR_POOL)
+
+
+def _warn_cuda_once(registry: ModelRegistry, settings: ServerSettings) -> None:
+    ort = import_onnxruntime()
+    if "cuda" in settings.providers and "CUDAExecutionProvider" not in ort.get_available_providers():
+        log.warning("CUDA was requested but this ONNX Runtime build has no CUDA provider; every model runs on the CPU",
+                    extra={"event": "cuda_unavailable", "available": ort.get_available_providers()})
+
+
+async def _set_health(servicer, status) -> None:
+    for name in ("", *SERVICE_NAMES):
+        await servicer.set(name, status)
+
+
+async def shutdown(running: RunningServer) -> None:
+    settings = running.settings
+    log.info("shutting down", extra={"event": "shutdown_started", "grace_s": settings.shutdown_grace_s, "drain_s": settings.drain_timeout_s})
+    running.lifecycle.serving = False
+    await _set_health(running.health, health_pb2.HealthCheckResponse.NOT_SERVING)
+    await asyncio.sleep(settings.shutdown_grace_s)
+    running.lifecycle.accepting = False
+    await running.registry.close(settings.drain_timeout_s)
+    await running.server.stop(grace=settings.drain_timeout_s)
+    running.dataplane.close()
+    log.info("stopped", extra={"event": "shutdown_done"})
+
+
+async def serve_forever(settings: ServerSettings) -> int:
+    """Run until SIGTERM/SIGINT, then shut down gracefully; returns the exit code."""
+    running = await start_server(settings)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    poller = loop.create_task(_poll_repository(running)) if settings.poll_interval_s > 0 else None
+    await stop.wait()
+    if poller:
+        poller.cancel()
+    await shutdown(running)
+    return 0
+
+
+async def _poll_repository(running: RunningServer) -> None:
+    """Poll mode: load new models and swap in changed version sets after their warm-up."""
+    from service.repository import list_versions, model_directories
+    while True:
+        await asyncio.sleep(running.settings.poll_interval_s)
+        try:
+            for directory in model_directories(running.registry.repo):
+                entry = running.registry.entries.get(directory.name)
+                try:
+                    versions = set(list_versions(directory, directory))
+                except Exception:
+                    continue
+                if entry is None or (entry.state == "READY" and versions != set(entry.versions)):
+                    await running.registry.load(directory.name)
+        except Exception:
+            log.exception("repository poll failed", extra={"event": "poll_failed"})

@@ -1,0 +1,318 @@
+"""Conversion between Open Inference Protocol (KServe V2) protobuf tensors and numpy arrays.
+
+The V2 servicer is the only place protobuf meets numpy; everything below it sees plain arrays, so
+this module is pure: protobuf in, numpy out (and back), no server state. It follows the wire
+format tritonclient produces:
+
+* datatype strings: BOOL, UINT8..UINT64, INT8..INT64, FP16, FP32, FP64, BYTES. BF16 is refused:
+  numpy has no bfloat16 and ONNX Runtime models here do not take it.
+* an input's elements come either from its typed `contents` (fp32_contents, int_contents, ...)
+  or, for every input of the request at once, from `raw_input_contents[i]`: row-major,
+  little-endian, no padding; a BYTES element is a 4-byte little-endian length and its bytes.
+* outputs always go out raw (`raw_output_contents`), which is what tritonclient reads fastest.
+
+Bad input raises `InvalidArgument` with a message naming the tensor. Values are not inspected:
+NaN and Inf pass through (whether they are acceptable is the model's business, not the codec's).
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+from collections.abc import Iterable, Mapping
+
+import numpy as np
+
+from service.api.inference import grpc_service_pb2 as pb
+from service.errors import InternalError, InvalidArgument
+
+Scalar = bool | int | float | str | bytes
+
+# V2 datatype -> numpy dtype, little-endian as on the wire.
+_DTYPES: dict[str, np.dtype] = {
+    "BOOL": np.dtype(np.bool_),
+    "UINT8": np.dtype("<u1"),
+    "UINT16": np.dtype("<u2"),
+    "UINT32": np.dtype("<u4"),
+    "UINT64": np.dtype("<u8"),
+    "INT8": np.dtype("<i1"),
+    "INT16": np.dtype("<i2"),
+    "INT32": np.dtype("<i4"),
+    "INT64": np.dtype("<i8"),
+    "FP16": np.dtype("<f2"),
+    "FP32": np.dtype("<f4"),
+    "FP64": np.dtype("<f8"),
+    "BYTES": np.dtype(object),
+}
+V2_DATATYPES: tuple[str, ...] = tuple(_DTYPES)
+
+# (numpy kind, itemsize) -> V2 datatype, for arrays of any byte order.
+_BY_KIND = {(dt.kind, dt.itemsize): name for name, dt in _DTYPES.items() if name != "BYTES"}
+
+# The InferTensorContents field that carries each datatype; FP16 has none (raw only).
+_TYPED_FIELD = {
+    "BOOL": "bool_contents",
+    "INT8": "int_contents", "INT16": "int_contents", "INT32": "int_contents",
+    "INT64": "int64_contents",
+    "UINT8": "uint_contents", "UINT16": "uint_contents", "UINT32": "uint_contents",
+    "UINT64": "uint64_contents",
+    "FP32": "fp32_contents",
+    "FP64": "fp64_contents",
+    "BYTES": "bytes_contents",
+}
+
+_LENGTH = struct.Struct("<I")
+
+
+def numpy_dtype(datatype: str, what: str = "tensor") -> np.dtype:
+    """The numpy dtype of a V2 datatype string; `what` names the tensor in the error."""
+    dtype = _DTYPES.get(datatype)
+    if dtype is not None:
+        return dtype
+    if datatype == "BF16":
+        raise InvalidArgument(f"{what}: datatype BF16 is not supported (numpy has no bfloat16); "
+                              "send FP32 or FP16")
+    raise InvalidArgument(f"{what}: unknown datatype {datatype!r}; expected one of "
+                          + ", ".join(V2_DATATYPES))
+
+
+def v2_datatype(dtype: np.dtype | type | str, what: str = "tensor") -> str:
+    """The V2 datatype string of a numpy dtype; object, bytes and str arrays are BYTES.
+
+    Raises InternalError: an array the server produced with an unrepresentable dtype is a server
+    (model) problem, not the client's.
+    """
+    dtype = np.dtype(dtype)
+    if dtype.kind in "OSU":
+        return "BYTES"
+    name = _BY_KIND.get((dtype.kind, dtype.itemsize))
+    if name is None:
+        raise InternalError(f"{what}: numpy dtype {dtype} has no V2 datatype")
+    return name
+
+
+def element_count(shape: Iterable[int], what: str = "tensor") -> int:
+    """Number of elements of `shape`; negative dimensions are refused (-1 is not a request shape)."""
+    dims = list(shape)
+    if any(d < 0 for d in dims):
+        raise InvalidArgument(f"{what}: shape {dims} has a negative dimension; "
+                              "every dimension of a request tensor must be >= 0")
+    return math.prod(dims)
+
+
+def decode_raw(data: bytes, datatype: str, shape: Iterable[int], what: str = "tensor") -> np.ndarray:
+    """Array of `shape` from raw V2 bytes.
+
+    Fixed-size types return a read-only view of `data` (no copy); BYTES returns an object array
+    of `bytes`.
+    """
+    dtype = numpy_dtype(datatype, what)
+    dims = list(shape)
+    count = element_count(dims, what)
+    if datatype == "BYTES":
+        return _split_length_prefixed(data, count, dims, what).reshape(dims)
+    expected = count * dtype.itemsize
+    if len(data) != expected:
+        raise InvalidArgument(f"{what}: raw contents hold {len(data)} bytes but {datatype} "
+                              f"{dims} needs {expected} ({count} x {dtype.itemsize})")
+    if datatype == "BOOL" and np.frombuffer(data, dtype=np.uint8).max(initial=0) > 1:
+        raise InvalidArgument(f"{what}: raw BOOL contents must be bytes 0 or 1")
+    return np.frombuffer(data, dtype=dtype).reshape(dims)
+
+
+def _split_length_prefixed(data: bytes, count: int, dims: list[int], what: str) -> np.ndarray:
+    """1-D object array of the `count` elements of length-prefixed BYTES data."""
+    elements: list[bytes] = []
+    offset, size = 0, len(data)
+    while offset < size:
+        index = len(elements)
+        if index == count:
+            raise InvalidArgument(f"{what}: BYTES raw contents hold more than the {count} "
+                                  f"elements shape {dims} needs ({size - offset} bytes left over)")
+        if offset + _LENGTH.size > size:
+            raise InvalidArgument(f"{what}: BYTES raw contents end inside the 4-byte length "
+                                  f"prefix of element {index}")
+        (length,) = _LENGTH.unpack_from(data, offset)
+        offset += _LENGTH.size
+        if offset + length > size:
+            raise InvalidArgument(f"{what}: BYTES element {index} declares {length} bytes but "
+                                  f"only {size - offset} remain")
+        elements.append(bytes(data[offset:offset + length]))
+        offset += length
+    if len(elements) != count:
+        raise InvalidArgument(f"{what}: BYTES raw contents hold {len(elements)} elements but "
+                              f"shape {dims} needs {count}")
+    array = np.empty(count, dtype=object)
+    array[:] = elements
+    return array
+
+
+def decode_typed(contents: pb.InferTensorContents, datatype: str, shape: Iterable[int],
+                 what: str = "tensor") -> np.ndarray:
+    """Array of `shape` from the typed contents field that matches `datatype`.
+
+    Narrow integer types travel in 32-bit fields, so values outside the datatype's range are
+    refused rather than wrapped.
+    """
+    dtype = numpy_dtype(datatype, what)
+    dims = list(shape)
+    count = element_count(dims, what)
+    field = _TYPED_FIELD.get(datatype)
+    if field is None:
+        raise InvalidArgument(f"{what}: {datatype} has no typed contents field; "
+                              "send it in raw_input_contents")
+    others = [f.name for f, _ in contents.ListFields() if f.name != field]
+    if others:
+        raise InvalidArgument(f"{what}: datatype {datatype} carries its elements in {field}, "
+                              f"but {', '.join(others)} is set")
+    values = getattr(contents, field)
+    if len(values) != count:
+        raise InvalidArgument(f"{what}: {field} holds {len(values)} elements but {datatype} "
+                              f"{dims} needs {count}")
+    if datatype == "BYTES":
+        array = np.empty(count, dtype=object)
+        array[:] = list(values)
+        return array.reshape(dims)
+    narrow = dtype.kind in "iu" and dtype.itemsize < 8
+    array = np.array(values, dtype=np.int64 if narrow else dtype)
+    if narrow and count:
+        info = np.iinfo(dtype)
+        if array.min() < info.min or array.max() > info.max:
+            raise InvalidArgument(f"{what}: {field} has values outside the {datatype} range "
+                                  f"[{info.min}, {info.max}]")
+    return array.astype(dtype, copy=False).reshape(dims)
+
+
+def input_to_numpy(tensor: pb.ModelInferRequest.InferInputTensor,
+                   raw: bytes | None = None) -> np.ndarray:
+    """One input as an array: from `raw` (its raw_input_contents entry) or its typed contents."""
+    what = f"input '{tensor.name}'"
+    if raw is None:
+        return decode_typed(tensor.contents, tensor.datatype, tensor.shape, what)
+    if tensor.HasField("contents") and tensor.contents.ListFields():
+        raise InvalidArgument(f"{what} has typed contents but the request also uses "
+                              "raw_input_contents; use one form for all inputs of a request")
+    return decode_raw(raw, tensor.datatype, tensor.shape, what)
+
+
+def request_inputs(request: pb.ModelInferRequest) -> dict[str, np.ndarray]:
+    """Every input of a ModelInferRequest as {name: array}, in request order."""
+    raw = request.raw_input_contents
+    if raw and len(raw) != len(request.inputs):
+        raise InvalidArgument(f"request has {len(raw)} raw_input_contents entries for "
+                              f"{len(request.inputs)} inputs; send one per input, in input order")
+    arrays: dict[str, np.ndarray] = {}
+    for index, tensor in enumerate(request.inputs):
+        if tensor.name in arrays:
+            raise InvalidArgument(f"input '{tensor.name}' appears more than once in the request")
+        arrays[tensor.name] = input_to_numpy(tensor, raw[index] if raw else None)
+    return arrays
+
+
+def encode_raw(array: np.ndarray, what: str = "tensor") -> tuple[str, bytes]:
+    """(V2 datatype, raw bytes) of an array: row-major little-endian, BYTES length-prefixed."""
+    array = np.asarray(array)
+    datatype = v2_datatype(array.dtype, what)
+    if datatype == "BYTES":
+        return datatype, _join_length_prefixed(array, what)
+    wire = array.dtype.newbyteorder("<")
+    return datatype, np.ascontiguousarray(array, dtype=wire).tobytes()
+
+
+def _join_length_prefixed(array: np.ndarray, what: str) -> bytes:
+    """Row-major elements of a bytes/str array, each as a 4-byte LE length then its bytes.
+
+    str elements are UTF-8 encoded; anything else is refused instead of being str()-ed.
+    """
+    parts: list[bytes] = []
+    for index, item in enumerate(array.ravel(order="C")):
+        if isinstance(item, str):
+            item = item.encode("utf-8")
+        elif isinstance(item, (bytes, bytearray, memoryview)):
+            item = bytes(item)
+        else:
+            raise InternalError(f"{what}: BYTES element {index} is a {type(item).__name__}, "
+                                "not bytes or str")
+        if len(item) > 0xFFFFFFFF:
+            raise InternalError(f"{what}: BYTES element {index} exceeds 4 GiB")
+        parts.append(_LENGTH.pack(len(item)))
+        parts.append(item)
+    return b"".join(parts)
+
+
+def append_output(response: pb.ModelInferResponse, name: str, array: np.ndarray) -> None:
+    """Add one output to `response`: its InferOutputTensor and its raw_output_contents entry."""
+    if len(response.raw_output_contents) != len(response.outputs):
+        raise InternalError("response already holds outputs without raw contents; "
+                            "raw and typed outputs cannot be mixed")
+    array = np.asarray(array)
+    datatype, raw = encode_raw(array, f"output '{name}'")
+    response.outputs.add(name=name, datatype=datatype, shape=array.shape)
+    response.raw_output_contents.append(raw)
+
+
+def append_outputs(response: pb.ModelInferResponse, outputs: Mapping[str, np.ndarray]) -> None:
+    """Add every output of `outputs`, in mapping order."""
+    for name, array in outputs.items():
+        append_output(response, name, array)
+
+
+def append_input(request: pb.ModelInferRequest, name: str, array: np.ndarray) -> None:
+    """Add one input to `request` in raw form (as tritonclient sends it); for clients and tests."""
+    if request.inputs and len(request.raw_input_contents) != len(request.inputs):
+        raise InvalidArgument("request already holds inputs without raw contents; "
+                              "raw and typed inputs cannot be mixed")
+    array = np.asarray(array)
+    datatype, raw = encode_raw(array, f"input '{name}'")
+    request.inputs.add(name=name, datatype=datatype, shape=array.shape)
+    request.raw_input_contents.append(raw)
+
+
+def response_outputs(response: pb.ModelInferResponse) -> dict[str, np.ndarray]:
+    """Every output of a ModelInferResponse as {name: array} (raw or typed); for clients."""
+    raw = response.raw_output_contents
+    arrays: dict[str, np.ndarray] = {}
+    for index, tensor in enumerate(response.outputs):
+        what = f"output '{tensor.name}'"
+        if raw:
+            arrays[tensor.name] = decode_raw(raw[index], tensor.datatype, tensor.shape, what)
+        else:
+            arrays[tensor.name] = decode_typed(tensor.contents, tensor.datatype, tensor.shape, what)
+    return arrays
+
+
+def parameters_to_python(parameters: Mapping[str, pb.InferParameter]) -> dict[str, Scalar]:
+    """A V2 parameter map (InferParameter or ModelRepositoryParameter) as plain values.
+
+    Keys come out sorted, so the result does not depend on protobuf map order.
+    """
+    values: dict[str, Scalar] = {}
+    for key in sorted(parameters):
+        choice = parameters[key].WhichOneof("parameter_choice")
+        if choice is None:
+            raise InvalidArgument(f"parameter '{key}' has no value")
+        values[key] = getattr(parameters[key], choice)
+    return values
+
+
+def parameter_from_python(value: Scalar | np.generic) -> pb.InferParameter:
+    """An InferParameter holding `value` (bool, int, float or str; numpy scalars too).
+
+    Integers use int64_param, or uint64_param when they only fit unsigned.
+    """
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, bool):
+        return pb.InferParameter(bool_param=value)
+    if isinstance(value, int):
+        if -(2**63) <= value < 2**63:
+            return pb.InferParameter(int64_param=value)
+        if 0 <= value < 2**64:
+            return pb.InferParameter(uint64_param=value)
+        raise InvalidArgument(f"parameter value {value} does not fit in 64 bits")
+    if isinstance(value, float):
+        return pb.InferParameter(double_param=value)
+    if isinstance(value, str):
+        return pb.InferParameter(string_param=value)
+    raise InvalidArgument(f"parameter value of type {type(value).__name__} is not bool, int, "
+                          "float or str")

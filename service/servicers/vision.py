@@ -1,0 +1,115 @@
+"""The typed vision API servicer (convserve.v1.VisionService): answers for apps, not tensors."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import grpc
+
+from service.api.convserve.v1 import vision_pb2 as vpb
+from service.api.convserve.v1 import vision_pb2_grpc as vpb_grpc
+from service.dataplane import DataPlane, RequestContext
+from service.errors import InvalidArgument, ResourceExhausted, ServiceError, status_of
+from service.servicers import vision_convert as convert
+from service.servicers.calls import CallRunner
+from service.servicers.streams import OrderedStream, StreamPolicy
+from service.tasks.classification import classify
+from service.tasks.detection import detect
+
+
+class VisionServicer(vpb_grpc.VisionServiceServicer):
+    def __init__(self, dataplane: DataPlane, calls: CallRunner):
+        self.dp = dataplane
+        self.calls = calls
+        self._streams = 0
+
+    async def Classify(self, request, context):
+        async def body(ctx):
+            model = self.dp.model(ctx, request.model.name, request.model.version, task="classification")
+            images = convert.images_from_proto(request.images)
+            results = await classify(self.dp, ctx, model, images, request.top_k)
+            return vpb.ClassifyResponse(model_name=model.name, model_version=str(model.version),
+                                        results=[convert.classify_result_to_proto(r) for r in results])
+        return await self.calls.unary("Classify", request.model.name, context, body)
+
+    async def Detect(self, request, context):
+        async def body(ctx):
+            model = self.dp.model(ctx, request.model.name, request.model.version, task="detection")
+            options = convert.detect_options_from_proto(request.params)
+            results = await detect(self.dp, ctx, model, convert.images_from_proto(request.images), options)
+            return vpb.DetectResponse(model_name=model.name, model_version=str(model.version),
+                                      results=[convert.detect_result_to_proto(r) for r in results])
+        return await self.calls.unary("Detect", request.model.name, context, body)
+
+    async def StreamDetect(self, request_iterator, context):
+        async def answer(ctx, model, frame):
+            options = convert.detect_options_from_proto(frame.params)
+            images = [convert.image_from_proto(frame.image, 0)]
+            (result,) = await detect(self.dp, ctx, model, images, options)
+            return vpb.DetectFrameResult(result=convert.detect_result_to_proto(result))
+
+        async for result in self._stream("StreamDetect", "detection", request_iterator, context, answer, vpb.DetectFrameResult):
+            yield result
+
+    async def StreamClassify(self, request_iterator, context):
+        async def answer(ctx, model, frame):
+            images = [convert.image_from_proto(frame.image, 0)]
+            (result,) = await classify(self.dp, ctx, model, images, frame.top_k)
+            return vpb.ClassifyFrameResult(result=convert.classify_result_to_proto(result))
+
+        async for result in self._stream("StreamClassify", "classification", request_iterator, context, answer, vpb.ClassifyFrameResult):
+            yield result
+
+    async def _stream(self, method, task, request_iterator, context, answer, result_type):
+        """Shared stream handling: model from the first frame, per-frame errors, ordering, dropping."""
+        if self._streams >= self.dp.limits.max_concurrent_streams:
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, f"too many concurrent streams (limit {self.dp.limits.max_concurrent_streams})")
+        self._streams += 1
+        state: dict = {}
+
+        def policy_of_first(frame) -> StreamPolicy:
+            ctx = self.calls.new_context(method, context)
+            state["model"] = self.dp.model(ctx, frame.model.name, frame.model.version, task=task)
+            state["ref"] = (frame.model.name, frame.model.version)
+            options = frame.options
+            if options.max_pending < 0:
+                raise InvalidArgument(f"options.max_pending must be >= 0, got {options.max_pending}")
+            return StreamPolicy(options.drop_frames, options.max_pending or self.dp.limits.stream_max_pending)
+
+        async def process(frame):
+            received = time.perf_counter()
+            ctx = RequestContext(method=method, deadline=time.monotonic() + self.dp.limits.max_deadline_s)
+            ctx.model = state["model"].name
+            model = state["model"]
+            try:
+                if frame.HasField("model") and (frame.model.name, frame.model.version) != state["ref"]:
+                    raise InvalidArgument("a stream serves one model: this frame names another model or version")
+                result = await answer(ctx, model, frame)
+                self.calls.finish(ctx, grpc.StatusCode.OK, "")
+            except ServiceError as exc:
+                code, message = status_of(exc)
+                self.calls.finish(ctx, code, message)
+                result = result_type(error=vpb.FrameError(code=code.value[0], message=message))
+            result.frame_id, result.capture_timestamp_us = frame.frame_id, frame.capture_timestamp_us
+            result.model_name, result.model_version = model.name, str(model.version)
+            result.server_processing_us = int((time.perf_counter() - received) * 1e6)
+            result.frames_dropped = stream.dropped
+            return result
+
+        def on_dropped(frame, dropped_so_far):
+            model = state["model"]
+            self.calls.metrics.stream_frames_dropped.labels(model.name).inc()
+            return result_type(frame_id=frame.frame_id, capture_timestamp_us=frame.capture_timestamp_us,
+                               model_name=model.name, model_version=str(model.version),
+                               dropped=True, frames_dropped=dropped_so_far)
+
+        stream = OrderedStream(request_iterator, process, on_dropped, policy_of_first)
+        try:
+            async for result in stream.results():
+                yield result
+        except ServiceError as exc:
+            code, message = status_of(exc)
+            await context.abort(code, message)
+        finally:
+            self._streams -= 1

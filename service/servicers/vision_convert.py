@@ -1,0 +1,80 @@
+"""protobuf <-> plain types for the vision API (to_proto / from_proto, nothing else)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from service.api.convserve.v1 import vision_pb2 as vpb
+from service.dataplane import ImageInput
+from service.errors import InvalidArgument
+from service.tasks.classification import Classification
+from service.tasks.detection import DetectOptions, DetectionResult
+
+_TENSOR_DTYPES = ("float32", "float16", "float64", "uint8", "int32", "int64", "bool")
+
+
+def tensor_from_proto(message: vpb.Tensor, what: str) -> np.ndarray:
+    if message.dtype not in _TENSOR_DTYPES:
+        raise InvalidArgument(f"{what}: dtype must be one of {_TENSOR_DTYPES}, got {message.dtype!r}")
+    shape = tuple(message.shape)
+    if any(d < 0 for d in shape):
+        raise InvalidArgument(f"{what}: negative dimension in shape {list(shape)}")
+    dtype = np.dtype(message.dtype).newbyteorder("<")
+    expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    if len(message.data) != expected:
+        raise InvalidArgument(f"{what}: {len(message.data)} data bytes, shape {list(shape)} of {message.dtype} needs {expected}")
+    return np.frombuffer(message.data, dtype=dtype).reshape(shape).astype(dtype.newbyteorder("="), copy=False)
+
+
+def tensor_to_proto(array: np.ndarray) -> vpb.Tensor:
+    array = np.ascontiguousarray(array)
+    return vpb.Tensor(shape=list(array.shape), dtype=array.dtype.name, data=array.astype(array.dtype.newbyteorder("<"), copy=False).tobytes())
+
+
+def image_from_proto(message: vpb.Image, index: int) -> ImageInput:
+    source = message.WhichOneof("source")
+    if source == "encoded":
+        return ImageInput(encoded=message.encoded)
+    if source == "tensor":
+        return ImageInput(tensor=tensor_from_proto(message.tensor, f"images[{index}].tensor"))
+    raise InvalidArgument(f"images[{index}] has neither encoded bytes nor a tensor")
+
+
+def images_from_proto(messages) -> list[ImageInput]:
+    return [image_from_proto(m, i) for i, m in enumerate(messages)]
+
+
+def classify_result_to_proto(result: Classification) -> vpb.ClassifyResult:
+    return vpb.ClassifyResult(predictions=[
+        vpb.ClassPrediction(label=p.label, class_index=p.class_index, score=p.score) for p in result.predictions
+    ])
+
+
+def detect_options_from_proto(params: vpb.DetectParams) -> DetectOptions:
+    def optional(name):
+        return getattr(params, name) if params.HasField(name) else None
+
+    options = DetectOptions(
+        score_threshold=optional("score_threshold"), iou_threshold=optional("iou_threshold"),
+        max_detections=optional("max_detections"), class_filter=tuple(params.class_filter),
+        class_agnostic=params.class_agnostic, draw_overlay=params.draw_overlay,
+    )
+    for name in ("score_threshold", "iou_threshold"):
+        value = getattr(options, name)
+        if value is not None and not 0.0 <= value <= 1.0:
+            raise InvalidArgument(f"params.{name} must be in [0, 1], got {value}")
+    if options.max_detections is not None and options.max_detections <= 0:
+        raise InvalidArgument(f"params.max_detections must be > 0, got {options.max_detections}")
+    if any(c < 0 for c in options.class_filter):
+        raise InvalidArgument(f"params.class_filter has a negative class index: {list(options.class_filter)}")
+    return options
+
+
+def detect_result_to_proto(result: DetectionResult) -> vpb.DetectResult:
+    return vpb.DetectResult(
+        detections=[
+            vpb.Detection(box=vpb.Box(x1=d.box[0], y1=d.box[1], x2=d.box[2], y2=d.box[3]), label=d.label, class_index=d.class_index, score=d.score)
+            for d in result.detections
+        ],
+        image_width=result.image_width, image_height=result.image_height, overlay_jpeg=result.overlay_jpeg,
+    )

@@ -1,0 +1,153 @@
+"""Server settings: command-line flags, each also readable from a CONVSERVE_* environment variable.
+
+Why both: on a laptop flags are natural, on Kubernetes the Deployment sets environment variables.
+A flag given on the command line wins over the environment; the environment wins over defaults.
+Values are validated here so a bad setting stops the server at start with the setting named.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Safe defaults against hostile or broken clients; all configurable."""
+
+    max_message_bytes: int = 64 * 1024 * 1024
+    max_images_per_request: int = 64
+    max_pixels: int = 40_000_000
+    max_concurrent_streams: int = 64
+    max_deadline_s: float = 300.0
+    stream_max_pending: int = 8
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    model_repo: Path = Path("model_repo")
+    host: str = "0.0.0.0"
+    port: int = 8001
+    metrics_port: int = 8002
+    providers: tuple[str, ...] = ("cuda", "cpu")
+    require_gpu: bool = False
+    log_format: str = "json"
+    log_level: str = "info"
+    drain_timeout_s: float = 25.0
+    shutdown_grace_s: float = 2.0
+    max_connection_age_s: float = 300.0
+    preprocess_threads: int = 0
+    poll_interval_s: float = 0.0
+    auth_token_file: Path | None = None
+    admin_token_file: Path | None = None
+    auth_health_open: bool = True
+    repository_api: bool = True
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_client_ca: Path | None = None
+    limits: Limits = Limits()
+
+
+_HELP = {
+    "model_repo": "model repository directory",
+    "host": "address to bind the gRPC port on",
+    "port": "gRPC port (0 picks a free one; the chosen port is logged)",
+    "metrics_port": "Prometheus /metrics HTTP port (0 picks a free one, -1 disables)",
+    "providers": "ordered execution providers, comma separated: cuda,cpu",
+    "require_gpu": "fail a model's load when CUDA was asked for but its session does not run on CUDA",
+    "log_format": "json or kv (key=value)",
+    "log_level": "debug, info, warning or error (debug adds one access-log line per request)",
+    "drain_timeout_s": "after SIGTERM, seconds that queued and in-flight requests get to finish",
+    "shutdown_grace_s": "after SIGTERM, seconds health reports NOT_SERVING before new calls are refused",
+    "max_connection_age_s": "close client connections after this age so clients re-balance across replicas (0: never)",
+    "preprocess_threads": "decode/preprocess threads (0: the machine's cores)",
+    "poll_interval_s": "re-scan the model repository every N seconds and swap in new versions (0: off)",
+    "auth_token_file": "file of accepted bearer tokens, one per line (unset: no authentication)",
+    "admin_token_file": "file of tokens for repository load/unload (unset: the normal tokens)",
+    "auth_health_open": "keep health and reflection open without a token, for probes (true/false)",
+    "repository_api": "enable RepositoryModelLoad/Unload (true/false)",
+    "tls_cert": "PEM server certificate chain (enables TLS)",
+    "tls_key": "PEM private key of tls_cert",
+    "tls_client_ca": "PEM CA bundle: require client certificates signed by it (mutual TLS)",
+    "max_message_bytes": "largest gRPC message accepted or sent",
+    "max_images_per_request": "most images in one request",
+    "max_pixels": "largest image, in pixels, checked from the header before decoding",
+    "max_concurrent_streams": "most concurrent streaming calls",
+    "max_deadline_s": "cap on a request's deadline (also the deadline of requests without one)",
+    "stream_max_pending": "default frames a stream may have waiting before flow control or dropping",
+}
+
+
+def _parse_bool(text: str) -> bool:
+    value = text.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off", ""):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true/false, got {text!r}")
+
+
+def _parse_providers(text: str) -> tuple[str, ...]:
+    providers = tuple(p.strip().lower() for p in text.split(",") if p.strip())
+    bad = [p for p in providers if p not in ("cuda", "cpu")]
+    if bad or not providers:
+        raise argparse.ArgumentTypeError(f"providers must be a comma list of cuda, cpu; got {text!r}")
+    return providers
+
+
+def _parser_type(default):
+    if isinstance(default, bool):
+        return _parse_bool
+    if isinstance(default, tuple):
+        return _parse_providers
+    if isinstance(default, (int, float)):
+        return type(default)
+    return lambda text: Path(text) if text else None
+
+
+def add_server_arguments(parser: argparse.ArgumentParser) -> None:
+    """One flag per setting, each defaulting to CONVSERVE_<NAME> from the environment."""
+    defaults = {**{f.name: f.default for f in fields(ServerSettings) if f.name != "limits"},
+                **{f.name: f.default for f in fields(Limits)}}
+    for name, default in defaults.items():
+        kind = _parser_type(default)
+        if name in ("host", "log_format", "log_level"):
+            kind = str
+        env_name = f"CONVSERVE_{name.upper()}"
+        env_value = os.environ.get(env_name)
+        try:
+            value = kind(env_value) if env_value is not None else default
+        except (ValueError, argparse.ArgumentTypeError) as exc:
+            parser.error(f"{env_name}={env_value!r}: {exc}")
+        parser.add_argument(f"--{name.replace('_', '-')}", dest=name, type=kind, default=value,
+                            help=f"{_HELP.get(name, name)} [env {env_name}, default {default}]")
+
+
+def settings_from_args(args: argparse.Namespace) -> ServerSettings:
+    values = vars(args)
+    limits = Limits(**{f.name: values[f.name] for f in fields(Limits)})
+    settings = ServerSettings(**{f.name: values[f.name] for f in fields(ServerSettings) if f.name != "limits"}, limits=limits)
+    validate(settings)
+    return settings
+
+
+def validate(settings: ServerSettings) -> None:
+    problems = []
+    if settings.log_format not in ("json", "kv"):
+        problems.append(f"log_format must be json or kv, got {settings.log_format!r}")
+    if settings.log_level.lower() not in ("debug", "info", "warning", "error"):
+        problems.append(f"log_level must be debug/info/warning/error, got {settings.log_level!r}")
+    if (settings.tls_cert is None) != (settings.tls_key is None):
+        problems.append("tls_cert and tls_key must be given together")
+    if settings.tls_client_ca is not None and settings.tls_cert is None:
+        problems.append("tls_client_ca needs tls_cert and tls_key")
+    for name in ("drain_timeout_s", "shutdown_grace_s", "max_connection_age_s", "poll_interval_s"):
+        if getattr(settings, name) < 0:
+            problems.append(f"{name} must be >= 0")
+    for name in ("max_message_bytes", "max_images_per_request", "max_pixels", "max_concurrent_streams", "stream_max_pending"):
+        if getattr(settings.limits, name) <= 0:
+            problems.append(f"{name} must be > 0")
+    if problems:
+        raise ValueError("invalid server settings: " + "; ".join(problems))
