@@ -21,6 +21,7 @@ from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
 
 from service.api import DESCRIPTOR_POOL
+from service.auth import auth_interceptor, refusal_handler
 from service.api.convserve.v1 import vision_pb2, vision_pb2_grpc
 from service.api.inference import grpc_service_pb2, grpc_service_pb2_grpc
 from service.dataplane import DataPlane
@@ -49,14 +50,8 @@ class AdmissionInterceptor(grpc.aio.ServerInterceptor):
 
     async def intercept_service(self, continuation, handler_call_details):
         if not self.lifecycle.accepting and not handler_call_details.method.startswith("/grpc.health"):
-            return _refusal(grpc.StatusCode.UNAVAILABLE, "server is shutting down; retry on another replica")
+            return refusal_handler(grpc.StatusCode.UNAVAILABLE, "server is shutting down; retry on another replica", handler_call_details.method)
         return await continuation(handler_call_details)
-
-
-def _refusal(code: grpc.StatusCode, message: str) -> grpc.RpcMethodHandler:
-    async def refuse(request, context):
-        await context.abort(code, message)
-    return grpc.unary_unary_rpc_method_handler(refuse)
 
 
 @dataclass
@@ -110,8 +105,9 @@ async def start_server(settings: ServerSettings, interceptors: list | None = Non
     registry = ModelRegistry(settings.model_repo, metrics, LoadOptions(settings.providers, settings.require_gpu, settings.drain_timeout_s))
     dataplane = DataPlane(registry, metrics, settings.limits, settings.preprocess_threads or cpu_count())
     calls = CallRunner(metrics, registry, settings.limits)
+    chain = [AdmissionInterceptor(lifecycle), auth_interceptor(settings), *(interceptors or [])]
     server = grpc.aio.server(
-        interceptors=[AdmissionInterceptor(lifecycle), *(interceptors or [])], options=_grpc_options(settings),
+        interceptors=[i for i in chain if i is not None], options=_grpc_options(settings),
         maximum_concurrent_rpcs=None,
     )
     grpc_service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
