@@ -131,8 +131,8 @@ async def start_server(settings: ServerSettings, interceptors: list | None = Non
                                         "providers": ",".join(settings.providers), "model_repo": str(settings.model_repo)})
     running = RunningServer(server, port, metrics_port, registry, metrics, lifecycle, health_servicer, dataplane, settings)
     started = time.perf_counter()
-    await registry.load_all()
     _warn_cuda_once(registry, settings)
+    await registry.load_all()
     lifecycle.serving = True
     await _set_health(health_servicer, health_pb2.HealthCheckResponse.SERVING)
     log.info("server ready", extra={"event": "server_ready", "load_s": round(time.perf_counter() - started, 3),
@@ -170,6 +170,9 @@ async def shutdown(running: RunningServer) -> None:
     await asyncio.sleep(settings.shutdown_grace_s)
     running.lifecycle.accepting = False
     await running.registry.close(settings.drain_timeout_s)
+    # Keep answering UNAVAILABLE a moment after the drain, so clients still sending learn it from a
+    # status rather than from a transport closing under a request in flight.
+    await asyncio.sleep(min(1.0, settings.shutdown_grace_s))
     await running.server.stop(grace=settings.drain_timeout_s)
     running.dataplane.close()
     log.info("stopped", extra={"event": "shutdown_done"})
