@@ -62,11 +62,29 @@ class GraphSignature:
 
 
 def cpu_count() -> int:
-    """Cores this process may use (cgroup/affinity aware where the OS says so)."""
+    """Cores this process may use: CPU affinity, capped by a cgroup v2 CPU quota (a container limit).
+
+    Why: on a 64-core node a pod limited to 2 CPUs must not start 64 ONNX Runtime threads.
+    """
     try:
-        return max(1, len(os.sched_getaffinity(0)))
+        cores = len(os.sched_getaffinity(0))
     except AttributeError:  # pragma: no cover - non-Linux
-        return max(1, os.cpu_count() or 1)
+        cores = os.cpu_count() or 1
+    quota = _cgroup_cpu_quota()
+    if quota is not None:
+        cores = min(cores, quota)
+    return max(1, cores)
+
+
+def _cgroup_cpu_quota(path: str = "/sys/fs/cgroup/cpu.max") -> int | None:
+    """CPUs allowed by cgroup v2 `cpu.max` ("max 100000" = unlimited), rounded up; None if unlimited/absent."""
+    try:
+        quota, period = open(path, encoding="ascii").read().split()[:2]
+    except (OSError, ValueError):
+        return None
+    if quota == "max":
+        return None
+    return max(1, -(-int(quota) // int(period)))
 
 
 def resolve_providers(requested: tuple[str, ...], cfg: RuntimeConfig) -> list:

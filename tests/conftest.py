@@ -118,6 +118,9 @@ def test_settings(repo: Path, **overrides) -> ServerSettings:
     return ServerSettings(**base)
 
 
+test_settings.__test__ = False  # a helper, not a test, though test modules import it
+
+
 @pytest.fixture
 def tiny_repo(tmp_path) -> Path:
     repo = tmp_path / "repo"
