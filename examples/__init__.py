@@ -1,0 +1,1 @@
+"""Runnable examples: `python -m examples.demo` (what `make demo` runs) and the sample-image maker."""

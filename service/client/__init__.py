@@ -1,0 +1,12 @@
+"""Python client for convserve: the typed vision API (`VisionClient`) and V2 tensors (`InferenceClient`)."""
+
+from service.client.connection import RetryPolicy, TlsConfig
+from service.client.errors import DeadlineExceeded, NotFound, RpcFailed, Unavailable
+from service.client.images import Frame
+from service.client.v2_client import InferenceClient, InferResult, ModelMetadata
+from service.client.vision_client import VisionClient
+
+__all__ = [
+    "DeadlineExceeded", "Frame", "InferResult", "InferenceClient", "ModelMetadata", "NotFound", "RetryPolicy", "RpcFailed",
+    "TlsConfig", "Unavailable", "VisionClient",
+]
