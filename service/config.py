@@ -146,6 +146,7 @@ class RuntimeConfig(_Frozen):
     graph_optimization_level: Literal["disable", "basic", "extended", "all"] = "all"
     intra_op_threads: int = Field(default=0, ge=0)  # 0: sized to the machine's cores / instances
     inter_op_threads: int = Field(default=1, ge=0)
+    io_binding: Literal["auto", "on", "off"] = "auto"  # auto: on when the session runs on CUDA
     cuda: CudaOptions = CudaOptions()
 
 

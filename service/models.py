@@ -128,6 +128,8 @@ class ModelRegistry:
                 if not previous:
                     entry.state, entry.reason = UNAVAILABLE, reason
                     self.metrics.model_ready.labels(name, "").set(0)
+                else:  # the loaded versions keep serving; the failed reload is still reported
+                    entry.reason = f"reload failed, still serving versions {sorted(previous)}: {reason}"
                 return entry
             for version in loaded.values():
                 version.batcher.start()
@@ -143,12 +145,17 @@ class ModelRegistry:
     def _load_version(self, source: ModelSource, version: int) -> LoadedVersion:
         started = time.perf_counter()
         path = source.model_path(version)
-        check_external_data(path)
-        runtime = ModelRuntime(path, source.config, self.options.providers, self.options.require_gpu)
+        try:
+            check_external_data(path)
+            runtime = ModelRuntime(path, source.config, self.options.providers, self.options.require_gpu)
+        except ConfigError:
+            raise
+        except Exception as exc:  # the reason an operator reads must name the file that failed
+            raise ConfigError(str(path), "", f"cannot load the ONNX model: {type(exc).__name__}: {exc}") from exc
         check_signature(source, version, runtime.signature)
         load_seconds = time.perf_counter() - started
         batching = source.config.batching
-        warmup_seconds = sum(runtime.warm_up(size) for size in sorted({1, *batching.preferred_batch_sizes, batching.max_batch_size}))
+        warmup_seconds = sum(runtime.warm_up(size) for size in runtime.warmup_batch_sizes())
         policy = BatchPolicy(
             max_batch_size=batching.max_batch_size, max_queue_delay_s=batching.max_queue_delay_us / 1e6,
             preferred_batch_sizes=batching.preferred_batch_sizes, instances=batching.instances,
@@ -165,7 +172,8 @@ class ModelRegistry:
         m.model_provider.labels(name, version, loaded.runtime.provider).set(1)
         m.model_load_seconds.labels(name, version).set(loaded.load_seconds)
         m.model_warmup_seconds.labels(name, version).set(loaded.warmup_seconds)
-        if loaded.runtime.cuda_fallback:
+        if loaded.runtime.cuda_fallback and "cuda" not in loaded.runtime.missing_providers:
+            # A build without CUDA at all is warned about once by the server, not once per model.
             warning = (f"model {name} v{version}: CUDA was requested but the session runs on "
                        f"{loaded.runtime.provider}; check onnxruntime-gpu and the CUDA libraries")
             self.cuda_warnings.append(warning)
