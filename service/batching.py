@@ -89,6 +89,11 @@ class DynamicBatcher:
         return self._queued_images
 
     @property
+    def running_batches(self) -> int:
+        """Batches handed to a model instance and not finished yet (at most `instances`)."""
+        return len(self._running)
+
+    @property
     def idle(self) -> bool:
         return not self._queue and not self._running
 
@@ -239,6 +244,7 @@ class DynamicBatcher:
             _fail(pending, Unavailable("server shut down before this request was run"))
         self._queue.clear()
         self._queued_images = 0
+        self._observer.queue_depth(0)
         if self._dispatcher is not None:
             self._dispatcher.cancel()
             await asyncio.gather(self._dispatcher, return_exceptions=True)

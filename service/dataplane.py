@@ -132,7 +132,9 @@ class DataPlane:
         outputs, queue_wait = await model.batcher.submit(inputs, ctx.deadline)
         ctx.add_stage("queue", queue_wait)
         ctx.add_stage("inference", time.monotonic() - started - queue_wait)
-        self.metrics.images.labels(model.name).inc(next(iter(inputs.values())).shape[0])
+        count = next(iter(inputs.values())).shape[0]
+        ctx.images = ctx.images or count  # tensor requests skip prepare(), which counts images
+        self.metrics.images.labels(model.name).inc(count)
         if output_names:
             return {name: outputs[name] for name in output_names}
         return outputs

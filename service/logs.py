@@ -1,7 +1,9 @@
 """Structured one-line logs: JSON by default, key=value with --log-format kv.
 
 Why: operators grep and ship logs; one event per line with stable keys (event, model, request_id)
-beats prose. Call sites use the standard `logging` API and pass fields through `extra=`.
+beats prose. Call sites use the standard `logging` API and pass fields through `extra=`. Every
+line starts with ts, level, logger and msg; the event's own fields follow (they cannot overwrite
+those four). docs/logging.md lists the events.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import logging
 import sys
 import time
 
-_STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
+_STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime", "taskName"}
 
 
 def _fields(record: logging.LogRecord) -> dict:
@@ -22,11 +24,24 @@ def _fields(record: logging.LogRecord) -> dict:
         "msg": record.getMessage(),
     }
     for key, value in vars(record).items():
-        if key not in _STANDARD and not key.startswith("_"):
+        if key not in _STANDARD and not key.startswith("_") and key not in data:
             data[key] = value
     if record.exc_info:
-        data["error"] = logging.Formatter().formatException(record.exc_info)
+        data["exception"] = logging.Formatter().formatException(record.exc_info)
     return data
+
+
+def _kv_text(value) -> str:
+    """One value of a key=value line: bare when safe, else a JSON string (so it stays one line)."""
+    if isinstance(value, str):
+        text = value
+    elif value is None or isinstance(value, (bool, dict, list, tuple)):
+        text = json.dumps(value, default=str)
+    else:
+        text = str(value)
+    if not text or not text.isprintable() or any(c in text for c in ' ="'):
+        text = json.dumps(text)
+    return text
 
 
 class JsonFormatter(logging.Formatter):
@@ -36,20 +51,22 @@ class JsonFormatter(logging.Formatter):
 
 class KeyValueFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        parts = []
-        for key, value in _fields(record).items():
-            text = str(value)
-            if not text or any(c in text for c in ' ="\n'):
-                text = json.dumps(text)
-            parts.append(f"{key}={text}")
-        return " ".join(parts)
+        return " ".join(f"{key}={_kv_text(value)}" for key, value in _fields(record).items())
 
 
 def configure_logging(log_format: str = "json", level: str = "info", stream=None) -> None:
-    """Route every convserve logger to one handler with the chosen formatter."""
+    """Send every log record of the process through one handler with the chosen formatter.
+
+    convserve's loggers log at `level`; other libraries (grpc, asyncio, Python warnings) at warning
+    and above, in the same format, so stderr carries nothing but structured lines.
+    """
     handler = logging.StreamHandler(stream or sys.stderr)
     handler.setFormatter(JsonFormatter() if log_format == "json" else KeyValueFormatter())
-    root = logging.getLogger("convserve")
+    root = logging.getLogger()
     root.handlers[:] = [handler]
-    root.setLevel(level.upper())
-    root.propagate = False
+    root.setLevel(logging.WARNING)
+    ours = logging.getLogger("convserve")
+    ours.handlers[:] = []
+    ours.setLevel(level.upper())
+    ours.propagate = True
+    logging.captureWarnings(True)

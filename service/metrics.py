@@ -20,6 +20,9 @@ LATENCY_BUCKETS = (
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 )
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+# RPCs that run a model: V2 ModelStatistics counts only these (not ModelConfig, ModelMetadata...).
+INFERENCE_METHODS = frozenset({"ModelInfer", "ModelStreamInfer", "Classify", "Detect", "Segment", "Explain",
+                               "StreamClassify", "StreamDetect"})
 
 
 class Metrics:
@@ -32,9 +35,9 @@ class Metrics:
             ProcessCollector(registry=r)
             PlatformCollector(registry=r)
             GCCollector(registry=r)
-        self.requests = Counter("convserve_requests", "RPCs handled, by method and final gRPC status code.", ["model", "method", "code"], registry=r)
+        self.requests = Counter("convserve_requests", "RPCs (and stream frames) handled, by method and final gRPC status code.", ["model", "version", "method", "code"], registry=r)
         self.images = Counter("convserve_images", "Images (batch items) run through a model.", ["model"], registry=r)
-        self.latency = Histogram("convserve_request_duration_seconds", "Per-request latency by stage: queue wait, decode+preprocess, inference, postprocess, total.", ["model", "stage"], buckets=LATENCY_BUCKETS, registry=r)
+        self.latency = Histogram("convserve_request_duration_seconds", "Latency of successful inference requests by stage: queue wait, decode+preprocess, inference, postprocess, total.", ["model", "version", "stage"], buckets=LATENCY_BUCKETS, registry=r)
         self.batch_size = Histogram("convserve_batch_size", "Images per model execution (batching efficiency).", ["model"], buckets=BATCH_BUCKETS, registry=r)
         self.batch_requests = Histogram("convserve_batch_requests", "Requests merged into one model execution (inferences per batch).", ["model"], buckets=BATCH_BUCKETS, registry=r)
         self.executions = Counter("convserve_model_executions", "Model executions (batches run).", ["model"], registry=r)
@@ -48,32 +51,38 @@ class Metrics:
         self.model_warmup_seconds = Gauge("convserve_model_warmup_seconds", "Seconds the warm-up run took.", ["model", "version"], registry=r)
         self.stream_frames_dropped = Counter("convserve_stream_frames_dropped", "Stream frames skipped under the client's drop_frames policy.", ["model"], registry=r)
 
-    def observe_stage(self, model: str, stage: str, seconds: float) -> None:
-        self.latency.labels(model, stage).observe(seconds)
+    def observe_stage(self, model: str, version: str, stage: str, seconds: float) -> None:
+        self.latency.labels(model, version, stage).observe(seconds)
 
     def batch_observer(self, model: str) -> "BatchMetrics":
         return BatchMetrics(self, model)
 
     def model_statistics(self, model: str) -> "ModelStats":
-        """Counts and cumulative durations for V2 ModelStatistics, read from this registry."""
+        """Counts and cumulative durations for V2 ModelStatistics, read from this registry.
+
+        Summed over the model's versions (the batcher-side series carry no version label).
+        """
         def value(name: str, **labels) -> float:
             return self.registry.get_sample_value(name, {"model": model, **labels}) or 0.0
 
         def stage(name: str) -> tuple[int, float]:
-            return (int(value("convserve_request_duration_seconds_count", stage=name)),
-                    value("convserve_request_duration_seconds_sum", stage=name))
+            count = total = 0.0
+            for sample in self._samples("convserve_request_duration_seconds", model):
+                if sample.labels.get("stage") == name:
+                    if sample.name.endswith("_count"):
+                        count += sample.value
+                    elif sample.name.endswith("_sum"):
+                        total += sample.value
+            return int(count), total
 
         ok = 0.0
         failed = 0.0
-        for metric in self.registry.collect():
-            if metric.name != "convserve_requests":
-                continue
-            for sample in metric.samples:
-                if sample.name.endswith("_total") and sample.labels.get("model") == model:
-                    if sample.labels["code"] == "OK":
-                        ok += sample.value
-                    else:
-                        failed += sample.value
+        for sample in self._samples("convserve_requests", model):
+            if sample.name.endswith("_total") and sample.labels.get("method") in INFERENCE_METHODS:
+                if sample.labels["code"] == "OK":
+                    ok += sample.value
+                else:
+                    failed += sample.value
         return ModelStats(
             success_count=int(ok), fail_count=int(failed),
             total=stage("total"), queue=stage("queue"), compute_input=stage("preprocess"),
@@ -81,6 +90,12 @@ class Metrics:
             inference_count=int(value("convserve_images_total")),
             execution_count=int(value("convserve_model_executions_total")),
         )
+
+    def _samples(self, family: str, model: str):
+        """Every sample of one metric family for one model (all versions, all label values)."""
+        for metric in self.registry.collect():
+            if metric.name == family:
+                yield from (s for s in metric.samples if s.labels.get("model") == model)
 
 
 @dataclass(frozen=True)
@@ -99,7 +114,11 @@ class ModelStats:
 
 
 class BatchMetrics:
-    """The batcher's observer for one model."""
+    """The batcher's observer for one model version (one batcher).
+
+    Why queue depth moves by deltas: every loaded version of a model has its own batcher, and the
+    gauge is per model, so each batcher adds its change instead of overwriting the others' share.
+    """
 
     def __init__(self, metrics: Metrics, model: str):
         self._batch_size = metrics.batch_size.labels(model)
@@ -108,6 +127,7 @@ class BatchMetrics:
         self._execution_seconds = metrics.execution_seconds.labels(model)
         self._queue_depth = metrics.queue_depth.labels(model)
         self._rejected = {reason: metrics.rejected.labels(model, reason) for reason in ("queue_full", "deadline")}
+        self._queued = 0
 
     def batch_done(self, images: int, requests: int, seconds: float) -> None:
         self._batch_size.observe(images)
@@ -119,4 +139,5 @@ class BatchMetrics:
         self._rejected[reason].inc()
 
     def queue_depth(self, images: int) -> None:
-        self._queue_depth.set(images)
+        self._queue_depth.inc(images - self._queued)
+        self._queued = images

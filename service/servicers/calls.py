@@ -3,11 +3,16 @@
 Every servicer method runs its body through `CallRunner.unary` (or records a stream frame with
 `finish`), so error mapping, request ids, deadlines, per-stage latency metrics and the access log
 behave identically on every RPC.
+
+Request ids: the client's `x-request-id` metadata, or a generated one, is fixed once per call and
+sent back in the trailing metadata; every frame of a stream logs the id of its call, so one grep
+finds a client's whole stream.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 import uuid
@@ -16,6 +21,7 @@ from typing import Awaitable, Callable, TypeVar
 import grpc
 
 from service.dataplane import RequestContext
+from service.models import LoadedVersion
 from service.errors import ServiceError, status_of
 from service.metrics import STAGES, Metrics
 from service.models import ModelRegistry
@@ -24,12 +30,20 @@ from service.settings import Limits
 log = logging.getLogger("convserve.access")
 T = TypeVar("T")
 UNKNOWN_MODEL = "_unknown"
+REQUEST_ID_KEY = "x-request-id"
+MAX_REQUEST_ID = 128
 
 
 def request_id_of(context: grpc.aio.ServicerContext) -> str:
-    for key, value in context.invocation_metadata() or ():
-        if key == "x-request-id" and value:
-            return str(value)[:128]
+    """The call's request id: the one already fixed for this call, the client's, or a new one.
+
+    Why look at the trailing metadata first: a stream makes one RequestContext per frame, and all
+    of them must share the id that the client will read back from the trailers.
+    """
+    for metadata in (context.trailing_metadata(), context.invocation_metadata()):
+        for key, value in metadata or ():
+            if key == REQUEST_ID_KEY and value:
+                return str(value)[:MAX_REQUEST_ID]
     return uuid.uuid4().hex
 
 
@@ -52,39 +66,62 @@ class CallRunner:
 
     def new_context(self, method: str, context: grpc.aio.ServicerContext) -> RequestContext:
         ctx = RequestContext(method=method, deadline=deadline_of(context, self.limits), request_id=request_id_of(context))
-        context.set_trailing_metadata((("x-request-id", ctx.request_id),))
+        context.set_trailing_metadata(((REQUEST_ID_KEY, ctx.request_id),))
         return ctx
+
+    def frame_context(self, method: str, context: grpc.aio.ServicerContext, model: LoadedVersion) -> RequestContext:
+        """Context for one frame of a long-lived stream: the call's request id, a per-frame deadline.
+
+        The call's own deadline bounds the whole stream, so each frame gets the server's cap instead.
+        """
+        ctx = RequestContext(method=method, deadline=time.monotonic() + self.limits.max_deadline_s,
+                             request_id=request_id_of(context))
+        context.set_trailing_metadata(((REQUEST_ID_KEY, ctx.request_id),))
+        ctx.model, ctx.version = model.name, str(model.version)
+        return ctx
+
+    @contextlib.contextmanager
+    def inflight(self, model_name: str):
+        """Counts a request (or stream frame) in convserve_inflight_requests while the block runs."""
+        gauge = self.metrics.inflight.labels(self.model_label(model_name))
+        gauge.inc()
+        try:
+            yield
+        finally:
+            gauge.dec()
 
     async def unary(self, method: str, model_name: str, context: grpc.aio.ServicerContext, body: Callable[[RequestContext], Awaitable[T]]) -> T:
         ctx = self.new_context(method, context)
         ctx.model = model_name
-        inflight = self.metrics.inflight.labels(self.model_label(model_name))
-        inflight.inc()
-        try:
-            response = await body(ctx)
-        except asyncio.CancelledError:
-            self.finish(ctx, grpc.StatusCode.CANCELLED, "cancelled by the client")
-            raise
-        except Exception as exc:  # mapped to a status in one place
-            code, message = status_of(exc)
-            self.finish(ctx, code, message, exc if not isinstance(exc, ServiceError) else None)
-            await context.abort(code, message)
-        else:
-            self.finish(ctx, grpc.StatusCode.OK, "")
-            return response
-        finally:
-            inflight.dec()
+        with self.inflight(model_name):
+            try:
+                response = await body(ctx)
+            except asyncio.CancelledError:
+                self.finish(ctx, grpc.StatusCode.CANCELLED, "cancelled by the client")
+                raise
+            except Exception as exc:  # mapped to a status in one place
+                code, message = status_of(exc)
+                self.finish(ctx, code, message, exc if not isinstance(exc, ServiceError) else None)
+                await context.abort(code, message)
+            else:
+                self.finish(ctx, grpc.StatusCode.OK, "")
+                return response
 
     def finish(self, ctx: RequestContext, code: grpc.StatusCode, message: str, unexpected: BaseException | None = None) -> None:
-        """Record one finished request (or stream frame): counters, stage latencies, logs."""
+        """Record one finished request (or stream frame): counters, stage latencies, logs.
+
+        Stage latencies are observed only for successful requests that ran the model, so the
+        histograms describe inference (ModelConfig or ModelMetadata calls would skew `total`).
+        """
         model = self.model_label(ctx.model)
+        version = ctx.version if model != UNKNOWN_MODEL else ""
         total = time.perf_counter() - ctx.started
-        self.metrics.requests.labels(model, ctx.method, code.name).inc()
-        if code == grpc.StatusCode.OK and model != UNKNOWN_MODEL:
+        self.metrics.requests.labels(model, version, ctx.method, code.name).inc()
+        if code == grpc.StatusCode.OK and model != UNKNOWN_MODEL and "inference" in ctx.stages:
             for stage in STAGES[:-1]:
                 if stage in ctx.stages:
-                    self.metrics.observe_stage(model, stage, ctx.stages[stage])
-            self.metrics.observe_stage(model, "total", total)
+                    self.metrics.observe_stage(model, version, stage, ctx.stages[stage])
+            self.metrics.observe_stage(model, version, "total", total)
         fields = {"event": "request", "method": ctx.method, "model": ctx.model, "version": ctx.version,
                   "code": code.name, "request_id": ctx.request_id, "images": ctx.images,
                   "duration_ms": round(total * 1000, 3)}

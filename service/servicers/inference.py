@@ -18,7 +18,7 @@ from service import __version__
 from service.api.inference import grpc_service_pb2 as pb
 from service.api.inference import grpc_service_pb2_grpc as pb_grpc
 from service.dataplane import DataPlane, ImageInput, RequestContext
-from service.errors import InvalidArgument, NotFound, Unavailable, status_of
+from service.errors import InvalidArgument, NotFound, ServiceError, Unavailable, status_of
 from service.models import LoadedVersion
 from service.postprocess.classify import top_k
 from service.servicers.calls import CallRunner
@@ -87,7 +87,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             if not (self.registry.repo / request.model_name).is_dir() or not request.model_name or "/" in request.model_name:
                 raise NotFound(f"no model directory '{request.model_name}' in the repository")
             entry = await self.registry.load(request.model_name)
-            if entry.state != "READY":
+            if entry.state != "READY" or entry.reason:
                 raise Unavailable(f"model '{request.model_name}' failed to load: {entry.reason}")
             return pb.RepositoryModelLoadResponse()
         return await self.calls.unary("RepositoryModelLoad", request.model_name, context, body)
@@ -112,10 +112,11 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             ctx = self.calls.new_context("ModelStreamInfer", context)
             ctx.model = request.model_name
             try:
-                response = await self._infer(ctx, request)
+                with self.calls.inflight(request.model_name):
+                    response = await self._infer(ctx, request)
             except Exception as exc:
                 code, message = status_of(exc)
-                self.calls.finish(ctx, code, message)
+                self.calls.finish(ctx, code, message, exc if not isinstance(exc, ServiceError) else None)
                 yield pb.ModelStreamInferResponse(error_message=message)
             else:
                 self.calls.finish(ctx, grpc.StatusCode.OK, "")

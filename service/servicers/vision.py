@@ -9,13 +9,15 @@ import grpc
 
 from service.api.convserve.v1 import vision_pb2 as vpb
 from service.api.convserve.v1 import vision_pb2_grpc as vpb_grpc
-from service.dataplane import DataPlane, RequestContext
+from service.dataplane import DataPlane
 from service.errors import InvalidArgument, ResourceExhausted, ServiceError, status_of
 from service.servicers import vision_convert as convert
 from service.servicers.calls import CallRunner
 from service.servicers.streams import OrderedStream, StreamPolicy
 from service.tasks.classification import classify
 from service.tasks.detection import detect
+from service.tasks.segmentation import segment
+from service.tasks.explanation import explain, explain_classifications
 
 
 class VisionServicer(vpb_grpc.VisionServiceServicer):
@@ -28,10 +30,21 @@ class VisionServicer(vpb_grpc.VisionServiceServicer):
         async def body(ctx):
             model = self.dp.model(ctx, request.model.name, request.model.version, task="classification")
             images = convert.images_from_proto(request.images)
-            results = await classify(self.dp, ctx, model, images, request.top_k)
+            options = convert.explain_options_from_proto(request.explain_options) if request.explain else None
+            results = await classify(self.dp, ctx, model, images, request.top_k, keep_original=request.explain)
+            maps = await explain_classifications(self.dp, ctx, model, results, options) if options else [None] * len(results)
             return vpb.ClassifyResponse(model_name=model.name, model_version=str(model.version),
-                                        results=[convert.classify_result_to_proto(r) for r in results])
+                                        results=[convert.classify_result_to_proto(r, m) for r, m in zip(results, maps)])
         return await self.calls.unary("Classify", request.model.name, context, body)
+
+    async def Explain(self, request, context):
+        async def body(ctx):
+            model = self.dp.model(ctx, request.model.name, request.model.version, task="classification")
+            options = convert.explain_options_from_proto(request.options)
+            maps = await explain(self.dp, ctx, model, convert.images_from_proto(request.images), options)
+            return vpb.ExplainResponse(model_name=model.name, model_version=str(model.version),
+                                       maps=[convert.activation_map_to_proto(m) for m in maps])
+        return await self.calls.unary("Explain", request.model.name, context, body)
 
     async def Detect(self, request, context):
         async def body(ctx):
@@ -41,6 +54,15 @@ class VisionServicer(vpb_grpc.VisionServiceServicer):
             return vpb.DetectResponse(model_name=model.name, model_version=str(model.version),
                                       results=[convert.detect_result_to_proto(r) for r in results])
         return await self.calls.unary("Detect", request.model.name, context, body)
+
+    async def Segment(self, request, context):
+        async def body(ctx):
+            model = self.dp.model(ctx, request.model.name, request.model.version, task="segmentation")
+            images = convert.images_from_proto(request.images)
+            results = await segment(self.dp, ctx, model, images, request.overlay, request.probabilities)
+            return vpb.SegmentResponse(model_name=model.name, model_version=str(model.version),
+                                       results=[convert.segment_result_to_proto(r) for r in results])
+        return await self.calls.unary("Segment", request.model.name, context, body)
 
     async def StreamDetect(self, request_iterator, context):
         async def answer(ctx, model, frame):
@@ -79,17 +101,17 @@ class VisionServicer(vpb_grpc.VisionServiceServicer):
 
         async def process(frame):
             received = time.perf_counter()
-            ctx = RequestContext(method=method, deadline=time.monotonic() + self.dp.limits.max_deadline_s)
-            ctx.model = state["model"].name
             model = state["model"]
+            ctx = self.calls.frame_context(method, context, model)
             try:
                 if frame.HasField("model") and (frame.model.name, frame.model.version) != state["ref"]:
                     raise InvalidArgument("a stream serves one model: this frame names another model or version")
-                result = await answer(ctx, model, frame)
+                with self.calls.inflight(model.name):
+                    result = await answer(ctx, model, frame)
                 self.calls.finish(ctx, grpc.StatusCode.OK, "")
-            except ServiceError as exc:
+            except Exception as exc:  # a frame's failure, expected or not, is that frame's FrameError
                 code, message = status_of(exc)
-                self.calls.finish(ctx, code, message)
+                self.calls.finish(ctx, code, message, exc if not isinstance(exc, ServiceError) else None)
                 result = result_type(error=vpb.FrameError(code=code.value[0], message=message))
             result.frame_id, result.capture_timestamp_us = frame.frame_id, frame.capture_timestamp_us
             result.model_name, result.model_version = model.name, str(model.version)
