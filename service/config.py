@@ -216,7 +216,7 @@ def parse_model_config(data: object, path: str | Path) -> ModelConfig:
     except ValidationError as exc:
         error = exc.errors()[0]
         field = _field_path(tuple(error["loc"]))
-        message = error["msg"]
+        message = error["msg"].removeprefix("Value error, ")
         if error["type"] == "extra_forbidden":
             message = "unknown field"
         elif error["type"] == "literal_error":

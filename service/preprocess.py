@@ -50,8 +50,8 @@ class ResizeInfo:
         out[:, [0, 2]] = (boxes[:, [0, 2]] - ox) / sx
         out[:, [1, 3]] = (boxes[:, [1, 3]] - oy) / sy
         height, width = self.original_hw
-        np.clip(out[:, [0, 2]], 0, width, out=out[:, [0, 2]])
-        np.clip(out[:, [1, 3]], 0, height, out=out[:, [1, 3]])
+        out[:, [0, 2]] = np.clip(out[:, [0, 2]], 0, width)  # fancy indexing copies: assign back
+        out[:, [1, 3]] = np.clip(out[:, [1, 3]], 0, height)
         return out
 
     def content_window(self) -> tuple[int, int, int, int]:
@@ -68,15 +68,20 @@ class ResizeInfo:
 def decode_image(data: bytes, spec: PreprocessingConfig | None, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """Decode encoded bytes to uint8 BGR [H, W, 3] (or gray [H, W] for gray models).
 
-    The pixel limit is checked from the header before decoding. EXIF orientation is applied
+    The pixel limit is checked from the header before decoding; bytes whose header
+    `image_size` cannot read are refused, not decoded. EXIF orientation is applied
     (OpenCV's IMREAD_COLOR/IMREAD_GRAYSCALE do it). 16-bit images are reduced to 8 bits and an
     alpha channel is dropped, so every accepted format gives the same kind of array.
     """
     if not data:
         raise InvalidArgument("image is empty (0 bytes)")
     size = image_size(data)
-    if size is not None:
-        _check_pixels(size[0], size[1], max_pixels)
+    if size is None:  # fail closed: never hand OpenCV a file whose size was not checked first
+        raise InvalidArgument(
+            f"image could not be decoded ({len(data)} bytes): not a JPEG/PNG/BMP/WebP/TIFF/GIF file, "
+            "or its header is damaged"
+        )
+    _check_pixels(size[0], size[1], max_pixels)
     if data[:2] == b"\xff\xd8" and b"\xff\xd9" not in data[-64:]:
         raise InvalidArgument("image is a truncated JPEG (no end-of-image marker)")
     flag = cv2.IMREAD_GRAYSCALE if spec is not None and spec.color_order == "gray" else cv2.IMREAD_COLOR
@@ -205,6 +210,8 @@ def preprocess_image(
     """One decoded uint8 image (in `source_order`) -> the model's CHW float32 input + ResizeInfo."""
     if image.dtype != np.uint8:
         raise InvalidArgument(f"image must be uint8, got {image.dtype}")
+    if image.ndim not in (2, 3) or min(image.shape[:2]) < 1:  # OpenCV asserts, and ratios divide by 0
+        raise InvalidArgument(f"image must be HxW or HxWx3 with H, W >= 1, got shape {tuple(image.shape)}")
     converted = convert_color(image, source_order, spec.color_order)
     resized, info = resize_image(converted, spec)
     return normalize(resized, spec), info

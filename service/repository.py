@@ -4,13 +4,15 @@ Layout: `<repo>/<model>/config.yaml`, a labels file, and `<repo>/<model>/<versio
 with integer versions. Every problem is a `ConfigError` naming the file and field, so an operator
 can fix a bad deploy from one log line. The repository never executes code: configs are parsed
 with a safe YAML loader and only ONNX graphs are loaded, whose external data must stay inside the
-model's own directory.
+version directory of the model file.
 """
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import onnx
 
@@ -94,13 +96,36 @@ def scan_model(directory: Path) -> ModelSource:
     return ModelSource(directory.name, directory, config, labels, versions)
 
 
+def _node_tensors(nodes) -> Iterator[onnx.TensorProto]:
+    """Tensor attributes of `nodes`, descending into subgraphs (If/Loop/Scan bodies)."""
+    for node in nodes:
+        for attr in node.attribute:
+            if attr.HasField("t"):
+                yield attr.t
+            yield from attr.tensors
+            if attr.HasField("sparse_tensor"):
+                yield from (attr.sparse_tensor.values, attr.sparse_tensor.indices)
+            for graph in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
+                yield from _graph_tensors(graph)
+
+
+def _graph_tensors(graph: onnx.GraphProto) -> Iterator[onnx.TensorProto]:
+    """Every tensor a graph can reference external data from, subgraphs included."""
+    yield from graph.initializer
+    for sparse in graph.sparse_initializer:
+        yield from (sparse.values, sparse.indices)
+    yield from _node_tensors(graph.node)
+
+
 def check_external_data(model_path: Path) -> None:
-    """Refuse ONNX external-data references that leave the model's own directory."""
+    """Refuse ONNX external-data references that leave the model file's own (version) directory.
+
+    Every tensor is checked, including those in subgraphs and local functions, since ONNX Runtime
+    loads external data for all of them. The version directory is also what ONNX Runtime allows.
+    """
     model = onnx.load(str(model_path), load_external_data=False)
-    root = model_path.parent.parent.resolve()
-    tensors = list(model.graph.initializer)
-    for node in model.graph.node:
-        tensors.extend(attr.t for attr in node.attribute if attr.HasField("t"))
+    root = model_path.parent.resolve()
+    tensors = itertools.chain(_graph_tensors(model.graph), *(_node_tensors(f.node) for f in model.functions))
     for tensor in tensors:
         if tensor.data_location != onnx.TensorProto.EXTERNAL:
             continue
@@ -109,7 +134,7 @@ def check_external_data(model_path: Path) -> None:
         if location.startswith("/") or root not in target.parents:
             raise ConfigError(
                 str(model_path), f"initializer {tensor.name}",
-                f"external data location '{location}' points outside the model directory",
+                f"external data location '{location}' points outside the model directory {model_path.parent}",
             )
 
 
