@@ -7,20 +7,28 @@ subcommands are only imported when they are asked for.
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 
-EXPORT_COMMANDS = ("export", "models", "train", "optimize")
+# Subcommands served by other modules, imported only when asked for (export/ needs torch):
+# command -> (module with main(argv), whether main expects the command word itself in argv).
+DELEGATED = {
+    "export": ("export.cli", True), "models": ("export.cli", True),
+    "optimize": ("export.optimize_cli", False), "loadtest": ("loadtest.cli", False),
+}
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] in EXPORT_COMMANDS:
+    if argv and argv[0] in DELEGATED:
+        module_name, keeps_command = DELEGATED[argv[0]]
         try:
-            from export.cli import main as export_main
+            module = importlib.import_module(module_name)
         except ImportError as exc:
-            print(f"convserve {argv[0]}: needs the export extra (pip install 'convserve[export]'): {exc}", file=sys.stderr)
+            extra = "export" if module_name.startswith("export") else "cpu"
+            print(f"convserve {argv[0]}: needs the {extra} extra (pip install 'convserve[{extra}]'): {exc}", file=sys.stderr)
             return 2
-        return export_main(argv)
+        return int(module.main(argv if keeps_command else argv[1:]) or 0)
     parser = argparse.ArgumentParser(prog="convserve", description="Vision inference server on ONNX Runtime.")
     subparsers = parser.add_subparsers(dest="command", required=True)
     from service.cli import add_serve_parser
