@@ -3,10 +3,11 @@
 from service.client.connection import RetryPolicy, TlsConfig
 from service.client.errors import DeadlineExceeded, NotFound, RpcFailed, Unavailable
 from service.client.images import Frame
+from service.client.reconnect import ReconnectingStream, ReconnectPolicy, StreamInterruption
 from service.client.v2_client import InferenceClient, InferResult, ModelMetadata
 from service.client.vision_client import VisionClient
 
 __all__ = [
-    "DeadlineExceeded", "Frame", "InferResult", "InferenceClient", "ModelMetadata", "NotFound", "RetryPolicy", "RpcFailed",
-    "TlsConfig", "Unavailable", "VisionClient",
+    "DeadlineExceeded", "Frame", "InferResult", "InferenceClient", "ModelMetadata", "NotFound", "ReconnectPolicy",
+    "ReconnectingStream", "RetryPolicy", "RpcFailed", "StreamInterruption", "TlsConfig", "Unavailable", "VisionClient",
 ]

@@ -10,7 +10,7 @@ import grpc
 from service.api.convserve.v1 import vision_pb2 as vpb
 from service.api.convserve.v1 import vision_pb2_grpc as vpb_grpc
 from service.dataplane import DataPlane
-from service.errors import InvalidArgument, ResourceExhausted, ServiceError, status_of
+from service.errors import InvalidArgument, ResourceExhausted, ServiceError, Unavailable, status_of
 from service.servicers import vision_convert as convert
 from service.servicers.calls import CallRunner
 from service.servicers.streams import OrderedStream, StreamPolicy
@@ -112,6 +112,8 @@ class VisionServicer(vpb_grpc.VisionServiceServicer):
             except Exception as exc:  # a frame's failure, expected or not, is that frame's FrameError
                 code, message = status_of(exc)
                 self.calls.finish(ctx, code, message, exc if not isinstance(exc, ServiceError) else None)
+                if isinstance(exc, Unavailable):  # model unloading / server shutting down: end the stream,
+                    raise                         # so the client reconnects instead of collecting errors
                 result = result_type(error=vpb.FrameError(code=code.value[0], message=message))
             result.frame_id, result.capture_timestamp_us = frame.frame_id, frame.capture_timestamp_us
             result.model_name, result.model_version = model.name, str(model.version)

@@ -1,0 +1,201 @@
+"""Write the committed sample videos in examples/videos/ (developers only: needs the export extra).
+
+    python -m examples.make_sample_videos
+
+Two short camera clips for the camera-app examples, their tests and `make demo`, each a 160x160
+MJPG AVI (OpenCV writes and reads it with no extra codec) plus a ground-truth JSON:
+- inventory.avi: shape items (circle, square, triangle, star) sliding along shelf lanes; items
+  are restocked and picked during the clip, so the per-class counts change;
+- attendance.avi: faces drifting about a room; people arrive late and leave early, so the number
+  present changes against a roster.
+Objects are cut from `export.data.scenes` scenes of the held-out split only (held-out faces,
+backgrounds the detector never trained on), through its public `make_scene`: a one-object scene as
+large as the object gives the sprite and its mask, an empty scene gives the background. Each
+object owns one horizontal lane, so objects never overlap and every object is whole in every frame
+it is in: the ground-truth count of a frame is exact. Seeded: a rerun draws the same pixels (the
+JPEG bytes may differ across OpenCV versions).
+
+Ground truth, `<name>.json`: {"video", "fps", "width", "height", "classes", "frames": [{"frame",
+"labels", "boxes" (x1, y1, x2, y2 in pixel-edge coordinates), "counts" ({class: n})}, ...]}, plus
+"roster" for the attendance clip.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+OUT = Path(__file__).resolve().parent / "videos"
+SEED = 31
+SIZE = 160
+FPS = 15
+FRAMES = 75
+JPEG_QUALITY = 70
+LANES = 4
+NOISE_STD = 2.0
+BACKGROUND_BLUR = 1.2
+ROSTER = 7  # people expected in the attendance clip: six show up at some point, one never does
+
+
+@dataclass(frozen=True)
+class Track:
+    """One object's life in the clip: its sprite, lane, path and the frames [start, stop) it is in."""
+
+    label: int
+    sprite: np.ndarray  # uint8 RGB [s, s, 3]
+    alpha: np.ndarray  # bool [s, s]
+    lane: int
+    x0: float
+    speed: float  # pixels per frame, sign = direction; bounces off the frame's sides
+    start: int
+    stop: int
+
+    def top_left(self, frame: int) -> tuple[int, int]:
+        """Where the sprite's top-left corner is at `frame`: a bounce between the side walls."""
+        span = SIZE - self.alpha.shape[1]
+        travelled = (self.x0 + self.speed * frame) % (2 * span)
+        x = travelled if travelled <= span else 2 * span - travelled
+        lane_height = SIZE // LANES
+        y = self.lane * lane_height + (lane_height - self.alpha.shape[0]) // 2
+        wobble = round(1.5 * np.sin(frame / 5.0 + self.lane))
+        return int(np.clip(y + wobble, 0, SIZE - self.alpha.shape[0])), int(round(x))
+
+
+def background(seed: int) -> np.ndarray:
+    """A held-out photo crop with nothing on it, uint8 RGB [SIZE, SIZE, 3], slightly out of focus.
+
+    The blur is a camera focused on the objects in front; it also halves the MJPG size of the
+    clip (the held-out backgrounds are fine textures that JPEG encodes poorly)."""
+    from export.data.scenes import SceneSpec, make_scene
+
+    spec = SceneSpec(height=(SIZE, SIZE), width=(SIZE, SIZE), objects=(0, 0), distractors=(0, 0), clutter_lines=(0, 0),
+                     noise_std=0.0, blur_probability=0.0)
+    image = make_scene(np.random.default_rng([SEED, seed]), spec, split="heldout").image
+    return cv2.GaussianBlur(image, (0, 0), BACKGROUND_BLUR)
+
+
+def sprite(seed: int, name: str, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """One held-out object of class `name`, `size` pixels across: (RGB patch, bool mask)."""
+    from export.data.scenes import SceneSpec, make_scene
+
+    spec = SceneSpec(height=(size, size), width=(size, size), objects=(1, 1), object_size=(size, size), classes=(name,),
+                     distractors=(0, 0), clutter_lines=(0, 0), noise_std=0.0, blur_probability=0.0)
+    scene = make_scene(np.random.default_rng([SEED, seed]), spec, split="heldout")
+    if len(scene.labels) != 1:
+        raise RuntimeError(f"could not draw a {name} sprite (seed {seed})")
+    return scene.image, scene.masks[0]
+
+
+def recolour(patch: np.ndarray, alpha: np.ndarray, backdrop: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A flat shape in one of the three palette colours farthest from the mean colour of `backdrop`."""
+    palette = np.array([[230, 30, 30], [30, 200, 40], [40, 60, 230], [250, 230, 40], [250, 250, 250], [20, 20, 20],
+                        [230, 40, 220], [40, 220, 230]], dtype=np.float32)
+    mean = backdrop.reshape(-1, 3).astype(np.float32).mean(axis=0)
+    farthest = np.argsort(np.linalg.norm(palette - mean, axis=1))[-3:]
+    colour = palette[int(rng.choice(farthest))]
+    out = patch.copy()
+    out[alpha] = colour.astype(np.uint8)
+    return out
+
+
+def render(back: np.ndarray, tracks: list[Track], rng: np.random.Generator) -> tuple[list[np.ndarray], list[dict]]:
+    """The clip's RGB frames and each frame's ground truth (labels, boxes, counts)."""
+    from export.data.scenes import SCENE_CLASSES
+
+    frames, truth = [], []
+    for index in range(FRAMES):
+        image = back.copy()
+        labels, boxes = [], []
+        for track in tracks:
+            if not track.start <= index < track.stop:
+                continue
+            top, left = track.top_left(index)
+            height, width = track.alpha.shape
+            region = image[top : top + height, left : left + width]
+            region[track.alpha] = track.sprite[track.alpha]
+            rows, cols = np.nonzero(track.alpha)
+            labels.append(SCENE_CLASSES[track.label])
+            boxes.append([int(left + cols.min()), int(top + rows.min()), int(left + cols.max() + 1), int(top + rows.max() + 1)])
+        noisy = image.astype(np.float32) + rng.standard_normal(image.shape, dtype=np.float32) * np.float32(NOISE_STD)
+        frames.append(np.clip(noisy, 0, 255).astype(np.uint8))
+        counts = {name: labels.count(name) for name in SCENE_CLASSES if name in labels}
+        truth.append({"frame": index, "labels": labels, "boxes": boxes, "counts": counts})
+    return frames, truth
+
+
+def inventory_tracks(back: np.ndarray, rng: np.random.Generator) -> list[Track]:
+    """Five items over four lanes: two lanes hand over from a picked item to a restocked one."""
+    from export.data.scenes import SCENE_CLASSES
+
+    plan = [  # (class, lane, start, stop)
+        ("circle", 0, 0, FRAMES), ("square", 1, 0, 45), ("star", 1, 52, FRAMES),
+        ("triangle", 2, 0, FRAMES), ("star", 3, 18, FRAMES),
+    ]
+    tracks = []
+    for index, (name, lane, start, stop) in enumerate(plan):
+        size = int(rng.integers(28, 35))
+        patch, alpha = sprite(100 + index, name, size)
+        lane_rows = back[lane * SIZE // LANES : (lane + 1) * SIZE // LANES]
+        tracks.append(Track(SCENE_CLASSES.index(name), recolour(patch, alpha, lane_rows, rng), alpha, lane,
+                            float(rng.uniform(0, SIZE - size)), float(rng.choice([-1, 1]) * rng.uniform(0.8, 1.8)), start, stop))
+    return tracks
+
+
+def attendance_tracks(rng: np.random.Generator) -> list[Track]:
+    """Six people over four lanes: some arrive late, some leave early, a seat is taken again."""
+    plan = [(0, 0, FRAMES), (1, 0, 40), (2, 10, FRAMES), (3, 0, 30), (1, 48, FRAMES), (3, 62, FRAMES)]  # (lane, start, stop)
+    tracks = []
+    for index, (lane, start, stop) in enumerate(plan):
+        size = int(rng.integers(32, 37))
+        patch, alpha = sprite(200 + index, "face", size)
+        tracks.append(Track(0, patch, alpha, lane, float(rng.uniform(0, SIZE - size)),
+                            float(rng.choice([-1, 1]) * rng.uniform(0.6, 1.4)), start, stop))
+    return tracks
+
+
+def build_clips() -> dict[str, tuple[list[np.ndarray], list[dict], dict]]:
+    """{clip name: (RGB frames, per-frame ground truth, extra metadata)}, all drawn from SEED."""
+    rng = np.random.default_rng(SEED)
+    shelf = background(1)
+    clips = {"inventory": (*render(shelf, inventory_tracks(shelf, rng), rng), {})}
+    faces = attendance_tracks(rng)
+    clips["attendance"] = (*render(background(2), faces, rng), {"roster": ROSTER})
+    return clips
+
+
+def truth_json(name: str, truth: list[dict], extra: dict) -> str:
+    """The ground-truth file's text: metadata, then one line per frame."""
+    from export.data.scenes import SCENE_CLASSES
+
+    meta = {"video": f"{name}.avi", "fps": FPS, "width": SIZE, "height": SIZE, "classes": list(SCENE_CLASSES), **extra}
+    lines = [f"    {json.dumps(entry)}" for entry in truth]
+    return json.dumps(meta, indent=2)[:-2] + ',\n  "frames": [\n' + ",\n".join(lines) + "\n  ]\n}\n"
+
+
+def write_clip(out: Path, name: str, frames: list[np.ndarray], truth: list[dict], extra: dict) -> int:
+    """Write <name>.avi and <name>.json into `out`; returns the bytes written."""
+    video = out / f"{name}.avi"
+    # OpenCV's own MJPEG writer: no FFmpeg needed, and it honours the JPEG quality.
+    writer = cv2.VideoWriter(str(video), cv2.CAP_OPENCV_MJPEG, cv2.VideoWriter_fourcc(*"MJPG"), FPS, (SIZE, SIZE))
+    if not writer.isOpened() or not writer.set(cv2.VIDEOWRITER_PROP_QUALITY, JPEG_QUALITY):
+        raise RuntimeError(f"OpenCV cannot write MJPG AVI to {video}")
+    for frame in frames:
+        writer.write(np.ascontiguousarray(frame[:, :, ::-1]))
+    writer.release()
+    (out / f"{name}.json").write_text(truth_json(name, truth, extra))
+    return video.stat().st_size + (out / f"{name}.json").stat().st_size
+
+
+def main(out: Path = OUT) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    clips = build_clips()
+    total = sum(write_clip(out, name, *clip) for name, clip in clips.items())
+    print(f"wrote {len(clips)} clips of {FRAMES} frames to {out} ({total / 1024:.0f} KB in all)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,305 @@
+"""A frame stream that survives server restarts: reopen with backoff, resume with the next frame.
+
+    stream = ReconnectingStream(client, lambda frames: client.stream_detect(frames, "yolo_grid"), camera_frames)
+    for frame, result in stream:
+        ...
+    print(stream.lost, "frames lost in", len(stream.interruptions), "interruptions")
+
+`Connection.stream` never retries, because frames already sent cannot be replayed safely; this
+wrapper adds what a camera app wants instead. A frame is *in flight* from the moment gRPC takes it
+from the request iterator until its result arrives. When a stream breaks with a status in
+`ReconnectPolicy.codes` (the server went away or restarted), its in-flight frames are lost (their
+results are gone, and resending them would show stale pictures late): they are counted and
+reported, never resent. Frames the broken stream had not taken yet go out on the next stream, so
+a file source loses nothing else and a live camera just misses what it captured meanwhile.
+
+Before each reopen the server's health is probed, so a stream is only opened to a server that
+answers; between probes the wait is an equal-jitter exponential backoff, as in connection.py.
+After `max_attempts` probes without a single result in between, the last error is raised.
+
+At most `max_in_flight` frames (default 32; 0: no limit) are handed to gRPC unanswered, which
+bounds what one break can lose: without it the HTTP/2 window and socket buffers can hold dozens
+of frames when the source runs ahead of the server.
+
+A source item without a frame id gets its position in the source, so ids stay unique and
+increasing across reconnects. An exception from the source is raised to the caller at the end.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from collections import OrderedDict, deque
+from dataclasses import dataclass, field
+from typing import Callable, Iterable, Iterator
+
+import grpc
+
+from service.client.errors import RpcFailed
+from service.client.images import Frame, ImageLike
+from service.client.results import FrameResult
+
+RECONNECT_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED, grpc.StatusCode.ABORTED})
+
+
+@dataclass(frozen=True)
+class ReconnectPolicy:
+    """max_attempts: backoff-and-probe rounds without a result before giving up; backoff as RetryPolicy's."""
+
+    max_attempts: int = 20
+    backoff_initial_s: float = 0.2
+    backoff_max_s: float = 3.0
+    probe_timeout_s: float = 2.0
+    codes: frozenset = RECONNECT_CODES
+
+    def __post_init__(self):
+        if self.max_attempts < 0:
+            raise ValueError(f"max_attempts must be >= 0, got {self.max_attempts}")
+        if not 0 < self.backoff_initial_s <= self.backoff_max_s:
+            raise ValueError(f"backoff must satisfy 0 < initial <= max, got ({self.backoff_initial_s}, {self.backoff_max_s})")
+
+    def delay_s(self, retry: int, rng: random.Random) -> float:
+        ceiling = min(self.backoff_max_s, self.backoff_initial_s * 2 ** retry)
+        return rng.uniform(ceiling / 2, ceiling)
+
+
+@dataclass(frozen=True)
+class StreamInterruption:
+    """One outage: the error that broke the stream, the frames lost in it, how recovery went.
+
+    last_answered_id is the last frame answered before the break (-1: none yet); attempts counts
+    the backoff-and-probe rounds until a stream answered again (resumed) or the stream gave up.
+    """
+
+    error: RpcFailed
+    lost_frame_ids: tuple[int, ...]
+    last_answered_id: int
+    attempts: int
+    downtime_s: float
+    resumed: bool
+
+
+@dataclass(eq=False)
+class _Attempt:
+    closed: bool = False
+
+
+@dataclass(eq=False)
+class _Outage:
+    error: RpcFailed
+    last_answered_id: int
+    started: float = field(default_factory=time.monotonic)
+    lost: list[int] = field(default_factory=list)
+    attempts: int = 0
+
+    def finish(self, resumed: bool) -> StreamInterruption:
+        return StreamInterruption(self.error, tuple(self.lost), self.last_answered_id, self.attempts,
+                                  time.monotonic() - self.started, resumed)
+
+
+class _Feed:
+    """Hands one source's frames to successive streams and remembers which are in flight.
+
+    gRPC pulls the request iterator from its own thread and, after a call ends, may still pull one
+    frame it then discards: such a frame counts as in flight (handed over, never answered). One
+    lock serialises reading the source (so two streams' threads never read it at once and frames
+    keep their order); a condition guards the bookkeeping, so recording a result never waits for
+    a camera read. With `max_in_flight`, a frame is handed over only while fewer are unanswered:
+    the transport's buffers can hold many frames, and a broken connection loses all of them.
+    """
+
+    def __init__(self, frames: Iterable[ImageLike | Frame], max_in_flight: int):
+        self._source = enumerate(frames)
+        self._reading = threading.Lock()
+        self._state = threading.Condition()
+        self._unsent: deque[Frame] = deque()
+        self._in_flight: OrderedDict[int, Frame] = OrderedDict()
+        self._max_in_flight = max_in_flight
+        self._threads: set[threading.Thread] = set()
+        self.exhausted = False
+        self.failure: Exception | None = None
+        self.sent = 0
+
+    def frames_for(self, attempt: _Attempt) -> Iterator[Frame]:
+        with self._state:
+            self._threads.add(threading.current_thread())  # gRPC's request thread for this stream
+        while True:
+            with self._state:
+                while not attempt.closed and 0 < self._max_in_flight <= len(self._in_flight):
+                    self._state.wait()
+            with self._reading:
+                frame = self._next(attempt)
+            if frame is None:
+                return
+            yield frame
+
+    def _next(self, attempt: _Attempt) -> Frame | None:
+        """The next frame for `attempt`, recorded in flight; None once it is closed or the source ends."""
+        with self._state:
+            if attempt.closed:
+                return None
+            frame = self._unsent.popleft() if self._unsent else None
+        if frame is None:
+            frame = self._pull()
+            if frame is None:
+                return None
+        with self._state:
+            if attempt.closed:  # the stream ended while the source was read: keep it for the next
+                self._unsent.appendleft(frame)
+                return None
+            self._in_flight[frame.frame_id] = frame
+            self.sent += 1
+        return frame
+
+    def _pull(self) -> Frame | None:
+        """The source's next frame, or None at its end or when it raised (kept in `failure`)."""
+        try:
+            position, item = next(self._source)
+        except StopIteration:
+            self.exhausted = True
+            return None
+        except Exception as exc:  # raised in gRPC's thread: hand it to the caller's thread instead
+            self.failure, self.exhausted = exc, True
+            return None
+        frame = item if isinstance(item, Frame) else Frame(item)
+        return Frame(frame.image, position if frame.frame_id is None else frame.frame_id,
+                     time.time_ns() // 1000 if frame.capture_timestamp_us is None else frame.capture_timestamp_us)
+
+    def answered(self, frame_id: int) -> tuple[Frame | None, list[int]]:
+        """The frame a result answers, and ids before it that were never answered (should be none)."""
+        with self._state:
+            skipped = []
+            try:
+                while self._in_flight:
+                    first_id, frame = self._in_flight.popitem(last=False)
+                    if first_id == frame_id:
+                        return frame, skipped
+                    skipped.append(first_id)
+                return None, skipped
+            finally:
+                self._state.notify_all()
+
+    def close(self, attempt: _Attempt) -> list[int]:
+        """End an attempt; returns the ids of its frames still in flight (now lost)."""
+        with self._state:
+            attempt.closed = True
+            lost = list(self._in_flight)
+            self._in_flight.clear()
+            self._state.notify_all()
+            return lost
+
+    def wait_idle(self, timeout: float) -> None:
+        """Wait (up to `timeout`) for gRPC's request threads of the closed streams to finish.
+
+        Why: such a daemon thread may still be inside native code (a camera read, gRPC's send)
+        for a moment after its call ended; a program that exits right then is torn down under it
+        and aborts ("terminate called without an active exception"). Every attempt is closed by
+        now, so the threads only have to notice and return.
+        """
+        give_up = time.monotonic() + timeout
+        with self._state:
+            threads = [t for t in self._threads if t is not threading.current_thread()]
+        for thread in threads:
+            thread.join(max(0.0, give_up - time.monotonic()))
+
+    @property
+    def has_more(self) -> bool:
+        with self._state:
+            return bool(self._unsent) or not self.exhausted
+
+
+class ReconnectingStream:
+    """Iterate to get (frame, result) pairs in frame order across reconnects; see the module doc."""
+
+    def __init__(self, client, open_stream: Callable[[Iterator[Frame]], Iterator[FrameResult]],
+                 frames: Iterable[ImageLike | Frame], policy: ReconnectPolicy = ReconnectPolicy(),
+                 on_interruption: Callable[[StreamInterruption], None] | None = None, *, max_in_flight: int = 32,
+                 seed: int | None = None):
+        if max_in_flight < 0:
+            raise ValueError(f"max_in_flight must be >= 0 (0: no limit), got {max_in_flight}")
+        self._client = client
+        self._open = open_stream
+        self._feed = _Feed(frames, max_in_flight)
+        self.policy = policy
+        self._on_interruption = on_interruption
+        self._rng = random.Random(seed)
+        self.interruptions: list[StreamInterruption] = []
+        self.answered = 0
+        self.dropped = 0
+        self.unanswered: list[int] = []  # frames the server skipped without an answer (a server bug)
+        self._last_id = -1
+
+    @property
+    def sent(self) -> int:
+        return self._feed.sent
+
+    @property
+    def lost(self) -> int:
+        return sum(len(i.lost_frame_ids) for i in self.interruptions)
+
+    def __iter__(self) -> Iterator[tuple[Frame, FrameResult]]:
+        try:
+            yield from self._results()
+        finally:
+            self._feed.wait_idle(self.policy.probe_timeout_s)
+
+    def _results(self) -> Iterator[tuple[Frame, FrameResult]]:
+        outage: _Outage | None = None
+        while outage is None or self._feed.has_more:
+            if outage is not None:
+                self._wait_for_server(outage)
+            attempt = _Attempt()
+            results = self._open(self._feed.frames_for(attempt))
+            try:
+                for result in results:
+                    if outage is not None:
+                        self._record(outage.finish(resumed=True))
+                        outage = None
+                    yield self._accept(result)
+                break
+            except RpcFailed as error:
+                lost = self._feed.close(attempt)
+                if error.code not in self.policy.codes:
+                    raise
+                outage = outage or _Outage(error, self._last_id)
+                outage.lost.extend(lost)
+                if outage.attempts >= self.policy.max_attempts:
+                    self._record(outage.finish(resumed=False))
+                    raise
+            finally:  # also when the caller stops early: release gRPC's thread if it waits for room
+                self._feed.close(attempt)
+                close = getattr(results, "close", None)
+                if close is not None:
+                    close()
+        else:
+            self._record(outage.finish(resumed=False))
+        if self._feed.failure is not None:
+            raise self._feed.failure  # the source itself failed (read in gRPC's thread)
+
+    def _accept(self, result: FrameResult) -> tuple[Frame, FrameResult]:
+        frame, skipped = self._feed.answered(result.frame_id)
+        self.unanswered.extend(skipped)
+        self.answered += 1
+        self.dropped += result.dropped
+        self._last_id = result.frame_id
+        return frame, result
+
+    def _record(self, interruption: StreamInterruption) -> None:
+        self.interruptions.append(interruption)
+        if self._on_interruption is not None:
+            self._on_interruption(interruption)
+
+    def _wait_for_server(self, outage: _Outage) -> None:
+        """Back off, then probe health until the server answers or the attempts run out."""
+        while True:
+            time.sleep(self.policy.delay_s(outage.attempts, self._rng))
+            outage.attempts += 1
+            if self._server_answers() or outage.attempts >= self.policy.max_attempts:
+                return
+
+    def _server_answers(self) -> bool:
+        try:
+            return self._client.health(timeout=self.policy.probe_timeout_s) == "SERVING"
+        except RpcFailed as error:
+            return error.code == grpc.StatusCode.UNIMPLEMENTED  # a server without health: just try
