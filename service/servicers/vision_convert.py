@@ -7,8 +7,11 @@ import numpy as np
 from service.api.convserve.v1 import vision_pb2 as vpb
 from service.dataplane import ImageInput
 from service.errors import InvalidArgument
+from service.servicers.v2_tensors import element_count
 from service.tasks.classification import Classification
 from service.tasks.detection import DetectOptions, DetectionResult
+from service.tasks.segmentation import SegmentationResult
+from service.tasks.explanation import ActivationMapResult, ExplainOptions
 
 _TENSOR_DTYPES = ("float32", "float16", "float64", "uint8", "int32", "int64", "bool")
 
@@ -17,10 +20,9 @@ def tensor_from_proto(message: vpb.Tensor, what: str) -> np.ndarray:
     if message.dtype not in _TENSOR_DTYPES:
         raise InvalidArgument(f"{what}: dtype must be one of {_TENSOR_DTYPES}, got {message.dtype!r}")
     shape = tuple(message.shape)
-    if any(d < 0 for d in shape):
-        raise InvalidArgument(f"{what}: negative dimension in shape {list(shape)}")
+    count = element_count(shape, what)  # negative, over 64 axes or beyond numpy (np.prod in int64 wrapped to 0)
     dtype = np.dtype(message.dtype).newbyteorder("<")
-    expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    expected = count * dtype.itemsize
     if len(message.data) != expected:
         raise InvalidArgument(f"{what}: {len(message.data)} data bytes, shape {list(shape)} of {message.dtype} needs {expected}")
     return np.frombuffer(message.data, dtype=dtype).reshape(shape).astype(dtype.newbyteorder("="), copy=False)
@@ -44,10 +46,32 @@ def images_from_proto(messages) -> list[ImageInput]:
     return [image_from_proto(m, i) for i, m in enumerate(messages)]
 
 
-def classify_result_to_proto(result: Classification) -> vpb.ClassifyResult:
-    return vpb.ClassifyResult(predictions=[
+def classify_result_to_proto(result: Classification, activation_map: ActivationMapResult | None = None) -> vpb.ClassifyResult:
+    message = vpb.ClassifyResult(predictions=[
         vpb.ClassPrediction(label=p.label, class_index=p.class_index, score=p.score) for p in result.predictions
     ])
+    if activation_map is not None:
+        message.activation_map.CopyFrom(activation_map_to_proto(activation_map))
+    return message
+
+
+def explain_options_from_proto(options: vpb.ExplainOptions) -> ExplainOptions:
+    """Validated ExplainOptions; the class index's upper bound is checked against the model later."""
+    class_index = options.class_index if options.HasField("class_index") else None
+    if class_index is not None and class_index < 0:
+        raise InvalidArgument(f"options.class_index must be >= 0, got {class_index}")
+    overlay_format = options.overlay_format or "jpeg"
+    if overlay_format not in ("jpeg", "png"):
+        raise InvalidArgument(f"options.overlay_format must be 'jpeg' or 'png' (or empty), got {options.overlay_format!r}")
+    return ExplainOptions(class_index=class_index, overlay=options.overlay, overlay_format=overlay_format)
+
+
+def activation_map_to_proto(result: ActivationMapResult) -> vpb.ActivationMap:
+    return vpb.ActivationMap(
+        method=result.method, class_index=result.class_index, label=result.label, score=result.score,
+        raw=tensor_to_proto(result.raw.astype(np.float32)), upsampled=tensor_to_proto(result.upsampled.astype(np.float32)),
+        overlay=result.overlay,
+    )
 
 
 def detect_options_from_proto(params: vpb.DetectParams) -> DetectOptions:
@@ -78,3 +102,13 @@ def detect_result_to_proto(result: DetectionResult) -> vpb.DetectResult:
         ],
         image_width=result.image_width, image_height=result.image_height, overlay_jpeg=result.overlay_jpeg,
     )
+
+
+def segment_result_to_proto(result: SegmentationResult) -> vpb.SegmentResult:
+    message = vpb.SegmentResult(
+        label_map_png=result.label_map_png, width=result.width, height=result.height, overlay_png=result.overlay_png,
+        classes=[vpb.ClassPixels(class_index=c.class_index, label=c.label, pixels=c.pixels, fraction=c.fraction) for c in result.classes],
+    )
+    if result.probabilities is not None:
+        message.probabilities.CopyFrom(tensor_to_proto(result.probabilities.astype(np.float32, copy=False)))
+    return message

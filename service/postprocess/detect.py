@@ -1,0 +1,172 @@
+"""Detection post-processing: raw model output -> boxes in original-image pixels.
+
+Three output layouts are understood, chosen by the model's `postprocessing.detection.layout`:
+
+- "yolo_grid" [S, S, B*5 + C] (our zoo, YOLO v1 style): per cell (row i, column j) B boxes
+  (x, y, w, h, confidence) then C class probabilities; x, y in [0, 1] locate the centre inside the
+  cell, w, h are fractions of the input width / height. Score = confidence x class probability.
+- "yolov5" [A, 5 + C] (YOLOv5 / YOLOX exports): cx, cy, w, h in input pixels, objectness, class
+  scores. Score = objectness x class score.
+- "yolov8" [4 + C, A] (YOLOv8 exports): cx, cy, w, h in input pixels, class scores (no
+  objectness). Score = class score.
+
+Every layout expects activations already applied (probabilities). Each box keeps its best class
+(argmax of its scores), then: score >= score_threshold, optional class filter, NMS per class (or
+class-agnostic), map through the letterbox (`ResizeInfo`: original = (input - offset) / scale),
+clip to the image, drop boxes left with no area, keep the best max_detections. Inputs are one
+image's output (no batch axis); the caller splits the batch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from service.config import DetectionConfig
+from service.errors import InternalError, InvalidArgument
+from service.postprocess.nms import batched_nms
+from service.preprocess import ResizeInfo
+
+
+@dataclass(frozen=True)
+class DetectParams:
+    """Per-request options; `from_config` fills what the request leaves out from the model config.
+
+    classes: keep only these class indices (None: all).
+    """
+
+    score_threshold: float = 0.25
+    iou_threshold: float = 0.45
+    max_detections: int = 100
+    class_agnostic: bool = False
+    classes: tuple[int, ...] | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("score_threshold", "iou_threshold"):
+            value = getattr(self, name)
+            if not 0.0 <= value <= 1.0:
+                raise InvalidArgument(f"{name} must be within [0, 1], got {value}")
+        if self.max_detections < 1:
+            raise InvalidArgument(f"max_detections must be at least 1, got {self.max_detections}")
+        if self.classes is not None and any(c < 0 for c in self.classes):
+            raise InvalidArgument(f"class indices must be >= 0, got {self.classes}")
+
+    @classmethod
+    def from_config(cls, config: DetectionConfig, **overrides) -> "DetectParams":
+        """Defaults from the model's config; overrides whose value is None are ignored."""
+        values = {
+            "score_threshold": config.score_threshold,
+            "iou_threshold": config.iou_threshold,
+            "max_detections": config.max_detections,
+        }
+        values.update({key: value for key, value in overrides.items() if value is not None})
+        if values.get("classes") is not None:
+            values["classes"] = tuple(int(c) for c in values["classes"])
+        return cls(**values)
+
+
+@dataclass(frozen=True)
+class Detections:
+    """boxes float32 [K, 4] x1y1x2y2 original pixels; scores float32 [K]; classes int64 [K]; best first."""
+
+    boxes: np.ndarray
+    scores: np.ndarray
+    classes: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.scores)
+
+
+def decode_yolo_grid(output: np.ndarray, grid: int, boxes_per_cell: int,
+                     input_hw: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """[S, S, B*5 + C] -> boxes [S*S*B, 4] x1y1x2y2 input pixels, scores [S*S*B, C].
+
+    Box k = (i * S + j) * B + b for cell row i, column j, slot b.
+    """
+    s, nb = grid, boxes_per_cell
+    if output.ndim != 3 or output.shape[:2] != (s, s) or output.shape[2] <= 5 * nb:
+        raise InternalError(f"yolo_grid output must be [{s}, {s}, {5 * nb} + C], got {list(output.shape)}")
+    out = output.astype(np.float32, copy=False)
+    cells = out[:, :, : 5 * nb].reshape(s, s, nb, 5)
+    height, width = input_hw
+    cols = np.arange(s, dtype=np.float32)[None, :, None]
+    rows = np.arange(s, dtype=np.float32)[:, None, None]
+    cx = (cols + cells[..., 0]) * np.float32(width / s)
+    cy = (rows + cells[..., 1]) * np.float32(height / s)
+    w, h = cells[..., 2] * np.float32(width), cells[..., 3] * np.float32(height)
+    boxes = np.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], axis=-1).reshape(-1, 4)
+    scores = cells[..., 4:5] * out[:, :, None, 5 * nb :]
+    return boxes, scores.reshape(s * s * nb, -1)
+
+
+def decode_yolov5(output: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """[A, 5 + C] (cx, cy, w, h input pixels, objectness, class scores) -> boxes [A, 4], scores [A, C]."""
+    if output.ndim != 2 or output.shape[1] < 6:
+        raise InternalError(f"yolov5 output must be [A, 5 + C], got {list(output.shape)}")
+    out = output.astype(np.float32, copy=False)
+    return _cxcywh_to_xyxy(out[:, :4]), out[:, 4:5] * out[:, 5:]
+
+
+def decode_yolov8(output: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """[4 + C, A] (cx, cy, w, h input pixels, class scores) -> boxes [A, 4], scores [A, C]."""
+    if output.ndim != 2 or output.shape[0] < 5:
+        raise InternalError(f"yolov8 output must be [4 + C, A], got {list(output.shape)}")
+    out = output.astype(np.float32, copy=False).T
+    return _cxcywh_to_xyxy(out[:, :4]), np.ascontiguousarray(out[:, 4:])
+
+
+def _cxcywh_to_xyxy(boxes: np.ndarray) -> np.ndarray:
+    half = boxes[:, 2:4] / 2
+    return np.concatenate([boxes[:, :2] - half, boxes[:, :2] + half], axis=1)
+
+
+def to_original_pixels(boxes: np.ndarray, resize: ResizeInfo) -> np.ndarray:
+    """boxes [K, 4] x1y1x2y2 in model-input pixels -> original-image pixels, clipped to the image.
+
+    Inverts the preprocessing placement per axis: original = (input - offset) / scale.
+    """
+    (sy, sx), (oy, ox) = resize.scale_yx, resize.offset_yx
+    height, width = resize.original_hw
+    scale = np.array([sx, sy, sx, sy], dtype=np.float64)
+    offset = np.array([ox, oy, ox, oy], dtype=np.float64)
+    original = (np.asarray(boxes, dtype=np.float64).reshape(-1, 4) - offset) / scale
+    return np.clip(original, 0.0, [width, height, width, height]).astype(np.float32)
+
+
+def decode_output(output: np.ndarray, config: DetectionConfig, input_hw: tuple[int, int]):
+    """Dispatch on config.layout -> (boxes [A, 4] input pixels, scores [A, C])."""
+    if config.layout == "yolo_grid":
+        return decode_yolo_grid(output, config.grid, config.boxes_per_cell, input_hw)
+    if config.layout == "yolov5":
+        return decode_yolov5(output)
+    return decode_yolov8(output)
+
+
+def select_detections(boxes: np.ndarray, scores: np.ndarray, params: DetectParams):
+    """boxes [A, 4], scores [A, C] -> (kept box indices [K], classes [K], scores [K]), best first.
+
+    Best class per box, score threshold, class filter, NMS (per class unless class_agnostic).
+    """
+    if params.classes is not None and any(c >= scores.shape[1] for c in params.classes):
+        raise InvalidArgument(f"class filter {params.classes} names classes beyond the model's {scores.shape[1]}")
+    classes = scores.argmax(axis=1) if scores.shape[1] else np.zeros(len(scores), dtype=np.int64)
+    best = scores[np.arange(len(scores)), classes] if len(scores) else np.zeros(0, np.float32)
+    keep = np.flatnonzero(best >= params.score_threshold)
+    if params.classes is not None:
+        keep = keep[np.isin(classes[keep], np.asarray(params.classes, dtype=np.int64))]
+    groups = np.zeros(len(keep), dtype=np.int64) if params.class_agnostic else classes[keep]
+    kept = keep[batched_nms(boxes[keep], best[keep], groups, params.iou_threshold)]
+    return kept, classes[kept].astype(np.int64), best[kept].astype(np.float32)
+
+
+def detect(output: np.ndarray, config: DetectionConfig, resize: ResizeInfo,
+           params: DetectParams | None = None) -> Detections:
+    """One image's raw output -> Detections in original-image pixels (see the module docstring)."""
+    params = params or DetectParams.from_config(config)
+    boxes, scores = decode_output(np.asarray(output), config, resize.input_hw)
+    kept, classes, best = select_detections(boxes, scores, params)
+    original = to_original_pixels(boxes[kept], resize)
+    has_area = (original[:, 2] > original[:, 0]) & (original[:, 3] > original[:, 1])
+    cut = np.flatnonzero(has_area)[: params.max_detections]
+    return Detections(boxes=original[cut], scores=best[cut], classes=classes[cut])

@@ -1,0 +1,127 @@
+"""Segmentation post-processing as pure numpy/OpenCV functions: logits -> label map, counts, PNGs.
+
+The label map is the argmax of the class logits *after* they are resized bilinearly to the
+original image, not a nearest-neighbour resize of a model-resolution label map: interpolating the
+scores first gives smooth, sub-pixel class boundaries instead of blocky ones.
+
+Coordinates: logits [C, h, w] cover the model input [H_in, W_in] (cell j's centre at
+(j + 0.5) · H_in / h, the bilinear align_corners=False convention); `ResizeInfo` maps original
+pixels onto the model input (model = original · scale + offset). Padding the preprocessor added
+(letterbox borders, native-size padding up to the stride) is cut off with
+`ResizeInfo.content_window()`: samples are clamped to the content, so padded cells never leak into
+the answer. With `resize: native` (scale 1, offset 0) and full-resolution logits the resize is
+the identity and the label map is exactly the argmax of the unpadded logits.
+"""
+
+from __future__ import annotations
+
+import colorsys
+
+import cv2
+import numpy as np
+
+from service.preprocess import ResizeInfo
+
+# Bound on the float32 elements of one strip of resized logits (C x rows x W): ~32 MB.
+STRIP_ELEMENTS = 8_000_000
+# Distinct colours for the first classes (class 0, background, is never painted).
+_BASE_COLOURS = (
+    (0, 0, 0), (230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48),
+    (145, 30, 180), (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212), (0, 128, 128),
+)
+
+
+def content_cells(info: ResizeInfo, map_hw: tuple[int, int]) -> tuple[int, int, int, int]:
+    """(top, left, bottom, right), end-exclusive, of the map cells [h, w] that cover image content."""
+    top, left, bottom, right = info.content_window()
+    ry, rx = map_hw[0] / info.input_hw[0], map_hw[1] / info.input_hw[1]
+    cell_top, cell_left = min(int(np.floor(top * ry)), map_hw[0] - 1), min(int(np.floor(left * rx)), map_hw[1] - 1)
+    cell_bottom = min(map_hw[0], max(cell_top + 1, int(np.ceil(bottom * ry))))
+    cell_right = min(map_hw[1], max(cell_left + 1, int(np.ceil(right * rx))))
+    return cell_top, cell_left, cell_bottom, cell_right
+
+
+def sample_axis(out_size: int, scale: float, offset: float, input_size: int, map_size: int, low: int, high: int):
+    """Bilinear taps along one axis: (first [out], second [out], weight of second [out]).
+
+    Output pixel i lies at map coordinate f = ((i + 0.5) · scale + offset) · map_size / input_size − 0.5,
+    clamped to the content cells [low, high − 1]; value = map[first] · (1 − w) + map[second] · w.
+    """
+    coords = ((np.arange(out_size, dtype=np.float64) + 0.5) * scale + offset) * (map_size / input_size) - 0.5
+    coords = np.clip(coords, low, high - 1)
+    first = np.floor(coords).astype(np.int64)
+    second = np.minimum(first + 1, high - 1)
+    return first, second, (coords - first).astype(np.float32)
+
+
+def resize_logits_rows(logits: np.ndarray, rows, columns) -> np.ndarray:
+    """logits [C, h, w] sampled at rows (taps for r output rows) and columns (taps for W) -> [C, r, W]."""
+    y0, y1, wy = rows
+    x0, x1, wx = columns
+    blended = logits[:, y0, :] * (1.0 - wy)[None, :, None] + logits[:, y1, :] * wy[None, :, None]
+    return blended[:, :, x0] * (1.0 - wx) + blended[:, :, x1] * wx
+
+
+def label_map_from_logits(logits: np.ndarray, info: ResizeInfo) -> np.ndarray:
+    """logits [C, h, w] over the model input -> class indices [H, W] at the original image size
+    (uint8, or uint16 above 256 classes): bilinear resize of the logits, then argmax over C.
+
+    Works in strips of output rows so a large image never needs all C full-size planes at once.
+    """
+    classes, map_h, map_w = logits.shape
+    (height, width), (sy, sx), (oy, ox) = info.original_hw, info.scale_yx, info.offset_yx
+    top, left, bottom, right = content_cells(info, (map_h, map_w))
+    logits = logits.astype(np.float32, copy=False)
+    rows = sample_axis(height, sy, oy, info.input_hw[0], map_h, top, bottom)
+    columns = sample_axis(width, sx, ox, info.input_hw[1], map_w, left, right)
+    labels = np.empty((height, width), dtype=np.uint8 if classes <= 256 else np.uint16)
+    step = max(1, STRIP_ELEMENTS // max(1, classes * width))
+    for start in range(0, height, step):
+        strip = slice(start, min(height, start + step))
+        taps = tuple(axis[strip] for axis in rows)
+        labels[strip] = np.argmax(resize_logits_rows(logits, taps, columns), axis=0)
+    return labels
+
+
+def probability_maps(logits: np.ndarray, info: ResizeInfo) -> np.ndarray:
+    """logits [C, h, w] -> softmax over C, float32 [C, h', w'] at model resolution, padding cut off."""
+    top, left, bottom, right = content_cells(info, logits.shape[1:])
+    content = logits[:, top:bottom, left:right].astype(np.float32)
+    exp = np.exp(content - content.max(axis=0, keepdims=True))
+    return exp / exp.sum(axis=0, keepdims=True)
+
+
+def class_pixel_counts(label_map: np.ndarray, num_classes: int) -> np.ndarray:
+    """label_map [H, W] -> pixels per class, int64 [num_classes]."""
+    return np.bincount(label_map.ravel(), minlength=num_classes)[:num_classes].astype(np.int64)
+
+
+def encode_label_map(label_map: np.ndarray) -> bytes:
+    """Single-channel PNG whose pixel values are the class indices (8- or 16-bit as the array is)."""
+    ok, data = cv2.imencode(".png", np.ascontiguousarray(label_map))
+    if not ok:  # pragma: no cover - OpenCV only fails here on unsupported dtypes
+        raise ValueError(f"PNG encoding failed for a label map of dtype {label_map.dtype}")
+    return data.tobytes()
+
+
+def palette(num_classes: int) -> np.ndarray:
+    """RGB colours uint8 [num_classes, 3]: a fixed list, then evenly spread hues (golden ratio)."""
+    colours = list(_BASE_COLOURS[:num_classes])
+    for index in range(len(colours), num_classes):
+        hue = (index * 0.618033988749895) % 1.0
+        colours.append(tuple(int(round(c * 255)) for c in colorsys.hsv_to_rgb(hue, 0.85, 0.95)))
+    return np.asarray(colours, dtype=np.uint8).reshape(num_classes, 3)
+
+
+def overlay_png(original: np.ndarray, label_map: np.ndarray, num_classes: int, alpha: float = 0.5) -> bytes:
+    """original uint8 BGR [H, W, 3] (or gray [H, W]) with every non-background class blended in its
+    palette colour -> RGB PNG bytes of the same size."""
+    image = cv2.cvtColor(original, cv2.COLOR_GRAY2BGR) if original.ndim == 2 else original[:, :, :3]
+    colours = palette(max(num_classes, int(label_map.max()) + 1))[:, ::-1].astype(np.float32)  # RGB -> BGR
+    painted = label_map > 0
+    blended = image.astype(np.float32)
+    blended[painted] = blended[painted] * (1.0 - alpha) + colours[label_map[painted]] * alpha
+    ok, data = cv2.imencode(".png", np.clip(np.rint(blended), 0, 255).astype(np.uint8))
+    if not ok:  # pragma: no cover
+        raise ValueError("PNG encoding of the overlay failed")
+    return data.tobytes()

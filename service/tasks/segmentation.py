@@ -1,0 +1,97 @@
+"""Segment: images -> per-pixel class maps at the original size, class coverage, optional overlay.
+
+The model's answer output is per-class logits [N, C, h, w] over the model input. Each image's
+logits are resized bilinearly to the original image (padding removed), then arg-maxed; see
+service/postprocess/segment.py for the geometry.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+from service.dataplane import DataPlane, ImageInput, PreparedImage, RequestContext
+from service.errors import FailedPrecondition, InvalidArgument
+from service.models import LoadedVersion
+from service.postprocess.segment import (
+    class_pixel_counts, encode_label_map, label_map_from_logits, overlay_png, probability_maps,
+)
+
+
+@dataclass(frozen=True)
+class ClassCoverage:
+    """How much of one image a class covers."""
+
+    class_index: int
+    label: str
+    pixels: int
+    fraction: float  # pixels / (width * height)
+
+
+@dataclass(frozen=True)
+class SegmentationResult:
+    label_map: np.ndarray  # [H, W] class indices at the original size (uint8, or uint16 > 256 classes)
+    label_map_png: bytes
+    classes: tuple[ClassCoverage, ...]  # classes present, in class-index order
+    overlay_png: bytes = b""
+    probabilities: np.ndarray | None = None  # float32 [C, h, w] at model resolution, padding removed
+
+    @property
+    def height(self) -> int:
+        return int(self.label_map.shape[0])
+
+    @property
+    def width(self) -> int:
+        return int(self.label_map.shape[1])
+
+
+def _label(model: LoadedVersion, index: int) -> str:
+    return model.labels[index] if index < len(model.labels) else str(index)
+
+
+def _check_logits(model: LoadedVersion, logits: np.ndarray) -> np.ndarray:
+    if logits.ndim != 3 or logits.shape[0] < 1:
+        raise FailedPrecondition(
+            f"model '{model.name}' output '{model.config.answer_output}' has per-image shape {list(logits.shape)}; "
+            "segmentation needs class logits [C, H, W]"
+        )
+    return logits
+
+
+def segment_one(model: LoadedVersion, prepared: PreparedImage, logits: np.ndarray, overlay: bool, probabilities: bool) -> SegmentationResult:
+    """One image's logits [C, h, w] -> its SegmentationResult (pure; runs in a worker thread)."""
+    logits = _check_logits(model, logits)
+    num_classes = logits.shape[0]
+    label_map = label_map_from_logits(logits, prepared.info)
+    counts = class_pixel_counts(label_map, num_classes)
+    total = float(label_map.size)
+    classes = tuple(
+        ClassCoverage(int(c), _label(model, int(c)), int(counts[c]), float(counts[c] / total)) for c in np.flatnonzero(counts)
+    )
+    return SegmentationResult(
+        label_map=label_map,
+        label_map_png=encode_label_map(label_map),
+        classes=classes,
+        overlay_png=overlay_png(prepared.original, label_map, num_classes) if overlay else b"",
+        probabilities=probability_maps(logits, prepared.info) if probabilities else None,
+    )
+
+
+async def segment(dp: DataPlane, ctx: RequestContext, model: LoadedVersion, images: Sequence[ImageInput], overlay: bool, probabilities: bool) -> list[SegmentationResult]:
+    if overlay and any(image.tensor is not None for image in images):
+        raise InvalidArgument("overlay needs encoded images (a tensor image has no original pixels to draw on)")
+    prepared = await dp.prepare(ctx, model, images, keep_original=overlay)
+    outputs = await dp.run_images(ctx, model, prepared)
+    started = time.perf_counter()
+    answer = model.config.answer_output
+    # Resizing C full-size planes is real work for large images: keep it off the event loop.
+    results = await asyncio.gather(*(
+        asyncio.to_thread(segment_one, model, item, output[answer], overlay, probabilities)
+        for item, output in zip(prepared, outputs)
+    ))
+    ctx.add_stage("postprocess", time.perf_counter() - started)
+    return list(results)
