@@ -8,7 +8,7 @@ import pytest
 import torch
 import torchvision
 
-from conftest import tiny_classifier_onnx
+from testkit import tiny_classifier_onnx
 from export.optimize import convert_fp16, max_abs_difference, quantize_int8, save_optimized_graph, session
 
 # FP16 carries ~3 significant decimal digits: relative error ~1e-3 per op. For a ResNet-18 at 64x64

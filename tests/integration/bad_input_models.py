@@ -8,7 +8,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from conftest import tiny_classifier_onnx
+from testkit import tiny_classifier_onnx
 
 RGB_CONFIG = """\
 name: rgb

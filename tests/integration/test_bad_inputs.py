@@ -18,7 +18,7 @@ import pytest
 from PIL import Image as PILImage
 
 from bad_input_models import write_rgb_and_detector
-from conftest import ServerThread, test_settings, write_tiny_model
+from testkit import ServerThread, test_settings, write_tiny_model
 from service.api.convserve.v1 import vision_pb2 as vpb
 from service.api.convserve.v1 import vision_pb2_grpc as vpb_grpc
 from service.api.inference import grpc_service_pb2 as pb

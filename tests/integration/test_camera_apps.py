@@ -32,7 +32,7 @@ import cv2
 import numpy as np
 import pytest
 
-from conftest import BUNDLED_REPO, REPO_ROOT, ServerProcess, copy_bundled_model
+from testkit import BUNDLED_REPO, REPO_ROOT, ServerProcess, copy_bundled_model
 from examples.attendance_camera import AttendanceLog, WeakestFrame, explain_weakest
 from examples.camera_stream import CountSmoother, open_source
 from service.client import Frame, NotFound, ReconnectingStream, ReconnectPolicy, Unavailable, VisionClient

@@ -28,8 +28,8 @@ from service.client.errors import NotFound, Unauthenticated, Unavailable
 from service.postprocess.classify import softmax
 from service.server import start_server
 
-from conftest import REPO_ROOT, ServerThread, write_tiny_model
-from conftest import test_settings as settings_for
+from testkit import REPO_ROOT, ServerThread, write_tiny_model
+from testkit import test_settings as settings_for
 
 LABELS = ("cat", "dog", "bird")
 

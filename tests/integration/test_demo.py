@@ -12,7 +12,7 @@ import os
 import subprocess
 import sys
 
-from conftest import REPO_ROOT
+from testkit import REPO_ROOT
 
 BLOCKED = ("torch", "torchvision", "skimage", "mlxtend", "sklearn")
 SECTIONS = ("== Classify", "== Detect", "== Segment", "== Explain", "== StreamClassify", "== StreamDetect", "== V2 ModelInfer")

@@ -25,8 +25,8 @@ from service.api.inference import grpc_service_pb2_grpc as pb_grpc
 from service.servicers.v2_tensors import append_input, response_outputs
 from service.settings import Limits
 
-from conftest import ServerThread, write_tiny_model
-from conftest import test_settings as settings_for
+from testkit import ServerThread, write_tiny_model
+from testkit import test_settings as settings_for
 
 INVALID, NOT_FOUND = grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND
 GOOD = np.random.default_rng(0).random((2, 1, 8, 8), dtype=np.float32)

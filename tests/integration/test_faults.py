@@ -10,7 +10,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from conftest import ServerThread, test_settings, write_tiny_model
+from testkit import ServerThread, test_settings, write_tiny_model
 from service.api.inference import grpc_service_pb2 as pb
 from service.api.inference import grpc_service_pb2_grpc as pb_grpc
 from service.servicers.v2_tensors import append_input

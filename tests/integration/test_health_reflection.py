@@ -33,8 +33,8 @@ from service.api.convserve.v1 import vision_pb2_grpc as vpb_grpc
 from service.api.inference import grpc_service_pb2 as pb
 from service.api.inference import grpc_service_pb2_grpc as pb_grpc
 
-from conftest import ServerProcess, ServerThread, write_tiny_model
-from conftest import test_settings as settings_for
+from testkit import ServerProcess, ServerThread, write_tiny_model
+from testkit import test_settings as settings_for
 
 SERVING, NOT_SERVING = health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING
 GRPCURL = Path(sys.executable).parent / "grpcurl"

@@ -8,7 +8,7 @@ import time
 import grpc
 import numpy as np
 
-from conftest import ServerThread, test_settings, tiny_classifier_onnx, write_tiny_model
+from testkit import ServerThread, test_settings, tiny_classifier_onnx, write_tiny_model
 from service.api.inference import grpc_service_pb2 as pb
 from service.api.inference import grpc_service_pb2_grpc as pb_grpc
 from service.servicers.v2_tensors import append_input

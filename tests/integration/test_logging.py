@@ -28,7 +28,7 @@ from service.api.convserve.v1 import vision_pb2_grpc as vpb_grpc
 from service.api.inference import grpc_service_pb2 as pb
 from service.api.inference import grpc_service_pb2_grpc as pb_grpc
 from service.servicers.v2_tensors import append_input
-from conftest import REPO_ROOT, write_tiny_model
+from testkit import REPO_ROOT, write_tiny_model
 
 KV_PAIR = re.compile(r'(\w+)=("(?:[^"\\]|\\.)*"|[^ "]*)(?: |$)')
 GENERATED_ID = re.compile(r"^[0-9a-f]{32}$")

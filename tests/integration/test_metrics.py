@@ -27,8 +27,8 @@ from service.api.convserve.v1 import vision_pb2_grpc as vpb_grpc
 from service.api.inference import grpc_service_pb2 as pb
 from service.api.inference import grpc_service_pb2_grpc as pb_grpc
 from service.servicers.v2_tensors import append_input
-from conftest import REPO_ROOT, ServerThread, write_tiny_model
-from conftest import test_settings as settings_for
+from testkit import REPO_ROOT, ServerThread, write_tiny_model
+from testkit import test_settings as settings_for
 
 DASHBOARD = REPO_ROOT / "deploy" / "grafana" / "convserve-dashboard.json"
 STAGES = ("queue", "preprocess", "inference", "postprocess", "total")

@@ -24,7 +24,7 @@ from service.postprocess.classify import softmax
 from service.repository import scan_model
 from service.servicers.v2_tensors import append_input, response_outputs
 
-from conftest import BUNDLED_REPO
+from testkit import BUNDLED_REPO
 
 MODELS = ("lenet5", "simple_cnn", "bn_cnn")
 SCORE_TOLERANCE = 1e-5

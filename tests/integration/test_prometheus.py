@@ -36,8 +36,8 @@ import yaml
 
 from service.api.convserve.v1 import vision_pb2 as vpb
 from service.api.convserve.v1 import vision_pb2_grpc as vpb_grpc
-from conftest import REPO_ROOT, ServerThread, write_tiny_model
-from conftest import test_settings as settings_for
+from testkit import REPO_ROOT, ServerThread, write_tiny_model
+from testkit import test_settings as settings_for
 
 PROMETHEUS_DIR = REPO_ROOT / "deploy" / "prometheus"
 DASHBOARD = REPO_ROOT / "deploy" / "grafana" / "convserve-dashboard.json"

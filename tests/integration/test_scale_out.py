@@ -9,7 +9,7 @@ import urllib.request
 import numpy as np
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import ServerProcess, write_tiny_model
+from testkit import ServerProcess, write_tiny_model
 from service.client.vision_client import VisionClient
 
 

@@ -22,8 +22,8 @@ from service.api.inference import grpc_service_pb2_grpc as pb_grpc
 from service.config import load_model_config
 from service.preprocess import preprocess_encoded
 from service.servicers.v2_tensors import append_input, response_outputs
-from conftest import ServerThread, write_tiny_model
-from conftest import test_settings as settings_for
+from testkit import ServerThread, write_tiny_model
+from testkit import test_settings as settings_for
 
 BIG = 64 * 1024 * 1024
 CHANNEL_OPTIONS = [("grpc.max_send_message_length", BIG), ("grpc.max_receive_message_length", BIG)]

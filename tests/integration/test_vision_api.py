@@ -22,8 +22,8 @@ from service.config import load_model_config
 from service.postprocess.classify import softmax
 from service.preprocess import preprocess_encoded, preprocess_image
 
-from conftest import ServerThread, write_tiny_model
-from conftest import test_settings as settings_for
+from testkit import ServerThread, write_tiny_model
+from testkit import test_settings as settings_for
 
 LABELS = ["cat", "dog", "bird"]
 EXIF_ORIENTATION = 0x0112

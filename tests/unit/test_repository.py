@@ -22,7 +22,7 @@ from service.metrics import Metrics
 from service.models import LoadOptions, ModelRegistry
 from service.repository import check_external_data, list_versions, model_directories, scan_model
 
-from conftest import TINY_CONFIG, write_tiny_model
+from testkit import TINY_CONFIG, write_tiny_model
 
 
 def scan_error(directory) -> ConfigError:

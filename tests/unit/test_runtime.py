@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from conftest import tiny_classifier_onnx
+from testkit import tiny_classifier_onnx
 from service.config import ModelConfig, parse_model_config
 from service.errors import ConfigError
 from service.runtime import ModelRuntime, ProviderUnavailable, _cgroup_cpu_quota, resolve_providers

@@ -1,0 +1,212 @@
+"""Shared test helpers: tiny real ONNX models, a model repository, and a real server on loopback.
+
+The server runs in-process on its own event loop in a background thread, bound to port 0 (the
+OS picks a free port), so tests talk to it over real gRPC and real HTTP like any client would.
+Test modules import these from `testkit` (not from `conftest`: several directories have a
+conftest.py, and which one `import conftest` finds depends on collection order).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import threading
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from service.settings import Limits, ServerSettings
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+BUNDLED_REPO = REPO_ROOT / "model_repo"
+
+
+def tiny_classifier_onnx(path: Path, classes: int = 3, channels: int = 1, size: int = 8, seed: int = 0) -> None:
+    """[N, C, size, size] -> Flatten -> Gemm -> logits [N, classes], fixed seeded weights."""
+    rng = np.random.default_rng(seed)
+    features = channels * size * size
+    weight = numpy_helper.from_array(rng.normal(0, 0.5, (features, classes)).astype(np.float32), "weight")
+    bias = numpy_helper.from_array(rng.normal(0, 0.1, (classes,)).astype(np.float32), "bias")
+    nodes = [
+        helper.make_node("Flatten", ["input"], ["flat"], axis=1),
+        helper.make_node("Gemm", ["flat", "weight", "bias"], ["logits"]),
+    ]
+    graph = helper.make_graph(
+        nodes, "tiny",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", channels, size, size])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", classes])],
+        initializer=[weight, bias],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model, full_check=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(path))
+
+
+TINY_CONFIG = """\
+name: {name}
+task: classification
+inputs:
+  - {{name: input, dtype: float32, dims: [-1, 1, 8, 8]}}
+outputs:
+  - {{name: logits, dtype: float32, dims: [-1, 3]}}
+preprocessing:
+  color_order: gray
+  resize: stretch
+  size: [8, 8]
+  scale: 0.00392156862745098
+labels: labels.txt
+batching:
+  max_batch_size: {max_batch}
+  max_queue_delay_us: {delay_us}
+  max_queue_size: {queue}
+postprocessing:
+  top_k: 2
+"""
+
+
+def write_tiny_model(repo: Path, name: str = "tiny", versions=(1,), max_batch: int = 8, delay_us: int = 2000, queue: int = 64) -> Path:
+    directory = repo / name
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "config.yaml").write_text(TINY_CONFIG.format(name=name, max_batch=max_batch, delay_us=delay_us, queue=queue))
+    (directory / "labels.txt").write_text("cat\ndog\nbird\n")
+    for version in versions:
+        tiny_classifier_onnx(directory / str(version) / "model.onnx", seed=version)
+    return directory
+
+
+class ServerThread:
+    """A real convserve server on loopback, driven from a background event loop."""
+
+    def __init__(self, settings: ServerSettings):
+        self.settings = settings
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.running = None
+
+    def start(self) -> "ServerThread":
+        from service.server import start_server
+        self.thread.start()
+        self.running = self.call(start_server(self.settings), timeout=300)
+        return self
+
+    def call(self, coroutine, timeout: float = 60):
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout)
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.running.port}"
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://127.0.0.1:{self.running.metrics_port}/metrics"
+
+    def stop(self) -> None:
+        if self.running is not None:
+            self.call(self.running.stop(), timeout=120)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(timeout=10)
+
+
+def test_settings(repo: Path, **overrides) -> ServerSettings:
+    limits = overrides.pop("limits", Limits())
+    base = dict(model_repo=repo, host="127.0.0.1", port=0, metrics_port=0, providers=("cpu",),
+                drain_timeout_s=5.0, shutdown_grace_s=0.0, log_level="warning", limits=limits)
+    base.update(overrides)
+    return ServerSettings(**base)
+
+
+test_settings.__test__ = False  # a helper, not a test, though test modules import it
+
+
+def copy_bundled_model(name: str, repo: Path) -> Path:
+    target = repo / name
+    shutil.copytree(BUNDLED_REPO / name, target)
+    return target
+
+
+class ServerProcess:
+    """`convserve serve` as a child process on port 0; the chosen ports come from its JSON log."""
+
+    def __init__(self, repo: Path, *args: str, env: dict | None = None):
+        import json
+        import os
+        import subprocess
+        import sys
+        import time
+
+        command = [sys.executable, "-m", "entrypoint", "serve", "--model-repo", str(repo), "--host", "127.0.0.1",
+                   "--port", "0", "--metrics-port", "0", "--providers", "cpu", "--log-format", "json", *args]
+        self.proc = subprocess.Popen(command, cwd=REPO_ROOT, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                                     text=True, env={**os.environ, **(env or {})})
+        self.log_lines: list[str] = []
+        self.port = self.metrics_port = None
+        give_up = time.monotonic() + 120
+        while self.port is None:
+            line = self.proc.stderr.readline()
+            if not line:
+                raise RuntimeError(f"server exited before starting (code {self.proc.wait()}): {''.join(self.log_lines)[-3000:]}")
+            self.log_lines.append(line)
+            try:
+                event = json.loads(line)
+            except ValueError:
+                continue
+            if event.get("event") == "server_started":
+                self.port, self.metrics_port = event["port"], event["metrics_port"]
+            if time.monotonic() > give_up:
+                raise RuntimeError("server did not start in 120 s")
+        self._reader = threading.Thread(target=self._drain, daemon=True)
+        self._reader.start()
+
+    def _drain(self) -> None:
+        for line in self.proc.stderr:
+            self.log_lines.append(line)
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def wait_serving(self, timeout: float = 120) -> None:
+        import time
+
+        import grpc
+        from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+        give_up = time.monotonic() + timeout
+        with grpc.insecure_channel(self.address) as channel:
+            stub = health_pb2_grpc.HealthStub(channel)
+            while time.monotonic() < give_up:
+                try:
+                    if stub.Check(health_pb2.HealthCheckRequest(), timeout=2).status == health_pb2.HealthCheckResponse.SERVING:
+                        return
+                except grpc.RpcError:
+                    pass
+                time.sleep(0.05)
+        raise RuntimeError(f"server not SERVING after {timeout} s")
+
+    def events(self) -> list[dict]:
+        import json
+
+        parsed = []
+        for line in list(self.log_lines):
+            try:
+                parsed.append(json.loads(line))
+            except ValueError:
+                pass
+        return parsed
+
+    def terminate(self, timeout: float = 60) -> int:
+        import signal
+
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout)
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
