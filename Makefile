@@ -6,7 +6,7 @@ SERVE_STAMP := $(VENV)/.installed-serve
 FULL_STAMP := $(VENV)/.installed-full
 PYTEST_ARGS ?=
 
-.PHONY: demo test test-fast models protos bench loadtest fuzz soak lint clean-venv
+.PHONY: demo test models protos bench bench-quick loadtest fuzz soak clean-venv
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -40,6 +40,9 @@ protos: $(FULL_STAMP)
 
 bench: $(FULL_STAMP)
 	$(PY) -m bench.run
+
+bench-quick: $(FULL_STAMP)
+	$(PY) -m bench.run --quick
 
 loadtest: $(SERVE_STAMP)
 	$(PY) -m bench.loadtest_demo

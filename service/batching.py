@@ -110,7 +110,7 @@ class DynamicBatcher:
         if self._queued_images + count > self.policy.max_queue_size:
             self._observer.rejected("queue_full")
             raise ResourceExhausted(f"model queue is full ({self._queued_images} images queued, limit {self.policy.max_queue_size}); retry later")
-        key = tuple((name, array.shape[1:], array.dtype.str) for name, array in sorted(inputs.items()))
+        key = _shape_key(inputs)
         future = asyncio.get_running_loop().create_future()
         pending = _Pending(inputs, count, key, future, time.monotonic(), deadline)
         self._queue.append(pending)
@@ -248,6 +248,14 @@ class DynamicBatcher:
         if self._dispatcher is not None:
             self._dispatcher.cancel()
             await asyncio.gather(self._dispatcher, return_exceptions=True)
+
+
+def _shape_key(inputs: dict[str, np.ndarray]) -> tuple:
+    """What requests must share to be stacked: per input, its name, per-item shape and dtype."""
+    if len(inputs) == 1:  # the usual case, without sorting
+        for name, array in inputs.items():
+            return ((name, array.shape[1:], array.dtype),)
+    return tuple(sorted((name, array.shape[1:], array.dtype) for name, array in inputs.items()))
 
 
 def _fail(pending: _Pending, error: Exception) -> None:

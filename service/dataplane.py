@@ -63,6 +63,7 @@ class DataPlane:
         self.metrics = metrics
         self.limits = limits
         self._pool = ThreadPoolExecutor(max_workers=preprocess_threads, thread_name_prefix="preprocess")
+        self._image_counters: dict[str, object] = {}  # memoised metrics.images.labels(model): per-request hot path
 
     def model(self, ctx: RequestContext, name: str, version: str | int | None, task: str | None = None) -> LoadedVersion:
         """Resolve the serving version; NOT_FOUND/UNAVAILABLE, or FAILED_PRECONDITION for the wrong task."""
@@ -134,7 +135,10 @@ class DataPlane:
         ctx.add_stage("inference", time.monotonic() - started - queue_wait)
         count = next(iter(inputs.values())).shape[0]
         ctx.images = ctx.images or count  # tensor requests skip prepare(), which counts images
-        self.metrics.images.labels(model.name).inc(count)
+        counter = self._image_counters.get(model.name)
+        if counter is None:
+            counter = self._image_counters[model.name] = self.metrics.images.labels(model.name)
+        counter.inc(count)
         if output_names:
             return {name: outputs[name] for name in output_names}
         return outputs

@@ -85,8 +85,9 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def RepositoryModelLoad(self, request, context):
         async def body(ctx):
             self._require_repository_api()
-            if not (self.registry.repo / request.model_name).is_dir() or not request.model_name or "/" in request.model_name:
-                raise NotFound(f"no model directory '{request.model_name}' in the repository")
+            name = request.model_name  # a model directory is a plain, visible child of the repository, as at startup
+            if not name or name.startswith((".", "_")) or "/" in name or not (self.registry.repo / name).is_dir():
+                raise NotFound(f"no model directory '{name}' in the repository")
             entry = await self.registry.load(request.model_name)
             if entry.state != "READY" or entry.reason:
                 raise Unavailable(f"model '{request.model_name}' failed to load: {entry.reason}")

@@ -1,0 +1,118 @@
+"""The benchmark's verdicts and its two write-ups: JSON (for machines) and markdown (for people)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+
+from bench.load import ServedPoint
+from bench.raw import RawPoint
+
+DIGITS_TARGET_RPS = 2000.0
+
+
+def served_ratio(point: ServedPoint, raw: list[RawPoint]) -> float | None:
+    best = max((p.images_per_s for p in raw), default=0.0)
+    return round(point.images_per_s / best, 3) if best else None
+
+
+def find(served: list[ServedPoint], model: str, payload: str, concurrency: int) -> ServedPoint | None:
+    return next((p for p in served if (p.model, p.payload, p.concurrency) == (model, payload, concurrency)), None)
+
+
+def evaluate_targets(raw: dict[str, list[RawPoint]], served: list[ServedPoint], digits: str, memory: ServedPoint | None,
+                     warmup: float, adjacent: dict[str, RawPoint] | None = None) -> list[dict]:
+    """One {target, measured, passed} per stated goal.
+
+    The ResNet-18 goals compare against raw ONNX Runtime re-measured right after the served run
+    (`adjacent`) when there is one: on a shared machine that is the fairer reference.
+    """
+    targets = []
+    adjacent = adjacent or {}
+    resnet_raw = raw.get("resnet18", [])
+    best = adjacent.get("resnet18 c16") or max(resnet_raw, key=lambda p: p.images_per_s, default=None)
+    c16 = find(served, "resnet18", "tensor", 16)
+    if best and c16:
+        targets.append(_target(f"resnet18 tensor c16 served >= 0.90 x raw best (batch {best.batch}: {best.images_per_s:.1f} img/s)",
+                               f"{c16.images_per_s:.1f} img/s = {c16.images_per_s / best.images_per_s:.2f} x raw",
+                               c16.images_per_s >= 0.9 * best.images_per_s))
+    b1 = adjacent.get("resnet18 c1") or next((p for p in resnet_raw if p.batch == 1), None)
+    c1 = find(served, "resnet18", "tensor", 1)
+    if b1 and c1 and c1.latency_ms:
+        targets.append(_target(f"resnet18 tensor c1 served p50 <= raw batch-1 latency + 1.5 ms ({b1.latency_ms_p50:.2f} + 1.5 ms)",
+                               f"p50 {c1.latency_ms['p50']:.2f} ms (+{c1.latency_ms['p50'] - b1.latency_ms_p50:.2f} ms)",
+                               c1.latency_ms["p50"] <= b1.latency_ms_p50 + 1.5))
+    d64 = find(served, digits, "tensor", 64)
+    if d64:
+        targets.append(_target(f"{digits} V2 tensor c64 >= {DIGITS_TARGET_RPS:,.0f} req/s (load tool and server on this machine)",
+                               f"{d64.throughput_rps:,.0f} req/s, server {d64.server_cpu_us_per_request:.0f} us CPU/request",
+                               d64.throughput_rps >= DIGITS_TARGET_RPS))
+    if memory is not None:
+        steady = [mb for t, mb in memory.rss_mb if t >= warmup]
+        if steady:
+            drift = max(abs(mb / steady[0] - 1.0) for mb in steady)
+            targets.append(_target(f"server RSS flat within ±10% over {len(steady)} s at full load ({digits} tensor c64)",
+                                   f"{steady[0]:.0f} -> {steady[-1]:.0f} MB (min {min(steady):.0f}, max {max(steady):.0f}; max drift {100 * drift:.1f}%)",
+                                   drift <= 0.10))
+    return targets
+
+
+def _target(name: str, measured: str, passed: bool) -> dict:
+    return {"target": name, "measured": measured, "passed": bool(passed)}
+
+
+def to_json(meta: dict, raw: dict[str, list[RawPoint]], served: list[ServedPoint], targets: list[dict],
+            profile: dict, memory: ServedPoint | None, adjacent: dict[str, RawPoint] | None = None) -> dict:
+    return {
+        "meta": meta,
+        "raw_onnxruntime": {name: [asdict(p) for p in points] for name, points in raw.items()},
+        "raw_onnxruntime_after_served": {key: asdict(p) for key, p in (adjacent or {}).items()},
+        "served": [dict(asdict(p), served_over_raw_best=served_ratio(p, raw.get(p.model, [])), rss_mb=None) for p in served],
+        "targets": targets,
+        "profile": profile,
+        "memory": asdict(memory) if memory else None,
+    }
+
+
+def to_markdown(data: dict) -> str:
+    meta = data["meta"]
+    lines = [f"# convserve benchmark ({meta['mode']})", "", f"- date: {meta['date']}", f"- machine: {meta['machine']}",
+             f"- load average before / after: {meta['loadavg_before']} / {meta['loadavg_after']}",
+             f"- versions: {meta['versions']}", *[f"- note: {n}" for n in meta["notes"]], "",
+             "## Raw ONNX Runtime (in-process, same session options as the server)", "",
+             "| model | batch | images/s | run latency p50 (ms) |", "|---|---:|---:|---:|"]
+    for model, points in data["raw_onnxruntime"].items():
+        lines += [f"| {model} | {p['batch']} | {p['images_per_s']:.1f} | {p['latency_ms_p50']:.3f} |" for p in points]
+    again = data.get("raw_onnxruntime_after_served") or {}
+    if again:
+        lines += ["", "Raw ONNX Runtime measured again right after the served run it is compared with (the targets use these):", ""]
+        lines += [f"- after {key}: batch {p['batch']}, {p['images_per_s']:.1f} images/s, {p['latency_ms_p50']:.2f} ms per run" for key, p in again.items()]
+    lines += ["", "## Served over gRPC (closed loop, load tool on the same machine)", "",
+              "| model | input | conc. | req/s | images/s | served/raw best | p50 ms | p90 ms | p99 ms | max ms | errors | server CPU us/req | client CPU us/req | others' CPU s |",
+              "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|"]
+    for p in data["served"]:
+        lat = p["latency_ms"] or {}
+        errors = ", ".join(f"{k} {v}" for k, v in p["errors"].items()) or "-"
+        ratio = f"{p['served_over_raw_best']:.2f}" if p["served_over_raw_best"] is not None else "-"
+        lines.append(f"| {p['model']} | {p['payload']} | {p['concurrency']} | {p['throughput_rps']:.1f} | {p['images_per_s']:.1f} | {ratio} | "
+                     f"{lat.get('p50', 0):.2f} | {lat.get('p90', 0):.2f} | {lat.get('p99', 0):.2f} | {lat.get('max', 0):.2f} | {errors} | "
+                     f"{p['server_cpu_us_per_request']:.0f} | {p['client_cpu_us_per_request']:.0f} | {p['others_cpu_s']:.1f} |")
+    lines += ["", "## Targets", ""]
+    lines += [f"- {'PASS' if t['passed'] else 'FAIL'}: {t['target']} — measured {t['measured']}" for t in data["targets"]]
+    lines += ["", "## Where the server's CPU goes (digits V2 tensor, concurrency 64)", ""] + _profile_lines(data["profile"])
+    return "\n".join(lines) + "\n"
+
+
+def _profile_lines(profile: dict) -> list[str]:
+    if not profile.get("available"):
+        return [f"Profile not available: {profile.get('reason', 'not run')}"]
+    lines = ["Threads (py-spy samples at 100 Hz; CPU seconds from /proc during the profiled run):", "",
+             "| thread | samples | CPU s |", "|---|---:|---:|"]
+    lines += [f"| {t['thread']} | {t['samples']} | {t['cpu_s'] if t['cpu_s'] is not None else '-'} |" for t in profile["threads"]]
+    native = profile.get("native_threads_cpu_s") or {}
+    if native:
+        lines.append(f"| native threads (gRPC core, ONNX Runtime pools): {len(native)} | - | {sum(native.values()):.2f} |")
+    lines += ["", f"Event-loop thread ({profile['event_loop_samples']} samples) by innermost frame:", ""]
+    lines += [f"- {pct:.1f}% {name}" for name, pct in profile["event_loop_by_category_pct"].items()]
+    lines += ["", "Hottest convserve functions on the event loop (inclusive):", ""]
+    lines += [f"- {pct:.1f}% `{name}`" for name, pct in profile["convserve_functions_inclusive_pct"].items()]
+    return lines

@@ -1,0 +1,188 @@
+"""`make bench` / `python -m bench.run [--quick]`: raw ONNX Runtime vs served, targets, profile, memory.
+
+Everything runs on this one machine, one step at a time: raw ONNX Runtime first (no server
+running), then the server as a child process (`convserve serve`) with the load tool as another
+child process for each measurement. Results go to bench/results/ as JSON and markdown.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bench.load import ServedPoint, run_served
+from bench.models import REPO_ROOT, digits_model, export_resnet18
+from bench.profiling import profile_during
+from bench.raw import RawPoint, measure_raw
+from bench.results import evaluate_targets, to_json, to_markdown
+from bench.server import ServedModels
+
+RAW_BATCHES = (1, 4, 8, 16, 32)
+CONCURRENCY = (1, 4, 16, 64)
+PAYLOADS = ("tensor", "jpeg")
+RESNET_JPEG = ("--image-size", "480x640")  # a camera-sized frame, decoded and center-cropped by the server
+
+
+@dataclass(frozen=True)
+class Plan:
+    mode: str
+    raw_seconds: float
+    duration: float
+    warmup: float
+    profile_seconds: float
+    memory_seconds: float
+
+
+PLANS = {
+    "full": Plan("full", raw_seconds=3.0, duration=10.0, warmup=2.0, profile_seconds=12.0, memory_seconds=60.0),
+    "quick": Plan("quick", raw_seconds=1.0, duration=3.0, warmup=1.0, profile_seconds=6.0, memory_seconds=20.0),
+}
+
+
+def say(message: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="short runs (about 4 minutes instead of about 10)")
+    parser.add_argument("--out", type=Path, default=REPO_ROOT / "bench" / "results", help="results directory")
+    parser.add_argument("--models", default="resnet18,digits", help="comma list: resnet18, digits")
+    parser.add_argument("--no-profile", action="store_true", help="skip the py-spy profile")
+    args = parser.parse_args(argv)
+    plan = PLANS["quick" if args.quick else "full"]
+    wanted = {m.strip() for m in args.models.split(",") if m.strip()}
+    meta = _meta(plan)
+    with tempfile.TemporaryDirectory(prefix="convserve-bench-") as tmp:
+        repo = Path(tmp) / "repo"
+        repo.mkdir()
+        models = []
+        if "resnet18" in wanted:
+            say("exporting resnet18 (torchvision, random weights) to ONNX")
+            models.append(export_resnet18(repo))
+        if "digits" in wanted:
+            models.append(digits_model(repo))
+        meta["models"] = {m.name: m.note for m in models}
+        raw = {}
+        for model in models:
+            say(f"raw ONNX Runtime: {model.name}")
+            raw[model.name] = measure_raw(repo / model.name, RAW_BATCHES, plan.raw_seconds, model.onnx_path)
+        run = _served(repo, models, plan, raw, args.no_profile)
+    digits = next((m.name for m in models if m.name != "resnet18"), "digits")
+    meta["loadavg_after"] = _loadavg()
+    targets = evaluate_targets(raw, run.served, digits, run.memory, plan.warmup, run.adjacent_raw)
+    data = to_json(meta, raw, run.served, targets, run.profile, run.memory, run.adjacent_raw)
+    args.out.mkdir(parents=True, exist_ok=True)
+    stem = "bench-quick" if args.quick else "bench"
+    (args.out / f"{stem}.json").write_text(json.dumps(data, indent=2) + "\n")
+    markdown = to_markdown(data)
+    (args.out / f"{stem}.md").write_text(markdown)
+    print(markdown)
+    say(f"wrote {args.out / stem}.json and .md")
+    return 0
+
+
+def window(plan: Plan, raw: list[RawPoint], concurrency: int) -> tuple[float, float]:
+    """(measured seconds, warm-up seconds) long enough for several batch runs at this concurrency.
+
+    Why: on a slow or busy machine one ResNet batch can take seconds; a window shorter than a few
+    runs measures nothing. Capped at 60 s.
+    """
+    fitting = [p for p in raw if p.batch >= concurrency] or raw[-1:]
+    run_s = min(fitting, key=lambda p: p.batch).latency_ms_p50 / 1000 if fitting else 0.0
+    return round(min(60.0, max(plan.duration, 6 * run_s)), 1), round(min(20.0, max(plan.warmup, 2 * run_s)), 1)
+
+
+@dataclass
+class ServedRun:
+    served: list[ServedPoint] = field(default_factory=list)
+    profile: dict = field(default_factory=lambda: {"available": False, "reason": "not run"})
+    memory: ServedPoint | None = None
+    adjacent_raw: dict[str, RawPoint] = field(default_factory=dict)  # "resnet18 c16" -> raw re-measured right after
+
+
+def _served(repo: Path, models, plan: Plan, raw: dict[str, list[RawPoint]], skip_profile: bool) -> ServedRun:
+    say("starting the server (convserve serve)")
+    server = ServedModels(repo)
+    run = ServedRun()
+    served = run.served
+    try:
+        for model in models:
+            for payload in PAYLOADS:
+                extra = RESNET_JPEG if (model.name == "resnet18" and payload == "jpeg") else ()
+                for concurrency in CONCURRENCY:
+                    duration, warmup = window(plan, raw.get(model.name, []), concurrency)
+                    point = run_served(server, model.name, payload, concurrency, duration, warmup, extra)
+                    say(f"{model.name} {payload} c{concurrency}: {point.throughput_rps:.1f} req/s, "
+                        f"p50 {point.latency_ms.get('p50', float('nan')):.2f} ms, server {point.server_cpu_us_per_request:.0f} us/req, "
+                        f"others' CPU {point.others_cpu_s:.1f} s, errors {point.errors or '-'}")
+                    served.append(point)
+                    if model.name == "resnet18" and payload == "tensor" and concurrency in (1, 16):
+                        run.adjacent_raw[f"resnet18 c{concurrency}"] = _raw_again(repo, model, raw["resnet18"], concurrency, plan)
+        digits = next((m.name for m in models if m.name != "resnet18"), None)
+        if digits and not skip_profile:
+            say(f"profiling the server under {digits} tensor c64 (py-spy)")
+            run.profile, _ = profile_during(server.pid, plan.profile_seconds, server.thread_cpu,
+                                        lambda: run_served(server, digits, "tensor", 64, plan.profile_seconds + 3, 1.0))
+        if digits:
+            say(f"memory: {digits} tensor c64 for {plan.memory_seconds:.0f} s, RSS sampled every second")
+            run.memory = run_served(server, digits, "tensor", 64, plan.memory_seconds, plan.warmup, sample_rss=True)
+    finally:
+        server.stop()
+    return run
+
+
+def _raw_again(repo: Path, model, raw: list[RawPoint], concurrency: int, plan: Plan) -> RawPoint:
+    """Raw ONNX Runtime re-measured right after a served run (batch 1 for c1, else the best batch).
+
+    Why: on a shared machine the other load changes within minutes; the served/raw targets compare
+    against this measurement, taken minutes closer to the served one than the raw table.
+    """
+    batch = 1 if concurrency == 1 else max(raw, key=lambda p: p.images_per_s).batch
+    (point,) = measure_raw(repo / model.name, (batch,), plan.raw_seconds, model.onnx_path)
+    say(f"raw again, {model.name} batch {batch}: {point.images_per_s:.1f} img/s, {point.latency_ms_p50:.2f} ms per run")
+    return point
+
+
+def _loadavg() -> str:
+    try:
+        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    except OSError:
+        return "n/a"
+
+
+def _meta(plan: Plan) -> dict:
+    import grpc
+    import numpy
+    import onnxruntime
+
+    cpu = "unknown CPU"
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return {
+        "mode": plan.mode, "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "machine": f"{cpu}, {cores} cores usable, {platform.system()} {platform.release()}",
+        "loadavg_before": _loadavg(), "loadavg_after": "",
+        "versions": f"python {platform.python_version()}, onnxruntime {onnxruntime.__version__}, grpcio {grpc.__version__}, numpy {numpy.__version__}",
+        "plan": plan.__dict__,
+        "notes": [
+            "the load tool (grpc.aio, one process) and the server share this machine's cores; "
+            "'others' CPU s' is what other processes burned during each run: when it is large, absolute numbers are noisy",
+            "latency is per request as the client sees it; images/s counts batch items",
+        ],
+    }
+
+
+if __name__ == "__main__":
+    sys.exit(main())

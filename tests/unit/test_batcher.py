@@ -1,0 +1,301 @@
+"""DynamicBatcher with a plain numpy function as the model: merge/split, grouping, failures, limits.
+
+Batches are made deterministic with a gate: the first run blocks in its worker thread until the
+test opens the gate, so everything submitted meanwhile is queued, and the next run takes it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+
+from service.batching import BatchPolicy, DynamicBatcher
+from service.errors import DeadlineExceeded, InternalError, InvalidArgument, ResourceExhausted, Unavailable
+
+
+class GatedModel:
+    """y = 2x + 1 per row; records every batch; the first run waits for `gate` when `hold` is set."""
+
+    def __init__(self, hold: bool = True, fail_width: int | None = None, wrong_batch: bool = False):
+        self.gate = threading.Event()
+        self.started = threading.Event()
+        self.hold = hold
+        self.fail_width = fail_width
+        self.wrong_batch = wrong_batch
+        self.batches: list[np.ndarray] = []
+        self._first = True
+
+    def __call__(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        x = inputs["x"]
+        self.batches.append(x.copy())
+        self.started.set()
+        if self._first and self.hold:
+            self._first = False
+            assert self.gate.wait(10), "test never opened the gate"
+        if self.fail_width is not None and x.shape[1] == self.fail_width:
+            raise ValueError("this shape makes the model fail")
+        y = 2 * x + 1
+        return {"y": y[:-1] if self.wrong_batch and len(y) > 1 else y, "rowsum": x.reshape(len(x), -1).sum(axis=1)}
+
+    @property
+    def rows_run(self) -> int:
+        return sum(len(b) for b in self.batches)
+
+
+class Recorder:
+    def __init__(self):
+        self.batches: list[tuple[int, int]] = []
+        self.rejections: list[str] = []
+        self.depths: list[int] = []
+
+    def batch_done(self, images, requests, seconds):
+        self.batches.append((images, requests))
+
+    def rejected(self, reason):
+        self.rejections.append(reason)
+
+    def queue_depth(self, images):
+        self.depths.append(images)
+
+
+def run(coroutine_fn, model: GatedModel, policy: BatchPolicy | None = None, observer: Recorder | None = None):
+    """Run `coroutine_fn(batcher)` on a fresh loop with a started batcher; closes everything."""
+    async def main():
+        with ThreadPoolExecutor(max_workers=(policy or BatchPolicy()).instances) as pool:
+            batcher = DynamicBatcher(model, pool, policy or BatchPolicy(max_queue_delay_s=0.0), observer)
+            batcher.start()
+            try:
+                return await coroutine_fn(batcher)
+            finally:
+                model.gate.set()
+                await batcher.close(drain_timeout=2.0)
+    return asyncio.run(main())
+
+
+async def wait_started(model: GatedModel) -> None:
+    for _ in range(2000):
+        if model.started.is_set():
+            return
+        await asyncio.sleep(0.001)
+    raise AssertionError("the model never started")
+
+
+async def settle() -> None:
+    for _ in range(5):
+        await asyncio.sleep(0)
+
+
+def rows(n: int, width: int = 3, start: float = 0.0) -> dict[str, np.ndarray]:
+    return {"x": (start + np.arange(n * width, dtype=np.float32)).reshape(n, width)}
+
+
+def test_requests_merge_into_one_batch_and_split_back_exactly():
+    model, observer = GatedModel(), Recorder()
+
+    async def scenario(batcher):
+        first = asyncio.create_task(batcher.submit(rows(1, start=1000)))
+        await wait_started(model)
+        inputs = [rows(n, start=100 * i) for i, n in enumerate((1, 3, 2, 1))]
+        tasks = [asyncio.create_task(batcher.submit(x)) for x in inputs]
+        await settle()
+        model.gate.set()
+        results = await asyncio.gather(first, *tasks)
+        return inputs, [outputs for outputs, _ in results[1:]]
+
+    inputs, outputs = run(scenario, model, observer=observer)
+    assert [len(b) for b in model.batches] == [1, 7]
+    assert observer.batches == [(1, 1), (7, 4)]
+    for x, out in zip(inputs, outputs):
+        np.testing.assert_array_equal(out["y"], 2 * x["x"] + 1)
+        np.testing.assert_array_equal(out["rowsum"], x["x"].sum(axis=1))
+
+
+def test_max_batch_size_is_never_exceeded():
+    model = GatedModel()
+
+    async def scenario(batcher):
+        first = asyncio.create_task(batcher.submit(rows(1)))
+        await wait_started(model)
+        tasks = [asyncio.create_task(batcher.submit(rows(1, start=i))) for i in range(10)]
+        await settle()
+        model.gate.set()
+        await asyncio.gather(first, *tasks)
+
+    run(scenario, model, BatchPolicy(max_batch_size=4, max_queue_delay_s=0.0))
+    assert [len(b) for b in model.batches] == [1, 4, 4, 2]
+
+
+def test_different_shapes_go_in_separate_batches():
+    model = GatedModel()
+
+    async def scenario(batcher):
+        first = asyncio.create_task(batcher.submit(rows(1)))
+        await wait_started(model)
+        shapes = [3, 5, 3, 5, 3]
+        tasks = [asyncio.create_task(batcher.submit(rows(1, width=w, start=i))) for i, w in enumerate(shapes)]
+        await settle()
+        model.gate.set()
+        results = await asyncio.gather(*tasks)
+        await first
+        return shapes, results
+
+    shapes, results = run(scenario, model)
+    assert [b.shape for b in model.batches[1:]] == [(3, 3), (2, 5)]
+    for i, (w, (out, _)) in enumerate(zip(shapes, results)):
+        np.testing.assert_array_equal(out["y"], 2 * rows(1, width=w, start=i)["x"] + 1)
+
+
+def test_a_failed_batch_fails_only_its_own_requests():
+    model = GatedModel(fail_width=5)
+
+    async def scenario(batcher):
+        first = asyncio.create_task(batcher.submit(rows(1)))
+        await wait_started(model)
+        bad = [asyncio.create_task(batcher.submit(rows(1, width=5))) for _ in range(2)]
+        good = asyncio.create_task(batcher.submit(rows(2, width=3, start=7)))
+        await settle()
+        model.gate.set()
+        return await asyncio.gather(*bad, return_exceptions=True), await good
+
+    failures, (out, _) = run(scenario, model)
+    assert all(isinstance(f, InternalError) and "this shape makes the model fail" in f.message for f in failures)
+    np.testing.assert_array_equal(out["y"], 2 * rows(2, start=7)["x"] + 1)
+
+
+def test_wrong_output_batch_size_is_an_internal_error_for_that_batch():
+    model = GatedModel(hold=False, wrong_batch=True)
+
+    async def scenario(batcher):
+        outputs, _ = await batcher.submit(rows(1))  # a batch of 1 is returned whole
+        with pytest.raises(InternalError, match="expected 2"):
+            await batcher.submit(rows(2))
+        return outputs
+
+    assert run(scenario, model)["y"].shape == (1, 3)
+
+
+def test_full_queue_is_refused_at_once():
+    model, observer = GatedModel(), Recorder()
+
+    async def scenario(batcher):
+        first = asyncio.create_task(batcher.submit(rows(1)))
+        await wait_started(model)
+        queued = [asyncio.create_task(batcher.submit(rows(2))) for _ in range(2)]
+        await settle()
+        started = time.perf_counter()
+        with pytest.raises(ResourceExhausted, match="queue is full"):
+            await batcher.submit(rows(1))
+        refused_in = time.perf_counter() - started
+        model.gate.set()
+        await asyncio.gather(first, *queued)
+        return refused_in
+
+    refused_in = run(scenario, model, BatchPolicy(max_queue_size=4, max_queue_delay_s=0.0), observer)
+    assert refused_in < 0.05
+    assert observer.rejections == ["queue_full"]
+
+
+def test_request_over_max_batch_size_is_invalid():
+    async def scenario(batcher):
+        with pytest.raises(InvalidArgument, match="exceeds the model's max_batch_size 4"):
+            await batcher.submit(rows(5))
+
+    run(scenario, GatedModel(hold=False), BatchPolicy(max_batch_size=4))
+
+
+def test_expired_deadline_is_dropped_before_the_model_runs_it():
+    model, observer = GatedModel(), Recorder()
+
+    async def scenario(batcher):
+        first = asyncio.create_task(batcher.submit(rows(1)))
+        await wait_started(model)
+        doomed = asyncio.create_task(batcher.submit(rows(1, start=500), deadline=time.monotonic() + 0.05))
+        alive = asyncio.create_task(batcher.submit(rows(1, start=600), deadline=time.monotonic() + 30))
+        await asyncio.sleep(0.1)
+        model.gate.set()
+        with pytest.raises(DeadlineExceeded, match="never reached the model"):
+            await doomed
+        await asyncio.gather(first, alive)
+
+    run(scenario, model, observer=observer)
+    assert model.rows_run == 2
+    assert not any((b == 500).any() for b in model.batches)
+    assert observer.rejections == ["deadline"]
+
+
+def test_cancelled_request_is_removed_from_the_queue():
+    model = GatedModel()
+
+    async def scenario(batcher):
+        first = asyncio.create_task(batcher.submit(rows(1)))
+        await wait_started(model)
+        victim = asyncio.create_task(batcher.submit(rows(3, start=500)))
+        await settle()
+        assert batcher.queued_images == 3
+        victim.cancel()
+        await settle()
+        assert batcher.queued_images == 0
+        model.gate.set()
+        await first
+        await batcher.submit(rows(1, start=700))
+
+    run(scenario, model)
+    assert model.rows_run == 2
+    assert not any((b == 500).any() for b in model.batches)
+
+
+def test_lone_request_does_not_wait_for_the_queue_delay():
+    model = GatedModel(hold=False)
+
+    async def scenario(batcher):
+        took = []
+        for _ in range(3):  # also right after a finished batch ("recent traffic")
+            started = time.perf_counter()
+            await batcher.submit(rows(1))
+            took.append(time.perf_counter() - started)
+        return took
+
+    took = run(scenario, model, BatchPolicy(max_queue_delay_s=0.3))
+    assert max(took) < 0.1, took
+
+
+def test_close_drains_queued_work_then_refuses_new_requests():
+    model = GatedModel()
+
+    async def scenario(batcher):
+        first = asyncio.create_task(batcher.submit(rows(1)))
+        await wait_started(model)
+        queued = [asyncio.create_task(batcher.submit(rows(1, start=i))) for i in range(3)]
+        await settle()
+        closing = asyncio.create_task(batcher.close(drain_timeout=5.0))
+        await settle()
+        with pytest.raises(Unavailable):
+            await batcher.submit(rows(1))
+        model.gate.set()
+        await closing
+        return await asyncio.gather(first, *queued)
+
+    results = run(scenario, model)
+    assert len(results) == 4 and model.rows_run == 4
+
+
+def test_close_fails_what_cannot_drain_in_time():
+    model = GatedModel()
+
+    async def scenario(batcher):
+        first = asyncio.create_task(batcher.submit(rows(1)))
+        await wait_started(model)
+        stuck = asyncio.create_task(batcher.submit(rows(1)))
+        await settle()
+        await batcher.close(drain_timeout=0.05)
+        with pytest.raises(Unavailable, match="shut down"):
+            await stuck
+        model.gate.set()
+        await first
+
+    run(scenario, model)
