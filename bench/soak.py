@@ -78,7 +78,7 @@ def choose_model(workdir: Path) -> tuple[Path, str, str]:
     if (BUNDLED / "config.yaml").is_file() and any(p.name.isdigit() for p in BUNDLED.iterdir()):
         return REPO_ROOT / "model_repo", "gap_cnn", "bundled model_repo (gap_cnn: 3x64x64 GAP-CNN, 5 classes)"
     sys.path.insert(0, str(REPO_ROOT / "tests"))
-    from conftest import write_tiny_model  # the shared test fixture's model
+    from testkit import write_tiny_model  # the shared test helpers' tiny model
 
     write_tiny_model(workdir, "tiny", max_batch=16, delay_us=1000, queue=256)
     return workdir, "tiny", "STAND-IN: model_repo/gap_cnn is missing; the tiny 1x8x8 3-class test classifier"

@@ -2,8 +2,9 @@
 
 Why: a 100k x 100k PNG is a few kilobytes on the wire but tens of gigabytes once decoded. The
 server refuses such images from their header alone, so a hostile or broken camera cannot make it
-allocate. Formats: PNG, JPEG (SOF markers), BMP, WebP (VP8/VP8L/VP8X), GIF, TIFF is left to
-OpenCV's own limit (OPENCV_IO_MAX_IMAGE_PIXELS), which the server also sets.
+allocate. Formats: PNG, JPEG (SOF markers), BMP, WebP (VP8/VP8L/VP8X), GIF, TIFF (first IFD, which
+is the page OpenCV decodes). `decode_image` refuses bytes whose size this module cannot read: a
+288 KB TIFF of 8000 x 8000 zeros made the decoder allocate 370 MB before the limit was checked.
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ def image_size(data: bytes) -> tuple[int, int] | None:
         return _webp_size(data)
     if data[:6] in (b"GIF87a", b"GIF89a") and len(data) >= 10:
         return struct.unpack("<HH", data[6:10])
+    if data[:4] in (b"II*\x00", b"MM\x00*"):
+        return _tiff_size(data)
     return None
 
 
@@ -34,10 +37,20 @@ def _png_size(data: bytes) -> tuple[int, int] | None:
     return struct.unpack(">II", data[16:24])
 
 
+_JPEG_MAX_STEPS = 10_000  # markers + fill bytes read before giving up; real files need < 300
+
+
 def _jpeg_size(data: bytes) -> tuple[int, int] | None:
+    """Width and height from the first SOF segment, read the way libjpeg reads markers.
+
+    Bytes between segments are skipped up to the next 0xFF (libjpeg resynchronises the same way),
+    with `bytes.find`, so megabytes of junk cost microseconds; the steps are capped, so a stream of
+    fill bytes or length-less markers cannot keep a thread (and the GIL) busy for seconds.
+    """
     pos, end = 2, len(data)
-    while pos + 4 <= end:
-        if data[pos] != 0xFF:
+    for _ in range(_JPEG_MAX_STEPS):
+        pos = data.find(b"\xff", pos)
+        if pos < 0 or pos + 4 > end:
             return None
         marker = data[pos + 1]
         if marker == 0xFF:  # fill byte
@@ -82,3 +95,25 @@ def _webp_size(data: bytes) -> tuple[int, int] | None:
         width, height = struct.unpack("<HH", data[26:30])
         return width & 0x3FFF, height & 0x3FFF
     return None
+
+
+_TIFF_WIDTH, _TIFF_HEIGHT = 256, 257
+
+
+def _tiff_size(data: bytes) -> tuple[int, int] | None:
+    """ImageWidth and ImageLength of the first IFD (SHORT or LONG values); None if either is missing."""
+    if len(data) < 8:
+        return None
+    order = "<" if data[:2] == b"II" else ">"
+    (offset,) = struct.unpack(order + "I", data[4:8])
+    if offset + 2 > len(data):
+        return None
+    (count,) = struct.unpack(order + "H", data[offset : offset + 2])
+    found: dict[int, int] = {}
+    for entry in range(offset + 2, min(offset + 2 + 12 * count, len(data) - 11), 12):
+        tag, kind = struct.unpack(order + "HH", data[entry : entry + 4])
+        if tag in (_TIFF_WIDTH, _TIFF_HEIGHT) and tag not in found and kind in (3, 4):
+            (found[tag],) = struct.unpack(order + ("H" if kind == 3 else "I"), data[entry + 8 : entry + (10 if kind == 3 else 12)])
+    if len(found) < 2:
+        return None
+    return found[_TIFF_WIDTH], found[_TIFF_HEIGHT]

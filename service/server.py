@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import signal
 import time
 from dataclasses import dataclass
@@ -99,7 +98,6 @@ def _server_credentials(settings: ServerSettings) -> grpc.ServerCredentials | No
 async def start_server(settings: ServerSettings, interceptors: list | None = None) -> RunningServer:
     """Start serving: health NOT_SERVING while models load and warm up, SERVING after."""
     import_onnxruntime()  # refuse to start, clearly, without an ONNX Runtime build
-    os.environ.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", str(settings.limits.max_pixels))
     metrics = Metrics()
     lifecycle = Lifecycle()
     registry = ModelRegistry(settings.model_repo, metrics, LoadOptions(settings.providers, settings.require_gpu, settings.drain_timeout_s))

@@ -91,12 +91,24 @@ def v2_datatype(dtype: np.dtype | type | str, what: str = "tensor") -> str:
     return name
 
 
+_MAX_DIMS = 64  # numpy's limit on the number of axes
+_MAX_EXTENT = 2**59  # numpy refuses shapes whose non-zero axes give more than 2**63 bytes, even when empty
+
+
 def element_count(shape: Iterable[int], what: str = "tensor") -> int:
-    """Number of elements of `shape`; negative dimensions are refused (-1 is not a request shape)."""
+    """Number of elements of `shape`; negative dimensions are refused (-1 is not a request shape).
+
+    Shapes numpy cannot represent are refused here too (more than 64 axes; an empty shape such
+    as [0, 2**62]), so they are INVALID_ARGUMENT rather than a ValueError from `reshape`.
+    """
     dims = list(shape)
     if any(d < 0 for d in dims):
         raise InvalidArgument(f"{what}: shape {dims} has a negative dimension; "
                               "every dimension of a request tensor must be >= 0")
+    if len(dims) > _MAX_DIMS:
+        raise InvalidArgument(f"{what}: shape has {len(dims)} dimensions; at most {_MAX_DIMS} are supported")
+    if math.prod(d for d in dims if d) > _MAX_EXTENT:
+        raise InvalidArgument(f"{what}: shape {dims} is too large to represent")
     return math.prod(dims)
 
 

@@ -97,7 +97,9 @@ class VisionServicer(vpb_grpc.VisionServiceServicer):
             options = frame.options
             if options.max_pending < 0:
                 raise InvalidArgument(f"options.max_pending must be >= 0, got {options.max_pending}")
-            return StreamPolicy(options.drop_frames, options.max_pending or self.dp.limits.stream_max_pending)
+            # The server's setting is both the default and the ceiling: one stream cannot hold unbounded frames.
+            limit = self.dp.limits.stream_max_pending
+            return StreamPolicy(options.drop_frames, min(options.max_pending or limit, limit))
 
         async def process(frame):
             received = time.perf_counter()
