@@ -242,4 +242,4 @@ def dump_model_config(config: ModelConfig, path: str | Path) -> None:
     """Write a config with defaults left out, so files stay short and readable."""
     data = config.model_dump(mode="json", exclude_defaults=True)
     data = {"name": config.name, "task": config.task, **data}
-    Path(path).write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
+    Path(path).write_text(yaml.safe_dump(data, sort_keys=False, allow_unicode=True), encoding="utf-8")

@@ -1,0 +1,137 @@
+"""Command line for the PyTorch side: export a zoo model, list the zoo, rebuild the bundled models.
+
+    convserve export ARCH --repo model_repo --name NAME [--version N] [--checkpoint FILE]
+                     [--num-classes C] [--labels FILE] [--input-size H W] [--overwrite]
+    convserve export --list
+    convserve models [--repo model_repo] [--runs runs] [--only NAME]
+
+`main(argv)` takes the subcommand first (`["export", "lenet5", ...]`) and returns the exit status:
+0 on success, 1 when the export is refused (bad checkpoint, parity failure, ...), 2 for usage
+errors. A refused export writes nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import sys
+from pathlib import Path
+
+import torch
+
+from export.checkpoints import CheckpointError, load_checkpoint
+from export.exporter import ExportError
+from export.model_version import prepare_version, write_version
+from export.models import get_model_spec, list_models
+from export.parity import DEFAULT_TOLERANCE, ParityError
+
+INIT_SEED = 0  # weights of an export without --checkpoint are torch's init under this seed
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="convserve", description="Export and build models for convserve.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    export = commands.add_parser("export", help="export a zoo architecture to an ONNX model version")
+    export.add_argument("arch", nargs="?", help=f"architecture: {', '.join(list_models())}")
+    export.add_argument("--list", action="store_true", help="list the architectures and exit")
+    export.add_argument("--repo", type=Path, default=Path("model_repo"), help="model repository (default model_repo)")
+    export.add_argument("--name", help="model name in the repository (default: the architecture)")
+    export.add_argument("--version", type=int, help="version number (default: the next free one)")
+    export.add_argument("--checkpoint", type=Path, help="state dict saved with torch.save (weights only)")
+    export.add_argument("--num-classes", type=int, help="classes (default: the labels' count, else the arch's)")
+    export.add_argument("--labels", type=Path, help="text file, one class label per line")
+    export.add_argument("--input-size", type=int, nargs=2, metavar=("H", "W"), help="model input height width")
+    export.add_argument("--overwrite", action="store_true", help="replace an existing version directory")
+    export.add_argument("--tolerance", type=float, default=DEFAULT_TOLERANCE, help="parity max abs diff allowed")
+    models = commands.add_parser("models", help="train and export the bundled digit models (deterministic)")
+    models.add_argument("--repo", type=Path, default=Path("model_repo"))
+    models.add_argument("--runs", type=Path, default=Path("runs"), help="training reports (figures, metrics)")
+    models.add_argument("--only", action="append", help="only this model (repeatable)")
+    models.add_argument("--no-progress", action="store_true")
+    return parser
+
+
+def read_labels(path: Path) -> list[str]:
+    """One label per line; trailing blank lines ignored, blank labels inside refused."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError as exc:
+        raise ExportError(f"cannot read labels file {path}: {exc.strerror}") from None
+    while lines and not lines[-1].strip():
+        lines.pop()
+    labels = [line.strip() for line in lines]
+    blank = [i + 1 for i, label in enumerate(labels) if not label]
+    if not labels or blank:
+        raise ExportError(f"labels file {path}: " + (f"blank label on line(s) {blank}" if blank else "no labels"))
+    return labels
+
+
+def _weights_info(checkpoint: Path | None) -> dict:
+    if checkpoint is None:
+        return {"source": "random initialisation", "seed": INIT_SEED}
+    digest = hashlib.sha256(checkpoint.read_bytes()).hexdigest()
+    return {"source": "checkpoint", "file": checkpoint.name, "sha256": digest}
+
+
+def run_export(args: argparse.Namespace) -> Path:
+    """Build, load weights, export, verify and write one version; returns its directory."""
+    spec = get_model_spec(args.arch)
+    labels = read_labels(args.labels) if args.labels else None
+    num_classes = args.num_classes or (len(labels) if labels else spec.default_num_classes)
+    torch.manual_seed(INIT_SEED)
+    model = spec.build(num_classes=num_classes)
+    if args.checkpoint is not None:
+        load_checkpoint(model, args.checkpoint, spec.training_only_prefixes)
+    prepared = prepare_version(
+        model,
+        spec,
+        name=args.name or spec.name,
+        num_classes=num_classes,
+        input_hw=tuple(args.input_size) if args.input_size else None,
+        labels=labels,
+        weights=_weights_info(args.checkpoint),
+        tolerance=args.tolerance,
+    )
+    version_dir = write_version(prepared, args.repo, version=args.version, overwrite=args.overwrite)
+    diffs = ", ".join(f"batch {b}: {d:.2e}" for b, d in prepared.parity.max_abs_diff.items())
+    print(f"wrote {version_dir} (parity max abs diff {diffs})")
+    return version_dir
+
+
+def list_zoo() -> None:
+    """Print each architecture with its task, default input (C×H×W) and summary."""
+    for name in list_models():
+        spec = get_model_spec(name)
+        shape = f"{spec.input.channels}×{spec.input.height}×{spec.input.width}"
+        print(f"{name:14s} {spec.task:15s} {shape:>11s}  {spec.summary}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    if args.command == "models":
+        from export.train_classifier import main as train_main
+
+        forwarded = ["--repo", str(args.repo), "--runs", str(args.runs)]
+        forwarded += ["--no-progress"] if args.no_progress else []
+        for name in args.only or []:
+            forwarded += ["--only", name]
+        return train_main(forwarded)
+    if args.list:
+        list_zoo()
+        return 0
+    if not args.arch:
+        parser.error("export needs an architecture (or --list)")
+    try:
+        run_export(args)
+    except KeyError as exc:
+        print(f"convserve export: error: {exc.args[0]}", file=sys.stderr)
+        return 2
+    except (CheckpointError, ExportError, ParityError) as exc:
+        print(f"convserve export: refused: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

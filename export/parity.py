@@ -1,0 +1,116 @@
+"""Torch-vs-ONNX Runtime parity: the exported graph must compute what the torch model computes.
+
+Both run on the same seeded, non-zero random inputs at several batch sizes (batch 1 and a batch
+> 1, which also exercises the dynamic batch axis). The largest absolute difference over every
+output element is compared with a tolerance; an export that differs more is refused, because a
+silently wrong graph is worse than none.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from export.exporter import INPUT_NAME, example_input
+
+DEFAULT_TOLERANCE = 1e-4
+DEFAULT_BATCH_SIZES = (1, 4)
+PARITY_SEED = 20240521
+
+
+class ParityError(RuntimeError):
+    """ONNX Runtime's outputs differ from torch's by more than the tolerance (or could not be computed)."""
+
+
+@dataclass(frozen=True)
+class ParityReport:
+    """Largest |torch − onnxruntime| per batch size, over all outputs."""
+
+    max_abs_diff: dict[int, float]
+    tolerance: float
+    seed: int
+    provider: str = "CPUExecutionProvider"
+
+    @property
+    def worst(self) -> float:
+        return max(self.max_abs_diff.values())
+
+    def as_dict(self) -> dict:
+        return {
+            "max_abs_diff": {str(b): d for b, d in self.max_abs_diff.items()},
+            "tolerance": self.tolerance,
+            "seed": self.seed,
+            "batch_sizes": sorted(self.max_abs_diff),
+            "provider": self.provider,
+        }
+
+
+def cpu_session(onnx_bytes: bytes, threads: int = 1):
+    """An ONNX Runtime CPU session with a bounded thread count (parity runs beside other work)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    return ort.InferenceSession(onnx_bytes, options, providers=["CPUExecutionProvider"])
+
+
+def _max_abs_diff(expected: list[np.ndarray], actual: list[np.ndarray]) -> float:
+    if len(expected) != len(actual):
+        return math.inf
+    worst = 0.0
+    for e, a in zip(expected, actual):
+        if e.shape != a.shape:
+            return math.inf
+        diff = float(np.max(np.abs(e.astype(np.float64) - a.astype(np.float64)))) if e.size else 0.0
+        worst = max(worst, diff if not math.isnan(diff) else math.inf)
+    return worst
+
+
+def measure_parity(
+    model: nn.Module,
+    onnx_bytes: bytes,
+    input_shape: tuple[int, ...],
+    batch_sizes: tuple[int, ...] = DEFAULT_BATCH_SIZES,
+    seed: int = PARITY_SEED,
+) -> dict[int, float]:
+    """Max abs difference per batch size; `inf` when shapes differ or a value is NaN."""
+    model.eval()
+    session = cpu_session(onnx_bytes)
+    diffs: dict[int, float] = {}
+    for batch in batch_sizes:
+        x = example_input(input_shape, batch, seed=seed + batch)
+        with torch.no_grad():
+            outputs = model(x)
+        expected = [o.numpy() for o in (outputs if isinstance(outputs, (tuple, list)) else (outputs,))]
+        try:
+            actual = session.run(None, {INPUT_NAME: x.numpy()})
+        except Exception as exc:  # onnxruntime raises its own exception types from C++
+            raise ParityError(f"ONNX Runtime failed at batch {batch}: {exc}") from None
+        diffs[batch] = _max_abs_diff(expected, actual)
+    return diffs
+
+
+def check_parity(
+    model: nn.Module,
+    onnx_bytes: bytes,
+    input_shape: tuple[int, ...],
+    tolerance: float = DEFAULT_TOLERANCE,
+    batch_sizes: tuple[int, ...] = DEFAULT_BATCH_SIZES,
+    seed: int = PARITY_SEED,
+) -> ParityReport:
+    """Measure parity and raise ParityError if any batch differs by more than `tolerance`."""
+    report = ParityReport(measure_parity(model, onnx_bytes, input_shape, batch_sizes, seed), tolerance, seed)
+    failing = {b: d for b, d in report.max_abs_diff.items() if not d <= tolerance}
+    if failing:
+        detail = ", ".join(f"batch {b}: {d:.3g}" for b, d in failing.items())
+        raise ParityError(
+            f"refusing to write the model: ONNX Runtime differs from torch by more than {tolerance:g} "
+            f"(max abs diff {detail})"
+        )
+    return report

