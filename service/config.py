@@ -239,7 +239,7 @@ def load_model_config(path: str | Path) -> ModelConfig:
 
 
 def dump_model_config(config: ModelConfig, path: str | Path) -> None:
-    """Write a config with defaults left out, so files stay short and readable."""
-    data = config.model_dump(mode="json", exclude_defaults=True)
+    """Write the fields that were set on purpose (defaults left unset stay out), so files stay short."""
+    data = config.model_dump(mode="json", exclude_unset=True)
     data = {"name": config.name, "task": config.task, **data}
     Path(path).write_text(yaml.safe_dump(data, sort_keys=False, allow_unicode=True), encoding="utf-8")

@@ -60,9 +60,9 @@ def upsample_map(raw: np.ndarray, info: ResizeInfo) -> np.ndarray:
     """raw [h, w] over the model input -> float32 [H, W] over the original image (bilinear; 0 outside
     the part of the image the model saw, e.g. beyond a centre crop)."""
     (height, width), (in_h, in_w) = info.original_hw, info.input_hw
-    rows = bilinear_matrix(height, raw.shape[0], info.scale_yx[0], info.offset_yx[0], in_h)
-    cols = bilinear_matrix(width, raw.shape[1], info.scale_yx[1], info.offset_yx[1], in_w)
-    return (rows @ raw.astype(np.float64) @ cols.T).astype(np.float32)
+    rows = bilinear_matrix(height, raw.shape[0], info.scale_yx[0], info.offset_yx[0], in_h).astype(np.float32)
+    cols = bilinear_matrix(width, raw.shape[1], info.scale_yx[1], info.offset_yx[1], in_w).astype(np.float32)
+    return (rows @ raw.astype(np.float32)) @ cols.T  # float32 throughout: a 12 MP map is 48 MB, not 96
 
 
 def min_max_normalise(values: np.ndarray) -> np.ndarray:
@@ -70,7 +70,13 @@ def min_max_normalise(values: np.ndarray) -> np.ndarray:
     low, high = float(values.min()), float(values.max())
     if not high > low:
         return np.zeros(values.shape, dtype=np.float32)
-    return ((values.astype(np.float64) - low) / (high - low)).astype(np.float32)
+    span = np.float32(high) - np.float32(low)  # the same float32 subtraction as the maximum's below
+    if not np.isfinite(span):  # the range overflows float32: compute in float64
+        return np.clip((values.astype(np.float64) - low) / (high - low), 0.0, 1.0).astype(np.float32)
+    out = values.astype(np.float32)  # a copy; then in place, so a large map is not copied again
+    out -= np.float32(low)
+    out /= span  # division, not a reciprocal: the maximum maps to exactly 1
+    return np.clip(out, 0.0, 1.0, out=out)
 
 
 def select_maps(activations: np.ndarray, max_maps: int) -> np.ndarray:

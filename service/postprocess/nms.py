@@ -72,8 +72,9 @@ def _overlaps(corners, areas, cls, start: int, stop: int, threshold: float) -> n
     """bool [stop - start, N - start]: row box i suppresses column box j (j after i, same class)."""
     rows, cols = corners[start:stop], corners[start:]
     zero = np.float32(0)
-    w = np.maximum(zero, np.minimum(rows[:, None, 2], cols[None, :, 2]) - np.maximum(rows[:, None, 0], cols[None, :, 0]))
-    h = np.maximum(zero, np.minimum(rows[:, None, 3], cols[None, :, 3]) - np.maximum(rows[:, None, 1], cols[None, :, 1]))
+    w = np.minimum(rows[:, None, 2], cols[None, :, 2]) - np.maximum(rows[:, None, 0], cols[None, :, 0])
+    h = np.minimum(rows[:, None, 3], cols[None, :, 3]) - np.maximum(rows[:, None, 1], cols[None, :, 1])
+    w, h = np.maximum(zero, w), np.maximum(zero, h)
     inter = w * h
     with np.errstate(divide="ignore", invalid="ignore"):
         iou = inter / (areas[start:stop, None] + areas[None, start:] - inter)

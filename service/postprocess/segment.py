@@ -83,10 +83,13 @@ def label_map_from_logits(logits: np.ndarray, info: ResizeInfo) -> np.ndarray:
     return labels
 
 
-def probability_maps(logits: np.ndarray, info: ResizeInfo) -> np.ndarray:
-    """logits [C, h, w] -> softmax over C, float32 [C, h', w'] at model resolution, padding cut off."""
+def probability_maps(logits: np.ndarray, info: ResizeInfo, apply_softmax: bool = True) -> np.ndarray:
+    """logits [C, h, w] -> softmax over C, float32 [C, h', w'] at model resolution, padding cut off
+    (`apply_softmax=False` for a model whose output already is probabilities: only the crop)."""
     top, left, bottom, right = content_cells(info, logits.shape[1:])
     content = logits[:, top:bottom, left:right].astype(np.float32)
+    if not apply_softmax:
+        return np.ascontiguousarray(content)
     exp = np.exp(content - content.max(axis=0, keepdims=True))
     return exp / exp.sum(axis=0, keepdims=True)
 

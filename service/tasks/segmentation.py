@@ -77,7 +77,7 @@ def segment_one(model: LoadedVersion, prepared: PreparedImage, logits: np.ndarra
         label_map_png=encode_label_map(label_map),
         classes=classes,
         overlay_png=overlay_png(prepared.original, label_map, num_classes) if overlay else b"",
-        probabilities=probability_maps(logits, prepared.info) if probabilities else None,
+        probabilities=probability_maps(logits, prepared.info, model.config.postprocessing.scores == "logits") if probabilities else None,
     )
 
 

@@ -1,0 +1,241 @@
+"""Measure the FCN segmenters on held-out scenes and record the result in fcn8s's model card.
+
+    python -m export.evaluate_segmenter            # 240 held-out scenes, fcn32s/16s/8s, both resize modes
+    python -m export.evaluate_segmenter --no-write # print only
+
+The evaluation runs the exported ONNX files with ONNX Runtime, preprocesses with service.preprocess
+and turns logits into label maps with service/postprocess/segment.py (bilinear resize of the
+logits to the original size, then argmax): the serving path minus gRPC. Scenes come from the
+"heldout" split (faces, distractors and backgrounds the training never saw).
+
+The metric is the lecture's IoU = TP / (TP + FP + FN) per class, with TP, FP and FN counted in
+pixels over all held-out scenes together, and its mean over the classes (background included).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+
+HELDOUT_SEED = 2024
+HELDOUT_SCENES = 240
+BUNDLED = Path("model_repo/fcn8s")
+
+
+def confusion_matrix(truth: np.ndarray, predicted: np.ndarray, classes: int, ignore: int | None = None) -> np.ndarray:
+    """Pixel counts int64 [classes, classes], rows = true class, columns = predicted class."""
+    truth, predicted = truth.ravel().astype(np.int64), predicted.ravel().astype(np.int64)
+    if ignore is not None:
+        keep = truth != ignore
+        truth, predicted = truth[keep], predicted[keep]
+    return np.bincount(truth * classes + predicted, minlength=classes * classes).reshape(classes, classes)
+
+
+def iou_per_class(confusion: np.ndarray) -> np.ndarray:
+    """TP / (TP + FP + FN) per class, float64 [classes]; NaN for a class absent from truth and prediction."""
+    tp = np.diag(confusion).astype(np.float64)
+    union = confusion.sum(0) + confusion.sum(1) - tp
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(union > 0, tp / np.maximum(union, 1), np.nan)
+
+
+def mean_iou(confusion: np.ndarray) -> float:
+    """Mean IoU over the classes that occur (in truth or prediction)."""
+    return float(np.nanmean(iou_per_class(confusion)))
+
+
+def heldout_scenes(count: int = HELDOUT_SCENES, seed: int = HELDOUT_SEED):
+    from export.data.scenes import make_scenes
+    from export.train_segmenter import SEGMENTER_SPEC
+
+    return make_scenes(seed, count, SEGMENTER_SPEC, "heldout")
+
+
+def predict_onnx(onnx_path: Path, preprocessing, scenes, batch: int = 32) -> list[np.ndarray]:
+    """Label maps [H, W] at each scene's size: service preprocessing -> ONNX Runtime -> service postprocess."""
+    from export.parity import cpu_session
+    from service.postprocess.segment import label_map_from_logits
+    from service.preprocess import preprocess_image
+
+    session = cpu_session(Path(onnx_path).read_bytes())
+    prepared = [preprocess_image(scene.image, preprocessing, source_order="rgb") for scene in scenes]
+    groups: dict[tuple, list[int]] = {}
+    for index, (tensor, _) in enumerate(prepared):
+        groups.setdefault(tensor.shape, []).append(index)
+    maps: list[np.ndarray | None] = [None] * len(scenes)
+    for indices in groups.values():
+        for start in range(0, len(indices), batch):
+            chunk = indices[start : start + batch]
+            logits = session.run(None, {"input": np.stack([prepared[i][0] for i in chunk])})[0]
+            for row, index in enumerate(chunk):
+                maps[index] = label_map_from_logits(logits[row], prepared[index][1])
+    return maps  # type: ignore[return-value]
+
+
+def score(maps, scenes, labels) -> dict:
+    """IoU per class, mean IoU and pixel accuracy of predicted label maps against the scenes' truth."""
+    confusion = sum(confusion_matrix(s.label_map, m, len(labels)) for s, m in zip(scenes, maps))
+    ious = iou_per_class(confusion)
+    return {
+        "mean_iou": round(mean_iou(confusion), 4),
+        "iou": {label: round(float(v), 4) for label, v in zip(labels, ious)},
+        "pixel_accuracy": round(float(np.trace(confusion) / confusion.sum()), 4),
+    }
+
+
+def variant_onnx(variant: str) -> Path:
+    from export.train_segmenter import RUN_ROOT
+
+    return BUNDLED / "1" / "model.onnx" if variant == "fcn8s" else RUN_ROOT / variant / "repo" / variant / "1" / "model.onnx"
+
+
+def evaluate_all(count: int, seed: int) -> tuple[dict, dict]:
+    """Every trained variant natively, and fcn8s resized to a fixed 96x96 too; returns (results, maps)."""
+    from export.models.fcn import SCENE_PREPROCESSING
+    from export.train_segmenter import INPUT_SIZE, LABELS, VARIANTS
+
+    scenes = heldout_scenes(count, seed)
+    stretch = SCENE_PREPROCESSING.model_copy(update={"resize": "stretch", "size": (INPUT_SIZE, INPUT_SIZE), "stride": 1})
+    results, maps = {}, {}
+    for variant in VARIANTS:
+        if variant_onnx(variant).exists():
+            maps[variant] = predict_onnx(variant_onnx(variant), SCENE_PREPROCESSING, scenes)
+            results[variant] = score(maps[variant], scenes, LABELS)
+    if "fcn8s" in maps:
+        stretched = predict_onnx(variant_onnx("fcn8s"), stretch, scenes)
+        results["fcn8s_stretch_96x96"] = score(stretched, scenes, LABELS)
+    return results, {"scenes": scenes, **maps}
+
+
+def save_heldout_samples(scenes, maps: dict, path: Path, count: int = 6) -> None:
+    """Grid PNG: image | truth | each variant's prediction, for the first `count` held-out scenes."""
+    from export.train_segmenter import LABELS
+    from service.postprocess.segment import palette
+
+    plt = _pyplot()
+    colours = palette(len(LABELS))
+    columns = ["image", "truth", *maps]
+    fig, axes = plt.subplots(count, len(columns), figsize=(2.0 * len(columns), 2.0 * count), squeeze=False)
+    for row, scene in enumerate(scenes[:count]):
+        panels = [scene.image, colours[scene.label_map], *(colours[m[row]] for m in maps.values())]
+        for col, panel in enumerate(panels):
+            axes[row][col].imshow(panel)
+            axes[row][col].set_axis_off()
+            if row == 0:
+                axes[row][col].set_title(columns[col], fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def write_run_figures(variant: str) -> None:
+    """loss_curve.png and samples.png (validation scenes) beside a training run."""
+    import torch
+
+    from export.train_segmenter import LABELS, RUN_ROOT, load_variant, make_batch, scene_arrays
+    from service.postprocess.segment import palette
+
+    run_dir, plt = RUN_ROOT / variant, _pyplot()
+    steps = np.genfromtxt(run_dir / "steps.csv", delimiter=",", names=True)
+    training = json.loads((run_dir / "training.json").read_text())
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    window = max(1, min(25, len(steps) // 4))
+    for key in ("loss", "ce", "dice"):
+        left.plot(steps["step"][window - 1 :], np.convolve(steps[key], np.ones(window) / window, mode="valid"), label=key)
+    left.set(xlabel="step", ylabel=f"training loss ({window}-step mean)", yscale="log", title=f"{variant}: training loss")
+    left.legend()
+    history = training["history"]
+    right.plot([h["epoch"] for h in history], [h["val_miou"] for h in history], "o-")
+    right.set(xlabel="epoch", ylabel="mean IoU", title="validation (train-split scenes)")
+    fig.tight_layout()
+    fig.savefig(run_dir / "loss_curve.png", dpi=100)
+    plt.close(fig)
+    images, labels = scene_arrays(training["seed"] + 1, training["validation_scenes"], "train",
+                                  RUN_ROOT / f"val_scenes_{training['seed'] + 1}_{training['validation_scenes']}.npz")
+    with torch.no_grad():
+        predicted = load_variant(variant, run_dir)(make_batch(images[:6], labels[:6], None)[0]).argmax(1).numpy()
+    predicted[labels[:6] == 255] = 255  # padding: white in every panel
+    colours = np.vstack([palette(len(LABELS)), np.full((250 - len(LABELS) + 6, 3), 255, np.uint8)])  # 255 = padding
+    fig, axes = plt.subplots(6, 3, figsize=(6, 12))
+    for row in range(6):
+        for col, panel in enumerate((images[row], colours[labels[row]], colours[predicted[row]])):
+            axes[row][col].imshow(panel)
+            axes[row][col].set_axis_off()
+            if row == 0:
+                axes[row][col].set_title(("input (padded)", "truth", variant)[col], fontsize=9)
+    fig.tight_layout()
+    fig.savefig(run_dir / "samples.png", dpi=100)
+    plt.close(fig)
+
+
+def write_readme(model_dir: Path) -> None:
+    """model_repo/fcn8s/README.md from its config and model card."""
+    card = json.loads((model_dir / "1" / "model_card.json").read_text())
+    evaluation, training = card.get("evaluation", {}), card.get("training", {})
+    lines = [
+        f"# {card['name']}", "",
+        "FCN-8s (the lecture's \"Segmentation\" section): a small VGG backbone made fully convolutional, a 1×1 "
+        "convolution classifier giving one heat map per class, learned 2× and 8× transposed-convolution "
+        "upsampling, and skip fusion of pool4 and pool3 scores.", "",
+        f"- classes: {', '.join(card['classes'])} (background first)",
+        f"- input `{card['input']['name']}`: N×3×H×W float32, any H, W (`resize: native`, padded bottom/right to a multiple of 32)",
+        f"- output `{card['output']['name']}`: N×{len(card['classes'])}×H×W logits",
+        f"- parameters: {card['parameters']:,}; ONNX opset {card['onnx']['opset']}; parity with torch (max abs diff): "
+        + ", ".join(f"{k}: {v:.2e}" for k, v in card["parity_max_abs_diff"].items()),
+        "",
+    ]
+    if evaluation:
+        lines += [f"Held-out evaluation ({evaluation['scenes']} scenes of the held-out split, seed {evaluation['seed']}; "
+                  "IoU = TP / (TP + FP + FN) over all pixels, mean over classes):", "",
+                  "| model | mean IoU | pixel accuracy | " + " | ".join(card["classes"]) + " |",
+                  "|---|---|---|" + "---|" * len(card["classes"])]
+        for name, result in evaluation["results"].items():
+            lines.append(f"| {name} | {result['mean_iou']:.4f} | {result['pixel_accuracy']:.4f} | "
+                         + " | ".join(f"{result['iou'][c]:.3f}" for c in card["classes"]) + " |")
+        lines += ["", "All three variants share the backbone and the training recipe; only the skips differ. "
+                  "`fcn8s_stretch_96x96` is the bundled network served with `resize: stretch` to 96×96 instead.", ""]
+    if training:
+        lines += [f"Trained {training.get('wall_seconds', '?')} s ({training.get('steps')} steps, batch {training.get('batch_size')}, "
+                  f"{training.get('torch_threads')} thread) on {training.get('scenes')} scenes from {training.get('data')}.", "",
+                  f"Reproduce: `{training.get('reproduce')}` then `python -m export.evaluate_segmenter`.", ""]
+    lines += ["Details: `1/model_card.json`.", ""]
+    (model_dir / "README.md").write_text("\n".join(lines), encoding="utf-8")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--scenes", type=int, default=HELDOUT_SCENES)
+    parser.add_argument("--seed", type=int, default=HELDOUT_SEED)
+    parser.add_argument("--no-write", action="store_true", help="print only; leave the model card alone")
+    args = parser.parse_args()
+    from export.train_segmenter import RUN_ROOT
+
+    results, maps = evaluate_all(args.scenes, args.seed)
+    print(json.dumps(results, indent=2))
+    RUN_ROOT.mkdir(parents=True, exist_ok=True)
+    save_heldout_samples(maps.pop("scenes"), maps, RUN_ROOT / "heldout_samples.png")
+    if args.no_write:
+        return
+    card_path = BUNDLED / "1" / "model_card.json"
+    card = json.loads(card_path.read_text())
+    card["evaluation"] = {"scenes": args.scenes, "seed": args.seed, "split": "heldout", "resize": "native (stride 32)",
+                          "metric": "IoU = TP / (TP + FP + FN) per class over all pixels; mean over classes incl. background",
+                          "results": results}
+    card_path.write_text(json.dumps(card, indent=2) + "\n", encoding="utf-8")
+    write_readme(BUNDLED)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,290 @@
+"""Train an FCN segmenter (fcn8s, fcn16s or fcn32s) on seeded scenes; bundle fcn8s in model_repo/.
+
+    python -m export.train_segmenter --variant fcn8s     # train (<= 12 min on 2 threads), export to model_repo/fcn8s
+    python -m export.train_segmenter --variant fcn16s    # same recipe; ONNX goes to runs/segmenter/fcn16s/
+    python -m export.train_segmenter --variant fcn8s --export-only   # re-export the last checkpoint
+    python -m export.train_segmenter --export-arch fcn_resnet50 [--checkpoint ck.pt] --out-repo /tmp/repo
+    python -m export.evaluate_segmenter                  # held-out mIoU of all three -> model card
+
+Scenes come from export/data/scenes.py (several overlapping objects of five classes on real
+background crops with clutter; per-pixel labels, 0 = background). Each scene goes through
+service.preprocess exactly as the server will treat it: native size, padded bottom/right to the
+network stride (32), so every training scene of 65-96 pixels becomes one 96×96 input; padded
+pixels are ignored by the loss. Logs, curves, checkpoints and sample predictions go to
+runs/segmenter/<variant>/ (git-ignored); the training scenes are cached in runs/segmenter/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import hashlib
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime
+import torch
+from torch.nn import functional as F
+from tqdm import tqdm
+
+from export.data.scenes import SCENE_CLASSES, SceneSpec, make_scene
+from export.models import build_model, get_model_spec
+from export.exporter import with_metadata
+from export.models.fcn import INPUT_NAME, OUTPUT_NAME, PARITY_SIZES, SCENE_PREPROCESSING, export_segmenter_onnx, segmenter_parity
+from service.config import BatchingConfig, ModelConfig, TensorSpec, dump_model_config
+from service.preprocess import convert_color, normalize, resize_image
+
+SEGMENTER_SPEC = SceneSpec(height=(65, 96), width=(65, 96), objects=(2, 5), object_size=(14, 48), distractors=(0, 2))
+LABELS = ("background", *SCENE_CLASSES)
+IGNORE = 255
+INPUT_SIZE = 96  # every scene of SEGMENTER_SPEC pads to this under stride 32
+RUN_ROOT = Path("runs/segmenter")
+VARIANTS = ("fcn8s", "fcn16s", "fcn32s")
+
+
+def padded_scene(scene) -> tuple[np.ndarray, np.ndarray]:
+    """Scene -> (uint8 RGB [H', W', 3] padded to the stride as served, labels [H', W'] with padding = IGNORE)."""
+    image, info = resize_image(convert_color(scene.image, "rgb", SCENE_PREPROCESSING.color_order), SCENE_PREPROCESSING)
+    labels = np.full(info.input_hw, IGNORE, dtype=np.uint8)
+    top, left, bottom, right = info.content_window()
+    labels[top:bottom, left:right] = scene.label_map
+    return image, labels
+
+
+def scene_arrays(seed: int, count: int, split: str, cache: Path | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """`count` padded scenes as (images uint8 [N, 96, 96, 3], labels uint8 [N, 96, 96]); cached in `cache`."""
+    if cache is not None and cache.exists():
+        data = np.load(cache)
+        if len(data["images"]) == count:
+            return data["images"], data["labels"]
+    images = np.zeros((count, INPUT_SIZE, INPUT_SIZE, 3), dtype=np.uint8)
+    labels = np.full((count, INPUT_SIZE, INPUT_SIZE), IGNORE, dtype=np.uint8)
+    for index in tqdm(range(count), desc=f"{split} scenes", leave=False):
+        image, label = padded_scene(make_scene(np.random.default_rng([seed, index]), SEGMENTER_SPEC, split))
+        images[index], labels[index] = image, label
+    if cache is not None:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        np.savez(cache, images=images, labels=labels)
+    return images, labels
+
+
+def make_batch(images: np.ndarray, labels: np.ndarray, rng: np.random.Generator | None):
+    """uint8 [N, H, W, 3] + labels [N, H, W] -> (x [N, 3, H, W] float, y [N, H, W] long); the
+    content (not the padding) is flipped left-right at random, so padding stays bottom/right."""
+    xs, ys = [], []
+    for image, label in zip(images, labels):
+        if rng is not None and rng.random() < 0.5:
+            rows = int((label[:, 0] != IGNORE).sum())
+            cols = int((label[0] != IGNORE).sum())
+            image, label = image.copy(), label.copy()
+            image[:rows, :cols] = image[:rows, :cols][:, ::-1]
+            label[:rows, :cols] = label[:rows, :cols][:, ::-1]
+        xs.append(normalize(image, SCENE_PREPROCESSING))
+        ys.append(label.astype(np.int64))
+    return torch.from_numpy(np.stack(xs)), torch.from_numpy(np.stack(ys))
+
+
+def segmentation_loss(logits: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(cross-entropy, soft Dice loss averaged over classes present); IGNORE pixels count in neither."""
+    ce = F.cross_entropy(logits, target, ignore_index=IGNORE)
+    valid = (target != IGNORE).unsqueeze(1).float()  # [N, 1, H, W]
+    probs = logits.softmax(dim=1) * valid
+    onehot = F.one_hot(target.clamp(max=logits.shape[1] - 1), logits.shape[1]).permute(0, 3, 1, 2).float() * valid
+    inter, total = (probs * onehot).sum((0, 2, 3)), (probs + onehot).sum((0, 2, 3))
+    present = onehot.sum((0, 2, 3)) > 0
+    dice = 1 - (2 * inter[present] + 1) / (total[present] + 1)
+    return ce, dice.mean()
+
+
+def confusion_of(model, images: np.ndarray, labels: np.ndarray, classes: int) -> np.ndarray:
+    """Pixel confusion matrix [true, predicted] of the torch model over padded scenes (padding ignored)."""
+    from export.evaluate_segmenter import confusion_matrix
+
+    model.eval()
+    confusion = np.zeros((classes, classes), dtype=np.int64)
+    with torch.no_grad():
+        for start in range(0, len(images), 32):
+            x, y = make_batch(images[start : start + 32], labels[start : start + 32], None)
+            confusion += confusion_matrix(y.numpy(), model(x).argmax(1).numpy(), classes, ignore=IGNORE)
+    model.train()
+    return confusion
+
+
+def cosine_lr(step: int, progress: float, base: float, warmup: int = 50) -> float:
+    if step < warmup:
+        return base * (step + 1) / warmup
+    return base * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
+
+
+def train_step(model, optimizer, x: torch.Tensor, y: torch.Tensor, lr: float, dice_weight: float) -> tuple[float, float, float]:
+    """One AdamW step on CE + dice_weight x Dice; returns (loss, ce, dice)."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    ce, dice = segmentation_loss(model(x), y)
+    loss = ce + dice_weight * dice
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return float(loss), float(ce), float(dice)
+
+
+def train(args, run_dir: Path):
+    from export.evaluate_segmenter import mean_iou
+
+    torch.manual_seed(args.seed)
+    model = build_model(args.variant, num_classes=len(LABELS))
+    images, labels = scene_arrays(args.seed, args.pool, "train", RUN_ROOT / f"train_scenes_{args.seed}_{args.pool}.npz")
+    val = scene_arrays(args.seed + 1, args.val, "train", RUN_ROOT / f"val_scenes_{args.seed + 1}_{args.val}.npz")
+    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-4)
+    steps_per_epoch = len(images) // args.batch
+    total, step, rng = args.steps, 0, np.random.default_rng(args.seed)
+    epochs = math.ceil(total / steps_per_epoch)
+    started, cpu_started, history = time.monotonic(), time.process_time(), []
+    budget = 60.0 * args.minutes * args.threads
+    with open(run_dir / "steps.csv", "w", newline="") as steps_file:
+        steps_log = csv.writer(steps_file)
+        steps_log.writerow(["step", "epoch", "lr", "loss", "ce", "dice"])
+        for epoch in range(epochs):
+            order, running = rng.permutation(len(images)), []
+            bar = tqdm(range(steps_per_epoch), desc=f"{args.variant} epoch {epoch + 1}/{epochs}")
+            for k in bar:
+                # the schedule follows the step count, or the CPU budget (minutes x threads) if that runs
+                # out first; CPU time, not wall time, so a busy shared machine does not cut training short
+                progress = max(step / total, (time.process_time() - cpu_started) / budget)
+                if progress >= 1.0:
+                    break
+                idx = np.sort(order[k * args.batch : (k + 1) * args.batch])
+                x, y = make_batch(images[idx], labels[idx], rng)
+                lr = cosine_lr(step, progress, args.lr)
+                losses = train_step(model, optimizer, x, y, lr, args.dice_weight)
+                running.append(losses[0])
+                steps_log.writerow([step, epoch, f"{lr:.6f}", *(f"{value:.5f}" for value in losses)])
+                bar.set_postfix(loss=f"{np.mean(running[-30:]):.3f}")
+                step += 1
+            val_miou = mean_iou(confusion_of(model, *val, len(LABELS)))
+            history.append({"epoch": epoch + 1, "train_loss": float(np.mean(running)) if running else None, "val_miou": val_miou,
+                            "seconds": round(time.monotonic() - started), "cpu_seconds": round(time.process_time() - cpu_started)})
+            tqdm.write(f"{args.variant} epoch {epoch + 1}: loss {history[-1]['train_loss']}, validation mIoU {val_miou:.4f}")
+            steps_file.flush()
+            torch.save({"state_dict": model.state_dict(), "epoch": epoch + 1}, run_dir / "checkpoint.pt")
+            if progress >= 1.0:
+                break
+    training = {
+        "variant": args.variant, "epochs": len(history), "steps": step, "planned_steps": total, "budget_minutes": args.minutes,
+        "batch_size": args.batch, "scenes": args.pool, "validation_scenes": args.val, "seed": args.seed,
+        "learning_rate": args.lr, "dice_weight": args.dice_weight, "wall_seconds": round(time.monotonic() - started),
+        "cpu_seconds": round(time.process_time() - cpu_started), "budget_cpu_seconds": budget,
+        "torch_threads": torch.get_num_threads(), "history": history,
+        "scene_spec": {k: v for k, v in vars(SEGMENTER_SPEC).items()},
+        "data": "export/data/scenes.py split 'train' (faces 0-79, distractors 100-179, 9 backgrounds)",
+        "reproduce": f"python -m export.train_segmenter --variant {args.variant}",
+    }
+    (run_dir / "training.json").write_text(json.dumps(training, indent=2) + "\n")
+    return model, val
+
+
+def load_variant(variant: str, run_dir: Path):
+    model = build_model(variant, num_classes=len(LABELS))
+    model.load_state_dict(torch.load(run_dir / "checkpoint.pt", weights_only=True)["state_dict"])
+    return model.eval()
+
+
+def write_segmenter(model, *, name: str, architecture: str, labels, preprocessing, repo: Path, card: dict,
+                    parity_sizes=PARITY_SIZES) -> Path:
+    """Export `model` with free batch/height/width, check parity at `parity_sizes`, and write
+    <repo>/<name>/{config.yaml, labels.txt, 1/model.onnx, 1/model_card.json}; returns the model dir."""
+    onnx_bytes = export_segmenter_onnx(model, trace_hw=parity_sizes[-1])
+    parity = segmenter_parity(model, onnx_bytes, parity_sizes)
+    with torch.no_grad():
+        classes = model(torch.zeros(1, 3, *parity_sizes[0])).shape[1]
+    onnx_bytes = with_metadata(onnx_bytes, {"convserve.architecture": architecture, "convserve.model_name": name,
+                                            **{f"convserve.parity_max_abs_diff_{k}": repr(v) for k, v in parity.items()}})
+    model_dir = repo / name
+    (model_dir / "1").mkdir(parents=True, exist_ok=True)
+    (model_dir / "1" / "model.onnx").write_bytes(onnx_bytes)
+    config = ModelConfig(
+        name=name, task="segmentation",
+        inputs=(TensorSpec(name=INPUT_NAME, dims=(-1, 3, -1, -1)),),
+        outputs=(TensorSpec(name=OUTPUT_NAME, dims=(-1, classes, -1, -1)),),
+        preprocessing=preprocessing, labels="labels.txt" if labels else None,
+        batching=BatchingConfig(max_batch_size=16, max_queue_delay_us=1000),
+        description=f"{architecture}: per-class logits [N, {classes}, H, W] at the input resolution (any H, W"
+                    f"{'' if preprocessing.resize != 'native' else f' padded to a multiple of {preprocessing.stride}'}).",
+    )
+    dump_model_config(config, model_dir / "config.yaml")
+    if labels:
+        (model_dir / "labels.txt").write_text("\n".join(labels) + "\n", encoding="utf-8")
+    card = {
+        "name": name, "version": 1, "architecture": architecture, "task": "segmentation", "classes": list(labels or []),
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "input": {"name": INPUT_NAME, "shape": [-1, 3, -1, -1]}, "output": {"name": OUTPUT_NAME, "shape": [-1, classes, -1, -1]},
+        "onnx": {"opset": 17, "bytes": len(onnx_bytes), "sha256": hashlib.sha256(onnx_bytes).hexdigest(),
+                 "versions": {"torch": torch.__version__, "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__}},
+        "parity_max_abs_diff": parity, **card,
+    }
+    (model_dir / "1" / "model_card.json").write_text(json.dumps(card, indent=2) + "\n", encoding="utf-8")
+    return model_dir
+
+
+def export_scene_segmenter(model, variant: str, training: dict) -> Path:
+    """fcn8s -> model_repo/fcn8s (bundled); the other variants -> runs/segmenter/<variant>/repo/<variant>."""
+    repo = Path("model_repo") if variant == "fcn8s" else RUN_ROOT / variant / "repo"
+    return write_segmenter(model, name=variant, architecture=variant, labels=LABELS, preprocessing=SCENE_PREPROCESSING,
+                           repo=repo, card={"weights": {"source": "trained by export/train_segmenter.py"}, "training": training})
+
+
+def export_architecture(name: str, checkpoint: str | None, num_classes: int | None, repo: Path) -> Path:
+    """Export any registered segmenter (e.g. torchvision's fcn_resnet50), random or from a checkpoint."""
+    from export.checkpoints import load_checkpoint
+
+    spec = get_model_spec(name)
+    model = spec.build(**({"num_classes": num_classes} if num_classes else {}))
+    weights = {"source": "random initialisation"}
+    if checkpoint:
+        load_checkpoint(model, checkpoint, spec.training_only_prefixes)
+        weights = {"source": "checkpoint", "file": Path(checkpoint).name}
+    return write_segmenter(model.eval(), name=name, architecture=name, labels=None, preprocessing=spec.preprocessing,
+                           repo=repo, card={"weights": weights}, parity_sizes=((64, 64), (96, 64)))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--variant", choices=VARIANTS, default="fcn8s")
+    parser.add_argument("--steps", type=int, default=3300, help="optimizer steps (the schedule's length)")
+    parser.add_argument("--minutes", type=float, default=12.0, help="budget: this many minutes on --threads cores (CPU time)")
+    parser.add_argument("--pool", type=int, default=2400, help="training scenes")
+    parser.add_argument("--val", type=int, default=96, help="validation scenes (train split, own seed)")
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--lr", type=float, default=3e-3)
+    parser.add_argument("--dice-weight", type=float, default=0.5)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (1 avoids spin-waiting on a shared CPU)")
+    parser.add_argument("--export-only", action="store_true", help="export runs/segmenter/<variant>/checkpoint.pt")
+    parser.add_argument("--export-arch", help="export another registered segmenter (e.g. fcn_resnet50) instead")
+    parser.add_argument("--checkpoint", help="with --export-arch: weights to load (default: random init)")
+    parser.add_argument("--num-classes", type=int, help="with --export-arch: classes (default: the architecture's)")
+    parser.add_argument("--out-repo", default="model_repo", help="with --export-arch: model repository to write to")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    if args.export_arch:
+        print(export_architecture(args.export_arch, args.checkpoint, args.num_classes, Path(args.out_repo)))
+        return
+    run_dir = RUN_ROOT / args.variant
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if args.export_only:
+        model = load_variant(args.variant, run_dir)
+    else:
+        train(args, run_dir)
+        from export.evaluate_segmenter import write_run_figures  # matplotlib only when needed
+
+        write_run_figures(args.variant)
+        model = load_variant(args.variant, run_dir)
+    print(export_scene_segmenter(model.eval(), args.variant, json.loads((run_dir / "training.json").read_text())))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,123 @@
+"""The FCN family: shapes at free input sizes, bilinear deconvolution init, ONNX export with free
+height/width and torch-vs-ONNX Runtime parity, torchvision's fcn_resnet50 through the same path."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from torch.nn import functional as F
+
+from export.models import build_model, get_model_spec
+from export.models.fcn import bilinear_kernel, export_segmenter_onnx, segmenter_parity, upsampler
+from export.parity import ParityError, cpu_session
+from service.config import load_model_config
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+BUNDLED = REPO_ROOT / "model_repo" / "fcn8s"
+
+
+def seeded(name: str, **kwargs) -> torch.nn.Module:
+    torch.manual_seed(0)
+    model = build_model(name, **kwargs).eval()
+    with torch.no_grad():  # the skip scores start at zero; make them matter for the test
+        for parameter in model.parameters():
+            if not parameter.any():
+                parameter.normal_(0, 0.1)
+    return model
+
+
+@pytest.mark.parametrize("name", ["fcn8s", "fcn16s", "fcn32s"])
+@pytest.mark.parametrize("hw", [(32, 32), (64, 160)])
+def test_logits_have_the_input_size(name, hw):
+    with torch.no_grad():
+        out = seeded(name, num_classes=4)(torch.randn(2, 3, *hw))
+    assert out.shape == (2, 4, *hw)
+
+
+def test_variants_differ_only_in_skips():
+    names = {n: {k for k in build_model(n).state_dict()} for n in ("fcn8s", "fcn16s", "fcn32s")}
+    assert {k.split(".")[0] for k in names["fcn8s"] - names["fcn32s"]} == {"score_pool4", "score_pool3", "upscore2", "upscore_pool4"}
+    assert {k.split(".")[0] for k in names["fcn16s"] - names["fcn32s"]} == {"score_pool4", "upscore2"}
+    assert get_model_spec("fcn8s").task == "segmentation"
+
+
+@pytest.mark.parametrize("factor", [2, 8])
+def test_transposed_conv_starts_as_bilinear_upsampling(factor):
+    """Away from the border, the initial deconvolution equals bilinear interpolation (align_corners=False)."""
+    x = torch.randn(1, 3, 6, 7, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        up = upsampler(3, factor)(x)
+    reference = F.interpolate(x, scale_factor=factor, mode="bilinear", align_corners=False)
+    assert up.shape == reference.shape
+    inner = (slice(None), slice(None), slice(factor, -factor), slice(factor, -factor))
+    torch.testing.assert_close(up[inner], reference[inner], atol=1e-5, rtol=0)
+    assert bilinear_kernel(2, 4)[0, 1].abs().sum() == 0  # channels never mix
+
+
+def test_fcn8s_onnx_parity_at_two_sizes_and_free_axes():
+    model = seeded("fcn8s")
+    onnx_bytes = export_segmenter_onnx(model)
+    graph = onnx.load_from_string(onnx_bytes).graph
+    for value in (graph.input[0], graph.output[0]):
+        dims = value.type.tensor_type.shape.dim
+        assert [d.dim_param for d in dims[2:]] == ["height", "width"] and dims[0].dim_param == "batch"
+    report = segmenter_parity(model, onnx_bytes, sizes=((96, 96), (64, 160)))
+    assert set(report) == {"96x96", "64x160"} and max(report.values()) < 1e-4
+    different = seeded("fcn16s")  # a graph that is not this model must fail the same check
+    with pytest.raises(ParityError):
+        segmenter_parity(different, onnx_bytes, sizes=((32, 32),))
+
+
+@pytest.mark.slow
+def test_fcn_resnet50_exports_out_only_and_loads_torchvision_checkpoints(tmp_path):
+    import torchvision
+
+    from export.checkpoints import load_checkpoint
+
+    torch.manual_seed(0)
+    original = torchvision.models.segmentation.fcn_resnet50(weights=None, weights_backbone=None, num_classes=3, aux_loss=True).eval()
+    torch.save(original.state_dict(), tmp_path / "fcn.pt")
+    spec = get_model_spec("fcn_resnet50")
+    model = spec.build(num_classes=3)
+    load_checkpoint(model, tmp_path / "fcn.pt", spec.training_only_prefixes)  # aux_classifier keys are dropped
+    model.eval()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), original(x)["out"])
+    onnx_bytes = export_segmenter_onnx(model, trace_hw=(64, 64))
+    assert [o.name for o in onnx.load_from_string(onnx_bytes).graph.output] == ["logits"]
+    report = segmenter_parity(model, onnx_bytes, sizes=((64, 64), (48, 80)))
+    assert len(report) == 2
+
+
+def test_bundled_fcn8s_runs_at_any_size():
+    config = load_model_config(BUNDLED / "config.yaml")
+    assert config.task == "segmentation" and config.inputs[0].dims == (-1, 3, -1, -1)
+    labels = (BUNDLED / "labels.txt").read_text().split()
+    assert labels[0] == "background" and len(labels) == config.outputs[0].dims[1]
+    session = cpu_session((BUNDLED / "1" / "model.onnx").read_bytes())
+    for hw in ((32, 64), (96, 128)):
+        out = session.run(None, {"input": np.zeros((2, 3, *hw), np.float32)})[0]
+        assert out.shape == (2, len(labels), *hw)
+
+
+def test_iou_matches_sklearn_jaccard():
+    from sklearn.metrics import jaccard_score
+
+    from export.evaluate_segmenter import confusion_matrix, iou_per_class, mean_iou
+
+    rng = np.random.default_rng(0)
+    truth = rng.integers(0, 4, size=(30, 40))
+    predicted = np.where(rng.random((30, 40)) < 0.7, truth, rng.integers(0, 4, size=(30, 40)))
+    confusion = confusion_matrix(truth, predicted, 5)  # class 4 never occurs: skipped by the mean
+    expected = jaccard_score(truth.ravel(), predicted.ravel(), labels=[0, 1, 2, 3], average=None)
+    np.testing.assert_allclose(iou_per_class(confusion)[:4], expected)
+    assert np.isnan(iou_per_class(confusion)[4])
+    assert mean_iou(confusion) == pytest.approx(expected.mean())
+    ignored = truth.copy()
+    ignored[:5] = 255
+    assert confusion_matrix(ignored, predicted, 5, ignore=255).sum() == 25 * 40
