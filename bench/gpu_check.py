@@ -5,8 +5,9 @@ On a GPU host (about 5 minutes on one H100/H200):
    whose Python has torch with CUDA 13 libraries but only the CPU `onnxruntime` is detected; with
    `--ort-gpu-wheel PATH` that wheel is installed with `pip --no-deps` into a temporary directory
    and this script re-executes itself with that directory first on PYTHONPATH;
-2. CUDA libraries are loaded before any session: `onnxruntime.preload_dlls()` when it exists,
-   else `import torch` and touching `torch.cuda` (torch's wheels carry CUDA and cuDNN);
+2. CUDA libraries are loaded before any session: torch is imported before onnxruntime and
+   `torch.cuda` touched (torch's wheels carry CUDA and cuDNN), then `onnxruntime.preload_dlls()`
+   runs when it exists;
 3. parity CPU vs CUDA, fp32 and fp16, for ResNet-50 (random weights) and the bundled models;
 4. raw ONNX Runtime (the server's own ModelRuntime, IO binding on CUDA) and the served path
    (`convserve serve --providers cuda,cpu --require-gpu`, V2 requests) at batch 1-64.
@@ -89,19 +90,29 @@ def torch_description(load: bool) -> str:
 
 
 def preload_cuda(ort) -> Item:
-    """Load CUDA/cuDNN before sessions exist: ORT's own preloader, else torch's libraries."""
+    """Load CUDA/cuDNN before sessions exist: torch's libraries (already imported), then ORT's preloader.
+
+    Why both: torch imported before onnxruntime makes its CUDA/cuDNN visible to ONNX Runtime when the
+    CUDA majors match; `preload_dlls()` (onnxruntime >= 1.21) also finds the nvidia pip packages.
+    """
+    done = []
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.zeros(1, device="cuda")
+            done.append("torch.cuda initialised")
+        else:
+            done.append("torch.cuda.is_available() = False")
+    except ImportError:
+        done.append("torch not installed")
     try:
         if hasattr(ort, "preload_dlls"):
             ort.preload_dlls()
-            return Item("load CUDA libraries", "ok", "onnxruntime.preload_dlls()")
-        import torch
-
-        available = torch.cuda.is_available()
-        if available:
-            torch.zeros(1, device="cuda")
-        return Item("load CUDA libraries", "ok" if available else "FAILED", f"import torch; torch.cuda.is_available() = {available}")
-    except Exception as exc:  # any loader failure is a finding to report, not a crash
-        return Item("load CUDA libraries", "FAILED", f"{type(exc).__name__}: {exc}")
+            done.append("onnxruntime.preload_dlls()")
+    except Exception as exc:  # a loader failure is a finding to report, not a crash
+        return Item("load CUDA libraries", "FAILED", "; ".join(done) + f"; preload_dlls: {type(exc).__name__}: {exc}")
+    return Item("load CUDA libraries", "ok", "; ".join(done))
 
 
 def models_for(args, scratch: Path) -> dict[str, Path]:
@@ -115,9 +126,11 @@ def models_for(args, scratch: Path) -> dict[str, Path]:
     found = {"resnet50": resnet50_model(repo / "resnet50")} if "resnet50" in wanted else {}
     for name in wanted:
         if name != "resnet50" and (REPO_ROOT / "model_repo" / name / "config.yaml").is_file():
-            shutil.copytree(REPO_ROOT / "model_repo" / name, repo / name)
-            source = scan_model(repo / name)
-            found[name] = source.model_path(source.default_version)
+            shipped = scan_model(REPO_ROOT / "model_repo" / name)
+            keep = str(shipped.default_version)  # only the served (fp32) version: INT8 QDQ graphs are for CPUs
+            shutil.copytree(shipped.directory, repo / name,
+                            ignore=lambda d, names: [n for n in names if Path(d) == shipped.directory and n.isdigit() and n != keep])
+            found[name] = scan_model(repo / name).model_path(shipped.default_version)
     return found
 
 
@@ -154,6 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, help="write gpu_check.json and gpu_check.md here")
     args = parser.parse_args(argv)
     deadline = time.monotonic() + args.budget
+    described = torch_description(load=not args.cpu_smoke)  # torch (and its CUDA libraries) before onnxruntime
     import onnxruntime as ort
 
     distributions, providers = ort_distributions(), ort.get_available_providers()
@@ -161,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
     if action == "install" and not args.cpu_smoke:
         print(f"gpu_check: {why}", flush=True)
         install_and_reexec(args.ort_gpu_wheel)
-    print(f"python {sys.version.split()[0]}; {torch_description(load=not args.cpu_smoke)}\nonnxruntime {ort.__version__} from {Path(ort.__file__).parent}"
+    print(f"python {sys.version.split()[0]}; {described}\nonnxruntime {ort.__version__} from {Path(ort.__file__).parent}"
           f"\ninstalled builds: {distributions}\nproviders: {providers}", flush=True)
     items = [Item("onnxruntime build", "ok" if action == "use" else "not tested", why)]
     rows: list[TimingRow] = []
@@ -196,7 +210,10 @@ def _measure(ort, args, models: dict[str, Path], scratch: Path, cuda_reason: str
             items.append(Item(f"{name}: parity and raw timings", "not tested", "time budget exhausted"))
             continue
         items.extend(parity_items(ort, name, path, configs[name], scratch, cuda_reason))
-        rows += raw_timings(name, path, configs[name], provider, batches, seconds)
+        try:
+            rows += raw_timings(name, path, configs[name], provider, batches, seconds)
+        except Exception as exc:  # e.g. ProviderUnavailable: a finding for the table, not a crash
+            items.append(Item(f"{name}: raw timings on {provider}", "FAILED", f"{type(exc).__name__}: {exc}"))
     if cuda_reason:
         items.append(Item("raw and served timings on CUDA", "not tested", cuda_reason + "; timed on the CPU instead"))
     if time.monotonic() > deadline:

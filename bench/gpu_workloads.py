@@ -150,7 +150,7 @@ def served_timings(repo: Path, configs: dict, provider: str, batches: tuple[int,
     from bench.server import ServedModels
     from service.client import InferenceClient
 
-    extra = ("--providers", "cuda,cpu", "--require-gpu") if provider == "cuda" else ("--providers", "cpu")
+    extra = ("--providers", "cuda,cpu", "--require-gpu", "true") if provider == "cuda" else ("--providers", "cpu")
     server = ServedModels(repo, *extra)
     rows, actual = [], {e["model"]: e.get("provider") for e in server.events if e.get("event") == "model_ready"}
     try:

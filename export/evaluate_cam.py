@@ -10,8 +10,8 @@ of the top-1 predicted class, upsampled to the image and min-max normalised, as 
 
 Two numbers, as in the CAM paper's weakly supervised localisation:
 - argmax-in-box: the map's hottest pixel lies inside the ground-truth box;
-- box IoU ≥ 0.5: the box around the largest connected region with map ≥ 0.5 overlaps the
-  ground-truth box with IoU ≥ 0.5.
+- box IoU ≥ 0.5: the bounding box of the pixels with map ≥ 0.5 overlaps the ground-truth box
+  with IoU ≥ 0.5.
 """
 
 from __future__ import annotations
@@ -57,15 +57,17 @@ def heldout_scenes(count: int = HELDOUT_COUNT, seed: int = HELDOUT_SEED) -> list
 
 
 def cam_box(heat: np.ndarray, threshold: float = THRESHOLD) -> np.ndarray:
-    """heat [H, W] in [0, 1] -> x1, y1, x2, y2 (pixel edges) of the largest 8-connected region with
-    heat >= threshold; float32 [4]. An all-zero map gives the empty box (0, 0, 0, 0)."""
-    mask = (heat >= threshold).astype(np.uint8)
-    if not heat.max() > 0 or not mask.any():
+    """heat [H, W] in [0, 1] -> x1, y1, x2, y2 (pixel edges) of the bounding box of every pixel with
+    heat >= threshold, float32 [4]; (0, 0, 0, 0) for an all-zero map.
+
+    The whole thresholded region rather than its largest connected part (the CAM paper's
+    choice): a CAM often lights up several separate parts of one object (opposite edges of a large
+    disc), and the box of the largest part alone then covers a fraction of the object.
+    """
+    if not heat.max() > 0:
         return np.zeros(4, dtype=np.float32)
-    count, _, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
-    best = 1 + int(np.argmax(stats[1:count, cv2.CC_STAT_AREA]))
-    x, y, w, h = (int(v) for v in stats[best, :4])
-    return np.array([x, y, x + w, y + h], dtype=np.float32)
+    rows, cols = np.nonzero(heat >= threshold)
+    return np.array([cols.min(), rows.min(), cols.max() + 1, rows.max() + 1], dtype=np.float32)
 
 
 def box_iou(a: np.ndarray, b: np.ndarray) -> float:

@@ -22,6 +22,7 @@ import numpy as np
 
 HELDOUT_SEED = 2024
 HELDOUT_SCENES = 240
+TARGET_MEAN_IOU = 0.85
 BUNDLED = Path("model_repo/fcn8s")
 
 
@@ -92,6 +93,17 @@ def variant_onnx(variant: str) -> Path:
     return BUNDLED / "1" / "model.onnx" if variant == "fcn8s" else RUN_ROOT / variant / "repo" / variant / "1" / "model.onnx"
 
 
+def training_summary(variant: str) -> dict:
+    """Steps and CPU seconds of the variant's last training run (runs/segmenter/<variant>/training.json)."""
+    from export.train_segmenter import RUN_ROOT
+
+    path = RUN_ROOT / variant / "training.json"
+    if not path.exists():
+        return {}
+    training = json.loads(path.read_text())
+    return {"training_steps": training["steps"], "training_cpu_seconds": training.get("cpu_seconds")}
+
+
 def evaluate_all(count: int, seed: int) -> tuple[dict, dict]:
     """Every trained variant natively, and fcn8s resized to a fixed 96x96 too; returns (results, maps)."""
     from export.models.fcn import SCENE_PREPROCESSING
@@ -103,7 +115,7 @@ def evaluate_all(count: int, seed: int) -> tuple[dict, dict]:
     for variant in VARIANTS:
         if variant_onnx(variant).exists():
             maps[variant] = predict_onnx(variant_onnx(variant), SCENE_PREPROCESSING, scenes)
-            results[variant] = score(maps[variant], scenes, LABELS)
+            results[variant] = {**score(maps[variant], scenes, LABELS), **training_summary(variant)}
     if "fcn8s" in maps:
         stretched = predict_onnx(variant_onnx("fcn8s"), stretch, scenes)
         results["fcn8s_stretch_96x96"] = score(stretched, scenes, LABELS)
@@ -199,16 +211,23 @@ def write_readme(model_dir: Path) -> None:
     if evaluation:
         lines += [f"Held-out evaluation ({evaluation['scenes']} scenes of the held-out split, seed {evaluation['seed']}; "
                   "IoU = TP / (TP + FP + FN) over all pixels, mean over classes):", "",
-                  "| model | mean IoU | pixel accuracy | " + " | ".join(card["classes"]) + " |",
-                  "|---|---|---|" + "---|" * len(card["classes"])]
+                  "| model | training steps | mean IoU | pixel accuracy | " + " | ".join(card["classes"]) + " |",
+                  "|---|---|---|---|" + "---|" * len(card["classes"])]
         for name, result in evaluation["results"].items():
-            lines.append(f"| {name} | {result['mean_iou']:.4f} | {result['pixel_accuracy']:.4f} | "
+            lines.append(f"| {name} | {result.get('training_steps', '(fcn8s)')} | {result['mean_iou']:.4f} | {result['pixel_accuracy']:.4f} | "
                          + " | ".join(f"{result['iou'][c]:.3f}" for c in card["classes"]) + " |")
-        lines += ["", "All three variants share the backbone and the training recipe; only the skips differ. "
-                  "`fcn8s_stretch_96x96` is the bundled network served with `resize: stretch` to 96×96 instead.", ""]
+        lines += ["", "All three variants share the backbone and the training recipe (same scenes, schedule and a budget of "
+                  "12 CPU-minutes; a run stops at 3300 steps or when the budget is spent); only the skips differ. "
+                  "`fcn8s_stretch_96x96` is the bundled network served with `resize: stretch` to 96×96 instead of at "
+                  "native size.", ""]
+        if evaluation["results"]["fcn8s"]["mean_iou"] < TARGET_MEAN_IOU:
+            lines += [f"The target of {TARGET_MEAN_IOU} mean IoU is **not** met within this CPU budget: the training loss "
+                      "was still falling when the schedule ended (runs/segmenter/fcn8s/loss_curve.png after training), and "
+                      "the held-out split's unseen faces and textured backgrounds cost most (face, triangle, star).", ""]
     if training:
-        lines += [f"Trained {training.get('wall_seconds', '?')} s ({training.get('steps')} steps, batch {training.get('batch_size')}, "
-                  f"{training.get('torch_threads')} thread) on {training.get('scenes')} scenes from {training.get('data')}.", "",
+        lines += [f"Trained for {training.get('cpu_seconds', '?')} CPU-seconds ({training.get('steps')} steps, batch "
+                  f"{training.get('batch_size')}, {training.get('torch_threads')} thread; {training.get('wall_seconds')} s "
+                  f"wall on a shared machine) on {training.get('scenes')} scenes from {training.get('data')}.", "",
                   f"Reproduce: `{training.get('reproduce')}` then `python -m export.evaluate_segmenter`.", ""]
     lines += ["Details: `1/model_card.json`.", ""]
     (model_dir / "README.md").write_text("\n".join(lines), encoding="utf-8")

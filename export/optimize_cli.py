@@ -40,13 +40,15 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--model", required=True, help="model name (a directory of the repository)")
     parser.add_argument("--version", type=int, help="source version (default: the model's default version)")
     kind = parser.add_mutually_exclusive_group(required=True)
-    kind.add_argument("--quantize", choices=["int8"], help="static INT8 quantisation (QDQ, per-channel weights)")
+    kind.add_argument("--quantize", choices=["int8"], help="static INT8 quantisation (QDQ; weight scales: see --weights)")
     kind.add_argument("--precision", choices=["fp16"], help="half precision inside, float32 inputs/outputs")
     kind.add_argument("--optimized-graph", action="store_true",
                       help="save ONNX Runtime's optimised graph as the new version (see --graph-level)")
     parser.add_argument("--graph-level", choices=["extended", "all"], default="extended",
                         help="with --optimized-graph: 'extended' (portable) or 'all' (adds layouts for this CPU type only; "
                              "load it with runtime.graph_optimization_level: disable)")
+    parser.add_argument("--weights", choices=["per-channel", "per-tensor"], default="per-channel",
+                        help="int8 weight scales (default per-channel; per-tensor saturates less on AVX2 CPUs without VNNI)")
     parser.add_argument("--calibration-size", type=int, default=256, help="calibration samples (default 256)")
     parser.add_argument("--threads", type=int, default=1, help="intra-op threads for the timings (default 1)")
     parser.add_argument("--batch-sizes", default=",".join(map(str, DEFAULT_BATCH_SIZES)),
@@ -72,6 +74,7 @@ def _request(args: argparse.Namespace) -> OptimizeRequest:
         repo=args.repo, model=args.model, source_version=args.version, variant=variant,
         calibration_size=args.calibration_size, threads=args.threads, batch_sizes=batches, rounds=args.rounds, min_seconds=args.min_seconds,
         default_policy=args.default_policy, full_evaluation=not args.skip_full_evaluation, graph_level=args.graph_level,
+        per_channel=args.weights == "per-channel",
     )
 
 

@@ -28,7 +28,7 @@ from service.config import ModelConfig, dump_model_config
 from service.repository import ModelSource, check_signature, find_config, scan_model
 
 VARIANTS = ("int8", "fp16", "graph")
-QUANTIZATION = {"format": "QDQ (onnxruntime.quantization.quantize_static)", "weights": "int8, per-channel, symmetric",
+QUANTIZATION = {"format": "QDQ (onnxruntime.quantization.quantize_static)", "weights": "int8, symmetric",
                 "activations": "uint8, per-tensor, asymmetric", "calibration_method": "MinMax",
                 "preprocessing": "onnxruntime.quantization.shape_inference.quant_pre_process"}
 STARTUP_REPEATS = 5
@@ -47,6 +47,7 @@ class OptimizeRequest:
     min_seconds: float = 3.0  # per batch size: fast models get more interleaved rounds
     default_policy: str = "pin"  # "pin" | "auto"
     full_evaluation: bool = True
+    per_channel: bool = True  # int8 weights: one scale per output channel, or one per tensor
     graph_level: str = "extended"  # variant "graph": "extended" (portable) or "all" (this CPU type only)
 
 
@@ -90,9 +91,10 @@ def build_variant(request: OptimizeRequest, scratch: Path) -> BuiltVariant:
     target = scratch / "model.onnx"
     src = source.model_path(version)
     if request.variant == "int8":
-        quantize_int8(src, target, feeds)
+        quantize_int8(src, target, feeds, per_channel=request.per_channel)
         _keep_cam_weights(config, target)
-        method = {"quantization": QUANTIZATION, "calibration": {
+        weights = "per-channel" if request.per_channel else "per-tensor"
+        method = {"quantization": {**QUANTIZATION, "weight_scales": weights}, "calibration": {
             "source": data.calibration_source, "samples": sum(len(next(iter(f.values()))) for f in feeds),
             "batches": len(feeds), "seed": CALIBRATION_SEED}}
     elif request.variant == "fp16":
@@ -271,7 +273,7 @@ def _card(request: OptimizeRequest, built: BuiltVariant, measured: dict, version
 
     source_path = built.source.model_path(built.source_version)
     precision = request.variant if request.variant != "graph" else "fp32"
-    flag = {"int8": "--quantize int8", "fp16": "--precision fp16", "graph": "--optimized-graph"}[request.variant]
+    flag = {"int8": "--quantize int8" + ("" if request.per_channel else " --weights per-tensor"), "fp16": "--precision fp16", "graph": "--optimized-graph"}[request.variant]
     return {
         "name": request.model, "version": version, "precision": precision, "variant": request.variant,
         "derived_from": {"version": built.source_version, "sha256": hashlib.sha256(source_path.read_bytes()).hexdigest(),

@@ -35,7 +35,7 @@ from export.data.scenes import SCENE_CLASSES, SceneSpec, make_scene
 from export.models import build_model, get_model_spec
 from export.exporter import with_metadata
 from export.models.fcn import INPUT_NAME, OUTPUT_NAME, PARITY_SIZES, SCENE_PREPROCESSING, export_segmenter_onnx, segmenter_parity
-from service.config import BatchingConfig, ModelConfig, TensorSpec, dump_model_config
+from service.config import BatchingConfig, ModelConfig, TensorSpec, dump_model_config, load_model_config
 from service.preprocess import convert_color, normalize, resize_image
 
 SEGMENTER_SPEC = SceneSpec(height=(65, 96), width=(65, 96), objects=(2, 5), object_size=(14, 48), distractors=(0, 2))
@@ -215,6 +215,8 @@ def write_segmenter(model, *, name: str, architecture: str, labels, preprocessin
         description=f"{architecture}: per-class logits [N, {classes}, H, W] at the input resolution (any H, W"
                     f"{'' if preprocessing.resize != 'native' else f' padded to a multiple of {preprocessing.stride}'}).",
     )
+    if (model_dir / "config.yaml").exists():  # keep a pin other versions (e.g. a derived INT8 one) rely on
+        config = config.model_copy(update={"default_version": load_model_config(model_dir / "config.yaml").default_version})
     dump_model_config(config, model_dir / "config.yaml")
     if labels:
         (model_dir / "labels.txt").write_text("\n".join(labels) + "\n", encoding="utf-8")

@@ -70,8 +70,9 @@ def min_max_normalise(values: np.ndarray) -> np.ndarray:
     low, high = float(values.min()), float(values.max())
     if not high > low:
         return np.zeros(values.shape, dtype=np.float32)
-    span = np.float32(high) - np.float32(low)  # the same float32 subtraction as the maximum's below
-    if not np.isfinite(span):  # the range overflows float32: compute in float64
+    with np.errstate(over="ignore"):
+        span = np.float32(high) - np.float32(low)  # the same float32 subtraction as the maximum's below
+    if not (np.isfinite(span) and span > 0):  # the range over- or underflows float32: use float64
         return np.clip((values.astype(np.float64) - low) / (high - low), 0.0, 1.0).astype(np.float32)
     out = values.astype(np.float32)  # a copy; then in place, so a large map is not copied again
     out -= np.float32(low)

@@ -131,9 +131,11 @@ def test_read_class_weights_names_a_missing_initializer(tmp_path):
 
 def test_cam_box_iou_and_argmax_helpers():
     heat = np.zeros((20, 30), dtype=np.float32)
-    heat[2:6, 3:9] = 0.8  # larger region
-    heat[15:17, 20:22] = 1.0  # smaller, hotter region
-    np.testing.assert_array_equal(cam_box(heat), [3, 2, 9, 6])
+    heat[2:6, 3:9] = 0.8
+    heat[15:17, 20:22] = 1.0  # the hottest pixels
+    heat[10, 25] = 0.49  # below the threshold
+    np.testing.assert_array_equal(cam_box(heat), [3, 2, 22, 17])  # every pixel >= 0.5
+    np.testing.assert_array_equal(cam_box(heat, 0.9), [20, 15, 22, 17])
     assert argmax_inside(heat, np.array([20, 15, 22, 17])) and not argmax_inside(heat, np.array([3, 2, 9, 6]))
     assert box_iou(np.array([0, 0, 10, 10]), np.array([5, 0, 15, 10])) == pytest.approx(1 / 3)
     assert box_iou(np.zeros(4), np.zeros(4)) == 0.0

@@ -137,3 +137,20 @@ def test_interleaving_helpers():
     slow, fast = Timing(4, (0.4, 0.2, 0.3)), Timing(4, (0.1, 0.2, 0.1))
     assert ratio_of_medians(slow, fast) == pytest.approx(3.0)
     assert fast.images_per_s == pytest.approx(40.0)
+
+
+def test_digit_calibration_comes_from_the_training_split_only():
+    from export.calibration import CALIBRATION_SEED, DIGITS, calibration_batches
+    from export.data.mnist import mnist_split, to_model_inputs
+
+    model_dir = next(REPO / n for n in ("lenet5", "simple_cnn", "bn_cnn") if (REPO / n / "config.yaml").is_file())
+    config = load_model_config(model_dir / "config.yaml")
+    feeds = calibration_batches(DIGITS, config, 20, batch=8)
+    assert [len(f["input"]) for f in feeds] == [8, 8, 4]
+    calibration = np.concatenate([f["input"] for f in feeds])
+    assert calibration.shape[1:] == tuple(config.inputs[0].dims[1:]) and calibration.dtype == np.float32
+    split = mnist_split()
+    chosen = np.sort(np.random.default_rng(CALIBRATION_SEED).permutation(len(split.train_images))[:20])
+    np.testing.assert_array_equal(calibration, to_model_inputs(split.train_images[chosen], config.preprocessing))
+    held_out = {image.tobytes() for image in split.test_images}
+    assert not any(image.tobytes() in held_out for image in split.train_images[chosen])

@@ -129,7 +129,6 @@ def test_cam_equals_the_torch_reference(vision, models, name, layer):
     assert reference.max() > 0.01
 
 
-@pytest.mark.xfail(strict=True, reason="known gap (issue 5 open): the bundled gap_cnn is under-trained; its CAM argmax misses the objects")
 def test_gap_cnn_points_at_the_objects_and_draws_overlays(vision):
     """Eight held-out scenes in one request (one batch): maps in request order, on each image."""
     scenes = [make_scene(np.random.default_rng([99, i]), CAM_SCENE_SPEC, "heldout") for i in range(8)]
