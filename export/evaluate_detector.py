@@ -171,6 +171,10 @@ def _commands(runs: list[dict]) -> str:
         args = ["--resume"] if k else []
         args += [f"--seed {run['seed']}", f"--lr {run['learning_rate']:g}", f"--warmup {run.get('warmup_steps', 200)}",
                  f"--minutes {run['budget_minutes']:g}", f"--epochs {epochs}"]
+        if run.get("recolour_share"):
+            args.append(f"--recolour {run['recolour_share']:g}")
+        if run.get("torch_threads", 1) != 1:
+            args.append(f"--threads {run['torch_threads']}")
         lines.append("    python -m export.train_detector " + " ".join(args))
     return "\n".join(lines)
 
@@ -182,7 +186,12 @@ def write_readme(model_dir: Path, card: dict) -> None:
     per_class = " | ".join(f"{v:.3f}" for v in ev["AP@0.5_per_class"].values())
     runs = training.get("phases", [training])
     phases = "; ".join(f"phase {k + 1}: {p['steps']} steps, lr {p['learning_rate']}, {p['wall_seconds'] // 60} min"
+                       + (f", {p['recolour_share']:.0%} of shapes recoloured" if p.get("recolour_share") else "")
                        for k, p in enumerate(runs))
+    threads = sorted({p.get("torch_threads", 1) for p in runs})
+    recoloured = ("" if not any(p.get("recolour_share") for p in runs) else
+                  "\nRecolouring repaints a share of the shapes in saturated \"product\" colours (white, black, primaries:\n"
+                  "`export/data/recolour.py`), which the generator's uniformly random colours almost never produce.")
     text = f"""# yolo_grid
 
 A one-stage grid detector after the lecture's "Object Detection" section (YOLO v1): a compact CNN
@@ -219,7 +228,7 @@ precision {at['precision']:.3f}, recall {at['recall']:.3f} ({at['true_positives'
 Seeded synthetic scenes from `export/data/scenes.py` (train split), letterboxed through
 service.preprocess; CIoU box loss, BCE objectness against the achieved IoU, soft cross-entropy for
 classes; AdamW, cosine learning rate. {phases}; {sum(p['steps'] for p in runs)} steps of batch
-{runs[0]['batch_size']} in all, on a shared 2-core CPU with 1 torch thread.
+{runs[0]['batch_size']} in all, on a shared 2-core CPU with {' or '.join(map(str, threads))} torch thread(s).{recoloured}
 
 Reproduce (one command per phase, then the evaluation that writes this file):
 

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from export.data.recolour import recolour_shapes
 from export.data.scenes import SCENE_CLASSES, SceneSpec, make_scene
 from export.models.yolo_grid import (
     INPUT_SIZE, YOLO_PREPROCESSING, GridTargets, YoloGrid, assign_targets, build_yolo_grid, yolo_loss,
@@ -61,10 +62,14 @@ def letterbox_scene(scene) -> tuple[np.ndarray, np.ndarray]:
 
 
 class ScenePool:
-    """Letterboxed training scenes in memory; `refresh` swaps a share for fresh ones (seeded)."""
+    """Letterboxed training scenes in memory; `refresh` swaps a share for fresh ones (seeded).
 
-    def __init__(self, seed: int, size: int) -> None:
-        self.seed, self.generation = seed, 0
+    `recolour`: the share of shapes repainted in corner-of-the-cube colours (export/data/recolour.py),
+    drawn from its own seeded stream so the scenes themselves do not change with it.
+    """
+
+    def __init__(self, seed: int, size: int, recolour: float = 0.0) -> None:
+        self.seed, self.generation, self.recolour = seed, 0, recolour
         self.images = np.zeros((size, INPUT_SIZE, INPUT_SIZE, 3), dtype=np.uint8)
         self.objects: list[tuple[np.ndarray, np.ndarray]] = [None] * size  # type: ignore[list-item]
         self.next_scene = 0
@@ -73,6 +78,8 @@ class ScenePool:
     def _fill(self, slots, description: str) -> None:
         for slot in tqdm(list(slots), desc=description, leave=False):
             scene = make_scene(np.random.default_rng([self.seed, self.next_scene]), DETECTOR_SPEC, "train")
+            scene = recolour_shapes(scene, np.random.default_rng([self.seed, self.next_scene, 1]), self.recolour,
+                                    DETECTOR_SPEC.noise_std)
             self.next_scene += 1
             self.images[slot], boxes = letterbox_scene(scene)
             self.objects[slot] = (boxes, scene.labels)
@@ -187,7 +194,7 @@ def train(args, run_dir: Path) -> YoloGrid:
     model = build_yolo_grid(grid=GRID, boxes_per_cell=BOXES_PER_CELL, num_classes=len(SCENE_CLASSES),
                             input_size=INPUT_SIZE)
     phase = _start_phase(model, run_dir, args.resume)
-    val, pool = _validation_set(args.seed, args.val), ScenePool(args.seed, args.pool)
+    val, pool = _validation_set(args.seed, args.val), ScenePool(args.seed, args.pool, args.recolour)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=5e-4)
     schedule = Schedule(args.lr, args.warmup, args.epochs * (args.pool // args.batch), args.minutes)
     rng, mode = np.random.default_rng(args.seed), "a" if args.resume else "w"
@@ -224,7 +231,7 @@ def _write_training_record(run_dir: Path, phase: Phase, args, schedule: Schedule
     record = {
         "epochs": epochs, "steps": schedule.step, "planned_steps": schedule.total_steps, "budget_minutes": args.minutes,
         "batch_size": args.batch, "scene_pool": args.pool, "fresh_scenes_per_epoch": args.refresh,
-        "scenes_generated": pool.next_scene, "seed": args.seed, "learning_rate": args.lr, "warmup_steps": args.warmup,
+        "scenes_generated": pool.next_scene, "recolour_share": args.recolour, "seed": args.seed, "learning_rate": args.lr, "warmup_steps": args.warmup,
         "resumed": bool(args.resume), "wall_seconds": round(time.monotonic() - schedule.started),
         "torch_threads": torch.get_num_threads(), "final_val_loss": round(val_loss["loss"], 4),
     }
@@ -308,6 +315,8 @@ def main() -> None:
     parser.add_argument("--pool", type=int, default=3200, help="scenes kept in memory")
     parser.add_argument("--refresh", type=int, default=640, help="fresh scenes swapped in per epoch")
     parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--recolour", type=float, default=0.0,
+                        help="share of shapes repainted in saturated corner colours (white, black, primaries)")
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--val", type=int, default=300, help="validation scenes (train split, own seed)")
     parser.add_argument("--warmup", type=int, default=200, help="linear warm-up steps")

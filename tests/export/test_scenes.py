@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from export.data.recolour import corner_colour, recolour_shapes
 from export.data.scenes import (
     BACKGROUNDS, DISTRACTOR_IDS, FACE_IDS, SCENE_CLASSES, SceneSpec, make_scene, make_scenes,
 )
@@ -89,3 +90,38 @@ def test_invalid_spec_and_split_are_rejected():
         SceneSpec(object_size=(10, 500))
     with pytest.raises(ValueError):
         make_scene(np.random.default_rng(0), SPEC, split="test")
+
+
+def test_recolour_repaints_shapes_only_and_keeps_the_ground_truth():
+    spec = SceneSpec(height=(96, 96), width=(96, 96), objects=(4, 6), object_size=(16, 30))
+    scenes = [make_scene(np.random.default_rng([3, i]), spec, "train") for i in range(12)]
+    face = SCENE_CLASSES.index("face")
+    repainted_shapes = 0
+    for index, scene in enumerate(scenes):
+        out = recolour_shapes(scene, np.random.default_rng([3, index, 1]), 1.0, noise_std=0.0)
+        again = recolour_shapes(scene, np.random.default_rng([3, index, 1]), 1.0, noise_std=0.0)
+        np.testing.assert_array_equal(out.image, again.image)  # seeded: deterministic
+        for name in ("boxes", "labels", "masks", "label_map"):
+            np.testing.assert_array_equal(getattr(out, name), getattr(scene, name))
+        objects = scene.masks.any(axis=0)
+        np.testing.assert_array_equal(out.image[~objects], scene.image[~objects])  # background untouched
+        for label, mask in zip(scene.labels, scene.masks):
+            if not mask.any():
+                continue
+            if label == face:
+                np.testing.assert_array_equal(out.image[mask], scene.image[mask])
+                continue
+            pixels = out.image[mask]
+            assert (pixels == pixels[0]).all(), "a flat colour without noise"
+            assert ((pixels[0] <= 40) | (pixels[0] >= 215)).all(), f"not a corner colour: {pixels[0]}"
+            repainted_shapes += 1
+        assert recolour_shapes(scene, np.random.default_rng(0), 0.0, 8.0) is scene
+    assert repainted_shapes >= 20
+
+
+def test_corner_colours_contrast_with_what_is_under_them():
+    rng = np.random.default_rng(1)
+    for grey in (0, 128, 255):
+        under = np.full((10, 10, 3), grey, dtype=np.uint8)
+        colours = np.array([corner_colour(rng, under) for _ in range(50)])
+        assert (np.linalg.norm(colours - grey, axis=1) >= 90).all()

@@ -128,7 +128,6 @@ def test_count_smoother_and_attendance_windows():
 
 # --- the examples on the bundled clips ---------------------------------------------------------
 
-@pytest.mark.xfail(strict=True, reason="known gap (issues 7 and 10 open): bundled yolo_grid (mAP@0.5 0.810) matches inventory counts on 42/75 frames, needs 90%")
 def test_inventory_counts_match_ground_truth(server, tmp_path):
     out = tmp_path / "counts.csv"
     done = run_example("examples.inventory_camera", "--host", server.address, "--csv", str(out), "--quiet",
