@@ -145,6 +145,10 @@ class RuntimeConfig(_Frozen):
     providers: tuple[Literal["cuda", "cpu"], ...] | None = None  # None: the server's --providers
     graph_optimization_level: Literal["disable", "basic", "extended", "all"] = "all"
     intra_op_threads: int = Field(default=0, ge=0)  # 0: sized to the machine's cores / instances
+    # Idle intra-op threads spin-wait for work when true (ONNX Runtime's own default). Off here: the
+    # server's cores are shared with gRPC, decoding and the batcher, and threads spinning between
+    # batches took them (docs/model-config.md has the side-by-side numbers).
+    intra_op_spinning: bool = False
     inter_op_threads: int = Field(default=1, ge=0)
     io_binding: Literal["auto", "on", "off"] = "auto"  # auto: on when the session runs on CUDA
     cuda: CudaOptions = CudaOptions()

@@ -119,6 +119,7 @@ class ModelRuntime:
         options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, _OPT_LEVELS[config.runtime.graph_optimization_level])
         options.intra_op_num_threads = config.runtime.intra_op_threads or max(1, cpu_count() // instances)
         options.inter_op_num_threads = config.runtime.inter_op_threads
+        options.add_session_config_entry("session.intra_op.allow_spinning", "1" if config.runtime.intra_op_spinning else "0")
         options.log_severity_level = 3
         available = set(ort.get_available_providers())
         wanted = [p for p in requested if PROVIDER_NAMES[p] in available]

@@ -78,3 +78,16 @@ def test_cgroup_quota_caps_threads(tmp_path):
     assert _cgroup_cpu_quota(str(tmp_path / "limited")) == 2
     assert _cgroup_cpu_quota(str(tmp_path / "unlimited")) is None
     assert _cgroup_cpu_quota(str(tmp_path / "absent")) is None
+
+
+@pytest.mark.parametrize("runtime, expected", [({}, "0"), ({"intra_op_spinning": True}, "1")])
+def test_intra_op_spinning_reaches_every_session(model_path, runtime, expected):
+    config = _config(**runtime).model_copy(update={"batching": _config().batching.model_copy(update={"instances": 2})})
+    sessions = ModelRuntime(model_path, config, providers=("cpu",))._sessions
+    assert len(sessions) == 2
+    assert {s.get_session_options().get_session_config_entry("session.intra_op.allow_spinning") for s in sessions} == {expected}
+
+
+def test_intra_op_spinning_must_be_a_boolean():
+    with pytest.raises(ConfigError, match="tiny/config.yaml: runtime.intra_op_spinning"):
+        _config(intra_op_spinning="sometimes")
