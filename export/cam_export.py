@@ -30,7 +30,8 @@ from onnx import numpy_helper
 from torch import nn
 
 from export.exporter import ExportError
-from export.model_version import PreparedVersion, prepare_version, write_version
+from export.model_version import prepare_version, write_version
+from export.prepared_version import PreparedVersion
 from export.models import build_model, get_model_spec
 from export.models.registry import ModelSpec
 from service.config import CamConfig, ModelConfig, PostprocessingConfig

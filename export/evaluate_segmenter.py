@@ -20,32 +20,13 @@ from pathlib import Path
 
 import numpy as np
 
+from export.segmentation_metrics import confusion_matrix, iou_per_class, mean_iou
+from export.training_plots import pyplot
+
 HELDOUT_SEED = 2024
 HELDOUT_SCENES = 240
 TARGET_MEAN_IOU = 0.85
 BUNDLED = Path("model_repo/fcn8s")
-
-
-def confusion_matrix(truth: np.ndarray, predicted: np.ndarray, classes: int, ignore: int | None = None) -> np.ndarray:
-    """Pixel counts int64 [classes, classes], rows = true class, columns = predicted class."""
-    truth, predicted = truth.ravel().astype(np.int64), predicted.ravel().astype(np.int64)
-    if ignore is not None:
-        keep = truth != ignore
-        truth, predicted = truth[keep], predicted[keep]
-    return np.bincount(truth * classes + predicted, minlength=classes * classes).reshape(classes, classes)
-
-
-def iou_per_class(confusion: np.ndarray) -> np.ndarray:
-    """TP / (TP + FP + FN) per class, float64 [classes]; NaN for a class absent from truth and prediction."""
-    tp = np.diag(confusion).astype(np.float64)
-    union = confusion.sum(0) + confusion.sum(1) - tp
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(union > 0, tp / np.maximum(union, 1), np.nan)
-
-
-def mean_iou(confusion: np.ndarray) -> float:
-    """Mean IoU over the classes that occur (in truth or prediction)."""
-    return float(np.nanmean(iou_per_class(confusion)))
 
 
 def heldout_scenes(count: int = HELDOUT_SCENES, seed: int = HELDOUT_SEED):
@@ -127,7 +108,7 @@ def save_heldout_samples(scenes, maps: dict, path: Path, count: int = 6) -> None
     from export.train_segmenter import LABELS
     from service.postprocess.segment import palette
 
-    plt = _pyplot()
+    plt = pyplot()
     colours = palette(len(LABELS))
     columns = ["image", "truth", *maps]
     fig, axes = plt.subplots(count, len(columns), figsize=(2.0 * len(columns), 2.0 * count), squeeze=False)
@@ -140,55 +121,6 @@ def save_heldout_samples(scenes, maps: dict, path: Path, count: int = 6) -> None
                 axes[row][col].set_title(columns[col], fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def write_run_figures(variant: str) -> None:
-    """loss_curve.png and samples.png (validation scenes) beside a training run."""
-    import torch
-
-    from export.train_segmenter import LABELS, RUN_ROOT, load_variant, make_batch, scene_arrays
-    from service.postprocess.segment import palette
-
-    run_dir, plt = RUN_ROOT / variant, _pyplot()
-    steps = np.genfromtxt(run_dir / "steps.csv", delimiter=",", names=True)
-    training = json.loads((run_dir / "training.json").read_text())
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
-    window = max(1, min(25, len(steps) // 4))
-    for key in ("loss", "ce", "dice"):
-        left.plot(steps["step"][window - 1 :], np.convolve(steps[key], np.ones(window) / window, mode="valid"), label=key)
-    left.set(xlabel="step", ylabel=f"training loss ({window}-step mean)", yscale="log", title=f"{variant}: training loss")
-    left.legend()
-    history = training["history"]
-    right.plot([h["epoch"] for h in history], [h["val_miou"] for h in history], "o-")
-    right.set(xlabel="epoch", ylabel="mean IoU", title="validation (train-split scenes)")
-    fig.tight_layout()
-    fig.savefig(run_dir / "loss_curve.png", dpi=100)
-    plt.close(fig)
-    images, labels = scene_arrays(training["seed"] + 1, training["validation_scenes"], "train",
-                                  RUN_ROOT / f"val_scenes_{training['seed'] + 1}_{training['validation_scenes']}.npz")
-    with torch.no_grad():
-        predicted = load_variant(variant, run_dir)(make_batch(images[:6], labels[:6], None)[0]).argmax(1).numpy()
-    predicted[labels[:6] == 255] = 255  # padding: white in every panel
-    colours = np.vstack([palette(len(LABELS)), np.full((250 - len(LABELS) + 6, 3), 255, np.uint8)])  # 255 = padding
-    fig, axes = plt.subplots(6, 3, figsize=(6, 12))
-    for row in range(6):
-        for col, panel in enumerate((images[row], colours[labels[row]], colours[predicted[row]])):
-            axes[row][col].imshow(panel)
-            axes[row][col].set_axis_off()
-            if row == 0:
-                axes[row][col].set_title(("input (padded)", "truth", variant)[col], fontsize=9)
-    fig.tight_layout()
-    fig.savefig(run_dir / "samples.png", dpi=100)
     plt.close(fig)
 
 

@@ -9,19 +9,17 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import TYPE_CHECKING
 
 import onnx
 import onnxruntime
 import torch
 
-if TYPE_CHECKING:  # imported for annotations only; model_version imports this module
-    from export.model_version import PreparedVersion
+from export.prepared_version import PreparedVersion
 
 EXPORTER = "torch.onnx.export (TorchScript-based, dynamo=False)"
 
 
-def onnx_metadata(prepared: "PreparedVersion", version: int) -> dict[str, str]:
+def onnx_metadata(prepared: PreparedVersion, version: int) -> dict[str, str]:
     """Key facts stored in the ONNX file's metadata_props (string values)."""
     parity = prepared.parity
     props = {
@@ -41,7 +39,7 @@ def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def model_card(prepared: "PreparedVersion", version: int, onnx_bytes: bytes, training: dict | None) -> str:
+def model_card(prepared: PreparedVersion, version: int, onnx_bytes: bytes, training: dict | None) -> str:
     """The version's model_card.json text."""
     graph, config = prepared.graph, prepared.config
     card = {
@@ -89,7 +87,7 @@ def _training_lines(training: dict | None) -> list[str]:
     return lines
 
 
-def model_readme(prepared: "PreparedVersion", version: int, training: dict | None) -> str:
+def model_readme(prepared: PreparedVersion, version: int, training: dict | None) -> str:
     """A short human summary for model_repo/<name>/README.md (the newest written version)."""
     graph, config, pre = prepared.graph, prepared.config, prepared.config.preprocessing
     shape = "×".join(str(d) for d in graph.input_shape)

@@ -18,16 +18,16 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 
 from torch import nn
 
 from export.exporter import ExportError, OnnxGraph, export_onnx, verify_onnx, with_metadata
 from export.model_card import model_card, model_readme, onnx_metadata
-from export.model_stats import ParameterCount, count_macs, count_parameters
+from export.model_stats import count_macs, count_parameters
 from export.models.registry import ModelSpec
-from export.parity import DEFAULT_TOLERANCE, ParityReport, check_parity
+from export.parity import DEFAULT_TOLERANCE, check_parity
+from export.prepared_version import PreparedVersion
 from service.config import (
     ModelConfig,
     PostprocessingConfig,
@@ -39,20 +39,6 @@ from service.config import (
 from service.errors import ConfigError
 
 LABELS_FILE = "labels.txt"
-
-
-@dataclass(frozen=True)
-class PreparedVersion:
-    """A verified export waiting to be written; `weights` describes where the weights came from."""
-
-    spec: ModelSpec
-    config: ModelConfig
-    graph: OnnxGraph
-    parity: ParityReport
-    parameters: ParameterCount
-    macs: int
-    labels: tuple[str, ...] | None
-    weights: dict
 
 
 def preprocessing_for(spec: ModelSpec, input_hw: tuple[int, int]) -> PreprocessingConfig:

@@ -35,7 +35,10 @@ from export.data.scenes import SCENE_CLASSES, SceneSpec, make_scene
 from export.models import build_model, get_model_spec
 from export.exporter import with_metadata
 from export.models.fcn import INPUT_NAME, OUTPUT_NAME, PARITY_SIZES, SCENE_PREPROCESSING, export_segmenter_onnx, segmenter_parity
+from export.segmentation_metrics import confusion_matrix, mean_iou
+from export.training_plots import pyplot
 from service.config import BatchingConfig, ModelConfig, TensorSpec, dump_model_config, load_model_config
+from service.postprocess.segment import palette
 from service.preprocess import convert_color, normalize, resize_image
 
 SEGMENTER_SPEC = SceneSpec(height=(65, 96), width=(65, 96), objects=(2, 5), object_size=(14, 48), distractors=(0, 2))
@@ -102,7 +105,6 @@ def segmentation_loss(logits: torch.Tensor, target: torch.Tensor) -> tuple[torch
 
 def confusion_of(model, images: np.ndarray, labels: np.ndarray, classes: int) -> np.ndarray:
     """Pixel confusion matrix [true, predicted] of the torch model over padded scenes (padding ignored)."""
-    from export.evaluate_segmenter import confusion_matrix
 
     model.eval()
     confusion = np.zeros((classes, classes), dtype=np.int64)
@@ -133,7 +135,6 @@ def train_step(model, optimizer, x: torch.Tensor, y: torch.Tensor, lr: float, di
 
 
 def train(args, run_dir: Path):
-    from export.evaluate_segmenter import mean_iou
 
     torch.manual_seed(args.seed)
     model = build_model(args.variant, num_classes=len(LABELS))
@@ -253,6 +254,41 @@ def export_architecture(name: str, checkpoint: str | None, num_classes: int | No
                            repo=repo, card={"weights": weights}, parity_sizes=((64, 64), (96, 64)))
 
 
+def write_run_figures(variant: str) -> None:
+    """loss_curve.png and samples.png (validation scenes) beside a training run."""
+    run_dir, plt = RUN_ROOT / variant, pyplot()
+    steps = np.genfromtxt(run_dir / "steps.csv", delimiter=",", names=True)
+    training = json.loads((run_dir / "training.json").read_text())
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    window = max(1, min(25, len(steps) // 4))
+    for key in ("loss", "ce", "dice"):
+        left.plot(steps["step"][window - 1 :], np.convolve(steps[key], np.ones(window) / window, mode="valid"), label=key)
+    left.set(xlabel="step", ylabel=f"training loss ({window}-step mean)", yscale="log", title=f"{variant}: training loss")
+    left.legend()
+    history = training["history"]
+    right.plot([h["epoch"] for h in history], [h["val_miou"] for h in history], "o-")
+    right.set(xlabel="epoch", ylabel="mean IoU", title="validation (train-split scenes)")
+    fig.tight_layout()
+    fig.savefig(run_dir / "loss_curve.png", dpi=100)
+    plt.close(fig)
+    images, labels = scene_arrays(training["seed"] + 1, training["validation_scenes"], "train",
+                                  RUN_ROOT / f"val_scenes_{training['seed'] + 1}_{training['validation_scenes']}.npz")
+    with torch.no_grad():
+        predicted = load_variant(variant, run_dir)(make_batch(images[:6], labels[:6], None)[0]).argmax(1).numpy()
+    predicted[labels[:6] == 255] = 255  # padding: white in every panel
+    colours = np.vstack([palette(len(LABELS)), np.full((250 - len(LABELS) + 6, 3), 255, np.uint8)])  # 255 = padding
+    fig, axes = plt.subplots(6, 3, figsize=(6, 12))
+    for row in range(6):
+        for col, panel in enumerate((images[row], colours[labels[row]], colours[predicted[row]])):
+            axes[row][col].imshow(panel)
+            axes[row][col].set_axis_off()
+            if row == 0:
+                axes[row][col].set_title(("input (padded)", "truth", variant)[col], fontsize=9)
+    fig.tight_layout()
+    fig.savefig(run_dir / "samples.png", dpi=100)
+    plt.close(fig)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--variant", choices=VARIANTS, default="fcn8s")
@@ -281,7 +317,6 @@ def main() -> None:
         model = load_variant(args.variant, run_dir)
     else:
         train(args, run_dir)
-        from export.evaluate_segmenter import write_run_figures  # matplotlib only when needed
 
         write_run_figures(args.variant)
         model = load_variant(args.variant, run_dir)

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 
-def _pyplot():
+def pyplot():
     import matplotlib
 
     matplotlib.use("Agg")  # files only; never needs a display
@@ -18,7 +18,7 @@ def _pyplot():
 
 def save_training_curve(history: list[dict], path: Path, title: str) -> None:
     """Loss (left axis) and train/held-out accuracy (right axis) per epoch."""
-    plt = _pyplot()
+    plt = pyplot()
     epochs = [h["epoch"] for h in history]
     fig, loss_axis = plt.subplots(figsize=(6, 4), dpi=100)
     loss_axis.plot(epochs, [h["loss"] for h in history], "o-", color="tab:red", label="training loss")
@@ -38,7 +38,7 @@ def save_training_curve(history: list[dict], path: Path, title: str) -> None:
 
 def save_confusion_matrix(confusion: np.ndarray, labels: list[str], path: Path, title: str) -> None:
     """Counts with rows = true class, columns = predicted class."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, axis = plt.subplots(figsize=(5.5, 5), dpi=100)
     axis.imshow(confusion, cmap="Blues")
     axis.set_xticks(range(len(labels)), labels)

@@ -108,7 +108,7 @@ def test_bundled_fcn8s_runs_at_any_size():
 def test_iou_matches_sklearn_jaccard():
     from sklearn.metrics import jaccard_score
 
-    from export.evaluate_segmenter import confusion_matrix, iou_per_class, mean_iou
+    from export.segmentation_metrics import confusion_matrix, iou_per_class, mean_iou
 
     rng = np.random.default_rng(0)
     truth = rng.integers(0, 4, size=(30, 40))
