@@ -173,8 +173,9 @@ class Demo:
             self.show(f"Segment {len(scenes)} scenes", self.client.segment(scenes, "fcn8s", overlay=True), scenes)
 
     def explain(self) -> None:
+        """CAM overlays from gap_cnn (top-1 class) on the object scene and the multi-object scenes."""
         if (MODEL_REPO / "gap_cnn" / "config.yaml").is_file():
-            model, images = "gap_cnn", [IMAGES / "object_scene.jpg"]
+            model, images = "gap_cnn", [IMAGES / "object_scene.jpg", *(p for p in self.images("scene") if p.name.startswith("scene_"))]
         else:
             print("note: gap_cnn is not in model_repo/ yet; explaining lenet5 instead")
             model, images = "lenet5", self.images("digit")[:2]

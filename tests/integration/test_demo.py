@@ -11,6 +11,9 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
+
+import cv2
 
 from testkit import REPO_ROOT
 
@@ -24,6 +27,7 @@ def test_demo_runs_every_rpc_on_the_bundled_models(tmp_path):
         package.mkdir(parents=True)
         (package / "__init__.py").write_text(f"raise ImportError('{name} is not a serving dependency (blocked by test_demo)')\n")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path / "blocked"), str(REPO_ROOT)])}
+    started = time.time() - 1.0  # file modification times can be a little coarse
     done = subprocess.run([sys.executable, "-m", "examples.demo"], cwd=REPO_ROOT, env=env,
                           capture_output=True, text=True, timeout=180)
     out = done.stdout
@@ -33,4 +37,7 @@ def test_demo_runs_every_rpc_on_the_bundled_models(tmp_path):
     assert "skipped" not in out and "FAILED" not in out + done.stderr
     assert "convserve_requests_total = " in out and "exit code 0" in out
     output = REPO_ROOT / "demo-output"
-    assert list(output.glob("scene_*.detect.jpg")) and list(output.glob("scene_*.segment.png"))
+    for pattern, least in (("scene_*.detect.jpg", 3), ("scene_*.segment.png", 3), ("*.cam.jpg", 4)):
+        written = [f for f in output.glob(pattern) if f.stat().st_mtime >= started]  # this run's, not leftovers
+        assert len(written) >= least, f"{pattern}: {len(written)} written by this run, expected >= {least}"
+        assert all(cv2.imread(str(f)) is not None for f in written), f"{pattern}: a file does not decode"
