@@ -77,7 +77,9 @@ def to_markdown(data: dict) -> str:
     meta = data["meta"]
     lines = [f"# convserve benchmark ({meta['mode']})", "", f"- date: {meta['date']}", f"- machine: {meta['machine']}",
              f"- load average before / after: {meta['loadavg_before']} / {meta['loadavg_after']}",
-             f"- versions: {meta['versions']}", *[f"- note: {n}" for n in meta["notes"]], "",
+             f"- versions: {meta['versions']}",
+             f"- ONNX Runtime intra-op spinning: {meta.get('intra_op_spinning', 'config')} ('config': as each model's config says)",
+             *[f"- note: {n}" for n in meta["notes"]], "",
              "## Raw ONNX Runtime (in-process, same session options as the server)", "",
              "| model | batch | images/s | run latency p50 (ms) |", "|---|---:|---:|---:|"]
     for model, points in data["raw_onnxruntime"].items():

@@ -24,6 +24,7 @@ from bench.profiling import profile_during
 from bench.raw import RawPoint, measure_raw
 from bench.results import evaluate_targets, to_json, to_markdown
 from bench.server import ServedModels
+from service.config import dump_model_config, load_model_config
 
 RAW_BATCHES = (1, 4, 8, 16, 32)
 CONCURRENCY = (1, 4, 16, 64)
@@ -57,6 +58,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "bench" / "results", help="results directory")
     parser.add_argument("--models", default="resnet18,digits", help="comma list: resnet18, digits")
     parser.add_argument("--no-profile", action="store_true", help="skip the py-spy profile")
+    parser.add_argument("--intra-op-spinning", choices=["config", "on", "off"], default="config",
+                        help="override runtime.intra_op_spinning of every benchmarked model (default: as configured)")
     args = parser.parse_args(argv)
     plan = PLANS["quick" if args.quick else "full"]
     wanted = {m.strip() for m in args.models.split(",") if m.strip()}
@@ -71,6 +74,9 @@ def main(argv: list[str] | None = None) -> int:
         if "digits" in wanted:
             models.append(digits_model(repo))
         meta["models"] = {m.name: m.note for m in models}
+        if args.intra_op_spinning != "config":
+            set_intra_op_spinning(repo, models, args.intra_op_spinning == "on")
+        meta["intra_op_spinning"] = args.intra_op_spinning
         raw = {}
         for model in models:
             say(f"raw ONNX Runtime: {model.name}")
@@ -88,6 +94,16 @@ def main(argv: list[str] | None = None) -> int:
     print(markdown)
     say(f"wrote {args.out / stem}.json and .md")
     return 0
+
+
+def set_intra_op_spinning(repo: Path, models, spinning: bool) -> None:
+    """Rewrite each model's config with `runtime.intra_op_spinning` set, so that the raw and the
+    served measurements both use it (A/B runs of the setting, docs/model-config.md)."""
+    for model in models:
+        path = repo / model.name / "config.yaml"
+        config = load_model_config(path)
+        runtime = config.runtime.model_copy(update={"intra_op_spinning": spinning})
+        dump_model_config(config.model_copy(update={"runtime": runtime}), path)
 
 
 def window(plan: Plan, raw: list[RawPoint], concurrency: int) -> tuple[float, float]:

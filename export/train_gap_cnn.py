@@ -181,8 +181,9 @@ def train(args) -> tuple[torch.nn.Module, dict]:
             log_file.flush()
             print("epoch {} loss {} train acc {} val acc {} val argmax-in-box {} val box-iou>=0.5 {} ({} s)".format(*row),
                   flush=True)
-            if selection_score(val_accuracy, report) > best_score:
-                best_score, best_epoch, best_accuracy = selection_score(val_accuracy, report), epoch + 1, val_accuracy
+            score = selection_score(val_accuracy, report)
+            if score > best_score:
+                best_score, best_epoch, best_accuracy = score, epoch + 1, val_accuracy
                 torch.save({"state_dict": model.state_dict(), "epoch": epoch + 1}, args.run_dir / "checkpoint.pt")
     model.load_state_dict(torch.load(args.run_dir / "checkpoint.pt")["state_dict"])
     training = training_record(args, total, generated, time.monotonic() - started)

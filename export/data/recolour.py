@@ -15,22 +15,20 @@ from dataclasses import replace
 
 import numpy as np
 
-from export.data.scenes import SCENE_CLASSES, Scene
+from export.data.scenes import SCENE_CLASSES, Scene, contrasts, opposite_corner
 
 FACE = SCENE_CLASSES.index("face")
-MIN_CONTRAST = 90.0  # Euclidean RGB distance from the mean colour under the shape, as scenes.py uses
 
 
 def corner_colour(rng: np.random.Generator, under: np.ndarray, tries: int = 10) -> np.ndarray:
-    """A colour near a corner of the RGB cube (each channel 0-40 or 215-255) that contrasts with `under`."""
-    mean = under.reshape(-1, 3).astype(np.float32).mean(axis=0)
-    colour = None
+    """A colour near a corner of the RGB cube (each channel 0-40 or 215-255) that contrasts with
+    `under` as the generator's own shape colours do (export.data.scenes.contrasts)."""
     for _ in range(tries):
         high = rng.random(3) < 0.5
         colour = np.where(high, rng.integers(215, 256, size=3), rng.integers(0, 41, size=3)).astype(np.float32)
-        if np.linalg.norm(colour - mean) >= MIN_CONTRAST:
-            break
-    return colour
+        if contrasts(colour, under):
+            return colour
+    return opposite_corner(under).astype(np.float32)
 
 
 def recolour_shapes(scene: Scene, rng: np.random.Generator, share: float, noise_std: float) -> Scene:

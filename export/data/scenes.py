@@ -30,6 +30,7 @@ import cv2
 import numpy as np
 
 SCENE_CLASSES = ("face", "circle", "square", "triangle", "star")
+MIN_CONTRAST = 90.0  # Euclidean RGB distance between a shape's colour and what it is drawn on
 
 FACE_IDS = {"train": range(0, 80), "heldout": range(80, 100)}
 DISTRACTOR_IDS = {"train": range(100, 180), "heldout": range(180, 200)}
@@ -226,16 +227,25 @@ def _shape_alpha(rng: np.random.Generator, name: str, size: int) -> np.ndarray:
     return alpha.astype(bool)
 
 
+def contrasts(colour: np.ndarray, under: np.ndarray) -> bool:
+    """Is `colour` at least MIN_CONTRAST levels (Euclidean RGB) from the mean colour of `under`?"""
+    return bool(np.linalg.norm(colour - under.reshape(-1, 3).mean(axis=0)) >= MIN_CONTRAST)
+
+
+def opposite_corner(under: np.ndarray) -> np.ndarray:
+    """The corner of the RGB cube farthest from the mean colour of `under` (always contrasts)."""
+    return np.where(under.reshape(-1, 3).mean(axis=0) > 127, 0, 255)
+
+
 def _contrasting_colour(rng: np.random.Generator, under: np.ndarray) -> np.ndarray:
-    """A random RGB colour at least ~90 levels (Euclidean) from the mean colour under the shape."""
-    mean = under.reshape(-1, 3).mean(axis=0)
+    """A random RGB colour at least MIN_CONTRAST levels from the mean colour under the shape."""
     colour = rng.integers(0, 256, size=3)
     for _ in range(20):
-        if np.linalg.norm(colour - mean) >= 90:
+        if contrasts(colour, under):
             break
         colour = rng.integers(0, 256, size=3)
     else:
-        colour = np.where(mean > 127, 0, 255)
+        colour = opposite_corner(under)
     return colour.astype(np.uint8)
 
 
