@@ -52,6 +52,7 @@ class PreprocessingConfig(_Frozen):
     padding: int = Field(default=0, ge=0)  # constant border added after resizing (LeNet-5: 28 -> 32)
     pad_value: float = Field(default=0.0, ge=0, le=255)  # letterbox fill / padding value, in pixel units
     stride: int = Field(default=1, ge=1)  # "native": pad height and width up to a multiple of this
+    native_scale: float = Field(default=1.0, gt=0, le=8)  # "native": resize by this factor before padding
     scale: float = 1.0 / 255.0
     mean: tuple[float, ...] = (0.0,)
     std: tuple[float, ...] = (1.0,)
@@ -72,6 +73,8 @@ class PreprocessingConfig(_Frozen):
             raise ValueError(f"size (height, width) is required with resize '{self.resize}'")
         if self.resize_shorter is not None and self.resize != "center_crop":
             raise ValueError("resize_shorter only applies to resize 'center_crop'")
+        if self.native_scale != 1.0 and self.resize != "native":
+            raise ValueError("native_scale only applies to resize 'native' (the other modes set the size)")
         return self
 
     @property

@@ -71,8 +71,12 @@ def decode_image(data: bytes, spec: PreprocessingConfig | None, max_pixels: int 
     The pixel limit is checked from the header before decoding; bytes whose header
     `image_size` cannot read are refused, not decoded. EXIF orientation is applied
     (OpenCV's IMREAD_COLOR/IMREAD_GRAYSCALE do it). 16-bit images are reduced to 8 bits and an
-    alpha channel is dropped, so every accepted format gives the same kind of array.
+    alpha channel is dropped, so every accepted format gives the same kind of array. A model that
+    upscales its input (`native_scale` > 1) gets a proportionally lower limit, so the limit still
+    bounds the tensor the model receives.
     """
+    if spec is not None and spec.native_scale > 1.0:
+        max_pixels = int(max_pixels / spec.native_scale**2)
     if not data:
         raise InvalidArgument("image is empty (0 bytes)")
     size = image_size(data)
@@ -137,7 +141,7 @@ def resize_image(image: np.ndarray, spec: PreprocessingConfig) -> tuple[np.ndarr
     elif spec.resize == "center_crop":
         resized, scale, offset = _center_crop(image, spec.size, spec.resize_shorter, interpolation)
     else:
-        resized, scale, offset = _pad_to_stride(image, spec.stride, spec.pad_value)
+        resized, scale, offset = _scale_and_pad(image, spec.native_scale, spec.stride, spec.pad_value, interpolation)
     if spec.padding:
         p = spec.padding
         resized = cv2.copyMakeBorder(resized, p, p, p, p, cv2.BORDER_CONSTANT, value=_fill(resized, spec.pad_value))
@@ -182,13 +186,19 @@ def _center_crop(image, size, resize_shorter, interpolation):
     return cropped, (new_h / height, new_w / width), (float(-top), float(-left))
 
 
-def _pad_to_stride(image, stride, pad_value):
-    """Native size: pad bottom/right up to a multiple of the network stride."""
+def _scale_and_pad(image, native_scale, stride, pad_value, interpolation):
+    """Native size (times `native_scale`, which lets a stride-8 segmenter resolve small objects),
+    padded bottom/right up to a multiple of the network stride."""
     height, width = image.shape[:2]
-    pad_h, pad_w = (-height) % stride, (-width) % stride
+    scale = (1.0, 1.0)
+    if native_scale != 1.0:
+        new_h, new_w = max(1, int(round(height * native_scale))), max(1, int(round(width * native_scale)))
+        image = cv2.resize(image, (new_w, new_h), interpolation=interpolation)
+        scale = (new_h / height, new_w / width)
+    pad_h, pad_w = (-image.shape[0]) % stride, (-image.shape[1]) % stride
     if pad_h or pad_w:
         image = cv2.copyMakeBorder(image, 0, pad_h, 0, pad_w, cv2.BORDER_CONSTANT, value=_fill(image, pad_value))
-    return image, (1.0, 1.0), (0.0, 0.0)
+    return image, scale, (0.0, 0.0)
 
 
 def normalize(image: np.ndarray, spec: PreprocessingConfig) -> np.ndarray:

@@ -9,8 +9,8 @@ Coordinates: logits [C, h, w] cover the model input [H_in, W_in] (cell j's centr
 pixels onto the model input (model = original · scale + offset). Padding the preprocessor added
 (letterbox borders, native-size padding up to the stride) is cut off with
 `ResizeInfo.content_window()`: samples are clamped to the content, so padded cells never leak into
-the answer. With `resize: native` (scale 1, offset 0) and full-resolution logits the resize is
-the identity and the label map is exactly the argmax of the unpadded logits.
+the answer. With `resize: native`, `native_scale: 1` (scale 1, offset 0) and full-resolution
+logits the resize is the identity and the label map is exactly the argmax of the unpadded logits.
 """
 
 from __future__ import annotations

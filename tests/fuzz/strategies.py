@@ -34,10 +34,11 @@ def preprocessing_specs(draw) -> PreprocessingConfig:
     resize = draw(st.sampled_from(["stretch", "letterbox", "center_crop", "native"]))
     size = None if resize == "native" else (draw(st.integers(1, 40)), draw(st.integers(1, 40)))
     shorter = draw(st.none() | st.integers(1, 64)) if resize == "center_crop" else None
+    native_scale = draw(st.sampled_from([1.0, 0.5, 1.5, 2.0, 3.0])) if resize == "native" else 1.0
     count = draw(st.sampled_from([1, channels]))
     sign = st.sampled_from([1.0, -1.0])
     return PreprocessingConfig(
-        color_order=color, resize=resize, size=size, resize_shorter=shorter,
+        color_order=color, resize=resize, size=size, resize_shorter=shorter, native_scale=native_scale,
         interpolation=draw(st.sampled_from(["linear", "area", "nearest", "cubic"])),
         padding=draw(st.integers(0, 4)), pad_value=draw(st.floats(0, 255)), stride=draw(st.integers(1, 16)),
         scale=draw(st.floats(1e-4, 10.0)),
@@ -49,8 +50,9 @@ def preprocessing_specs(draw) -> PreprocessingConfig:
 def expected_input_hw(spec: PreprocessingConfig, original_hw: tuple[int, int]) -> tuple[int, int]:
     """(h, w) of the model input `spec` makes from an image of `original_hw`."""
     if spec.resize == "native":
+        scaled = [max(1, int(round(n * spec.native_scale))) for n in original_hw]
         pad = lambda n: -(-n // spec.stride) * spec.stride  # noqa: E731 - round up to the stride
-        return pad(original_hw[0]) + 2 * spec.padding, pad(original_hw[1]) + 2 * spec.padding
+        return pad(scaled[0]) + 2 * spec.padding, pad(scaled[1]) + 2 * spec.padding
     return spec.input_hw
 
 

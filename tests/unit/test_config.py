@@ -64,6 +64,8 @@ FIELD_ERRORS = {
     "mean length": (lambda d: d["preprocessing"].update(mean=[0.1, 0.2]), "preprocessing", "mean has 2 values"),
     "zero std": (lambda d: d["preprocessing"].update(std=[0.0]), "preprocessing", "std"),
     "size with native": (lambda d: d["preprocessing"].update(resize="native"), "preprocessing", "size must be omitted"),
+    "native_scale without native": (lambda d: d["preprocessing"].update(native_scale=2.0), "preprocessing", "native_scale only applies"),
+    "native_scale zero": (lambda d: d["preprocessing"].update(resize="native", size=None, native_scale=0), "preprocessing.native_scale", "greater than 0"),
     "resize_shorter without crop": (lambda d: d["preprocessing"].update(resize_shorter=10), "preprocessing", "center_crop"),
     "negative padding": (lambda d: d["preprocessing"].update(padding=-1), "preprocessing.padding", "greater than or equal"),
     "max batch 0": (lambda d: d.update(batching={"max_batch_size": 0}), "batching.max_batch_size", "greater than or equal to 1"),

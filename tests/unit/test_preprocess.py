@@ -184,6 +184,36 @@ def test_stretch_and_padding_inverse_mapping_is_exact():
     np.testing.assert_array_equal(info.to_original_xyxy(np.array([found], np.float32))[0], original)
 
 
+def test_native_scale_resizes_then_pads_to_the_stride_with_an_exact_mapping():
+    # 20 x 30 scaled 2x is 40 x 60, padded to 64 x 64 under stride 32; nearest keeps the block's edges exact.
+    original = [6.0, 4.0, 14.0, 12.0]
+    image = block_image(20, 30, [int(v) for v in original])
+    config = plain(resize="native", native_scale=2.0, stride=32, interpolation="nearest")
+    tensor, info = preprocess_image(image, config, source_order="rgb")
+    assert tensor.shape == (3, 64, 64) and info.input_hw == (64, 64)
+    assert info.scale_yx == (2.0, 2.0) and info.offset_yx == (0.0, 0.0) and info.content_window() == (0, 0, 40, 60)
+    found = white_box(tensor)
+    assert found == [12.0, 8.0, 28.0, 24.0]
+    np.testing.assert_array_equal(info.to_original_xyxy(np.array([found], np.float32))[0], original)
+    assert (tensor[:, 40:, :] == 0).all() and (tensor[:, :, 60:] == 0).all()  # padding: pad_value 0
+
+
+def test_native_scale_matches_torchvision(photo):
+    ours, info = preprocess_image(photo, spec(resize="native", native_scale=1.5, stride=8), source_order="rgb")
+    height, width = photo.shape[:2]
+    size = (round(height * 1.5), round(width * 1.5))
+    assert info.content_window() == (0, 0, *size)
+    assert_within_one_level(ours[:, : size[0], : size[1]], torch_pipeline(photo, bilinear(size)))
+    assert ours.shape[1] % 8 == 0 and ours.shape[2] % 8 == 0 and ours.shape[1] - size[0] < 8
+
+
+def test_native_scale_lowers_the_pixel_limit_by_its_square():
+    png = cv2.imencode(".png", np.zeros((30, 40, 3), np.uint8))[1].tobytes()
+    assert decode_image(png, plain(resize="native"), max_pixels=4000).shape == (30, 40, 3)
+    with pytest.raises(InvalidArgument, match="over the limit of 1000 pixels"):
+        decode_image(png, plain(resize="native", native_scale=2.0), max_pixels=4000)
+
+
 def test_inverse_mapping_clips_to_the_image():
     _, info = preprocess_image(block_image(40, 80, [0, 0, 1, 1]), plain(resize="letterbox", size=(20, 20)), source_order="rgb")
     mapped = info.to_original_xyxy(np.array([[-3.0, 0.0, 25.0, 20.0]], np.float32))[0]
