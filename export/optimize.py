@@ -76,8 +76,18 @@ class _CalibrationReader:
         pass
 
 
-def quantize_int8(source: Path, target: Path, calibration: Iterable[dict[str, np.ndarray]], per_channel: bool = True) -> None:
-    """Static INT8 quantisation (QDQ, per-channel int8 weights, uint8 activations, min-max calibration)."""
+def first_conv(path: Path) -> str:
+    """Name of the graph's first Conv node (in topological order); ValueError if it has none."""
+    for node in onnx.load(str(path), load_external_data=False).graph.node:
+        if node.op_type == "Conv":
+            return node.name
+    raise ValueError(f"{path} has no Conv node")
+
+
+def quantize_int8(source: Path, target: Path, calibration: Iterable[dict[str, np.ndarray]], per_channel: bool = True,
+                  float_nodes: tuple[str, ...] = ()) -> None:
+    """Static INT8 quantisation (QDQ, per-channel int8 weights, uint8 activations, min-max calibration);
+    `float_nodes` stay float32 (e.g. a first convolution whose few filters one int8 scale fits badly)."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -88,7 +98,7 @@ def quantize_int8(source: Path, target: Path, calibration: Iterable[dict[str, np
             str(prepared), str(target), _CalibrationReader(calibration),
             quant_format=QuantFormat.QDQ, per_channel=per_channel,
             activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-            calibrate_method=CalibrationMethod.MinMax,
+            calibrate_method=CalibrationMethod.MinMax, nodes_to_exclude=list(float_nodes),
         )
     onnx.checker.check_model(str(target))
 

@@ -49,6 +49,9 @@ def _parser() -> argparse.ArgumentParser:
                              "load it with runtime.graph_optimization_level: disable)")
     parser.add_argument("--weights", choices=["per-channel", "per-tensor"], default="per-channel",
                         help="int8 weight scales (default per-channel; per-tensor saturates less on AVX2 CPUs without VNNI)")
+    parser.add_argument("--float-first-conv", action="store_true",
+                        help="int8: keep the first convolution in float32 (it sees the raw pixels through a few filters "
+                             "that one int8 scale fits badly; it costs little time)")
     parser.add_argument("--calibration-size", type=int, default=256, help="calibration samples (default 256)")
     parser.add_argument("--threads", type=int, default=1, help="intra-op threads for the timings (default 1)")
     parser.add_argument("--batch-sizes", default=",".join(map(str, DEFAULT_BATCH_SIZES)),
@@ -74,7 +77,7 @@ def _request(args: argparse.Namespace) -> OptimizeRequest:
         repo=args.repo, model=args.model, source_version=args.version, variant=variant,
         calibration_size=args.calibration_size, threads=args.threads, batch_sizes=batches, rounds=args.rounds, min_seconds=args.min_seconds,
         default_policy=args.default_policy, full_evaluation=not args.skip_full_evaluation, graph_level=args.graph_level,
-        per_channel=args.weights == "per-channel",
+        per_channel=args.weights == "per-channel", float_first_conv=args.float_first_conv,
     )
 
 

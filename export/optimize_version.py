@@ -20,7 +20,7 @@ import numpy as np
 import onnx
 
 from export.calibration import CALIBRATION_SEED, ModelData, calibration_batches, model_data
-from export.optimize import convert_fp16, quantize_int8, save_optimized_graph
+from export.optimize import convert_fp16, first_conv, quantize_int8, save_optimized_graph
 from export.throughput import (
     cpu_session, interleaved_creation, interleaved_timings, machine_description, ratio_of_medians, tile_batch,
 )
@@ -48,6 +48,7 @@ class OptimizeRequest:
     default_policy: str = "pin"  # "pin" | "auto"
     full_evaluation: bool = True
     per_channel: bool = True  # int8 weights: one scale per output channel, or one per tensor
+    float_first_conv: bool = False  # int8: keep the first convolution in float32
     graph_level: str = "extended"  # variant "graph": "extended" (portable) or "all" (this CPU type only)
 
 
@@ -91,10 +92,12 @@ def build_variant(request: OptimizeRequest, scratch: Path) -> BuiltVariant:
     target = scratch / "model.onnx"
     src = source.model_path(version)
     if request.variant == "int8":
-        quantize_int8(src, target, feeds, per_channel=request.per_channel)
+        float_nodes = (first_conv(src),) if request.float_first_conv else ()
+        quantize_int8(src, target, feeds, per_channel=request.per_channel, float_nodes=float_nodes)
         _keep_cam_weights(config, target)
         weights = "per-channel" if request.per_channel else "per-tensor"
-        method = {"quantization": {**QUANTIZATION, "weight_scales": weights}, "calibration": {
+        quantization = {**QUANTIZATION, "weight_scales": weights, **({"float32_nodes": list(float_nodes)} if float_nodes else {})}
+        method = {"quantization": quantization, "calibration": {
             "source": data.calibration_source, "samples": sum(len(next(iter(f.values()))) for f in feeds),
             "batches": len(feeds), "seed": CALIBRATION_SEED}}
     elif request.variant == "fp16":
@@ -273,7 +276,8 @@ def _card(request: OptimizeRequest, built: BuiltVariant, measured: dict, version
 
     source_path = built.source.model_path(built.source_version)
     precision = request.variant if request.variant != "graph" else "fp32"
-    flag = {"int8": "--quantize int8" + ("" if request.per_channel else " --weights per-tensor"), "fp16": "--precision fp16", "graph": "--optimized-graph"}[request.variant]
+    int8 = "--quantize int8" + ("" if request.per_channel else " --weights per-tensor") + (" --float-first-conv" if request.float_first_conv else "")
+    flag = {"int8": int8, "fp16": "--precision fp16", "graph": "--optimized-graph"}[request.variant]
     return {
         "name": request.model, "version": version, "precision": precision, "variant": request.variant,
         "derived_from": {"version": built.source_version, "sha256": hashlib.sha256(source_path.read_bytes()).hexdigest(),

@@ -39,7 +39,7 @@ from service.config import PreprocessingConfig
 Variant = Literal["fcn32s", "fcn16s", "fcn8s"]
 STRIDE = 32
 SCENE_PREPROCESSING = PreprocessingConfig(
-    color_order="rgb", resize="native", stride=STRIDE, mean=(0.5,), std=(0.25,),
+    color_order="rgb", resize="native", native_scale=2.0, stride=STRIDE, mean=(0.5,), std=(0.25,),
 )
 # Scene segmentation: background + SCENE_CLASSES of export/data/scenes.py.
 SCENE_NUM_CLASSES = 6

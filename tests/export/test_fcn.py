@@ -121,3 +121,45 @@ def test_iou_matches_sklearn_jaccard():
     ignored = truth.copy()
     ignored[:5] = 255
     assert confusion_matrix(ignored, predicted, 5, ignore=255).sum() == 25 * 40
+
+
+def test_training_scenes_are_prepared_as_served():
+    """Training inputs are what the server feeds the network: scaled by native_scale, padded to the
+    stride; their labels are the scene's label map pixel-replicated, padding ignored."""
+    from export.data.scenes import make_scene
+    from export.models.fcn import SCENE_PREPROCESSING
+    from export.train_segmenter import IGNORE, INPUT_SIZE, SEGMENTER_SPEC, padded_scene
+    from service.preprocess import preprocess_image
+
+    scale = int(SCENE_PREPROCESSING.native_scale)
+    assert scale == SCENE_PREPROCESSING.native_scale == 2
+    assert INPUT_SIZE % SCENE_PREPROCESSING.stride == 0 and INPUT_SIZE >= SEGMENTER_SPEC.height[1] * scale
+    scene = make_scene(np.random.default_rng(3), SEGMENTER_SPEC, "train")
+    image, labels = padded_scene(scene)
+    height, width = scene.label_map.shape
+    served, info = preprocess_image(scene.image, SCENE_PREPROCESSING, source_order="rgb")
+    assert image.shape[:2] == labels.shape == served.shape[1:] and info.content_window() == (0, 0, height * scale, width * scale)
+    np.testing.assert_array_equal(labels[: height * scale, : width * scale], np.kron(scene.label_map, np.ones((scale, scale), np.uint8)))
+    assert (labels[height * scale :] == IGNORE).all() and (labels[:, width * scale :] == IGNORE).all()
+
+
+def test_training_crops_start_in_the_content_and_keep_padding_bottom_right():
+    from export.train_segmenter import IGNORE, make_batch
+
+    images = np.zeros((8, 64, 64, 3), np.uint8)
+    labels = np.full((8, 64, 64), IGNORE, np.uint8)
+    labels[:, :24, :50] = np.arange(50, dtype=np.uint8) % 6  # content 24 x 50: shorter than a crop can start below
+    images[:, :24, :50] = 200
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        x, y = make_batch(images, labels, rng, crop=32)
+        assert x.shape == (8, 3, 32, 32) and y.shape == (8, 32, 32)
+        content = y != IGNORE
+        assert content[:, 0, 0].all()  # the crop's origin is content
+        # padding, where a crop reaches it, lies below or right of the content, never above or left
+        rows, cols = content.any(2), content.any(1)
+        assert all(np.flatnonzero(~r).min(initial=32) > np.flatnonzero(r).max() for r in rows)
+        assert all(np.flatnonzero(~c).min(initial=32) > np.flatnonzero(c).max() for c in cols)
+    full_x, full_y = make_batch(images, labels, None, crop=32)
+    assert full_x.shape == (8, 3, 64, 64)  # no rng (evaluation): whole inputs, no crop, no flip
+    np.testing.assert_array_equal(full_y.numpy(), labels)

@@ -122,6 +122,26 @@ def test_optimize_cli_writes_a_pinned_int8_version(tmp_path, capsys):
     assert not (model_dir / "3").exists()
 
 
+def test_float_first_conv_keeps_that_convolution_in_float32(tmp_path):
+    """--float-first-conv: the first Conv reads float32 weights and input (no DequantizeLinear feeds it),
+    the others are quantised, and the card and reproduce line say so."""
+    model_dir = _digit_model_copy(tmp_path)
+    argv = ["--repo", str(model_dir.parent), "--model", model_dir.name, "--quantize", "int8", "--float-first-conv",
+            "--calibration-size", "16", "--batch-sizes", "1", "--rounds", "2", "--min-seconds", "0", "--skip-full-evaluation"]
+    assert optimize_main(argv) == 0
+    graph = onnx.load(str(model_dir / "2" / "model.onnx")).graph
+    dequantized = {o for n in graph.node if n.op_type == "DequantizeLinear" for o in n.output}
+    convs = [n for n in graph.node if n.op_type == "Conv"]
+    first = onnx.load(str(model_dir / "1" / "model.onnx")).graph
+    first_name = next(n.name for n in first.node if n.op_type == "Conv")
+    assert len(convs) >= 2 and convs[0].name == first_name
+    assert not set(convs[0].input) & dequantized
+    assert all(set(c.input) & dequantized for c in convs[1:])
+    card = json.loads((model_dir / "2" / "model_card.json").read_text())
+    assert card["quantization"]["float32_nodes"] == [first_name]
+    assert card["reproduce"].endswith("--quantize int8 --float-first-conv")
+
+
 def test_optimize_cli_rejects_bad_arguments(tmp_path):
     model_dir = _digit_model_copy(tmp_path)
     base = ["--repo", str(model_dir.parent), "--model", model_dir.name, "--quantize", "int8"]

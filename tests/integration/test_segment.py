@@ -38,14 +38,19 @@ LABELS = (BUNDLED_REPO / "fcn8s" / "labels.txt").read_text().split()
 
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory):
-    """fcn8s as bundled (native size, padded to stride 32), a copy resized to a fixed 96x96, and a classifier."""
+    """fcn8s as bundled (native size scaled 2x, padded to stride 32), copies stretched to a fixed
+    96x96 and at native size unscaled, and a classifier."""
     repo = tmp_path_factory.mktemp("segment") / "repo"
     copy_bundled_model("fcn8s", repo)
-    stretch_dir = repo / "fcn8s_stretch"
-    shutil.copytree(BUNDLED_REPO / "fcn8s", stretch_dir)
-    config = load_model_config(stretch_dir / "config.yaml")
-    stretched = config.preprocessing.model_copy(update={"resize": "stretch", "size": (96, 96), "stride": 1})
-    dump_model_config(config.model_copy(update={"name": "fcn8s_stretch", "preprocessing": stretched}), stretch_dir / "config.yaml")
+    variants = {
+        "fcn8s_stretch": {"resize": "stretch", "size": (96, 96), "stride": 1, "native_scale": 1.0},
+        "fcn8s_unscaled": {"native_scale": 1.0},
+    }
+    for name, update in variants.items():
+        shutil.copytree(BUNDLED_REPO / "fcn8s", repo / name)
+        config = load_model_config(repo / name / "config.yaml")
+        preprocessing = config.preprocessing.model_copy(update=update)
+        dump_model_config(config.model_copy(update={"name": name, "preprocessing": preprocessing}), repo / name / "config.yaml")
     write_tiny_model(repo)
     return repo
 
@@ -108,7 +113,7 @@ def reference_labels(session, repo, model: str, rgb: np.ndarray) -> tuple[np.nda
     return resized.argmax(0).numpy(), (top2[0] - top2[1]).numpy()
 
 
-@pytest.mark.parametrize("model", ["fcn8s", "fcn8s_stretch"])
+@pytest.mark.parametrize("model", ["fcn8s", "fcn8s_stretch", "fcn8s_unscaled"])
 @pytest.mark.parametrize("hw", [(97, 131), (33, 250)])
 def test_label_map_has_the_original_size_and_matches_onnxruntime(stub, session, repo, model, hw):
     rgb = scene_image(*hw, seed=hw[0])
@@ -129,13 +134,13 @@ def test_label_map_has_the_original_size_and_matches_onnxruntime(stub, session, 
 
 
 def test_native_mode_pads_to_the_stride_and_removes_the_padding(stub, session, repo):
-    """97x131 is padded to 128x160 for the network; the answer is the unpadded logits' argmax, exactly."""
+    """Unscaled, 97x131 is padded to 128x160 for the network; the answer is the unpadded logits' argmax, exactly."""
     rgb = scene_image(97, 131, seed=5)
-    spec = load_model_config(repo / "fcn8s" / "config.yaml").preprocessing
+    spec = load_model_config(repo / "fcn8s_unscaled" / "config.yaml").preprocessing
     tensor, info = preprocess_image(rgb, spec, source_order="rgb")
     assert tensor.shape == (3, 128, 160) and info.content_window() == (0, 0, 97, 131)
     logits = session.run(None, {"input": tensor[None]})[0][0]
-    (result,) = segment(stub, "fcn8s", [png(rgb)], probabilities=True).results
+    (result,) = segment(stub, "fcn8s_unscaled", [png(rgb)], probabilities=True).results
     content = np.sort(logits[:, :97, :131], axis=0)
     decided = content[-1] - content[-2] > 1e-4  # another thread count may only flip exact ties
     assert decided.mean() > 0.99
@@ -143,6 +148,22 @@ def test_native_mode_pads_to_the_stride_and_removes_the_padding(stub, session, r
     probabilities = tensor_from_proto(result.probabilities, "probabilities")
     assert probabilities.shape == (len(LABELS), 97, 131)
     np.testing.assert_allclose(probabilities, torch.from_numpy(logits[:, :97, :131]).softmax(0).numpy(), atol=1e-5)
+
+
+def test_native_scale_upscales_pads_and_answers_at_the_original_size(stub, session, repo):
+    """Bundled fcn8s (native_scale 2): 97x131 becomes 194x262, padded to 224x288; probabilities cover the
+    content at model resolution, the label map is back at 97x131."""
+    rgb = scene_image(97, 131, seed=6)
+    spec = load_model_config(repo / "fcn8s" / "config.yaml").preprocessing
+    assert spec.native_scale == 2.0
+    tensor, info = preprocess_image(rgb, spec, source_order="rgb")
+    assert tensor.shape == (3, 224, 288) and info.content_window() == (0, 0, 194, 262)
+    logits = session.run(None, {"input": tensor[None]})[0][0]
+    (result,) = segment(stub, "fcn8s", [png(rgb)], probabilities=True).results
+    assert decode_labels(result).shape == (97, 131)
+    probabilities = tensor_from_proto(result.probabilities, "probabilities")
+    assert probabilities.shape == (len(LABELS), 194, 262)
+    np.testing.assert_allclose(probabilities, torch.from_numpy(logits[:, :194, :262]).softmax(0).numpy(), atol=1e-5)
 
 
 def test_stretch_mode_probabilities_are_at_model_resolution(stub):
