@@ -2,6 +2,8 @@
 
     python -m export.evaluate_segmenter            # 240 held-out scenes, fcn32s/16s/8s, both resize modes
     python -m export.evaluate_segmenter --no-write # print only
+    python -m export.evaluate_segmenter --scale-sweep 2,2.5,3   # fcn8s at other native_scale values,
+                                                   # on the training run's validation scenes (prints only)
 
 The evaluation runs the exported ONNX files with ONNX Runtime, preprocesses with service.preprocess
 and turns logits into label maps with service/postprocess/segment.py (bilinear resize of the
@@ -25,6 +27,7 @@ from export.training_plots import pyplot
 
 HELDOUT_SEED = 2024
 HELDOUT_SCENES = 240
+VALIDATION_SEED, VALIDATION_SCENES = 1, 96  # the training run's validation scenes (train split)
 TARGET_MEAN_IOU = 0.85
 BUNDLED = Path("model_repo/fcn8s")
 
@@ -104,6 +107,24 @@ def evaluate_all(count: int, seed: int) -> tuple[dict, dict]:
     return results, {"scenes": scenes, **maps}
 
 
+def scale_sweep(scales: list[float], count: int = VALIDATION_SCENES, seed: int = VALIDATION_SEED) -> dict[str, float]:
+    """Mean IoU of the bundled fcn8s served at each `native_scale`, on train-split validation scenes.
+
+    Why on those: choosing a serving scale is a model-selection decision, so it must not look at
+    the held-out scenes that the reported figure comes from.
+    """
+    from export.data.scenes import make_scenes
+    from export.models.fcn import SCENE_PREPROCESSING
+    from export.train_segmenter import LABELS, SEGMENTER_SPEC
+
+    scenes = make_scenes(seed, count, SEGMENTER_SPEC, "train")
+    results = {}
+    for scale in scales:
+        spec = SCENE_PREPROCESSING.model_copy(update={"native_scale": scale})
+        results[f"{scale:g}"] = score(predict_onnx(variant_onnx("fcn8s"), spec, scenes), scenes, LABELS)["mean_iou"]
+    return results
+
+
 def save_heldout_samples(scenes, maps: dict, path: Path, count: int = 6) -> None:
     """Grid PNG: image | truth | each variant's prediction, for the first `count` held-out scenes."""
     from export.train_segmenter import LABELS
@@ -180,8 +201,18 @@ def main() -> None:
     parser.add_argument("--scenes", type=int, default=HELDOUT_SCENES)
     parser.add_argument("--seed", type=int, default=HELDOUT_SEED)
     parser.add_argument("--no-write", action="store_true", help="print only; leave the model card alone")
+    parser.add_argument("--scale-sweep", help="comma list of native_scale values: fcn8s on validation scenes, prints only")
     args = parser.parse_args()
     from export.train_segmenter import RUN_ROOT
+
+    if args.scale_sweep:
+        try:
+            scales = [float(v) for v in args.scale_sweep.split(",") if v.strip()]
+        except ValueError:
+            parser.error(f"--scale-sweep takes numbers separated by commas, got {args.scale_sweep!r}")
+        print(json.dumps({"scenes": f"{VALIDATION_SCENES} train-split validation scenes, seed {VALIDATION_SEED}",
+                          "mean_iou_by_native_scale": scale_sweep(scales)}, indent=2))
+        return
 
     results, maps = evaluate_all(args.scenes, args.seed)
     print(json.dumps(results, indent=2))

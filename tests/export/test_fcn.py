@@ -163,3 +163,18 @@ def test_training_crops_start_in_the_content_and_keep_padding_bottom_right():
     full_x, full_y = make_batch(images, labels, None, crop=32)
     assert full_x.shape == (8, 3, 64, 64)  # no rng (evaluation): whole inputs, no crop, no flip
     np.testing.assert_array_equal(full_y.numpy(), labels)
+
+
+def test_scale_sweep_scores_the_bundled_model_on_validation_scenes_only():
+    from export.data.scenes import make_scenes
+    from export.evaluate_segmenter import HELDOUT_SEED, VALIDATION_SEED, predict_onnx, scale_sweep, score
+    from export.models.fcn import SCENE_PREPROCESSING
+    from export.train_segmenter import LABELS, SEGMENTER_SPEC
+
+    assert VALIDATION_SEED != HELDOUT_SEED
+    swept = scale_sweep([2.0, 1.0], count=4)
+    assert list(swept) == ["2", "1"] and all(0.0 <= v <= 1.0 for v in swept.values())
+    scenes = make_scenes(VALIDATION_SEED, 4, SEGMENTER_SPEC, "train")
+    assert SCENE_PREPROCESSING.native_scale == 2.0
+    assert swept["2"] == score(predict_onnx(BUNDLED / "1" / "model.onnx", SCENE_PREPROCESSING, scenes), scenes, LABELS)["mean_iou"]
+    assert swept["1"] != swept["2"]  # the scale reaches the preprocessing
