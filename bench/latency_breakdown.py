@@ -4,7 +4,8 @@ Why: `make bench`'s concurrency-1 target compares the served p50 latency with ra
 and on a busy 2-core machine two measurements minutes apart differ by more than the 1.5 ms the
 target allows. Here the two alternate in short blocks in one process (raw run, served call, raw
 run, ...), so background load moves both alike, and the server's own V2 statistics
-(ModelStatistics: queue and compute time, averages) split the served time into "inside the
+(ModelStatistics: queue and compute time, read before and after the measured calls, so means)
+split the served time into "inside the
 model", "inside the server around it" and "outside the server" (client serialisation, transport,
 protobuf parsing before the handler starts).
 
@@ -29,19 +30,15 @@ from service.api.inference import grpc_service_pb2 as pb
 from service.api.inference import grpc_service_pb2_grpc as pb_grpc
 from service.config import load_model_config
 from service.runtime import ModelRuntime
+from service.servicers.v2_tensors import append_input
 
 UNLIMITED = [("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", -1)]
 
 
-def infer_request(model: str, name: str, x: np.ndarray) -> pb.ModelInferRequest:
-    request = pb.ModelInferRequest(model_name=model)
-    tensor = request.inputs.add(name=name, datatype="FP32")
-    tensor.shape.extend(x.shape)
-    request.raw_input_contents.append(x.tobytes())
-    return request
+PHASES = ("success", "queue", "compute_input", "compute_infer", "compute_output")
 
 
-def milliseconds(values: list[float]) -> float:
+def median_ms(values: list[float]) -> float:
     return round(statistics.median(values) * 1000, 2)
 
 
@@ -49,11 +46,19 @@ def mean_ms(values: list[float]) -> float:
     return round(statistics.fmean(values) * 1000, 2)
 
 
-def server_averages(stub, model: str) -> dict[str, float]:
-    """Average ms per request of each ModelStatistics phase since the server started (warm-up included)."""
+def server_totals(stub, model: str) -> dict[str, tuple[int, int]]:
+    """(nanoseconds, count) of each ModelStatistics phase so far."""
     stats = stub.ModelStatistics(pb.ModelStatisticsRequest(name=model)).model_stats[0].inference_stats
-    return {phase: round(getattr(stats, phase).ns / max(1, getattr(stats, phase).count) / 1e6, 2)
-            for phase in ("success", "queue", "compute_input", "compute_infer", "compute_output")}
+    return {phase: (getattr(stats, phase).ns, getattr(stats, phase).count) for phase in PHASES}
+
+
+def server_means(before: dict, after: dict) -> dict[str, float]:
+    """Mean ms per request of each phase between two `server_totals` readings (the measured calls only)."""
+    means = {}
+    for phase in PHASES:
+        ns, count = after[phase][0] - before[phase][0], after[phase][1] - before[phase][1]
+        means[phase] = round(ns / max(1, count) / 1e6, 2)
+    return means
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -71,15 +76,18 @@ def main(argv: list[str] | None = None) -> int:
         try:
             with grpc.insecure_channel(server.address, options=UNLIMITED) as channel:
                 stub = pb_grpc.GRPCInferenceServiceStub(channel)
-                request = infer_request("resnet18", config.inputs[0].name, x)
+                name = config.inputs[0].name
+                request = pb.ModelInferRequest(model_name="resnet18")
+                append_input(request, name, x)
                 for _ in range(3):
-                    runtime.run({"input": x})
+                    runtime.run({name: x})
                     stub.ModelInfer(request)
+                before = server_totals(stub, "resnet18")
                 raw, served, serialise = [], [], []
                 for _ in range(args.rounds):
                     for _ in range(args.per_round):
                         started = time.perf_counter()
-                        runtime.run({"input": x})
+                        runtime.run({name: x})
                         raw.append(time.perf_counter() - started)
                     for _ in range(args.per_round):
                         started = time.perf_counter()
@@ -88,15 +96,15 @@ def main(argv: list[str] | None = None) -> int:
                         started = time.perf_counter()
                         stub.ModelInfer(request)
                         served.append(time.perf_counter() - started)
-                inside = server_averages(stub, "resnet18")
+                inside = server_means(before, server_totals(stub, "resnet18"))
         finally:
             server.stop()
     print(f"resnet18, batch 1, 224x224 float32 tensor ({x.nbytes / 1e3:.0f} kB per request), "
           f"{args.rounds} alternating blocks of {args.per_round}")
-    print(f"raw ONNX Runtime run, p50 / mean:           {milliseconds(raw):8.2f} / {mean_ms(raw):.2f} ms")
-    print(f"served ModelInfer (sync client), p50 / mean: {milliseconds(served):8.2f} / {mean_ms(served):.2f} ms  "
-          f"(p50 +{milliseconds(served) - milliseconds(raw):.2f} ms)")
-    print(f"client request serialisation, p50:          {milliseconds(serialise):8.2f} ms")
+    print(f"raw ONNX Runtime run, p50 / mean:           {median_ms(raw):8.2f} / {mean_ms(raw):.2f} ms")
+    print(f"served ModelInfer (sync client), p50 / mean: {median_ms(served):8.2f} / {mean_ms(served):.2f} ms  "
+          f"(p50 +{median_ms(served) - median_ms(raw):.2f} ms)")
+    print(f"client request serialisation, p50:          {median_ms(serialise):8.2f} ms")
     print(f"inside the server, means (ms):              {inside}")
     return 0
 

@@ -49,8 +49,8 @@ from service.preprocess import convert_color, normalize, resize_image
 SEGMENTER_SPEC = SceneSpec(height=(65, 96), width=(65, 96), objects=(2, 5), object_size=(14, 48), distractors=(0, 2))
 LABELS = ("background", *SCENE_CLASSES)
 IGNORE = 255
-# every scene of SEGMENTER_SPEC, scaled as served, pads to this under the network stride
-INPUT_SIZE = -(-round(SEGMENTER_SPEC.height[1] * SCENE_PREPROCESSING.native_scale) // SCENE_PREPROCESSING.stride) * SCENE_PREPROCESSING.stride
+# every scene of SEGMENTER_SPEC fits in this square once preprocessed as served: the largest scene's size
+INPUT_SIZE = max(resize_image(np.zeros((SEGMENTER_SPEC.height[1], SEGMENTER_SPEC.width[1], 3), np.uint8), SCENE_PREPROCESSING)[1].input_hw)
 RUN_ROOT = Path("runs/segmenter")
 VARIANTS = ("fcn8s", "fcn16s", "fcn32s")
 
