@@ -131,16 +131,20 @@ def test_training_scenes_are_prepared_as_served():
     from export.train_segmenter import IGNORE, INPUT_SIZE, SEGMENTER_SPEC, padded_scene
     from service.preprocess import preprocess_image
 
-    scale = int(SCENE_PREPROCESSING.native_scale)
-    assert scale == SCENE_PREPROCESSING.native_scale == 2
-    assert INPUT_SIZE % SCENE_PREPROCESSING.stride == 0 and INPUT_SIZE >= SEGMENTER_SPEC.height[1] * scale
+    import cv2
+
+    scale = SCENE_PREPROCESSING.native_scale
+    assert scale > 1 and INPUT_SIZE % SCENE_PREPROCESSING.stride == 0 and INPUT_SIZE >= SEGMENTER_SPEC.height[1] * scale
     scene = make_scene(np.random.default_rng(3), SEGMENTER_SPEC, "train")
     image, labels = padded_scene(scene)
     height, width = scene.label_map.shape
+    rows, cols = round(height * scale), round(width * scale)
     served, info = preprocess_image(scene.image, SCENE_PREPROCESSING, source_order="rgb")
-    assert image.shape[:2] == labels.shape == served.shape[1:] and info.content_window() == (0, 0, height * scale, width * scale)
-    np.testing.assert_array_equal(labels[: height * scale, : width * scale], np.kron(scene.label_map, np.ones((scale, scale), np.uint8)))
-    assert (labels[height * scale :] == IGNORE).all() and (labels[:, width * scale :] == IGNORE).all()
+    assert image.shape[:2] == labels.shape == served.shape[1:] and info.content_window() == (0, 0, rows, cols)
+    expected = cv2.resize(scene.label_map, (cols, rows), interpolation=cv2.INTER_NEAREST)
+    np.testing.assert_array_equal(labels[:rows, :cols], expected)
+    assert set(np.unique(expected)) == set(np.unique(scene.label_map))  # every class survives the scaling
+    assert (labels[rows:] == IGNORE).all() and (labels[:, cols:] == IGNORE).all()
 
 
 def test_training_crops_start_in_the_content_and_keep_padding_bottom_right():
@@ -165,6 +169,53 @@ def test_training_crops_start_in_the_content_and_keep_padding_bottom_right():
     np.testing.assert_array_equal(full_y.numpy(), labels)
 
 
+def test_augmented_windows_are_rescaled_crops_with_padding_bottom_right():
+    from export.train_segmenter import IGNORE, Augment, make_batch
+
+    images = np.zeros((8, 96, 96, 3), np.uint8)
+    labels = np.full((8, 96, 96), IGNORE, np.uint8)
+    labels[:, :40, :70] = (np.arange(70, dtype=np.uint8) // 12)[None, :]  # content 40 x 70, classes 0-5
+    images[:, :40, :70] = 200
+    rng, augment = np.random.default_rng(1), Augment(scale=1.5, colour=0.0)
+    windows = {augment.window(np.random.default_rng(seed), 32) for seed in range(40)}
+    assert min(windows) >= 21 and max(windows) <= 48 and len(windows) > 5  # 32 / 1.5 .. 32 * 1.5
+    for _ in range(20):
+        x, y = make_batch(images, labels, rng, crop=32, augment=augment)
+        assert x.shape == (8, 3, 32, 32) and y.shape == (8, 32, 32)
+        assert set(np.unique(y.numpy())) <= {*range(6), IGNORE}  # nearest-neighbour labels: no blends
+        content = y != IGNORE
+        assert content[:, 0, 0].all()
+        rows, cols = content.any(2), content.any(1)
+        assert all(np.flatnonzero(~r).min(initial=32) > np.flatnonzero(r).max() for r in rows)
+        assert all(np.flatnonzero(~c).min(initial=32) > np.flatnonzero(c).max() for c in cols)
+
+
+def test_colour_jitter_changes_the_content_and_never_the_padding():
+    from export.train_segmenter import Augment
+
+    image = np.full((16, 16, 3), 120, np.uint8)
+    image[:, :8] = 60
+    content = np.zeros((16, 16), bool)
+    content[:10, :12] = True
+    jittered = [Augment(scale=1.0, colour=0.4).colours(np.random.default_rng(seed), image, content) for seed in range(8)]
+    assert all((j[~content] == image[~content]).all() for j in jittered)
+    assert sum(not np.array_equal(j[content], image[content]) for j in jittered) >= 7
+    assert Augment(scale=1.0, colour=0.0).colours(np.random.default_rng(0), image, content) is image
+    with pytest.raises(ValueError, match="scale jitter must be >= 1"):
+        Augment(scale=0.5, colour=0.1)
+    with pytest.raises(ValueError, match="colour jitter in"):
+        Augment(scale=1.0, colour=1.0)
+
+
+def test_a_runs_reproduce_line_names_only_the_options_that_differ_from_the_defaults():
+    from argparse import Namespace
+
+    from export.train_segmenter import recipe_flags
+
+    assert recipe_flags(Namespace(scale_jitter=1.0, colour_jitter=0.0, ema=0.0)) == ""
+    assert recipe_flags(Namespace(scale_jitter=1.25, colour_jitter=0.0, ema=0.999)) == " --scale-jitter 1.25 --ema 0.999"
+
+
 def test_scale_sweep_scores_the_bundled_model_on_validation_scenes_only():
     from export.data.scenes import make_scenes
     from export.evaluate_segmenter import HELDOUT_SEED, VALIDATION_SEED, predict_onnx, scale_sweep, score
@@ -172,9 +223,33 @@ def test_scale_sweep_scores_the_bundled_model_on_validation_scenes_only():
     from export.train_segmenter import LABELS, SEGMENTER_SPEC
 
     assert VALIDATION_SEED != HELDOUT_SEED
-    swept = scale_sweep([2.0, 1.0], count=4)
-    assert list(swept) == ["2", "1"] and all(0.0 <= v <= 1.0 for v in swept.values())
+    bundled = SCENE_PREPROCESSING.native_scale
+    swept = scale_sweep([bundled, 1.0], count=4)
+    assert list(swept) == [f"{bundled:g}", "1"] and all(0.0 <= v <= 1.0 for v in swept.values())
     scenes = make_scenes(VALIDATION_SEED, 4, SEGMENTER_SPEC, "train")
-    assert SCENE_PREPROCESSING.native_scale == 2.0
-    assert swept["2"] == score(predict_onnx(BUNDLED / "1" / "model.onnx", SCENE_PREPROCESSING, scenes), scenes, LABELS)["mean_iou"]
-    assert swept["1"] != swept["2"]  # the scale reaches the preprocessing
+    served = score(predict_onnx(BUNDLED / "1" / "model.onnx", SCENE_PREPROCESSING, scenes), scenes, LABELS)["mean_iou"]
+    assert swept[f"{bundled:g}"] == served
+    assert swept["1"] != served  # the scale reaches the preprocessing
+
+
+def test_a_short_training_run_with_every_option_saves_what_it_validated(tmp_path, monkeypatch):
+    """A few steps of the real training loop (scale and colour jitter, weight averaging): the
+    checkpoint is the averaged model that was validated, and training.json records the recipe."""
+    import json
+    from argparse import Namespace
+
+    from export.train_segmenter import load_variant, train
+
+    monkeypatch.chdir(tmp_path)  # scene caches go to runs/segmenter/ under the working directory
+    run_dir = tmp_path / "runs" / "segmenter" / "fcn32s"
+    run_dir.mkdir(parents=True)
+    args = Namespace(variant="fcn32s", seed=0, pool=24, val=4, batch=4, crop=64, steps=12, minutes=5.0, threads=1, lr=3e-3,
+                     dice_weight=0.5, scale_jitter=1.25, colour_jitter=0.3, ema=0.9)
+    kept, _ = train(args, run_dir)
+    training = json.loads((run_dir / "training.json").read_text())
+    assert training["steps"] == 12 and training["epochs"] == 2
+    assert (training["scale_jitter"], training["colour_jitter"], training["ema_decay"]) == (1.25, 0.3, 0.9)
+    assert training["reproduce"].endswith("--variant fcn32s --scale-jitter 1.25 --colour-jitter 0.3 --ema 0.9")
+    loaded = load_variant("fcn32s", run_dir)
+    for name, value in kept.state_dict().items():
+        torch.testing.assert_close(loaded.state_dict()[name], value)

@@ -38,7 +38,7 @@ LABELS = (BUNDLED_REPO / "fcn8s" / "labels.txt").read_text().split()
 
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory):
-    """fcn8s as bundled (native size scaled 2x, padded to stride 32), copies stretched to a fixed
+    """fcn8s as bundled (native size scaled by native_scale, padded to stride 32), copies stretched to a fixed
     96x96 and at native size unscaled, and a classifier."""
     repo = tmp_path_factory.mktemp("segment") / "repo"
     copy_bundled_model("fcn8s", repo)
@@ -151,19 +151,21 @@ def test_native_mode_pads_to_the_stride_and_removes_the_padding(stub, session, r
 
 
 def test_native_scale_upscales_pads_and_answers_at_the_original_size(stub, session, repo):
-    """Bundled fcn8s (native_scale 2): 97x131 becomes 194x262, padded to 224x288; probabilities cover the
-    content at model resolution, the label map is back at 97x131."""
+    """Bundled fcn8s (native_scale > 1): 97x131 is scaled, padded to the stride 32; probabilities cover
+    the scaled content at model resolution, the label map is back at 97x131."""
     rgb = scene_image(97, 131, seed=6)
     spec = load_model_config(repo / "fcn8s" / "config.yaml").preprocessing
-    assert spec.native_scale == 2.0
+    assert spec.native_scale > 1 and spec.stride == 32
+    rows, cols = round(97 * spec.native_scale), round(131 * spec.native_scale)
     tensor, info = preprocess_image(rgb, spec, source_order="rgb")
-    assert tensor.shape == (3, 224, 288) and info.content_window() == (0, 0, 194, 262)
+    assert tensor.shape == (3, -(-rows // 32) * 32, -(-cols // 32) * 32) and info.content_window() == (0, 0, rows, cols)
+    assert tensor.shape[1] - rows < 32 and tensor.shape[2] - cols < 32
     logits = session.run(None, {"input": tensor[None]})[0][0]
     (result,) = segment(stub, "fcn8s", [png(rgb)], probabilities=True).results
     assert decode_labels(result).shape == (97, 131)
     probabilities = tensor_from_proto(result.probabilities, "probabilities")
-    assert probabilities.shape == (len(LABELS), 194, 262)
-    np.testing.assert_allclose(probabilities, torch.from_numpy(logits[:, :194, :262]).softmax(0).numpy(), atol=1e-5)
+    assert probabilities.shape == (len(LABELS), rows, cols)
+    np.testing.assert_allclose(probabilities, torch.from_numpy(logits[:, :rows, :cols]).softmax(0).numpy(), atol=1e-5)
 
 
 def test_stretch_mode_probabilities_are_at_model_resolution(stub):
