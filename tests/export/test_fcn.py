@@ -234,22 +234,27 @@ def test_scale_sweep_scores_the_bundled_model_on_validation_scenes_only():
 
 def test_a_short_training_run_with_every_option_saves_what_it_validated(tmp_path, monkeypatch):
     """A few steps of the real training loop (scale and colour jitter, weight averaging): the
-    checkpoint is the averaged model that was validated, and training.json records the recipe."""
+    checkpoint is the averaged model that was validated, not the last step's weights (the same run
+    without averaging saves different ones), and training.json records the recipe."""
     import json
     from argparse import Namespace
 
     from export.train_segmenter import load_variant, train
 
     monkeypatch.chdir(tmp_path)  # scene caches go to runs/segmenter/ under the working directory
-    run_dir = tmp_path / "runs" / "segmenter" / "fcn32s"
-    run_dir.mkdir(parents=True)
-    args = Namespace(variant="fcn32s", seed=0, pool=24, val=4, batch=4, crop=64, steps=12, minutes=5.0, threads=1, lr=3e-3,
-                     dice_weight=0.5, scale_jitter=1.25, colour_jitter=0.3, ema=0.9)
-    kept, _ = train(args, run_dir)
-    training = json.loads((run_dir / "training.json").read_text())
-    assert training["steps"] == 12 and training["epochs"] == 2
-    assert (training["scale_jitter"], training["colour_jitter"], training["ema_decay"]) == (1.25, 0.3, 0.9)
-    assert training["reproduce"].endswith("--variant fcn32s --scale-jitter 1.25 --colour-jitter 0.3 --ema 0.9")
-    loaded = load_variant("fcn32s", run_dir)
-    for name, value in kept.state_dict().items():
-        torch.testing.assert_close(loaded.state_dict()[name], value)
+    saved = {}
+    for ema in (0.9, 0.0):
+        run_dir = tmp_path / "runs" / "segmenter" / f"fcn32s_ema{ema:g}"
+        run_dir.mkdir(parents=True)
+        args = Namespace(variant="fcn32s", seed=0, pool=24, val=4, batch=4, crop=64, steps=12, minutes=5.0, threads=1,
+                         lr=3e-3, dice_weight=0.5, scale_jitter=1.25, colour_jitter=0.3, ema=ema)
+        kept, _ = train(args, run_dir)
+        saved[ema] = load_variant("fcn32s", run_dir).state_dict()
+        for name, value in kept.state_dict().items():
+            torch.testing.assert_close(saved[ema][name], value)
+        training = json.loads((run_dir / "training.json").read_text())
+        assert training["steps"] == 12 and training["epochs"] == 2
+        assert (training["scale_jitter"], training["colour_jitter"], training["ema_decay"]) == (1.25, 0.3, ema)
+        flags = "--scale-jitter 1.25 --colour-jitter 0.3" + (f" --ema {ema:g}" if ema else "")
+        assert training["reproduce"] == f"python -m export.train_segmenter --variant fcn32s {flags}"
+    assert not torch.allclose(saved[0.9]["score_fr.weight"], saved[0.0]["score_fr.weight"])
