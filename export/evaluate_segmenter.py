@@ -27,7 +27,7 @@ from export.training_plots import pyplot
 
 HELDOUT_SEED = 2024
 HELDOUT_SCENES = 240
-VALIDATION_SEED, VALIDATION_SCENES = 1, 96  # the training run's validation scenes (train split)
+VALIDATION_SEED, VALIDATION_SCENES = 1, 96  # the training run's validation scenes
 TARGET_MEAN_IOU = 0.85
 BUNDLED = Path("model_repo/fcn8s")
 
@@ -107,8 +107,14 @@ def evaluate_all(count: int, seed: int) -> tuple[dict, dict]:
     return results, {"scenes": scenes, **maps}
 
 
+def bundled_validation_split() -> str:
+    """The scene split the bundled fcn8s was validated on during training (recorded in its model card)."""
+    card = json.loads((BUNDLED / "1" / "model_card.json").read_text())
+    return card.get("training", {}).get("validation_split", "train")
+
+
 def scale_sweep(scales: list[float], count: int = VALIDATION_SCENES, seed: int = VALIDATION_SEED) -> dict[str, float]:
-    """Mean IoU of the bundled fcn8s served at each `native_scale`, on train-split validation scenes.
+    """Mean IoU of the bundled fcn8s served at each `native_scale`, on its training run's validation scenes.
 
     Why on those: choosing a serving scale is a model-selection decision, so it must not look at
     the held-out scenes that the reported figure comes from.
@@ -117,7 +123,7 @@ def scale_sweep(scales: list[float], count: int = VALIDATION_SCENES, seed: int =
     from export.models.fcn import SCENE_PREPROCESSING
     from export.train_segmenter import LABELS, SEGMENTER_SPEC
 
-    scenes = make_scenes(seed, count, SEGMENTER_SPEC, "train")
+    scenes = make_scenes(seed, count, SEGMENTER_SPEC, bundled_validation_split())
     results = {}
     for scale in scales:
         spec = SCENE_PREPROCESSING.model_copy(update={"native_scale": scale})
@@ -210,7 +216,7 @@ def main() -> None:
             scales = [float(v) for v in args.scale_sweep.split(",") if v.strip()]
         except ValueError:
             parser.error(f"--scale-sweep takes numbers separated by commas, got {args.scale_sweep!r}")
-        print(json.dumps({"scenes": f"{VALIDATION_SCENES} train-split validation scenes, seed {VALIDATION_SEED}",
+        print(json.dumps({"scenes": f"{VALIDATION_SCENES} {bundled_validation_split()}-split validation scenes, seed {VALIDATION_SEED}",
                           "mean_iou_by_native_scale": scale_sweep(scales)}, indent=2))
         return
 

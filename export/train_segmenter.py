@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import hashlib
 import json
 import math
@@ -38,10 +39,10 @@ from tqdm import tqdm
 
 import cv2
 
-from export.data.scenes import SCENE_CLASSES, SceneSpec, make_scene
+from export.data.scenes import BACKGROUNDS, DISTRACTOR_IDS, FACE_IDS, SCENE_CLASSES, SceneSpec, make_scene
 from export.models import build_model, get_model_spec
 from export.exporter import with_metadata
-from export.models.fcn import INPUT_NAME, OUTPUT_NAME, PARITY_SIZES, SCENE_PREPROCESSING, export_segmenter_onnx, segmenter_parity
+from export.models.fcn import BACKBONE_CONVS, BACKBONE_WIDTHS, INPUT_NAME, OUTPUT_NAME, PARITY_SIZES, SCENE_PREPROCESSING, export_segmenter_onnx, segmenter_parity
 from export.segmentation_metrics import confusion_matrix, mean_iou
 from export.training_plots import pyplot
 from service.config import BatchingConfig, ModelConfig, TensorSpec, dump_model_config, load_model_config
@@ -66,11 +67,14 @@ def padded_scene(scene) -> tuple[np.ndarray, np.ndarray]:
     return image, labels
 
 
-def scene_cache(kind: str, seed: int, count: int) -> Path:
-    return RUN_ROOT / f"{kind}_scenes_{seed}_{count}_{INPUT_SIZE}.npz"
+def scene_cache(kind: str, seed: int, count: int, split: str = "train", spec: SceneSpec = SEGMENTER_SPEC) -> Path:
+    """Cache file of one scene set; the name carries everything that changes the scenes."""
+    suffix = "" if split == "train" and spec == SEGMENTER_SPEC else f"_{split}_{hashlib.sha256(repr(spec).encode()).hexdigest()[:8]}"
+    return RUN_ROOT / f"{kind}_scenes_{seed}_{count}_{INPUT_SIZE}{suffix}.npz"
 
 
-def scene_arrays(seed: int, count: int, split: str, cache: Path | None = None) -> tuple[np.ndarray, np.ndarray]:
+def scene_arrays(seed: int, count: int, split: str, cache: Path | None = None,
+                 spec: SceneSpec = SEGMENTER_SPEC) -> tuple[np.ndarray, np.ndarray]:
     """`count` padded scenes as (images uint8 [N, S, S, 3], labels uint8 [N, S, S]), S = INPUT_SIZE; cached in `cache`."""
     if cache is not None and cache.exists():
         data = np.load(cache)
@@ -79,7 +83,7 @@ def scene_arrays(seed: int, count: int, split: str, cache: Path | None = None) -
     images = np.zeros((count, INPUT_SIZE, INPUT_SIZE, 3), dtype=np.uint8)
     labels = np.full((count, INPUT_SIZE, INPUT_SIZE), IGNORE, dtype=np.uint8)
     for index in tqdm(range(count), desc=f"{split} scenes", leave=False):
-        image, label = padded_scene(make_scene(np.random.default_rng([seed, index]), SEGMENTER_SPEC, split))
+        image, label = padded_scene(make_scene(np.random.default_rng([seed, index]), spec, split))
         images[index, : image.shape[0], : image.shape[1]] = image  # beyond: padding as served (pad_value 0)
         labels[index, : label.shape[0], : label.shape[1]] = label
     if cache is not None:
@@ -214,10 +218,12 @@ def train(args, run_dir: Path):
 
     torch.manual_seed(args.seed)
     # channels-last convolutions train ~15 % faster on the CPU; the checkpoint loads into any layout
-    model = build_model(args.variant, num_classes=len(LABELS)).to(memory_format=torch.channels_last)
+    model = build_model(args.variant, num_classes=len(LABELS), widths=args.widths, convs=args.convs).to(memory_format=torch.channels_last)
     augment = Augment(args.scale_jitter, args.colour_jitter)
-    images, labels = scene_arrays(args.seed, args.pool, "train", scene_cache("train", args.seed, args.pool))
-    val = scene_arrays(args.seed + 1, args.val, "train", scene_cache("val", args.seed + 1, args.val))
+    fit_split, val_split = data_splits(args)
+    fit_spec = dataclasses.replace(SEGMENTER_SPEC, patch_jitter=args.patch_jitter)
+    images, labels = scene_arrays(args.seed, args.pool, fit_split, scene_cache("train", args.seed, args.pool, fit_split, fit_spec), fit_spec)
+    val = scene_arrays(args.seed + 1, args.val, val_split, scene_cache("val", args.seed + 1, args.val, val_split))
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-4)
     # an exponential moving average of the weights (BN statistics included) is what is validated and saved
     averaged = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(args.ema), use_buffers=True) if args.ema else None
@@ -261,29 +267,56 @@ def train(args, run_dir: Path):
         "variant": args.variant, "epochs": len(history), "steps": step, "planned_steps": total, "budget_minutes": args.minutes,
         "batch_size": args.batch, "crop": args.crop, "scenes": args.pool, "validation_scenes": args.val, "seed": args.seed,
         "learning_rate": args.lr, "dice_weight": args.dice_weight, "scale_jitter": args.scale_jitter,
-        "colour_jitter": args.colour_jitter, "ema_decay": args.ema, "wall_seconds": round(time.monotonic() - started),
+        "colour_jitter": args.colour_jitter, "ema_decay": args.ema, "patch_jitter": args.patch_jitter,
+        "hold_out_identities": args.hold_out_identities, "validation_split": val_split,
+        "widths": list(args.widths), "convs": list(args.convs), "wall_seconds": round(time.monotonic() - started),
         "cpu_seconds": round(time.process_time() - cpu_started), "budget_cpu_seconds": budget,
         "torch_threads": torch.get_num_threads(), "history": history,
-        "scene_spec": {k: v for k, v in vars(SEGMENTER_SPEC).items()},
-        "data": "export/data/scenes.py split 'train' (faces 0-79, distractors 100-179, 9 backgrounds)",
+        "scene_spec": {k: v for k, v in vars(fit_spec).items()},
+        "data": f"export/data/scenes.py split {fit_split!r} (faces {_id_range(FACE_IDS[fit_split])}, "
+                f"distractors {_id_range(DISTRACTOR_IDS[fit_split])}, {len(BACKGROUNDS[fit_split])} backgrounds)",
         "reproduce": f"python -m export.train_segmenter --variant {args.variant}{recipe_flags(args)}",
     }
     (run_dir / "training.json").write_text(json.dumps(training, indent=2) + "\n")
     return kept, val
 
 
-RECIPE_OPTIONS = ("scale_jitter", "colour_jitter", "ema")  # optional recipe changes a reproduce line must name
+def data_splits(args) -> tuple[str, str]:
+    """(training split, validation split): with --hold-out-identities the validation scenes show
+    faces and distractors the run never trains on, so they measure how faces generalise."""
+    return ("fit", "validation") if args.hold_out_identities else ("train", "train")
+
+
+def _id_range(ids: range) -> str:
+    return f"{ids.start}-{ids.stop - 1}"
+
+
+# optional recipe changes a reproduce line must name
+RECIPE_OPTIONS = ("scale_jitter", "colour_jitter", "ema", "patch_jitter", "hold_out_identities", "widths", "convs")
+
+
+def _flag_value(value) -> str:
+    if isinstance(value, bool):
+        return ""
+    if isinstance(value, (list, tuple)):
+        return " " + ",".join(str(v) for v in value)
+    return f" {value:g}"
 
 
 def recipe_flags(args) -> str:
     """The recipe options of a run that differ from the parser's defaults (for its reproduce line)."""
     parser = _parser()
-    return "".join(f" --{dest.replace('_', '-')} {getattr(args, dest):g}" for dest in RECIPE_OPTIONS
+    return "".join(f" --{dest.replace('_', '-')}{_flag_value(getattr(args, dest))}" for dest in RECIPE_OPTIONS
                    if getattr(args, dest) != parser.get_default(dest))
 
 
 def load_variant(variant: str, run_dir: Path):
-    model = build_model(variant, num_classes=len(LABELS))
+    """The run's checkpoint in the backbone it was trained with (recorded in training.json)."""
+    shape = {}
+    if (run_dir / "training.json").exists():
+        training = json.loads((run_dir / "training.json").read_text())
+        shape = {key: tuple(training[key]) for key in ("widths", "convs") if key in training}
+    model = build_model(variant, num_classes=len(LABELS), **shape)
     model.load_state_dict(torch.load(run_dir / "checkpoint.pt", weights_only=True)["state_dict"])
     return model.eval()
 
@@ -367,12 +400,13 @@ def write_run_figures(variant: str) -> None:
     left.legend()
     history = training["history"]
     right.plot([h["epoch"] for h in history], [h["val_miou"] for h in history], "o-")
-    right.set(xlabel="epoch", ylabel="mean IoU", title="validation (train-split scenes)")
+    right.set(xlabel="epoch", ylabel="mean IoU", title=f"validation ({training.get('validation_split', 'train')}-split scenes)")
     fig.tight_layout()
     fig.savefig(run_dir / "loss_curve.png", dpi=100)
     plt.close(fig)
-    images, labels = scene_arrays(training["seed"] + 1, training["validation_scenes"], "train",
-                                  scene_cache("val", training["seed"] + 1, training["validation_scenes"]))
+    val_split = training.get("validation_split", "train")
+    images, labels = scene_arrays(training["seed"] + 1, training["validation_scenes"], val_split,
+                                  scene_cache("val", training["seed"] + 1, training["validation_scenes"], val_split))
     with torch.no_grad():
         predicted = load_variant(variant, run_dir)(make_batch(images[:6], labels[:6], None)[0]).argmax(1).numpy()
     predicted[labels[:6] == 255] = 255  # padding: white in every panel
@@ -387,6 +421,13 @@ def write_run_figures(variant: str) -> None:
     fig.tight_layout()
     fig.savefig(run_dir / "samples.png", dpi=100)
     plt.close(fig)
+
+
+def _five_ints(text: str) -> tuple[int, ...]:
+    values = tuple(int(part) for part in text.split(","))
+    if len(values) != 5 or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"five positive comma-separated integers expected, got {text!r}")
+    return values
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -406,6 +447,12 @@ def _parser() -> argparse.ArgumentParser:
                         help="contrast/brightness/channel-gain jitter of training windows, 0..1 (default 0: off)")
     parser.add_argument("--ema", type=float, default=0.0, help="keep an exponential moving average of the weights "
                         "with this decay (e.g. 0.999) and validate/export it (default 0: off)")
+    parser.add_argument("--patch-jitter", action="store_true",
+                        help="rotate/zoom/shift/gamma-jitter every face and distractor crop of the training scenes")
+    parser.add_argument("--hold-out-identities", action="store_true", help="train on faces 0-71 and distractors "
+                        "100-171 only and validate on scenes of faces 72-79 and distractors 172-179")
+    parser.add_argument("--widths", type=_five_ints, default=BACKBONE_WIDTHS, help="backbone stage widths, five comma-separated ints")
+    parser.add_argument("--convs", type=_five_ints, default=BACKBONE_CONVS, help="3x3 convolutions per backbone stage, five ints")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1 avoids spin-waiting on a shared CPU)")
     parser.add_argument("--export-only", action="store_true", help="export runs/segmenter/<variant>/checkpoint.pt")

@@ -32,13 +32,16 @@ import numpy as np
 SCENE_CLASSES = ("face", "circle", "square", "triangle", "star")
 MIN_CONTRAST = 90.0  # Euclidean RGB distance between a shape's colour and what it is drawn on
 
-FACE_IDS = {"train": range(0, 80), "heldout": range(80, 100)}
-DISTRACTOR_IDS = {"train": range(100, 180), "heldout": range(180, 200)}
+# "fit" and "validation" divide the train split's faces and distractors (same backgrounds), so a
+# training run can validate on identities it never fits while "heldout" stays for the final figure
+FACE_IDS = {"train": range(0, 80), "fit": range(0, 72), "validation": range(72, 80), "heldout": range(80, 100)}
+DISTRACTOR_IDS = {"train": range(100, 180), "fit": range(100, 172), "validation": range(172, 180), "heldout": range(180, 200)}
+_TRAIN_BACKGROUNDS = ("grass", "brick", "coffee", "rocket", "hubble_deep_field", "moon", "retina", "clock", "page")
 BACKGROUNDS = {
-    "train": ("grass", "brick", "coffee", "rocket", "hubble_deep_field", "moon", "retina", "clock", "page"),
+    "train": _TRAIN_BACKGROUNDS, "fit": _TRAIN_BACKGROUNDS, "validation": _TRAIN_BACKGROUNDS,
     "heldout": ("gravel", "immunohistochemistry"),
 }
-SPLITS = ("train", "heldout")
+SPLITS = ("train", "fit", "validation", "heldout")
 
 
 @dataclass(frozen=True)
@@ -47,7 +50,9 @@ class SceneSpec:
 
     object_size is the object's longer side in pixels, drawn log-uniformly so small objects are
     as common as large ones. classes restricts which SCENE_CLASSES appear (labels still index
-    SCENE_CLASSES).
+    SCENE_CLASSES). patch_jitter (training data only) also rotates, zooms, shifts and
+    gamma-corrects each face and distractor crop, so 72-80 source crops show more variety; it
+    draws extra random numbers, so the same seed gives other scenes with it on.
     """
 
     height: tuple[int, int] = (160, 160)
@@ -60,6 +65,7 @@ class SceneSpec:
     max_occlusion: float = 0.4
     noise_std: float = 8.0
     blur_probability: float = 0.2
+    patch_jitter: bool = False
 
     def __post_init__(self) -> None:
         for name in ("height", "width", "objects", "object_size", "distractors", "clutter_lines"):
@@ -121,7 +127,7 @@ def make_scene(rng: np.random.Generator, spec: SceneSpec = SceneSpec(), split: s
     image = _background_crop(rng, height, width, split)
     _draw_clutter(rng, image, spec)
     for _ in range(int(rng.integers(spec.distractors[0], spec.distractors[1] + 1))):
-        patch, alpha = _lfw_patch(rng, DISTRACTOR_IDS[split], _object_size(rng, spec))
+        patch, alpha = _lfw_patch(rng, DISTRACTOR_IDS[split], _object_size(rng, spec), spec.patch_jitter)
         top, left = _position(rng, alpha.shape, image.shape)
         _paste(image, patch, alpha, top, left)
     owner = np.full((height, width), -1, dtype=np.int16)
@@ -190,9 +196,11 @@ def _draw_clutter(rng: np.random.Generator, image: np.ndarray, spec: SceneSpec) 
         cv2.line(image, p1, p2, colour, int(rng.integers(1, 3)), cv2.LINE_AA)
 
 
-def _lfw_patch(rng: np.random.Generator, ids: range, size: int) -> tuple[np.ndarray, np.ndarray]:
+def _lfw_patch(rng: np.random.Generator, ids: range, size: int, jitter: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """An lfw crop scaled to `size`, flipped, brightness/contrast/tint-jittered; ellipse alpha."""
     crop = _lfw()[ids[int(rng.integers(len(ids)))]]
+    if jitter:
+        crop = _jitter_crop(rng, crop)
     crop = cv2.resize(crop, (size, size), interpolation=cv2.INTER_LINEAR if size > 25 else cv2.INTER_AREA)
     if rng.random() < 0.5:
         crop = crop[:, ::-1]
@@ -202,6 +210,18 @@ def _lfw_patch(rng: np.random.Generator, ids: range, size: int) -> tuple[np.ndar
     centre = ((size - 1) / 2.0, (size - 1) / 2.0)
     cv2.ellipse(alpha, (centre, (size * 0.82, float(size)), 0.0), 1, -1)
     return patch, alpha.astype(bool)
+
+
+def _jitter_crop(rng: np.random.Generator, crop: np.ndarray) -> np.ndarray:
+    """The crop rotated by up to ±15°, zoomed 1-1.2× about a point up to 1.5 px off centre, and
+    gamma-corrected (0.7-1.4): what a face looks like from another pose, distance or exposure."""
+    side = crop.shape[0]
+    centre = (side - 1) / 2.0
+    matrix = cv2.getRotationMatrix2D((centre, centre), float(rng.uniform(-15, 15)), float(rng.uniform(1.0, 1.2)))
+    matrix[:, 2] += rng.uniform(-1.5, 1.5, size=2)
+    warped = cv2.warpAffine(crop, matrix, (side, side), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101)
+    gamma = float(np.exp(rng.uniform(np.log(0.7), np.log(1.4))))
+    return np.clip(255.0 * (warped / 255.0) ** gamma, 0, 255).astype(np.uint8)
 
 
 def _shape_alpha(rng: np.random.Generator, name: str, size: int) -> np.ndarray:
@@ -249,11 +269,11 @@ def _contrasting_colour(rng: np.random.Generator, under: np.ndarray) -> np.ndarr
     return colour.astype(np.uint8)
 
 
-def _render(rng, image, label: int, size: int, split: str, top_left=None):
+def _render(rng, image, label: int, size: int, split: str, top_left, jitter: bool = False):
     """Patch RGB [h, w, 3] and alpha [h, w] of one object of class SCENE_CLASSES[label]."""
     name = SCENE_CLASSES[label]
     if name == "face":
-        return _lfw_patch(rng, FACE_IDS[split], size)
+        return _lfw_patch(rng, FACE_IDS[split], size, jitter)
     alpha = _shape_alpha(rng, name, size)
     top, left = top_left
     under = image[top : top + size, left : left + size][alpha]
@@ -269,7 +289,7 @@ def _place_object(rng, image, owner, areas, spec: SceneSpec, split: str):
         label = SCENE_CLASSES.index(spec.classes[int(rng.integers(len(spec.classes)))])
         size = _object_size(rng, spec)
         top, left = _position(rng, (size, size), image.shape)
-        patch, alpha = _render(rng, image, label, size, split, (top, left))
+        patch, alpha = _render(rng, image, label, size, split, (top, left), spec.patch_jitter)
         if not alpha.any():
             continue
         window = owner[top : top + size, left : left + size]

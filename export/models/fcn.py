@@ -43,6 +43,9 @@ SCENE_PREPROCESSING = PreprocessingConfig(
 )
 # Scene segmentation: background + SCENE_CLASSES of export/data/scenes.py.
 SCENE_NUM_CLASSES = 6
+# the backbone's five stages: output channels and 3x3 convolutions per stage
+BACKBONE_WIDTHS = (8, 16, 32, 64, 96)
+BACKBONE_CONVS = (1, 1, 2, 2, 2)
 
 
 def bilinear_kernel(channels: int, kernel: int) -> torch.Tensor:
@@ -84,10 +87,12 @@ def _score(cin: int, num_classes: int) -> nn.Conv2d:
 class FCN(nn.Module):
     """forward(x [N, 3, H, W], H and W multiples of 32) -> per-class logits [N, num_classes, H, W]."""
 
-    def __init__(self, num_classes: int, variant: Variant = "fcn8s", widths=(8, 16, 32, 64, 96), convs=(1, 1, 2, 2, 2), fc: int = 128):
+    def __init__(self, num_classes: int, variant: Variant = "fcn8s", widths=BACKBONE_WIDTHS, convs=BACKBONE_CONVS, fc: int = 128):
         super().__init__()
         if variant not in ("fcn32s", "fcn16s", "fcn8s"):
             raise ValueError(f"variant must be fcn32s, fcn16s or fcn8s, got {variant!r}")
+        if len(widths) != 5 or len(convs) != 5 or min(*widths, *convs) < 1:
+            raise ValueError(f"widths and convs need five positive entries (one per stage), got {widths}, {convs}")
         self.variant = variant
         channels = (3, *widths)
         stages = [_stage(channels[i], channels[i + 1], convs[i]) for i in range(5)]
@@ -126,21 +131,21 @@ _SCENES = dict(input=InputSpec(3, 96, 96), preprocessing=SCENE_PREPROCESSING, de
 
 
 @register_model(**_SCENES)
-def fcn8s(*, num_classes: int = SCENE_NUM_CLASSES) -> nn.Module:
+def fcn8s(*, num_classes: int = SCENE_NUM_CLASSES, widths=BACKBONE_WIDTHS, convs=BACKBONE_CONVS) -> nn.Module:
     """FCN-8s: small VGG backbone, 1×1 conv classifier, skips from pool4 and pool3, learned 2×/8× upsampling."""
-    return FCN(num_classes, "fcn8s")
+    return FCN(num_classes, "fcn8s", tuple(widths), tuple(convs))
 
 
 @register_model(**_SCENES)
-def fcn16s(*, num_classes: int = SCENE_NUM_CLASSES) -> nn.Module:
+def fcn16s(*, num_classes: int = SCENE_NUM_CLASSES, widths=BACKBONE_WIDTHS, convs=BACKBONE_CONVS) -> nn.Module:
     """FCN-16s: the fcn8s network with the pool4 skip only (learned 2× then 16× upsampling)."""
-    return FCN(num_classes, "fcn16s")
+    return FCN(num_classes, "fcn16s", tuple(widths), tuple(convs))
 
 
 @register_model(**_SCENES)
-def fcn32s(*, num_classes: int = SCENE_NUM_CLASSES) -> nn.Module:
+def fcn32s(*, num_classes: int = SCENE_NUM_CLASSES, widths=BACKBONE_WIDTHS, convs=BACKBONE_CONVS) -> nn.Module:
     """FCN-32s: the fcn8s network without skips (one learned 32× upsampling of the stride-32 scores)."""
-    return FCN(num_classes, "fcn32s")
+    return FCN(num_classes, "fcn32s", tuple(widths), tuple(convs))
 
 
 class FCNLogits(TorchvisionFCN):

@@ -208,17 +208,20 @@ def test_colour_jitter_changes_the_content_and_never_the_padding():
 
 
 def test_a_runs_reproduce_line_names_only_the_options_that_differ_from_the_defaults():
-    from argparse import Namespace
+    from export.train_segmenter import _parser, recipe_flags
 
-    from export.train_segmenter import recipe_flags
-
-    assert recipe_flags(Namespace(scale_jitter=1.0, colour_jitter=0.0, ema=0.0)) == ""
-    assert recipe_flags(Namespace(scale_jitter=1.25, colour_jitter=0.0, ema=0.999)) == " --scale-jitter 1.25 --ema 0.999"
+    parser = _parser()
+    assert recipe_flags(parser.parse_args(["--variant", "fcn16s", "--threads", "2"])) == ""
+    assert recipe_flags(parser.parse_args(["--scale-jitter", "1.25", "--ema", "0.999"])) == " --scale-jitter 1.25 --ema 0.999"
+    named = " --patch-jitter --hold-out-identities --widths 16,24,48,64,96 --convs 1,2,2,2,2"
+    args = parser.parse_args(named.split())
+    assert recipe_flags(args) == named
+    assert recipe_flags(parser.parse_args(recipe_flags(args).split())) == named  # the line reproduces itself
 
 
 def test_scale_sweep_scores_the_bundled_model_on_validation_scenes_only():
     from export.data.scenes import make_scenes
-    from export.evaluate_segmenter import HELDOUT_SEED, VALIDATION_SEED, predict_onnx, scale_sweep, score
+    from export.evaluate_segmenter import HELDOUT_SEED, VALIDATION_SEED, bundled_validation_split, predict_onnx, scale_sweep, score
     from export.models.fcn import SCENE_PREPROCESSING
     from export.train_segmenter import LABELS, SEGMENTER_SPEC
 
@@ -226,35 +229,41 @@ def test_scale_sweep_scores_the_bundled_model_on_validation_scenes_only():
     bundled = SCENE_PREPROCESSING.native_scale
     swept = scale_sweep([bundled, 1.0], count=4)
     assert list(swept) == [f"{bundled:g}", "1"] and all(0.0 <= v <= 1.0 for v in swept.values())
-    scenes = make_scenes(VALIDATION_SEED, 4, SEGMENTER_SPEC, "train")
+    assert bundled_validation_split() in ("train", "validation")  # never the held-out split
+    scenes = make_scenes(VALIDATION_SEED, 4, SEGMENTER_SPEC, bundled_validation_split())
     served = score(predict_onnx(BUNDLED / "1" / "model.onnx", SCENE_PREPROCESSING, scenes), scenes, LABELS)["mean_iou"]
     assert swept[f"{bundled:g}"] == served
     assert swept["1"] != served  # the scale reaches the preprocessing
 
 
 def test_a_short_training_run_with_every_option_saves_what_it_validated(tmp_path, monkeypatch):
-    """A few steps of the real training loop (scale and colour jitter, weight averaging): the
-    checkpoint is the averaged model that was validated, not the last step's weights (the same run
-    without averaging saves different ones), and training.json records the recipe."""
+    """A few steps of the real training loop (every recipe option: scale and colour jitter, weight
+    averaging, jittered face crops, identity-held-out validation, another backbone): the checkpoint
+    is the averaged model that was validated, not the last step's weights (the same run without
+    averaging saves different ones), it loads back in its own backbone, and training.json records
+    the recipe."""
     import json
-    from argparse import Namespace
 
-    from export.train_segmenter import load_variant, train
+    from export.train_segmenter import _parser, load_variant, train
 
     monkeypatch.chdir(tmp_path)  # scene caches go to runs/segmenter/ under the working directory
     saved = {}
+    recipe = "--scale-jitter 1.25 --colour-jitter 0.3 --patch-jitter --hold-out-identities --widths 4,8,16,16,24 --convs 1,1,1,2,1"
     for ema in (0.9, 0.0):
         run_dir = tmp_path / "runs" / "segmenter" / f"fcn32s_ema{ema:g}"
         run_dir.mkdir(parents=True)
-        args = Namespace(variant="fcn32s", seed=0, pool=24, val=4, batch=4, crop=64, steps=12, minutes=5.0, threads=1,
-                         lr=3e-3, dice_weight=0.5, scale_jitter=1.25, colour_jitter=0.3, ema=ema)
-        kept, _ = train(args, run_dir)
+        command = f"--variant fcn32s --pool 24 --val 4 --batch 4 --crop 64 --steps 12 --minutes 5 {recipe} --ema {ema:g}"
+        kept, _ = train(_parser().parse_args(command.split()), run_dir)
         saved[ema] = load_variant("fcn32s", run_dir).state_dict()
         for name, value in kept.state_dict().items():
             torch.testing.assert_close(saved[ema][name], value)
+        assert saved[ema]["to_pool3.0.0.weight"].shape[0] == 4
         training = json.loads((run_dir / "training.json").read_text())
         assert training["steps"] == 12 and training["epochs"] == 2
         assert (training["scale_jitter"], training["colour_jitter"], training["ema_decay"]) == (1.25, 0.3, ema)
-        flags = "--scale-jitter 1.25 --colour-jitter 0.3" + (f" --ema {ema:g}" if ema else "")
+        assert training["validation_split"] == "validation" and training["scene_spec"]["patch_jitter"] is True
+        assert training["data"].startswith("export/data/scenes.py split 'fit' (faces 0-71, distractors 100-171")
+        jitter, rest = recipe.split(" --patch-jitter")
+        flags = jitter + (f" --ema {ema:g}" if ema else "") + " --patch-jitter" + rest
         assert training["reproduce"] == f"python -m export.train_segmenter --variant fcn32s {flags}"
     assert not torch.allclose(saved[0.9]["score_fr.weight"], saved[0.0]["score_fr.weight"])
