@@ -78,6 +78,10 @@ def _grpc_options(settings: ServerSettings) -> list[tuple[str, int]]:
         ("grpc.max_send_message_length", size),
         ("grpc.so_reuseport", 0),
     ]
+    if settings.http2_max_frame_bytes:
+        options.append(("grpc.http2.max_frame_size", settings.http2_max_frame_bytes))
+    if settings.http2_lookahead_bytes:
+        options.append(("grpc.http2.lookahead_bytes", settings.http2_lookahead_bytes))
     if settings.max_connection_age_s > 0:
         options += [
             ("grpc.max_connection_age_ms", int(settings.max_connection_age_s * 1000)),

@@ -13,6 +13,9 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 
 
+HTTP2_MIN_FRAME, HTTP2_MAX_FRAME = 2**14, 2**24 - 1  # SETTINGS_MAX_FRAME_SIZE bounds
+
+
 @dataclass(frozen=True)
 class Limits:
     """Safe defaults against hostile or broken clients; all configurable."""
@@ -38,6 +41,8 @@ class ServerSettings:
     drain_timeout_s: float = 25.0
     shutdown_grace_s: float = 2.0
     max_connection_age_s: float = 300.0
+    http2_max_frame_bytes: int = 0
+    http2_lookahead_bytes: int = 0
     preprocess_threads: int = 0
     poll_interval_s: float = 0.0
     auth_token_file: Path | None = None
@@ -62,6 +67,10 @@ _HELP = {
     "drain_timeout_s": "after SIGTERM, seconds that queued and in-flight requests get to finish",
     "shutdown_grace_s": "after SIGTERM, seconds health reports NOT_SERVING before new calls are refused",
     "max_connection_age_s": "close client connections after this age so clients re-balance across replicas (0: never)",
+    "http2_max_frame_bytes": "largest HTTP/2 frame the server accepts, 16384..16777215 (0: gRPC's default, 16384); "
+                             "larger frames cut per-frame work for big tensor requests",
+    "http2_lookahead_bytes": "per-stream receive window gRPC starts from (0: gRPC's default); larger lets a big request "
+                             "arrive without waiting for window updates",
     "preprocess_threads": "decode/preprocess threads (0: the machine's cores)",
     "poll_interval_s": "re-scan the model repository every N seconds and swap in new versions (0: off)",
     "auth_token_file": "file of accepted bearer tokens, one per line (unset: no authentication)",
@@ -146,6 +155,11 @@ def validate(settings: ServerSettings) -> None:
     for name in ("drain_timeout_s", "shutdown_grace_s", "max_connection_age_s", "poll_interval_s"):
         if getattr(settings, name) < 0:
             problems.append(f"{name} must be >= 0")
+    if settings.http2_max_frame_bytes and not HTTP2_MIN_FRAME <= settings.http2_max_frame_bytes <= HTTP2_MAX_FRAME:
+        problems.append(f"http2_max_frame_bytes must be 0 or {HTTP2_MIN_FRAME}..{HTTP2_MAX_FRAME} (RFC 9113), "
+                        f"got {settings.http2_max_frame_bytes}")
+    if settings.http2_lookahead_bytes < 0:
+        problems.append("http2_lookahead_bytes must be >= 0")
     for name in ("max_message_bytes", "max_images_per_request", "max_pixels", "max_concurrent_streams", "stream_max_pending"):
         if getattr(settings.limits, name) <= 0:
             problems.append(f"{name} must be > 0")

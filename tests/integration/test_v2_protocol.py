@@ -199,6 +199,20 @@ def test_full_size_image_passes_default_message_limit(stub, repo):
     np.testing.assert_array_equal(got["same"], image)  # the reply carries the full image back
 
 
+def test_large_http2_frames_and_window_carry_full_size_tensors_unchanged(repo):
+    """With the HTTP/2 frame size and per-stream window raised (--http2-max-frame-bytes,
+    --http2-lookahead-bytes), a 4.9 MB tensor still arrives and returns bit for bit."""
+    server = ServerThread(settings_for(repo, http2_max_frame_bytes=1 << 20, http2_lookahead_bytes=8 << 20)).start()
+    try:
+        with grpc.insecure_channel(server.address, options=CHANNEL_OPTIONS) as channel:
+            image = np.random.default_rng(5).random((2, 3, 640, 640), dtype=np.float32)
+            got = response_outputs(pb_grpc.GRPCInferenceServiceStub(channel).ModelInfer(infer_raw("means", image, name="image")))
+        np.testing.assert_array_equal(got["same"], image)
+        np.testing.assert_array_equal(got["max"], reference(repo, "means", 1, {"image": image})["max"])
+    finally:
+        server.stop()
+
+
 def test_bytes_image_input_runs_server_preprocessing(stub, repo):
     """A BYTES input of encoded images is decoded and preprocessed as the model config says."""
     images = [png_bytes(5), png_bytes(6)]
