@@ -37,11 +37,21 @@ class ServedPoint:
     rss_mb: list = field(default_factory=list)  # (seconds, MB) samples when asked for
 
 
+STREAMED_TENSOR = "tensor-stream"  # V2 tensors over ModelStreamInfer, one stream per concurrent sender
+
+
+def payload_flags(payload: str) -> list[str]:
+    """Load-tool flags of a benchmark payload: tensor, jpeg, or tensor-stream."""
+    if payload == STREAMED_TENSOR:
+        return ["--payload", "tensor", "--streaming"]
+    return ["--payload", payload]
+
+
 def run_served(server: ServedModels, model: str, payload: str, concurrency: int, duration: float, warmup: float,
                extra: tuple[str, ...] = (), sample_rss: bool = False) -> ServedPoint:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "summary.json"
-        command = [sys.executable, "-m", "loadtest", "--host", server.address, "--model", model, "--payload", payload,
+        command = [sys.executable, "-m", "loadtest", "--host", server.address, "--model", model, *payload_flags(payload),
                    "--concurrency", str(concurrency), "--duration", str(duration), "--warmup", str(warmup),
                    "--timeout", "60", "--json", str(out), *extra]
         samples: list[tuple[float, float]] = []

@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench.load import ServedPoint, run_served
+from bench.load import STREAMED_TENSOR, ServedPoint, run_served
 from bench.models import REPO_ROOT, digits_model, export_resnet18
 from bench.profiling import profile_during
 from bench.raw import RawPoint, measure_raw
@@ -143,6 +143,12 @@ def _served(repo: Path, models, plan: Plan, raw: dict[str, list[RawPoint]], skip
                     served.append(point)
                     if model.name == "resnet18" and payload == "tensor" and concurrency in (1, 16):
                         run.adjacent_raw[f"resnet18 c{concurrency}"] = _raw_again(repo, model, raw["resnet18"], concurrency, plan)
+            if model.name != "resnet18":  # per-request overhead without gRPC's per-call cost: the same requests on streams
+                for concurrency in CONCURRENCY:
+                    point = run_served(server, model.name, STREAMED_TENSOR, concurrency, plan.duration, plan.warmup)
+                    say(f"{model.name} {STREAMED_TENSOR} c{concurrency}: {point.throughput_rps:.1f} req/s, "
+                        f"server {point.server_cpu_us_per_request:.0f} us/req, errors {point.errors or '-'}")
+                    served.append(point)
         digits = next((m.name for m in models if m.name != "resnet18"), None)
         if digits and not skip_profile:
             say(f"profiling the server under {digits} tensor c64 (py-spy)")

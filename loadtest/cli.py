@@ -13,6 +13,7 @@ from loadtest.engine import LoadPlan, run_load
 from loadtest.generators import ARRIVALS
 from loadtest.payloads import PayloadSpec, Payloads, SetupError, build_payloads, describe_model
 from loadtest.report import format_table, summarise
+from service.api.inference import grpc_service_pb2 as pb
 
 
 def add_loadtest_parser(subparsers) -> None:
@@ -39,6 +40,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--image", action="append", default=[], type=Path, help="image file(s) for --payload jpeg (default: synthetic)")
     parser.add_argument("--image-size", default="", metavar="HxW", help="synthetic JPEG size (default: the model's input size)")
     parser.add_argument("--vision-method", choices=("Classify", "Detect"), default="", help="vision API method (default: from the model's task)")
+    parser.add_argument("--streaming", action="store_true", help="V2 only: send over bidirectional ModelStreamInfer streams "
+                        "(one per closed-loop sender; open loop: one per request in flight) instead of a ModelInfer call each; "
+                        "--timeout then bounds each stream past the end of the run, not each request")
     parser.add_argument("--distinct", type=int, default=4, help="different request messages to rotate through")
     parser.add_argument("--timeout", type=float, default=10.0, help="per-request deadline, seconds")
     parser.add_argument("--max-inflight", type=int, default=4096, help="open loop: most outstanding requests before the client drops arrivals")
@@ -92,7 +96,8 @@ def _plan_and_spec(args: argparse.Namespace) -> tuple[LoadPlan, PayloadSpec]:
                     seed=args.seed, metadata=metadata)
     spec = PayloadSpec(api=args.api, payload=args.payload, batch=args.batch, distinct=args.distinct,
                        shapes=tuple(_parse_shape(s) for s in args.shape), images=tuple(args.image),
-                       image_hw=_parse_hw(args.image_size), vision_method=args.vision_method, seed=args.seed)
+                       image_hw=_parse_hw(args.image_size), vision_method=args.vision_method, streaming=args.streaming,
+                       seed=args.seed)
     return plan, spec
 
 
@@ -102,12 +107,32 @@ async def _prepare(args: argparse.Namespace, spec: PayloadSpec, metadata: tuple)
         model = await describe_model(channel, args.model, args.model_version, metadata or None, args.timeout)
         payloads = build_payloads(model, spec)
         if not args.no_probe:
-            call = channel.unary_unary(payloads.method)
-            try:
-                await call(payloads.requests[0], timeout=args.timeout, metadata=metadata or None)
-            except grpc.aio.AioRpcError as exc:
-                raise SetupError(f"probe request ({payloads.description}) failed: {exc.code().name}: {exc.details()}") from None
+            await _probe(channel, payloads, args.timeout, metadata or None)
     return payloads
+
+
+async def _probe(channel: grpc.aio.Channel, payloads: Payloads, timeout: float, metadata) -> None:
+    """One request, checked, before the run: a wrong model or shape is reported once, not as N errors."""
+    if payloads.streaming:
+        call = channel.stream_stream(payloads.method)(timeout=timeout, metadata=metadata)
+        try:
+            await call.write(payloads.requests[0])
+            reply = await call.read()
+            await call.done_writing()
+        except grpc.aio.AioRpcError as exc:
+            raise SetupError(f"probe request ({payloads.description}) failed: {exc.code().name}: {exc.details()}") from None
+        if reply is grpc.aio.EOF:
+            raise SetupError(f"probe request ({payloads.description}) failed: the stream ended with "
+                             f"{(await call.code()).name}: {await call.details()}")
+        message = pb.ModelStreamInferResponse.FromString(reply).error_message
+        if message:
+            raise SetupError(f"probe request ({payloads.description}) failed: {message}")
+        return
+    call = channel.unary_unary(payloads.method)
+    try:
+        await call(payloads.requests[0], timeout=timeout, metadata=metadata)
+    except grpc.aio.AioRpcError as exc:
+        raise SetupError(f"probe request ({payloads.description}) failed: {exc.code().name}: {exc.details()}") from None
 
 
 def _parse_shape(text: str) -> tuple[str, tuple[int, ...]]:

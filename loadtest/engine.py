@@ -2,7 +2,10 @@
 
 Why it is built this way: the client shares the CPU with the server under test, so per request it
 only picks pre-serialised bytes, awaits one grpc.aio call with no (de)serialiser, and appends three
-numbers to arrays. `--processes N` runs N copies in separate processes (spawned, each with its own
+numbers to arrays. With `--streaming` the same requests go over the V2 protocol's bidirectional
+ModelStreamInfer instead: each closed-loop sender (or, open loop, each idle "lane") keeps one
+stream open and writes its next request when the last answer is read, so the per-call cost of
+gRPC (a new HTTP/2 stream, metadata, a call object on both sides) is paid once per stream. `--processes N` runs N copies in separate processes (spawned, each with its own
 channel and event loop) that start at one agreed monotonic instant; CLOCK_MONOTONIC is
 system-wide on Linux, so their timestamps merge directly.
 """
@@ -20,8 +23,10 @@ import grpc
 
 from loadtest.generators import arrival_offsets, split_evenly
 from loadtest.payloads import Payloads
+from service.api.inference import grpc_service_pb2 as pb
 
 DROPPED = -1  # open loop: the client had max_inflight requests outstanding and skipped this one
+STREAM_ERROR = -2  # streaming: the server answered with an in-band error_message (a stream has no per-request status)
 _CHANNEL_OPTIONS = [("grpc.max_receive_message_length", -1), ("grpc.max_send_message_length", -1),
                     ("grpc.use_local_subchannel_pool", 1)]
 
@@ -85,15 +90,20 @@ async def run_plan(plan: LoadPlan, payloads: Payloads, start_at: float | None = 
     channels = [grpc.aio.insecure_channel(plan.target, options=_CHANNEL_OPTIONS) for _ in range(max(1, plan.channels))]
     try:
         await asyncio.wait_for(asyncio.gather(*(c.channel_ready() for c in channels)), timeout=30)
-        calls = [c.unary_unary(payloads.method) for c in channels]
+        if payloads.streaming:
+            calls = [c.stream_stream(payloads.method) for c in channels]
+        else:
+            calls = [c.unary_unary(payloads.method) for c in channels]
         if start_at is not None:
             await asyncio.sleep(max(0.0, start_at - time.monotonic()))
         began = time.monotonic()
         results = RawResults(began + plan.warmup, plan.duration)
         if plan.concurrency > 0:
-            await _closed_loop(plan, calls, payloads.requests, results)
+            loop = _closed_loop_streaming if payloads.streaming else _closed_loop
+            await loop(plan, calls, payloads.requests, results)
         elif plan.rate > 0:
-            await _open_loop(plan, calls, payloads.requests, results, began)
+            loop = _open_loop_streaming if payloads.streaming else _open_loop
+            await loop(plan, calls, payloads.requests, results, began)
     finally:
         await asyncio.gather(*(c.close() for c in channels))
     results.cpu_seconds = time.process_time() - cpu_started
@@ -151,6 +161,97 @@ async def _open_loop(plan: LoadPlan, calls, requests: tuple[bytes, ...], results
         task.add_done_callback(pending.discard)
     if pending:
         await asyncio.gather(*pending)
+
+
+async def exchange(call, request: bytes) -> int:
+    """Write one request on a ModelStreamInfer stream and read its answer; the result code
+    (0, STREAM_ERROR, or the gRPC status that ended the stream)."""
+    try:
+        await call.write(request)
+        reply = await call.read()
+    except (grpc.aio.AioRpcError, asyncio.InvalidStateError):
+        reply = grpc.aio.EOF
+    if reply is grpc.aio.EOF:  # the stream ended: its status says why (OK would be a server that hung up early)
+        status = await call.code()
+        return (status if status != grpc.StatusCode.OK else grpc.StatusCode.UNAVAILABLE).value[0]
+    return STREAM_ERROR if pb.ModelStreamInferResponse.FromString(reply).error_message else 0
+
+
+def _stream_ok(code: int) -> bool:
+    """Can the stream carry more requests after this result?"""
+    return code in (0, STREAM_ERROR)
+
+
+async def _closed_loop_streaming(plan: LoadPlan, streams, requests: tuple[bytes, ...], results: RawResults) -> None:
+    """Each of `concurrency` senders keeps one stream; a stream that ends is replaced by a new one.
+
+    A stream's deadline is the rest of the run plus --timeout: gRPC deadlines are per call, so a
+    single request cannot have its own (a request stuck longer ends its stream at that deadline).
+    """
+    end = results.start + plan.duration
+    metadata = plan.metadata or None
+
+    async def worker(index: int) -> None:
+        open_stream = streams[index % len(streams)]
+        clock, count, k, call = time.monotonic, len(requests), index, None
+        while True:
+            sent = clock()
+            if sent >= end:
+                break
+            if call is None:
+                call = open_stream(timeout=end - sent + plan.timeout, metadata=metadata)
+            code = await exchange(call, requests[k % count])
+            results.add(sent, clock() - sent, code)
+            if not _stream_ok(code):
+                call = None
+            k += plan.concurrency
+        if call is not None:
+            await call.done_writing()
+
+    await asyncio.gather(*(worker(i) for i in range(plan.concurrency)))
+
+
+async def _open_loop_streaming(plan: LoadPlan, streams, requests: tuple[bytes, ...], results: RawResults, began: float) -> None:
+    """Arrivals on a schedule, each written to an idle stream ("lane"); when every lane is busy a
+    new one opens, up to --max-inflight lanes (beyond that the arrival is dropped, as unary).
+    A lane carries one request at a time, so no request waits behind another in a stream."""
+    metadata = plan.metadata or None
+    clock, count = time.monotonic, len(requests)
+    deadline = plan.warmup + plan.duration + plan.timeout
+    idle: list = []
+    lanes: list = []
+    pending: set[asyncio.Task] = set()
+
+    async def one(call, request: bytes, due: float) -> None:
+        code = await exchange(call, request)
+        results.add(due, clock() - due, code)
+        if _stream_ok(code):
+            idle.append(call)
+        else:
+            lanes.remove(call)
+
+    offsets = arrival_offsets(plan.rate, plan.arrival, plan.warmup + plan.duration, plan.seed, plan.phase)
+    for k, offset in enumerate(offsets):
+        due = began + offset
+        delay = due - clock()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        elif k % 16 == 0:
+            await asyncio.sleep(0)  # behind schedule: still let responses in
+        if idle:
+            call = idle.pop()
+        elif len(lanes) < plan.max_inflight:
+            call = streams[len(lanes) % len(streams)](timeout=max(1.0, began + deadline - clock()), metadata=metadata)
+            lanes.append(call)
+        else:
+            results.add(due, 0.0, DROPPED)
+            continue
+        task = asyncio.get_running_loop().create_task(one(call, requests[k % count], due))
+        pending.add(task)
+        task.add_done_callback(pending.discard)
+    if pending:
+        await asyncio.gather(*pending)
+    await asyncio.gather(*(call.done_writing() for call in lanes), return_exceptions=True)
 
 
 def _child(plan: LoadPlan, payloads: Payloads, start_at: float) -> RawResults:

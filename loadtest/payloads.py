@@ -58,6 +58,7 @@ class PayloadSpec:
     images: tuple[Path, ...] = ()  # JPEG/PNG files for jpeg payloads (default: synthetic images)
     image_hw: tuple[int, int] | None = None  # synthetic image size (default: the model's input size)
     vision_method: str = ""  # Classify | Detect ("" : from the model's task)
+    streaming: bool = False  # V2 only: over ModelStreamInfer instead of one ModelInfer call each
     seed: int = 0
 
 
@@ -69,6 +70,7 @@ class Payloads:
     requests: tuple[bytes, ...]
     images_per_request: int
     description: str
+    streaming: bool = False  # `method` is a bidirectional stream (ModelStreamInfer)
 
 
 async def describe_model(channel: grpc.aio.Channel, model: str, version: str = "", metadata=None, timeout: float = 10.0) -> ModelDescription:
@@ -104,6 +106,8 @@ def build_payloads(model: ModelDescription, spec: PayloadSpec) -> Payloads:
         raise SetupError("--batch and --distinct must be >= 1")
     if spec.batch > 1 and not model.batched:
         raise SetupError(f"model '{model.name}' has no batch axis; use --batch 1")
+    if spec.streaming and spec.api != "v2":
+        raise SetupError("--streaming needs --api v2 (the V2 protocol's ModelStreamInfer)")
     rng = np.random.default_rng(spec.seed)
     if spec.api == "vision":
         method = spec.vision_method or ("Detect" if model.task == "detection" else "Classify")
@@ -112,7 +116,8 @@ def build_payloads(model: ModelDescription, spec: PayloadSpec) -> Payloads:
     if spec.api != "v2":
         raise SetupError(f"unknown api {spec.api!r} (v2 or vision)")
     requests = tuple(_v2_request(model, spec, rng, i).SerializeToString() for i in range(spec.distinct))
-    return Payloads(V2_PREFIX + "ModelInfer", requests, spec.batch, f"V2 ModelInfer, {spec.payload} x{spec.batch}")
+    method = "ModelStreamInfer" if spec.streaming else "ModelInfer"  # the stream carries the same ModelInferRequest
+    return Payloads(V2_PREFIX + method, requests, spec.batch, f"V2 {method}, {spec.payload} x{spec.batch}", spec.streaming)
 
 
 def input_shape(model: ModelDescription, tensor: TensorDesc, spec: PayloadSpec) -> tuple[int, ...]:

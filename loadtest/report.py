@@ -14,10 +14,11 @@ from dataclasses import asdict, dataclass, field
 import grpc
 import numpy as np
 
-from loadtest.engine import DROPPED, RawResults
+from loadtest.engine import DROPPED, STREAM_ERROR, RawResults
 
 PERCENTILES = (50, 90, 95, 99)
 _CODE_NAMES = {code.value[0]: code.name for code in grpc.StatusCode}
+_PSEUDO_CODES = {DROPPED: "CLIENT_DROPPED", STREAM_ERROR: "STREAM_ERROR_MESSAGE"}  # results that have no gRPC status
 
 
 @dataclass(frozen=True)
@@ -65,7 +66,7 @@ def summarise(raw: RawResults, *, target: str, model: str, request: str, concurr
     throughput = finished_ok / raw.duration if raw.duration > 0 else 0.0
     errors: dict[str, int] = {}
     for value, count in zip(*np.unique(codes[~ok], return_counts=True)):
-        name = "CLIENT_DROPPED" if value == DROPPED else _CODE_NAMES.get(int(value), str(int(value)))
+        name = _PSEUDO_CODES.get(int(value)) or _CODE_NAMES.get(int(value), str(int(value)))
         errors[name] = int(count)
     return Summary(
         target=target, model=model, request=request, mode="closed" if concurrency > 0 else "open",

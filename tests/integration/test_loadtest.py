@@ -92,6 +92,32 @@ def test_processes_split_the_load_and_merge_the_results(tiny_server, capsys):
     assert report["client_cpu_s"] > 0
 
 
+def test_streaming_closed_loop_sends_every_request_over_model_stream_infer(tiny_server, capsys):
+    report = run_json(capsys, "--host", tiny_server.address, "--model", "tiny", "--concurrency", "4", "--streaming")
+    assert report["request"].startswith("V2 ModelStreamInfer, tensor x1")
+    assert report["requests_ok"] > 10 and report["errors"] == {}
+    streamed = metric_sum(tiny_server, "convserve_requests_total", model="tiny", method="ModelStreamInfer", code="OK")
+    assert streamed == report["requests_ok"] + report["warmup_requests"] + 1  # + the probe
+
+
+def test_streaming_open_loop_keeps_the_schedule(tiny_server, capsys):
+    report = run_json(capsys, "--host", tiny_server.address, "--model", "tiny", "--rate", "40", "--arrival", "constant", "--streaming")
+    assert report["mode"] == "open" and report["errors"] == {}
+    assert 30 <= report["requests_ok"] <= 42, "constant arrivals at 40/s for 1 s"
+
+
+def test_streaming_counts_in_band_errors_and_probes_through_a_stream(tiny_server, capsys):
+    code = main(["--host", tiny_server.address, "--model", "tiny", "--shape", "input:1,8,9", "--no-probe", "--streaming",
+                 "--concurrency", "2", *SHORT, "--json"])
+    report = json.loads(capsys.readouterr().out)
+    assert code == 1 and report["requests_ok"] == 0
+    assert set(report["errors"]) == {"STREAM_ERROR_MESSAGE"} and report["errors"]["STREAM_ERROR_MESSAGE"] == report["requests_failed"] > 0
+    assert main(["--host", tiny_server.address, "--model", "tiny", "--shape", "input:1,8,9", "--streaming", *SHORT]) == 2
+    assert "probe request (V2 ModelStreamInfer" in capsys.readouterr().err
+    assert main(["--host", tiny_server.address, "--model", "tiny", "--api", "vision", "--streaming", *SHORT]) == 2
+    assert "--streaming needs --api v2" in capsys.readouterr().err
+
+
 class MinimalV2Server(pb_grpc.GRPCInferenceServiceServicer):
     """Another vendor's V2 server as far as the tool can tell: metadata and infer only, no ModelConfig.
 
@@ -118,6 +144,10 @@ class MinimalV2Server(pb_grpc.GRPCInferenceServiceServicer):
         response.raw_output_contents.append(values.sum(axis=1, dtype="<i8").tobytes())
         return response
 
+    def ModelStreamInfer(self, request_iterator, context):
+        for request in request_iterator:
+            yield pb.ModelStreamInferResponse(infer_response=self.ModelInfer(request, context))
+
 
 @pytest.fixture
 def other_server():
@@ -135,6 +165,10 @@ def test_works_against_a_v2_server_without_model_config(other_server, capsys):
     report = run_json(capsys, "--host", address, "--model", "summer", "--concurrency", "2", "--batch", "3")
     assert report["requests_ok"] > 0 and report["errors"] == {}
     assert servicer.rows == 3 * (report["requests_ok"] + report["warmup_requests"] + 1)
+    servicer.rows = 0
+    report = run_json(capsys, "--host", address, "--model", "summer", "--concurrency", "2", "--streaming")
+    assert report["requests_ok"] > 0 and report["errors"] == {}
+    assert servicer.rows == report["requests_ok"] + report["warmup_requests"] + 1
 
 
 def test_poisson_and_constant_arrivals_have_the_asked_rate():
