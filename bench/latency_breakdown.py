@@ -11,11 +11,14 @@ protobuf parsing before the handler starts).
 
     python -m bench.latency_breakdown                 # resnet18 (random weights), 224x224 tensor input
     python -m bench.latency_breakdown --rounds 10 --per-round 20
+    python -m bench.latency_breakdown --compare '--http2-max-frame-bytes 1048576'   # A/B of server flags
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import shlex
 import statistics
 import tempfile
 import time
@@ -65,47 +68,58 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.latency_breakdown", description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5, help="alternating blocks of raw runs and served calls")
     parser.add_argument("--per-round", type=int, default=20, help="raw runs and served calls per block")
+    parser.add_argument("--compare", metavar="FLAGS", action="append", default=[], help="also serve from another server "
+                        "started with these extra `convserve serve` flags (repeatable), alternated with the default one "
+                        "(ABBA order), e.g. '--http2-max-frame-bytes 1048576'")
     args = parser.parse_args(argv)
+    setups = {"default": []} | {flags: shlex.split(flags) for flags in args.compare}
     with tempfile.TemporaryDirectory(prefix="convserve-breakdown-") as tmp:
         repo = Path(tmp) / "repo"
         model = export_resnet18(repo)
         config = load_model_config(repo / "resnet18" / "config.yaml")
         x = np.random.default_rng(0).standard_normal((1, 3, 224, 224)).astype(np.float32)
         runtime = ModelRuntime(model.onnx_path, config, ("cpu",))  # the server's session options
-        server = ServedModels(repo)
-        try:
-            with grpc.insecure_channel(server.address, options=UNLIMITED) as channel:
-                stub = pb_grpc.GRPCInferenceServiceStub(channel)
-                name = config.inputs[0].name
-                request = pb.ModelInferRequest(model_name="resnet18")
-                append_input(request, name, x)
-                for _ in range(3):
-                    runtime.run({name: x})
+        name = config.inputs[0].name
+        request = pb.ModelInferRequest(model_name="resnet18")
+        append_input(request, name, x)
+        servers: dict[str, ServedModels] = {}
+        with contextlib.ExitStack() as stack:
+            for label, flags in setups.items():
+                servers[label] = ServedModels(repo, *flags)
+                stack.callback(servers[label].stop)
+            stubs = {label: pb_grpc.GRPCInferenceServiceStub(stack.enter_context(grpc.insecure_channel(server.address, options=UNLIMITED)))
+                     for label, server in servers.items()}
+            for _ in range(3):
+                runtime.run({name: x})
+                for stub in stubs.values():
                     stub.ModelInfer(request)
-                before = server_totals(stub, "resnet18")
-                raw, served, serialise = [], [], []
-                for _ in range(args.rounds):
-                    for _ in range(args.per_round):
-                        started = time.perf_counter()
-                        runtime.run({name: x})
-                        raw.append(time.perf_counter() - started)
+            before = {label: server_totals(stub, "resnet18") for label, stub in stubs.items()}
+            raw, serialise = [], []
+            served: dict[str, list[float]] = {label: [] for label in stubs}
+            for round_ in range(args.rounds):
+                for _ in range(args.per_round):
+                    started = time.perf_counter()
+                    runtime.run({name: x})
+                    raw.append(time.perf_counter() - started)
+                order = list(stubs.items())
+                for label, stub in order if round_ % 2 == 0 else order[::-1]:  # ABBA: neither always goes second
                     for _ in range(args.per_round):
                         started = time.perf_counter()
                         request.SerializeToString()
                         serialise.append(time.perf_counter() - started)
                         started = time.perf_counter()
                         stub.ModelInfer(request)
-                        served.append(time.perf_counter() - started)
-                inside = server_means(before, server_totals(stub, "resnet18"))
-        finally:
-            server.stop()
+                        served[label].append(time.perf_counter() - started)
+            inside = {label: server_means(before[label], server_totals(stub, "resnet18")) for label, stub in stubs.items()}
     print(f"resnet18, batch 1, 224x224 float32 tensor ({x.nbytes / 1e3:.0f} kB per request), "
           f"{args.rounds} alternating blocks of {args.per_round}")
     print(f"raw ONNX Runtime run, p50 / mean:           {median_ms(raw):8.2f} / {mean_ms(raw):.2f} ms")
-    print(f"served ModelInfer (sync client), p50 / mean: {median_ms(served):8.2f} / {mean_ms(served):.2f} ms  "
-          f"(p50 +{median_ms(served) - median_ms(raw):.2f} ms)")
     print(f"client request serialisation, p50:          {median_ms(serialise):8.2f} ms")
-    print(f"inside the server, means (ms):              {inside}")
+    for label, times in served.items():
+        print(f"served ModelInfer, server flags: {label}")
+        print(f"  sync client, p50 / mean:                  {median_ms(times):8.2f} / {mean_ms(times):.2f} ms  "
+              f"(p50 {median_ms(times) - median_ms(raw):+.2f} ms over raw)")
+        print(f"  inside the server, means (ms):            {inside[label]}")
     return 0
 
 
