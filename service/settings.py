@@ -85,7 +85,8 @@ _HELP = {
     "max_pixels": "largest image, in pixels, checked from the header before decoding",
     "max_concurrent_streams": "most concurrent streaming calls",
     "max_deadline_s": "cap on a request's deadline (also the deadline of requests without one)",
-    "stream_max_pending": "frames a stream may have waiting before flow control or dropping (default and ceiling of StreamOptions.max_pending)",
+    "stream_max_pending": "frames a stream may have waiting before flow control or dropping (default and ceiling of StreamOptions.max_pending); "
+                          "requests of one ModelStreamInfer stream in progress at once",
 }
 
 

@@ -79,6 +79,24 @@ def write_tiny_model(repo: Path, name: str = "tiny", versions=(1,), max_batch: i
     return directory
 
 
+def slow_classifier_onnx(path, layers: int = 48, width: int = 1024):
+    """A deliberately slow model (a chain of width x width MatMuls) to create a backlog."""
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.normal(0, 0.03, (64, width)).astype(np.float32), "w_in"),
+             numpy_helper.from_array(rng.normal(0, 0.03, (width, 3)).astype(np.float32), "w_out")]
+    nodes = [helper.make_node("Flatten", ["input"], ["h0"], axis=1), helper.make_node("MatMul", ["h0", "w_in"], ["h1"])]
+    for i in range(layers):
+        inits.append(numpy_helper.from_array(rng.normal(0, 0.03, (width, width)).astype(np.float32), f"w{i}"))
+        nodes.append(helper.make_node("MatMul", [f"h{i + 1}", f"w{i}"], [f"h{i + 2}"]))
+    nodes.append(helper.make_node("MatMul", [f"h{layers + 1}", "w_out"], ["logits"]))
+    graph = helper.make_graph(nodes, "slow", [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 1, 8, 8])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 3])], initializer=inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(path))
+
+
 class ServerThread:
     """A real convserve server on loopback, driven from a background event loop."""
 

@@ -26,6 +26,7 @@ from service.servicers.lifecycle import Lifecycle
 from service.servicers import v2_model_info as info
 from service.servicers.v2_tensors import append_output, parameters_to_python, request_inputs
 
+_STREAM_END = object()  # ModelStreamInfer: the client finished writing (or its side failed)
 EXTENSIONS = ("classification", "model_repository", "model_configuration", "statistics", "binary_tensor_data", "parameters")
 _NUMPY = {name: np.dtype(kind) for name, kind in (  # dtype objects: comparing to a dtype is cheaper than to a type
     ("float32", np.float32), ("float16", np.float16), ("float64", np.float64), ("int8", np.int8), ("uint8", np.uint8),
@@ -109,20 +110,52 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         return await self.calls.unary("ModelInfer", request.model_name, context, lambda ctx: self._infer(ctx, request))
 
     async def ModelStreamInfer(self, request_iterator, context):
-        """Each request is answered in order; a failed request yields an error_message, the stream goes on."""
-        async for request in request_iterator:
-            ctx = self.calls.new_context("ModelStreamInfer", context)
-            ctx.model = request.model_name
-            try:
-                with self.calls.inflight(request.model_name):
-                    response = await self._infer(ctx, request)
-            except Exception as exc:
-                code, message = status_of(exc)
-                self.calls.finish(ctx, code, message, exc if not isinstance(exc, ServiceError) else None)
-                yield pb.ModelStreamInferResponse(error_message=message)
-            else:
-                self.calls.finish(ctx, grpc.StatusCode.OK, "")
-                yield pb.ModelStreamInferResponse(infer_response=response)
+        """Requests are answered in the order they came; a failed request yields an error_message and
+        the stream goes on.
+
+        Up to `stream_max_pending` requests of one stream run at the same time, so a client that
+        writes frames without waiting for each answer gets them batched together; beyond that the
+        server stops reading the stream (HTTP/2 flow control holds the client back), so memory stays
+        bounded however fast it writes.
+        """
+        in_order: asyncio.Queue = asyncio.Queue()
+        window = asyncio.Semaphore(max(1, self.dp.limits.stream_max_pending))
+        reader = asyncio.ensure_future(self._read_stream(request_iterator, context, in_order, window))
+        try:
+            while (answer := await in_order.get()) is not _STREAM_END:
+                try:
+                    yield await answer
+                finally:
+                    window.release()
+            await reader  # the client's side of the stream failed: end the call with that error
+        finally:
+            reader.cancel()
+            while not in_order.empty():
+                leftover = in_order.get_nowait()
+                if leftover is not _STREAM_END:
+                    leftover.cancel()
+
+    async def _read_stream(self, request_iterator, context, in_order: asyncio.Queue, window: asyncio.Semaphore) -> None:
+        """Start each request of the stream as it arrives, once the stream's window has room."""
+        try:
+            async for request in request_iterator:
+                await window.acquire()
+                in_order.put_nowait(asyncio.ensure_future(self._stream_one(request, context)))
+        finally:
+            in_order.put_nowait(_STREAM_END)  # after a cancellation nobody reads it; harmless
+
+    async def _stream_one(self, request: pb.ModelInferRequest, context) -> pb.ModelStreamInferResponse:
+        ctx = self.calls.new_context("ModelStreamInfer", context)
+        ctx.model = request.model_name
+        try:
+            with self.calls.inflight(request.model_name):
+                response = await self._infer(ctx, request)
+        except Exception as exc:
+            code, message = status_of(exc)
+            self.calls.finish(ctx, code, message, exc if not isinstance(exc, ServiceError) else None)
+            return pb.ModelStreamInferResponse(error_message=message)
+        self.calls.finish(ctx, grpc.StatusCode.OK, "")
+        return pb.ModelStreamInferResponse(infer_response=response)
 
     async def _infer(self, ctx: RequestContext, request: pb.ModelInferRequest) -> pb.ModelInferResponse:
         loaded = self.dp.model(ctx, request.model_name, request.model_version)

@@ -10,7 +10,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from testkit import ServerThread, test_settings, write_tiny_model
+from testkit import ServerThread, slow_classifier_onnx, test_settings, write_tiny_model
 from service.api.inference import grpc_service_pb2 as pb
 from service.api.inference import grpc_service_pb2_grpc as pb_grpc
 from service.servicers.v2_tensors import append_input
@@ -36,21 +36,6 @@ def batch_one_only_onnx(path):
     nodes = [helper.make_node("Reshape", ["input", "shape"], ["flat"]), helper.make_node("MatMul", ["flat", "weight"], ["logits"])]
     graph = helper.make_graph(nodes, "batch_one", [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 1, 8, 8])],
                               [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 3])], initializer=[weight, shape])
-    _save(graph, path)
-
-
-def slow_classifier_onnx(path, layers: int = 48, width: int = 1024):
-    """A deliberately slow model (a chain of width x width MatMuls) to create a backlog."""
-    rng = np.random.default_rng(0)
-    inits = [numpy_helper.from_array(rng.normal(0, 0.03, (64, width)).astype(np.float32), "w_in"),
-             numpy_helper.from_array(rng.normal(0, 0.03, (width, 3)).astype(np.float32), "w_out")]
-    nodes = [helper.make_node("Flatten", ["input"], ["h0"], axis=1), helper.make_node("MatMul", ["h0", "w_in"], ["h1"])]
-    for i in range(layers):
-        inits.append(numpy_helper.from_array(rng.normal(0, 0.03, (width, width)).astype(np.float32), f"w{i}"))
-        nodes.append(helper.make_node("MatMul", [f"h{i + 1}", f"w{i}"], [f"h{i + 2}"]))
-    nodes.append(helper.make_node("MatMul", [f"h{layers + 1}", "w_out"], ["logits"]))
-    graph = helper.make_graph(nodes, "slow", [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 1, 8, 8])],
-                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 3])], initializer=inits)
     _save(graph, path)
 
 

@@ -22,7 +22,8 @@ from service.api.inference import grpc_service_pb2_grpc as pb_grpc
 from service.config import load_model_config
 from service.preprocess import preprocess_encoded
 from service.servicers.v2_tensors import append_input, response_outputs
-from testkit import ServerThread, write_tiny_model
+from testkit import ServerThread, slow_classifier_onnx, write_tiny_model
+from service.settings import Limits
 from testkit import test_settings as settings_for
 
 BIG = 64 * 1024 * 1024
@@ -275,6 +276,64 @@ def test_stream_infer_in_order_and_survives_a_bad_request(stub, repo):
 def _stats(stub, name):
     (stats,) = stub.ModelStatistics(pb.ModelStatisticsRequest(name=name)).model_stats
     return stats
+
+
+def test_a_stream_runs_its_requests_together_within_its_window_and_answers_in_order(tmp_path):
+    """A client that writes 12 requests without waiting: the server runs up to stream_max_pending (4)
+    of them at once, so they batch (fewer executions than requests), never more than 4 in a batch
+    although the model takes 16 (without the window: about 2 executions), and the answers still
+    come back in request order."""
+    repo = tmp_path / "repo"
+    write_tiny_model(repo, "slow", max_batch=16, delay_us=0)
+    slow_classifier_onnx(repo / "slow" / "1" / "model.onnx")
+    server = ServerThread(settings_for(repo, limits=Limits(stream_max_pending=4))).start()
+    try:
+        with grpc.insecure_channel(server.address) as channel:
+            stub = pb_grpc.GRPCInferenceServiceStub(channel)
+            before = stub.ModelStatistics(pb.ModelStatisticsRequest(name="slow")).model_stats[0]
+            requests = []
+            for index in range(12):
+                requests.append(infer_raw("slow", digits(40 + index, count=1).reshape(1, 1, 8, 8)))
+                requests[-1].id = f"frame-{index}"
+            replies = list(stub.ModelStreamInfer(iter(requests), timeout=120))
+            after = stub.ModelStatistics(pb.ModelStatisticsRequest(name="slow")).model_stats[0]
+        assert [r.infer_response.id for r in replies] == [f"frame-{i}" for i in range(12)]
+        assert all(r.error_message == "" for r in replies)
+        executions = after.execution_count - before.execution_count
+        assert after.inference_count - before.inference_count == 12
+        assert 3 <= executions < 12, f"{executions} executions for 12 requests: a window of 4 allows 3..11"
+    finally:
+        server.stop()
+
+
+def test_a_cancelled_stream_leaves_nothing_in_flight(tmp_path):
+    """The client gives up on a stream with requests still running: the server drops them (the
+    in-flight gauge returns to zero) and keeps serving."""
+    import time
+
+    repo = tmp_path / "repo"
+    write_tiny_model(repo, "slow", max_batch=1, delay_us=0)
+    slow_classifier_onnx(repo / "slow" / "1" / "model.onnx")
+    server = ServerThread(settings_for(repo, limits=Limits(stream_max_pending=4))).start()
+
+    def inflight() -> float:
+        return sum(sample.value for metric in server.running.metrics.registry.collect() for sample in metric.samples
+                   if sample.name == "convserve_inflight_requests" and sample.labels.get("model") == "slow")
+
+    try:
+        with grpc.insecure_channel(server.address) as channel:
+            stub = pb_grpc.GRPCInferenceServiceStub(channel)
+            request = infer_raw("slow", digits(50, count=1))
+            replies = stub.ModelStreamInfer(iter([request] * 8), timeout=120)
+            assert next(replies).error_message == ""
+            replies.cancel()
+            give_up = time.monotonic() + 30
+            while inflight() > 0 and time.monotonic() < give_up:
+                time.sleep(0.05)
+            assert inflight() == 0
+            assert stub.ModelInfer(request, timeout=30).outputs[0].shape == [1, 3]
+    finally:
+        server.stop()
 
 
 def test_model_statistics_counts_and_durations(stub):
