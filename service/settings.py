@@ -26,6 +26,7 @@ class Limits:
     max_concurrent_streams: int = 64
     max_deadline_s: float = 300.0
     stream_max_pending: int = 8
+    v2_reject_non_finite: bool = False
 
 
 @dataclass(frozen=True)
@@ -85,6 +86,8 @@ _HELP = {
     "max_pixels": "largest image, in pixels, checked from the header before decoding",
     "max_concurrent_streams": "most concurrent streaming calls",
     "max_deadline_s": "cap on a request's deadline (also the deadline of requests without one)",
+    "v2_reject_non_finite": "refuse V2 float inputs holding NaN or Inf with INVALID_ARGUMENT (off: like Triton, the tensor "
+                            "goes to the model as sent; perf_analyzer's default random data holds such values)",
     "stream_max_pending": "frames a stream may have waiting before flow control or dropping (default and ceiling of StreamOptions.max_pending); "
                           "requests of one ModelStreamInfer stream in progress at once",
 }

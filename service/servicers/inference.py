@@ -159,8 +159,12 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     async def _infer(self, ctx: RequestContext, request: pb.ModelInferRequest) -> pb.ModelInferResponse:
         loaded = self.dp.model(ctx, request.model_name, request.model_version)
-        arrays = request_inputs(request)
-        inputs = await self._model_inputs(ctx, loaded, arrays)
+        started = time.perf_counter()
+        inputs = await self._model_inputs(ctx, loaded, request_inputs(request))
+        # V2 ModelStatistics' compute_input: everything that turns the request into model inputs (image
+        # decoding included), recorded for every request, so its count equals compute_infer's as
+        # perf_analyzer requires
+        ctx.stages["preprocess"] = time.perf_counter() - started
         wanted = self._requested_outputs(loaded, request)
         outputs = await self.dp.execute(ctx, loaded, inputs, tuple(name for name, _ in wanted))
         started = time.perf_counter()
@@ -191,8 +195,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             if array.dtype != expected:
                 raise InvalidArgument(f"input '{name}' has datatype {info.V2_DATATYPES.get(array.dtype.name, array.dtype.name)}, model expects {info.V2_DATATYPES[spec.dtype]}")
             check_shape(name, array.shape, spec.dims)
-            if array.dtype.kind == "f" and not np.isfinite(array).all():
-                raise InvalidArgument(f"input '{name}' contains NaN or Inf values")
+            if self.dp.limits.v2_reject_non_finite and array.dtype.kind == "f" and not np.isfinite(array).all():
+                raise InvalidArgument(f"input '{name}' contains NaN or Inf values (this server runs with --v2-reject-non-finite true)")
             inputs[name] = array
         batch_sizes = {a.shape[0] for a in inputs.values()}
         if len(batch_sizes) != 1:
