@@ -26,9 +26,11 @@ demo: $(SERVE_STAMP)
 	$(PY) -m examples.demo
 
 # pytest exits 5 when it collected no tests: that must fail, not pass silently.
-# The Prometheus test runs a real Prometheus server: installed (Debian package) when missing.
+# The Prometheus test runs a real Prometheus server: installed (Debian package) when missing; the
+# perf_analyzer test runs Triton's perf_analyzer: fetched (PyPI wheels, Debian libb64) when missing.
 test: $(FULL_STAMP)
 	@bash scripts/ensure_prometheus.sh
+	@bash scripts/ensure_perf_analyzer.sh
 	@$(PY) -m pytest -q $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests" >&2; exit 1; fi; exit $$rc
 
