@@ -132,6 +132,20 @@ async def _closed_loop(plan: LoadPlan, calls, requests: tuple[bytes, ...], resul
     await asyncio.gather(*(worker(i) for i in range(plan.concurrency)))
 
 
+async def _arrivals(plan: LoadPlan, began: float):
+    """(index, due monotonic time) of each open-loop arrival, yielded when it is due."""
+    clock = time.monotonic
+    offsets = arrival_offsets(plan.rate, plan.arrival, plan.warmup + plan.duration, plan.seed, plan.phase)
+    for k, offset in enumerate(offsets):
+        due = began + offset
+        delay = due - clock()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        elif k % 16 == 0:
+            await asyncio.sleep(0)  # behind schedule: still let responses in
+        yield k, due
+
+
 async def _open_loop(plan: LoadPlan, calls, requests: tuple[bytes, ...], results: RawResults, began: float) -> None:
     metadata = plan.metadata or None
     clock, count = time.monotonic, len(requests)
@@ -145,14 +159,7 @@ async def _open_loop(plan: LoadPlan, calls, requests: tuple[bytes, ...], results
             code = exc.code().value[0]
         results.add(due, clock() - due, code)
 
-    offsets = arrival_offsets(plan.rate, plan.arrival, plan.warmup + plan.duration, plan.seed, plan.phase)
-    for k, offset in enumerate(offsets):
-        due = began + offset
-        delay = due - clock()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        elif k % 16 == 0:
-            await asyncio.sleep(0)  # behind schedule: still let responses in
+    async for k, due in _arrivals(plan, began):
         if len(pending) >= plan.max_inflight:
             results.add(due, 0.0, DROPPED)
             continue
@@ -230,14 +237,7 @@ async def _open_loop_streaming(plan: LoadPlan, streams, requests: tuple[bytes, .
         else:
             lanes.remove(call)
 
-    offsets = arrival_offsets(plan.rate, plan.arrival, plan.warmup + plan.duration, plan.seed, plan.phase)
-    for k, offset in enumerate(offsets):
-        due = began + offset
-        delay = due - clock()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        elif k % 16 == 0:
-            await asyncio.sleep(0)  # behind schedule: still let responses in
+    async for k, due in _arrivals(plan, began):
         if idle:
             call = idle.pop()
         elif len(lanes) < plan.max_inflight:

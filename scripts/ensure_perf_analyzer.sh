@@ -18,17 +18,7 @@ if [ -x "$BIN" ] && "$BIN" --version >/dev/null 2>&1; then
 fi
 mkdir -p "$DIR/wheels"
 if ! ldconfig -p 2>/dev/null | grep -q 'libb64\.so\.0d'; then
-    if ! command -v apt-get >/dev/null 2>&1; then
-        echo "ensure_perf_analyzer: libb64 (libb64.so.0d) is missing and apt-get is not available" >&2
-        exit 1
-    fi
-    SUDO=""
-    if [ "$(id -u)" -ne 0 ]; then
-        SUDO="sudo"
-    fi
-    export DEBIAN_FRONTEND=noninteractive
-    $SUDO apt-get update -q >/dev/null
-    $SUDO apt-get install -y -q --no-install-recommends libb64-0d >/dev/null
+    bash "$(dirname "$0")/apt_install.sh" ensure_perf_analyzer libb64-0d
 fi
 python3 -m venv "$DIR/venv"
 "$DIR/venv/bin/pip" install -q nvidia-cuda-runtime-cu12

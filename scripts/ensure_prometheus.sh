@@ -11,20 +11,9 @@ if [ -x "$BIN" ] && "$BIN" --version >/dev/null 2>&1; then
     echo "ensure_prometheus: $("$BIN" --version 2>&1 | head -n 1)"
     exit 0
 fi
-if ! command -v apt-get >/dev/null 2>&1; then
-    echo "ensure_prometheus: $BIN is missing and apt-get is not available; install Prometheus >= 2.x and set PROMETHEUS_BIN" >&2
-    exit 1
-fi
-SUDO=""
-if [ "$(id -u)" -ne 0 ]; then
-    SUDO="sudo"
-fi
-export DEBIAN_FRONTEND=noninteractive
-$SUDO apt-get update -q
-# --no-install-recommends: only the server binary and its own files, no node-exporter etc.
-$SUDO apt-get install -y -q --no-install-recommends prometheus
+bash "$(dirname "$0")/apt_install.sh" "ensure_prometheus (set PROMETHEUS_BIN to a Prometheus >= 2.x otherwise)" prometheus
 # The package starts a system service on some hosts; the tests run their own instance.
 if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet prometheus 2>/dev/null; then
-    $SUDO systemctl stop prometheus || true
+    $([ "$(id -u)" -ne 0 ] && echo sudo) systemctl stop prometheus || true
 fi
 echo "ensure_prometheus: installed $("$BIN" --version 2>&1 | head -n 1)"
