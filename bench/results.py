@@ -23,19 +23,24 @@ def evaluate_targets(raw: dict[str, list[RawPoint]], served: list[ServedPoint], 
                      warmup: float, adjacent: dict[str, RawPoint] | None = None) -> list[dict]:
     """One {target, measured, passed} per stated goal.
 
-    The ResNet-18 goals compare against raw ONNX Runtime re-measured right after the served run
-    (`adjacent`) when there is one: on a shared machine that is the fairer reference.
+    The ResNet-18 goals compare against the *best* raw ONNX Runtime figure of the run: the raw
+    table's or the one re-measured right after the served run (`adjacent`), whichever is faster.
+    Why the best: on a shared machine other load only ever slows a measurement down, so the
+    fastest raw figure is the closest to what ONNX Runtime can do here, and a target cannot pass
+    because its reference happened to be measured at a busy moment.
     """
     targets = []
     adjacent = adjacent or {}
     resnet_raw = raw.get("resnet18", [])
-    best = adjacent.get("resnet18 c16") or max(resnet_raw, key=lambda p: p.images_per_s, default=None)
+    best = max([*resnet_raw, *([adjacent["resnet18 c16"]] if "resnet18 c16" in adjacent else [])],
+               key=lambda p: p.images_per_s, default=None)
     c16 = find(served, "resnet18", "tensor", 16)
     if best and c16:
         targets.append(_target(f"resnet18 tensor c16 served >= 0.90 x raw best (batch {best.batch}: {best.images_per_s:.1f} img/s)",
                                f"{c16.images_per_s:.1f} img/s = {c16.images_per_s / best.images_per_s:.2f} x raw",
                                c16.images_per_s >= 0.9 * best.images_per_s))
-    b1 = adjacent.get("resnet18 c1") or next((p for p in resnet_raw if p.batch == 1), None)
+    batch1 = [p for p in resnet_raw if p.batch == 1] + ([adjacent["resnet18 c1"]] if "resnet18 c1" in adjacent else [])
+    b1 = min(batch1, key=lambda p: p.latency_ms_p50, default=None)
     c1 = find(served, "resnet18", "tensor", 1)
     if b1 and c1 and c1.latency_ms:
         targets.append(_target(f"resnet18 tensor c1 served p50 <= raw batch-1 latency + 1.5 ms ({b1.latency_ms_p50:.2f} + 1.5 ms)",
@@ -87,7 +92,8 @@ def to_markdown(data: dict) -> str:
         lines += [f"| {model} | {p['batch']} | {p['images_per_s']:.1f} | {p['latency_ms_p50']:.3f} |" for p in points]
     again = data.get("raw_onnxruntime_after_served") or {}
     if again:
-        lines += ["", "Raw ONNX Runtime measured again right after the served run it is compared with (the targets use these):", ""]
+        lines += ["", "Raw ONNX Runtime measured again right after the served run it is compared with (the targets use the "
+                  "faster of this and the table above):", ""]
         lines += [f"- after {key}: batch {p['batch']}, {p['images_per_s']:.1f} images/s, {p['latency_ms_p50']:.2f} ms per run" for key, p in again.items()]
     lines += ["", "## Served over gRPC (closed loop, load tool on the same machine)", "",
               "| model | input | conc. | req/s | images/s | served/raw best | p50 ms | p90 ms | p99 ms | max ms | errors | server CPU us/req | client CPU us/req | others' CPU s |",

@@ -60,7 +60,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-profile", action="store_true", help="skip the py-spy profile")
     parser.add_argument("--intra-op-spinning", choices=["config", "on", "off"], default="config",
                         help="override runtime.intra_op_spinning of every benchmarked model (default: as configured)")
+    parser.add_argument("--rescore", type=Path, metavar="RESULTS.json",
+                        help="re-evaluate the targets of an earlier run's JSON with this code and rewrite its JSON and markdown")
     args = parser.parse_args(argv)
+    if args.rescore:
+        return rescore(args.rescore)
     plan = PLANS["quick" if args.quick else "full"]
     wanted = {m.strip() for m in args.models.split(",") if m.strip()}
     meta = _meta(plan)
@@ -93,6 +97,24 @@ def main(argv: list[str] | None = None) -> int:
     (args.out / f"{stem}.md").write_text(markdown)
     print(markdown)
     say(f"wrote {args.out / stem}.json and .md")
+    return 0
+
+
+def rescore(path: Path) -> int:
+    """Targets recomputed from the measurements stored in `path` (no new measurement)."""
+    data = json.loads(path.read_text())
+    raw = {name: [RawPoint(**p) for p in points] for name, points in data["raw_onnxruntime"].items()}
+    adjacent = {key: RawPoint(**p) for key, p in data.get("raw_onnxruntime_after_served", {}).items()}
+    fields = {f for f in ServedPoint.__dataclass_fields__}
+    served = [ServedPoint(**{k: v for k, v in p.items() if k in fields and k != "rss_mb"}) for p in data["served"]]
+    memory = ServedPoint(**data["memory"]) if data.get("memory") else None
+    digits = next((p.model for p in served if p.model != "resnet18"), "digits")
+    targets = evaluate_targets(raw, served, digits, memory, data["meta"]["plan"]["warmup"], adjacent)
+    data = to_json(data["meta"], raw, served, targets, data["profile"], memory, adjacent)
+    path.write_text(json.dumps(data, indent=2) + "\n")
+    markdown = to_markdown(data)
+    path.with_suffix(".md").write_text(markdown)
+    print(markdown)
     return 0
 
 
