@@ -295,19 +295,20 @@ def _id_range(ids: range) -> str:
 RECIPE_OPTIONS = ("scale_jitter", "colour_jitter", "ema", "patch_jitter", "hold_out_identities", "widths", "convs")
 
 
-def _flag_value(value) -> str:
+def _flag(dest: str, value) -> str:
+    name = dest.replace("_", "-")
     if isinstance(value, bool):
-        return ""
+        return f" --{name}" if value else f" --no-{name}"
     if isinstance(value, (list, tuple)):
-        return " " + ",".join(str(v) for v in value)
-    return f" {value:g}"
+        return f" --{name} " + ",".join(str(v) for v in value)
+    return f" --{name} {value:g}"
 
 
 def recipe_flags(args) -> str:
     """The recipe options of a run that differ from the parser's defaults (for its reproduce line)."""
     parser = _parser()
-    return "".join(f" --{dest.replace('_', '-')}{_flag_value(getattr(args, dest))}" for dest in RECIPE_OPTIONS
-                   if getattr(args, dest) != parser.get_default(dest))
+    return "".join(_flag(dest, getattr(args, dest)) for dest in RECIPE_OPTIONS
+                   if tuple(np.atleast_1d(getattr(args, dest))) != tuple(np.atleast_1d(parser.get_default(dest))))
 
 
 def load_variant(variant: str, run_dir: Path):
@@ -447,9 +448,9 @@ def _parser() -> argparse.ArgumentParser:
                         help="contrast/brightness/channel-gain jitter of training windows, 0..1 (default 0: off)")
     parser.add_argument("--ema", type=float, default=0.0, help="keep an exponential moving average of the weights "
                         "with this decay (e.g. 0.999) and validate/export it (default 0: off)")
-    parser.add_argument("--patch-jitter", action="store_true",
+    parser.add_argument("--patch-jitter", action=argparse.BooleanOptionalAction, default=False,
                         help="rotate/zoom/shift/gamma-jitter every face and distractor crop of the training scenes")
-    parser.add_argument("--hold-out-identities", action="store_true", help="train on faces 0-71 and distractors "
+    parser.add_argument("--hold-out-identities", action=argparse.BooleanOptionalAction, default=False, help="train on faces 0-71 and distractors "
                         "100-171 only and validate on scenes of faces 72-79 and distractors 172-179")
     parser.add_argument("--widths", type=_five_ints, default=BACKBONE_WIDTHS, help="backbone stage widths, five comma-separated ints")
     parser.add_argument("--convs", type=_five_ints, default=BACKBONE_CONVS, help="3x3 convolutions per backbone stage, five ints")

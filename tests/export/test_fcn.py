@@ -217,6 +217,11 @@ def test_a_runs_reproduce_line_names_only_the_options_that_differ_from_the_defau
     args = parser.parse_args(named.split())
     assert recipe_flags(args) == named
     assert recipe_flags(parser.parse_args(recipe_flags(args).split())) == named  # the line reproduces itself
+    assert recipe_flags(parser.parse_args(["--widths", ",".join(map(str, parser.get_default("widths")))])) == ""
+    for dest in ("patch_jitter", "hold_out_identities"):  # switches name themselves either way from their default
+        flag = dest.replace("_", "-")
+        switched = parser.parse_args([f"--{flag}" if not parser.get_default(dest) else f"--no-{flag}"])
+        assert recipe_flags(switched) == (f" --{flag}" if not parser.get_default(dest) else f" --no-{flag}")
 
 
 def test_scale_sweep_scores_the_bundled_model_on_validation_scenes_only():
