@@ -20,6 +20,8 @@ import argparse
 import contextlib
 import shlex
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -27,8 +29,9 @@ from pathlib import Path
 import grpc
 import numpy as np
 
+from bench.echo_server import METHOD as ECHO_METHOD
 from bench.models import export_resnet18
-from bench.server import ServedModels
+from bench.server import REPO_ROOT, ServedModels
 from service.api.inference import grpc_service_pb2 as pb
 from service.api.inference import grpc_service_pb2_grpc as pb_grpc
 from service.config import load_model_config
@@ -64,6 +67,23 @@ def server_means(before: dict, after: dict) -> dict[str, float]:
     return means
 
 
+class EchoServer:
+    """`python -m bench.echo_server` as a child process (the transport floor), ended on exit."""
+
+    def __enter__(self) -> "EchoServer":
+        self.proc = subprocess.Popen([sys.executable, "-m", "bench.echo_server"], cwd=REPO_ROOT, stdout=subprocess.PIPE, text=True)
+        line = self.proc.stdout.readline()
+        if not line.startswith("port "):
+            self.proc.kill()
+            raise RuntimeError(f"bench.echo_server did not start: {line!r}")
+        self.address = f"127.0.0.1:{int(line.split()[1])}"
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=10)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.latency_breakdown", description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5, help="alternating blocks of raw runs and served calls")
@@ -93,8 +113,13 @@ def main(argv: list[str] | None = None) -> int:
                 runtime.run({name: x})
                 for stub in stubs.values():
                     stub.ModelInfer(request)
+            echo = stack.enter_context(EchoServer())
+            echo_call = stack.enter_context(grpc.insecure_channel(echo.address, options=UNLIMITED)).unary_unary(ECHO_METHOD)
+            payload = request.SerializeToString()
+            for _ in range(3):
+                echo_call(payload)
             before = {label: server_totals(stub, "resnet18") for label, stub in stubs.items()}
-            raw, serialise = [], []
+            raw, serialise, floor = [], [], []
             served: dict[str, list[float]] = {label: [] for label in stubs}
             for round_ in range(args.rounds):
                 for _ in range(args.per_round):
@@ -110,11 +135,16 @@ def main(argv: list[str] | None = None) -> int:
                         started = time.perf_counter()
                         stub.ModelInfer(request)
                         served[label].append(time.perf_counter() - started)
+                for _ in range(args.per_round):
+                    started = time.perf_counter()
+                    echo_call(payload)
+                    floor.append(time.perf_counter() - started)
             inside = {label: server_means(before[label], server_totals(stub, "resnet18")) for label, stub in stubs.items()}
     print(f"resnet18, batch 1, 224x224 float32 tensor ({x.nbytes / 1e3:.0f} kB per request), "
           f"{args.rounds} alternating blocks of {args.per_round}")
     print(f"raw ONNX Runtime run, p50 / mean:           {median_ms(raw):8.2f} / {mean_ms(raw):.2f} ms")
     print(f"client request serialisation, p50:          {median_ms(serialise):8.2f} ms")
+    print(f"bare grpc.aio echo of the same bytes, p50:  {median_ms(floor):8.2f} ms  (Python gRPC + loopback, no convserve, no model)")
     for label, times in served.items():
         print(f"served ModelInfer, server flags: {label}")
         print(f"  sync client, p50 / mean:                  {median_ms(times):8.2f} / {mean_ms(times):.2f} ms  "
