@@ -213,15 +213,15 @@ def test_a_runs_reproduce_line_names_only_the_options_that_differ_from_the_defau
     parser = _parser()
     assert recipe_flags(parser.parse_args(["--variant", "fcn16s", "--threads", "2"])) == ""
     assert recipe_flags(parser.parse_args(["--scale-jitter", "1.25", "--ema", "0.999"])) == " --scale-jitter 1.25 --ema 0.999"
-    named = " --patch-jitter --hold-out-identities --widths 16,24,48,64,96 --convs 1,2,2,2,2"
+    switch = {dest: f" --{dest.replace('_', '-')}" if not parser.get_default(dest) else f" --no-{dest.replace('_', '-')}"
+              for dest in ("patch_jitter", "hold_out_identities")}  # whichever form differs from the default
+    named = switch["patch_jitter"] + switch["hold_out_identities"] + " --widths 4,8,16,16,24 --convs 1,1,1,2,1"
     args = parser.parse_args(named.split())
     assert recipe_flags(args) == named
     assert recipe_flags(parser.parse_args(recipe_flags(args).split())) == named  # the line reproduces itself
     assert recipe_flags(parser.parse_args(["--widths", ",".join(map(str, parser.get_default("widths")))])) == ""
-    for dest in ("patch_jitter", "hold_out_identities"):  # switches name themselves either way from their default
-        flag = dest.replace("_", "-")
-        switched = parser.parse_args([f"--{flag}" if not parser.get_default(dest) else f"--no-{flag}"])
-        assert recipe_flags(switched) == (f" --{flag}" if not parser.get_default(dest) else f" --no-{flag}")
+    for dest, flag in switch.items():  # switches name themselves either way from their default
+        assert recipe_flags(parser.parse_args([flag.strip()])) == flag
 
 
 def test_scale_sweep_scores_the_bundled_model_on_validation_scenes_only():
@@ -254,6 +254,7 @@ def test_a_short_training_run_with_every_option_saves_what_it_validated(tmp_path
     monkeypatch.chdir(tmp_path)  # scene caches go to runs/segmenter/ under the working directory
     saved = {}
     recipe = "--scale-jitter 1.25 --colour-jitter 0.3 --patch-jitter --hold-out-identities --widths 4,8,16,16,24 --convs 1,1,1,2,1"
+    defaults = _parser()
     for ema in (0.9, 0.0):
         run_dir = tmp_path / "runs" / "segmenter" / f"fcn32s_ema{ema:g}"
         run_dir.mkdir(parents=True)
@@ -268,7 +269,9 @@ def test_a_short_training_run_with_every_option_saves_what_it_validated(tmp_path
         assert (training["scale_jitter"], training["colour_jitter"], training["ema_decay"]) == (1.25, 0.3, ema)
         assert training["validation_split"] == "validation" and training["scene_spec"]["patch_jitter"] is True
         assert training["data"].startswith("export/data/scenes.py split 'fit' (faces 0-71, distractors 100-171")
-        jitter, rest = recipe.split(" --patch-jitter")
-        flags = jitter + (f" --ema {ema:g}" if ema else "") + " --patch-jitter" + rest
+        jitter, rest = recipe.split(" --patch-jitter --hold-out-identities")
+        switches = "".join(f" --{name}" for name in ("patch-jitter", "hold-out-identities")
+                           if not defaults.get_default(name.replace("-", "_")))  # named only when not the default
+        flags = jitter + (f" --ema {ema:g}" if ema else "") + switches + rest
         assert training["reproduce"] == f"python -m export.train_segmenter --variant fcn32s {flags}"
     assert not torch.allclose(saved[0.9]["score_fr.weight"], saved[0.0]["score_fr.weight"])
