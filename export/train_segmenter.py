@@ -7,7 +7,9 @@
     python -m export.evaluate_segmenter                  # held-out mIoU of all three -> model card
 
 Scenes come from export/data/scenes.py (several overlapping objects of five classes on real
-background crops with clutter; per-pixel labels, 0 = background). Each scene goes through
+background crops with clutter; per-pixel labels, 0 = background). By default training scenes use
+the "fit" faces and distractors with jittered crops, and validation scenes the "validation" ones,
+which the run never trains on (--no-hold-out-identities / --no-patch-jitter turn these off). Each scene goes through
 service.preprocess exactly as the server will treat it: upscaled by `native_scale` (2×, so the
 stride-8 output of FCN-8s is stride 4 on the scene, whose objects are 14-48 pixels)
 and padded bottom/right to the network stride (32), so every training scene of 65-96 pixels
@@ -437,7 +439,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--steps", type=int, default=10000, help="optimizer steps (the schedule's length)")
     parser.add_argument("--minutes", type=float, default=55.0, help="budget: this many minutes on --threads cores (CPU time)")
     parser.add_argument("--pool", type=int, default=4800, help="training scenes")
-    parser.add_argument("--val", type=int, default=96, help="validation scenes (train split, own seed)")
+    parser.add_argument("--val", type=int, default=96, help="validation scenes (own seed; identities held out of training "
+                        "unless --no-hold-out-identities)")
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--crop", type=int, default=128, help="training window (pixels of the scaled, padded scene)")
     parser.add_argument("--lr", type=float, default=3e-3)
@@ -448,9 +451,9 @@ def _parser() -> argparse.ArgumentParser:
                         help="contrast/brightness/channel-gain jitter of training windows, 0..1 (default 0: off)")
     parser.add_argument("--ema", type=float, default=0.0, help="keep an exponential moving average of the weights "
                         "with this decay (e.g. 0.999) and validate/export it (default 0: off)")
-    parser.add_argument("--patch-jitter", action=argparse.BooleanOptionalAction, default=False,
+    parser.add_argument("--patch-jitter", action=argparse.BooleanOptionalAction, default=True,
                         help="rotate/zoom/shift/gamma-jitter every face and distractor crop of the training scenes")
-    parser.add_argument("--hold-out-identities", action=argparse.BooleanOptionalAction, default=False, help="train on faces 0-71 and distractors "
+    parser.add_argument("--hold-out-identities", action=argparse.BooleanOptionalAction, default=True, help="train on faces 0-71 and distractors "
                         "100-171 only and validate on scenes of faces 72-79 and distractors 172-179")
     parser.add_argument("--widths", type=_five_ints, default=BACKBONE_WIDTHS, help="backbone stage widths, five comma-separated ints")
     parser.add_argument("--convs", type=_five_ints, default=BACKBONE_CONVS, help="3x3 convolutions per backbone stage, five ints")

@@ -43,9 +43,10 @@ SCENE_PREPROCESSING = PreprocessingConfig(
 )
 # Scene segmentation: background + SCENE_CLASSES of export/data/scenes.py.
 SCENE_NUM_CLASSES = 6
-# the backbone's five stages: output channels and 3x3 convolutions per stage
-BACKBONE_WIDTHS = (8, 16, 32, 64, 96)
-BACKBONE_CONVS = (1, 1, 2, 2, 2)
+# the backbone's five stages: output channels and 3x3 convolutions per stage (16 channels in the first,
+# two convolutions from the second on: the pointed shapes need more than 8 first-stage filters)
+BACKBONE_WIDTHS = (16, 24, 48, 64, 96)
+BACKBONE_CONVS = (1, 2, 2, 2, 2)
 
 
 def bilinear_kernel(channels: int, kernel: int) -> torch.Tensor:
