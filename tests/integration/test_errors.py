@@ -57,7 +57,8 @@ def server(tmp_path_factory):
     write_tiny_model(repo)
     broken = write_tiny_model(repo, name="broken")
     (broken / "1" / "model.onnx").write_bytes(b"\x08\x07this is not an ONNX protobuf" * 10)
-    server = ServerThread(settings_for(repo)).start()
+    # strict about NaN/Inf in V2 tensors (off by default, as in Triton) so that error is in the catalogue too
+    server = ServerThread(settings_for(repo, limits=Limits(v2_reject_non_finite=True))).start()
     yield server
     server.stop()
 
