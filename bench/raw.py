@@ -62,12 +62,9 @@ def _run_for(runtime: ModelRuntime, inputs: dict, seconds: float, sessions: int)
             runs += 1
 
     started = time.perf_counter()
-    if sessions == 1:
-        loop()
-    else:
-        workers = [threading.Thread(target=loop) for _ in range(sessions)]
-        for worker in workers:
-            worker.start()
-        for worker in workers:
-            worker.join()
+    workers = [threading.Thread(target=loop) for _ in range(sessions)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
     return times, time.perf_counter() - started

@@ -69,16 +69,17 @@ def padded_scene(scene) -> tuple[np.ndarray, np.ndarray]:
     return image, labels
 
 
-def scene_cache(kind: str, seed: int, count: int, split: str = "train", spec: SceneSpec = SEGMENTER_SPEC) -> Path:
+def scene_cache(kind: str, seed: int, count: int, split: str, spec: SceneSpec) -> Path:
     """Cache file of one scene set; the name carries everything that changes the scenes."""
     suffix = "" if split == "train" and spec == SEGMENTER_SPEC else f"_{split}_{hashlib.sha256(repr(spec).encode()).hexdigest()[:8]}"
     return RUN_ROOT / f"{kind}_scenes_{seed}_{count}_{INPUT_SIZE}{suffix}.npz"
 
 
-def scene_arrays(seed: int, count: int, split: str, cache: Path | None = None,
-                 spec: SceneSpec = SEGMENTER_SPEC) -> tuple[np.ndarray, np.ndarray]:
-    """`count` padded scenes as (images uint8 [N, S, S, 3], labels uint8 [N, S, S]), S = INPUT_SIZE; cached in `cache`."""
-    if cache is not None and cache.exists():
+def scene_arrays(kind: str, seed: int, count: int, split: str, spec: SceneSpec = SEGMENTER_SPEC) -> tuple[np.ndarray, np.ndarray]:
+    """`count` padded scenes as (images uint8 [N, S, S, 3], labels uint8 [N, S, S]), S = INPUT_SIZE;
+    cached under runs/segmenter/ in a file named by `kind` ("train", "val") and what makes the scenes."""
+    cache = scene_cache(kind, seed, count, split, spec)
+    if cache.exists():
         data = np.load(cache)
         if len(data["images"]) == count:
             return data["images"], data["labels"]
@@ -88,9 +89,8 @@ def scene_arrays(seed: int, count: int, split: str, cache: Path | None = None,
         image, label = padded_scene(make_scene(np.random.default_rng([seed, index]), spec, split))
         images[index, : image.shape[0], : image.shape[1]] = image  # beyond: padding as served (pad_value 0)
         labels[index, : label.shape[0], : label.shape[1]] = label
-    if cache is not None:
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        np.savez(cache, images=images, labels=labels)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(cache, images=images, labels=labels)
     return images, labels
 
 
@@ -224,8 +224,8 @@ def train(args, run_dir: Path):
     augment = Augment(args.scale_jitter, args.colour_jitter)
     fit_split, val_split = data_splits(args)
     fit_spec = dataclasses.replace(SEGMENTER_SPEC, patch_jitter=args.patch_jitter)
-    images, labels = scene_arrays(args.seed, args.pool, fit_split, scene_cache("train", args.seed, args.pool, fit_split, fit_spec), fit_spec)
-    val = scene_arrays(args.seed + 1, args.val, val_split, scene_cache("val", args.seed + 1, args.val, val_split))
+    images, labels = scene_arrays("train", args.seed, args.pool, fit_split, fit_spec)
+    val = scene_arrays("val", args.seed + 1, args.val, val_split)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-4)
     # an exponential moving average of the weights (BN statistics included) is what is validated and saved
     averaged = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(args.ema), use_buffers=True) if args.ema else None
@@ -309,8 +309,7 @@ def _flag(dest: str, value) -> str:
 def recipe_flags(args) -> str:
     """The recipe options of a run that differ from the parser's defaults (for its reproduce line)."""
     parser = _parser()
-    return "".join(_flag(dest, getattr(args, dest)) for dest in RECIPE_OPTIONS
-                   if tuple(np.atleast_1d(getattr(args, dest))) != tuple(np.atleast_1d(parser.get_default(dest))))
+    return "".join(_flag(dest, getattr(args, dest)) for dest in RECIPE_OPTIONS if getattr(args, dest) != parser.get_default(dest))
 
 
 def load_variant(variant: str, run_dir: Path):
@@ -408,8 +407,7 @@ def write_run_figures(variant: str) -> None:
     fig.savefig(run_dir / "loss_curve.png", dpi=100)
     plt.close(fig)
     val_split = training.get("validation_split", "train")
-    images, labels = scene_arrays(training["seed"] + 1, training["validation_scenes"], val_split,
-                                  scene_cache("val", training["seed"] + 1, training["validation_scenes"], val_split))
+    images, labels = scene_arrays("val", training["seed"] + 1, training["validation_scenes"], val_split)
     with torch.no_grad():
         predicted = load_variant(variant, run_dir)(make_batch(images[:6], labels[:6], None)[0]).argmax(1).numpy()
     predicted[labels[:6] == 255] = 255  # padding: white in every panel

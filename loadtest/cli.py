@@ -9,11 +9,10 @@ from pathlib import Path
 
 import grpc
 
-from loadtest.engine import LoadPlan, run_load
+from loadtest.engine import LoadPlan, run_load, stream_answer
 from loadtest.generators import ARRIVALS
 from loadtest.payloads import PayloadSpec, Payloads, SetupError, build_payloads, describe_model
 from loadtest.report import format_table, summarise
-from service.api.inference import grpc_service_pb2 as pb
 
 
 def add_loadtest_parser(subparsers) -> None:
@@ -115,18 +114,12 @@ async def _probe(channel: grpc.aio.Channel, payloads: Payloads, timeout: float, 
     """One request, checked, before the run: a wrong model or shape is reported once, not as N errors."""
     if payloads.streaming:
         call = channel.stream_stream(payloads.method)(timeout=timeout, metadata=metadata)
-        try:
-            await call.write(payloads.requests[0])
-            reply = await call.read()
-            await call.done_writing()
-        except grpc.aio.AioRpcError as exc:
-            raise SetupError(f"probe request ({payloads.description}) failed: {exc.code().name}: {exc.details()}") from None
-        if reply is grpc.aio.EOF:
-            raise SetupError(f"probe request ({payloads.description}) failed: the stream ended with "
-                             f"{(await call.code()).name}: {await call.details()}")
-        message = pb.ModelStreamInferResponse.FromString(reply).error_message
-        if message:
-            raise SetupError(f"probe request ({payloads.description}) failed: {message}")
+        answer = await stream_answer(call, payloads.requests[0])
+        if isinstance(answer, grpc.StatusCode):
+            raise SetupError(f"probe request ({payloads.description}) failed: {answer.name}: {await call.details()}")
+        await call.done_writing()
+        if answer.error_message:
+            raise SetupError(f"probe request ({payloads.description}) failed: {answer.error_message}")
         return
     call = channel.unary_unary(payloads.method)
     try:

@@ -170,9 +170,9 @@ async def _open_loop(plan: LoadPlan, calls, requests: tuple[bytes, ...], results
         await asyncio.gather(*pending)
 
 
-async def exchange(call, request: bytes) -> int:
-    """Write one request on a ModelStreamInfer stream and read its answer; the result code
-    (0, STREAM_ERROR, or the gRPC status that ended the stream)."""
+async def stream_answer(call, request: bytes) -> pb.ModelStreamInferResponse | grpc.StatusCode:
+    """Write one request on a ModelStreamInfer stream and read its answer, or the gRPC status that
+    ended the stream instead (call.details() then says why)."""
     try:
         await call.write(request)
         reply = await call.read()
@@ -180,8 +180,16 @@ async def exchange(call, request: bytes) -> int:
         reply = grpc.aio.EOF
     if reply is grpc.aio.EOF:  # the stream ended: its status says why (OK would be a server that hung up early)
         status = await call.code()
-        return (status if status != grpc.StatusCode.OK else grpc.StatusCode.UNAVAILABLE).value[0]
-    return STREAM_ERROR if pb.ModelStreamInferResponse.FromString(reply).error_message else 0
+        return status if status != grpc.StatusCode.OK else grpc.StatusCode.UNAVAILABLE
+    return pb.ModelStreamInferResponse.FromString(reply)
+
+
+async def exchange(call, request: bytes) -> int:
+    """One request on a stream; the result code (0, STREAM_ERROR, or the status that ended the stream)."""
+    answer = await stream_answer(call, request)
+    if isinstance(answer, grpc.StatusCode):
+        return answer.value[0]
+    return STREAM_ERROR if answer.error_message else 0
 
 
 def _stream_ok(code: int) -> bool:
