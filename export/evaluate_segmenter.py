@@ -173,6 +173,9 @@ def write_readme(model_dir: Path) -> None:
         + ", ".join(f"{k}: {v:.2e}" for k, v in card["parity_max_abs_diff"].items()),
         "",
     ]
+    if card.get("test_time", {}).get("flip_average"):
+        lines += ["The graph runs the network twice, on the image and on its left-right mirror, and returns the mean of "
+                  "the two logits (mirrored back); docs/segmentation.md gives the single-pass figures.", ""]
     if evaluation:
         lines += [f"Held-out evaluation ({evaluation['scenes']} scenes of the held-out split, seed {evaluation['seed']}; "
                   "IoU = TP / (TP + FP + FN) over all pixels, mean over classes):", "",

@@ -76,12 +76,23 @@ class _CalibrationReader:
         pass
 
 
-def first_conv(path: Path) -> str:
-    """Name of the graph's first Conv node (in topological order); ValueError if it has none."""
-    for node in onnx.load(str(path), load_external_data=False).graph.node:
-        if node.op_type == "Conv":
-            return node.name
-    raise ValueError(f"{path} has no Conv node")
+def first_convs(path: Path) -> tuple[str, ...]:
+    """Names of the Conv nodes with no Conv upstream of them: the first layer of every path from the
+    input (two in a graph that also runs the network on the mirrored image); ValueError if none."""
+    graph = onnx.load(str(path), load_external_data=False).graph
+    producer = {output: node for node in graph.node for output in node.output}
+    behind_conv: dict[str, bool] = {}  # tensor name -> a Conv lies upstream of it (or produced it)
+
+    def after_conv(tensor: str) -> bool:
+        if tensor not in behind_conv:
+            node = producer.get(tensor)
+            behind_conv[tensor] = node is not None and (node.op_type == "Conv" or any(after_conv(t) for t in node.input if t))
+        return behind_conv[tensor]
+
+    names = tuple(node.name for node in graph.node if node.op_type == "Conv" and not after_conv(node.input[0]))
+    if not names:
+        raise ValueError(f"{path} has no Conv node")
+    return names
 
 
 def quantize_int8(source: Path, target: Path, calibration: Iterable[dict[str, np.ndarray]], per_channel: bool = True,

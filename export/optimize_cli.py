@@ -50,7 +50,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--weights", choices=["per-channel", "per-tensor"], default="per-channel",
                         help="int8 weight scales (default per-channel; per-tensor saturates less on AVX2 CPUs without VNNI)")
     parser.add_argument("--float-first-conv", action="store_true",
-                        help="int8: keep the first convolution in float32 (it sees the raw pixels through a few filters "
+                        help="int8: keep the first convolution (of every pass over the input) in float32 (it sees the raw pixels through a few filters "
                              "that one int8 scale fits badly; it costs little time)")
     parser.add_argument("--calibration-size", type=int, default=256, help="calibration samples (default 256)")
     parser.add_argument("--threads", type=int, default=1, help="intra-op threads for the timings (default 1)")

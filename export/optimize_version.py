@@ -20,7 +20,7 @@ import numpy as np
 import onnx
 
 from export.calibration import CALIBRATION_SEED, ModelData, calibration_batches, model_data
-from export.optimize import convert_fp16, first_conv, quantize_int8, save_optimized_graph
+from export.optimize import convert_fp16, first_convs, quantize_int8, save_optimized_graph
 from export.throughput import (
     cpu_session, interleaved_creation, interleaved_timings, machine_description, ratio_of_medians, tile_batch,
 )
@@ -48,7 +48,7 @@ class OptimizeRequest:
     default_policy: str = "pin"  # "pin" | "auto"
     full_evaluation: bool = True
     per_channel: bool = True  # int8 weights: one scale per output channel, or one per tensor
-    float_first_conv: bool = False  # int8: keep the first convolution in float32
+    float_first_conv: bool = False  # int8: keep the first convolution (of every pass over the input) in float32
     graph_level: str = "extended"  # variant "graph": "extended" (portable) or "all" (this CPU type only)
 
 
@@ -92,7 +92,7 @@ def build_variant(request: OptimizeRequest, scratch: Path) -> BuiltVariant:
     target = scratch / "model.onnx"
     src = source.model_path(version)
     if request.variant == "int8":
-        float_nodes = (first_conv(src),) if request.float_first_conv else ()
+        float_nodes = first_convs(src) if request.float_first_conv else ()
         quantize_int8(src, target, feeds, per_channel=request.per_channel, float_nodes=float_nodes)
         _keep_cam_weights(config, target)
         weights = "per-channel" if request.per_channel else "per-tensor"

@@ -3,6 +3,7 @@
     python -m export.train_segmenter --variant fcn8s     # train (<= 55 CPU-min, 1 thread), export to model_repo/fcn8s
     python -m export.train_segmenter --variant fcn16s    # same recipe; ONNX goes to runs/segmenter/fcn16s/
     python -m export.train_segmenter --variant fcn8s --export-only   # re-export the last checkpoint
+                                                         # (--no-flip-average: one pass, no mirror averaging)
     python -m export.train_segmenter --export-arch fcn_resnet50 [--checkpoint ck.pt] --out-repo /tmp/repo
     python -m export.evaluate_segmenter                  # held-out mIoU of all three -> model card
 
@@ -44,7 +45,7 @@ import cv2
 from export.data.scenes import BACKGROUNDS, DISTRACTOR_IDS, FACE_IDS, SCENE_CLASSES, SceneSpec, make_scene
 from export.models import build_model, get_model_spec
 from export.exporter import with_metadata
-from export.models.fcn import BACKBONE_CONVS, BACKBONE_WIDTHS, INPUT_NAME, OUTPUT_NAME, PARITY_SIZES, SCENE_PREPROCESSING, export_segmenter_onnx, segmenter_parity
+from export.models.fcn import BACKBONE_CONVS, BACKBONE_WIDTHS, INPUT_NAME, MirrorAveraged, OUTPUT_NAME, PARITY_SIZES, SCENE_PREPROCESSING, export_segmenter_onnx, segmenter_parity
 from export.segmentation_metrics import confusion_matrix, mean_iou
 from export.training_plots import pyplot
 from service.config import BatchingConfig, ModelConfig, TensorSpec, dump_model_config, load_model_config
@@ -349,7 +350,8 @@ def write_segmenter(model, *, name: str, architecture: str, labels, preprocessin
         outputs=(TensorSpec(name=OUTPUT_NAME, dims=(-1, classes, -1, -1)),),
         preprocessing=preprocessing, labels="labels.txt" if labels else None,
         batching=BatchingConfig(max_batch_size=16, max_queue_delay_us=1000),
-        description=f"{architecture}: per-class logits [N, {classes}, H, W] at the input resolution (any H, W{_native_note(preprocessing)}).",
+        description=f"{architecture}: per-class logits [N, {classes}, H, W] at the input resolution (any H, W{_native_note(preprocessing)})"
+                    f"{'; the mean of the logits of the image and of its mirror image' if isinstance(model, MirrorAveraged) else ''}.",
     )
     if (model_dir / "config.yaml").exists():  # keep a pin other versions (e.g. a derived INT8 one) rely on
         config = config.model_copy(update={"default_version": load_model_config(model_dir / "config.yaml").default_version})
@@ -368,11 +370,14 @@ def write_segmenter(model, *, name: str, architecture: str, labels, preprocessin
     return model_dir
 
 
-def export_scene_segmenter(model, variant: str, training: dict) -> Path:
-    """fcn8s -> model_repo/fcn8s (bundled); the other variants -> runs/segmenter/<variant>/repo/<variant>."""
+def export_scene_segmenter(model, variant: str, training: dict, flip_average: bool = True) -> Path:
+    """fcn8s -> model_repo/fcn8s (bundled); the other variants -> runs/segmenter/<variant>/repo/<variant>.
+    With `flip_average` the graph averages the logits of the scene and of its mirror image."""
     repo = Path("model_repo") if variant == "fcn8s" else RUN_ROOT / variant / "repo"
-    return write_segmenter(model, name=variant, architecture=variant, labels=LABELS, preprocessing=SCENE_PREPROCESSING,
-                           repo=repo, card={"weights": {"source": "trained by export/train_segmenter.py"}, "training": training})
+    exported = MirrorAveraged(model).eval() if flip_average else model
+    return write_segmenter(exported, name=variant, architecture=variant, labels=LABELS, preprocessing=SCENE_PREPROCESSING,
+                           repo=repo, card={"weights": {"source": "trained by export/train_segmenter.py"},
+                                            "test_time": {"flip_average": flip_average}, "training": training})
 
 
 def export_architecture(name: str, checkpoint: str | None, num_classes: int | None, repo: Path) -> Path:
@@ -457,6 +462,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--convs", type=_five_ints, default=BACKBONE_CONVS, help="3x3 convolutions per backbone stage, five ints")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1 avoids spin-waiting on a shared CPU)")
+    parser.add_argument("--flip-average", action=argparse.BooleanOptionalAction, default=True, help="export a graph that "
+                        "averages the logits of each image and of its left-right mirror (two passes per image)")
     parser.add_argument("--export-only", action="store_true", help="export runs/segmenter/<variant>/checkpoint.pt")
     parser.add_argument("--export-arch", help="export another registered segmenter (e.g. fcn_resnet50) instead")
     parser.add_argument("--checkpoint", help="with --export-arch: weights to load (default: random init)")
@@ -483,7 +490,8 @@ def main() -> None:
 
         write_run_figures(args.variant)
         model = load_variant(args.variant, run_dir)
-    print(export_scene_segmenter(model.eval(), args.variant, json.loads((run_dir / "training.json").read_text())))
+    training = json.loads((run_dir / "training.json").read_text())
+    print(export_scene_segmenter(model.eval(), args.variant, training, args.flip_average))
 
 
 if __name__ == "__main__":

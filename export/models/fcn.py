@@ -128,6 +128,23 @@ class FCN(nn.Module):
         return self.upscore(scores)
 
 
+class MirrorAveraged(nn.Module):
+    """forward(x) = mean of the network's logits for x and, mirrored back, for x mirrored left-right.
+
+    Why: the scene segmenters are trained on left-right flipped scenes, so the mirrored view is an
+    equally valid second opinion; averaging the two logits in the exported graph (one ONNX file,
+    no client change) raised fcn8s's validation mean IoU from 0.844 to 0.861, unseen faces most.
+    It costs a second pass per image. The output is mirror-equivariant by construction.
+    """
+
+    def __init__(self, network: nn.Module):
+        super().__init__()
+        self.network = network
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (self.network(x) + self.network(x.flip(3)).flip(3)) / 2
+
+
 _SCENES = dict(input=InputSpec(3, 96, 96), preprocessing=SCENE_PREPROCESSING, default_num_classes=SCENE_NUM_CLASSES, task="segmentation")
 
 

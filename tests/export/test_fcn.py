@@ -3,6 +3,7 @@ height/width and torch-vs-ONNX Runtime parity, torchvision's fcn_resnet50 throug
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +13,7 @@ import torch
 from torch.nn import functional as F
 
 from export.models import build_model, get_model_spec
-from export.models.fcn import bilinear_kernel, export_segmenter_onnx, segmenter_parity, upsampler
+from export.models.fcn import MirrorAveraged, bilinear_kernel, export_segmenter_onnx, segmenter_parity, upsampler
 from export.parity import ParityError, cpu_session
 from service.config import load_model_config
 
@@ -70,6 +71,23 @@ def test_fcn8s_onnx_parity_at_two_sizes_and_free_axes():
     different = seeded("fcn16s")  # a graph that is not this model must fail the same check
     with pytest.raises(ParityError):
         segmenter_parity(different, onnx_bytes, sizes=((32, 32),))
+
+
+def test_mirror_averaged_graph_is_the_mean_of_both_views_and_mirror_equivariant():
+    """The exported scene segmenters average the logits of the image and of its mirror image: the
+    ONNX graph matches torch at two sizes, its answer for a mirrored image is its answer mirrored
+    (the plain network's is not), and the bundled model card says the graph does this."""
+    network = seeded("fcn8s")
+    averaged = MirrorAveraged(network).eval()
+    x = torch.randn(1, 3, 64, 96, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        torch.testing.assert_close(averaged(x), (network(x) + network(x.flip(3)).flip(3)) / 2)
+        torch.testing.assert_close(averaged(x.flip(3)), averaged(x).flip(3), atol=1e-5, rtol=0)
+        assert (network(x.flip(3)) - network(x).flip(3)).abs().max() > 1e-3
+    onnx_bytes = export_segmenter_onnx(averaged)
+    assert max(segmenter_parity(averaged, onnx_bytes).values()) < 1e-4
+    card = json.loads((BUNDLED / "1" / "model_card.json").read_text())
+    assert card["test_time"] == {"flip_average": True}
 
 
 @pytest.mark.slow
@@ -247,8 +265,6 @@ def test_a_short_training_run_with_every_option_saves_what_it_validated(tmp_path
     is the averaged model that was validated, not the last step's weights (the same run without
     averaging saves different ones), it loads back in its own backbone, and training.json records
     the recipe."""
-    import json
-
     from export.train_segmenter import _parser, load_variant, train
 
     monkeypatch.chdir(tmp_path)  # scene caches go to runs/segmenter/ under the working directory

@@ -19,6 +19,7 @@ import onnx
 import pytest
 
 from export.calibration import model_data
+from export.optimize import first_convs
 from export.optimize_cli import main as optimize_main
 from export.throughput import Timing, ratio_of_medians, tile_batch
 from service.config import load_model_config
@@ -140,6 +141,31 @@ def test_float_first_conv_keeps_that_convolution_in_float32(tmp_path):
     card = json.loads((model_dir / "2" / "model_card.json").read_text())
     assert card["quantization"]["float32_nodes"] == [first_name]
     assert card["reproduce"].endswith("--quantize int8 --float-first-conv")
+
+
+def test_first_convs_finds_the_first_layer_of_every_pass_over_the_input(tmp_path):
+    """A graph that runs a network on the image and on its mirror (as the bundled fcn8s does) has two
+    first convolutions; convolutions behind another one are not first, whatever lies between."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    weight = numpy_helper.from_array(np.ones((1, 1, 1, 1), np.float32), "w")
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["a"], name="plain_first"),
+        helper.make_node("Relu", ["a"], ["a_relu"], name="relu"),
+        helper.make_node("Conv", ["a_relu", "w"], ["b"], name="plain_second"),
+        helper.make_node("Neg", ["x"], ["x_mirror"], name="mirror"),
+        helper.make_node("Conv", ["x_mirror", "w"], ["c"], name="mirror_first"),
+        helper.make_node("Conv", ["c", "w"], ["d"], name="mirror_second"),
+        helper.make_node("Add", ["b", "d"], ["y"], name="fuse"),
+    ]
+    tensor = helper.make_tensor_value_info
+    graph = helper.make_graph(nodes, "two_passes", [tensor("x", TensorProto.FLOAT, [1, 1, 4, 4])],
+                              [tensor("y", TensorProto.FLOAT, [1, 1, 4, 4])], [weight])
+    onnx.save(helper.make_model(graph), tmp_path / "two_passes.onnx")
+    assert first_convs(tmp_path / "two_passes.onnx") == ("plain_first", "mirror_first")
+    bundled = onnx.load(str(REPO / "fcn8s" / "1" / "model.onnx")).graph
+    convs_per_pass = sum(n.op_type == "Conv" for n in bundled.node) // 2
+    assert len(first_convs(REPO / "fcn8s" / "1" / "model.onnx")) == 2 and convs_per_pass > 2
 
 
 def test_optimize_cli_rejects_bad_arguments(tmp_path):
