@@ -8,7 +8,8 @@ back by offsets.
 Latency rules: a request never waits for a batch to fill when the model is idle. The queue delay
 (`max_queue_delay_us`) is spent only when recent traffic says more requests are about to arrive
 (the last batch held more requests than are queued now), which is what closed-loop clients under
-load look like. The queue is bounded (RESOURCE_EXHAUSTED when full), deadlines are checked before
+load look like. With `preferred_batch_sizes` a batch is cut back to the largest preferred size its
+requests reach, and no delay is spent once one can be formed (Triton's rule). The queue is bounded (RESOURCE_EXHAUSTED when full), deadlines are checked before
 a request reaches the model, a cancelled call's queued work is removed, and a failed run fails
 every request of that batch and nothing else.
 """
@@ -156,7 +157,9 @@ class DynamicBatcher:
         if not recent:
             return
         give_up = self._queue[0].enqueued + delay
-        while len(self._queue) < self._expected_requests and self._queued_images < self.policy.max_batch_size:
+        # a batch of a preferred size can be formed: run it now (Triton's rule), else wait for max_batch_size
+        enough = min(self.policy.preferred_batch_sizes, default=self.policy.max_batch_size)
+        while len(self._queue) < self._expected_requests and self._queued_images < enough:
             remaining = give_up - time.monotonic()
             if remaining <= 0:
                 return
@@ -167,27 +170,34 @@ class DynamicBatcher:
                 return
 
     def _take_batch(self) -> list[_Pending]:
-        """The oldest live request plus every queued request of the same shape that still fits."""
+        """The oldest live request plus every queued request of the same shape that still fits, cut back
+        to the largest preferred batch size reached on the way if there is one (Triton's rule): on a
+        CPU a batch past the cache-friendly size runs slower per image than two smaller ones."""
         batch: list[_Pending] = []
-        keep: collections.deque[_Pending] = collections.deque()
-        total, key = 0, None
+        seen: list[_Pending] = []  # every live request taken off the queue, in queue order
+        total, key, preferred_cut = 0, None, 0
         while self._queue:
             pending = self._queue.popleft()
             if pending.future.done():
                 self._queued_images -= pending.count
                 continue
+            seen.append(pending)
             if key is None:
                 key = pending.key
             if pending.key == key and total + pending.count <= self.policy.max_batch_size:
                 batch.append(pending)
                 total += pending.count
-                self._queued_images -= pending.count
-            else:
-                keep.append(pending)
-                if total >= self.policy.max_batch_size:
-                    break
-        keep.extend(self._queue)
-        self._queue = keep
+                if total in self.policy.preferred_batch_sizes:
+                    preferred_cut = len(batch)
+                    if total == max(self.policy.preferred_batch_sizes):
+                        break  # nothing further can make a larger preferred batch
+            elif total >= self.policy.max_batch_size:
+                break
+        if preferred_cut:
+            batch = batch[:preferred_cut]
+        chosen = set(batch)
+        self._queue.extendleft(reversed([p for p in seen if p not in chosen]))
+        self._queued_images -= sum(p.count for p in batch)
         self._observer.queue_depth(self._queued_images)
         return batch
 

@@ -299,3 +299,65 @@ def test_close_fails_what_cannot_drain_in_time():
         await first
 
     run(scenario, model)
+
+
+def test_preferred_batch_sizes_cut_a_batch_at_the_largest_one_reached():
+    """Triton's rule: of the requests that fit, the batch is cut back to the largest preferred size
+    reached exactly; with none reached it is as large as fits. What is cut off runs next, in order."""
+    model = GatedModel()
+
+    async def scenario(batcher):
+        first = asyncio.create_task(batcher.submit(rows(1, start=1000)))
+        await wait_started(model)
+        inputs = [rows(n, start=100 * i) for i, n in enumerate((3, 2, 3, 1, 2, 2, 1))]
+        tasks = [asyncio.create_task(batcher.submit(x)) for x in inputs]
+        await settle()
+        model.gate.set()
+        results = await asyncio.gather(first, *tasks)
+        return inputs, [outputs for outputs, _ in results[1:]]
+
+    inputs, outputs = run(scenario, model, BatchPolicy(max_batch_size=16, max_queue_delay_s=0.0, preferred_batch_sizes=(4, 8)))
+    # queued 3+2+3+1+2+2+1: 8 is reached after three requests (cut there; 14 would fit), then
+    # 1+2+2 = 5 passes 4 without hitting it exactly and the last request makes 6, below 8: all of it
+    assert [len(b) for b in model.batches] == [1, 8, 6]
+    np.testing.assert_array_equal(model.batches[1], np.concatenate([x["x"] for x in inputs[:3]]))
+    for x, out in zip(inputs, outputs):
+        np.testing.assert_array_equal(out["y"], 2 * x["x"] + 1)
+
+
+def test_a_preferred_cut_keeps_the_queue_order_across_shapes():
+    model = GatedModel()
+
+    async def scenario(batcher):
+        first = asyncio.create_task(batcher.submit(rows(1)))
+        await wait_started(model)
+        widths = [3, 5, 3, 3, 5]
+        tasks = [asyncio.create_task(batcher.submit(rows(1, width=w, start=i))) for i, w in enumerate(widths)]
+        await settle()
+        model.gate.set()
+        await asyncio.gather(first, *tasks)
+
+    run(scenario, model, BatchPolicy(max_batch_size=8, max_queue_delay_s=0.0, preferred_batch_sizes=(2,)))
+    # width 3 first: the 1st and 3rd requests make 2 (cut); then the oldest left is width 5 (2nd and 5th), then the 4th
+    assert [(b.shape, b[0, 0]) for b in model.batches[1:]] == [((2, 3), 0.0), ((2, 5), 1.0), ((1, 3), 3.0)]
+
+
+def test_a_formed_preferred_batch_does_not_wait_for_the_queue_delay():
+    """Under load (recent traffic, the last batch held 6 requests) the batcher waits up to the queue
+    delay for as many requests to arrive, but not once a batch of a preferred size can be formed."""
+    model = GatedModel()
+
+    async def scenario(batcher):
+        first = asyncio.create_task(batcher.submit(rows(1)))
+        await wait_started(model)
+        six = [asyncio.create_task(batcher.submit(rows(1, start=i))) for i in range(6)]
+        await settle()
+        model.gate.set()
+        await asyncio.gather(first, *six)
+        started = time.perf_counter()
+        await asyncio.gather(*(batcher.submit(rows(1, start=i)) for i in range(2)))
+        return time.perf_counter() - started
+
+    took = run(scenario, model, BatchPolicy(max_batch_size=8, max_queue_delay_s=2.0, preferred_batch_sizes=(2, 6)))
+    assert [len(b) for b in model.batches] == [1, 6, 2]
+    assert took < 1.0, took
