@@ -7,7 +7,8 @@ run, ...), so background load moves both alike, and the server's own V2 statisti
 (ModelStatistics: queue and compute time, read before and after the measured calls, so means)
 split the served time into "inside the
 model", "inside the server around it" and "outside the server" (client serialisation, transport,
-protobuf parsing before the handler starts).
+protobuf parsing before the handler starts); the server's /metrics give the model run timed in its
+worker thread, so the hand-off to and from the thread pool shows too.
 
     python -m bench.latency_breakdown                 # resnet18 (random weights), 224x224 tensor input
     python -m bench.latency_breakdown --rounds 10 --per-round 20
@@ -24,10 +25,12 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 
 import grpc
 import numpy as np
+from prometheus_client.parser import text_string_to_metric_families
 
 from bench.echo_server import METHOD as ECHO_METHOD
 from bench.models import export_resnet18
@@ -42,6 +45,7 @@ UNLIMITED = [("grpc.max_send_message_length", -1), ("grpc.max_receive_message_le
 
 
 PHASES = ("success", "queue", "compute_input", "compute_infer", "compute_output")
+RUN_SAMPLES = ("convserve_model_executions_total", "convserve_model_execution_seconds_total")
 
 
 def median_ms(values: list[float]) -> float:
@@ -65,6 +69,18 @@ def server_means(before: dict, after: dict) -> dict[str, float]:
         ns, count = after[phase][0] - before[phase][0], after[phase][1] - before[phase][1]
         means[phase] = round(ns / max(1, count) / 1e6, 2)
     return means
+
+
+def model_runs(server: ServedModels, model: str) -> tuple[float, float]:
+    """(executions, seconds) of the model's runs so far, timed in the server's worker thread
+    (convserve_model_execution_seconds_total from its /metrics)."""
+    text = urllib.request.urlopen(f"http://127.0.0.1:{server.metrics_port}/metrics", timeout=10).read().decode()
+    values = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.labels.get("model") == model and sample.name in RUN_SAMPLES:
+                values[sample.name] = sample.value
+    return values.get(RUN_SAMPLES[0], 0.0), values.get(RUN_SAMPLES[1], 0.0)
 
 
 class EchoServer:
@@ -105,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
         servers: dict[str, ServedModels] = {}
         with contextlib.ExitStack() as stack:
             for label, flags in setups.items():
-                servers[label] = ServedModels(repo, *flags)
+                servers[label] = ServedModels(repo, *flags, "--metrics-port", "0")
                 stack.callback(servers[label].stop)
             stubs = {label: pb_grpc.GRPCInferenceServiceStub(stack.enter_context(grpc.insecure_channel(server.address, options=UNLIMITED)))
                      for label, server in servers.items()}
@@ -119,6 +135,7 @@ def main(argv: list[str] | None = None) -> int:
             for _ in range(3):
                 echo_call(payload)
             before = {label: server_totals(stub, "resnet18") for label, stub in stubs.items()}
+            runs_before = {label: model_runs(server, "resnet18") for label, server in servers.items()}
             raw, serialise, floor = [], [], []
             served: dict[str, list[float]] = {label: [] for label in stubs}
             for round_ in range(args.rounds):
@@ -140,6 +157,10 @@ def main(argv: list[str] | None = None) -> int:
                     echo_call(payload)
                     floor.append(time.perf_counter() - started)
             inside = {label: server_means(before[label], server_totals(stub, "resnet18")) for label, stub in stubs.items()}
+            run_ms = {}
+            for label, server in servers.items():
+                (count_before, seconds_before), (count, seconds) = runs_before[label], model_runs(server, "resnet18")
+                run_ms[label] = round((seconds - seconds_before) / max(1.0, count - count_before) * 1000, 2)
     print(f"resnet18, batch 1, 224x224 float32 tensor ({x.nbytes / 1e3:.0f} kB per request), "
           f"{args.rounds} alternating blocks of {args.per_round}")
     print(f"raw ONNX Runtime run, p50 / mean:           {median_ms(raw):8.2f} / {mean_ms(raw):.2f} ms")
@@ -150,6 +171,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  sync client, p50 / mean:                  {median_ms(times):8.2f} / {mean_ms(times):.2f} ms  "
               f"(p50 {median_ms(times) - median_ms(raw):+.2f} ms over raw)")
         print(f"  inside the server, means (ms):            {inside[label]}")
+        print(f"  model run in the worker thread, mean:     {run_ms[label]:8.2f} ms  (compute_infer minus this: the hand-off "
+              f"to and from the thread pool, {inside[label]['compute_infer'] - run_ms[label]:+.2f} ms)")
     return 0
 
 

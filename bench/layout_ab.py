@@ -15,6 +15,7 @@ batch-1 latency of a lone run), so no layout can pass by being slow in-process.
 
     python -m bench.layout_ab                                   # 1x2, 2x1 and 2x2 on a 2-core machine
     python -m bench.layout_ab --layouts 1x2,2x1 --rounds 6 --seconds 10
+    python -m bench.layout_ab --layouts 1x2,1x2/4,2x1/4   # /4: preferred_batch_sizes [4] (the batcher cuts batches at 4)
 """
 
 from __future__ import annotations
@@ -39,30 +40,46 @@ from service.runtime import ModelRuntime, cpu_count
 RAW_BATCHES = (4, 8, 16)
 
 
-def parse_layouts(text: str) -> list[tuple[int, int]]:
-    """'1x2,2x1' -> [(sessions, threads), ...]."""
+Layout = tuple[int, int, tuple[int, ...]]  # sessions, intra-op threads per session, preferred batch sizes
+
+
+def parse_layouts(text: str) -> list[Layout]:
+    """'1x2,2x1/4,1x2/4+8' -> [(sessions, threads, preferred batch sizes), ...]."""
     layouts = []
     for item in text.split(","):
-        sessions, _, threads = item.strip().partition("x")
-        layouts.append((int(sessions), int(threads)))
-    if not layouts or min(min(pair) for pair in layouts) < 1:
-        raise ValueError(f"layouts are SESSIONSxTHREADS, comma separated, e.g. 1x2,2x1; got {text!r}")
+        shape, _, preferred = item.strip().partition("/")
+        sessions, _, threads = shape.partition("x")
+        try:
+            layouts.append((int(sessions), int(threads), tuple(int(size) for size in preferred.split("+") if size)))
+        except ValueError:
+            layouts = []
+            break
+    if not layouts or min(min(layout[:2]) for layout in layouts) < 1 or min((min(l[2], default=1) for l in layouts)) < 1:
+        raise ValueError(f"layouts are SESSIONSxTHREADS[/PREFERRED+PREFERRED...], comma separated, e.g. 1x2,2x1/4; got {text!r}")
     return layouts
 
 
-def make_layouts(repo: Path, layouts: list[tuple[int, int]]) -> dict[tuple[int, int], str]:
-    """One model directory per layout: resnet18_<S>x<T>, the same ONNX file, S sessions of T threads."""
+def layout_name(layout: Layout) -> str:
+    sessions, threads, preferred = layout
+    return f"{sessions}x{threads}" + (f"/{'+'.join(map(str, preferred))}" if preferred else "")
+
+
+def make_layouts(repo: Path, layouts: list[Layout]) -> dict[Layout, str]:
+    """One model directory per layout: resnet18_<S>x<T>[_p<P>...], the same ONNX file, S sessions of T
+    threads, preferred batch sizes P."""
     export_resnet18(repo)
     names = {}
-    for sessions, threads in layouts:
-        name = f"resnet18_{sessions}x{threads}"
+    for layout in layouts:
+        sessions, threads, preferred = layout
+        name = f"resnet18_{sessions}x{threads}" + "".join(f"_p{size}" for size in preferred)
         shutil.copytree(repo / "resnet18", repo / name)
         config = load_model_config(repo / name / "config.yaml")
+        batching = {"instances": sessions, "preferred_batch_sizes": preferred}
         config = config.model_copy(update={
-            "name": name, "batching": config.batching.model_copy(update={"instances": sessions}),
+            "name": name, "batching": config.batching.model_copy(update=batching),
             "runtime": config.runtime.model_copy(update={"intra_op_threads": threads})})
         dump_model_config(config, repo / name / "config.yaml")
-        names[(sessions, threads)] = name
+        names[layout] = name
     shutil.rmtree(repo / "resnet18")
     return names
 
@@ -84,13 +101,18 @@ def lone_run_ms(model_dir: Path, runs: int = 15) -> float:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.layout_ab", description=__doc__.splitlines()[0])
     parser.add_argument("--layouts", default=f"1x{cpu_count()},{cpu_count()}x1,2x{cpu_count()}",
-                        help="comma list of SESSIONSxTHREADS (default: one session on all cores, one per core, two on all cores)")
+                        help="comma list of SESSIONSxTHREADS[/PREFERRED+...] (default: one session on all cores, one per core, two on all cores)")
     parser.add_argument("--concurrency", type=int, default=16, help="the throughput run's concurrency")
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--seconds", type=float, default=10.0, help="measured seconds per served run")
     parser.add_argument("--raw-seconds", type=float, default=2.0, help="seconds per raw batch size")
     args = parser.parse_args(argv)
-    layouts = list(dict.fromkeys(parse_layouts(args.layouts)))
+    if args.rounds < 1 or args.seconds <= 0 or args.raw_seconds <= 0:
+        parser.error("--rounds must be at least 1 and --seconds / --raw-seconds positive")
+    try:
+        layouts = list(dict.fromkeys(parse_layouts(args.layouts)))
+    except ValueError as exc:
+        parser.error(str(exc))
     rows = {layout: {"raw": [], "lone": [], "busy": [], "c1": []} for layout in layouts}
     with tempfile.TemporaryDirectory(prefix="convserve-layout-") as tmp:
         repo = Path(tmp) / "repo"
@@ -120,12 +142,12 @@ def _markdown(layouts, rows, args) -> str:
     lines = [f"resnet18 (random weights), V2 tensor input, closed loop; {args.rounds} alternating rounds; medians. "
              f"Raw throughput = best of batches {', '.join(map(str, RAW_BATCHES))} with every session busy; lone run = "
              f"batch 1 with nothing else running. References: best raw {best_raw:.1f} img/s, best lone run {best_lone:.2f} ms.", "",
-             f"| sessions x threads | raw img/s | lone run ms | served c{args.concurrency} img/s | c{args.concurrency} / best raw | "
+             f"| sessions x threads / preferred batch sizes | raw img/s | lone run ms | served c{args.concurrency} img/s | c{args.concurrency} / best raw | "
              "served c1 p50 ms | c1 p50 - best lone run |",
              "|---|---:|---:|---:|---:|---:|---:|"]
     for layout in layouts:
         m = med[layout]
-        lines.append(f"| {layout[0]} x {layout[1]} | {m['raw']:.1f} | {m['lone']:.2f} | {m['busy']:.1f} | {m['busy'] / best_raw:.2f} | "
+        lines.append(f"| {layout_name(layout)} | {m['raw']:.1f} | {m['lone']:.2f} | {m['busy']:.1f} | {m['busy'] / best_raw:.2f} | "
                      f"{m['c1']:.2f} | {m['c1'] - best_lone:+.2f} ms |")
     return "\n".join(lines) + "\n"
 

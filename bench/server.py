@@ -28,6 +28,7 @@ class ServedModels:
         self.proc = subprocess.Popen(command, cwd=tree, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         self.events: list[dict] = []
         self.port: int | None = None
+        self.metrics_port: int | None = None  # when started with --metrics-port 0 (or another port)
         ready = self._read_until("server_ready", timeout=600)
         failed = [e for e in self.events if e.get("event") == "model_load_failed"]
         if failed or not ready:
@@ -45,6 +46,7 @@ class ServedModels:
             self.events.append(record)
             if record.get("event") == "server_started":
                 self.port = record["port"]
+                self.metrics_port = record.get("metrics_port")
             if record.get("event") == event:
                 return True
             if time.monotonic() > give_up:

@@ -41,7 +41,7 @@ class Metrics:
         self.batch_size = Histogram("convserve_batch_size", "Images per model execution (batching efficiency).", ["model"], buckets=BATCH_BUCKETS, registry=r)
         self.batch_requests = Histogram("convserve_batch_requests", "Requests merged into one model execution (inferences per batch).", ["model"], buckets=BATCH_BUCKETS, registry=r)
         self.executions = Counter("convserve_model_executions", "Model executions (batches run).", ["model"], registry=r)
-        self.execution_seconds = Counter("convserve_model_execution_seconds", "Wall time spent in model executions.", ["model"], registry=r)
+        self.execution_seconds = Counter("convserve_model_execution_seconds", "Wall time of model executions, timed in the worker thread that runs them.", ["model"], registry=r)
         self.queue_depth = Gauge("convserve_queue_depth", "Images waiting in the model's batching queue.", ["model"], registry=r)
         self.inflight = Gauge("convserve_inflight_requests", "Requests being handled now.", ["model"], registry=r)
         self.rejected = Counter("convserve_rejected_requests", "Requests refused by backpressure (queue_full) or dropped at their deadline (deadline).", ["model", "reason"], registry=r)

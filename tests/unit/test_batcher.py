@@ -50,11 +50,13 @@ class GatedModel:
 class Recorder:
     def __init__(self):
         self.batches: list[tuple[int, int]] = []
+        self.seconds: list[float] = []
         self.rejections: list[str] = []
         self.depths: list[int] = []
 
     def batch_done(self, images, requests, seconds):
         self.batches.append((images, requests))
+        self.seconds.append(seconds)
 
     def rejected(self, reason):
         self.rejections.append(reason)
@@ -361,3 +363,29 @@ def test_a_formed_preferred_batch_does_not_wait_for_the_queue_delay():
     took = run(scenario, model, BatchPolicy(max_batch_size=8, max_queue_delay_s=2.0, preferred_batch_sizes=(2, 6)))
     assert [len(b) for b in model.batches] == [1, 6, 2]
     assert took < 1.0, took
+
+
+def test_execution_time_is_the_models_own_not_the_wait_for_a_worker_thread():
+    """The observer gets the run's time measured in the worker thread: a batch that first waits
+    0.5 s for the pool's only thread (busy with other work) still reports about its 20 ms run."""
+    observer = Recorder()
+
+    def slow_model(inputs):
+        time.sleep(0.02)
+        return {"y": inputs["x"] * 2}
+
+    async def main():
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            batcher = DynamicBatcher(slow_model, pool, BatchPolicy(max_queue_delay_s=0.0), observer)
+            batcher.start()
+            busy = asyncio.get_running_loop().run_in_executor(pool, time.sleep, 0.5)
+            started = time.perf_counter()
+            await batcher.submit(rows(1))
+            waited = time.perf_counter() - started
+            await busy
+            await batcher.close(drain_timeout=1.0)
+            return waited
+
+    waited = asyncio.run(main())
+    assert waited >= 0.5 and len(observer.seconds) == 1
+    assert 0.02 <= observer.seconds[0] < 0.25, observer.seconds
