@@ -91,6 +91,7 @@ class CallRunner:
         self.registry = registry
         self.limits = limits
         self._children = LabelledChildren()
+        self._open_streams = 0  # streaming calls of every API, against limits.max_concurrent_streams
 
     def model_label(self, name: str) -> str:
         """Metric label for a requested model name; unknown names share one label (bounded cardinality)."""
@@ -111,6 +112,20 @@ class CallRunner:
         context.set_trailing_metadata(((REQUEST_ID_KEY, ctx.request_id),))
         ctx.model, ctx.version = model.name, str(model.version)
         return ctx
+
+    @contextlib.asynccontextmanager
+    async def stream_slot(self, context: grpc.aio.ServicerContext):
+        """Hold one of `max_concurrent_streams` while a streaming call runs; refuse the call with
+        RESOURCE_EXHAUSTED when all are taken. One count for every streaming method of either API,
+        because each open stream holds server memory and a reader task whichever API it speaks."""
+        limit = self.limits.max_concurrent_streams
+        if self._open_streams >= limit:
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, f"too many concurrent streams (limit {limit})")
+        self._open_streams += 1
+        try:
+            yield
+        finally:
+            self._open_streams -= 1
 
     @contextlib.contextmanager
     def inflight(self, model_name: str):

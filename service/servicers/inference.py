@@ -116,24 +116,25 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         Up to `stream_max_pending` requests of one stream run at the same time, so a client that
         writes frames without waiting for each answer gets them batched together; beyond that the
         server stops reading the stream (HTTP/2 flow control holds the client back), so memory stays
-        bounded however fast it writes.
+        bounded however fast it writes. The call holds one of `max_concurrent_streams` while it runs.
         """
-        in_order: asyncio.Queue = asyncio.Queue()
-        window = asyncio.Semaphore(max(1, self.dp.limits.stream_max_pending))
-        reader = asyncio.ensure_future(self._read_stream(request_iterator, context, in_order, window))
-        try:
-            while (answer := await in_order.get()) is not _STREAM_END:
-                try:
-                    yield await answer
-                finally:
-                    window.release()
-            await reader  # the client's side of the stream failed: end the call with that error
-        finally:
-            reader.cancel()
-            while not in_order.empty():
-                leftover = in_order.get_nowait()
-                if leftover is not _STREAM_END:
-                    leftover.cancel()
+        async with self.calls.stream_slot(context):
+            in_order: asyncio.Queue = asyncio.Queue()
+            window = asyncio.Semaphore(max(1, self.dp.limits.stream_max_pending))
+            reader = asyncio.ensure_future(self._read_stream(request_iterator, context, in_order, window))
+            try:
+                while (answer := await in_order.get()) is not _STREAM_END:
+                    try:
+                        yield await answer
+                    finally:
+                        window.release()
+                await reader  # the client's side of the stream failed: end the call with that error
+            finally:
+                reader.cancel()
+                while not in_order.empty():
+                    leftover = in_order.get_nowait()
+                    if leftover is not _STREAM_END:
+                        leftover.cancel()
 
     async def _read_stream(self, request_iterator, context, in_order: asyncio.Queue, window: asyncio.Semaphore) -> None:
         """Start each request of the stream as it arrives, once the stream's window has room."""

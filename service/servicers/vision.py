@@ -24,7 +24,6 @@ class VisionServicer(vpb_grpc.VisionServiceServicer):
     def __init__(self, dataplane: DataPlane, calls: CallRunner):
         self.dp = dataplane
         self.calls = calls
-        self._streams = 0
 
     async def Classify(self, request, context):
         async def body(ctx):
@@ -84,10 +83,13 @@ class VisionServicer(vpb_grpc.VisionServiceServicer):
             yield result
 
     async def _stream(self, method, task, request_iterator, context, answer, result_type):
-        """Shared stream handling: model from the first frame, per-frame errors, ordering, dropping."""
-        if self._streams >= self.dp.limits.max_concurrent_streams:
-            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, f"too many concurrent streams (limit {self.dp.limits.max_concurrent_streams})")
-        self._streams += 1
+        """Shared stream handling: model from the first frame, per-frame errors, ordering, dropping;
+        the call holds one of `max_concurrent_streams` (shared with ModelStreamInfer) while it runs."""
+        async with self.calls.stream_slot(context):
+            async for result in self._stream_frames(method, task, request_iterator, context, answer, result_type):
+                yield result
+
+    async def _stream_frames(self, method, task, request_iterator, context, answer, result_type):
         state: dict = {}
 
         def policy_of_first(frame) -> StreamPolicy:
@@ -137,5 +139,3 @@ class VisionServicer(vpb_grpc.VisionServiceServicer):
         except ServiceError as exc:
             code, message = status_of(exc)
             await context.abort(code, message)
-        finally:
-            self._streams -= 1

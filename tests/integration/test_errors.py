@@ -8,6 +8,7 @@ while the other models keep serving. After each bad request a good one still suc
 
 from __future__ import annotations
 
+import queue
 import resource
 import struct
 import time
@@ -236,5 +237,58 @@ def test_message_over_the_configured_limit(tmp_path):
             huge_image = classify(vpb.Image(encoded=png() + b"\x00" * (2 * 1024 * 1024)))
             fails(vision.Classify, huge_image, grpc.StatusCode.RESOURCE_EXHAUSTED)
             assert_good_request_works(v2, vision)
+    finally:
+        server.stop()
+
+
+def _refused_stream(replies) -> grpc.RpcError:
+    with pytest.raises(grpc.RpcError) as refused:
+        list(replies)
+    return refused.value
+
+
+def _once_a_slot_is_free(open_stream):
+    """open_stream()'s result; a slot frees when the server's side of an ended call has finished,
+    a moment after the client saw the end, so RESOURCE_EXHAUSTED is retried for up to 2 s."""
+    for _ in range(100):
+        try:
+            return open_stream()
+        except grpc.RpcError as error:
+            assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, error.details()
+            time.sleep(0.02)
+    raise AssertionError("no stream slot became free within 2 s")
+
+
+def test_streams_of_both_apis_share_the_concurrent_stream_limit(tmp_path):
+    """--max-concurrent-streams 2: two open ModelStreamInfer streams take both slots, so a third
+    stream of either API is refused with RESOURCE_EXHAUSTED; once one ends, a new stream opens."""
+    write_tiny_model(tmp_path / "repo")
+    server = ServerThread(settings_for(tmp_path / "repo", limits=Limits(max_concurrent_streams=2))).start()
+    try:
+        with grpc.insecure_channel(server.address) as channel:
+            v2 = pb_grpc.GRPCInferenceServiceStub(channel)
+            vision = vpb_grpc.VisionServiceStub(channel)
+            open_streams = []
+            for _ in range(2):
+                requests: queue.Queue = queue.Queue()
+                requests.put(infer())
+                replies = v2.ModelStreamInfer(iter(requests.get, None))
+                assert next(replies).infer_response.model_name == "tiny"  # open and served, still writable
+                open_streams.append((requests, replies))
+            refused = _refused_stream(v2.ModelStreamInfer(iter([infer()])))
+            assert refused.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert "too many concurrent streams (limit 2)" in refused.details()
+            frame = vpb.ClassifyFrame(model=vpb.ModelRef(name="tiny"), image=vpb.Image(encoded=png()))
+            assert _refused_stream(vision.StreamClassify(iter([frame]))).code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            requests, replies = open_streams.pop()
+            requests.put(None)  # the client finishes writing: the stream ends and frees its slot
+            assert list(replies) == []
+            answered = _once_a_slot_is_free(lambda: list(v2.ModelStreamInfer(iter([infer()]))))
+            assert answered[0].infer_response.model_name == "tiny"
+            results = _once_a_slot_is_free(lambda: list(vision.StreamClassify(iter([frame]))))
+            assert [r.WhichOneof("outcome") for r in results] == ["result"]
+            requests, replies = open_streams.pop()
+            requests.put(None)
+            assert list(replies) == []
     finally:
         server.stop()
