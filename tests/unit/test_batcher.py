@@ -96,20 +96,29 @@ def rows(n: int, width: int = 3, start: float = 0.0) -> dict[str, np.ndarray]:
     return {"x": (start + np.arange(n * width, dtype=np.float32)).reshape(n, width)}
 
 
+async def queued_behind_a_held_run(batcher, model: GatedModel, queued: list[dict[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:
+    """Hold the model with a first request, queue `queued` meanwhile, release: their outputs.
+
+    Everything queued is there when the next batch is taken, so the batches are deterministic."""
+    first = asyncio.create_task(batcher.submit(rows(1, start=1000)))
+    await wait_started(model)
+    tasks = [asyncio.create_task(batcher.submit(x)) for x in queued]
+    await settle()
+    model.gate.set()
+    results = await asyncio.gather(*tasks)
+    await first
+    return [outputs for outputs, _ in results]
+
+
 def test_requests_merge_into_one_batch_and_split_back_exactly():
     model, observer = GatedModel(), Recorder()
 
-    async def scenario(batcher):
-        first = asyncio.create_task(batcher.submit(rows(1, start=1000)))
-        await wait_started(model)
-        inputs = [rows(n, start=100 * i) for i, n in enumerate((1, 3, 2, 1))]
-        tasks = [asyncio.create_task(batcher.submit(x)) for x in inputs]
-        await settle()
-        model.gate.set()
-        results = await asyncio.gather(first, *tasks)
-        return inputs, [outputs for outputs, _ in results[1:]]
+    inputs = [rows(n, start=100 * i) for i, n in enumerate((1, 3, 2, 1))]
 
-    inputs, outputs = run(scenario, model, observer=observer)
+    async def scenario(batcher):
+        return await queued_behind_a_held_run(batcher, model, inputs)
+
+    outputs = run(scenario, model, observer=observer)
     assert [len(b) for b in model.batches] == [1, 7]
     assert observer.batches == [(1, 1), (7, 4)]
     for x, out in zip(inputs, outputs):
@@ -121,12 +130,7 @@ def test_max_batch_size_is_never_exceeded():
     model = GatedModel()
 
     async def scenario(batcher):
-        first = asyncio.create_task(batcher.submit(rows(1)))
-        await wait_started(model)
-        tasks = [asyncio.create_task(batcher.submit(rows(1, start=i))) for i in range(10)]
-        await settle()
-        model.gate.set()
-        await asyncio.gather(first, *tasks)
+        await queued_behind_a_held_run(batcher, model, [rows(1, start=i) for i in range(10)])
 
     run(scenario, model, BatchPolicy(max_batch_size=4, max_queue_delay_s=0.0))
     assert [len(b) for b in model.batches] == [1, 4, 4, 2]
@@ -135,20 +139,14 @@ def test_max_batch_size_is_never_exceeded():
 def test_different_shapes_go_in_separate_batches():
     model = GatedModel()
 
-    async def scenario(batcher):
-        first = asyncio.create_task(batcher.submit(rows(1)))
-        await wait_started(model)
-        shapes = [3, 5, 3, 5, 3]
-        tasks = [asyncio.create_task(batcher.submit(rows(1, width=w, start=i))) for i, w in enumerate(shapes)]
-        await settle()
-        model.gate.set()
-        results = await asyncio.gather(*tasks)
-        await first
-        return shapes, results
+    shapes = [3, 5, 3, 5, 3]
 
-    shapes, results = run(scenario, model)
+    async def scenario(batcher):
+        return await queued_behind_a_held_run(batcher, model, [rows(1, width=w, start=i) for i, w in enumerate(shapes)])
+
+    results = run(scenario, model)
     assert [b.shape for b in model.batches[1:]] == [(3, 3), (2, 5)]
-    for i, (w, (out, _)) in enumerate(zip(shapes, results)):
+    for i, (w, out) in enumerate(zip(shapes, results)):
         np.testing.assert_array_equal(out["y"], 2 * rows(1, width=w, start=i)["x"] + 1)
 
 
@@ -308,17 +306,12 @@ def test_preferred_batch_sizes_cut_a_batch_at_the_largest_one_reached():
     reached exactly; with none reached it is as large as fits. What is cut off runs next, in order."""
     model = GatedModel()
 
-    async def scenario(batcher):
-        first = asyncio.create_task(batcher.submit(rows(1, start=1000)))
-        await wait_started(model)
-        inputs = [rows(n, start=100 * i) for i, n in enumerate((3, 2, 3, 1, 2, 2, 1))]
-        tasks = [asyncio.create_task(batcher.submit(x)) for x in inputs]
-        await settle()
-        model.gate.set()
-        results = await asyncio.gather(first, *tasks)
-        return inputs, [outputs for outputs, _ in results[1:]]
+    inputs = [rows(n, start=100 * i) for i, n in enumerate((3, 2, 3, 1, 2, 2, 1))]
 
-    inputs, outputs = run(scenario, model, BatchPolicy(max_batch_size=16, max_queue_delay_s=0.0, preferred_batch_sizes=(4, 8)))
+    async def scenario(batcher):
+        return await queued_behind_a_held_run(batcher, model, inputs)
+
+    outputs = run(scenario, model, BatchPolicy(max_batch_size=16, max_queue_delay_s=0.0, preferred_batch_sizes=(4, 8)))
     # queued 3+2+3+1+2+2+1: 8 is reached after three requests (cut there; 14 would fit), then
     # 1+2+2 = 5 passes 4 without hitting it exactly and the last request makes 6, below 8: all of it
     assert [len(b) for b in model.batches] == [1, 8, 6]
@@ -331,13 +324,7 @@ def test_a_preferred_cut_keeps_the_queue_order_across_shapes():
     model = GatedModel()
 
     async def scenario(batcher):
-        first = asyncio.create_task(batcher.submit(rows(1)))
-        await wait_started(model)
-        widths = [3, 5, 3, 3, 5]
-        tasks = [asyncio.create_task(batcher.submit(rows(1, width=w, start=i))) for i, w in enumerate(widths)]
-        await settle()
-        model.gate.set()
-        await asyncio.gather(first, *tasks)
+        await queued_behind_a_held_run(batcher, model, [rows(1, width=w, start=i) for i, w in enumerate([3, 5, 3, 3, 5])])
 
     run(scenario, model, BatchPolicy(max_batch_size=8, max_queue_delay_s=0.0, preferred_batch_sizes=(2,)))
     # width 3 first: the 1st and 3rd requests make 2 (cut); then the oldest left is width 5 (2nd and 5th), then the 4th
@@ -350,12 +337,7 @@ def test_a_formed_preferred_batch_does_not_wait_for_the_queue_delay():
     model = GatedModel()
 
     async def scenario(batcher):
-        first = asyncio.create_task(batcher.submit(rows(1)))
-        await wait_started(model)
-        six = [asyncio.create_task(batcher.submit(rows(1, start=i))) for i in range(6)]
-        await settle()
-        model.gate.set()
-        await asyncio.gather(first, *six)
+        await queued_behind_a_held_run(batcher, model, [rows(1, start=i) for i in range(6)])
         started = time.perf_counter()
         await asyncio.gather(*(batcher.submit(rows(1, start=i)) for i in range(2)))
         return time.perf_counter() - started
