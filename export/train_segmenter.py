@@ -394,8 +394,9 @@ def export_architecture(name: str, checkpoint: str | None, num_classes: int | No
                            repo=repo, card={"weights": weights}, parity_sizes=((64, 64), (96, 64)))
 
 
-def write_run_figures(variant: str) -> None:
-    """loss_curve.png and samples.png (validation scenes) beside a training run."""
+def write_run_figures(variant: str, flip_average: bool = True) -> None:
+    """loss_curve.png and samples.png (validation scenes, predicted as the export will: mirror-averaged
+    with `flip_average`) beside a training run."""
     run_dir, plt = RUN_ROOT / variant, pyplot()
     steps = np.genfromtxt(run_dir / "steps.csv", delimiter=",", names=True)
     training = json.loads((run_dir / "training.json").read_text())
@@ -413,12 +414,13 @@ def write_run_figures(variant: str) -> None:
     plt.close(fig)
     val_split = training.get("validation_split", "train")
     images, labels = scene_arrays("val", training["seed"] + 1, training["validation_scenes"], val_split)
+    network, rows = load_variant(variant, run_dir), min(6, len(images))
     with torch.no_grad():
-        predicted = load_variant(variant, run_dir)(make_batch(images[:6], labels[:6], None)[0]).argmax(1).numpy()
-    predicted[labels[:6] == 255] = 255  # padding: white in every panel
-    colours = np.vstack([palette(len(LABELS)), np.full((250 - len(LABELS) + 6, 3), 255, np.uint8)])  # 255 = padding
-    fig, axes = plt.subplots(6, 3, figsize=(6, 12))
-    for row in range(6):
+        predicted = (MirrorAveraged(network) if flip_average else network)(make_batch(images[:rows], labels[:rows], None)[0]).argmax(1).numpy()
+    predicted[labels[:rows] == IGNORE] = IGNORE  # padding: white in every panel
+    colours = np.vstack([palette(len(LABELS)), np.full((IGNORE + 1 - len(LABELS), 3), 255, np.uint8)])  # IGNORE = padding
+    fig, axes = plt.subplots(rows, 3, figsize=(6, 2 * rows), squeeze=False)
+    for row in range(rows):
         for col, panel in enumerate((images[row], colours[labels[row]], colours[predicted[row]])):
             axes[row][col].imshow(panel)
             axes[row][col].set_axis_off()
@@ -488,7 +490,7 @@ def main() -> None:
     else:
         train(args, run_dir)
 
-        write_run_figures(args.variant)
+        write_run_figures(args.variant, args.flip_average)
         model = load_variant(args.variant, run_dir)
     training = json.loads((run_dir / "training.json").read_text())
     print(export_scene_segmenter(model.eval(), args.variant, training, args.flip_average))

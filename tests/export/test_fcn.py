@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import cv2
 import numpy as np
 import onnx
 import pytest
@@ -149,7 +150,6 @@ def test_training_scenes_are_prepared_as_served():
     from export.train_segmenter import IGNORE, INPUT_SIZE, SEGMENTER_SPEC, padded_scene
     from service.preprocess import preprocess_image
 
-    import cv2
 
     scale = SCENE_PREPROCESSING.native_scale
     assert scale > 1 and INPUT_SIZE % SCENE_PREPROCESSING.stride == 0 and INPUT_SIZE >= SEGMENTER_SPEC.height[1] * scale
@@ -291,3 +291,11 @@ def test_a_short_training_run_with_every_option_saves_what_it_validated(tmp_path
         flags = jitter + (f" --ema {ema:g}" if ema else "") + switches + rest
         assert training["reproduce"] == f"python -m export.train_segmenter --variant fcn32s {flags}"
     assert not torch.allclose(saved[0.9]["score_fr.weight"], saved[0.0]["score_fr.weight"])
+    # the run's figures, beside it: the loss curve and sample predictions of the validation scenes
+    from export.train_segmenter import write_run_figures
+
+    (tmp_path / "runs" / "segmenter" / "fcn32s_ema0").rename(tmp_path / "runs" / "segmenter" / "fcn32s")
+    write_run_figures("fcn32s")
+    for figure in ("loss_curve.png", "samples.png"):
+        image = cv2.imread(str(tmp_path / "runs" / "segmenter" / "fcn32s" / figure))
+        assert image is not None and min(image.shape[:2]) > 200 and image.std() > 0
