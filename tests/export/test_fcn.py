@@ -150,7 +150,6 @@ def test_training_scenes_are_prepared_as_served():
     from export.train_segmenter import IGNORE, INPUT_SIZE, SEGMENTER_SPEC, padded_scene
     from service.preprocess import preprocess_image
 
-
     scale = SCENE_PREPROCESSING.native_scale
     assert scale > 1 and INPUT_SIZE % SCENE_PREPROCESSING.stride == 0 and INPUT_SIZE >= SEGMENTER_SPEC.height[1] * scale
     scene = make_scene(np.random.default_rng(3), SEGMENTER_SPEC, "train")
