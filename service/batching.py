@@ -33,13 +33,13 @@ RunFn = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
 class BatchObserver(Protocol):
     """What the batcher reports (service/metrics.py implements it)."""
 
-    def batch_done(self, images: int, requests: int, seconds: float) -> None: ...
+    def batch_done(self, images: int, requests: int, seconds: float, merge_seconds: float, split_seconds: float) -> None: ...
     def rejected(self, reason: str) -> None: ...
     def queue_depth(self, images: int) -> None: ...
 
 
 class _NullObserver:
-    def batch_done(self, images, requests, seconds): pass
+    def batch_done(self, images, requests, seconds, merge_seconds, split_seconds): pass
     def rejected(self, reason): pass
     def queue_depth(self, images): pass
 
@@ -220,10 +220,12 @@ class DynamicBatcher:
 
     async def _run_batch(self, live: list[_Pending]) -> None:
         total = sum(p.count for p in live)
+        started = time.perf_counter()
         if len(live) == 1:
             merged = live[0].inputs
         else:
             merged = {name: np.concatenate([p.inputs[name] for p in live]) for name in live[0].inputs}
+        merge_seconds = time.perf_counter() - started
         try:
             outputs, run_seconds = await asyncio.get_running_loop().run_in_executor(self._executor, _timed, self._run, merged)
             for name, value in outputs.items():
@@ -234,7 +236,7 @@ class DynamicBatcher:
             for pending in live:
                 _fail(pending, error)
             return
-        self._observer.batch_done(total, len(live), run_seconds)
+        started = time.perf_counter()
         self._expected_requests = len(live)
         offset = 0
         for pending in live:
@@ -242,6 +244,7 @@ class DynamicBatcher:
             offset += pending.count
             if not pending.future.done():
                 pending.future.set_result(part)
+        self._observer.batch_done(total, len(live), run_seconds, merge_seconds, time.perf_counter() - started)
 
     async def close(self, drain_timeout: float) -> None:
         """Refuse new requests, let queued and running ones finish (up to the timeout), fail the rest."""

@@ -49,6 +49,8 @@ class Metrics:
         self.model_provider = Gauge("convserve_model_provider_info", "Execution provider the model's sessions really use (value 1).", ["model", "version", "provider"], registry=r)
         self.model_load_seconds = Gauge("convserve_model_load_seconds", "Seconds to load the model version (sessions created).", ["model", "version"], registry=r)
         self.model_warmup_seconds = Gauge("convserve_model_warmup_seconds", "Seconds the warm-up run took.", ["model", "version"], registry=r)
+        # per model, per batch size: [executions, merge seconds, run seconds, split seconds] (V2 batch_stats)
+        self.batch_stats: dict[str, dict[int, list[float]]] = {}
         self.stream_frames_dropped = Counter("convserve_stream_frames_dropped", "Stream frames skipped under the client's drop_frames policy.", ["model"], registry=r)
 
     def observe_stage(self, model: str, version: str, stage: str, seconds: float) -> None:
@@ -89,6 +91,8 @@ class Metrics:
             compute_infer=stage("inference"), compute_output=stage("postprocess"),
             inference_count=int(value("convserve_images_total")),
             execution_count=int(value("convserve_model_executions_total")),
+            batch_stats=tuple((size, int(count), merge, run, split)
+                              for size, (count, merge, run, split) in sorted(self.batch_stats.get(model, {}).items())),
         )
 
     def _samples(self, family: str, model: str):
@@ -111,6 +115,7 @@ class ModelStats:
     compute_output: tuple[int, float]
     inference_count: int
     execution_count: int
+    batch_stats: tuple[tuple[int, int, float, float, float], ...] = ()  # (batch size, executions, merge s, run s, split s)
 
 
 class BatchMetrics:
@@ -128,12 +133,18 @@ class BatchMetrics:
         self._queue_depth = metrics.queue_depth.labels(model)
         self._rejected = {reason: metrics.rejected.labels(model, reason) for reason in ("queue_full", "deadline")}
         self._queued = 0
+        self._by_size = metrics.batch_stats.setdefault(model, {})
 
-    def batch_done(self, images: int, requests: int, seconds: float) -> None:
+    def batch_done(self, images: int, requests: int, seconds: float, merge_seconds: float, split_seconds: float) -> None:
         self._batch_size.observe(images)
         self._batch_requests.observe(requests)
         self._executions.inc()
         self._execution_seconds.inc(seconds)
+        totals = self._by_size.setdefault(images, [0, 0.0, 0.0, 0.0])
+        totals[0] += 1
+        totals[1] += merge_seconds
+        totals[2] += seconds
+        totals[3] += split_seconds
 
     def rejected(self, reason: str) -> None:
         self._rejected[reason].inc()

@@ -73,7 +73,12 @@ def _duration(pair: tuple[int, float]) -> pb.StatisticDuration:
 
 
 def model_statistics(name: str, version: str, stats: ModelStats, last_inference_ms: int) -> pb.ModelStatistics:
+    """Triton's per-model statistics; batch_stats: per batch size, merging the requests' inputs
+    (compute_input), the model run (compute_infer) and splitting the outputs back (compute_output)."""
     total_count, total_seconds = stats.total
+    batch_stats = [pb.InferBatchStatistics(batch_size=size, compute_input=_duration((count, merge)),
+                                           compute_infer=_duration((count, run)), compute_output=_duration((count, split)))
+                   for size, count, merge, run, split in stats.batch_stats]
     return pb.ModelStatistics(
         name=name, version=version, last_inference=last_inference_ms,
         inference_count=stats.inference_count, execution_count=stats.execution_count,
@@ -83,6 +88,7 @@ def model_statistics(name: str, version: str, stats: ModelStats, last_inference_
             queue=_duration(stats.queue), compute_input=_duration(stats.compute_input),
             compute_infer=_duration(stats.compute_infer), compute_output=_duration(stats.compute_output),
         ),
+        batch_stats=batch_stats,
     )
 
 

@@ -247,6 +247,16 @@ def test_model_statistics_agree_with_the_scrape(server, scraped):
         seconds = total(scraped, "convserve_request_duration_seconds_sum", model="tiny", stage=stage)
         assert int(inference[field]["count"]) == count, field
         assert abs(int(inference[field]["ns"]) - seconds * 1e9) <= 1000, field
+    # batch_stats: one entry per batch size run; together they are every execution and every image,
+    # and their model time is the scrape's execution time
+    batches = stats["batch_stats"]
+    assert len(batches) >= 2, batches  # the mix ran lone requests and merged batches
+    counts = {int(b["batch_size"]): int(b["compute_infer"]["count"]) for b in batches}
+    assert sum(counts.values()) == int(stats["execution_count"])
+    assert sum(size * count for size, count in counts.items()) == int(stats["inference_count"])
+    assert all(int(b["compute_input"]["count"]) == int(b["compute_output"]["count"]) == counts[int(b["batch_size"])] for b in batches)
+    run_ns = sum(int(b["compute_infer"]["ns"]) for b in batches)
+    assert abs(run_ns - total(scraped, "convserve_model_execution_seconds_total", model="tiny") * 1e9) <= 1000 * len(batches)
 
 
 def test_rejections_are_counted(tmp_path):

@@ -54,7 +54,7 @@ class Recorder:
         self.rejections: list[str] = []
         self.depths: list[int] = []
 
-    def batch_done(self, images, requests, seconds):
+    def batch_done(self, images, requests, seconds, merge_seconds, split_seconds):
         self.batches.append((images, requests))
         self.seconds.append(seconds)
 
