@@ -9,9 +9,10 @@ Latency rules: a request never waits for a batch to fill when the model is idle.
 (`max_queue_delay_us`) is spent only when recent traffic says more requests are about to arrive
 (the last batch held more requests than are queued now), which is what closed-loop clients under
 load look like. With `preferred_batch_sizes` a batch is cut back to the largest preferred size its
-requests reach, and no delay is spent once one can be formed (Triton's rule). The queue is bounded (RESOURCE_EXHAUSTED when full), deadlines are checked before
-a request reaches the model, a cancelled call's queued work is removed, and a failed run fails
-every request of that batch and nothing else.
+requests reach, and no delay is spent once one can be formed (Triton's rule). The queue is bounded
+(RESOURCE_EXHAUSTED when full), deadlines are checked before a request reaches the model, a
+cancelled call's queued work is removed, and a failed run fails every request of that batch and
+nothing else.
 """
 
 from __future__ import annotations
@@ -171,8 +172,9 @@ class DynamicBatcher:
 
     def _take_batch(self) -> list[_Pending]:
         """The oldest live request plus every queued request of the same shape that still fits, cut back
-        to the largest preferred batch size reached on the way if there is one (Triton's rule): on a
-        CPU a batch past the cache-friendly size runs slower per image than two smaller ones."""
+        to the largest preferred batch size reached on the way if there is one (Triton's rule), for
+        models whose larger batches run slower per image (e.g. a CNN whose activations outgrow the
+        CPU's caches)."""
         batch: list[_Pending] = []
         seen: list[_Pending] = []  # every live request taken off the queue, in queue order
         total, key, preferred_cut = 0, None, 0
