@@ -50,12 +50,12 @@ def parse_layouts(text: str) -> list[Layout]:
         shape, _, preferred = item.strip().partition("/")
         sessions, _, threads = shape.partition("x")
         try:
-            layouts.append((int(sessions), int(threads), tuple(int(size) for size in preferred.split("+") if size)))
+            layout = (int(sessions), int(threads), tuple(int(size) for size in preferred.split("+") if size))
         except ValueError:
-            layouts = []
-            break
-    if not layouts or min(min(layout[:2]) for layout in layouts) < 1 or min((min(l[2], default=1) for l in layouts)) < 1:
-        raise ValueError(f"layouts are SESSIONSxTHREADS[/PREFERRED+PREFERRED...], comma separated, e.g. 1x2,2x1/4; got {text!r}")
+            layout = None
+        if layout is None or min(layout[0], layout[1], *layout[2]) < 1:
+            raise ValueError(f"layouts are SESSIONSxTHREADS[/PREFERRED+PREFERRED...], comma separated, e.g. 1x2,2x1/4; got {text!r}")
+        layouts.append(layout)
     return layouts
 
 

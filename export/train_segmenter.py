@@ -10,10 +10,10 @@
 Scenes come from export/data/scenes.py (several overlapping objects of five classes on real
 background crops with clutter; per-pixel labels, 0 = background). By default training scenes use
 the "fit" faces and distractors with jittered crops, and validation scenes the "validation" ones,
-which the run never trains on (--no-hold-out-identities / --no-patch-jitter turn these off). Each scene goes through
-service.preprocess exactly as the server will treat it: upscaled by `native_scale` (2×, so the
-stride-8 output of FCN-8s is stride 4 on the scene, whose objects are 14-48 pixels)
-and padded bottom/right to the network stride (32), so every training scene of 65-96 pixels
+which the run never trains on (--no-hold-out-identities / --no-patch-jitter turn these off).
+Each scene goes through service.preprocess exactly as the server will treat it: upscaled by
+`native_scale` (2×, so the stride-8 output of FCN-8s is stride 4 on the scene, whose objects are
+14-48 pixels) and padded bottom/right to the network stride (32), so every training scene of 65-96 pixels
 becomes one INPUT_SIZE × INPUT_SIZE input (192 at 2×) whose labels are the scene's,
 nearest-neighbour scaled; padded pixels are ignored by the loss. Training steps see random
 --crop × --crop windows of those inputs (fully convolutional: the crop size only sets the cost of
@@ -335,6 +335,7 @@ def write_segmenter(model, *, name: str, architecture: str, labels, preprocessin
                     parity_sizes=PARITY_SIZES) -> Path:
     """Export `model` with free batch/height/width, check parity at `parity_sizes`, and write
     <repo>/<name>/{config.yaml, labels.txt, 1/model.onnx, 1/model_card.json}; returns the model dir."""
+    mirrored = isinstance(model, MirrorAveraged)
     onnx_bytes = export_segmenter_onnx(model, trace_hw=parity_sizes[-1])
     parity = segmenter_parity(model, onnx_bytes, parity_sizes)
     with torch.no_grad():
@@ -351,7 +352,7 @@ def write_segmenter(model, *, name: str, architecture: str, labels, preprocessin
         preprocessing=preprocessing, labels="labels.txt" if labels else None,
         batching=BatchingConfig(max_batch_size=16, max_queue_delay_us=1000),
         description=f"{architecture}: per-class logits [N, {classes}, H, W] at the input resolution (any H, W{_native_note(preprocessing)})"
-                    f"{'; the mean of the logits of the image and of its mirror image' if isinstance(model, MirrorAveraged) else ''}.",
+                    f"{'; the mean of the logits of the image and of its mirror image' if mirrored else ''}.",
     )
     if (model_dir / "config.yaml").exists():  # keep a pin other versions (e.g. a derived INT8 one) rely on
         config = config.model_copy(update={"default_version": load_model_config(model_dir / "config.yaml").default_version})
@@ -364,7 +365,7 @@ def write_segmenter(model, *, name: str, architecture: str, labels, preprocessin
         "input": {"name": INPUT_NAME, "shape": [-1, 3, -1, -1]}, "output": {"name": OUTPUT_NAME, "shape": [-1, classes, -1, -1]},
         "onnx": {"opset": 17, "bytes": len(onnx_bytes), "sha256": hashlib.sha256(onnx_bytes).hexdigest(),
                  "versions": {"torch": torch.__version__, "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__}},
-        "parity_max_abs_diff": parity, **card,
+        "parity_max_abs_diff": parity, "test_time": {"flip_average": mirrored}, **card,
     }
     (model_dir / "1" / "model_card.json").write_text(json.dumps(card, indent=2) + "\n", encoding="utf-8")
     return model_dir
@@ -374,10 +375,14 @@ def export_scene_segmenter(model, variant: str, training: dict, flip_average: bo
     """fcn8s -> model_repo/fcn8s (bundled); the other variants -> runs/segmenter/<variant>/repo/<variant>.
     With `flip_average` the graph averages the logits of the scene and of its mirror image."""
     repo = Path("model_repo") if variant == "fcn8s" else RUN_ROOT / variant / "repo"
-    exported = MirrorAveraged(model).eval() if flip_average else model
-    return write_segmenter(exported, name=variant, architecture=variant, labels=LABELS, preprocessing=SCENE_PREPROCESSING,
-                           repo=repo, card={"weights": {"source": "trained by export/train_segmenter.py"},
-                                            "test_time": {"flip_average": flip_average}, "training": training})
+    return write_segmenter(as_exported(model, flip_average), name=variant, architecture=variant, labels=LABELS,
+                           preprocessing=SCENE_PREPROCESSING, repo=repo,
+                           card={"weights": {"source": "trained by export/train_segmenter.py"}, "training": training})
+
+
+def as_exported(network, flip_average: bool):
+    """The module the export writes: `network`, or with `flip_average` its mirror-averaged form."""
+    return MirrorAveraged(network).eval() if flip_average else network
 
 
 def export_architecture(name: str, checkpoint: str | None, num_classes: int | None, repo: Path) -> Path:
@@ -408,15 +413,15 @@ def write_run_figures(variant: str, flip_average: bool = True) -> None:
     left.legend()
     history = training["history"]
     right.plot([h["epoch"] for h in history], [h["val_miou"] for h in history], "o-")
-    right.set(xlabel="epoch", ylabel="mean IoU", title=f"validation ({training.get('validation_split', 'train')}-split scenes)")
+    val_split = training.get("validation_split", "train")
+    right.set(xlabel="epoch", ylabel="mean IoU", title=f"validation ({val_split}-split scenes)")
     fig.tight_layout()
     fig.savefig(run_dir / "loss_curve.png", dpi=100)
     plt.close(fig)
-    val_split = training.get("validation_split", "train")
     images, labels = scene_arrays("val", training["seed"] + 1, training["validation_scenes"], val_split)
-    network, rows = load_variant(variant, run_dir), min(6, len(images))
+    exported, rows = as_exported(load_variant(variant, run_dir), flip_average), min(6, len(images))
     with torch.no_grad():
-        predicted = (MirrorAveraged(network) if flip_average else network)(make_batch(images[:rows], labels[:rows], None)[0]).argmax(1).numpy()
+        predicted = exported(make_batch(images[:rows], labels[:rows], None)[0]).argmax(1).numpy()
     predicted[labels[:rows] == IGNORE] = IGNORE  # padding: white in every panel
     colours = np.vstack([palette(len(LABELS)), np.full((IGNORE + 1 - len(LABELS), 3), 255, np.uint8)])  # IGNORE = padding
     fig, axes = plt.subplots(rows, 3, figsize=(6, 2 * rows), squeeze=False)

@@ -5,7 +5,8 @@ only picks pre-serialised bytes, awaits one grpc.aio call with no (de)serialiser
 numbers to arrays. With `--streaming` the same requests go over the V2 protocol's bidirectional
 ModelStreamInfer instead: each closed-loop sender (or, open loop, each idle "lane") keeps one
 stream open and writes its next request when the last answer is read, so the per-call cost of
-gRPC (a new HTTP/2 stream, metadata, a call object on both sides) is paid once per stream. `--processes N` runs N copies in separate processes (spawned, each with its own
+gRPC (a new HTTP/2 stream, metadata, a call object on both sides) is paid once per stream.
+`--processes N` runs N copies in separate processes (spawned, each with its own
 channel and event loop) that start at one agreed monotonic instant; CLOCK_MONOTONIC is
 system-wide on Linux, so their timestamps merge directly.
 """

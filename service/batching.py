@@ -178,6 +178,7 @@ class DynamicBatcher:
         batch: list[_Pending] = []
         seen: list[_Pending] = []  # every live request taken off the queue, in queue order
         total, key, preferred_cut = 0, None, 0
+        largest_preferred = max(self.policy.preferred_batch_sizes, default=0)
         while self._queue:
             pending = self._queue.popleft()
             if pending.future.done():
@@ -191,7 +192,7 @@ class DynamicBatcher:
                 total += pending.count
                 if total in self.policy.preferred_batch_sizes:
                     preferred_cut = len(batch)
-                    if total == max(self.policy.preferred_batch_sizes):
+                    if total == largest_preferred:
                         break  # nothing further can make a larger preferred batch
             elif total >= self.policy.max_batch_size:
                 break
