@@ -23,7 +23,7 @@ from service.api import DESCRIPTOR_POOL
 from service.auth import auth_interceptor, refusal_handler
 from service.api.convserve.v1 import vision_pb2, vision_pb2_grpc
 from service.api.inference import grpc_service_pb2, grpc_service_pb2_grpc
-from service.dataplane import DataPlane
+from service.pipelines.core import Stages
 from service.metrics import Metrics
 from service.models import LoadOptions, ModelRegistry
 from service.runtime import cpu_count, import_onnxruntime
@@ -64,7 +64,7 @@ class RunningServer:
     metrics: Metrics
     lifecycle: Lifecycle
     health: object  # grpc_health aio HealthServicer
-    dataplane: DataPlane
+    stages: Stages
     settings: ServerSettings
 
     async def stop(self) -> None:
@@ -105,7 +105,7 @@ async def start_server(settings: ServerSettings, interceptors: list | None = Non
     metrics = Metrics()
     lifecycle = Lifecycle()
     registry = ModelRegistry(settings.model_repo, metrics, LoadOptions(settings.providers, settings.require_gpu, settings.drain_timeout_s))
-    dataplane = DataPlane(registry, metrics, settings.limits, settings.preprocess_threads or cpu_count())
+    stages = Stages(registry, metrics, settings.limits, settings.preprocess_threads or cpu_count())
     calls = CallRunner(metrics, registry, settings.limits)
     chain = [AdmissionInterceptor(lifecycle), auth_interceptor(settings), *(interceptors or [])]
     server = grpc.aio.server(
@@ -113,8 +113,8 @@ async def start_server(settings: ServerSettings, interceptors: list | None = Non
         maximum_concurrent_rpcs=None,
     )
     grpc_service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
-        InferenceServicer(dataplane, calls, lifecycle, settings.repository_api), server)
-    vision_pb2_grpc.add_VisionServiceServicer_to_server(VisionServicer(dataplane, calls), server)
+        InferenceServicer(stages, calls, lifecycle, settings.repository_api), server)
+    vision_pb2_grpc.add_VisionServiceServicer_to_server(VisionServicer(stages, calls), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     _enable_reflection(server)
@@ -131,7 +131,7 @@ async def start_server(settings: ServerSettings, interceptors: list | None = Non
     await server.start()
     log.info("server started", extra={"event": "server_started", "port": port, "metrics_port": metrics_port,
                                         "providers": ",".join(settings.providers), "model_repo": str(settings.model_repo)})
-    running = RunningServer(server, port, metrics_port, registry, metrics, lifecycle, health_servicer, dataplane, settings)
+    running = RunningServer(server, port, metrics_port, registry, metrics, lifecycle, health_servicer, stages, settings)
     started = time.perf_counter()
     _warn_cuda_once(registry, settings)
     await registry.load_all()
@@ -176,7 +176,7 @@ async def shutdown(running: RunningServer) -> None:
     # status rather than from a transport closing under a request in flight.
     await asyncio.sleep(min(1.0, settings.shutdown_grace_s))
     await running.server.stop(grace=settings.drain_timeout_s)
-    running.dataplane.close()
+    running.stages.close()
     log.info("stopped", extra={"event": "shutdown_done"})
 
 

@@ -1,12 +1,12 @@
-"""Overlays that apps display directly: detection boxes drawn on the original image."""
+"""Overlays that apps display directly (detection boxes drawn on the original image), and the one
+image encoder every overlay and label map goes through."""
 
 from __future__ import annotations
 
 import cv2
 import numpy as np
 
-from service.errors import InternalError
-
+OVERLAY_FORMATS = ("jpeg", "png")
 _PALETTE = np.array([
     (56, 56, 255), (151, 157, 255), (31, 112, 255), (29, 178, 255), (49, 210, 207), (10, 249, 72),
     (23, 204, 146), (134, 219, 61), (52, 147, 26), (187, 212, 0), (168, 153, 44), (255, 194, 0),
@@ -18,13 +18,16 @@ def class_color(index: int) -> tuple[int, int, int]:
     return tuple(int(c) for c in _PALETTE[index % len(_PALETTE)])
 
 
-def encode_image(image: np.ndarray, fmt: str = "jpeg", quality: int = 90) -> bytes:
-    """BGR or gray uint8 image -> JPEG or PNG bytes."""
-    extension = ".png" if fmt == "png" else ".jpg"
-    params = [cv2.IMWRITE_JPEG_QUALITY, quality] if extension == ".jpg" else []
-    ok, buffer = cv2.imencode(extension, image, params)
+def encode_image(image: np.ndarray, fmt: str = "jpeg") -> bytes:
+    """uint8 BGR [H, W, 3] or gray [H, W] (PNG: also uint16 [H, W]) -> JPEG (quality 90) or PNG bytes."""
+    if fmt not in OVERLAY_FORMATS:
+        raise ValueError(f"image format must be one of {OVERLAY_FORMATS}, got {fmt!r}")
+    if fmt == "jpeg":
+        ok, buffer = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 90])
+    else:
+        ok, buffer = cv2.imencode(".png", np.ascontiguousarray(image), [cv2.IMWRITE_PNG_COMPRESSION, 3])
     if not ok:
-        raise InternalError(f"could not encode a {fmt} overlay")
+        raise ValueError(f"could not encode a {image.dtype} {list(image.shape)} image as {fmt}")
     return buffer.tobytes()
 
 

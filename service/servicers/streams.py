@@ -1,4 +1,5 @@
-"""Ordered, flow-controlled processing of a bidirectional frame stream (camera apps).
+"""Ordered, flow-controlled processing of a bidirectional stream: the one implementation behind
+V2 ModelStreamInfer and the vision API's StreamDetect / StreamClassify.
 
 Frames are answered in the order they arrived, each exactly once. At most `max_pending` frames
 are being processed at a time. Without drop_frames the reader stops reading when that many are
@@ -14,9 +15,30 @@ import asyncio
 from dataclasses import dataclass, field
 from typing import AsyncIterator, Awaitable, Callable, Generic, TypeVar
 
+import grpc
+
+from service.errors import ServiceError, status_of
+from service.pipelines.request import RequestContext
+from service.servicers.calls import CallRunner
+
 F = TypeVar("F")  # a frame message
 R = TypeVar("R")  # a frame result message
 
+
+async def run_frame(calls: CallRunner, ctx: RequestContext, model_name: str,
+                    work: Callable[[], Awaitable[R]]) -> tuple[R | None, Exception | None]:
+    """Run one frame of a stream and record it like a unary call (counted in flight, finished with
+    its status). Returns (result, None), or (None, the failure) for the caller to answer the frame
+    with: a frame's failure, expected or not, is that frame's error, not the stream's."""
+    try:
+        with calls.inflight(model_name):
+            result = await work()
+    except Exception as exc:
+        code, message = status_of(exc)
+        calls.finish(ctx, code, message, exc if not isinstance(exc, ServiceError) else None)
+        return None, exc
+    calls.finish(ctx, grpc.StatusCode.OK, "")
+    return result, None
 
 
 @dataclass(eq=False)
@@ -33,9 +55,13 @@ class StreamPolicy:
 
 
 class OrderedStream(Generic[F, R]):
-    """Reads frames, processes up to `max_pending` concurrently, yields results in order."""
+    """Reads frames, processes up to `max_pending` concurrently, yields results in order.
 
-    def __init__(self, frames: AsyncIterator[F], process: Callable[[F], Awaitable[R]], on_dropped: Callable[[F, int], R], policy_of_first: Callable[[F], StreamPolicy]):
+    on_dropped answers a frame skipped under drop_frames (None for a stream that never drops).
+    """
+
+    def __init__(self, frames: AsyncIterator[F], process: Callable[[F], Awaitable[R]], on_dropped: Callable[[F, int], R] | None,
+                 policy_of_first: Callable[[F], StreamPolicy]):
         self._frames = frames
         self._process = process
         self._on_dropped = on_dropped

@@ -24,26 +24,12 @@ from collections.abc import Iterable, Mapping
 import numpy as np
 
 from service.api.inference import grpc_service_pb2 as pb
+from service.dtypes import NUMPY_OF_V2
 from service.errors import InternalError, InvalidArgument
 
 Scalar = bool | int | float | str | bytes
 
-# V2 datatype -> numpy dtype, little-endian as on the wire.
-_DTYPES: dict[str, np.dtype] = {
-    "BOOL": np.dtype(np.bool_),
-    "UINT8": np.dtype("<u1"),
-    "UINT16": np.dtype("<u2"),
-    "UINT32": np.dtype("<u4"),
-    "UINT64": np.dtype("<u8"),
-    "INT8": np.dtype("<i1"),
-    "INT16": np.dtype("<i2"),
-    "INT32": np.dtype("<i4"),
-    "INT64": np.dtype("<i8"),
-    "FP16": np.dtype("<f2"),
-    "FP32": np.dtype("<f4"),
-    "FP64": np.dtype("<f8"),
-    "BYTES": np.dtype(object),
-}
+_DTYPES = NUMPY_OF_V2  # V2 datatype -> numpy dtype, little-endian as on the wire (service/dtypes.py)
 V2_DATATYPES: tuple[str, ...] = tuple(_DTYPES)
 
 # (numpy kind, itemsize) -> V2 datatype, for arrays of any byte order.
@@ -261,12 +247,6 @@ def append_output(response: pb.ModelInferResponse, name: str, array: np.ndarray)
     datatype, raw = encode_raw(array, f"output '{name}'")
     response.outputs.add(name=name, datatype=datatype, shape=array.shape)
     response.raw_output_contents.append(raw)
-
-
-def append_outputs(response: pb.ModelInferResponse, outputs: Mapping[str, np.ndarray]) -> None:
-    """Add every output of `outputs`, in mapping order."""
-    for name, array in outputs.items():
-        append_output(response, name, array)
 
 
 def append_input(request: pb.ModelInferRequest, name: str, array: np.ndarray) -> None:

@@ -124,7 +124,8 @@ def test_decodes_the_request_tritonclient_sends(datatype):
 def test_tritonclient_reads_our_outputs(datatype):
     array = sample(datatype, seed=1)
     response = pb.ModelInferResponse(model_name="m", model_version="1")
-    v2.append_outputs(response, {"out": array, "count": np.arange(3, dtype=np.int64)})
+    for name, output in {"out": array, "count": np.arange(3, dtype=np.int64)}.items():
+        v2.append_output(response, name, output)
     result = InferResult(triton_pb.ModelInferResponse.FromString(response.SerializeToString()))
     got = result.as_numpy("out")
     assert result.get_output("out").datatype == datatype
