@@ -133,7 +133,7 @@ async def start_server(settings: ServerSettings, interceptors: list | None = Non
                                         "providers": ",".join(settings.providers), "model_repo": str(settings.model_repo)})
     running = RunningServer(server, port, metrics_port, registry, metrics, lifecycle, health_servicer, stages, settings)
     started = time.perf_counter()
-    _warn_cuda_once(registry, settings)
+    _warn_cuda_once(settings)
     await registry.load_all()
     lifecycle.serving = True
     await _set_health(health_servicer, health_pb2.HealthCheckResponse.SERVING)
@@ -152,7 +152,7 @@ def _enable_reflection(server: grpc.aio.Server) -> None:
     reflection.enable_server_reflection(names, server, pool=DESCRIPTOR_POOL)
 
 
-def _warn_cuda_once(registry: ModelRegistry, settings: ServerSettings) -> None:
+def _warn_cuda_once(settings: ServerSettings) -> None:
     ort = import_onnxruntime()
     if "cuda" in settings.providers and "CUDAExecutionProvider" not in ort.get_available_providers():
         log.warning("CUDA was requested but this ONNX Runtime build has no CUDA provider; every model runs on the CPU",
@@ -204,7 +204,7 @@ async def _poll_repository(running: RunningServer) -> None:
             for directory in model_directories(running.registry.repo):
                 entry = running.registry.entries.get(directory.name)
                 try:
-                    versions = set(list_versions(directory, directory))
+                    versions = set(list_versions(directory))
                 except Exception:
                     continue
                 if entry is None or (entry.state == "READY" and versions != set(entry.versions)):

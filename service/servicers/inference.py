@@ -20,7 +20,8 @@ from service.servicers import v2_model_info as info
 from service.servicers.calls import CallRunner
 from service.servicers.lifecycle import Lifecycle
 from service.servicers.streams import OrderedStream, StreamPolicy, run_frame
-from service.servicers.v2_tensors import append_output, parameters_to_python, request_inputs
+from service.servicers.v2_parameters import parameters_to_python
+from service.servicers.v2_tensors import append_output, request_inputs
 
 EXTENSIONS = ("classification", "model_repository", "model_configuration", "statistics", "binary_tensor_data", "parameters")
 
