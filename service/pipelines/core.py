@@ -53,7 +53,8 @@ class Stages:
             model = self.registry.get(model.name, model.version)
         ctx.model, ctx.version = model.name, str(model.version)
         if task is not None and model.config.task != task:
-            raise FailedPrecondition(f"model '{model.name}' is a {model.config.task} model; this call needs a {task} model")
+            raise FailedPrecondition(
+                f"model '{model.name}' is a {model.config.task} model; this call needs a {task} model")
         return model
 
     async def prepare(self, ctx: RequestContext, model: LoadedVersion, images: Sequence[ImageInput],

@@ -52,7 +52,7 @@ class ActivationMapResult:
 def check_options(options: ExplainOptions, num_classes: int) -> None:
     """The only checks of ExplainOptions: the overlay format and the class index's range."""
     if options.overlay_format not in OVERLAY_FORMATS:
-        raise InvalidArgument(f"overlay_format must be 'jpeg' or 'png' (or empty), got {options.overlay_format!r}")
+        raise InvalidArgument(f"overlay_format must be one of {OVERLAY_FORMATS} (or empty), got {options.overlay_format!r}")
     index = options.class_index
     if index is not None and not 0 <= index < num_classes:
         raise InvalidArgument(
@@ -84,7 +84,8 @@ async def classify_and_explain(stages: Stages, ctx: RequestContext, model: Model
         raws = [cam_math.class_activation_map(c.outputs[cam.features_output], weights, i)
                 for c, i in zip(classifications, indices)]
     else:
-        raws = await asyncio.gather(*(score_cam(stages, ctx, loaded, cam, c, i) for c, i in zip(classifications, indices)))
+        raws = await asyncio.gather(*(score_cam(stages, ctx, loaded, cam, c, i)
+                                      for c, i in zip(classifications, indices)))
     maps = await stages.off_loop(ctx, [
         lambda c=c, i=i, raw=raw: finish_map(loaded, cam.method, c, i, raw, options)
         for c, i, raw in zip(classifications, indices, raws)

@@ -123,6 +123,7 @@ def decode_yolov8(output: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _cxcywh_to_xyxy(boxes: np.ndarray) -> np.ndarray:
+    """boxes [A, 4] centre x, centre y, width, height -> [A, 4] x1y1x2y2."""
     half = boxes[:, 2:4] / 2
     return np.concatenate([boxes[:, :2] - half, boxes[:, :2] + half], axis=1)
 
@@ -167,7 +168,8 @@ def select_detections(boxes: np.ndarray, scores: np.ndarray, params: NmsParams):
 
 def detections_from_output(output: np.ndarray, config: DetectionConfig, resize: ResizeInfo,
                            params: NmsParams | None = None) -> Detections:
-    """One image's raw output -> Detections in original-image pixels (see the module docstring)."""
+    """One image's raw output (a layout of the module docstring, no batch axis) -> Detections: boxes
+    [K, 4] x1y1x2y2 in original-image pixels, scores [K], classes [K], K <= max_detections."""
     params = params or NmsParams.from_config(config)
     boxes, scores = decode_output(np.asarray(output), config, resize.input_hw)
     kept, classes, best = select_detections(boxes, scores, params)

@@ -6,7 +6,9 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-OVERLAY_FORMATS = ("jpeg", "png")
+_ENCODINGS = {"jpeg": (".jpg", [cv2.IMWRITE_JPEG_QUALITY, 90]), "png": (".png", [cv2.IMWRITE_PNG_COMPRESSION, 3])}
+OVERLAY_FORMATS = tuple(_ENCODINGS)  # what a request may ask an overlay to be encoded as
+
 _PALETTE = np.array([
     (56, 56, 255), (151, 157, 255), (31, 112, 255), (29, 178, 255), (49, 210, 207), (10, 249, 72),
     (23, 204, 146), (134, 219, 61), (52, 147, 26), (187, 212, 0), (168, 153, 44), (255, 194, 0),
@@ -20,18 +22,17 @@ def class_color(index: int) -> tuple[int, int, int]:
 
 def encode_image(image: np.ndarray, fmt: str = "jpeg") -> bytes:
     """uint8 BGR [H, W, 3] or gray [H, W] (PNG: also uint16 [H, W]) -> JPEG (quality 90) or PNG bytes."""
-    if fmt not in OVERLAY_FORMATS:
+    if fmt not in _ENCODINGS:
         raise ValueError(f"image format must be one of {OVERLAY_FORMATS}, got {fmt!r}")
-    if fmt == "jpeg":
-        ok, buffer = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 90])
-    else:
-        ok, buffer = cv2.imencode(".png", np.ascontiguousarray(image), [cv2.IMWRITE_PNG_COMPRESSION, 3])
+    extension, params = _ENCODINGS[fmt]
+    ok, buffer = cv2.imencode(extension, np.ascontiguousarray(image), params)
     if not ok:
         raise ValueError(f"could not encode a {image.dtype} {list(image.shape)} image as {fmt}")
     return buffer.tobytes()
 
 
-def draw_boxes(image: np.ndarray, boxes: np.ndarray, labels: list[str], classes: np.ndarray, scores: np.ndarray) -> np.ndarray:
+def draw_boxes(image: np.ndarray, boxes: np.ndarray, labels: list[str], classes: np.ndarray,
+               scores: np.ndarray) -> np.ndarray:
     """A copy of `image` (BGR or gray) with each box [K, 4] (x1, y1, x2, y2 pixels) and 'label score' drawn."""
     canvas = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR) if image.ndim == 2 else image.copy()
     thickness = max(1, round(min(canvas.shape[:2]) / 300))

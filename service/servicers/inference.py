@@ -23,7 +23,8 @@ from service.servicers.streams import OrderedStream, StreamPolicy, run_frame
 from service.servicers.v2_parameters import parameters_to_python
 from service.servicers.v2_tensors import append_output, request_inputs
 
-EXTENSIONS = ("classification", "model_repository", "model_configuration", "statistics", "binary_tensor_data", "parameters")
+EXTENSIONS = ("classification", "model_repository", "model_configuration", "statistics", "binary_tensor_data",
+              "parameters")
 
 
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
@@ -69,7 +70,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             for name in names:
                 loaded = self.stages.resolve(ctx, ModelRef(name, request.version))
                 stats = self.calls.metrics.model_statistics(name)
-                response.model_stats.append(info.model_statistics(name, str(loaded.version), stats, self._last_inference_ms.get(name, 0)))
+                last_ms = self._last_inference_ms.get(name, 0)
+                response.model_stats.append(info.model_statistics(name, str(loaded.version), stats, last_ms))
             return response
         return await self.calls.unary("ModelStatistics", request.name, context, body)
 

@@ -60,7 +60,8 @@ class OrderedStream(Generic[F, R]):
     on_dropped answers a frame skipped under drop_frames (None for a stream that never drops).
     """
 
-    def __init__(self, frames: AsyncIterator[F], process: Callable[[F], Awaitable[R]], on_dropped: Callable[[F, int], R] | None,
+    def __init__(self, frames: AsyncIterator[F], process: Callable[[F], Awaitable[R]],
+                 on_dropped: Callable[[F, int], R] | None,
                  policy_of_first: Callable[[F], StreamPolicy]):
         self._frames = frames
         self._process = process

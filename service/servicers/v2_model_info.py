@@ -75,7 +75,8 @@ def model_statistics(name: str, version: str, stats: ModelStats, last_inference_
     (compute_input), the model run (compute_infer) and splitting the outputs back (compute_output)."""
     total_count, total_seconds = stats.total
     batch_stats = [pb.InferBatchStatistics(batch_size=size, compute_input=_duration((count, merge)),
-                                           compute_infer=_duration((count, run)), compute_output=_duration((count, split)))
+                                           compute_infer=_duration((count, run)),
+                                           compute_output=_duration((count, split)))
                    for size, count, merge, run, split in stats.batch_stats]
     return pb.ModelStatistics(
         name=name, version=version, last_inference=last_inference_ms,

@@ -24,7 +24,7 @@ from collections.abc import Iterable
 import numpy as np
 
 from service.api.inference import grpc_service_pb2 as pb
-from service.dtypes import NUMPY_OF_V2
+from service.dtypes import NUMPY_OF_V2, V2_CONTENTS
 from service.errors import InternalError, InvalidArgument
 
 _DTYPES = NUMPY_OF_V2  # V2 datatype -> numpy dtype, little-endian as on the wire (service/dtypes.py)
@@ -33,17 +33,7 @@ V2_DATATYPES: tuple[str, ...] = tuple(_DTYPES)
 # (numpy kind, itemsize) -> V2 datatype, for arrays of any byte order.
 _BY_KIND = {(dt.kind, dt.itemsize): name for name, dt in _DTYPES.items() if name != "BYTES"}
 
-# The InferTensorContents field that carries each datatype; FP16 has none (raw only).
-_TYPED_FIELD = {
-    "BOOL": "bool_contents",
-    "INT8": "int_contents", "INT16": "int_contents", "INT32": "int_contents",
-    "INT64": "int64_contents",
-    "UINT8": "uint_contents", "UINT16": "uint_contents", "UINT32": "uint_contents",
-    "UINT64": "uint64_contents",
-    "FP32": "fp32_contents",
-    "FP64": "fp64_contents",
-    "BYTES": "bytes_contents",
-}
+_TYPED_FIELD = V2_CONTENTS  # the InferTensorContents field of each datatype; FP16 has none (raw only)
 
 _LENGTH = struct.Struct("<I")
 

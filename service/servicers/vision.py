@@ -41,16 +41,18 @@ class VisionServicer(vpb_grpc.VisionServiceServicer):
 
     async def Explain(self, request, context):
         async def body(ctx):
+            options = convert.explain_options_from_proto(request.options)
             maps = await explain(self.stages, ctx, convert.model_from_proto(request.model),
-                                 convert.images_from_proto(request.images), convert.explain_options_from_proto(request.options))
+                                 convert.images_from_proto(request.images), options)
             return vpb.ExplainResponse(model_name=ctx.model, model_version=ctx.version,
                                        maps=[convert.activation_map_to_proto(m) for m in maps])
         return await self.calls.unary("Explain", request.model.name, context, body)
 
     async def Detect(self, request, context):
         async def body(ctx):
+            options = convert.detect_options_from_proto(request.params)
             results = await detect(self.stages, ctx, convert.model_from_proto(request.model),
-                                   convert.images_from_proto(request.images), convert.detect_options_from_proto(request.params))
+                                   convert.images_from_proto(request.images), options)
             return vpb.DetectResponse(model_name=ctx.model, model_version=ctx.version,
                                       results=[convert.detect_result_to_proto(r) for r in results])
         return await self.calls.unary("Detect", request.model.name, context, body)
