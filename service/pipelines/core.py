@@ -60,7 +60,7 @@ class Stages:
     async def prepare(self, ctx: RequestContext, model: LoadedVersion, images: Sequence[ImageInput],
                       keep_original: bool = False) -> list[PreparedImage]:
         """Decode + preprocess every image off the event loop; a bad image names its index."""
-        self._check_count(model, len(images))
+        self._check_budget(model, len(images))
         ctx.images = len(images)
         started = time.perf_counter()
         loop = asyncio.get_running_loop()
@@ -76,7 +76,9 @@ class Stages:
             prepared.append(result)
         return prepared
 
-    def _check_count(self, model: LoadedVersion, count: int) -> None:
+    def _check_budget(self, model: LoadedVersion, count: int) -> None:
+        """What an image request may bring, checked before anything is decoded: the one place for its
+        budgets (the image count today)."""
         if count == 0:
             raise InvalidArgument("request has no images")
         if count > self.limits.max_images_per_request:
