@@ -113,7 +113,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         server stops reading the stream (HTTP/2 flow control holds the client back), so memory stays
         bounded however fast it writes. The call holds one of `max_concurrent_streams` while it runs.
         """
-        policy = StreamPolicy(drop_frames=False, max_pending=max(1, self.stages.limits.stream_max_pending))
+        window = max(1, self.stages.limits.stream_max_pending)
+        policy = StreamPolicy(drop_frames=False, max_pending=window, max_unconsumed=window)
 
         async def process(request: pb.ModelInferRequest) -> pb.ModelStreamInferResponse:
             ctx = self.calls.new_context("ModelStreamInfer", context)

@@ -50,8 +50,13 @@ class _Slot(Generic[F]):
 
 @dataclass(frozen=True)
 class StreamPolicy:
+    """max_pending: frames processed at once. max_unconsumed: frames read but not yet yielded to the
+    client (processing or answered), default 4 * max_pending + 16; V2 answers can be large tensors,
+    so ModelStreamInfer holds no more than it processes."""
+
     drop_frames: bool
     max_pending: int
+    max_unconsumed: int | None = None
 
 
 class OrderedStream(Generic[F, R]):
@@ -97,7 +102,7 @@ class OrderedStream(Generic[F, R]):
                 if policy is None:
                     policy = self._policy_of_first(frame)
                     self._slots = asyncio.Semaphore(policy.max_pending)
-                    self._backlog = asyncio.Semaphore(4 * policy.max_pending + 16)
+                    self._backlog = asyncio.Semaphore(policy.max_unconsumed or 4 * policy.max_pending + 16)
                 await self._backlog.acquire()  # results not yet consumed by the client: bounded
                 slot = _Slot(frame, asyncio.get_running_loop().create_future())
                 self._order.put_nowait(slot)
