@@ -18,24 +18,29 @@ from service import __version__
 from service.api.inference import grpc_service_pb2 as pb
 from service.api.inference import grpc_service_pb2_grpc as pb_grpc
 from service.dataplane import DataPlane, ImageInput, RequestContext
-from service.errors import InvalidArgument, NotFound, ServiceError, Unavailable, status_of
+from service.errors import InvalidArgument, NotFound, ServiceError, Unavailable, Unimplemented, status_of
 from service.models import LoadedVersion
 from service.postprocess.classify import top_k
 from service.servicers.calls import CallRunner
 from service.servicers.lifecycle import Lifecycle
 from service.servicers import v2_model_info as info
-from service.servicers.v2_tensors import append_output, parameters_to_python, request_inputs
+from service.servicers.v2_tensors import parameters_to_python
+from service.shared_memory import SharedMemoryRegistry
+from service.shared_memory_tensors import SharedMemoryBinding
 
 _STREAM_END = object()  # ModelStreamInfer: the client finished writing (or its side failed)
-EXTENSIONS = ("classification", "model_repository", "model_configuration", "statistics", "binary_tensor_data", "parameters")
+EXTENSIONS = ("classification", "model_repository", "model_configuration", "statistics", "binary_tensor_data", "parameters",
+              "system_shared_memory")
 _NUMPY = {name: np.dtype(kind) for name, kind in (  # dtype objects: comparing to a dtype is cheaper than to a type
     ("float32", np.float32), ("float16", np.float16), ("float64", np.float64), ("int8", np.int8), ("uint8", np.uint8),
     ("int16", np.int16), ("int32", np.int32), ("int64", np.int64), ("bool", np.bool_))}
 
 
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
-    def __init__(self, dataplane: DataPlane, calls: CallRunner, lifecycle: Lifecycle, repository_api: bool = True):
+    def __init__(self, dataplane: DataPlane, calls: CallRunner, lifecycle: Lifecycle, repository_api: bool = True, *,
+                 shared_memory: SharedMemoryRegistry):
         self.dp = dataplane
+        self.shared_memory = shared_memory
         self.calls = calls
         self.lifecycle = lifecycle
         self.registry = dataplane.registry
@@ -106,6 +111,45 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         if not self.repository_api:
             raise Unavailable("the repository API (load/unload) is disabled on this server (--repository-api false)")
 
+    async def SystemSharedMemoryStatus(self, request, context):
+        async def body(ctx):
+            response = pb.SystemSharedMemoryStatusResponse()
+            for region in self.shared_memory.status(request.name):
+                response.regions[region.name].CopyFrom(pb.SystemSharedMemoryStatusResponse.RegionStatus(
+                    name=region.name, key=region.key, offset=region.offset, byte_size=region.byte_size))
+            return response
+        return await self.calls.unary("SystemSharedMemoryStatus", "", context, body)
+
+    async def SystemSharedMemoryRegister(self, request, context):
+        async def body(ctx):
+            self.shared_memory.register_system(request.name, request.key, request.offset, request.byte_size)
+            return pb.SystemSharedMemoryRegisterResponse()
+        return await self.calls.unary("SystemSharedMemoryRegister", "", context, body)
+
+    async def SystemSharedMemoryUnregister(self, request, context):
+        async def body(ctx):
+            self.shared_memory.unregister(request.name)
+            return pb.SystemSharedMemoryUnregisterResponse()
+        return await self.calls.unary("SystemSharedMemoryUnregister", "", context, body)
+
+    async def CudaSharedMemoryStatus(self, request, context):
+        async def body(ctx):  # no CUDA region can be registered on this build: an empty list, or the name refused
+            self.shared_memory.status(request.name, kind="cuda")
+            return pb.CudaSharedMemoryStatusResponse()
+        return await self.calls.unary("CudaSharedMemoryStatus", "", context, body)
+
+    async def CudaSharedMemoryRegister(self, request, context):
+        async def body(ctx):
+            raise Unimplemented("CUDA shared memory needs a GPU build; this server offers system shared memory "
+                                "(SystemSharedMemoryRegister)")
+        return await self.calls.unary("CudaSharedMemoryRegister", "", context, body)
+
+    async def CudaSharedMemoryUnregister(self, request, context):
+        async def body(ctx):
+            self.shared_memory.unregister(request.name, kind="cuda")
+            return pb.CudaSharedMemoryUnregisterResponse()
+        return await self.calls.unary("CudaSharedMemoryUnregister", "", context, body)
+
     async def ModelInfer(self, request, context):
         return await self.calls.unary("ModelInfer", request.model_name, context, lambda ctx: self._infer(ctx, request))
 
@@ -161,7 +205,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def _infer(self, ctx: RequestContext, request: pb.ModelInferRequest) -> pb.ModelInferResponse:
         loaded = self.dp.model(ctx, request.model_name, request.model_version)
         started = time.perf_counter()
-        inputs = await self._model_inputs(ctx, loaded, request_inputs(request))
+        tensors = SharedMemoryBinding(request, self.shared_memory)  # arrays, from raw contents or shared memory
+        inputs = await self._model_inputs(ctx, loaded, tensors.inputs)
         # V2 ModelStatistics' compute_input: everything that turns the request into model inputs (image
         # decoding included), recorded for every request, so its count equals compute_infer's as
         # perf_analyzer requires
@@ -172,8 +217,10 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         response = pb.ModelInferResponse(model_name=loaded.name, model_version=str(loaded.version), id=request.id)
         for name, classes in wanted:
             value = outputs[name]
-            append_output(response, name, classification_strings(loaded, value, classes) if classes else value)
+            tensors.append_output(response, name, classification_strings(loaded, value, classes) if classes else value)
         ctx.add_stage("postprocess", time.perf_counter() - started)
+        if tensors.used:
+            self.shared_memory.served(loaded.name)
         self._last_inference_ms[loaded.name] = int(time.time() * 1000)
         return response
 
