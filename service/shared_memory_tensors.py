@@ -11,10 +11,10 @@ Inputs become numpy views over the mapping (no copy; the batcher stacks them wit
 request's, or hands a lone request's view to ONNX Runtime directly). Their byte size is checked
 against shape x datatype, and the window against the region's bounds, before a byte is read.
 Inputs without these parameters take their `raw_input_contents` entries in order, as
-tritonclient sends them. An output written to a region carries no raw contents in the response
-(its InferOutputTensor still gives datatype and shape); when the response also has raw outputs,
-the shared-memory ones hold an empty entry so raw_output_contents[i] still belongs to outputs[i],
-which is how tritonclient's `as_numpy` indexes them.
+tritonclient sends them. An output written to a region carries no bytes in the response: its
+InferOutputTensor gives datatype and shape, and its raw_output_contents entry is empty, so that
+raw_output_contents[i] still belongs to outputs[i] (Triton's layout; perf_analyzer's client
+indexes the entries by output position and crashes when they are missing).
 """
 
 from __future__ import annotations
@@ -100,7 +100,6 @@ class SharedMemoryBinding:
         if not regions:  # nothing registered: only the plain path is possible (or a precise refusal)
             self._refuse_named_regions(request, regions)
             self.inputs = request_inputs(request)
-            self._placeholders = False
             return
         slots = [tensor_slot(t.parameters, regions, f"input '{t.name}'") for t in request.inputs]
         self.inputs = request_inputs(request) if not any(slots) else self._mixed_inputs(request, slots)
@@ -108,7 +107,6 @@ class SharedMemoryBinding:
             slot = tensor_slot(output.parameters, regions, f"output '{output.name}'")
             if slot is not None:
                 self.outputs[output.name] = slot
-        self._placeholders = bool(self.outputs) and len(self.outputs) < len(request.outputs)
         self.used = any(slots) or bool(self.outputs)
 
     @staticmethod
@@ -155,8 +153,7 @@ class SharedMemoryBinding:
                                   f"for region '{slot.region.status.name}' is {slot.byte_size}")
         slot.region.write(slot.offset, data, what)
         response.outputs.add(name=name, datatype=datatype, shape=array.shape)
-        if self._placeholders:
-            response.raw_output_contents.append(b"")
+        response.raw_output_contents.append(b"")
 
 
 def _wire_form(array: np.ndarray, what: str) -> tuple[str, np.ndarray | bytes]:

@@ -105,7 +105,7 @@ def test_inference_through_shared_memory_equals_the_plain_path(client, region, t
     client.register_system_shared_memory(out_name, out_key, OUTPUT_BYTES + 64)
 
     result = shm_infer(client, in_name, out_name, output_offset=64)
-    assert not result.get_response().raw_output_contents  # the output went to shared memory only
+    assert result.get_response().raw_output_contents == [b""]  # the output went to shared memory only
     output = result.get_output("logits")
     read = shm.get_contents_as_numpy(out_handle, np.float32, list(output.shape), offset=64)
     np.testing.assert_array_equal(read, plain_logits(client, data))
