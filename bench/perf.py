@@ -67,7 +67,6 @@ def run_perf_analyzer(server: ServedModels, model: str, transport: str, concurre
         (row,) = list(csv.DictReader(report.open()))
     throughput = float(row["Inferences/Second"])
     latency = {name: round(float(row[f"{name} latency"]) / 1000, 3) for name in ("p50", "p90", "p99")}
-    latency["mean"] = round(float(row["Avg latency"]) / 1000, 3)
     return ServedPoint(
         model=model, payload=perf_payload(transport), concurrency=concurrency, throughput_rps=throughput,
         images_per_s=throughput, latency_ms=latency, errors={}, requests_total=total,
