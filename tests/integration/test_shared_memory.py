@@ -203,3 +203,30 @@ def test_cuda_shared_memory_is_refused_clearly(client):
     refused(lambda: client.register_cuda_shared_memory("gpu", b"\0" * 64, 0, 64),
             grpc.StatusCode.UNIMPLEMENTED, "CUDA shared memory needs a GPU build")
     client.unregister_cuda_shared_memory()
+
+
+def test_encoded_images_as_a_bytes_input_in_shared_memory(client, region):
+    """A BYTES input (length-prefixed encoded images) read from a region is preprocessed like the
+    same bytes sent over gRPC."""
+    import cv2
+    from tritonclient.utils import serialize_byte_tensor
+
+    rng = np.random.default_rng(5)
+    encoded = [cv2.imencode(".png", rng.integers(0, 256, (12, 10, 3), dtype=np.uint8))[1].tobytes() for _ in range(2)]
+    payload = serialize_byte_tensor(np.array(encoded, dtype=np.object_)).item()  # length-prefixed bytes
+    name, key, handle = region(len(payload) + 24)
+    shm.set_shared_memory_region(handle, [np.frombuffer(payload, dtype=np.uint8)])
+    client.register_system_shared_memory(name, key, len(payload) + 24)
+
+    plain = triton.InferInput("input", [2], "BYTES")
+    plain.set_data_from_numpy(np.array(encoded, dtype=np.object_))
+    expected = client.infer("tiny", [plain]).as_numpy("logits")
+
+    tensor = triton.InferInput("input", [2], "BYTES")
+    tensor.set_shared_memory(name, len(payload))
+    output = triton.InferRequestedOutput("logits")
+    output.set_shared_memory(name, 24, offset=len(payload))
+    client.infer("tiny", [tensor], outputs=[output])
+    np.testing.assert_array_equal(shm.get_contents_as_numpy(handle, np.float32, [2, 3], offset=len(payload)), expected)
+    refused(lambda: client.infer("tiny", [tensor.set_shared_memory(name, len(payload) - 3)]),
+            grpc.StatusCode.INVALID_ARGUMENT, "BYTES element 1 declares")
