@@ -17,6 +17,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import tritonclient.grpc as triton
 
 from bench.load import ServedPoint
@@ -45,20 +46,40 @@ def answered(server: ServedModels, model: str) -> int:
     return sum(s.inference_stats.success.count for s in stats.model_stats)
 
 
-def run_perf_analyzer(server: ServedModels, model: str, transport: str, concurrency: int, duration: float) -> ServedPoint:
-    """perf_analyzer at one concurrency: three windows of duration/3 each (stability not required)."""
+def write_input_data(server: ServedModels, model: str, directory: Path) -> None:
+    """One file per input, named after it, holding one batch item of standard-normal float32: the
+    data raw ONNX Runtime runs in bench/raw.py. Why not perf_analyzer's default random bytes: as
+    floats they hold NaN, Inf and denormals, which no camera sends and which slow CPU arithmetic."""
+    with triton.InferenceServerClient(server.address) as client:
+        metadata = client.get_model_metadata(model)
+    rng = np.random.default_rng(0)
+    for tensor in metadata.inputs:
+        if tensor.datatype != "FP32":
+            raise RuntimeError(f"{model}: input '{tensor.name}' is {tensor.datatype}; this benchmark sends FP32")
+        dims = [int(d) for d in tensor.shape[1:]]
+        (directory / tensor.name).write_bytes(rng.standard_normal(dims).astype("<f4").tobytes())
+
+
+def run_perf_analyzer(server: ServedModels, model: str, transport: str, concurrency: int, duration: float,
+                      min_window_s: float = 1.0) -> ServedPoint:
+    """perf_analyzer at one concurrency: three windows of max(duration / 3, min_window_s) each,
+    reported whatever their spread (a stability percentage of 1000: on a shared machine
+    perf_analyzer's default 10 % would fail runs instead of measuring them; the spread shows in the
+    percentiles). A window should hold many request latencies, hence `min_window_s`."""
     binary = ensure_perf_analyzer()
     if binary is None:
         raise RuntimeError(f"perf_analyzer is not available at {PERF_ANALYZER} (scripts/ensure_perf_analyzer.sh)")
-    window_ms = max(1000, int(duration * 1000 / 3))
+    window_ms = int(1000 * max(1.0, min_window_s, duration / 3))
     with tempfile.TemporaryDirectory() as tmp:
-        report = Path(tmp) / "perf.csv"
+        report, data = Path(tmp) / "perf.csv", Path(tmp) / "data"
+        data.mkdir()
+        write_input_data(server, model, data)
         command = [str(binary), "-m", model, "-i", "grpc", "-u", server.address, "--concurrency-range", str(concurrency),
-                   "--measurement-interval", str(window_ms), "--stability-percentage", "100", "--max-trials", "3",
-                   "--shared-memory", TRANSPORTS[transport], "-f", str(report)]
+                   "--measurement-interval", str(window_ms), "--stability-percentage", "1000", "--max-trials", "3",
+                   "--input-data", str(data), "--shared-memory", TRANSPORTS[transport], "-f", str(report)]
         before, cpu_before, busy_before = answered(server, model), server.cpu_seconds(), system_busy_seconds()
         client_before = _children_cpu()
-        done = subprocess.run(command, capture_output=True, text=True, timeout=duration * 4 + 120)
+        done = subprocess.run(command, capture_output=True, text=True, timeout=4 * window_ms / 1000 * 3 + 120)
         server_cpu, busy = server.cpu_seconds() - cpu_before, system_busy_seconds() - busy_before
         client_cpu = _children_cpu() - client_before
         total = max(1, answered(server, model) - before)

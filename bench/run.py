@@ -196,10 +196,12 @@ def _served(repo: Path, models, plan: Plan, raw: dict[str, list[RawPoint]], skip
 def _perf_points(server: ServedModels, model, plan: Plan, raw: dict[str, list[RawPoint]], run: ServedRun, repo: Path) -> None:
     """perf_analyzer at each concurrency, plain gRPC and shared memory back to back (so the two see
     the same background load); for resnet18, raw ONNX Runtime again right after each pair."""
+    best = max((p.images_per_s for p in raw.get(model.name, [])), default=0.0)
     for concurrency in PERF_CONCURRENCY.get(model.name, DIGITS_CONCURRENCY):
         duration, _ = window(plan, raw.get(model.name, []), concurrency)
+        latency = concurrency / best if best else 0.0  # what one request takes when the model is the limit
         for transport in TRANSPORTS:
-            _record(run, run_perf_analyzer(server, model.name, transport, concurrency, duration))
+            _record(run, run_perf_analyzer(server, model.name, transport, concurrency, duration, min_window_s=10 * latency))
         if model.name == "resnet18":
             run.adjacent_raw[f"resnet18 c{concurrency}"] = _raw_again(repo, model, raw["resnet18"], concurrency, plan)
 
