@@ -162,7 +162,8 @@ def served_timings(repo: Path, configs: dict, provider: str, batches: tuple[int,
                     median = _median_run(lambda: client.infer(name, feed), seconds)
                     rows.append(TimingRow(name, "served", actual.get(name, "?"), batch, round(median * 1000, 3), round(batch / median, 1)))
                     median = _shm_median_run(server.address, name, config, feed, seconds)
-                    rows.append(TimingRow(name, "served-shm", actual.get(name, "?"), batch, round(median * 1000, 3), round(batch / median, 1)))
+                    rows.append(TimingRow(name, "served-shm", actual.get(name, "?"), batch, round(median * 1000, 3),
+                                          round(batch / median, 1)))
     finally:
         server.stop()
     return rows, actual
@@ -176,7 +177,8 @@ def _shm_median_run(address: str, name: str, config, feed: dict[str, np.ndarray]
 
     (input_name, array), = feed.items()
     output = config.outputs[0]
-    out_bytes = array.shape[0] * int(np.prod([d if d > 0 else 1 for d in output.dims[1:]])) * 4 * 64  # room for any size
+    item = int(np.prod([d if d > 0 else 1 for d in output.dims[1:]]))
+    out_bytes = array.shape[0] * item * 4 * 64  # float32, with room for free (-1) output dimensions
     key = f"/convserve_gpu_check_{name}"
     regions = [shm.create_shared_memory_region(f"{name}_in", f"{key}_in", array.nbytes),
                shm.create_shared_memory_region(f"{name}_out", f"{key}_out", out_bytes)]

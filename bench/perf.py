@@ -74,7 +74,8 @@ def run_perf_analyzer(server: ServedModels, model: str, transport: str, concurre
         report, data = Path(tmp) / "perf.csv", Path(tmp) / "data"
         data.mkdir()
         write_input_data(server, model, data)
-        command = [str(binary), "-m", model, "-i", "grpc", "-u", server.address, "--concurrency-range", str(concurrency),
+        command = [str(binary), "-m", model, "-i", "grpc", "-u", server.address,
+                   "--concurrency-range", str(concurrency),
                    "--measurement-interval", str(window_ms), "--stability-percentage", "1000", "--max-trials", "3",
                    "--input-data", str(data), "--shared-memory", TRANSPORTS[transport], "-f", str(report)]
         before, cpu_before, busy_before = answered(server, model), server.cpu_seconds(), system_busy_seconds()

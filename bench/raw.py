@@ -81,7 +81,8 @@ class RawJpegPoint:
     images_per_s: float  # 1 / (preprocess + model time per image): the in-process pipeline, one image after another
 
 
-def measure_raw_jpeg(model_dir: Path, image_hw: tuple[int, int], seconds: float, model_images_per_s: float) -> RawJpegPoint:
+def measure_raw_jpeg(model_dir: Path, image_hw: tuple[int, int], seconds: float,
+                     model_images_per_s: float) -> RawJpegPoint:
     """The reference for JPEG requests: the server's own preprocessing (service.preprocess) of the
     load tool's synthetic photo-like JPEGs, timed in this process, plus the raw run per image."""
     import cv2

@@ -98,7 +98,8 @@ def main(argv: list[str] | None = None) -> int:
         if "resnet18" in raw:
             best = max(p.images_per_s for p in raw["resnet18"])
             raw_jpeg["resnet18"] = measure_raw_jpeg(repo / "resnet18", JPEG_HW, plan.raw_seconds, best)
-            say(f"raw decode + preprocess, resnet18 {JPEG_HW}: {raw_jpeg['resnet18'].preprocess_ms_per_image:.2f} ms/image")
+            per_image = raw_jpeg["resnet18"].preprocess_ms_per_image
+            say(f"raw decode + preprocess, resnet18 {JPEG_HW}: {per_image:.2f} ms/image")
         run = _served(repo, models, plan, raw, args.no_profile)
     digits = next((m.name for m in models if m.name != "resnet18"), "digits")
     meta["loadavg_after"] = _loadavg()
@@ -119,7 +120,8 @@ def rescore(path: Path) -> int:
     data = json.loads(path.read_text())
     raw = {name: [RawPoint(**p) for p in points] for name, points in data["raw_onnxruntime"].items()}
     adjacent = {key: RawPoint(**p) for key, p in data.get("raw_onnxruntime_after_served", {}).items()}
-    raw_jpeg = {key: RawJpegPoint(**{**p, "image_hw": tuple(p["image_hw"])}) for key, p in data.get("raw_jpeg", {}).items()}
+    raw_jpeg = {key: RawJpegPoint(**{**p, "image_hw": tuple(p["image_hw"])})
+                for key, p in data.get("raw_jpeg", {}).items()}
     fields = {f for f in ServedPoint.__dataclass_fields__}
     served = [ServedPoint(**{k: v for k, v in p.items() if k in fields and k != "rss_mb"}) for p in data["served"]]
     memory = ServedPoint(**data["memory"]) if data.get("memory") else None
@@ -179,12 +181,13 @@ def _served(repo: Path, models, plan: Plan, raw: dict[str, list[RawPoint]], skip
                     _record(run, run_served(server, model.name, "jpeg", concurrency, duration, warmup, VISION_JPEG))
             else:  # per-request overhead without gRPC's per-call cost: the same requests on streams
                 for concurrency in STREAM_CONCURRENCY:
-                    _record(run, run_served(server, model.name, STREAMED_TENSOR, concurrency, plan.duration, plan.warmup))
+                    point = run_served(server, model.name, STREAMED_TENSOR, concurrency, plan.duration, plan.warmup)
+                    _record(run, point)
         digits = next((m.name for m in models if m.name != "resnet18"), None)
         if digits and not skip_profile and has_perf_analyzer:
             say(f"profiling the server under {digits} perf_analyzer grpc c64 (py-spy)")
-            run.profile, _ = profile_during(server.pid, plan.profile_seconds, server.thread_cpu,
-                                            lambda: run_perf_analyzer(server, digits, "grpc", 64, plan.profile_seconds + 3))
+            load = lambda: run_perf_analyzer(server, digits, "grpc", 64, plan.profile_seconds + 3)  # noqa: E731
+            run.profile, _ = profile_during(server.pid, plan.profile_seconds, server.thread_cpu, load)
         if digits:
             say(f"memory: {digits} tensor c64 for {plan.memory_seconds:.0f} s, RSS sampled every second")
             run.memory = run_served(server, digits, "tensor", 64, plan.memory_seconds, plan.warmup, sample_rss=True)
@@ -193,7 +196,8 @@ def _served(repo: Path, models, plan: Plan, raw: dict[str, list[RawPoint]], skip
     return run
 
 
-def _perf_points(server: ServedModels, model, plan: Plan, raw: dict[str, list[RawPoint]], run: ServedRun, repo: Path) -> None:
+def _perf_points(server: ServedModels, model, plan: Plan, raw: dict[str, list[RawPoint]], run: ServedRun,
+                 repo: Path) -> None:
     """perf_analyzer at each concurrency, plain gRPC and shared memory back to back (so the two see
     the same background load); for resnet18, raw ONNX Runtime again right after each pair."""
     best = max((p.images_per_s for p in raw.get(model.name, [])), default=0.0)
@@ -201,7 +205,8 @@ def _perf_points(server: ServedModels, model, plan: Plan, raw: dict[str, list[Ra
         duration, _ = window(plan, raw.get(model.name, []), concurrency)
         latency = concurrency / best if best else 0.0  # what one request takes when the model is the limit
         for transport in TRANSPORTS:
-            _record(run, run_perf_analyzer(server, model.name, transport, concurrency, duration, min_window_s=10 * latency))
+            point = run_perf_analyzer(server, model.name, transport, concurrency, duration, min_window_s=10 * latency)
+            _record(run, point)
         if model.name == "resnet18":
             run.adjacent_raw[f"resnet18 c{concurrency}"] = _raw_again(repo, model, raw["resnet18"], concurrency, plan)
 

@@ -134,8 +134,8 @@ async def start_server(settings: ServerSettings, interceptors: list | None = Non
     await server.start()
     log.info("server started", extra={"event": "server_started", "port": port, "metrics_port": metrics_port,
                                         "providers": ",".join(settings.providers), "model_repo": str(settings.model_repo)})
-    running = RunningServer(server, port, metrics_port, registry, metrics, lifecycle, health_servicer, dataplane, settings,
-                            shared_memory)
+    running = RunningServer(server, port, metrics_port, registry, metrics, lifecycle, health_servicer, dataplane,
+                            settings, shared_memory)
     started = time.perf_counter()
     _warn_cuda_once(registry, settings)
     await registry.load_all()

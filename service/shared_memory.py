@@ -93,7 +93,8 @@ class SystemRegion:
         except FileNotFoundError:
             raise InvalidArgument(f"shared-memory region '{name}': no shared-memory object {key!r} ({path})") from None
         except OSError as exc:
-            raise InvalidArgument(f"shared-memory region '{name}': cannot open {key!r} ({path}): {exc.strerror}") from None
+            raise InvalidArgument(f"shared-memory region '{name}': cannot open {key!r} ({path}): "
+                                  f"{exc.strerror}") from None
         try:
             info = os.fstat(fd)
             if not stat.S_ISREG(info.st_mode):
@@ -116,8 +117,8 @@ class SystemRegion:
         if self.closed:
             raise InvalidArgument(f"{what}: shared-memory region '{self.status.name}' was unregistered")
         if offset < 0 or byte_size < 0 or offset + byte_size > self.status.byte_size:
-            raise InvalidArgument(f"{what}: shared_memory_offset {offset} + shared_memory_byte_size {byte_size} is past "
-                                  f"the end of region '{self.status.name}' ({self.status.byte_size} bytes)")
+            raise InvalidArgument(f"{what}: shared_memory_offset {offset} + shared_memory_byte_size {byte_size} is "
+                                  f"past the end of region '{self.status.name}' ({self.status.byte_size} bytes)")
         needed = self.status.offset + self.status.byte_size
         size = os.fstat(self._fd).st_size
         if size < needed:  # truncated since registration: touching the mapping past the end is SIGBUS

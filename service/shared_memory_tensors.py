@@ -59,7 +59,8 @@ def _int_parameter(parameters: Mapping[str, pb.InferParameter], key: str, what: 
     return value
 
 
-def tensor_slot(parameters: Mapping[str, pb.InferParameter], regions: SharedMemoryRegistry, what: str) -> TensorSlot | None:
+def tensor_slot(parameters: Mapping[str, pb.InferParameter], regions: SharedMemoryRegistry,
+                what: str) -> TensorSlot | None:
     """The tensor's shared-memory window, bounds-checked, or None when it names no region."""
     if REGION not in parameters:
         if BYTE_SIZE in parameters or OFFSET in parameters:

@@ -29,8 +29,8 @@ from service.shared_memory import SharedMemoryRegistry
 from service.shared_memory_tensors import SharedMemoryBinding
 
 _STREAM_END = object()  # ModelStreamInfer: the client finished writing (or its side failed)
-EXTENSIONS = ("classification", "model_repository", "model_configuration", "statistics", "binary_tensor_data", "parameters",
-              "system_shared_memory")
+EXTENSIONS = ("classification", "model_repository", "model_configuration", "statistics", "binary_tensor_data",
+              "parameters", "system_shared_memory")
 _NUMPY = {name: np.dtype(kind) for name, kind in (  # dtype objects: comparing to a dtype is cheaper than to a type
     ("float32", np.float32), ("float16", np.float16), ("float64", np.float64), ("int8", np.int8), ("uint8", np.uint8),
     ("int16", np.int16), ("int32", np.int32), ("int64", np.int64), ("bool", np.bool_))}

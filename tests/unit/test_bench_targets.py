@@ -13,12 +13,14 @@ def point(model, payload, concurrency, rps, p50=1.0):
                        server_cpu_us_per_request=500.0, client_cpu_us_per_request=100.0, others_cpu_s=0.0, wall_s=1.0)
 
 
-RAW = {"resnet18": [RawPoint(1, 50, 96.0, 10.4), RawPoint(16, 10, 100.0, 160.0)], "lenet5": [RawPoint(16, 100, 9e4, 0.2)]}
+RAW = {"resnet18": [RawPoint(1, 50, 96.0, 10.4), RawPoint(16, 10, 100.0, 160.0)],
+       "lenet5": [RawPoint(16, 100, 9e4, 0.2)]}
 JPEG = {"resnet18": RawJpegPoint((224, 224), 9000, 1.0, 100.0, 90.9)}
 
 
 def verdicts(served):
-    return {t["target"].split(" (")[0]: t["passed"] for t in evaluate_targets(RAW, served, "lenet5", None, 1.0, {}, JPEG)}
+    targets = evaluate_targets(RAW, served, "lenet5", None, 1.0, {}, JPEG)
+    return {t["target"].split(" (")[0]: t["passed"] for t in targets}
 
 
 def test_each_issue_target_passes_and_fails_on_its_own_threshold():
@@ -38,9 +40,10 @@ def test_each_issue_target_passes_and_fails_on_its_own_threshold():
 
 def test_report_renders_the_jpeg_reference_and_every_point():
     served = [point("resnet18", SHM, 1, 90), point("resnet18", "jpeg", 16, 70)]
-    data = to_json({"mode": "quick", "date": "d", "machine": "m", "loadavg_before": "0", "loadavg_after": "0",
-                    "versions": "v", "notes": []}, RAW, served, evaluate_targets(RAW, served, "lenet5", None, 1.0, {}, JPEG),
-                   {"available": False}, None, {}, JPEG)
+    meta = {"mode": "quick", "date": "d", "machine": "m", "loadavg_before": "0", "loadavg_after": "0",
+            "versions": "v", "notes": []}
+    targets = evaluate_targets(RAW, served, "lenet5", None, 1.0, {}, JPEG)
+    data = to_json(meta, RAW, served, targets, {"available": False}, None, {}, JPEG)
     text = to_markdown(data)
     assert "decode + preprocess 1.00 ms/image" in text
     assert f"| resnet18 | {SHM} | 1 |" in text and "| resnet18 | jpeg | 16 |" in text
