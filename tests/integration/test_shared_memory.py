@@ -230,3 +230,30 @@ def test_encoded_images_as_a_bytes_input_in_shared_memory(client, region):
     np.testing.assert_array_equal(shm.get_contents_as_numpy(handle, np.float32, [2, 3], offset=len(payload)), expected)
     refused(lambda: client.infer("tiny", [tensor.set_shared_memory(name, len(payload) - 3)]),
             grpc.StatusCode.INVALID_ARGUMENT, "BYTES element 1 declares")
+
+
+def test_stream_requests_read_and_write_shared_memory(client, region):
+    """ModelStreamInfer takes the same parameters: each streamed request reads its own offset."""
+    import queue
+
+    batches = [images(seed) for seed in (7, 8)]
+    name, key, handle = region(2 * INPUT_BYTES + 2 * OUTPUT_BYTES)
+    shm.set_shared_memory_region(handle, batches)
+    client.register_system_shared_memory(name, key, 2 * INPUT_BYTES + 2 * OUTPUT_BYTES)
+    answers: queue.Queue = queue.Queue()
+    client.start_stream(callback=lambda result, error: answers.put((result, error)))
+    try:
+        for index in range(2):
+            tensor = triton.InferInput("input", [BATCH, 1, 8, 8], "FP32")
+            tensor.set_shared_memory(name, INPUT_BYTES, index * INPUT_BYTES)
+            output = triton.InferRequestedOutput("logits")
+            output.set_shared_memory(name, OUTPUT_BYTES, 2 * INPUT_BYTES + index * OUTPUT_BYTES)
+            client.async_stream_infer("tiny", [tensor], outputs=[output], request_id=str(index))
+        for _ in range(2):
+            result, error = answers.get(timeout=30)
+            assert error is None, error
+    finally:
+        client.stop_stream()
+    for index, data in enumerate(batches):
+        read = shm.get_contents_as_numpy(handle, np.float32, [BATCH, 3], offset=2 * INPUT_BYTES + index * OUTPUT_BYTES)
+        np.testing.assert_array_equal(read, plain_logits(client, data))
