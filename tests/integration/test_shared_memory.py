@@ -257,3 +257,19 @@ def test_stream_requests_read_and_write_shared_memory(client, region):
     for index, data in enumerate(batches):
         read = shm.get_contents_as_numpy(handle, np.float32, [BATCH, 3], offset=2 * INPUT_BYTES + index * OUTPUT_BYTES)
         np.testing.assert_array_equal(read, plain_logits(client, data))
+
+
+def test_shutdown_unmaps_every_region(tiny_repo, region):
+    from testkit import ServerThread, test_settings
+
+    name, key, _ = region(4096)
+    server = ServerThread(test_settings(tiny_repo)).start()
+    own = triton.InferenceServerClient(server.address)
+    own.register_system_shared_memory(name, key, 4096)
+    mapped = server.running.shared_memory.get(name, "test")
+    own.close()
+    server.stop()
+    assert mapped.closed and not server.running.shared_memory
+    assert server.running.metrics.registry.get_sample_value(
+        "convserve_shared_memory_mapped_bytes", {"kind": "system"}) == 0
+    assert os.path.exists(SHM_DIR / key[1:])  # the client's object is the client's: never unlinked
