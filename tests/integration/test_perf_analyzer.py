@@ -49,7 +49,8 @@ def test_perf_analyzer_measures_the_server_unchanged(server, method, tmp_path):
     assert BIN.exists(), f"{BIN} is missing: run scripts/ensure_perf_analyzer.sh (make test does)"
     report = tmp_path / "perf.csv"
     command = [str(BIN), "-m", "lenet5", "-i", "grpc", "-u", server.address, "--concurrency-range", "2",
-               "--measurement-interval", "1000", "--stability-percentage", "1000", "--max-trials", "3", "-f", str(report)]
+               "--measurement-interval", "1000", "--stability-percentage", "1000", "--max-trials", "3",
+               "-f", str(report)]
     # 1000 %: the test checks compatibility, not stability; on a busy machine a stricter
     # percentage makes perf_analyzer give up ("Failed to obtain stable measurement")
     if method == "ModelStreamInfer":
