@@ -32,6 +32,7 @@ from service.servicers.inference import InferenceServicer
 from service.servicers.lifecycle import Lifecycle
 from service.servicers.vision import VisionServicer
 from service.settings import ServerSettings
+from service.shared_memory import SharedMemoryMetrics, SharedMemoryRegistry
 
 log = logging.getLogger("convserve.server")
 
@@ -66,6 +67,7 @@ class RunningServer:
     health: object  # grpc_health aio HealthServicer
     stages: Stages
     settings: ServerSettings
+    shared_memory: SharedMemoryRegistry
 
     async def stop(self) -> None:
         await shutdown(self)
@@ -107,13 +109,14 @@ async def start_server(settings: ServerSettings, interceptors: list | None = Non
     registry = ModelRegistry(settings.model_repo, metrics, LoadOptions(settings.providers, settings.require_gpu, settings.drain_timeout_s))
     stages = Stages(registry, metrics, settings.limits, settings.preprocess_threads or cpu_count())
     calls = CallRunner(metrics, registry, settings.limits)
+    shared_memory = SharedMemoryRegistry(SharedMemoryMetrics(metrics.registry))
     chain = [AdmissionInterceptor(lifecycle), auth_interceptor(settings), *(interceptors or [])]
     server = grpc.aio.server(
         interceptors=[i for i in chain if i is not None], options=_grpc_options(settings),
         maximum_concurrent_rpcs=None,
     )
     grpc_service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
-        InferenceServicer(stages, calls, lifecycle, settings.repository_api), server)
+        InferenceServicer(stages, calls, lifecycle, settings.repository_api, shared_memory=shared_memory), server)
     vision_pb2_grpc.add_VisionServiceServicer_to_server(VisionServicer(stages, calls), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -131,7 +134,8 @@ async def start_server(settings: ServerSettings, interceptors: list | None = Non
     await server.start()
     log.info("server started", extra={"event": "server_started", "port": port, "metrics_port": metrics_port,
                                         "providers": ",".join(settings.providers), "model_repo": str(settings.model_repo)})
-    running = RunningServer(server, port, metrics_port, registry, metrics, lifecycle, health_servicer, stages, settings)
+    running = RunningServer(server, port, metrics_port, registry, metrics, lifecycle, health_servicer, stages,
+                            settings, shared_memory)
     started = time.perf_counter()
     _warn_cuda_once(settings)
     await registry.load_all()
@@ -177,6 +181,7 @@ async def shutdown(running: RunningServer) -> None:
     await asyncio.sleep(min(1.0, settings.shutdown_grace_s))
     await running.server.stop(grace=settings.drain_timeout_s)
     running.stages.close()
+    running.shared_memory.close()  # every region unmapped; clients keep (and unlink) their objects
     log.info("stopped", extra={"event": "shutdown_done"})
 
 

@@ -12,7 +12,7 @@ import time
 from service import __version__
 from service.api.inference import grpc_service_pb2 as pb
 from service.api.inference import grpc_service_pb2_grpc as pb_grpc
-from service.errors import NotFound, Unavailable, status_of
+from service.errors import NotFound, Unavailable, Unimplemented, status_of
 from service.pipelines.core import Stages
 from service.pipelines.infer import OutputRequest, infer
 from service.pipelines.request import ModelRef, RequestContext
@@ -21,15 +21,18 @@ from service.servicers.calls import CallRunner
 from service.servicers.lifecycle import Lifecycle
 from service.servicers.streams import OrderedStream, StreamPolicy, run_frame
 from service.servicers.v2_parameters import parameters_to_python
-from service.servicers.v2_tensors import append_output, request_inputs
+from service.shared_memory import SharedMemoryRegistry
+from service.shared_memory_tensors import SharedMemoryBinding
 
 EXTENSIONS = ("classification", "model_repository", "model_configuration", "statistics", "binary_tensor_data",
-              "parameters")
+              "parameters", "system_shared_memory")
 
 
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
-    def __init__(self, stages: Stages, calls: CallRunner, lifecycle: Lifecycle, repository_api: bool = True):
+    def __init__(self, stages: Stages, calls: CallRunner, lifecycle: Lifecycle, repository_api: bool = True, *,
+                 shared_memory: SharedMemoryRegistry):
         self.stages = stages
+        self.shared_memory = shared_memory
         self.calls = calls
         self.lifecycle = lifecycle
         self.registry = stages.registry
@@ -101,6 +104,45 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         if not self.repository_api:
             raise Unavailable("the repository API (load/unload) is disabled on this server (--repository-api false)")
 
+    async def SystemSharedMemoryStatus(self, request, context):
+        async def body(ctx):
+            response = pb.SystemSharedMemoryStatusResponse()
+            for region in self.shared_memory.status(request.name):
+                response.regions[region.name].CopyFrom(pb.SystemSharedMemoryStatusResponse.RegionStatus(
+                    name=region.name, key=region.key, offset=region.offset, byte_size=region.byte_size))
+            return response
+        return await self.calls.unary("SystemSharedMemoryStatus", "", context, body)
+
+    async def SystemSharedMemoryRegister(self, request, context):
+        async def body(ctx):
+            self.shared_memory.register_system(request.name, request.key, request.offset, request.byte_size)
+            return pb.SystemSharedMemoryRegisterResponse()
+        return await self.calls.unary("SystemSharedMemoryRegister", "", context, body)
+
+    async def SystemSharedMemoryUnregister(self, request, context):
+        async def body(ctx):
+            self.shared_memory.unregister(request.name)
+            return pb.SystemSharedMemoryUnregisterResponse()
+        return await self.calls.unary("SystemSharedMemoryUnregister", "", context, body)
+
+    async def CudaSharedMemoryStatus(self, request, context):
+        async def body(ctx):  # no CUDA region can be registered on this build: an empty list, or the name refused
+            self.shared_memory.status(request.name, kind="cuda")
+            return pb.CudaSharedMemoryStatusResponse()
+        return await self.calls.unary("CudaSharedMemoryStatus", "", context, body)
+
+    async def CudaSharedMemoryRegister(self, request, context):
+        async def body(ctx):
+            raise Unimplemented("CUDA shared memory needs a GPU build; this server offers system shared memory "
+                                "(SystemSharedMemoryRegister)")
+        return await self.calls.unary("CudaSharedMemoryRegister", "", context, body)
+
+    async def CudaSharedMemoryUnregister(self, request, context):
+        async def body(ctx):
+            self.shared_memory.unregister(request.name, kind="cuda")
+            return pb.CudaSharedMemoryUnregisterResponse()
+        return await self.calls.unary("CudaSharedMemoryUnregister", "", context, body)
+
     async def ModelInfer(self, request, context):
         return await self.calls.unary("ModelInfer", request.model_name, context, lambda ctx: self._infer(ctx, request))
 
@@ -131,11 +173,14 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def _infer(self, ctx: RequestContext, request: pb.ModelInferRequest) -> pb.ModelInferResponse:
         outputs = [OutputRequest(o.name, parameters_to_python(o.parameters).get("classification", 0))
                    for o in request.outputs]
+        tensors = SharedMemoryBinding(request, self.shared_memory)  # arrays, from raw contents or shared memory
         result = await infer(self.stages, ctx, ModelRef(request.model_name, request.model_version),
-                             request_inputs(request), outputs)
+                             tensors.inputs, outputs)
         loaded = result.model
         response = pb.ModelInferResponse(model_name=loaded.name, model_version=str(loaded.version), id=request.id)
         for name, value in result.outputs:
-            append_output(response, name, value)
+            tensors.append_output(response, name, value)
+        if tensors.used:
+            self.shared_memory.served(loaded.name)
         self._last_inference_ms[loaded.name] = int(time.time() * 1000)
         return response
