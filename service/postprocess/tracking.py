@@ -1,0 +1,233 @@
+"""Multi-object tracking in the ByteTrack style, as pure numpy functions over one stream's state.
+
+Each track is a constant-velocity Kalman filter over its box centre and size, state
+(cx, cy, w, h, vcx, vcy, vw, vh) in pixels and pixels per frame, with noise proportional to the box
+size (the ByteTrack / BoT-SORT weights 1/20 for position, 1/160 for velocity). One `update` per
+answered frame:
+1. every track is predicted `steps` frames ahead (the frames between two answered ones: dropped
+   frames are predicted through, not forgotten); confirmed tracks unmatched for more than `max_age`
+   frames end, tentative ones unmatched on a frame are discarded;
+2. the confident detections (score >= high_score) are matched to all tracks by IoU of the predicted
+   boxes (greedy, highest IoU first, same class only, IoU >= match_iou);
+3. the weak detections (low_score <= score < high_score) are matched to the confirmed tracks still
+   unmatched, with the stricter IoU >= max(match_iou, LOW_PASS_IOU): a weak box only extends a track
+   (an occluded, blurred object) and never starts one;
+4. unmatched confident detections start tentative tracks (up to max_tracks alive); a tentative
+   track matched on `min_hits` frames is confirmed and gets the next id. On the stream's first
+   frame tracks are confirmed at once (there is no earlier frame to wait for).
+State size is bounded by max_tracks rows; ids are never reused within a stream.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from service.postprocess.nms import box_iou
+
+LOW_PASS_IOU = 0.5
+_STD_POSITION = 1.0 / 20
+_STD_VELOCITY = 1.0 / 160
+_H = np.eye(4, 8)  # measurement: the box (cx, cy, w, h) is observed, velocities are not
+
+
+@dataclass(frozen=True)
+class TrackerParams:
+    """Tracker rules (validated by service.stream_tracking.track_settings)."""
+
+    high_score: float = 0.5
+    low_score: float = 0.1
+    match_iou: float = 0.2
+    min_hits: int = 2
+    max_age: int = 30
+    max_tracks: int = 256
+
+
+@dataclass(frozen=True, eq=False)
+class TrackerState:
+    """All tracks of one stream, one row each (N rows), and the id counter."""
+
+    ids: np.ndarray  # int64 [N]; 0 while tentative
+    classes: np.ndarray  # int64 [N]
+    mean: np.ndarray  # float64 [N, 8]
+    cov: np.ndarray  # float64 [N, 8, 8]
+    hits: np.ndarray  # int64 [N]: frames matched
+    misses: np.ndarray  # int64 [N]: frames since the last match
+    centre: np.ndarray  # float64 [N, 2]: box centre at the last match
+    next_id: int = 1
+    frames: int = 0  # answered frames seen
+
+    @staticmethod
+    def empty() -> "TrackerState":
+        return TrackerState(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros((0, 8)), np.zeros((0, 8, 8)),
+                            np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros((0, 2)))
+
+    def take(self, rows: np.ndarray) -> "TrackerState":
+        """The state restricted to `rows` (an index or bool array)."""
+        return replace(self, ids=self.ids[rows], classes=self.classes[rows], mean=self.mean[rows], cov=self.cov[rows],
+                       hits=self.hits[rows], misses=self.misses[rows], centre=self.centre[rows])
+
+
+@dataclass(frozen=True, eq=False)
+class FrameTracks:
+    """What one update found, for the caller's counting and reporting."""
+
+    track_ids: np.ndarray  # int64 [M]: per input detection, its confirmed track's id, 0 for none
+    confirmed: np.ndarray  # int64 [K]: ids confirmed on this frame
+    ended: np.ndarray  # int64 [E]: ids that ended on this frame
+    ended_centres: np.ndarray  # float64 [E, 2]: their last matched centres
+    moved_ids: np.ndarray  # int64 [P]: confirmed tracks matched on this frame
+    moved_from: np.ndarray  # float64 [P, 2]: their centre at the previous match
+    moved_to: np.ndarray  # float64 [P, 2]: their centre now
+
+
+def xyxy_to_cxcywh(boxes: np.ndarray) -> np.ndarray:
+    """[N, 4] x1, y1, x2, y2 -> [N, 4] cx, cy, w, h (float64)."""
+    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    wh = boxes[:, 2:] - boxes[:, :2]
+    return np.concatenate([boxes[:, :2] + wh / 2, wh], axis=1)
+
+
+def cxcywh_to_xyxy(boxes: np.ndarray) -> np.ndarray:
+    """[N, 4] cx, cy, w, h -> [N, 4] x1, y1, x2, y2."""
+    half = boxes[:, 2:4] / 2
+    return np.concatenate([boxes[:, :2] - half, boxes[:, :2] + half], axis=1)
+
+
+def _size_std(mean: np.ndarray, weight: float) -> np.ndarray:
+    """[N, 8] -> [N, 4] standard deviations proportional to each track's w, h."""
+    wh = np.maximum(mean[:, 2:4], 1.0)
+    return weight * np.concatenate([wh, wh], axis=1)
+
+
+def kalman_initiate(boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """New tracks from [N, 4] cxcywh boxes: mean [N, 8] (zero velocity), covariance [N, 8, 8]."""
+    mean = np.concatenate([boxes, np.zeros_like(boxes)], axis=1)
+    std = np.concatenate([2 * _size_std(mean, _STD_POSITION), 10 * _size_std(mean, _STD_VELOCITY)], axis=1)
+    return mean, np.einsum("ni,ij->nij", std**2, np.eye(8))
+
+
+def kalman_predict(mean: np.ndarray, cov: np.ndarray, steps: int) -> tuple[np.ndarray, np.ndarray]:
+    """`steps` >= 0 constant-velocity steps of every track: mean [N, 8], cov [N, 8, 8] -> same shapes."""
+    transition = np.eye(8)
+    transition[:4, 4:] = np.eye(4)
+    for _ in range(steps):
+        std = np.concatenate([_size_std(mean, _STD_POSITION), _size_std(mean, _STD_VELOCITY)], axis=1)
+        mean = mean @ transition.T
+        cov = transition @ cov @ transition.T + np.einsum("ni,ij->nij", std**2, np.eye(8))
+    return mean, cov
+
+
+def kalman_update(mean: np.ndarray, cov: np.ndarray, boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Correct N tracks with their matched [N, 4] cxcywh boxes -> mean [N, 8], cov [N, 8, 8]."""
+    std = _size_std(mean, _STD_POSITION)
+    projected_cov = cov[:, :4, :4] + np.einsum("ni,ij->nij", std**2, np.eye(4))
+    gain = np.linalg.solve(projected_cov, cov[:, :4, :]).transpose(0, 2, 1)  # [N, 8, 4] = P H^T S^-1
+    innovation = boxes - mean[:, :4]
+    mean = mean + np.einsum("nij,nj->ni", gain, innovation)
+    cov = cov - gain @ cov[:, :4, :]
+    return mean, cov
+
+
+def greedy_match(iou: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray]:
+    """Pairs (row, col) of an [R, C] IoU matrix, highest IoU first, each row and column at most once,
+    IoU >= threshold -> (rows int64 [P], cols int64 [P])."""
+    rows, cols = np.nonzero(iou >= threshold)
+    order = np.argsort(-iou[rows, cols], kind="stable")
+    used_rows, used_cols, kept = set(), set(), []
+    for index in order.tolist():
+        row, col = int(rows[index]), int(cols[index])
+        if row not in used_rows and col not in used_cols:
+            used_rows.add(row)
+            used_cols.add(col)
+            kept.append(index)
+    kept = np.asarray(kept, dtype=np.int64)
+    return rows[kept].astype(np.int64), cols[kept].astype(np.int64)
+
+
+def _class_iou(tracks: TrackerState, rows: np.ndarray, boxes: np.ndarray, classes: np.ndarray) -> np.ndarray:
+    """IoU of the predicted boxes of tracks `rows` against detections; 0 across classes."""
+    iou = np.nan_to_num(box_iou(cxcywh_to_xyxy(tracks.mean[rows, :4]), boxes).astype(np.float64))
+    return np.where(tracks.classes[rows, None] == classes[None, :], iou, 0.0)
+
+
+def _associate(state: TrackerState, boxes, scores, classes, params: TrackerParams) -> tuple[np.ndarray, np.ndarray]:
+    """Both passes -> (track rows, detection indices) of the matches."""
+    high = np.flatnonzero(scores >= params.high_score)
+    low = np.flatnonzero((scores >= params.low_score) & (scores < params.high_score))
+    all_rows = np.arange(len(state.ids))
+    rows_1, cols_1 = greedy_match(_class_iou(state, all_rows, boxes[high], classes[high]), params.match_iou)
+    free = np.setdiff1d(all_rows[state.ids > 0], rows_1)
+    rows_2, cols_2 = greedy_match(_class_iou(state, free, boxes[low], classes[low]), max(params.match_iou, LOW_PASS_IOU))
+    return np.concatenate([rows_1, free[rows_2]]), np.concatenate([high[cols_1], low[cols_2]])
+
+
+def update(state: TrackerState, boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray, steps: int,
+           params: TrackerParams) -> tuple[TrackerState, FrameTracks]:
+    """One answered frame: detections boxes [M, 4] x1y1x2y2, scores [M], classes [M], `steps` >= 1
+    frames after the previous answered frame -> (new state, what happened on this frame)."""
+    boxes = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
+    scores, classes = np.asarray(scores, dtype=np.float64), np.asarray(classes, dtype=np.int64)
+    steps = min(steps, params.max_age + 1)  # by then every track has ended: predicting further changes nothing
+    mean, cov = kalman_predict(state.mean, state.cov, steps)
+    state = replace(state, mean=mean, cov=cov, misses=state.misses + steps)
+    alive = state.misses <= params.max_age
+    ended_rows = np.flatnonzero(~alive & (state.ids > 0))
+    ended, ended_centres = state.ids[ended_rows], state.centre[ended_rows]
+    state = state.take(alive)
+
+    rows, dets = _associate(state, boxes, scores, classes, params)
+    measured = xyxy_to_cxcywh(boxes[dets])
+    new_mean, new_cov = kalman_update(state.mean[rows], state.cov[rows], measured)
+    previous = state.centre[rows]
+    mean, cov, centre = state.mean.copy(), state.cov.copy(), state.centre.copy()
+    mean[rows], cov[rows], centre[rows] = new_mean, new_cov, measured[:, :2]
+    hits, misses = state.hits.copy(), state.misses.copy()
+    hits[rows] += 1
+    misses[rows] = 0
+    state = replace(state, mean=mean, cov=cov, centre=centre, hits=hits, misses=misses)
+    # tentative tracks not matched now are dropped, confirmed ones wait up to max_age frames
+    state, rows = _drop_unmatched_tentative(state, rows)
+
+    state, rows, dets = _birth(state, rows, dets, boxes, scores, classes, params)
+    ids = state.ids.copy()
+    promote = (ids == 0) & ((state.hits >= params.min_hits) | (state.frames == 0))
+    confirmed = np.arange(state.next_id, state.next_id + int(promote.sum()), dtype=np.int64)
+    ids[promote] = confirmed
+    state = replace(state, ids=ids, next_id=state.next_id + len(confirmed), frames=state.frames + 1)
+
+    track_ids = np.zeros(len(boxes), dtype=np.int64)
+    track_ids[dets] = state.ids[rows]
+    moved = state.ids[rows] > 0
+    moved_from = np.concatenate([previous, state.centre[rows[len(previous):]]])[moved]
+    return state, FrameTracks(track_ids, confirmed, ended, ended_centres, state.ids[rows][moved], moved_from,
+                              state.centre[rows][moved])
+
+
+def _drop_unmatched_tentative(state: TrackerState, rows: np.ndarray) -> tuple[TrackerState, np.ndarray]:
+    """Remove tentative tracks not matched on this frame; `rows` re-indexed to the kept rows."""
+    keep = (state.ids > 0) | (state.misses == 0)
+    new_index = np.cumsum(keep) - 1
+    return state.take(keep), new_index[rows]
+
+
+def _birth(state: TrackerState, rows, dets, boxes, scores, classes, params: TrackerParams):
+    """Tentative tracks from the unmatched confident detections, highest score first, within max_tracks.
+    Returns the state and the (row, detection) pairs extended by the new rows."""
+    unmatched = np.setdiff1d(np.flatnonzero(scores >= params.high_score), dets)
+    unmatched = unmatched[np.argsort(-scores[unmatched], kind="stable")][: max(0, params.max_tracks - len(state.ids))]
+    if len(unmatched) == 0:
+        return state, rows, dets
+    measured = xyxy_to_cxcywh(boxes[unmatched])
+    mean, cov = kalman_initiate(measured)
+    count = len(unmatched)
+    grown = replace(
+        state, ids=np.concatenate([state.ids, np.zeros(count, np.int64)]),
+        classes=np.concatenate([state.classes, classes[unmatched]]), mean=np.concatenate([state.mean, mean]),
+        cov=np.concatenate([state.cov, cov]), hits=np.concatenate([state.hits, np.ones(count, np.int64)]),
+        misses=np.concatenate([state.misses, np.zeros(count, np.int64)]),
+        centre=np.concatenate([state.centre, measured[:, :2]]),
+    )
+    new_rows = np.arange(len(state.ids), len(state.ids) + count)
+    return grown, np.concatenate([rows, new_rows]), np.concatenate([dets, unmatched])
