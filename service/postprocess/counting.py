@@ -11,6 +11,7 @@ A point exactly on the line counts as the left side, so a track sitting on it ne
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 import numpy as np
 
@@ -49,19 +50,29 @@ def line_crossings(before: np.ndarray, after: np.ndarray, line: CountLine) -> np
     return np.where(changed, np.where(side_after, 1, -1), 0).astype(np.int8)
 
 
-def points_in_polygon(points: np.ndarray, polygon) -> np.ndarray:
-    """Even-odd rule: points [N, 2] -> bool [N], inside the polygon [V, 2] (edges count as outside
-    or inside consistently, by the half-open crossing test)."""
-    points = np.asarray(points, dtype=np.float64).reshape(-1, 2)
+@lru_cache(maxsize=64)
+def _edges(polygon: tuple[tuple[float, float], ...]) -> tuple[np.ndarray, ...]:
+    """A polygon's edges as rows [1, V] (x1, y1, x2, y2, dx/dy): computed once per zone, not per frame."""
     vertices = np.asarray(polygon, dtype=np.float64)
-    x, y = points[:, 0:1], points[:, 1:2]
-    x1, y1 = vertices[:, 0][None, :], vertices[:, 1][None, :]
-    x2, y2 = np.roll(vertices[:, 0], -1)[None, :], np.roll(vertices[:, 1], -1)[None, :]
-    straddles = (y1 > y) != (y2 > y)
+    following = vertices[np.r_[1 : len(vertices), 0]]
+    x1, y1, x2, y2 = (a[None, :] for a in (vertices[:, 0], vertices[:, 1], following[:, 0], following[:, 1]))
     with np.errstate(divide="ignore", invalid="ignore"):
-        x_at_y = x1 + (y - y1) * (x2 - x1) / (y2 - y1)
-    crossings = straddles & (x < x_at_y)
-    return (crossings.sum(axis=1) % 2).astype(bool)
+        slope = (x2 - x1) / (y2 - y1)
+    return x1, y1, y2, slope
+
+
+def points_in_polygon(points: np.ndarray, polygon) -> np.ndarray:
+    """Even-odd rule: points [N, 2] -> bool [N], inside the polygon ((x, y) vertices in order). The
+    crossing test is half-open in y, so a point on an edge is decided the same way every frame."""
+    points = np.asarray(points, dtype=np.float64).reshape(-1, 2)
+    if len(points) == 0:
+        return np.zeros(0, dtype=bool)
+    x1, y1, y2, slope = _edges(tuple(map(tuple, polygon)))
+    x, y = points[:, 0:1], points[:, 1:2]
+    straddles = (y1 > y) != (y2 > y)
+    with np.errstate(invalid="ignore"):
+        crossings = straddles & (x < x1 + (y - y1) * slope)
+    return (np.count_nonzero(crossings, axis=1) % 2).astype(bool)
 
 
 @dataclass

@@ -29,7 +29,8 @@ from service.postprocess.nms import box_iou
 LOW_PASS_IOU = 0.5
 _STD_POSITION = 1.0 / 20
 _STD_VELOCITY = 1.0 / 160
-_H = np.eye(4, 8)  # measurement: the box (cx, cy, w, h) is observed, velocities are not
+_TRANSITION = np.eye(8) + np.eye(8, k=4)  # constant velocity: position += velocity each frame
+_DIAG8, _DIAG4 = np.arange(8), np.arange(4)
 
 
 @dataclass(frozen=True)
@@ -105,24 +106,26 @@ def kalman_initiate(boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """New tracks from [N, 4] cxcywh boxes: mean [N, 8] (zero velocity), covariance [N, 8, 8]."""
     mean = np.concatenate([boxes, np.zeros_like(boxes)], axis=1)
     std = np.concatenate([2 * _size_std(mean, _STD_POSITION), 10 * _size_std(mean, _STD_VELOCITY)], axis=1)
-    return mean, np.einsum("ni,ij->nij", std**2, np.eye(8))
+    cov = np.zeros((len(mean), 8, 8))
+    cov[:, _DIAG8, _DIAG8] = std**2
+    return mean, cov
 
 
 def kalman_predict(mean: np.ndarray, cov: np.ndarray, steps: int) -> tuple[np.ndarray, np.ndarray]:
     """`steps` >= 0 constant-velocity steps of every track: mean [N, 8], cov [N, 8, 8] -> same shapes."""
-    transition = np.eye(8)
-    transition[:4, 4:] = np.eye(4)
     for _ in range(steps):
         std = np.concatenate([_size_std(mean, _STD_POSITION), _size_std(mean, _STD_VELOCITY)], axis=1)
-        mean = mean @ transition.T
-        cov = transition @ cov @ transition.T + np.einsum("ni,ij->nij", std**2, np.eye(8))
+        mean = mean @ _TRANSITION.T
+        cov = _TRANSITION @ cov @ _TRANSITION.T
+        cov[:, _DIAG8, _DIAG8] += std**2
     return mean, cov
 
 
 def kalman_update(mean: np.ndarray, cov: np.ndarray, boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Correct N tracks with their matched [N, 4] cxcywh boxes -> mean [N, 8], cov [N, 8, 8]."""
     std = _size_std(mean, _STD_POSITION)
-    projected_cov = cov[:, :4, :4] + np.einsum("ni,ij->nij", std**2, np.eye(4))
+    projected_cov = cov[:, :4, :4].copy()
+    projected_cov[:, _DIAG4, _DIAG4] += std**2
     gain = np.linalg.solve(projected_cov, cov[:, :4, :]).transpose(0, 2, 1)  # [N, 8, 4] = P H^T S^-1
     innovation = boxes - mean[:, :4]
     mean = mean + np.einsum("nij,nj->ni", gain, innovation)
@@ -158,7 +161,9 @@ def _associate(state: TrackerState, boxes, scores, classes, params: TrackerParam
     low = np.flatnonzero((scores >= params.low_score) & (scores < params.high_score))
     all_rows = np.arange(len(state.ids))
     rows_1, cols_1 = greedy_match(_class_iou(state, all_rows, boxes[high], classes[high]), params.match_iou)
-    free = np.setdiff1d(all_rows[state.ids > 0], rows_1)
+    unmatched = state.ids > 0
+    unmatched[rows_1] = False
+    free = all_rows[unmatched]
     rows_2, cols_2 = greedy_match(_class_iou(state, free, boxes[low], classes[low]), max(params.match_iou, LOW_PASS_IOU))
     return np.concatenate([rows_1, free[rows_2]]), np.concatenate([high[cols_1], low[cols_2]])
 
@@ -215,7 +220,9 @@ def _drop_unmatched_tentative(state: TrackerState, rows: np.ndarray) -> tuple[Tr
 def _birth(state: TrackerState, rows, dets, boxes, scores, classes, params: TrackerParams):
     """Tentative tracks from the unmatched confident detections, highest score first, within max_tracks.
     Returns the state and the (row, detection) pairs extended by the new rows."""
-    unmatched = np.setdiff1d(np.flatnonzero(scores >= params.high_score), dets)
+    candidates = scores >= params.high_score
+    candidates[dets] = False
+    unmatched = np.flatnonzero(candidates)
     unmatched = unmatched[np.argsort(-scores[unmatched], kind="stable")][: max(0, params.max_tracks - len(state.ids))]
     if len(unmatched) == 0:
         return state, rows, dets
