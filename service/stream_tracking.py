@@ -181,7 +181,8 @@ class StreamTracking:
 
     @staticmethod
     def _event(track_id: int, life: list[int]) -> TrackEvent:
-        return TrackEvent(track_id, *life)
+        cls, first_id, first_ts, last_id, last_ts = life
+        return TrackEvent(track_id, cls, first_id, last_id, first_ts, last_ts)
 
     def counts(self) -> TrackCounts:
         state, tallies = self._state, self._tallies
