@@ -168,4 +168,10 @@ def frame_result_from_proto(message, convert) -> FrameResult:
     error = FrameError(message.error.code, message.error.message) if outcome == "error" else None
     return FrameResult(message.frame_id, message.capture_timestamp_us, message.model_name, message.model_version,
                        result, error, message.dropped, message.frames_dropped, message.server_processing_us,
-                       track_update_from_proto(message.tracking) if message.HasField("tracking") else None)
+                       _tracking(message))
+
+
+def _tracking(message) -> TrackUpdate | None:
+    """A tracked StreamDetect result's update; None untracked (and for StreamClassify, which has none)."""
+    tracked = "tracking" in message.DESCRIPTOR.fields_by_name and message.HasField("tracking")
+    return track_update_from_proto(message.tracking) if tracked else None
