@@ -60,9 +60,11 @@ def time_stream(frames: list, labels: list[str]) -> list[float]:
                               zones=[CountZone("shelf", ((0, 0), (320, 0), (320, 240), (0, 240)))])
     tracking, times = StreamTracking(settings), []
     for index, (boxes, scores, classes) in enumerate(frames):
-        result = vpb.DetectFrameResult(frame_id=index, capture_timestamp_us=index * 33_333, result=vpb.DetectResult(detections=[
-            vpb.Detection(box=vpb.Box(x1=b[0], y1=b[1], x2=b[2], y2=b[3]), class_index=int(c), label=labels[c], score=s)
-            for b, s, c in zip(boxes.tolist(), scores.tolist(), classes.tolist())]))
+        detections = [vpb.Detection(box=vpb.Box(x1=b[0], y1=b[1], x2=b[2], y2=b[3]), class_index=int(c),
+                                    label=labels[c], score=s)
+                      for b, s, c in zip(boxes.tolist(), scores.tolist(), classes.tolist())]
+        result = vpb.DetectFrameResult(frame_id=index, capture_timestamp_us=index * 33_333,
+                                       result=vpb.DetectResult(detections=detections))
         started = time.perf_counter()
         track_result(tracking, result, labels)
         times.append(time.perf_counter() - started)
@@ -71,8 +73,8 @@ def time_stream(frames: list, labels: list[str]) -> list[float]:
 
 def report(name: str, times: list[float], warmup: int) -> str:
     times = sorted(times[warmup:])
-    return (f"{name:7s} median {statistics.median(times) * 1e3:.3f} ms/frame, p90 {times[int(0.9 * len(times))] * 1e3:.3f} ms, "
-            f"{len(times)} frames")
+    median, p90 = statistics.median(times) * 1e3, times[int(0.9 * len(times))] * 1e3
+    return f"{name:7s} median {median:.3f} ms/frame, p90 {p90:.3f} ms, {len(times)} frames"
 
 
 def main(argv=None) -> None:

@@ -116,7 +116,8 @@ def markdown(scores: list[ClipScore]) -> str:
              "|---|---|---|---|---|---|"]
     for s in scores:
         unique = ", ".join(f"{label} {s.unique.get(label, 0)} ({n})" for label, n in s.true_unique.items())
-        lines.append(f"| {s.clip}, {s.condition} | {s.frames} | {s.mota:.3f} | {s.idf1:.3f} | {s.switches} | {unique} |")
+        lines.append(f"| {s.clip}, {s.condition} | {s.frames} | {s.mota:.3f} | {s.idf1:.3f} | {s.switches} "
+                     f"| {unique} |")
     return "\n".join(lines)
 
 

@@ -58,7 +58,8 @@ class TrackLedger:
         index = len(self.segments) - 1
         for detection in result.result.detections:
             if detection.track_id:
-                life = self.tracks.setdefault((index, detection.track_id), [detection.label, result.capture_timestamp_us, 0])
+                key, stamp = (index, detection.track_id), result.capture_timestamp_us
+                life = self.tracks.setdefault(key, [detection.label, stamp, 0])
                 life[2] = result.capture_timestamp_us
 
     def present_at_least(self, label: str, seconds: float) -> int:

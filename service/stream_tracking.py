@@ -118,7 +118,8 @@ class TrackEvent:
 class TrackCounts:
     tracks: tuple[tuple[int, int, int], ...]  # (class, unique, active), class order
     lines: tuple[tuple[str, tuple[tuple[int, int, int], ...]], ...]  # (name, ((class, in, out), ...))
-    zones: tuple[tuple[str, tuple[tuple[int, int, int, int], ...]], ...]  # (name, ((class, entered, exited, inside), ...))
+    # (name, ((class, entered, exited, inside), ...))
+    zones: tuple[tuple[str, tuple[tuple[int, int, int, int], ...]], ...]
 
 
 @dataclass(frozen=True)
@@ -165,7 +166,8 @@ class StreamTracking:
             self._alive[track_id] = [by_id[track_id], *first_frame, *self._last]
         self._tallies.add_confirmed(np.array([by_id[t] for t in found.confirmed.tolist()], np.int64))
         moved_classes = np.array([by_id[t] for t in found.moved_ids.tolist()], np.int64)
-        self._tallies.add_moves(moved_classes, found.moved_from, found.moved_to, np.isin(found.moved_ids, found.confirmed))
+        just_confirmed = np.isin(found.moved_ids, found.confirmed)
+        self._tallies.add_moves(moved_classes, found.moved_from, found.moved_to, just_confirmed)
         for track_id in found.moved_ids.tolist():
             self._alive[track_id][3:5] = self._last
         confirmed = tuple(self._event(t, self._alive[t]) for t in found.confirmed.tolist())
@@ -188,7 +190,8 @@ class StreamTracking:
         state, tallies = self._state, self._tallies
         confirmed = state.ids > 0
         active = np.bincount(state.classes[confirmed], minlength=1) if confirmed.any() else np.zeros(1, np.int64)
-        tracks = tuple((cls, n, int(active[cls]) if cls < len(active) else 0) for cls, n in sorted(tallies.unique.items()))
+        tracks = tuple((cls, n, int(active[cls]) if cls < len(active) else 0)
+                       for cls, n in sorted(tallies.unique.items()))
         lines = tuple((line.name, tuple((cls, pair[0], pair[1]) for cls, pair in sorted(tallies.crossed[i].items())))
                       for i, line in enumerate(tallies.lines))
         zones = []

@@ -82,7 +82,8 @@ class VisionClient:
                       score_threshold: float | None = None, iou_threshold: float | None = None,
                       max_detections: int | None = None, class_filter: Iterable[int] = (), class_agnostic: bool = False,
                       drop_frames: bool = False, max_pending: int = 0, track: TrackOptions | None = None,
-                      timeout: float | None = None, request_id: str | None = None) -> Iterator[res.FrameResult[res.Detections]]:
+                      timeout: float | None = None,
+                      request_id: str | None = None) -> Iterator[res.FrameResult[res.Detections]]:
         """Detection on a frame stream: yields one FrameResult per frame, in frame order.
 
         Frames are read lazily from `frames` (a camera generator works); each is an image or a

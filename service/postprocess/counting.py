@@ -44,7 +44,8 @@ def line_crossings(before: np.ndarray, after: np.ndarray, line: CountLine) -> np
     step_start, step_end = np.asarray(before, np.float64).reshape(-1, 2), np.asarray(after, np.float64).reshape(-1, 2)
     dx, dy = step_end[:, 0] - step_start[:, 0], step_end[:, 1] - step_start[:, 1]
     ends = np.array([line.start, line.end], dtype=np.float64)
-    cross = dx[:, None] * (ends[None, :, 1] - step_start[:, None, 1]) - dy[:, None] * (ends[None, :, 0] - step_start[:, None, 0])
+    cross = (dx[:, None] * (ends[None, :, 1] - step_start[:, None, 1])
+             - dy[:, None] * (ends[None, :, 0] - step_start[:, None, 0]))
     through = cross[:, 0] * cross[:, 1] <= 0
     changed = (side_before != side_after) & through
     return np.where(changed, np.where(side_after, 1, -1), 0).astype(np.int8)

@@ -164,7 +164,8 @@ def _associate(state: TrackerState, boxes, scores, classes, params: TrackerParam
     unmatched = state.ids > 0
     unmatched[rows_1] = False
     free = all_rows[unmatched]
-    rows_2, cols_2 = greedy_match(_class_iou(state, free, boxes[low], classes[low]), max(params.match_iou, LOW_PASS_IOU))
+    low_iou = max(params.match_iou, LOW_PASS_IOU)
+    rows_2, cols_2 = greedy_match(_class_iou(state, free, boxes[low], classes[low]), low_iou)
     return np.concatenate([rows_1, free[rows_2]]), np.concatenate([high[cols_1], low[cols_2]])
 
 

@@ -52,16 +52,19 @@ def _label(labels, class_index: int) -> str:
 
 
 def _event(event: TrackEvent, labels) -> vpb.TrackEvent:
-    return vpb.TrackEvent(track_id=event.track_id, class_index=event.class_index, label=_label(labels, event.class_index),
+    return vpb.TrackEvent(track_id=event.track_id, class_index=event.class_index,
+                          label=_label(labels, event.class_index),
                           first_frame_id=event.first_frame_id, last_frame_id=event.last_frame_id,
                           first_timestamp_us=event.first_timestamp_us, last_timestamp_us=event.last_timestamp_us)
 
 
 def track_counts_to_proto(counts: TrackCounts, labels) -> vpb.TrackCounts:
     return vpb.TrackCounts(
-        tracks=[vpb.ClassTrackCount(class_index=c, label=_label(labels, c), unique=u, active=a) for c, u, a in counts.tracks],
+        tracks=[vpb.ClassTrackCount(class_index=c, label=_label(labels, c), unique=u, active=a)
+                for c, u, a in counts.tracks],
         lines=[vpb.LineCount(name=name, classes=[
-            vpb.LineClassCount(class_index=c, label=_label(labels, c), crossed_in=i, crossed_out=o) for c, i, o in per_class])
+            vpb.LineClassCount(class_index=c, label=_label(labels, c), crossed_in=i, crossed_out=o)
+            for c, i, o in per_class])
             for name, per_class in counts.lines],
         zones=[vpb.ZoneCount(name=name, classes=[
             vpb.ZoneClassCount(class_index=c, label=_label(labels, c), entered=e, exited=x, inside=n)

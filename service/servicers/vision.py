@@ -76,8 +76,8 @@ class VisionServicer(vpb_grpc.VisionServiceServicer):
             tracking = stream_tracking_from_proto(first_frame)
             return None if tracking is None else (lambda result: track_result(tracking, result, model.labels))
 
-        async for result in self._stream("StreamDetect", "detection", request_iterator, context, answer, vpb.DetectFrameResult,
-                                         follow):
+        async for result in self._stream("StreamDetect", "detection", request_iterator, context, answer,
+                                         vpb.DetectFrameResult, follow):
             yield result
 
     async def StreamClassify(self, request_iterator, context):
@@ -95,7 +95,8 @@ class VisionServicer(vpb_grpc.VisionServiceServicer):
         `follow(first_frame, model)` may return a function that sees every result in frame order
         (dropped ones included) before it is sent: per-stream state such as tracking."""
         async with self.calls.stream_slot(context):
-            async for result in self._stream_frames(method, task, request_iterator, context, answer, result_type, follow):
+            frames = self._stream_frames(method, task, request_iterator, context, answer, result_type, follow)
+            async for result in frames:
                 yield result
 
     async def _stream_frames(self, method, task, request_iterator, context, answer, result_type, follow):

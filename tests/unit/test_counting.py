@@ -24,7 +24,8 @@ def test_line_direction_follows_the_line_orientation():
     reversed_door = CountLine("door", (100.0, 50.0), (0.0, 50.0))
     assert line_crossings(np.array([[50.0, 40.0]]), np.array([[50.0, 60.0]]), reversed_door).tolist() == [-1]
     diagonal = CountLine("d", (0.0, 0.0), (100.0, 100.0))
-    assert line_crossings(np.array([[80.0, 20.0]]), np.array([[20.0, 80.0]]), diagonal).tolist() == [1]  # down-left: right-hand
+    # looking from (0, 0) to (100, 100) with y down, the right-hand side is down-left
+    assert line_crossings(np.array([[80.0, 20.0]]), np.array([[20.0, 80.0]]), diagonal).tolist() == [1]
 
 
 def test_points_in_polygon_convex_and_concave():
