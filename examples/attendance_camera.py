@@ -32,7 +32,7 @@ import numpy as np
 
 from examples.camera_stream import (VIDEOS, Progress, add_stream_arguments, detection_stream, interruption_text, open_source,
                                     stream_summary)
-from examples.tracked_counts import TRACK_SCORE_THRESHOLD, TrackLedger, parse_line
+from examples.tracked_counts import TRACK_SCORE_THRESHOLD, TrackLedger, counted, parse_line
 from service.client import CountLine, RpcFailed, TrackOptions, VisionClient
 from service.client.results import Detection
 
@@ -192,7 +192,7 @@ def run(args: argparse.Namespace) -> int:
                 if result.dropped or result.error is not None:
                     errors += result.error is not None
                     continue
-                faces = [d for d in result.result.detections if d.label == args.face_class and d.track_id]
+                faces = [d for d in result.result.detections if d.label == args.face_class and counted(d)]
                 weakest.offer(result.frame_id, frame.image, faces)
                 progress.frame(f"frame {result.frame_id:5d}  faces {len(faces)}")
                 line = log.add(result.capture_timestamp_us, len(faces))

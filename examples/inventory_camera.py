@@ -16,7 +16,7 @@ and writes:
 The server tracks the items (StreamDetect `track` options) with the shelf as a counting zone
 (`--shelf-zone x1,y1,x2,y2`, default the whole view): the report ends with the items added (entered
 the zone after the first frame) and removed (left it, or vanished for `--max-age-s` seconds) per
-class. Per-frame counts are of the tracked items (detections with a track id).
+class. Per-frame counts are of the tracked items and of new ones sure enough to start a track.
 With `--truth` (a ground-truth JSON of examples/make_sample_videos.py) it also reports on how many
 frames the counts match exactly. Exit code 0 when the stream finished, 1 when it gave up.
 """
@@ -30,7 +30,7 @@ from pathlib import Path
 
 from examples.camera_stream import (VIDEOS, AnnotatedOutput, CountSmoother, Progress, add_stream_arguments, count_labels,
                                     detection_stream, draw_detections, interruption_text, open_source, stream_summary)
-from examples.tracked_counts import TRACK_SCORE_THRESHOLD, TrackLedger, parse_box
+from examples.tracked_counts import TRACK_SCORE_THRESHOLD, TrackLedger, counted, parse_box
 from service.client import CountZone, RpcFailed, TrackOptions, VisionClient
 
 ITEM_CLASSES = ("circle", "square", "triangle", "star")
@@ -129,7 +129,7 @@ def run(args: argparse.Namespace) -> int:
                     detail = f": {result.error.message}" if result.error else ""
                     progress.frame(f"frame {result.frame_id:5d}  {status}{detail}")
                     continue
-                counts = count_labels([d for d in result.result.detections if d.track_id], classes)
+                counts = count_labels([d for d in result.result.detections if counted(d)], classes)
                 smoothed = smoother.update(counts)
                 table.add(result.frame_id, "ok", result.capture_timestamp_us, result.server_processing_us, counts, smoothed)
                 shown = "  ".join(f"{c} {counts[c]} ({smoothed[c]})" for c in classes)

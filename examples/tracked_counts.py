@@ -15,6 +15,13 @@ from service.client import TrackUpdate
 from service.client.results import FrameResult
 
 TRACK_SCORE_THRESHOLD = 0.1  # weak detections reach the tracker's second, low-score pass
+NEW_TRACK_SCORE = 0.5  # the server's default high_score_threshold: a detection this sure starts a track
+
+
+def counted(detection) -> bool:
+    """An object to count in a frame: tracked, or sure enough to start a track (so a new object
+    counts on its first frame, before the tracker confirms it); weak untracked boxes are noise."""
+    return bool(detection.track_id) or detection.score >= NEW_TRACK_SCORE
 
 
 def parse_box(text: str) -> tuple[tuple[float, float], ...]:
