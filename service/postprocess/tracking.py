@@ -150,9 +150,10 @@ def greedy_match(iou: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndar
 
 
 def _class_iou(tracks: TrackerState, rows: np.ndarray, boxes: np.ndarray, classes: np.ndarray) -> np.ndarray:
-    """IoU of the predicted boxes of tracks `rows` against detections; 0 across classes."""
-    iou = np.nan_to_num(box_iou(cxcywh_to_xyxy(tracks.mean[rows, :4]), boxes).astype(np.float64))
-    return np.where(tracks.classes[rows, None] == classes[None, :], iou, 0.0)
+    """IoU of the predicted boxes of tracks `rows` against detections; 0 across classes and where
+    both boxes are empty (box_iou's NaN)."""
+    iou = box_iou(cxcywh_to_xyxy(tracks.mean[rows, :4]), boxes)
+    return np.where((tracks.classes[rows, None] == classes[None, :]) & (iou > 0), iou, 0.0)
 
 
 def _associate(state: TrackerState, boxes, scores, classes, params: TrackerParams) -> tuple[np.ndarray, np.ndarray]:
