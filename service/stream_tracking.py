@@ -142,20 +142,22 @@ class StreamTracking:
         self._alive: dict[int, list[int]] = {}  # id -> [class, first frame id, first ts, last frame id, last ts]
         self._recent: deque[tuple[int, int]] = deque(maxlen=settings.params.min_hits)  # answered (frame id, ts)
         self._last: tuple[int, int] | None = None
+        self._skipped = 0  # results without detections since the last answered frame
 
     def _steps(self, frame_id: int, timestamp_us: int) -> int:
-        """Camera frames since the previous answered frame (>= 1, at most max_age + 1)."""
+        """Camera frames since the previous answered frame, from frame ids (or capture times), and
+        at least one more than the frames skipped in between (when ids say nothing); at most max_age + 1."""
         if self._last is None:
             return 1
         interval = self.settings.frame_interval_us
         delta = round((timestamp_us - self._last[1]) / interval) if interval else frame_id - self._last[0]
-        return int(min(max(delta, 1), self.settings.params.max_age + 1))
+        return int(min(max(delta, self._skipped + 1), self.settings.params.max_age + 1))
 
     def answered(self, frame_id: int, timestamp_us: int, boxes: np.ndarray, scores: np.ndarray,
                  classes: np.ndarray) -> TrackReport:
         """An answered frame's detections (boxes [M, 4] x1y1x2y2, scores [M], classes [M])."""
         steps = self._steps(frame_id, timestamp_us)
-        self._last = (frame_id, timestamp_us)
+        self._last, self._skipped = (frame_id, timestamp_us), 0
         self._recent.append(self._last)
         first_frame = self._recent[0] if self._state.frames else self._last
         self._state, found = update(self._state, boxes, scores, classes, steps, self.settings.params)
@@ -175,7 +177,8 @@ class StreamTracking:
 
     def skipped(self) -> TrackReport:
         """A dropped or failed frame: no detections, the counts as they are (its gap is counted by
-        the next answered frame's frame_id or capture time)."""
+        the next answered frame's frame_id or capture time, or by this count when ids say nothing)."""
+        self._skipped += 1
         return TrackReport((), (), (), self.counts())
 
     def _end(self, track_id: int) -> TrackEvent:

@@ -91,6 +91,8 @@ def test_clock_comes_from_frame_ids_or_capture_times():
     skipped = moving[:6] + [(6, 0, None)] * 6 + moving[6:]  # dropped results in between change nothing
     reports = track_stream(track_settings(), skipped)
     assert reports[-1].track_ids == (1,) and reports[8].counts == reports[5].counts
+    no_ids = [(0, 0, objects) for _, _, objects in skipped]  # ids and times say nothing: the skipped results count
+    assert track_stream(track_settings(), no_ids)[-1].track_ids == (1,)
 
 
 def test_tentative_first_frame_is_where_the_track_began():
