@@ -11,7 +11,8 @@ setting). Each clip is streamed twice with the default track options: every fram
 of the frames (seeded) never sent by the client; the frame ids keep their gaps, so the server
 predicts through them. Only the frames sent are scored: a ground-truth box matches a confirmed
 track's box at IoU >= 0.5. Needs the dev extra (motmetrics) and, for the held-out clips, the
-export extra (the clip generator).
+export extra (the clip generator). Exit code 1 when a clip's unique-track count differs from the
+ground truth's.
 """
 
 from __future__ import annotations

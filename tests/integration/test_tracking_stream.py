@@ -30,7 +30,7 @@ TOP = CountZone("top", ((0.0, 0.0), (160.0, 0.0), (160.0, 80.0), (0.0, 80.0)))
 
 @pytest.fixture(scope="module")
 def server():
-    process = ServerProcess(BUNDLED_REPO)
+    process = ServerProcess(BUNDLED_REPO, "--shutdown-grace-s", "0", "--drain-timeout-s", "2")
     process.wait_serving()
     yield process
     process.terminate()
