@@ -18,6 +18,7 @@ import argparse
 import platform
 import statistics
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -77,6 +78,17 @@ def report(name: str, times: list[float], warmup: int) -> str:
     return f"{name:7s} median {median:.3f} ms/frame, p90 {p90:.3f} ms, {len(times)} frames"
 
 
+def cpu_model() -> str:
+    """The CPU's model name (what `lscpu` shows), for the figures' context."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--objects", type=int, default=20)
@@ -84,7 +96,7 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     frames = list(scene(args.objects, args.frames))
     warmup = min(50, args.frames // 10)
-    print(f"tracking, {args.objects} objects, CPU {platform.processor() or platform.machine()}, numpy {np.__version__}")
+    print(f"tracking, {args.objects} objects, CPU {cpu_model()}, numpy {np.__version__}")
     print(report("update", time_update(frames, TrackerParams()), warmup))
     print(report("stream", time_stream(frames, ["face", "circle", "square", "triangle", "star"]), warmup))
 
