@@ -38,16 +38,18 @@ def side_of_line(points: np.ndarray, start, end) -> np.ndarray:
 
 def line_crossings(before: np.ndarray, after: np.ndarray, line: CountLine) -> np.ndarray:
     """Steps before [N, 2] -> after [N, 2] against a segment -> int8 [N]: +1 in, -1 out, 0 none."""
-    side_before = side_of_line(before, line.start, line.end) > 0
+    before = np.asarray(before, np.float64).reshape(-1, 2)
+    after = np.asarray(after, np.float64).reshape(-1, 2)
     side_after = side_of_line(after, line.start, line.end) > 0
-    # the segment's ends on opposite sides of (or on) the step's own line: the step passes through it
-    step_start, step_end = np.asarray(before, np.float64).reshape(-1, 2), np.asarray(after, np.float64).reshape(-1, 2)
-    dx, dy = step_end[:, 0] - step_start[:, 0], step_end[:, 1] - step_start[:, 1]
-    ends = np.array([line.start, line.end], dtype=np.float64)
-    cross = (dx[:, None] * (ends[None, :, 1] - step_start[:, None, 1])
-             - dy[:, None] * (ends[None, :, 0] - step_start[:, None, 0]))
-    through = cross[:, 0] * cross[:, 1] <= 0
-    changed = (side_before != side_after) & through
+    changed = (side_of_line(before, line.start, line.end) > 0) != side_after
+    if changed.any():  # most frames nobody changes side: the through-the-segment test only for those who did
+        # the segment's ends on opposite sides of (or on) the step's own line: the step passes through it
+        rows = np.flatnonzero(changed)
+        ends = np.array([line.start, line.end], dtype=np.float64)
+        step = after[rows] - before[rows]
+        offset = ends[None, :, :] - before[rows, None, :]  # [K, 2 ends, 2]
+        cross = step[:, None, 0] * offset[:, :, 1] - step[:, None, 1] * offset[:, :, 0]
+        changed[rows] = cross[:, 0] * cross[:, 1] <= 0
     return np.where(changed, np.where(side_after, 1, -1), 0).astype(np.int8)
 
 
@@ -100,10 +102,10 @@ class Tallies:
         """Matched confirmed tracks moved before -> after; `new` [P] bool marks the just confirmed
         (they enter a zone they are in, wherever they came from)."""
         for index, line in enumerate(self.lines):
-            for cls, direction in zip(classes.tolist(), line_crossings(before, after, line).tolist()):
-                if direction:
-                    pair = self.crossed[index].setdefault(cls, [0, 0])
-                    pair[0 if direction > 0 else 1] += 1
+            directions = line_crossings(before, after, line)
+            for row in np.flatnonzero(directions).tolist():
+                pair = self.crossed[index].setdefault(int(classes[row]), [0, 0])
+                pair[0 if directions[row] > 0 else 1] += 1
         for index, zone in enumerate(self.zones):
             was_in = points_in_polygon(before, zone.polygon) & ~new
             now_in = points_in_polygon(after, zone.polygon)

@@ -29,6 +29,9 @@ from service.postprocess.nms import box_iou
 LOW_PASS_IOU = 0.5
 _STD_POSITION = 1.0 / 20
 _STD_VELOCITY = 1.0 / 160
+_PROCESS_STD = np.array([_STD_POSITION] * 4 + [_STD_VELOCITY] * 4)  # per step, times w or h
+_MEASUREMENT_STD = np.array([_STD_POSITION] * 4)
+_INITIAL_STD = np.array([2 * _STD_POSITION] * 4 + [10 * _STD_VELOCITY] * 4)  # a new track: velocity unknown
 _TRANSITION = np.eye(8) + np.eye(8, k=4)  # constant velocity: position += velocity each frame
 _DIAG8, _DIAG4 = np.arange(8), np.arange(4)
 
@@ -96,16 +99,19 @@ def cxcywh_to_xyxy(boxes: np.ndarray) -> np.ndarray:
     return np.concatenate([boxes[:, :2] - half, boxes[:, :2] + half], axis=1)
 
 
-def _size_std(mean: np.ndarray, weight: float) -> np.ndarray:
-    """[N, 8] -> [N, 4] standard deviations proportional to each track's w, h."""
+_WH_COLUMNS = np.array([0, 1, 0, 1, 0, 1, 0, 1])
+
+
+def _size_std(mean: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """[N, 8] -> [N, len(weights)] standard deviations: weights[i] times each track's w (even i) or h (odd i)."""
     wh = np.maximum(mean[:, 2:4], 1.0)
-    return weight * np.concatenate([wh, wh], axis=1)
+    return wh[:, _WH_COLUMNS[: len(weights)]] * weights
 
 
 def kalman_initiate(boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """New tracks from [N, 4] cxcywh boxes: mean [N, 8] (zero velocity), covariance [N, 8, 8]."""
     mean = np.concatenate([boxes, np.zeros_like(boxes)], axis=1)
-    std = np.concatenate([2 * _size_std(mean, _STD_POSITION), 10 * _size_std(mean, _STD_VELOCITY)], axis=1)
+    std = _size_std(mean, _INITIAL_STD)
     cov = np.zeros((len(mean), 8, 8))
     cov[:, _DIAG8, _DIAG8] = std**2
     return mean, cov
@@ -114,7 +120,7 @@ def kalman_initiate(boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def kalman_predict(mean: np.ndarray, cov: np.ndarray, steps: int) -> tuple[np.ndarray, np.ndarray]:
     """`steps` >= 0 constant-velocity steps of every track: mean [N, 8], cov [N, 8, 8] -> same shapes."""
     for _ in range(steps):
-        std = np.concatenate([_size_std(mean, _STD_POSITION), _size_std(mean, _STD_VELOCITY)], axis=1)
+        std = _size_std(mean, _PROCESS_STD)
         mean = mean @ _TRANSITION.T
         cov = _TRANSITION @ cov @ _TRANSITION.T
         cov[:, _DIAG8, _DIAG8] += std**2
@@ -123,7 +129,7 @@ def kalman_predict(mean: np.ndarray, cov: np.ndarray, steps: int) -> tuple[np.nd
 
 def kalman_update(mean: np.ndarray, cov: np.ndarray, boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Correct N tracks with their matched [N, 4] cxcywh boxes -> mean [N, 8], cov [N, 8, 8]."""
-    std = _size_std(mean, _STD_POSITION)
+    std = _size_std(mean, _MEASUREMENT_STD)
     projected_cov = cov[:, :4, :4].copy()
     projected_cov[:, _DIAG4, _DIAG4] += std**2
     gain = np.linalg.solve(projected_cov, cov[:, :4, :]).transpose(0, 2, 1)  # [N, 8, 4] = P H^T S^-1
