@@ -7,7 +7,8 @@
 - 30 % of the frames never sent by the client: IDF1 (py-motmetrics) drops by at most 5 points;
 - the server's drop policy: a dropped frame's result carries the counts unchanged and no events;
 - bad track options end the call with INVALID_ARGUMENT naming the field; an untracked stream has
-  no tracking and no track ids.
+  no tracking and no track ids;
+- the attendance app's door-line mode counts the ground truth's inward crossings.
 """
 
 from __future__ import annotations
@@ -168,3 +169,19 @@ def test_untracked_stream_has_no_tracking(server):
     answered = stream(server.address, frames_of("inventory")[:3], None)
     assert all(r.tracking is None for r in answered)
     assert all(d.track_id == 0 for r in answered for d in r.result.detections)
+
+
+def test_attendance_counts_the_door_line_crossings(server, tmp_path):
+    """The app's door-line mode: faces that crossed the line inwards, as the ground-truth tracks say."""
+    import subprocess
+    import sys
+
+    _, crossings, _ = truth_counts(truth("attendance"))
+    # drawn upwards at x = 80: "in" (its right-hand side) is to the right, so left -> right crossings
+    expected = crossings.get("face", (0, 0))[1]
+    assert expected > 0, "the clip should have a face crossing the middle line"
+    done = subprocess.run([sys.executable, "-m", "examples.attendance_camera", "--host", server.address, "--quiet",
+                           "--door-line", "80,160,80,0", "--crops-dir", str(tmp_path / "crops")],
+                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert f"entered: {expected} people crossed the door line inwards" in done.stdout, done.stdout
