@@ -18,7 +18,7 @@ from typing import Sequence
 import numpy as np
 
 from service.errors import InvalidArgument
-from service.postprocess.counting import CountLine, CountZone, Tallies, points_in_polygon
+from service.postprocess.counting import CountLine, CountZone, FrameMoves, Tallies
 from service.postprocess.tracking import TrackerParams, TrackerState, update
 
 TRACKERS = ("bytetrack",)
@@ -161,15 +161,14 @@ class StreamTracking:
         self._recent.append(self._last)
         first_frame = self._recent[0] if self._state.frames else self._last
         self._state, found = update(self._state, boxes, scores, classes, steps, self.settings.params)
-        ended = tuple(self._end(int(track_id)) for track_id in found.ended.tolist())
-        self._tallies.add_ended(np.array([e.class_index for e in ended], np.int64), found.ended_centres)
-        by_id = dict(zip(self._state.ids.tolist(), self._state.classes.tolist()))
-        for track_id in found.confirmed.tolist():
-            self._alive[track_id] = [by_id[track_id], *first_frame, *self._last]
-        self._tallies.add_confirmed(np.array([by_id[t] for t in found.confirmed.tolist()], np.int64))
-        moved_classes = np.array([by_id[t] for t in found.moved_ids.tolist()], np.int64)
-        just_confirmed = np.isin(found.moved_ids, found.confirmed)
-        self._tallies.add_moves(moved_classes, found.moved_from, found.moved_to, just_confirmed)
+        ended = tuple(self._end(track_id) for track_id in found.ended.tolist())
+        for track_id, cls in zip(found.confirmed.tolist(), found.confirmed_classes.tolist()):
+            self._alive[track_id] = [cls, *first_frame, *self._last]
+        self._tallies.add_confirmed(found.confirmed_classes)
+        present = self._state.ids > 0
+        self._tallies.add_frame(FrameMoves(
+            found.moved_classes, found.moved_from, found.moved_to, np.isin(found.moved_ids, found.confirmed),
+            found.ended_classes, found.ended_centres, self._state.classes[present], self._state.centre[present]))
         for track_id in found.moved_ids.tolist():
             self._alive[track_id][3:5] = self._last
         confirmed = tuple(self._event(t, self._alive[t]) for t in found.confirmed.tolist())
@@ -197,10 +196,7 @@ class StreamTracking:
                        for cls, n in sorted(tallies.unique.items()))
         lines = tuple((line.name, tuple((cls, pair[0], pair[1]) for cls, pair in sorted(tallies.crossed[i].items())))
                       for i, line in enumerate(tallies.lines))
-        zones = []
-        for index, zone in enumerate(tallies.zones):
-            inside = state.classes[confirmed][points_in_polygon(state.centre[confirmed], zone.polygon)]
-            per_class = tuple((cls, pair[0], pair[1], int(np.count_nonzero(inside == cls)))
-                              for cls, pair in sorted(tallies.zone_moves[index].items()))
-            zones.append((zone.name, per_class))
-        return TrackCounts(tracks, lines, tuple(zones))
+        zones = tuple((zone.name, tuple((cls, pair[0], pair[1], tallies.inside_count(index, cls))
+                                        for cls, pair in sorted(tallies.zone_moves[index].items())))
+                      for index, zone in enumerate(tallies.zones))
+        return TrackCounts(tracks, lines, zones)

@@ -78,44 +78,65 @@ def points_in_polygon(points: np.ndarray, polygon) -> np.ndarray:
     return (np.count_nonzero(crossings, axis=1) % 2).astype(bool)
 
 
+@dataclass(frozen=True, eq=False)
+class FrameMoves:
+    """One frame of a stream's confirmed tracks as counting sees them (points are box centres)."""
+
+    classes: np.ndarray  # int64 [P]: tracks matched on this frame
+    before: np.ndarray  # float64 [P, 2]: their centre at the previous match
+    after: np.ndarray  # float64 [P, 2]: their centre now
+    new: np.ndarray  # bool [P]: confirmed on this frame (they enter a zone they are in, wherever they came from)
+    ended_classes: np.ndarray  # int64 [E]: tracks that ended on this frame
+    ended_centres: np.ndarray  # float64 [E, 2]: their last centres (they exit the zones they were in)
+    present_classes: np.ndarray  # int64 [A]: every confirmed track alive after this frame
+    present_centres: np.ndarray  # float64 [A, 2]: at its last matched centre
+
+
 @dataclass
 class Tallies:
     """Cumulative counts of one stream: per class, unique confirmed tracks; per line and class,
-    crossings in/out; per zone and class, entries and exits. Keys are class indices, so the size is
-    bounded by the classes of the model times the (capped) lines and zones."""
+    crossings in/out; per zone and class, entries and exits, and the tracks inside now. Keys are
+    class indices, so the size is bounded by the classes of the model times the (capped) lines and zones."""
 
     lines: tuple[CountLine, ...] = ()
     zones: tuple[CountZone, ...] = ()
     unique: dict[int, int] = field(default_factory=dict)
     crossed: list[dict[int, list[int]]] = field(default_factory=list)  # per line: {class: [in, out]}
     zone_moves: list[dict[int, list[int]]] = field(default_factory=list)  # per zone: {class: [entered, exited]}
+    inside: list[np.ndarray] = field(default_factory=list)  # per zone: tracks inside now, by class (bincount)
 
     def __post_init__(self):
         self.crossed = [{} for _ in self.lines]
         self.zone_moves = [{} for _ in self.zones]
+        self.inside = [np.zeros(0, np.int64) for _ in self.zones]
 
     def add_confirmed(self, classes: np.ndarray) -> None:
         for cls in classes.tolist():
             self.unique[cls] = self.unique.get(cls, 0) + 1
 
-    def add_moves(self, classes: np.ndarray, before: np.ndarray, after: np.ndarray, new: np.ndarray) -> None:
-        """Matched confirmed tracks moved before -> after; `new` [P] bool marks the just confirmed
-        (they enter a zone they are in, wherever they came from)."""
+    def add_frame(self, moves: FrameMoves) -> None:
+        """Line crossings of the matched tracks; zone entries, exits and presence, with one
+        point-in-polygon test per zone for all the frame's points at once."""
         for index, line in enumerate(self.lines):
-            directions = line_crossings(before, after, line)
+            directions = line_crossings(moves.before, moves.after, line)
             for row in np.flatnonzero(directions).tolist():
-                pair = self.crossed[index].setdefault(int(classes[row]), [0, 0])
+                pair = self.crossed[index].setdefault(int(moves.classes[row]), [0, 0])
                 pair[0 if directions[row] > 0 else 1] += 1
+        if not self.zones:
+            return
+        points = np.concatenate([moves.before, moves.after, moves.ended_centres, moves.present_centres])
+        moved, ended = len(moves.classes), len(moves.ended_classes)
         for index, zone in enumerate(self.zones):
-            was_in = points_in_polygon(before, zone.polygon) & ~new
-            now_in = points_in_polygon(after, zone.polygon)
-            self._zone_add(index, classes[now_in & ~was_in], 0)
-            self._zone_add(index, classes[was_in & ~now_in], 1)
+            inside = points_in_polygon(points, zone.polygon)
+            was_in, now_in = inside[:moved] & ~moves.new, inside[moved : 2 * moved]
+            self._zone_add(index, moves.classes[now_in & ~was_in], 0)
+            self._zone_add(index, moves.classes[was_in & ~now_in], 1)
+            self._zone_add(index, moves.ended_classes[inside[2 * moved : 2 * moved + ended]], 1)
+            self.inside[index] = np.bincount(moves.present_classes[inside[2 * moved + ended :]])
 
-    def add_ended(self, classes: np.ndarray, centres: np.ndarray) -> None:
-        """Tracks that ended at `centres` exit the zones they were in."""
-        for index, zone in enumerate(self.zones):
-            self._zone_add(index, classes[points_in_polygon(centres, zone.polygon)], 1)
+    def inside_count(self, zone: int, cls: int) -> int:
+        counts = self.inside[zone]
+        return int(counts[cls]) if cls < len(counts) else 0
 
     def _zone_add(self, zone: int, classes: np.ndarray, column: int) -> None:
         for cls in classes.tolist():

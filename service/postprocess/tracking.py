@@ -20,7 +20,7 @@ State size is bounded by max_tracks rows; ids are never reused within a stream.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -69,8 +69,8 @@ class TrackerState:
 
     def take(self, rows: np.ndarray) -> "TrackerState":
         """The state restricted to `rows` (an index or bool array)."""
-        return replace(self, ids=self.ids[rows], classes=self.classes[rows], mean=self.mean[rows], cov=self.cov[rows],
-                       hits=self.hits[rows], misses=self.misses[rows], centre=self.centre[rows])
+        return TrackerState(self.ids[rows], self.classes[rows], self.mean[rows], self.cov[rows], self.hits[rows],
+                            self.misses[rows], self.centre[rows], self.next_id, self.frames)
 
 
 @dataclass(frozen=True, eq=False)
@@ -79,9 +79,12 @@ class FrameTracks:
 
     track_ids: np.ndarray  # int64 [M]: per input detection, its confirmed track's id, 0 for none
     confirmed: np.ndarray  # int64 [K]: ids confirmed on this frame
+    confirmed_classes: np.ndarray  # int64 [K]
     ended: np.ndarray  # int64 [E]: ids that ended on this frame
+    ended_classes: np.ndarray  # int64 [E]
     ended_centres: np.ndarray  # float64 [E, 2]: their last matched centres
     moved_ids: np.ndarray  # int64 [P]: confirmed tracks matched on this frame
+    moved_classes: np.ndarray  # int64 [P]
     moved_from: np.ndarray  # float64 [P, 2]: their centre at the previous match
     moved_to: np.ndarray  # float64 [P, 2]: their centre now
 
@@ -118,7 +121,9 @@ def kalman_initiate(boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def kalman_predict(mean: np.ndarray, cov: np.ndarray, steps: int) -> tuple[np.ndarray, np.ndarray]:
-    """`steps` >= 0 constant-velocity steps of every track: mean [N, 8], cov [N, 8, 8] -> same shapes."""
+    """`steps` >= 0 constant-velocity steps of every track: mean [N, 8], cov [N, 8, 8] -> new arrays, same shapes."""
+    if steps == 0:
+        return mean.copy(), cov.copy()
     for _ in range(steps):
         std = _size_std(mean, _PROCESS_STD)
         mean = mean @ _TRANSITION.T
@@ -184,45 +189,43 @@ def update(state: TrackerState, boxes: np.ndarray, scores: np.ndarray, classes: 
     scores, classes = np.asarray(scores, dtype=np.float64), np.asarray(classes, dtype=np.int64)
     steps = min(steps, params.max_age + 1)  # by then every track has ended: predicting further changes nothing
     mean, cov = kalman_predict(state.mean, state.cov, steps)
-    state = replace(state, mean=mean, cov=cov, misses=state.misses + steps)
-    alive = state.misses <= params.max_age
-    ended_rows = np.flatnonzero(~alive & (state.ids > 0))
-    ended, ended_centres = state.ids[ended_rows], state.centre[ended_rows]
-    state = state.take(alive)
+    # the working copy of the tracks, modified in place below (the previous state stays as it was)
+    tracks = TrackerState(state.ids, state.classes, mean, cov, state.hits.copy(), state.misses + steps,
+                          state.centre.copy(), state.next_id, state.frames)
+    alive = tracks.misses <= params.max_age
+    ended_rows = np.flatnonzero(~alive & (tracks.ids > 0))
+    ended = (tracks.ids[ended_rows], tracks.classes[ended_rows], tracks.centre[ended_rows])
+    if not alive.all():
+        tracks = tracks.take(alive)
 
-    rows, dets = _associate(state, boxes, scores, classes, params)
+    rows, dets = _associate(tracks, boxes, scores, classes, params)
     measured = xyxy_to_cxcywh(boxes[dets])
-    new_mean, new_cov = kalman_update(state.mean[rows], state.cov[rows], measured)
-    previous = state.centre[rows]
-    mean, cov, centre = state.mean.copy(), state.cov.copy(), state.centre.copy()
-    mean[rows], cov[rows], centre[rows] = new_mean, new_cov, measured[:, :2]
-    hits, misses = state.hits.copy(), state.misses.copy()
-    hits[rows] += 1
-    misses[rows] = 0
-    state = replace(state, mean=mean, cov=cov, centre=centre, hits=hits, misses=misses)
+    tracks.mean[rows], tracks.cov[rows] = kalman_update(tracks.mean[rows], tracks.cov[rows], measured)
+    previous = tracks.centre[rows]
+    tracks.centre[rows] = measured[:, :2]
+    tracks.hits[rows] += 1
+    tracks.misses[rows] = 0
     # tentative tracks not matched now are dropped, confirmed ones wait up to max_age frames
-    state, rows = _drop_unmatched_tentative(state, rows)
+    keep = (tracks.ids > 0) | (tracks.misses == 0)
+    if not keep.all():
+        rows = (np.cumsum(keep) - 1)[rows]
+        tracks = tracks.take(keep)
 
-    state, rows, dets = _birth(state, rows, dets, boxes, scores, classes, params)
-    ids = state.ids.copy()
-    promote = (ids == 0) & ((state.hits >= params.min_hits) | (state.frames == 0))
-    confirmed = np.arange(state.next_id, state.next_id + int(promote.sum()), dtype=np.int64)
+    tracks, rows, dets = _birth(tracks, rows, dets, boxes, scores, classes, params)
+    promote = (tracks.ids == 0) & ((tracks.hits >= params.min_hits) | (tracks.frames == 0))
+    confirmed = np.arange(tracks.next_id, tracks.next_id + int(promote.sum()), dtype=np.int64)
+    ids = tracks.ids.copy()
     ids[promote] = confirmed
-    state = replace(state, ids=ids, next_id=state.next_id + len(confirmed), frames=state.frames + 1)
+    state = TrackerState(ids, tracks.classes, tracks.mean, tracks.cov, tracks.hits, tracks.misses, tracks.centre,
+                         tracks.next_id + len(confirmed), tracks.frames + 1)
 
+    matched_ids = ids[rows]
     track_ids = np.zeros(len(boxes), dtype=np.int64)
-    track_ids[dets] = state.ids[rows]
-    moved = state.ids[rows] > 0
+    track_ids[dets] = matched_ids
+    moved = matched_ids > 0
     moved_from = np.concatenate([previous, state.centre[rows[len(previous):]]])[moved]
-    return state, FrameTracks(track_ids, confirmed, ended, ended_centres, state.ids[rows][moved], moved_from,
-                              state.centre[rows][moved])
-
-
-def _drop_unmatched_tentative(state: TrackerState, rows: np.ndarray) -> tuple[TrackerState, np.ndarray]:
-    """Remove tentative tracks not matched on this frame; `rows` re-indexed to the kept rows."""
-    keep = (state.ids > 0) | (state.misses == 0)
-    new_index = np.cumsum(keep) - 1
-    return state.take(keep), new_index[rows]
+    return state, FrameTracks(track_ids, confirmed, state.classes[promote], *ended, matched_ids[moved],
+                              state.classes[rows][moved], moved_from, state.centre[rows][moved])
 
 
 def _birth(state: TrackerState, rows, dets, boxes, scores, classes, params: TrackerParams):
@@ -237,12 +240,11 @@ def _birth(state: TrackerState, rows, dets, boxes, scores, classes, params: Trac
     measured = xyxy_to_cxcywh(boxes[unmatched])
     mean, cov = kalman_initiate(measured)
     count = len(unmatched)
-    grown = replace(
-        state, ids=np.concatenate([state.ids, np.zeros(count, np.int64)]),
-        classes=np.concatenate([state.classes, classes[unmatched]]), mean=np.concatenate([state.mean, mean]),
-        cov=np.concatenate([state.cov, cov]), hits=np.concatenate([state.hits, np.ones(count, np.int64)]),
-        misses=np.concatenate([state.misses, np.zeros(count, np.int64)]),
-        centre=np.concatenate([state.centre, measured[:, :2]]),
+    grown = TrackerState(
+        np.concatenate([state.ids, np.zeros(count, np.int64)]), np.concatenate([state.classes, classes[unmatched]]),
+        np.concatenate([state.mean, mean]), np.concatenate([state.cov, cov]),
+        np.concatenate([state.hits, np.ones(count, np.int64)]), np.concatenate([state.misses, np.zeros(count, np.int64)]),
+        np.concatenate([state.centre, measured[:, :2]]), state.next_id, state.frames,
     )
     new_rows = np.arange(len(state.ids), len(state.ids) + count)
     return grown, np.concatenate([rows, new_rows]), np.concatenate([dets, unmatched])

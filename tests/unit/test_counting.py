@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from service.errors import InvalidArgument
-from service.postprocess.counting import CountLine, CountZone, Tallies, line_crossings, points_in_polygon
+from service.postprocess.counting import CountLine, CountZone, FrameMoves, Tallies, line_crossings, points_in_polygon
 from service.stream_tracking import StreamTracking, track_settings
 
 DOOR = CountLine("door", (0.0, 50.0), (100.0, 50.0))  # drawn left to right: "in" is downwards
@@ -38,17 +38,32 @@ def test_points_in_polygon_convex_and_concave():
     assert points_in_polygon(np.zeros((0, 2)), square).tolist() == []
 
 
+def moves(classes, before, after, new=None, ended_classes=(), ended_centres=(), present_classes=(),
+          present_centres=()) -> FrameMoves:
+    """A FrameMoves from plain lists (new defaults to none just confirmed)."""
+    classes = np.array(classes, np.int64)
+    return FrameMoves(classes, np.array(before, float).reshape(-1, 2), np.array(after, float).reshape(-1, 2),
+                      np.zeros(len(classes), bool) if new is None else np.array(new, bool),
+                      np.array(ended_classes, np.int64), np.array(ended_centres, float).reshape(-1, 2),
+                      np.array(present_classes, np.int64), np.array(present_centres, float).reshape(-1, 2))
+
+
 def test_zone_entered_left_and_ended_inside():
     zone = CountZone("shelf", ((0, 0), (100, 0), (100, 100), (0, 100)))
     tallies = Tallies((DOOR,), (zone,))
-    classes = np.array([3, 3, 1])
     # a class-3 track walks in, another is confirmed inside (enters), a class-1 track stays outside
-    tallies.add_moves(classes, np.array([[150, 50], [40, 40], [150, 150]], float),
-                      np.array([[50, 50], [40, 40], [160, 150]], float), np.array([False, True, False]))
+    after = [[50, 50], [40, 40], [160, 150]]
+    tallies.add_frame(moves([3, 3, 1], [[150, 50], [40, 40], [150, 150]], after, [False, True, False],
+                            present_classes=[3, 3, 1], present_centres=after))
     assert tallies.zone_moves[0] == {3: [2, 0]}
-    tallies.add_moves(np.array([3]), np.array([[50, 50]], float), np.array([[150, 50]], float), np.array([False]))
-    tallies.add_ended(np.array([3, 1]), np.array([[40, 40], [160, 150]], float))
-    assert tallies.zone_moves[0] == {3: [2, 2]}
+    assert (tallies.inside_count(0, 3), tallies.inside_count(0, 1), tallies.inside_count(0, 7)) == (2, 0, 0)
+    # the first walks out again, then the one confirmed inside and the class-1 track end
+    tallies.add_frame(moves([3], [[50, 50]], [[150, 50]], present_classes=[3, 3, 1],
+                            present_centres=[[150, 50], [40, 40], [160, 150]]))
+    assert tallies.zone_moves[0] == {3: [2, 1]} and tallies.inside_count(0, 3) == 1
+    tallies.add_frame(moves([], [], [], ended_classes=[3, 1], ended_centres=[[40, 40], [160, 150]],
+                            present_classes=[3], present_centres=[[150, 50]]))
+    assert tallies.zone_moves[0] == {3: [2, 2]} and tallies.inside_count(0, 3) == 0
     assert tallies.crossed[0] == {}
 
 
