@@ -32,7 +32,6 @@ _STD_VELOCITY = 1.0 / 160
 _PROCESS_STD = np.array([_STD_POSITION] * 4 + [_STD_VELOCITY] * 4)  # per step, times w or h
 _MEASUREMENT_STD = np.array([_STD_POSITION] * 4)
 _INITIAL_STD = np.array([2 * _STD_POSITION] * 4 + [10 * _STD_VELOCITY] * 4)  # a new track: velocity unknown
-_TRANSITION = np.eye(8) + np.eye(8, k=4)  # constant velocity: position += velocity each frame
 _DIAG8, _DIAG4 = np.arange(8), np.arange(4)
 
 
@@ -102,13 +101,10 @@ def cxcywh_to_xyxy(boxes: np.ndarray) -> np.ndarray:
     return np.concatenate([boxes[:, :2] - half, boxes[:, :2] + half], axis=1)
 
 
-_WH_COLUMNS = np.array([0, 1, 0, 1, 0, 1, 0, 1])
-
-
 def _size_std(mean: np.ndarray, weights: np.ndarray) -> np.ndarray:
     """[N, 8] -> [N, len(weights)] standard deviations: weights[i] times each track's w (even i) or h (odd i)."""
-    wh = np.maximum(mean[:, 2:4], 1.0)
-    return wh[:, _WH_COLUMNS[: len(weights)]] * weights
+    wh = np.maximum(mean[:, None, 2:4], 1.0)  # [N, 1, 2]
+    return (wh * weights.reshape(-1, 2)).reshape(len(mean), len(weights))
 
 
 def kalman_initiate(boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -126,18 +122,33 @@ def kalman_predict(mean: np.ndarray, cov: np.ndarray, steps: int) -> tuple[np.nd
         return mean.copy(), cov.copy()
     for _ in range(steps):
         std = _size_std(mean, _PROCESS_STD)
-        mean = mean @ _TRANSITION.T
-        cov = _TRANSITION @ cov @ _TRANSITION.T
+        mean = np.concatenate([mean[:, :4] + mean[:, 4:], mean[:, 4:]], axis=1)
+        cov = _transition_cov(cov)
         cov[:, _DIAG8, _DIAG8] += std**2
     return mean, cov
 
 
+def _transition_cov(cov: np.ndarray) -> np.ndarray:
+    """F P F^T for the constant-velocity F = [[I, I], [0, I]] (4x4 blocks), by blocks instead of two
+    8x8 products: [[P11 + P12 + P21 + P22, P12 + P22], [P21 + P22, P22]]."""
+    top, bottom = cov[:, :4, :] + cov[:, 4:, :], cov[:, 4:, :]  # F P: rows
+    out = np.empty_like(cov)
+    out[:, :4, :4] = top[:, :, :4] + top[:, :, 4:]
+    out[:, :4, 4:] = top[:, :, 4:]
+    out[:, 4:, :4] = bottom[:, :, :4] + bottom[:, :, 4:]
+    out[:, 4:, 4:] = bottom[:, :, 4:]
+    return out
+
+
 def kalman_update(mean: np.ndarray, cov: np.ndarray, boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Correct N tracks with their matched [N, 4] cxcywh boxes -> mean [N, 8], cov [N, 8, 8]."""
+    """Correct N tracks with their matched [N, 4] cxcywh boxes -> mean [N, 8], cov [N, 8, 8].
+
+    The four coordinates never mix (diagonal noise, each position moved only by its own velocity),
+    so on covariances made by kalman_initiate / kalman_predict / kalman_update the projected
+    covariance S = P[:4, :4] + R is diagonal and the gain P H^T S^-1 is a division, not a solve."""
     std = _size_std(mean, _MEASUREMENT_STD)
-    projected_cov = cov[:, :4, :4].copy()
-    projected_cov[:, _DIAG4, _DIAG4] += std**2
-    gain = np.linalg.solve(projected_cov, cov[:, :4, :]).transpose(0, 2, 1)  # [N, 8, 4] = P H^T S^-1
+    projected_var = cov[:, _DIAG4, _DIAG4] + std**2  # [N, 4]: the diagonal of S
+    gain = cov[:, :, :4] / projected_var[:, None, :]  # [N, 8, 4]
     innovation = boxes - mean[:, :4]
     mean = mean + np.einsum("nij,nj->ni", gain, innovation)
     cov = cov - gain @ cov[:, :4, :]
@@ -149,35 +160,37 @@ def greedy_match(iou: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndar
     IoU >= threshold -> (rows int64 [P], cols int64 [P])."""
     rows, cols = np.nonzero(iou >= threshold)
     order = np.argsort(-iou[rows, cols], kind="stable")
+    rows, cols = rows[order].astype(np.int64), cols[order].astype(np.int64)
+    if len(rows) == 0 or (np.bincount(rows).max() == 1 and np.bincount(cols).max() == 1):
+        return rows, cols  # no row or column wanted twice: every candidate pair is kept (the usual frame)
     used_rows, used_cols, kept = set(), set(), []
-    for index in order.tolist():
-        row, col = int(rows[index]), int(cols[index])
+    for index, (row, col) in enumerate(zip(rows.tolist(), cols.tolist())):
         if row not in used_rows and col not in used_cols:
             used_rows.add(row)
             used_cols.add(col)
             kept.append(index)
     kept = np.asarray(kept, dtype=np.int64)
-    return rows[kept].astype(np.int64), cols[kept].astype(np.int64)
+    return rows[kept], cols[kept]
 
 
-def _class_iou(tracks: TrackerState, rows: np.ndarray, boxes: np.ndarray, classes: np.ndarray) -> np.ndarray:
-    """IoU of the predicted boxes of tracks `rows` against detections; 0 across classes and where
-    both boxes are empty (box_iou's NaN)."""
-    iou = box_iou(cxcywh_to_xyxy(tracks.mean[rows, :4]), boxes)
-    return np.where((tracks.classes[rows, None] == classes[None, :]) & (iou > 0), iou, 0.0)
+def _class_iou(tracks: TrackerState, boxes: np.ndarray, classes: np.ndarray) -> np.ndarray:
+    """[N tracks, M detections] IoU of the predicted boxes against the detections; 0 across classes and
+    where both boxes are empty (box_iou's NaN). One matrix serves both passes."""
+    iou = box_iou(cxcywh_to_xyxy(tracks.mean[:, :4]), boxes)
+    return np.where((tracks.classes[:, None] == classes[None, :]) & (iou > 0), iou, 0.0)
 
 
 def _associate(state: TrackerState, boxes, scores, classes, params: TrackerParams) -> tuple[np.ndarray, np.ndarray]:
     """Both passes -> (track rows, detection indices) of the matches."""
     high = np.flatnonzero(scores >= params.high_score)
     low = np.flatnonzero((scores >= params.low_score) & (scores < params.high_score))
-    all_rows = np.arange(len(state.ids))
-    rows_1, cols_1 = greedy_match(_class_iou(state, all_rows, boxes[high], classes[high]), params.match_iou)
+    iou = _class_iou(state, boxes, classes)
+    rows_1, cols_1 = greedy_match(iou[:, high], params.match_iou)
     unmatched = state.ids > 0
     unmatched[rows_1] = False
-    free = all_rows[unmatched]
+    free = np.flatnonzero(unmatched)
     low_iou = max(params.match_iou, LOW_PASS_IOU)
-    rows_2, cols_2 = greedy_match(_class_iou(state, free, boxes[low], classes[low]), low_iou)
+    rows_2, cols_2 = greedy_match(iou[np.ix_(free, low)], low_iou)
     return np.concatenate([rows_1, free[rows_2]]), np.concatenate([high[cols_1], low[cols_2]])
 
 

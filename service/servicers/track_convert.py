@@ -38,41 +38,46 @@ def track_result(tracking: StreamTracking, result: vpb.DetectFrameResult, labels
         report = tracking.skipped()
     else:
         detections = result.result.detections
-        boxes = np.array([(d.box.x1, d.box.y1, d.box.x2, d.box.y2) for d in detections], np.float32).reshape(-1, 4)
-        scores = np.array([d.score for d in detections], np.float64)
-        classes = np.array([d.class_index for d in detections], np.int64)
-        report = tracking.answered(result.frame_id, result.capture_timestamp_us, boxes, scores, classes)
+        # one pass over the messages: box corners, score, class per detection
+        rows = np.array([(b.x1, b.y1, b.x2, b.y2, d.score, d.class_index) for d, b in ((d, d.box) for d in detections)],
+                        np.float64).reshape(-1, 6)
+        report = tracking.answered(result.frame_id, result.capture_timestamp_us, rows[:, :4].astype(np.float32),
+                                   rows[:, 4], rows[:, 5].astype(np.int64))
         for detection, track_id in zip(detections, report.track_ids):
             detection.track_id = track_id
-    result.tracking.CopyFrom(track_update_to_proto(report, labels))
+    fill_track_update(result.tracking, report, labels)
 
 
 def _label(labels, class_index: int) -> str:
     return labels[class_index] if 0 <= class_index < len(labels) else str(class_index)
 
 
-def _event(event: TrackEvent, labels) -> vpb.TrackEvent:
-    return vpb.TrackEvent(track_id=event.track_id, class_index=event.class_index,
-                          label=_label(labels, event.class_index),
-                          first_frame_id=event.first_frame_id, last_frame_id=event.last_frame_id,
-                          first_timestamp_us=event.first_timestamp_us, last_timestamp_us=event.last_timestamp_us)
+def _fill_events(events, reported: tuple[TrackEvent, ...], labels) -> None:
+    for event in reported:
+        events.add(track_id=event.track_id, class_index=event.class_index, label=_label(labels, event.class_index),
+                   first_frame_id=event.first_frame_id, last_frame_id=event.last_frame_id,
+                   first_timestamp_us=event.first_timestamp_us, last_timestamp_us=event.last_timestamp_us)
 
 
-def track_counts_to_proto(counts: TrackCounts, labels) -> vpb.TrackCounts:
-    return vpb.TrackCounts(
-        tracks=[vpb.ClassTrackCount(class_index=c, label=_label(labels, c), unique=u, active=a)
-                for c, u, a in counts.tracks],
-        lines=[vpb.LineCount(name=name, classes=[
-            vpb.LineClassCount(class_index=c, label=_label(labels, c), crossed_in=i, crossed_out=o)
-            for c, i, o in per_class])
-            for name, per_class in counts.lines],
-        zones=[vpb.ZoneCount(name=name, classes=[
-            vpb.ZoneClassCount(class_index=c, label=_label(labels, c), entered=e, exited=x, inside=n)
-            for c, e, x, n in per_class]) for name, per_class in counts.zones],
-    )
+def fill_track_counts(out: vpb.TrackCounts, counts: TrackCounts, labels) -> None:
+    """Write `counts` into the (empty) message `out`, in place: no message built and then copied."""
+    for c, u, a in counts.tracks:
+        out.tracks.add(class_index=c, label=_label(labels, c), unique=u, active=a)
+    for name, per_class in counts.lines:
+        line = out.lines.add(name=name)
+        for c, i, o in per_class:
+            line.classes.add(class_index=c, label=_label(labels, c), crossed_in=i, crossed_out=o)
+    for name, per_class in counts.zones:
+        zone = out.zones.add(name=name)
+        for c, e, x, n in per_class:
+            zone.classes.add(class_index=c, label=_label(labels, c), entered=e, exited=x, inside=n)
 
 
-def track_update_to_proto(report: TrackReport, labels) -> vpb.TrackUpdate:
-    return vpb.TrackUpdate(confirmed=[_event(e, labels) for e in report.confirmed],
-                           ended=[_event(e, labels) for e in report.ended],
-                           counts=track_counts_to_proto(report.counts, labels))
+def fill_track_update(out: vpb.TrackUpdate, report: TrackReport, labels) -> None:
+    """Write `report` into the result's (empty) `tracking` message, in place; both messages are marked
+    present even when empty (a tracked stream's every result carries `tracking` and its `counts`)."""
+    out.SetInParent()
+    out.counts.SetInParent()
+    _fill_events(out.confirmed, report.confirmed, labels)
+    _fill_events(out.ended, report.ended, labels)
+    fill_track_counts(out.counts, report.counts, labels)
