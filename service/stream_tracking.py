@@ -11,9 +11,10 @@ every track, and the whole state goes with the stream.
 
 from __future__ import annotations
 
+import math
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 
@@ -53,7 +54,7 @@ def check_polygon_size(index: int, vertices: int) -> None:
 
 def _check_range(name: str, value, low, high, *, open_interval: bool = False) -> None:
     inside = low < value < high if open_interval else low <= value <= high
-    if not inside or value != value:  # NaN fails both
+    if not inside or math.isnan(value):  # NaN fails both
         bounds = f"({low}, {high})" if open_interval else f"[{low}, {high}]"
         raise InvalidArgument(f"track.{name} must be in {bounds}, got {value}")
 

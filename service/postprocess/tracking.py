@@ -62,11 +62,11 @@ class TrackerState:
     frames: int = 0  # answered frames seen
 
     @staticmethod
-    def empty() -> "TrackerState":
+    def empty() -> TrackerState:
         return TrackerState(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros((0, 8)), np.zeros((0, 8, 8)),
                             np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros((0, 2)))
 
-    def take(self, rows: np.ndarray) -> "TrackerState":
+    def take(self, rows: np.ndarray) -> TrackerState:
         """The state restricted to `rows` (an index or bool array)."""
         return TrackerState(self.ids[rows], self.classes[rows], self.mean[rows], self.cov[rows], self.hits[rows],
                             self.misses[rows], self.centre[rows], self.next_id, self.frames)
@@ -256,7 +256,8 @@ def _birth(state: TrackerState, rows, dets, boxes, scores, classes, params: Trac
     grown = TrackerState(
         np.concatenate([state.ids, np.zeros(count, np.int64)]), np.concatenate([state.classes, classes[unmatched]]),
         np.concatenate([state.mean, mean]), np.concatenate([state.cov, cov]),
-        np.concatenate([state.hits, np.ones(count, np.int64)]), np.concatenate([state.misses, np.zeros(count, np.int64)]),
+        np.concatenate([state.hits, np.ones(count, np.int64)]),
+        np.concatenate([state.misses, np.zeros(count, np.int64)]),
         np.concatenate([state.centre, measured[:, :2]]), state.next_id, state.frames,
     )
     new_rows = np.arange(len(state.ids), len(state.ids) + count)

@@ -6,8 +6,15 @@ import numpy as np
 
 from service.api.convserve.v1 import vision_pb2 as vpb
 from service.postprocess.counting import CountLine, CountZone
-from service.stream_tracking import (StreamTracking, TrackCounts, TrackEvent, TrackReport, check_geometry_counts,
-                                     check_polygon_size, track_settings)
+from service.stream_tracking import (
+    StreamTracking,
+    TrackCounts,
+    TrackEvent,
+    TrackReport,
+    check_geometry_counts,
+    check_polygon_size,
+    track_settings,
+)
 
 
 def stream_tracking_from_proto(frame: vpb.DetectFrame) -> StreamTracking | None:

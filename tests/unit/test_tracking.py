@@ -6,8 +6,17 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from service.postprocess.tracking import (TrackerParams, TrackerState, cxcywh_to_xyxy, greedy_match, kalman_initiate,
-                                          kalman_predict, kalman_update, update, xyxy_to_cxcywh)
+from service.postprocess.tracking import (
+    TrackerParams,
+    TrackerState,
+    cxcywh_to_xyxy,
+    greedy_match,
+    kalman_initiate,
+    kalman_predict,
+    kalman_update,
+    update,
+    xyxy_to_cxcywh,
+)
 
 SIZE = 20.0
 
@@ -16,8 +25,9 @@ def box(x: float, y: float, size: float = SIZE) -> list[float]:
     return [x, y, x + size, y + size]
 
 
-def run(frames, params=TrackerParams(), steps=None):
+def run(frames, params=None, steps=None):
     """frames: per frame a list of (x, y, score, class); returns (state, [FrameTracks])."""
+    params = TrackerParams() if params is None else params
     state, found = TrackerState.empty(), []
     for index, objects in enumerate(frames):
         boxes = np.array([box(x, y) for x, y, _, _ in objects], np.float32).reshape(-1, 4)
