@@ -6,8 +6,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from service.api.convserve.v1 import vision_pb2 as vpb
 from service.errors import InvalidArgument
 from service.postprocess.counting import CountLine, CountZone, FrameMoves, Tallies, line_crossings, points_in_polygon
+from service.servicers.track_convert import track_result
 from service.stream_tracking import StreamTracking, track_settings
 
 DOOR = CountLine("door", (0.0, 50.0), (100.0, 50.0))  # drawn left to right: "in" is downwards
@@ -146,3 +148,22 @@ def test_ended_events_carry_the_last_match():
 def test_invalid_track_options_name_the_field(options, field):
     with pytest.raises(InvalidArgument, match=field.replace("[", r"\[").replace("]", r"\]")):
         track_settings(**options)
+
+
+def test_every_tracked_result_carries_tracking_and_counts_even_when_empty():
+    tracking = StreamTracking(track_settings())
+    empty = vpb.DetectFrameResult(frame_id=0, result=vpb.DetectResult())
+    track_result(tracking, empty, ["face"])
+    assert empty.HasField("tracking") and empty.tracking.HasField("counts")
+    for frame_id in (1, 2):  # a new track after the first frame waits min_hits (2) frames for its id
+        one = vpb.DetectFrameResult(frame_id=frame_id, result=vpb.DetectResult(detections=[
+            vpb.Detection(box=vpb.Box(x1=10, y1=10, x2=30, y2=30), class_index=0, label="face", score=0.9)]))
+        track_result(tracking, one, ["face"])
+    assert one.result.detections[0].track_id == 1
+    assert [(e.track_id, e.label, e.first_frame_id, e.last_frame_id) for e in one.tracking.confirmed] == [
+        (1, "face", 1, 2)]
+    assert [(c.label, c.unique, c.active) for c in one.tracking.counts.tracks] == [("face", 1, 1)]
+    dropped = vpb.DetectFrameResult(frame_id=3)
+    track_result(tracking, dropped, ["face"])
+    assert dropped.HasField("tracking") and dropped.tracking.counts.tracks[0].unique == 1
+    assert not dropped.tracking.confirmed and not dropped.tracking.ended

@@ -137,6 +137,10 @@ def test_greedy_match_takes_the_best_pairs_first():
     assert sorted(zip(rows.tolist(), cols.tolist())) == [(0, 0)]
     rows, cols = greedy_match(iou, 0.05)
     assert sorted(zip(rows.tolist(), cols.tolist())) == [(0, 0), (1, 1), (2, 2)]
+    # no row or column wanted twice: every pair is kept, still highest IoU first
+    rows, cols = greedy_match(np.array([[0.3, 0.0], [0.0, 0.9]]), 0.2)
+    assert (rows.tolist(), cols.tolist()) == ([1, 0], [1, 0])
+    assert greedy_match(np.zeros((0, 3)), 0.2)[0].tolist() == []
 
 
 def test_box_conversions_round_trip():
@@ -146,26 +150,28 @@ def test_box_conversions_round_trip():
 
 
 def test_kalman_matches_the_textbook_equations():
-    """Predict and update against the plain matrix formulas, one track at a time."""
+    """Predict and update (twice: 3 steps, update, 2 steps, update) against the plain matrix
+    formulas with a full inverse of S, one track at a time."""
     rng = np.random.default_rng(0)
     measured = np.array([[50.0, 40.0, 20.0, 30.0], [10.0, 90.0, 8.0, 12.0]])
+    observations = [measured + rng.normal(0, 1, measured.shape), measured + 3 + rng.normal(0, 1, measured.shape)]
     mean, cov = kalman_initiate(measured)
-    mean, cov = kalman_predict(mean, cov, 3)
-    observation = measured + rng.normal(0, 1, measured.shape)
-    new_mean, new_cov = kalman_update(mean, cov, observation)
+    for steps, observation in zip((3, 2), observations):
+        mean, cov = kalman_update(*kalman_predict(mean, cov, steps), observation)
     transition, measure = np.eye(8) + np.eye(8, k=4), np.eye(4, 8)
     for n in range(2):
         m, p = kalman_initiate(measured[n : n + 1])
         m, p = m[0], p[0]
-        for _ in range(3):
-            w, h = m[2], m[3]
-            q = np.diag(np.square([w / 20, h / 20, w / 20, h / 20, w / 160, h / 160, w / 160, h / 160]))
-            m, p = transition @ m, transition @ p @ transition.T + q
-        r = np.diag(np.square([m[2] / 20, m[3] / 20, m[2] / 20, m[3] / 20]))
-        s = measure @ p @ measure.T + r
-        gain = p @ measure.T @ np.linalg.inv(s)
-        np.testing.assert_allclose(new_mean[n], m + gain @ (observation[n] - measure @ m), rtol=1e-9)
-        np.testing.assert_allclose(new_cov[n], (np.eye(8) - gain @ measure) @ p, rtol=1e-7, atol=1e-9)
+        for steps, observation in zip((3, 2), observations):
+            for _ in range(steps):
+                w, h = m[2], m[3]
+                q = np.diag(np.square([w / 20, h / 20, w / 20, h / 20, w / 160, h / 160, w / 160, h / 160]))
+                m, p = transition @ m, transition @ p @ transition.T + q
+            r = np.diag(np.square([m[2] / 20, m[3] / 20, m[2] / 20, m[3] / 20]))
+            gain = p @ measure.T @ np.linalg.inv(measure @ p @ measure.T + r)
+            m, p = m + gain @ (observation[n] - measure @ m), (np.eye(8) - gain @ measure) @ p
+        np.testing.assert_allclose(mean[n], m, rtol=1e-9)
+        np.testing.assert_allclose(cov[n], p, rtol=1e-7, atol=1e-9)
 
 
 @pytest.mark.parametrize("count", [0, 1])
