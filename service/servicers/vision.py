@@ -19,6 +19,7 @@ from service.pipelines.segment import segment
 from service.servicers import vision_convert as convert
 from service.servicers.calls import CallRunner
 from service.servicers.streams import OrderedStream, StreamPolicy, run_frame
+from service.servicers.track_convert import stream_tracking_from_proto, track_result
 
 
 class VisionServicer(vpb_grpc.VisionServiceServicer):
@@ -71,8 +72,13 @@ class VisionServicer(vpb_grpc.VisionServiceServicer):
             (result,) = await detect(self.stages, ctx, model, [convert.image_from_proto(frame.image, 0)], options)
             return vpb.DetectFrameResult(result=convert.detect_result_to_proto(result))
 
+        def follow(first_frame, model):
+            """Tracking asked for on the first frame: every result, in order, goes through the stream's tracker."""
+            tracking = stream_tracking_from_proto(first_frame)
+            return None if tracking is None else (lambda result: track_result(tracking, result, model.labels))
+
         async for result in self._stream("StreamDetect", "detection", request_iterator, context, answer,
-                                         vpb.DetectFrameResult):
+                                         vpb.DetectFrameResult, follow):
             yield result
 
     async def StreamClassify(self, request_iterator, context):
@@ -84,15 +90,18 @@ class VisionServicer(vpb_grpc.VisionServiceServicer):
                                          vpb.ClassifyFrameResult):
             yield result
 
-    async def _stream(self, method, task, request_iterator, context, answer, result_type):
+    async def _stream(self, method, task, request_iterator, context, answer, result_type, follow=None):
         """Shared stream handling: model from the first frame, per-frame errors, ordering, dropping;
-        the call holds one of `max_concurrent_streams` (shared with ModelStreamInfer) while it runs."""
+        the call holds one of `max_concurrent_streams` (shared with ModelStreamInfer) while it runs.
+        `follow(first_frame, model)` may return a function that sees every result in frame order
+        (dropped ones included) before it is sent: per-stream state such as tracking."""
         async with self.calls.stream_slot(context):
-            async for result in self._stream_frames(method, task, request_iterator, context, answer, result_type):
+            frames = self._stream_frames(method, task, request_iterator, context, answer, result_type, follow)
+            async for result in frames:
                 yield result
 
-    async def _stream_frames(self, method, task, request_iterator, context, answer, result_type):
-        state: dict = {}
+    async def _stream_frames(self, method, task, request_iterator, context, answer, result_type, follow):
+        state: dict = {"follow": None}
 
         def policy_of_first(frame) -> StreamPolicy:
             ctx = self.calls.new_context(method, context)
@@ -103,6 +112,7 @@ class VisionServicer(vpb_grpc.VisionServiceServicer):
                 raise InvalidArgument(f"options.max_pending must be >= 0, got {options.max_pending}")
             # The server's setting is both the default and the ceiling: one stream cannot hold unbounded frames.
             limit = self.stages.limits.stream_max_pending
+            state["follow"] = follow(frame, state["model"]) if follow is not None else None
             return StreamPolicy(options.drop_frames, min(options.max_pending or limit, limit))
 
         async def process(frame):
@@ -137,6 +147,8 @@ class VisionServicer(vpb_grpc.VisionServiceServicer):
         stream = OrderedStream(request_iterator, process, on_dropped, policy_of_first)
         try:
             async for result in stream.results():
+                if state["follow"] is not None:  # in frame order, on the loop: well under a millisecond a frame
+                    state["follow"](result)
                 yield result
         except ServiceError as exc:
             code, message = status_of(exc)
