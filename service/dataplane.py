@@ -16,6 +16,7 @@ from typing import Sequence
 
 import numpy as np
 
+from service.budget import check_model_inputs, fit_to_budget, image_budget
 from service.errors import FailedPrecondition, InvalidArgument, ServiceError
 from service.metrics import Metrics
 from service.models import LoadedVersion, ModelRegistry
@@ -79,10 +80,11 @@ class DataPlane:
     async def prepare(self, ctx: RequestContext, model: LoadedVersion, images: Sequence[ImageInput], keep_original: bool = False) -> list[PreparedImage]:
         """Decode + preprocess every image off the event loop; a bad image names its index."""
         self._check_count(model, len(images))
+        budget = image_budget(model.config, len(images))
         ctx.images = len(images)
         started = time.perf_counter()
         loop = asyncio.get_running_loop()
-        jobs = [loop.run_in_executor(self._pool, self._prepare_one, model, image, keep_original) for image in images]
+        jobs = [loop.run_in_executor(self._pool, self._prepare_one, model, image, keep_original, budget) for image in images]
         results = await asyncio.gather(*jobs, return_exceptions=True)
         ctx.add_stage("preprocess", time.perf_counter() - started)
         prepared = []
@@ -102,7 +104,7 @@ class DataPlane:
         if count > model.config.batching.max_batch_size:
             raise InvalidArgument(f"request has {count} images, over the model's max_batch_size {model.config.batching.max_batch_size}")
 
-    def _prepare_one(self, model: LoadedVersion, image: ImageInput, keep_original: bool) -> PreparedImage:
+    def _prepare_one(self, model: LoadedVersion, image: ImageInput, keep_original: bool, budget: int) -> PreparedImage:
         spec = model.config.preprocessing
         if image.tensor is not None:
             tensor = check_image_tensor(model, image.tensor)
@@ -110,6 +112,7 @@ class DataPlane:
             return PreparedImage(tensor, ResizeInfo(hw, (1.0, 1.0), (0.0, 0.0), hw), None)
         if spec is None:
             raise InvalidArgument(f"model '{model.name}' has no preprocessing configured; send tensors, not encoded images")
+        spec = fit_to_budget(image.encoded or b"", spec, budget)
         decoded = decode_image(image.encoded or b"", spec, self.limits.max_pixels)
         tensor, info = preprocess_image(decoded, spec, source_order="bgr")
         return PreparedImage(tensor, info, decoded if keep_original else None)
@@ -129,6 +132,7 @@ class DataPlane:
 
     async def execute(self, ctx: RequestContext, model: LoadedVersion, inputs: dict[str, np.ndarray], output_names=None) -> dict[str, np.ndarray]:
         """Submit one [n, ...] batch to the model's batcher; records queue and inference time."""
+        check_model_inputs(model.config, inputs)
         started = time.monotonic()
         outputs, queue_wait = await model.batcher.submit(inputs, ctx.deadline)
         ctx.add_stage("queue", queue_wait)

@@ -66,6 +66,7 @@ class RunningServer:
     health: object  # grpc_health aio HealthServicer
     dataplane: DataPlane
     settings: ServerSettings
+    calls: CallRunner
 
     async def stop(self) -> None:
         await shutdown(self)
@@ -131,7 +132,7 @@ async def start_server(settings: ServerSettings, interceptors: list | None = Non
     await server.start()
     log.info("server started", extra={"event": "server_started", "port": port, "metrics_port": metrics_port,
                                         "providers": ",".join(settings.providers), "model_repo": str(settings.model_repo)})
-    running = RunningServer(server, port, metrics_port, registry, metrics, lifecycle, health_servicer, dataplane, settings)
+    running = RunningServer(server, port, metrics_port, registry, metrics, lifecycle, health_servicer, dataplane, settings, calls)
     started = time.perf_counter()
     _warn_cuda_once(registry, settings)
     await registry.load_all()
@@ -171,7 +172,11 @@ async def shutdown(running: RunningServer) -> None:
     await _set_health(running.health, health_pb2.HealthCheckResponse.NOT_SERVING)
     await asyncio.sleep(settings.shutdown_grace_s)
     running.lifecycle.accepting = False
-    await running.registry.close(settings.drain_timeout_s)
+    # Calls admitted before this point are drained, not refused: first let them reach their batcher
+    # (they may still be decoding), then drain the batchers with what is left of the drain timeout.
+    drain_until = time.monotonic() + settings.drain_timeout_s
+    await running.calls.wait_for_calls(settings.drain_timeout_s)
+    await running.registry.close(max(0.0, drain_until - time.monotonic()))
     # Keep answering UNAVAILABLE a moment after the drain, so clients still sending learn it from a
     # status rather than from a transport closing under a request in flight.
     await asyncio.sleep(min(1.0, settings.shutdown_grace_s))

@@ -21,6 +21,7 @@ from service.dataplane import DataPlane, ImageInput, RequestContext
 from service.errors import InvalidArgument, NotFound, ServiceError, Unavailable, status_of
 from service.models import LoadedVersion
 from service.postprocess.classify import top_k
+from service.repository import find_model_directory
 from service.servicers.calls import CallRunner
 from service.servicers.lifecycle import Lifecycle
 from service.servicers import v2_model_info as info
@@ -86,9 +87,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def RepositoryModelLoad(self, request, context):
         async def body(ctx):
             self._require_repository_api()
-            name = request.model_name  # a model directory is a plain, visible child of the repository, as at startup
-            if not name or name.startswith((".", "_")) or "/" in name or not (self.registry.repo / name).is_dir():
-                raise NotFound(f"no model directory '{name}' in the repository")
+            find_model_directory(self.registry.repo, request.model_name)  # INVALID_ARGUMENT / NOT_FOUND, no path
             entry = await self.registry.load(request.model_name)
             if entry.state != "READY" or entry.reason:
                 raise Unavailable(f"model '{request.model_name}' failed to load: {entry.reason}")
@@ -118,10 +117,10 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         server stops reading the stream (HTTP/2 flow control holds the client back), so memory stays
         bounded however fast it writes. The call holds one of `max_concurrent_streams` while it runs.
         """
-        async with self.calls.stream_slot(context):
+        async with self.calls.stream_slot(context) as slot:
             in_order: asyncio.Queue = asyncio.Queue()
             window = asyncio.Semaphore(max(1, self.dp.limits.stream_max_pending))
-            reader = asyncio.ensure_future(self._read_stream(request_iterator, context, in_order, window))
+            reader = asyncio.ensure_future(self._read_stream(slot.frames(request_iterator), context, in_order, window))
             try:
                 while (answer := await in_order.get()) is not _STREAM_END:
                     try:
@@ -161,7 +160,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def _infer(self, ctx: RequestContext, request: pb.ModelInferRequest) -> pb.ModelInferResponse:
         loaded = self.dp.model(ctx, request.model_name, request.model_version)
         started = time.perf_counter()
-        inputs = await self._model_inputs(ctx, loaded, request_inputs(request))
+        inputs = await self._model_inputs(ctx, loaded, request_inputs(request, self.dp.limits.max_images_per_request))
         # V2 ModelStatistics' compute_input: everything that turns the request into model inputs (image
         # decoding included), recorded for every request, so its count equals compute_infer's as
         # perf_analyzer requires

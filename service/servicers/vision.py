@@ -85,8 +85,8 @@ class VisionServicer(vpb_grpc.VisionServiceServicer):
     async def _stream(self, method, task, request_iterator, context, answer, result_type):
         """Shared stream handling: model from the first frame, per-frame errors, ordering, dropping;
         the call holds one of `max_concurrent_streams` (shared with ModelStreamInfer) while it runs."""
-        async with self.calls.stream_slot(context):
-            async for result in self._stream_frames(method, task, request_iterator, context, answer, result_type):
+        async with self.calls.stream_slot(context) as slot:
+            async for result in self._stream_frames(method, task, slot.frames(request_iterator), context, answer, result_type):
                 yield result
 
     async def _stream_frames(self, method, task, request_iterator, context, answer, result_type):

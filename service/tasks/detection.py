@@ -11,6 +11,7 @@ from service.errors import InvalidArgument
 from service.models import LoadedVersion
 from service.postprocess.detect import DetectParams, detect as decode_detections
 from service.postprocess.draw import draw_boxes, encode_image
+from service.request_checks import check_class_filter_length
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,7 @@ class DetectionResult:
 def params_for(model: LoadedVersion, options: DetectOptions) -> DetectParams:
     """Request options over the model's configured defaults; validated before anything runs."""
     num_classes = len(model.labels)
+    check_class_filter_length(len(options.class_filter), num_classes)
     if num_classes and any(c >= num_classes for c in options.class_filter):
         raise InvalidArgument(f"class_filter {list(options.class_filter)} names classes beyond the model's {num_classes}")
     return DetectParams.from_config(
