@@ -74,17 +74,38 @@ def fit_to_budget(data: bytes, spec: PreprocessingConfig, budget: int) -> Prepro
     if size is None or min(size) <= 0:
         return spec
     width, height = size
-    need = image_tensor_bytes(width, height, spec)
-    if need <= budget:
+    if image_tensor_bytes(width, height, spec) <= budget:
         return spec
-    scale = spec.native_scale * math.sqrt(budget / need)
-    for _ in range(64):  # stride padding can push it over: shrink a little more until it fits
-        candidate = spec.model_copy(update={"native_scale": scale})
-        if image_tensor_bytes(width, height, candidate) <= budget:
-            return candidate
-        scale *= 0.97
-    raise InvalidArgument(f"image of {width}x{height} cannot fit the model's input budget of {budget} bytes "
-                          "(batching.max_request_bytes per image) at any scale")
+    fits = _largest_fitting_scale(width, height, spec, budget)
+    if fits is None:
+        raise InvalidArgument(f"image of {width}x{height} cannot fit the model's input budget of {budget} bytes "
+                              "(batching.max_request_bytes per image) at any scale")
+    return spec.model_copy(update={"native_scale": fits})
+
+
+def _largest_fitting_scale(width: int, height: int, spec: PreprocessingConfig, budget: int) -> float | None:
+    """The largest native_scale (below spec's) whose tensor fits `budget`, to 1 %; None if none does.
+
+    The bytes only grow with the scale, but in steps (stride padding, the 1-pixel floor of a side),
+    so the square-root estimate is a start: halve until it fits, then bisect up.
+    """
+    def fits(scale: float) -> bool:
+        return image_tensor_bytes(width, height, spec.model_copy(update={"native_scale": scale})) <= budget
+
+    too_big = spec.native_scale
+    good = too_big * math.sqrt(budget / image_tensor_bytes(width, height, spec))
+    for _ in range(40):
+        if fits(good):
+            break
+        too_big, good = good, good / 2
+    else:
+        return None
+    for _ in range(16):
+        if too_big - good <= 0.01 * good:
+            break
+        middle = (good + too_big) / 2
+        good, too_big = (middle, too_big) if fits(middle) else (good, middle)
+    return good
 
 
 def check_model_inputs(config: ModelConfig, inputs: dict[str, np.ndarray]) -> None:

@@ -7,6 +7,7 @@ naming the file and the dotted field path.
 
 from __future__ import annotations
 
+import reprlib
 from pathlib import Path
 from typing import Literal
 
@@ -220,6 +221,10 @@ class ModelConfig(_Frozen):
         return self.postprocessing.output or self.outputs[0].name
 
 
+_SKETCH = reprlib.Repr()
+_SKETCH.maxlevel, _SKETCH.maxstring, _SKETCH.maxother = 3, 80, 80
+
+
 def _field_path(loc: tuple) -> str:
     parts: list[str] = []
     for item in loc:
@@ -242,8 +247,8 @@ def parse_model_config(data: object, path: str | Path) -> ModelConfig:
         message = error["msg"].removeprefix("Value error, ")
         if error["type"] == "extra_forbidden":
             message = "unknown field"
-        elif error["type"] == "literal_error":
-            message = f"{message} (got {error.get('input')!r})"
+        elif error["type"] == "literal_error":  # reprlib: an aliased value may be huge; show a bounded sketch
+            message = f"{message} (got {_SKETCH.repr(error.get('input'))})"
         raise ConfigError(str(path), field, message) from None
 
 
