@@ -24,6 +24,7 @@ from service.auth import auth_interceptor, refusal_handler
 from service.api.convserve.v1 import vision_pb2, vision_pb2_grpc
 from service.api.inference import grpc_service_pb2, grpc_service_pb2_grpc
 from service.dataplane import DataPlane
+from service.memory import return_freed_memory
 from service.metrics import Metrics
 from service.models import LoadOptions, ModelRegistry
 from service.runtime import cpu_count, import_onnxruntime
@@ -103,6 +104,7 @@ def _server_credentials(settings: ServerSettings) -> grpc.ServerCredentials | No
 async def start_server(settings: ServerSettings, interceptors: list | None = None) -> RunningServer:
     """Start serving: health NOT_SERVING while models load and warm up, SERVING after."""
     import_onnxruntime()  # refuse to start, clearly, without an ONNX Runtime build
+    return_freed_memory()
     metrics = Metrics()
     lifecycle = Lifecycle()
     registry = ModelRegistry(settings.model_repo, metrics, LoadOptions(settings.providers, settings.require_gpu, settings.drain_timeout_s))
