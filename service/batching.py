@@ -10,8 +10,8 @@ Latency rules: a request never waits for a batch to fill when the model is idle.
 (the last batch held more requests than are queued now), which is what closed-loop clients under
 load look like. With `preferred_batch_sizes` a batch is cut back to the largest preferred size its
 requests reach, and no delay is spent once one can be formed (Triton's rule). The queue is bounded
-in images and in input bytes
-(RESOURCE_EXHAUSTED when full), deadlines are checked before a request reaches the model, a
+in images and in input bytes (RESOURCE_EXHAUSTED when full; a batch comes from the queue, so the
+bytes bound one run's input too), deadlines are checked before a request reaches the model, a
 cancelled call's queued work is removed, and a failed run fails every request of that batch and
 nothing else.
 """

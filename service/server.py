@@ -2,8 +2,9 @@
 
 Shutdown sequence on SIGTERM/SIGINT (what Kubernetes relies on): health turns NOT_SERVING at
 once so load balancers stop sending; after `shutdown_grace_s` new calls are refused with
-UNAVAILABLE; queued and in-flight requests get up to `drain_timeout_s` to finish; then the process
-exits 0. Nothing that was accepted is dropped silently.
+UNAVAILABLE; calls admitted before that (some still decoding their images) and queued requests get
+up to `drain_timeout_s` to finish, the batchers closing only once the admitted calls are done; then
+the process exits 0. Nothing that was accepted is dropped silently.
 """
 
 from __future__ import annotations
