@@ -53,7 +53,8 @@ def lying_tiff(real: int = 30000, fake: int = 10) -> bytes:
     ]
     ifd = struct.pack("<H", len(entries))
     for tag, kind, count, value in entries:
-        packed = struct.pack("<H", value) + b"\x00\x00" if kind == 3 else struct.pack("<I" if kind == 4 else "<i", value)
+        fmt = {3: "<Hxx", 4: "<I", 9: "<i"}[kind]
+        packed = struct.pack(fmt, value)
         ifd += struct.pack("<HHI", tag, kind, count) + packed
     return b"II*\x00" + struct.pack("<I", 8) + ifd + struct.pack("<I", 0) + b"\x00" * 64
 

@@ -170,38 +170,37 @@ class HostileClient:
         self.vision = vpb_grpc.VisionServiceStub(channel)
         self.v2 = pb_grpc.GRPCInferenceServiceStub(channel)
         self.address, self.work, self.timeout = address, work, timeout
-        small = hostile.encoded_png(64, 64)
-        self.attacks = {
-            "lying_jpeg": (lambda: self.vision.Classify(hostile.classify(work.model, hostile.lying_jpeg()), timeout=timeout), "INVALID_ARGUMENT"),
-            "lying_tiff": (lambda: self.vision.Classify(hostile.classify(work.model, hostile.lying_tiff()), timeout=timeout), "INVALID_ARGUMENT"),
-            "empty_bytes": (lambda: self.v2.ModelInfer(hostile.empty_bytes_elements(work.model), timeout=timeout), "INVALID_ARGUMENT"),
-            "long_name": (lambda: self.v2.RepositoryModelLoad(pb.RepositoryModelLoadRequest(model_name="m" * 300), timeout=timeout),
-                          "INVALID_ARGUMENT"),
-            "stream_flood": (self.stream_flood, "RESOURCE_EXHAUSTED"),
+        invalid = "INVALID_ARGUMENT"
+        classify, infer = self.vision.Classify, self.v2.ModelInfer
+        self.attacks = {  # name: (rpc, request, expected status); requests are built once
+            "lying_jpeg": (classify, hostile.classify(work.model, hostile.lying_jpeg()), invalid),
+            "lying_tiff": (classify, hostile.classify(work.model, hostile.lying_tiff()), invalid),
+            "empty_bytes": (infer, hostile.empty_bytes_elements(work.model), invalid),
+            "long_name": (self.v2.RepositoryModelLoad, pb.RepositoryModelLoadRequest(model_name="m" * 300), invalid),
+            "stream_flood": (self.stream_flood, None, "RESOURCE_EXHAUSTED"),
         }
         if "fcn8s" in models:
-            big = hostile.segment("fcn8s", hostile.encoded_png(3162, 3162))
             self.attacks.update({
-                "fcn8s_off_stride": (lambda: self.v2.ModelInfer(hostile.v2_tensor("fcn8s", (1, 3, 40, 40)), timeout=timeout),
-                                     "INVALID_ARGUMENT"),
-                "fcn8s_empty": (lambda: self.v2.ModelInfer(hostile.v2_tensor("fcn8s", (1, 3, 0, 0)), timeout=timeout), "INVALID_ARGUMENT"),
-                "fcn8s_10mp": (lambda: self.vision.Segment(big, timeout=timeout), "OK"),  # bounded success: downscaled
+                "fcn8s_off_stride": (infer, hostile.v2_tensor("fcn8s", (1, 3, 40, 40)), invalid),
+                "fcn8s_empty": (infer, hostile.v2_tensor("fcn8s", (1, 3, 0, 0)), invalid),
+                # a bounded success: downscaled into the budget, answered at the full size
+                "fcn8s_10mp": (self.vision.Segment, hostile.segment("fcn8s", hostile.encoded_png(3162, 3162)), "OK"),
             })
         if "yolo_grid" in models:
-            flood = hostile.detect_with_class_filter("yolo_grid", small)
-            self.attacks["class_filter"] = (lambda: self.vision.Detect(flood, timeout=timeout), "INVALID_ARGUMENT")
+            flood = hostile.detect_with_class_filter("yolo_grid", hostile.encoded_png(64, 64))
+            self.attacks["class_filter"] = (self.vision.Detect, flood, invalid)
 
     def hostile(self, rng: random.Random) -> tuple[str, str]:
         kind = rng.choice(sorted(self.attacks))
-        call, expected = self.attacks[kind]
+        rpc, request, expected = self.attacks[kind]
         try:
-            call()
+            rpc(request, timeout=self.timeout)
             status = "OK"
         except grpc.RpcError as error:
             status = error.code().name
         return f"{kind}:{status}", f"{kind}:{expected}"
 
-    def stream_flood(self) -> None:
+    def stream_flood(self, _request=None, timeout: float = 30.0) -> None:
         """One connection opens one stream more than its share; the extra one's status is raised."""
         release = threading.Event()
         frame = vpb.ClassifyFrame(model=vpb.ModelRef(name=self.work.model), image=vpb.Image(encoded=self.work.jpeg))
@@ -213,11 +212,11 @@ class HostileClient:
         options = [("grpc.use_local_subchannel_pool", 1)]  # a connection of its own
         with grpc.insecure_channel(self.address, options=options) as channel:
             stub = vpb_grpc.VisionServiceStub(channel)
-            calls = [stub.StreamClassify(frames(), timeout=self.timeout) for _ in range(PEER_STREAMS)]
+            calls = [stub.StreamClassify(frames(), timeout=timeout) for _ in range(PEER_STREAMS)]
             try:
                 for call in calls:
                     next(call)
-                extra = stub.StreamClassify(frames(), timeout=self.timeout)
+                extra = stub.StreamClassify(frames(), timeout=timeout)
                 next(extra)
             finally:
                 release.set()
@@ -268,11 +267,12 @@ def summarise(samples: list[Sample], rss: list[tuple[float, float]], seconds: fl
     summary = _summarise_phase(samples, [(t, mb) for t, mb in rss if t < normal_s] or rss[:1], normal_s, seconds)
     if hostile_s:
         after = [mb for t, mb in rss if t >= seconds - min(60.0, hostile_s / 2)] or [mb for _, mb in rss[-1:]]
-        hostile_rss = {"peak": round(max(mb for t, mb in rss if t >= normal_s), 1) if any(t >= normal_s for t, _ in rss) else None,
-                       "final": round(statistics.median(after), 1)}
+        during = [mb for t, mb in rss if t >= normal_s] or after
+        hostile_rss = {"peak": round(max(during), 1), "final": round(statistics.median(after), 1)}
         summary["hostile"] = {
             "seconds": hostile_s, "calls": _count(s.status for s in samples if s.kind == "hostile"),
-            "wrong": _count(f"{s.status} (expected {s.expected})" for s in samples if s.kind == "hostile" and s.status != s.expected),
+            "wrong": _count(f"{s.status} (expected {s.expected})" for s in samples
+                            if s.kind == "hostile" and s.status != s.expected),
             "rss_mb": hostile_rss,
         }
         if hostile_rss["final"] - summary["rss_mb"]["baseline"] > HOSTILE_RSS_ALLOWANCE_MB:
@@ -334,7 +334,8 @@ def soak(minutes: float, workers: int, rps: float, seed: int, hostile_minutes: f
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.platform()}",
         "load_average_before": [round(v, 2) for v in load_before], "load_average_after": [round(v, 2) for v in os.getloadavg()],
-        "machine_busy_cpu_s": round(busy, 1), "model": note, "minutes": minutes, "hostile_minutes": hostile_minutes, "workers": workers, "target_rps": rps, "seed": seed,
+        "machine_busy_cpu_s": round(busy, 1), "model": note, "minutes": minutes, "hostile_minutes": hostile_minutes,
+        "workers": workers, "target_rps": rps, "seed": seed,
     }
     summary["rss_series_mb"] = rss
     return summary
@@ -386,12 +387,13 @@ def to_markdown(summary: dict) -> str:
         lines.append(f"| {kind} | {a['count']} | {a['p50_ms']} | {a['p99_ms']} | {b['count']} | {b['p50_ms']} | {b['p99_ms']} |")
     if "hostile" in summary:
         hostile_phase = summary["hostile"]
-        lines += ["", f"Hostile phase, the last {hostile_phase['seconds']:.0f} s: calls by attack and status "
-                  f"{hostile_phase['calls']}; with an unexpected status: **{hostile_phase['wrong'] or 'none'}**; server RSS "
-                  f"peak {hostile_phase['rss_mb']['peak']} MB, final {hostile_phase['rss_mb']['final']} MB (must stay within "
-                  f"{HOSTILE_RSS_ALLOWANCE_MB:.0f} MB of the baseline)."]
-    lines += ["", f"Reproduce: `python -m bench.soak --minutes {env['minutes']:g} --hostile-minutes {env['hostile_minutes']:g}` "
-              "(`make soak` runs 10 + 3 minutes)."]
+        phase, phase_rss = summary["hostile"], summary["hostile"]["rss_mb"]
+        lines += ["", f"Hostile phase, the last {phase['seconds']:.0f} s: calls by attack and status {phase['calls']}; "
+                  f"with an unexpected status: **{phase['wrong'] or 'none'}**; server RSS peak {phase_rss['peak']} MB, "
+                  f"final {phase_rss['final']} MB (must stay within {HOSTILE_RSS_ALLOWANCE_MB:.0f} MB of the "
+                  "baseline)."]
+    command = f"python -m bench.soak --minutes {env['minutes']:g} --hostile-minutes {env['hostile_minutes']:g}"
+    lines += ["", f"Reproduce: `{command}` (`make soak` runs 10 + 3 minutes)."]
     return "\n".join(lines) + "\n"
 
 

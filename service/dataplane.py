@@ -84,7 +84,8 @@ class DataPlane:
         ctx.images = len(images)
         started = time.perf_counter()
         loop = asyncio.get_running_loop()
-        jobs = [loop.run_in_executor(self._pool, self._prepare_one, model, image, keep_original, budget) for image in images]
+        jobs = [loop.run_in_executor(self._pool, self._prepare_one, model, image, keep_original, budget)
+                for image in images]
         results = await asyncio.gather(*jobs, return_exceptions=True)
         ctx.add_stage("preprocess", time.perf_counter() - started)
         prepared = []

@@ -103,7 +103,8 @@ class StreamSlot:
             except asyncio.TimeoutError:
                 await self.context.abort(
                     grpc.StatusCode.DEADLINE_EXCEEDED,
-                    f"stream sent no frame for {self.idle_timeout_s:g} s: closed to free its slot (--stream-idle-timeout-s)")
+                    f"stream sent no frame for {self.idle_timeout_s:g} s: closed to free its slot "
+                    "(--stream-idle-timeout-s)")
             yield frame
 
 

@@ -51,8 +51,10 @@ def _write_repo(repo):
     slow_classifier_onnx(slow / "1" / "model.onnx", layers=24)
     _configure(slow, {}, {"intra_op_threads": 1})
     one_core = {"intra_op_threads": 1}  # the other core answers health and the good requests
-    _configure(copy_bundled_model("fcn8s", repo), {"max_request_bytes": FCN8S_REQUEST, "max_queue_bytes": FCN8S_QUEUE}, one_core)
-    _configure(copy_bundled_model("yolo_grid", repo), {"max_queue_bytes": 8 * MIB, "max_request_bytes": 8 * MIB}, one_core)
+    fcn8s_budget = {"max_request_bytes": FCN8S_REQUEST, "max_queue_bytes": FCN8S_QUEUE}
+    _configure(copy_bundled_model("fcn8s", repo), fcn8s_budget, one_core)
+    yolo_budget = {"max_queue_bytes": 8 * MIB, "max_request_bytes": 8 * MIB}
+    _configure(copy_bundled_model("yolo_grid", repo), yolo_budget, one_core)
 
 
 def _rss_mib(pid: int) -> float:
@@ -100,8 +102,8 @@ def hostile_server(tmp_path_factory):
             attack.expect(grpc.StatusCode.OK, attack.v2.ModelInfer, hostile.v2_tensor("tiny", (1, 1, 8, 8)))
             attack.expect(grpc.StatusCode.OK, attack.v2.ModelInfer, hostile.v2_tensor("fcn8s", (1, 3, 64, 64)))
         start_rss = _rss_mib(server.proc.pid)
-        monitor = subprocess.Popen([sys.executable, "-c", hostile.MONITOR, server.address, str(server.proc.pid), "0.02"],
-                                   cwd=REPO_ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        command = [sys.executable, "-c", hostile.MONITOR, server.address, str(server.proc.pid), "0.02"]
+        monitor = subprocess.Popen(command, cwd=REPO_ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         time.sleep(0.5)
         yield {"server": server, "attack": attack, "repo": repo, "start_rss": start_rss, "monitor": monitor}
     finally:
@@ -130,8 +132,9 @@ def test_segmenter_images_are_bounded_by_the_request_budget(hostile_server):
 
 def test_segmenter_tensors_over_budget_or_off_stride_are_invalid(hostile_server):
     attack = hostile_server["attack"]
-    for shape, fragment in (((1, 3, 1, 1048576), "max_request_bytes"), ((1, 3, 1, 2048), "stride 32"), ((1, 3, 40, 40), "stride 32"),
-                            ((1, 3, 0, 0), "at least 1"), ((1, 3, 1024, 1024), "max_request_bytes")):
+    for shape, fragment in (((1, 3, 1, 1048576), "max_request_bytes"), ((1, 3, 1, 2048), "stride 32"),
+                            ((1, 3, 40, 40), "stride 32"), ((1, 3, 0, 0), "at least 1"),
+                            ((1, 3, 1024, 1024), "max_request_bytes")):
         assert fragment in attack.expect(INVALID, attack.v2.ModelInfer, hostile.v2_tensor("fcn8s", shape))
 
 
@@ -186,7 +189,8 @@ def test_long_model_name_in_repository_load_is_a_client_error_without_the_path(h
     request = pb.RepositoryModelLoadRequest(model_name="m" * 300)
     details = attack.expect(INVALID, attack.v2.RepositoryModelLoad, request)
     assert str(repo) not in details and "File name too long" not in details
-    attack.expect(grpc.StatusCode.NOT_FOUND, attack.v2.RepositoryModelLoad, pb.RepositoryModelLoadRequest(model_name="nope"))
+    missing = pb.RepositoryModelLoadRequest(model_name="nope")
+    attack.expect(grpc.StatusCode.NOT_FOUND, attack.v2.RepositoryModelLoad, missing)
 
 
 def test_alias_bomb_and_oversized_configs_fail_their_load_with_a_short_reason(hostile_server):
@@ -275,7 +279,8 @@ def test_load_during_unload_is_won_by_the_later_call(hostile_server):
     load.result()
     for future in work:  # queued before the unload: drained, never dropped
         assert future.result().outputs[0].shape == [8, 3]
-    index = {m.name: (m.state, m.reason) for m in attack.v2.RepositoryIndex(pb.RepositoryIndexRequest(), timeout=5).models}
+    models = attack.v2.RepositoryIndex(pb.RepositoryIndexRequest(), timeout=5).models
+    index = {m.name: (m.state, m.reason) for m in models}
     assert index["slow"] == ("READY", ""), index["slow"]
     attack.expect(grpc.StatusCode.OK, attack.v2.ModelInfer, hostile.v2_tensor("slow", (1, 1, 8, 8)))
     attack.v2.RepositoryModelUnload(pb.RepositoryModelUnloadRequest(model_name="slow"), timeout=30)
@@ -293,7 +298,8 @@ def test_server_stayed_responsive_and_bounded_throughout(hostile_server):
     for key in ("health_ms", "infer_ms"):
         assert len(samples[key]) > 50
         p99 = float(np.percentile(samples[key], 99))
-        print(f"{key}: n={len(samples[key])} p50={np.median(samples[key]):.1f} p99={p99:.1f} max={max(samples[key]):.1f}")
+        values = samples[key]
+        print(f"{key}: n={len(values)} p50={np.median(values):.1f} p99={p99:.1f} max={max(values):.1f}")
         assert p99 < 100, f"{key} p99 {p99:.1f} ms"
     start, end = hostile_server["start_rss"], _rss_mib(server.proc.pid)
     peak = max(samples["rss_mib"])
@@ -307,8 +313,9 @@ def test_bad_token_file_is_a_clean_exit_2(tmp_path):
     empty = tmp_path / "empty"
     empty.write_text("\n")
     for path in (tmp_path / "missing", empty):
-        result = subprocess.run([sys.executable, "-m", "entrypoint", "serve", "--model-repo", str(tmp_path),
-                                 "--auth-token-file", str(path)], cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)
+        command = [sys.executable, "-m", "entrypoint", "serve", "--model-repo", str(tmp_path),
+                   "--auth-token-file", str(path)]
+        result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)
         assert result.returncode == 2, result.stderr[-500:]
         assert "auth_token_file" in result.stderr and "Traceback" not in result.stderr
 
