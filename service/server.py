@@ -25,7 +25,7 @@ from service.auth import auth_interceptor, refusal_handler
 from service.api.convserve.v1 import vision_pb2, vision_pb2_grpc
 from service.api.inference import grpc_service_pb2, grpc_service_pb2_grpc
 from service.dataplane import DataPlane
-from service.memory import return_freed_memory
+from service.memory import return_freed_memory, trim_periodically
 from service.metrics import Metrics
 from service.models import LoadOptions, ModelRegistry
 from service.runtime import cpu_count, import_onnxruntime
@@ -69,6 +69,7 @@ class RunningServer:
     dataplane: DataPlane
     settings: ServerSettings
     calls: CallRunner
+    memory_trimmer: asyncio.Task | None = None
 
     async def stop(self) -> None:
         await shutdown(self)
@@ -135,7 +136,9 @@ async def start_server(settings: ServerSettings, interceptors: list | None = Non
     await server.start()
     log.info("server started", extra={"event": "server_started", "port": port, "metrics_port": metrics_port,
                                         "providers": ",".join(settings.providers), "model_repo": str(settings.model_repo)})
-    running = RunningServer(server, port, metrics_port, registry, metrics, lifecycle, health_servicer, dataplane, settings, calls)
+    trimmer = asyncio.get_running_loop().create_task(trim_periodically())
+    running = RunningServer(server, port, metrics_port, registry, metrics, lifecycle, health_servicer, dataplane, settings, calls,
+                            trimmer)
     started = time.perf_counter()
     _warn_cuda_once(registry, settings)
     await registry.load_all()
@@ -185,6 +188,8 @@ async def shutdown(running: RunningServer) -> None:
     await asyncio.sleep(min(1.0, settings.shutdown_grace_s))
     await running.server.stop(grace=settings.drain_timeout_s)
     running.dataplane.close()
+    if running.memory_trimmer is not None:
+        running.memory_trimmer.cancel()
     log.info("stopped", extra={"event": "shutdown_done"})
 
 

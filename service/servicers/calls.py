@@ -193,21 +193,28 @@ class CallRunner:
         inflight = self._children.get(self.metrics.inflight, self.model_label(model_name))
         inflight.inc()  # inline rather than `with self.inflight(...)`: this runs on every RPC
         self._active_calls += 1
+        failure = None
         try:
             response = await body(ctx)
         except asyncio.CancelledError:
             self.finish(ctx, grpc.StatusCode.CANCELLED, "cancelled by the client")
             raise
         except Exception as exc:  # mapped to a status in one place
-            code, message = status_of(exc)
-            self.finish(ctx, code, message, exc if not isinstance(exc, ServiceError) else None)
-            await context.abort(code, message)
+            failure = status_of(exc)
+            self.finish(ctx, *failure, exc if not isinstance(exc, ServiceError) else None)
         else:
             self.finish(ctx, grpc.StatusCode.OK, "")
             return response
         finally:
             inflight.dec()
             self._active_calls -= 1
+        # The status is set, not raised with context.abort: gRPC keeps an abort's exception on the
+        # call, and its traceback holds this frame and the ones below (the request's bytes, its
+        # tensors) in a reference cycle only the garbage collector frees. With a non-OK status set,
+        # gRPC sends no response message, so returning None is what aborting did, minus the cycle.
+        context.set_code(failure[0])
+        context.set_details(failure[1])
+        return None  # type: ignore[return-value]
 
     def finish(self, ctx: RequestContext, code: grpc.StatusCode, message: str, unexpected: BaseException | None = None) -> None:
         """Record one finished request (or stream frame): counters, stage latencies, logs.
