@@ -101,8 +101,8 @@ def detect_with_class_filter(model: str, encoded: bytes, entries: int = 1_000_00
 
 
 # Run as `python -c MONITOR <address> <server pid> <interval s>`: until its stdin closes, alternately
-# a health check and a good ModelInfer on model "tiny", each timed, and the server's VmRSS from
-# /proc sampled; then one JSON line on stdout. A separate process, so the clients' own work in the
+# a health check and a good ModelInfer on model "tiny", each timed (and kept with its wall-clock
+# time in "timeline"), and the server's VmRSS from /proc sampled; then one JSON line on stdout. A separate process, so the clients' own work in the
 # test process (building 64 MB messages) does not hold this client's GIL and skew its latencies.
 MONITOR = r'''
 import json, sys, threading, time
@@ -123,7 +123,7 @@ def rss_mib():
 
 request = pb.ModelInferRequest(model_name="tiny")
 append_input(request, "input", np.zeros((1, 1, 8, 8), np.float32))
-out = {"health_ms": [], "infer_ms": [], "failures": [], "rss_mib": []}
+out = {"health_ms": [], "infer_ms": [], "failures": [], "rss_mib": [], "timeline": []}
 with grpc.insecure_channel(address) as channel:
     health, v2 = health_pb2_grpc.HealthStub(channel), pb_grpc.GRPCInferenceServiceStub(channel)
     while not stop.is_set():
@@ -135,6 +135,7 @@ with grpc.insecure_channel(address) as channel:
             except grpc.RpcError as exc:
                 out["failures"].append(f"{key}: {exc.code().name}: {exc.details()}")
             out[key].append((time.perf_counter() - started) * 1000)
+            out["timeline"].append((key, time.time(), out[key][-1]))
         out["rss_mib"].append(rss_mib())
         time.sleep(interval)
 print(json.dumps(out))
