@@ -137,8 +137,8 @@ async def start_server(settings: ServerSettings, interceptors: list | None = Non
     log.info("server started", extra={"event": "server_started", "port": port, "metrics_port": metrics_port,
                                         "providers": ",".join(settings.providers), "model_repo": str(settings.model_repo)})
     trimmer = asyncio.get_running_loop().create_task(trim_periodically())
-    running = RunningServer(server, port, metrics_port, registry, metrics, lifecycle, health_servicer, dataplane, settings, calls,
-                            trimmer)
+    running = RunningServer(server, port, metrics_port, registry, metrics, lifecycle, health_servicer, dataplane,
+                            settings, calls, trimmer)
     started = time.perf_counter()
     _warn_cuda_once(registry, settings)
     await registry.load_all()

@@ -26,6 +26,7 @@ from service.errors import MAX_MESSAGE_CHARS, ConfigError, InvalidArgument, boun
 from service.image_header import image_size
 from service.preprocess import decode_image
 from service.request_checks import check_class_filter_length
+from service.runtime import cpu_memory_mode
 from service.api.inference import grpc_service_pb2 as pb
 from service.servicers.v2_tensors import decode_raw, decode_typed
 
@@ -198,3 +199,13 @@ def test_class_filter_longer_than_the_classes_is_refused_from_its_length():
         check_class_filter_length(6, 5)
     with pytest.raises(InvalidArgument, match="at most 4096"):
         check_class_filter_length(10**6)
+
+
+def test_variable_shape_models_give_their_arena_back_by_default():
+    fixed = ModelConfig.model_validate({
+        "name": "m", "task": "classification", "inputs": [{"name": "x", "dims": [-1, 3, 8, 8]}],
+        "outputs": [{"name": "y", "dims": [-1, 3]}], "preprocessing": {"size": [8, 8]},
+    })
+    assert cpu_memory_mode(FCN8S) == "shrink" and cpu_memory_mode(fixed) == "arena"
+    forced = FCN8S.model_copy(update={"runtime": FCN8S.runtime.model_copy(update={"cpu_memory": "no_arena"})})
+    assert cpu_memory_mode(forced) == "no_arena"
