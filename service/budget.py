@@ -13,7 +13,8 @@ request is priced here in float32 input bytes, from the header-reported size and
   mapped back to the original size through the recorded scale, as for any resize);
 * tensors sent as tensors are priced by their `nbytes`, and a native model's tensor must have
   non-zero height and width that are multiples of its stride (what the graph can take);
-* the batcher sums the same bytes over its queue (`batching.max_queue_bytes`).
+* the batcher sums the same bytes over its queue (`batching.max_queue_bytes`);
+* a request that keeps its decoded originals (for overlays) may hold `--max-pixels` in all.
 """
 
 from __future__ import annotations
@@ -60,6 +61,23 @@ def image_budget(config: ModelConfig, count: int) -> int:
             raise InvalidArgument(f"{count} images become {need} bytes of model input, over the model's "
                                   f"batching.max_request_bytes {limit}; send fewer images per request")
     return limit // max(1, count)
+
+
+def check_kept_pixels(encoded: list[bytes], max_pixels: int) -> None:
+    """A request that keeps its decoded originals (overlays, explanations) holds them all at once,
+    so together they may have at most `max_pixels` pixels (one largest image's worth).
+
+    Why: 64 flat 40-megapixel PNGs fit in an 8 MB message and would hold 7.7 GB of originals until
+    the overlays are drawn. Headers only (cheap and bounded); unreadable ones are refused at decode.
+    """
+    total = 0
+    for data in encoded:
+        size = image_size(data)
+        if size is not None:
+            total += size[0] * size[1]
+    if total > max_pixels:
+        raise InvalidArgument(f"the request's images have {total} pixels together; a request that returns overlays "
+                              f"or explanations may have at most {max_pixels} (--max-pixels) in all")
 
 
 def fit_to_budget(data: bytes, spec: PreprocessingConfig, budget: int) -> PreprocessingConfig:

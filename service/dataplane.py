@@ -16,7 +16,7 @@ from typing import Sequence
 
 import numpy as np
 
-from service.budget import check_model_inputs, fit_to_budget, image_budget
+from service.budget import check_kept_pixels, check_model_inputs, fit_to_budget, image_budget
 from service.errors import FailedPrecondition, InvalidArgument, ServiceError
 from service.metrics import Metrics
 from service.models import LoadedVersion, ModelRegistry
@@ -81,6 +81,8 @@ class DataPlane:
         """Decode + preprocess every image off the event loop; a bad image names its index."""
         self._check_count(model, len(images))
         budget = image_budget(model.config, len(images))
+        if keep_original:
+            check_kept_pixels([image.encoded for image in images if image.encoded], self.limits.max_pixels)
         ctx.images = len(images)
         started = time.perf_counter()
         loop = asyncio.get_running_loop()

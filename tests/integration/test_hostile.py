@@ -139,6 +139,14 @@ def test_segmenter_images_are_bounded_by_the_request_budget(hostile_server):
     assert "1048576" in details
 
 
+def test_overlay_originals_are_bounded_before_decoding(hostile_server):
+    """Overlays keep every decoded original: 16 headers of 40 megapixels are refused from the headers."""
+    attack = hostile_server["attack"]
+    request = vpb.SegmentRequest(model=vpb.ModelRef(name="fcn8s"), overlay=True,
+                                 images=[vpb.Image(encoded=hostile.png_header(6324, 6324))] * 16)
+    assert "overlays" in attack.expect(INVALID, attack.vision.Segment, request)
+
+
 def test_segmenter_tensors_over_budget_or_off_stride_are_invalid(hostile_server):
     attack = hostile_server["attack"]
     for shape, fragment in (((1, 3, 1, 1048576), "max_request_bytes"), ((1, 3, 1, 2048), "stride 32"),

@@ -20,7 +20,7 @@ import yaml
 
 from testkit import REPO_ROOT
 from bench.hostile_requests import billion_laughs_yaml, lying_jpeg, lying_tiff, plain_huge_jpeg, png_header
-from service.budget import check_model_inputs, fit_to_budget, image_budget, image_tensor_bytes
+from service.budget import check_kept_pixels, check_model_inputs, fit_to_budget, image_budget, image_tensor_bytes
 from service.config import MAX_CONFIG_BYTES, BatchingConfig, ModelConfig, load_model_config
 from service.errors import MAX_MESSAGE_CHARS, ConfigError, InvalidArgument, bounded
 from service.image_header import image_size
@@ -209,3 +209,9 @@ def test_variable_shape_models_give_their_arena_back_by_default():
     assert cpu_memory_mode(FCN8S) == "shrink" and cpu_memory_mode(fixed) == "arena"
     forced = FCN8S.model_copy(update={"runtime": FCN8S.runtime.model_copy(update={"cpu_memory": "no_arena"})})
     assert cpu_memory_mode(forced) == "no_arena"
+
+
+def test_kept_originals_are_bounded_in_pixels_together():
+    check_kept_pixels([png_header(4000, 5000), png_header(4000, 5000), b"not an image"], 40_000_000)
+    with pytest.raises(InvalidArgument, match="at most 40000000"):
+        check_kept_pixels([png_header(6000, 6000)] * 2, 40_000_000)
