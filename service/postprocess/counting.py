@@ -28,7 +28,7 @@ class CountLine:
 
 @dataclass(frozen=True)
 class CountZone:
-    """Entries into and exits from a polygon (pixel coordinates of the original image)."""
+    """Entries into and exits from a polygon, in image coordinates (as the detection boxes)."""
 
     name: str
     polygon: tuple[tuple[float, float], ...]  # >= 3 vertices in order
