@@ -110,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     if args.command == "models":
-        from export.train_classifier import main as train_main
+        from export.train.classifier import main as train_main
 
         forwarded = ["--repo", str(args.repo), "--runs", str(args.runs)]
         forwarded += ["--no-progress"] if args.no_progress else []

@@ -2,7 +2,7 @@
 
 Each `model_repo/<name>/1/model.onnx` runs in ONNX Runtime on the held-out 1,000 MNIST digits
 (fixed split), preprocessed by service.preprocess with the model's own config.yaml, and must
-reach the product's target (export/train_classifier.py TARGETS) on this machine. The card's figure
+reach the product's target (export/train/classifier.py TARGETS) on this machine. The card's figure
 was measured on another CPU; fp32 kernels there round differently, which can only flip digits whose
 two best logits lie within rounding of each other, so the card may differ by those digits alone.
 """
@@ -18,8 +18,8 @@ import onnx
 import pytest
 
 from export.data.mnist import heldout_digits, mnist_split, sklearn_digits_as_mnist, to_model_inputs
-from export.evaluate import onnx_logits
-from export.train_classifier import TARGETS
+from export.evaluate.classification import onnx_logits
+from export.train.classifier import TARGETS
 from service.config import load_model_config
 
 MODEL_REPO = Path(__file__).resolve().parents[2] / "model_repo"

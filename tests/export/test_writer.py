@@ -17,8 +17,8 @@ from export.models import build_model
 from export.models.fcn import SCENE_PREPROCESSING
 from export.models.yolo_grid import build_yolo_grid
 from export.parity import ParityError, ParityReport
-from export.train_detector import detector_files
-from export.train_segmenter import LABELS, write_segmenter
+from export.train.detector import detector_files
+from export.train.segmenter import LABELS, write_segmenter
 from export.writer import write_model_version
 from service.repository import check_signature, scan_model
 from service.runtime import ModelRuntime

@@ -1,9 +1,9 @@
 """Train the yolo_grid detector on seeded synthetic scenes and bundle it in model_repo/yolo_grid.
 
-    python -m export.train_detector                    # one phase: cosine LR cycle, <= 40 min wall
-    python -m export.train_detector --resume --seed 100 --lr 1e-3   # another phase, fresh scenes
-    python -m export.train_detector --export-only      # re-export runs/yolo_grid/checkpoint.pt
-    python -m export.evaluate_detector                 # held-out mAP -> model card, sample drawings
+    python -m export.train.detector                    # one phase: cosine LR cycle, <= 40 min wall
+    python -m export.train.detector --resume --seed 100 --lr 1e-3   # another phase, fresh scenes
+    python -m export.train.detector --export-only      # re-export runs/yolo_grid/checkpoint.pt
+    python -m export.evaluate.detector                 # held-out mAP -> model card, sample drawings
 
 Images go through service.preprocess (colour conversion, letterbox, normalisation) exactly as the
 server will send them. Training scenes come from the "train" split of export/data/scenes.py (faces,

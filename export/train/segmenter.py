@@ -1,11 +1,11 @@
 """Train an FCN segmenter (fcn8s, fcn16s or fcn32s) on seeded scenes; bundle fcn8s in model_repo/.
 
-    python -m export.train_segmenter --variant fcn8s     # train (<= 55 CPU-min, 1 thread), export to model_repo/fcn8s
-    python -m export.train_segmenter --variant fcn16s    # same recipe; ONNX goes to runs/segmenter/fcn16s/
-    python -m export.train_segmenter --variant fcn8s --export-only   # re-export the last checkpoint
+    python -m export.train.segmenter --variant fcn8s     # train (<= 55 CPU-min, 1 thread), export to model_repo/fcn8s
+    python -m export.train.segmenter --variant fcn16s    # same recipe; ONNX goes to runs/segmenter/fcn16s/
+    python -m export.train.segmenter --variant fcn8s --export-only   # re-export the last checkpoint
                                                          # (--no-flip-average: one pass, no mirror averaging)
-    python -m export.train_segmenter --export-arch fcn_resnet50 [--checkpoint ck.pt] --out-repo /tmp/repo
-    python -m export.evaluate_segmenter                  # held-out mIoU of all three -> model card
+    python -m export.train.segmenter --export-arch fcn_resnet50 [--checkpoint ck.pt] --out-repo /tmp/repo
+    python -m export.evaluate.segmenter                  # held-out mIoU of all three -> model card
 
 Scenes come from export/data/scenes.py (several overlapping objects of five classes on real
 background crops with clutter; per-pixel labels, 0 = background). By default training scenes use
@@ -46,8 +46,8 @@ from export.exporter import OPSET
 from export.parity import DEFAULT_TOLERANCE as PARITY_TOLERANCE, ParityReport
 from export.writer import VersionFiles, write_model_version
 from export.models.fcn import BACKBONE_CONVS, BACKBONE_WIDTHS, INPUT_NAME, MirrorAveraged, OUTPUT_NAME, PARITY_SIZES, SCENE_PREPROCESSING, export_segmenter_onnx, segmenter_parity
-from export.segmentation_metrics import confusion_matrix, mean_iou
-from export.training_plots import pyplot
+from export.evaluate.segmentation_metrics import confusion_matrix, mean_iou
+from export.train.plots import pyplot
 from service.config import BatchingConfig, ModelConfig, TensorSpec
 from service.postprocess.segment import palette
 from service.preprocess import convert_color, normalize, resize_image
@@ -278,7 +278,7 @@ def train(args, run_dir: Path):
         "scene_spec": {k: v for k, v in vars(fit_spec).items()},
         "data": f"export/data/scenes.py split {fit_split!r} (faces {_id_range(FACE_IDS[fit_split])}, "
                 f"distractors {_id_range(DISTRACTOR_IDS[fit_split])}, {len(BACKGROUNDS[fit_split])} backgrounds)",
-        "reproduce": f"python -m export.train_segmenter --variant {args.variant}{recipe_flags(args)}",
+        "reproduce": f"python -m export.train.segmenter --variant {args.variant}{recipe_flags(args)}",
     }
     (run_dir / "training.json").write_text(json.dumps(training, indent=2) + "\n")
     return kept, val
@@ -383,7 +383,7 @@ def export_scene_segmenter(model, variant: str, training: dict, flip_average: bo
     repo = Path("model_repo") if variant == "fcn8s" else RUN_ROOT / variant / "repo"
     return write_segmenter(as_exported(model, flip_average), name=variant, architecture=variant, labels=LABELS,
                            preprocessing=SCENE_PREPROCESSING, repo=repo,
-                           card={"weights": {"source": "trained by export/train_segmenter.py"}, "training": training})
+                           card={"weights": {"source": "trained by export/train/segmenter.py"}, "training": training})
 
 
 def as_exported(network, flip_average: bool):
