@@ -17,7 +17,7 @@ from pathlib import Path
 
 from bench.load import run_served
 from bench.models import digits_model
-from bench.server import ServedModels
+from bench.server import served_models
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
         repo = Path(tmp) / "repo"
         repo.mkdir()
         model = digits_model(repo).name
-        servers = {name: ServedModels(repo, tree=path) for name, path in trees}
+        servers = {name: served_models(repo, tree=path) for name, path in trees}
         try:
             table = {(name, c): [] for name, _ in trees for c in levels}
             for round_ in range(args.rounds):

@@ -34,7 +34,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from bench.echo_server import METHOD as ECHO_METHOD
 from bench.models import export_resnet18
-from bench.server import REPO_ROOT, ServedModels
+from bench.server import REPO_ROOT, ServerProcess, served_models
 from service.api.inference import grpc_service_pb2 as pb
 from service.api.inference import grpc_service_pb2_grpc as pb_grpc
 from service.config import load_model_config
@@ -71,7 +71,7 @@ def server_means(before: dict, after: dict) -> dict[str, float]:
     return means
 
 
-def model_runs(server: ServedModels, model: str) -> tuple[float, float]:
+def model_runs(server: ServerProcess, model: str) -> tuple[float, float]:
     """(executions, seconds) of the model's runs so far, timed in the server's worker thread
     (convserve_model_execution_seconds_total from its /metrics)."""
     text = urllib.request.urlopen(f"http://127.0.0.1:{server.metrics_port}/metrics", timeout=10).read().decode()
@@ -118,10 +118,10 @@ def main(argv: list[str] | None = None) -> int:
         name = config.inputs[0].name
         request = pb.ModelInferRequest(model_name="resnet18")
         append_input(request, name, x)
-        servers: dict[str, ServedModels] = {}
+        servers: dict[str, ServerProcess] = {}
         with contextlib.ExitStack() as stack:
             for label, flags in setups.items():
-                servers[label] = ServedModels(repo, *flags, "--metrics-port", "0")
+                servers[label] = served_models(repo, *flags, "--metrics-port", "0")
                 stack.callback(servers[label].stop)
             stubs = {label: pb_grpc.GRPCInferenceServiceStub(stack.enter_context(grpc.insecure_channel(server.address, options=UNLIMITED)))
                      for label, server in servers.items()}

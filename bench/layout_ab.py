@@ -33,7 +33,7 @@ import numpy as np
 from bench.load import run_served
 from bench.models import export_resnet18
 from bench.raw import measure_raw
-from bench.server import ServedModels
+from bench.server import served_models
 from service.config import dump_model_config, load_model_config
 from service.runtime import ModelRuntime, cpu_count
 
@@ -117,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="convserve-layout-") as tmp:
         repo = Path(tmp) / "repo"
         names = make_layouts(repo, layouts)
-        server = ServedModels(repo)
+        server = served_models(repo)
         try:
             for round_ in range(args.rounds):
                 for layout in layouts if round_ % 2 == 0 else layouts[::-1]:  # ABBA: no layout always goes last

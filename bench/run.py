@@ -23,7 +23,7 @@ from bench.models import REPO_ROOT, digits_model, export_resnet18
 from bench.profiling import profile_during
 from bench.raw import RawPoint, measure_raw
 from bench.results import evaluate_targets, to_json, to_markdown
-from bench.server import ServedModels
+from bench.server import served_models
 from service.config import dump_model_config, load_model_config
 
 RAW_BATCHES = (1, 4, 8, 16, 32)
@@ -149,7 +149,7 @@ class ServedRun:
 
 def _served(repo: Path, models, plan: Plan, raw: dict[str, list[RawPoint]], skip_profile: bool) -> ServedRun:
     say("starting the server (convserve serve)")
-    server = ServedModels(repo)
+    server = served_models(repo)
     run = ServedRun()
     served = run.served
     try:
