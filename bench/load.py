@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench.server import REPO_ROOT, ServerProcess, served_models, system_busy_seconds
+from bench.server import REPO_ROOT, ServerProcess, system_busy_seconds
 
 
 @dataclass(frozen=True)

@@ -49,7 +49,8 @@ def _parser() -> argparse.ArgumentParser:
     models.add_argument("--only", action="append", help="only this model, whatever its cost (repeatable)")
     models.add_argument("--max-minutes", type=float, default=30.0,
                         help="without --only: skip (and say so) models whose training takes longer (default 30)")
-    models.add_argument("--list", action="store_true", help="print what would be rebuilt or skipped, and why; run nothing")
+    models.add_argument("--list", action="store_true",
+                        help="print what would be rebuilt or skipped, and why; run nothing")
     return parser
 
 

@@ -81,7 +81,7 @@ def model_readme(prepared: PreparedVersion, version: int, training: dict | None)
         + (")" if pre and pre.size else ""),
         f"- outputs: {', '.join(f'`{n}`' for n in graph.output_names)} ({config.postprocessing.scores})",
         f"- parameters: {prepared.parameters.trainable:,} trainable; {prepared.macs:,} multiply-adds per image",
-        f"- parity with torch (max abs diff): "
+        "- parity with torch (max abs diff): "
         + ", ".join(f"batch {b}: {d:.2e}" for b, d in prepared.parity.max_abs_diff.items()),
         "",
         *_training_lines(training),

@@ -81,10 +81,10 @@ def write_model_version(files: VersionFiles, repo: Path, *, version: int | None 
         **files.metadata, "convserve.model_name": files.config.name, "convserve.version": str(version)})
     fields = files.card(version)
     card = {**fields, "version": version, "onnx": _onnx_facts(fields, onnx_bytes), "written_on": _machine()}
+    card_text = json.dumps(card, indent=2, ensure_ascii=False) + "\n"
     try:
         version_dir = install_version_dir(model_dir, version, {
-            "model.onnx": onnx_bytes, "model_card.json": (json.dumps(card, indent=2, ensure_ascii=False) + "\n").encode(),
-        }, overwrite)
+            "model.onnx": onnx_bytes, "model_card.json": card_text.encode()}, overwrite)
     except BaseException:
         if created and not any(model_dir.iterdir()):
             model_dir.rmdir()

@@ -16,7 +16,6 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from bench.server import ServerProcess as ServerProcess  # re-exported: test modules import it from here

@@ -336,7 +336,8 @@ def logit_scale(model, sizes, channels: int = 3) -> float:
     from export.exporter import example_input
 
     with torch.no_grad():
-        peaks = [float(model(example_input((channels, *hw), 2, seed=100 + i)).abs().max()) for i, hw in enumerate(sizes)]
+        peaks = [float(model(example_input((channels, *hw), 2, seed=100 + i)).abs().max())
+                 for i, hw in enumerate(sizes)]
     return max(1.0, *peaks)
 
 
@@ -363,7 +364,8 @@ def segmenter_files(model, *, name: str, architecture: str, labels, preprocessin
     fields = {
         "name": name, "architecture": architecture, "task": "segmentation", "classes": list(labels or []),
         "parameters": sum(p.numel() for p in model.parameters()),
-        "input": {"name": INPUT_NAME, "shape": [-1, 3, -1, -1]}, "output": {"name": OUTPUT_NAME, "shape": [-1, classes, -1, -1]},
+        "input": {"name": INPUT_NAME, "shape": [-1, 3, -1, -1]},
+        "output": {"name": OUTPUT_NAME, "shape": [-1, classes, -1, -1]},
         "onnx": {"opset": OPSET}, "parity_max_abs_diff": diffs, "test_time": {"flip_average": mirrored}, **card,
     }
     metadata = {"convserve.architecture": architecture,
