@@ -85,6 +85,8 @@ def run_export(args: argparse.Namespace) -> Path:
     model = spec.build(num_classes=num_classes)
     if args.checkpoint is not None:
         load_checkpoint(model, args.checkpoint, spec.training_only_prefixes)
+    if spec.task != "classification":
+        return _export_dense(args, spec, model.eval(), labels)
     prepared = prepare_version(
         model,
         spec,
@@ -98,6 +100,28 @@ def run_export(args: argparse.Namespace) -> Path:
     version_dir = write_version(prepared, args.repo, version=args.version, overwrite=args.overwrite)
     diffs = ", ".join(f"batch {b}: {d:.2e}" for b, d in prepared.parity.max_abs_diff.items())
     print(f"wrote {version_dir} (parity max abs diff {diffs})")
+    return version_dir
+
+
+def _export_dense(args: argparse.Namespace, spec, model, labels: list[str] | None) -> Path:
+    """Detectors and segmenters: the same files their training scripts write (one contract per model)."""
+    from export.writer import write_model_version
+
+    name = args.name or spec.name
+    if spec.task == "segmentation":
+        if args.input_size:
+            raise ExportError("segmenters are exported with free height and width; --input-size does not apply")
+        from export.train.segmenter import ANY_SIZE_PARITY, segmenter_files
+
+        files = segmenter_files(model, name=name, architecture=spec.name, labels=labels,
+                                preprocessing=spec.preprocessing, card={"weights": _weights_info(args.checkpoint)},
+                                parity_sizes=ANY_SIZE_PARITY)
+    else:
+        from export.train.detector import detector_files
+
+        files = detector_files(model, None, name, tuple(labels) if labels else None, _weights_info(args.checkpoint))
+    version_dir = write_model_version(files, args.repo, version=args.version, overwrite=args.overwrite)
+    print(f"wrote {version_dir} (parity max abs diff {files.parity.worst:.2e})")
     return version_dir
 
 

@@ -1,1 +1,2 @@
-"""Training scripts: each trains a bundled model and ends in the common writer (export/writer.py)."""
+"""Training of the bundled models (each script ends in the common writer, export/writer.py), their
+figures (plots.py) and the rebuild plan of `convserve models` (bundled.py)."""

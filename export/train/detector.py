@@ -34,7 +34,7 @@ from export.data.scenes import SCENE_CLASSES, SceneSpec, make_scene
 from export.models.yolo_grid import (
     INPUT_SIZE, YOLO_PREPROCESSING, GridTargets, YoloGrid, assign_targets, build_yolo_grid, yolo_loss,
 )
-from export.exporter import OPSET
+from export.exporter import OPSET, ExportError
 from export.parity import DEFAULT_TOLERANCE, PARITY_SEED, ParityReport, cpu_session
 from export.writer import VersionFiles, write_model_version
 from service.config import BatchingConfig, DetectionConfig, ModelConfig, PostprocessingConfig, TensorSpec
@@ -266,11 +266,15 @@ def plot_curves(run_dir: Path) -> None:
     fig.savefig(run_dir / "loss_curves.png", dpi=110)
 
 
-def detector_files(model: YoloGrid, training: dict, name: str = "yolo_grid") -> VersionFiles:
+def detector_files(model: YoloGrid, training: dict | None, name: str = "yolo_grid",
+                   labels: tuple[str, ...] | None = tuple(SCENE_CLASSES), weights: dict | None = None) -> VersionFiles:
     """The exported detector (input `images`, output `grid`, dynamic batch), its parity with torch
-    at batch 3, config and card, for the common writer."""
+    at batch 3, config and card, for the common writer. `convserve export yolo_grid` writes the same."""
     model.eval()
-    sample = torch.rand(3, 3, INPUT_SIZE, INPUT_SIZE, generator=torch.Generator().manual_seed(PARITY_SEED))
+    spec = model.spec
+    if labels is not None and len(labels) != spec.num_classes:
+        raise ExportError(f"{len(labels)} labels given for {spec.num_classes} classes")
+    sample = torch.rand(3, 3, spec.input_size, spec.input_size, generator=torch.Generator().manual_seed(PARITY_SEED))
     buffer = io.BytesIO()
     torch.onnx.export(
         model, (sample,), buffer, input_names=["images"], output_names=["grid"],
@@ -281,29 +285,31 @@ def detector_files(model: YoloGrid, training: dict, name: str = "yolo_grid") -> 
         expected = model(sample).numpy()
     diff = float(np.abs(cpu_session(onnx_bytes).run(None, {"images": sample.numpy()})[0] - expected).max())
     parity = ParityReport({len(sample): diff}, DEFAULT_TOLERANCE, PARITY_SEED)
-    channels = BOXES_PER_CELL * 5 + len(SCENE_CLASSES)
+    channels = spec.boxes_per_cell * 5 + spec.num_classes
+    detection = DETECTION.model_copy(update={"grid": spec.grid, "boxes_per_cell": spec.boxes_per_cell})
     config = ModelConfig(
         name=name, task="detection",
-        inputs=(TensorSpec(name="images", dims=(-1, 3, INPUT_SIZE, INPUT_SIZE)),),
-        outputs=(TensorSpec(name="grid", dims=(-1, GRID, GRID, channels)),),
-        preprocessing=PREPROCESSING, labels="labels.txt",
+        inputs=(TensorSpec(name="images", dims=(-1, 3, spec.input_size, spec.input_size)),),
+        outputs=(TensorSpec(name="grid", dims=(-1, spec.grid, spec.grid, channels)),),
+        preprocessing=PREPROCESSING, labels="labels.txt" if labels is not None else None,
         batching=BatchingConfig(max_batch_size=16, preferred_batch_sizes=(4, 8, 16)),
-        postprocessing=PostprocessingConfig(scores="probabilities", detection=DETECTION),
+        postprocessing=PostprocessingConfig(scores="probabilities", detection=detection),
         description=(
-            f"YOLO v1-style grid detector (S={GRID}, B={BOXES_PER_CELL}, C={len(SCENE_CLASSES)}): output "
+            f"YOLO v1-style grid detector (S={spec.grid}, B={spec.boxes_per_cell}, C={spec.num_classes}): output "
             f"[N, S, S, B*5+C], per cell B x (x, y, w, h, confidence) then C class probabilities; x, y = centre "
             "offset in the cell, w, h = fraction of the input size; activations applied in-graph."
         ),
     )
     card = {
         "name": name, "architecture": "compact CNN (stride 16) + YOLO v1 head with per-slot size priors",
-        "parameters": sum(p.numel() for p in model.parameters()), "classes": list(SCENE_CLASSES),
-        "input": [3, INPUT_SIZE, INPUT_SIZE], "grid": GRID, "boxes_per_cell": BOXES_PER_CELL,
-        "anchors": list(model.spec.anchors), "onnx_opset": OPSET, "onnx_parity_max_abs_diff": diff,
-        "training": training, "scene_spec": {k: v for k, v in vars(DETECTOR_SPEC).items()},
+        "parameters": sum(p.numel() for p in model.parameters()), "classes": list(labels or []),
+        "input": [3, spec.input_size, spec.input_size], "grid": spec.grid, "boxes_per_cell": spec.boxes_per_cell,
+        "anchors": list(spec.anchors), "onnx_opset": OPSET, "onnx_parity_max_abs_diff": diff,
+        **({"weights": weights} if weights else {}),
+        "training": training, "scene_spec": {k: v for k, v in vars(DETECTOR_SPEC).items()} if training else None,
     }
     return VersionFiles(config=config, onnx_bytes=onnx_bytes, parity=parity, card=lambda version: card,
-                        labels=tuple(SCENE_CLASSES), metadata={"convserve.architecture": "yolo_grid"})
+                        labels=labels, metadata={"convserve.architecture": "yolo_grid"})
 
 
 def main() -> None:

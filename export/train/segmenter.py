@@ -393,6 +393,9 @@ def as_exported(network, flip_average: bool):
     return MirrorAveraged(network).eval() if flip_average else network
 
 
+ANY_SIZE_PARITY = ((64, 64), (96, 64))  # parity input sizes of a segmenter other than the scene FCNs
+
+
 def export_architecture(name: str, checkpoint: str | None, num_classes: int | None, repo: Path) -> Path:
     """Export any registered segmenter (e.g. torchvision's fcn_resnet50), random or from a checkpoint."""
     from export.checkpoints import load_checkpoint
@@ -404,7 +407,7 @@ def export_architecture(name: str, checkpoint: str | None, num_classes: int | No
         load_checkpoint(model, checkpoint, spec.training_only_prefixes)
         weights = {"source": "checkpoint", "file": Path(checkpoint).name}
     return write_segmenter(model.eval(), name=name, architecture=name, labels=None, preprocessing=spec.preprocessing,
-                           repo=repo, card={"weights": weights}, parity_sizes=((64, 64), (96, 64)))
+                           repo=repo, card={"weights": weights}, parity_sizes=ANY_SIZE_PARITY)
 
 
 def write_run_figures(variant: str, flip_average: bool = True) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from pathlib import Path
 
 import onnx
 import pytest
@@ -71,3 +72,21 @@ def test_the_segmenter_is_written_through_the_common_writer(tmp_path):
     assert card["test_time"] == {"flip_average": False} and card["onnx"]["opset"] == 17
     assert (model_dir / "labels.txt").read_text().split() == list(LABELS)
     assert scan_model(model_dir).config.inputs[0].dims == (-1, 3, -1, -1)
+
+
+def test_convserve_export_gives_detectors_and_segmenters_their_bundled_contract(tmp_path, capsys):
+    """`convserve export yolo_grid` / `fcn8s` write what the training scripts write: same tensor names and
+    dims as the bundled model (the segmenter with free height and width), through the same writer."""
+    from export.cli import main as cli_main
+    from service.config import load_model_config
+
+    bundled = Path(__file__).resolve().parents[2] / "model_repo"
+    for arch in ("yolo_grid", "fcn8s"):
+        assert cli_main(["export", arch, "--repo", str(tmp_path)]) == 0
+        written = scan_model(tmp_path / arch).config
+        reference = load_model_config(bundled / arch / "config.yaml")
+        assert (written.inputs, written.outputs, written.task) == (reference.inputs, reference.outputs, reference.task)
+        assert written.preprocessing == reference.preprocessing
+        _serves(tmp_path / arch)
+    assert "wrote" in capsys.readouterr().out
+    assert cli_main(["export", "fcn8s", "--repo", str(tmp_path), "--input-size", "64", "64", "--overwrite"]) == 1
