@@ -27,15 +27,14 @@ class ServerProcess:
 
     Returns once the server logged `wait_for`: "server_started" (listening; models may still be
     loading) or "server_ready" (every model loaded; a model_load_failed event is an error then).
-    `tree` is the source tree to serve from (another checkout, for before/after comparisons).
     `keep_log=False` drops log lines after start-up (a long soak must not hold every line).
     """
 
-    def __init__(self, repo: Path, *args: str, env: dict | None = None, tree: Path = REPO_ROOT,
-                 wait_for: str = "server_started", keep_log: bool = True, timeout: float = 120):
+    def __init__(self, repo: Path, *args: str, env: dict | None = None, wait_for: str = "server_started",
+                 keep_log: bool = True, timeout: float = 120):
         command = [sys.executable, "-m", "entrypoint", "serve", "--model-repo", str(repo), "--host", "127.0.0.1",
                    "--port", "0", "--metrics-port", "0", "--providers", "cpu", "--log-format", "json", *args]
-        self.proc = subprocess.Popen(command, cwd=tree, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL,
+        self.proc = subprocess.Popen(command, cwd=REPO_ROOT, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL,
                                      text=True, env={**os.environ, **(env or {})})
         self.log_lines: list[str] = []
         self.port: int | None = None
@@ -151,11 +150,10 @@ class ServerProcess:
             self.kill()
 
 
-def served_models(repo: Path, *args: str, tree: Path = REPO_ROOT) -> ServerProcess:
+def served_models(repo: Path, *args: str) -> ServerProcess:
     """The benchmark's server: every model loaded before it returns, no metrics listener unless `args`
     ask for one (`--metrics-port 0`), log lines after start-up not kept."""
-    return ServerProcess(repo, "--metrics-port", "-1", *args, tree=tree, wait_for="server_ready", keep_log=False,
-                         timeout=600)
+    return ServerProcess(repo, "--metrics-port", "-1", *args, wait_for="server_ready", keep_log=False, timeout=600)
 
 
 def system_busy_seconds() -> float:
