@@ -26,12 +26,12 @@ def onnx_metadata(prepared: PreparedVersion) -> dict[str, str]:
     return props
 
 
-def model_card(prepared: PreparedVersion, version: int, training: dict | None) -> dict:
-    """The version's model_card.json fields (the writer adds the file's sha256, size and library versions)."""
+def model_card(prepared: PreparedVersion, training: dict | None) -> dict:
+    """The version's model_card.json fields (the writer adds the version, the file's sha256, size and
+    library versions, and the machine)."""
     graph, config = prepared.graph, prepared.config
     return {
         "name": config.name,
-        "version": version,
         "architecture": prepared.spec.name,
         "summary": prepared.spec.summary,
         "task": config.task,

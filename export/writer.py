@@ -40,8 +40,8 @@ LABELS_FILE = "labels.txt"
 class VersionFiles:
     """One model version, verified by its exporter and held in memory until written.
 
-    `card(version)` returns the exporter's model-card fields (training, evaluation, architecture);
-    `readme(version)` the model's README.md text, or None to leave an existing README alone (the
+    `card` holds the exporter's model-card fields (training, evaluation, architecture; the writer adds
+    `version`, `onnx` and `written_on`); `readme(version)` the model's README.md text, or None to leave an existing README alone (the
     detector's and segmenter's READMEs are written by their evaluation scripts). `metadata` holds
     extra ONNX metadata_props. `min_opset` is the opset the graph must at least use.
     """
@@ -49,7 +49,7 @@ class VersionFiles:
     config: ModelConfig
     onnx_bytes: bytes
     parity: ParityReport
-    card: Callable[[int], dict]
+    card: dict
     labels: tuple[str, ...] | None = None
     readme: Callable[[int], str] | None = None
     metadata: dict[str, str] = field(default_factory=dict)
@@ -79,8 +79,8 @@ def write_model_version(files: VersionFiles, repo: Path, *, version: int | None 
     version = version if version is not None else next_version(model_dir)
     onnx_bytes = with_metadata(files.onnx_bytes, {
         **files.metadata, "convserve.model_name": files.config.name, "convserve.version": str(version)})
-    fields = files.card(version)
-    card = {**fields, "version": version, "onnx": _onnx_facts(fields, onnx_bytes), "written_on": _machine()}
+    card = {"name": files.config.name, "version": version, **files.card,
+            "onnx": _onnx_facts(files.card, onnx_bytes), "written_on": _machine()}
     card_text = json.dumps(card, indent=2, ensure_ascii=False) + "\n"
     try:
         version_dir = install_version_dir(model_dir, version, {

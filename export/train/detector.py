@@ -308,7 +308,7 @@ def detector_files(model: YoloGrid, training: dict | None, name: str = "yolo_gri
         **({"weights": weights} if weights else {}),
         "training": training, "scene_spec": {k: v for k, v in vars(DETECTOR_SPEC).items()} if training else None,
     }
-    return VersionFiles(config=config, onnx_bytes=onnx_bytes, parity=parity, card=lambda version: card,
+    return VersionFiles(config=config, onnx_bytes=onnx_bytes, parity=parity, card=card,
                         labels=labels, metadata={"convserve.architecture": "yolo_grid"})
 
 

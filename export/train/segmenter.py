@@ -370,7 +370,7 @@ def segmenter_files(model, *, name: str, architecture: str, labels, preprocessin
     }
     metadata = {"convserve.architecture": architecture,
                 **{f"convserve.parity_max_abs_diff_{k}": repr(v) for k, v in diffs.items()}}
-    return VersionFiles(config=config, onnx_bytes=onnx_bytes, parity=parity, card=lambda version: fields,
+    return VersionFiles(config=config, onnx_bytes=onnx_bytes, parity=parity, card=fields,
                         labels=tuple(labels) if labels else None, metadata=metadata)
 
 
