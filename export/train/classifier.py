@@ -1,6 +1,6 @@
 """Train the bundled digit classifiers (simple_cnn, bn_cnn, lenet5) and export them.
 
-    python -m export.train.classifier            # or: convserve models
+    python -m export.train.classifier            # all three (convserve models also remakes their INT8 versions)
     python -m export.train.classifier --only lenet5 --repo /tmp/repo
 
 Every image goes through `service.preprocess` with the model's own config (what the server does),
@@ -150,12 +150,13 @@ def train_and_export(name: str, repo: Path, runs: Path, progress: bool = True) -
     _report_files(runs / name, name, history, heldout, digits)
     if heldout.accuracy < TARGETS[name]:
         raise RuntimeError(f"{name}: held-out accuracy {heldout.accuracy:.4f} is below the target {TARGETS[name]}")
-    training = _training_section(settings, history, heldout, digits)
+    training = _training_section(name, settings, history, heldout, digits)
     write_version(prepared, repo, version=1, overwrite=True, training=training)
     return {"model": name, "heldout_accuracy": heldout.accuracy, "sklearn_digits_accuracy": digits.accuracy}
 
 
-def _training_section(settings: TrainSettings, history, heldout: ClassificationReport, digits: ClassificationReport):
+def _training_section(name: str, settings: TrainSettings, history, heldout: ClassificationReport,
+                      digits: ClassificationReport):
     return {
         "data": MNIST_DESCRIPTION,
         "split": {"description": SPLIT_DESCRIPTION, "seed": SPLIT_SEED, "train": 4000, "heldout": 1000},
@@ -169,7 +170,7 @@ def _training_section(settings: TrainSettings, history, heldout: ClassificationR
             "sklearn_digits_note": "scikit-learn load_digits, 1,797 8×8 images scaled to 0–255, resized to 20×20 "
             "and padded to 28×28 (MNIST framing); never used for training",
         },
-        "reproduce": "convserve models",
+        "reproduce": f"convserve models --only {name}",
     }
 
 
