@@ -12,7 +12,7 @@ this order and before anything reaches the disk:
 
 and then writes `<repo>/<name>/<version>/{model.onnx, model_card.json}` into a staging directory
 renamed into place, so a failed export never leaves a partial version, followed by `config.yaml`
-(keeping an operator's `default_version` pin), `labels.txt` and `README.md` beside it, each
+(keeping an operator's `default_version` pin and `runtime` section), `labels.txt` and `README.md` beside it, each
 replaced atomically. The card gains `version`, `onnx` (file, sha256, bytes, library versions) and
 `written_on` (the machine: figures in the card were measured there).
 """
@@ -96,9 +96,10 @@ def write_model_version(files: VersionFiles, repo: Path, *, version: int | None 
 
 
 def write_model_files(model_dir: Path, config: ModelConfig, labels: tuple[str, ...] | None) -> None:
-    """config.yaml (keeping a still-valid `default_version` pin) and labels.txt, each replaced atomically."""
+    """config.yaml (keeping an operator's `default_version` pin and `runtime` section) and labels.txt,
+    each replaced atomically."""
     config_path = model_dir / "config.yaml"
-    config = _keep_pinned_version(config, config_path)
+    config = _keep_operator_settings(config, config_path)
     staging = config_path.with_name(".config.yaml.tmp")
     dump_model_config(config, staging)
     os.replace(staging, config_path)
@@ -154,13 +155,18 @@ def install_version_dir(model_dir: Path, version: int, files: dict[str, bytes], 
     return final
 
 
-def _keep_pinned_version(config: ModelConfig, existing: Path) -> ModelConfig:
-    """Carry over an operator's `default_version` pin from the config being replaced, as long as
-    that version still exists: exporting a new version must not silently change what is served."""
+def _keep_operator_settings(config: ModelConfig, existing: Path) -> ModelConfig:
+    """Carry over what an operator set in the config being replaced: the `default_version` pin (as
+    long as that version still exists: exporting a new version must not silently change what is
+    served) and the `runtime` section (threads, memory policy: choices about the host, not the graph,
+    e.g. lenet5's one intra-op thread, docs/load-testing.md)."""
     try:
-        pinned = load_model_config(existing).default_version
+        previous = load_model_config(existing)
     except ConfigError:
         return config
-    if pinned is None or not (existing.parent / str(pinned)).is_dir():
-        return config
-    return config.model_copy(update={"default_version": pinned})
+    update = {}
+    if previous.default_version is not None and (existing.parent / str(previous.default_version)).is_dir():
+        update["default_version"] = previous.default_version
+    if "runtime" in previous.model_fields_set:
+        update["runtime"] = previous.runtime
+    return config.model_copy(update=update) if update else config

@@ -108,3 +108,20 @@ def test_convserve_export_cam_gives_the_bundled_cam_contract(tmp_path):
     graph = onnx.load(str(tmp_path / "gap_cnn" / "1" / "model.onnx")).graph
     assert cam.weights_initializer in {i.name for i in graph.initializer}
     _serves(tmp_path / "gap_cnn")
+
+
+def test_rewriting_a_model_keeps_the_operators_pin_and_runtime_section(tmp_path):
+    """A re-export replaces the exporter's part of config.yaml, not what an operator chose for the host."""
+    from service.config import dump_model_config, load_model_config
+
+    torch.manual_seed(0)
+    files = detector_files(build_yolo_grid(), {})
+    write_model_version(files, tmp_path, version=1)
+    config_path = tmp_path / "yolo_grid" / "config.yaml"
+    chosen = load_model_config(config_path)
+    runtime = chosen.runtime.model_copy(update={"intra_op_threads": 1})
+    dump_model_config(chosen.model_copy(update={"default_version": 1, "runtime": runtime}), config_path)
+    write_model_version(files, tmp_path, version=2)
+    rewritten = load_model_config(config_path)
+    assert rewritten.default_version == 1
+    assert rewritten.runtime.intra_op_threads == 1
