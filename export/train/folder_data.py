@@ -40,7 +40,7 @@ class FolderData:
         images = self.images if images is None else images
         return np.stack([normalize(image, self.preprocessing) for image in images])
 
-    def subset(self, index: np.ndarray) -> "FolderData":
+    def subset(self, index: np.ndarray) -> FolderData:
         return replace(self, images=self.images[index], labels=self.labels[index])
 
 

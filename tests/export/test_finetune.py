@@ -19,6 +19,7 @@ import onnxruntime as ort
 import pytest
 import torch
 from onnx import numpy_helper
+from testkit import BUNDLED_REPO, ServerThread, test_settings
 
 from export.cli import main as cli_main
 from export.models import build_model
@@ -28,7 +29,6 @@ from service.api.convserve.v1 import vision_pb2 as vpb
 from service.api.convserve.v1 import vision_pb2_grpc as vpb_grpc
 from service.preprocess import preprocess_encoded
 from service.repository import scan_model
-from testkit import BUNDLED_REPO, ServerThread, test_settings
 
 CLASSES = ("bottom", "top")
 
