@@ -132,5 +132,5 @@ def googlenet_loss(outputs, target: torch.Tensor) -> torch.Tensor:
 @register_model(input=InputSpec(3, 224, 224), preprocessing=imagenet_preprocessing(224), default_num_classes=1000,
                 training_only_prefixes=("aux1.", "aux2."))
 def googlenet_v1(*, num_classes: int = 1000, lrn: bool = True) -> nn.Module:
-    """GoogLeNet v1 as in the 2014 paper (true 5×5 branches, no BatchNorm, dropout 0.4; 6.8M parameters)."""
+    """GoogLeNet v1 as in the 2014 paper (true 5×5 branches, no BatchNorm, dropout 0.4; 7.0M parameters, paper ~6.8M)."""
     return GoogLeNetV1(num_classes=num_classes, lrn=lrn)

@@ -82,7 +82,8 @@ def load_onnx_weights(model: nn.Module, onnx_path: Path) -> None:
 
 
 def replace_head(model: nn.Module, num_classes: int) -> nn.Linear:
-    """Swap the network's last nn.Linear for a fresh one with `num_classes` outputs; returns it."""
+    """Swap the network's last nn.Linear (outside auxiliary heads) for a fresh one with `num_classes`
+    outputs, and resize auxiliary heads' output layers likewise; returns the new main head."""
     parent_name, child_name, head = None, None, None
     for name, module in model.named_modules():
         if isinstance(module, nn.Linear) and not name.startswith(("aux1", "aux2")):
@@ -92,6 +93,10 @@ def replace_head(model: nn.Module, num_classes: int) -> nn.Linear:
         raise FineTuneError(f"{type(model).__name__} has no Linear layer to replace")
     new_head = nn.Linear(head.in_features, num_classes)
     setattr(model.get_submodule(parent_name) if parent_name else model, child_name, new_head)
+    for aux_name in ("aux1", "aux2"):  # GoogLeNet's training-only heads get the new classes too
+        aux = getattr(model, aux_name, None)
+        if aux is not None and isinstance(getattr(aux, "fc2", None), nn.Linear):
+            aux.fc2 = nn.Linear(aux.fc2.in_features, num_classes)
     return new_head
 
 
