@@ -6,7 +6,8 @@ What it does, in under a minute on a laptop CPU:
 1. starts `convserve serve --model-repo model_repo --port 0 --metrics-port 0 --providers cpu` as a
    subprocess and reads the ports it chose from its JSON startup log line (event "server_started");
 2. waits until gRPC health says SERVING;
-3. Classify (MNIST models; then lenet5's held-out confusion matrix, read from its model card), Detect (yolo_grid), Segment (fcn8s), Explain (gap_cnn, else lenet5),
+3. Classify (MNIST models, then lenet5's held-out confusion matrix read from its model card),
+   Detect (yolo_grid), Segment (fcn8s), Explain (gap_cnn, else lenet5),
    StreamClassify / StreamDetect, and one Open Inference Protocol (V2) ModelInfer, printing tables
    and writing overlay images to demo-output/; a model not in model_repo/ is skipped with a note;
 4. prints the request count from the server's Prometheus /metrics;
