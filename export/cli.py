@@ -1,7 +1,7 @@
 """Command line for the PyTorch side: export a zoo model, list the zoo, rebuild the bundled models.
 
     convserve export ARCH --repo model_repo --name NAME [--version N] [--checkpoint FILE]
-                     [--num-classes C] [--labels FILE] [--input-size H W] [--overwrite]
+                     [--num-classes C] [--labels FILE] [--input-size H W] [--overwrite] [--cam]
     convserve export --list
     convserve train classifier --data DIR [--from MODEL|FILE --arch ARCH] [--freeze] [--epochs N] ...
     convserve models [--list] [--only NAME] [--max-minutes M] [--repo model_repo] [--runs runs]
@@ -44,6 +44,8 @@ def _parser() -> argparse.ArgumentParser:
     export.add_argument("--input-size", type=int, nargs=2, metavar=("H", "W"), help="model input height width")
     export.add_argument("--overwrite", action="store_true", help="replace an existing version directory")
     export.add_argument("--tolerance", type=float, default=DEFAULT_TOLERANCE, help="parity max abs diff allowed")
+    export.add_argument("--cam", action="store_true",
+                        help="classifiers: add the `features` output class activation maps need (as export.cam_export)")
     models = commands.add_parser("models", help="rebuild the bundled models of model_repo/ (export/train/bundled.py)")
     models.add_argument("--repo", type=Path, default=Path("model_repo"))
     models.add_argument("--runs", type=Path, default=Path("runs"), help="training reports (figures, metrics)")
@@ -93,16 +95,15 @@ def run_export(args: argparse.Namespace) -> Path:
         load_checkpoint(model, args.checkpoint, spec.training_only_prefixes)
     if spec.task != "classification":
         return _export_dense(args, spec, model.eval(), labels)
-    prepared = prepare_version(
-        model,
-        spec,
-        name=args.name or spec.name,
-        num_classes=num_classes,
-        input_hw=tuple(args.input_size) if args.input_size else None,
-        labels=labels,
-        weights=_weights_info(args.checkpoint),
-        tolerance=args.tolerance,
-    )
+    described = dict(name=args.name or spec.name, num_classes=num_classes, labels=labels,
+                     input_hw=tuple(args.input_size) if args.input_size else None,
+                     weights=_weights_info(args.checkpoint), tolerance=args.tolerance)
+    if args.cam:
+        from export.cam_export import prepare_cam_version
+
+        prepared = prepare_cam_version(model, spec.name, **described)
+    else:
+        prepared = prepare_version(model, spec, **described)
     version_dir = write_version(prepared, args.repo, version=args.version, overwrite=args.overwrite)
     diffs = ", ".join(f"batch {b}: {d:.2e}" for b, d in prepared.parity.max_abs_diff.items())
     print(f"wrote {version_dir} (parity max abs diff {diffs})")

@@ -90,3 +90,21 @@ def test_convserve_export_gives_detectors_and_segmenters_their_bundled_contract(
         _serves(tmp_path / arch)
     assert "wrote" in capsys.readouterr().out
     assert cli_main(["export", "fcn8s", "--repo", str(tmp_path), "--input-size", "64", "64", "--overwrite"]) == 1
+
+
+def test_convserve_export_cam_gives_the_bundled_cam_contract(tmp_path):
+    """`convserve export gap_cnn --cam` writes the logits + features outputs and CAM config that the
+    bundled gap_cnn (export.train.gap_cnn, through export.cam_export) serves."""
+    from export.cli import main as cli_main
+    from service.config import load_model_config
+
+    reference = load_model_config(Path(__file__).resolve().parents[2] / "model_repo" / "gap_cnn" / "config.yaml")
+    assert cli_main(["export", "gap_cnn", "--cam", "--repo", str(tmp_path)]) == 0
+    written = scan_model(tmp_path / "gap_cnn").config
+    assert [o.name for o in written.outputs] == [o.name for o in reference.outputs] == ["logits", "features"]
+    assert written.outputs[1].dims == reference.outputs[1].dims
+    cam, bundled_cam = written.postprocessing.cam, reference.postprocessing.cam
+    assert (cam.method, cam.features_output) == (bundled_cam.method, bundled_cam.features_output) == ("cam", "features")
+    graph = onnx.load(str(tmp_path / "gap_cnn" / "1" / "model.onnx")).graph
+    assert cam.weights_initializer in {i.name for i in graph.initializer}
+    _serves(tmp_path / "gap_cnn")
