@@ -14,7 +14,8 @@ columns = true class, the lecture's layout) in `runs/<name>/`, and ends in the c
 writer: `<repo>/<name>/<version>/` with its config, labels and model card, servable as is.
 
 A bundled model's weights are read back from its ONNX file's initializers (the repository ships
-no PyTorch checkpoints; the torch exporter keeps state-dict names for graphs without folded layers).
+no PyTorch checkpoints) and must reproduce the graph's outputs; simple_cnn, bn_cnn and lenet5 can be
+sources, gap_cnn cannot (its exporter folded BatchNorm into the convolutions).
 """
 
 from __future__ import annotations
@@ -68,17 +69,47 @@ def bundled_source(repo: Path, name: str) -> tuple[str, Path]:
     raise FineTuneError(f"{repo / name}: no float version with a model card naming its architecture")
 
 
-def load_onnx_weights(model: nn.Module, onnx_path: Path) -> None:
-    """Fill `model` from the initializers of the graph it was exported to, refusing a partial fit."""
-    initializers = {t.name: numpy_helper.to_array(t) for t in onnx.load(str(onnx_path)).graph.initializer}
-    state = model.state_dict()
-    missing = [k for k, v in state.items() if k not in initializers and v.is_floating_point()]
+def load_onnx_weights(model: nn.Module, onnx_path: Path, input_shape: tuple[int, int, int] | None = None) -> None:
+    """Fill `model` from the initializers of the graph it was exported to.
+
+    Weights keep their state-dict names in the graph, except those the exporter folded into a
+    constant (LeNet-5's C3 weight × its connection mask), which get an anonymous name: such a weight
+    is taken from the one unclaimed anonymous initializer of its shape. Fixed buffers (`*_mask`) keep
+    the builder's values. Whatever was matched, the loaded model must then reproduce the graph's
+    outputs on a random batch (1e-4), or the weights are refused: a wrong match cannot pass.
+    """
+    graph = onnx.load(str(onnx_path)).graph
+    initializers = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+    anonymous = {k: v for k, v in initializers.items() if k.startswith("onnx::")}
+    state, filled, missing = model.state_dict(), {}, []
+    for key, value in state.items():
+        if key in initializers:
+            filled[key] = torch.from_numpy(initializers[key].copy()).reshape(value.shape)
+        elif key.endswith("_mask") or not value.is_floating_point():
+            filled[key] = value
+        else:
+            same_shape = [k for k, v in anonymous.items() if tuple(v.shape) == tuple(value.shape)]
+            if len(same_shape) != 1:
+                missing.append(key)
+                continue
+            filled[key] = torch.from_numpy(anonymous.pop(same_shape[0]).copy())
     if missing:
-        raise FineTuneError(f"{onnx_path}: graph lacks weights {', '.join(missing[:5])} (folded at export?); "
+        raise FineTuneError(f"{onnx_path}: graph lacks weights {', '.join(missing[:5])} (folded at export); "
                             "pass the training checkpoint with --from FILE --arch ARCH instead")
-    filled = {k: torch.from_numpy(initializers[k].copy()).reshape(v.shape) if k in initializers else v
-              for k, v in state.items()}
     model.load_state_dict(filled, strict=True)
+    _check_reproduces(model, onnx_path, graph)
+
+
+def _check_reproduces(model: nn.Module, onnx_path: Path, graph) -> None:
+    from export.parity import cpu_session
+
+    dims = [d.dim_value for d in graph.input[0].type.tensor_type.shape.dim[1:]]
+    x = np.random.default_rng(0).random((2, *dims), dtype=np.float32)
+    expected = cpu_session(onnx_path.read_bytes()).run(None, {graph.input[0].name: x})[0]
+    with torch.no_grad():
+        got = model.eval()(torch.from_numpy(x)).numpy()
+    if got.shape != expected.shape or float(np.abs(got - expected).max()) > 1e-4:
+        raise FineTuneError(f"{onnx_path}: the weights read from the graph do not reproduce it")
 
 
 def replace_head(model: nn.Module, num_classes: int) -> nn.Linear:

@@ -23,7 +23,7 @@ from testkit import BUNDLED_REPO, ServerThread, test_settings
 
 from export.cli import main as cli_main
 from export.models import build_model
-from export.train.finetune import bundled_source, load_onnx_weights
+from export.train.finetune import FineTuneError, bundled_source, load_onnx_weights
 from export.train.folder_data import FolderDataError, read_image_folder
 from service.api.convserve.v1 import vision_pb2 as vpb
 from service.api.convserve.v1 import vision_pb2_grpc as vpb_grpc
@@ -108,15 +108,26 @@ def test_a_real_server_classifies_with_the_fine_tuned_version(fine_tuned):
     assert (expected == truth).mean() >= 0.75  # a learnable task: the new head learned it
 
 
-def test_bundled_weights_are_read_back_exactly_from_the_onnx_graph():
-    _, path = bundled_source(BUNDLED_REPO, "simple_cnn")
-    model = build_model("simple_cnn", num_classes=10)
+@pytest.mark.parametrize("name", ["simple_cnn", "bn_cnn", "lenet5"])
+def test_bundled_weights_are_read_back_exactly_from_the_onnx_graph(name):
+    arch, path = bundled_source(BUNDLED_REPO, name)
+    model = build_model(arch, num_classes=10)
     load_onnx_weights(model, path)
-    x = np.random.default_rng(0).random((4, 1, 28, 28), dtype=np.float32)
+    x = np.random.default_rng(1).random((4, *model_input(path)), dtype=np.float32)
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     with torch.no_grad():
         np.testing.assert_allclose(model.eval()(torch.from_numpy(x)).numpy(), session.run(None, {"input": x})[0],
                                    atol=1e-4)
+
+
+def model_input(path: Path) -> list[int]:
+    return [d.dim_value for d in onnx.load(str(path)).graph.input[0].type.tensor_type.shape.dim[1:]]
+
+
+def test_a_graph_with_folded_batchnorm_is_refused_as_a_source():
+    arch, path = bundled_source(BUNDLED_REPO, "gap_cnn")
+    with pytest.raises(FineTuneError, match="graph lacks weights"):
+        load_onnx_weights(build_model(arch, num_classes=5), path)
 
 
 def test_a_folder_with_one_class_is_refused(tmp_path):
