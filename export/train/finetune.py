@@ -211,7 +211,8 @@ def source_model(source: str, arch: str | None, repo: Path) -> tuple[str, nn.Mod
 
 
 def fine_tune(data_dir: Path, source: str, *, arch: str | None = None, name: str | None = None,
-              repo: Path = Path("model_repo"), source_repo: Path = Path("model_repo"), runs: Path = Path("runs"), settings: FineTuneSettings | None = None,
+              repo: Path = Path("model_repo"), source_repo: Path = Path("model_repo"), runs: Path = Path("runs"),
+              settings: FineTuneSettings | None = None,
               version: int | None = None, overwrite: bool = False, progress: bool = True) -> Path:
     """The whole command: data, source, head, training, report files, export. Returns the version dir."""
     settings = settings or FineTuneSettings()
