@@ -6,7 +6,8 @@ What it does, in under a minute on a laptop CPU:
 1. starts `convserve serve --model-repo model_repo --port 0 --metrics-port 0 --providers cpu` as a
    subprocess and reads the ports it chose from its JSON startup log line (event "server_started");
 2. waits until gRPC health says SERVING;
-3. Classify (MNIST models), Detect (yolo_grid), Segment (fcn8s), Explain (gap_cnn, else lenet5),
+3. Classify (MNIST models, then lenet5's held-out confusion matrix read from its model card),
+   Detect (yolo_grid), Segment (fcn8s), Explain (gap_cnn, else lenet5),
    StreamClassify / StreamDetect, and one Open Inference Protocol (V2) ModelInfer, printing tables
    and writing overlay images to demo-output/; a model not in model_repo/ is skipped with a note;
 4. prints the request count from the server's Prometheus /metrics;
@@ -39,6 +40,17 @@ OUTPUT = REPO / "demo-output"
 STARTUP_TIMEOUT_S = 45.0
 STOP_TIMEOUT_S = 30.0
 DIGIT_MODELS = ("lenet5", "simple_cnn", "bn_cnn")
+CONFUSION_MODEL = "lenet5"
+
+
+def confusion_table(model: str, version: int = 1) -> str:
+    """The held-out confusion matrix recorded in the model card (rows = predicted, columns = true)."""
+    card = json.loads((MODEL_REPO / model / str(version) / "model_card.json").read_text(encoding="utf-8"))
+    matrix = card["training"]["metrics"]["confusion_matrix"]
+    rows = [[f"pred {label}", *counts] for label, counts in zip(matrix["labels"], matrix["counts"])]
+    title = (f"\n== {model} v{version}: held-out confusion matrix from its model card "
+             f"(rows = {matrix['rows']}, columns = {matrix['columns']} class)")
+    return title + "\n" + format_table(["", *(f"true {label}" for label in matrix["labels"])], rows)
 
 
 class ServerProcess:
@@ -158,6 +170,8 @@ class Demo:
                 self.show(f"Classify {len(digits)} digits", reply, digits)
                 correct = sum(r.top.label == str(self.manifest[p.name]["label"]) for r, p in zip(reply.results, digits))
                 print(f"   top-1 matches the digit's label on {correct} of {len(digits)} held-out digits")
+        if (MODEL_REPO / CONFUSION_MODEL).is_dir():
+            print(confusion_table(CONFUSION_MODEL))
 
     def detect(self) -> None:
         scenes = [p for p in self.images("scene") if p.name.startswith("scene_")]

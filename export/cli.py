@@ -3,6 +3,7 @@
     convserve export ARCH --repo model_repo --name NAME [--version N] [--checkpoint FILE]
                      [--num-classes C] [--labels FILE] [--input-size H W] [--overwrite] [--cam]
     convserve export --list
+    convserve train classifier --data DIR [--from MODEL|FILE --arch ARCH] [--freeze] [--epochs N] ...
     convserve models [--list] [--only NAME] [--max-minutes M] [--repo model_repo] [--runs runs]
 
 `main(argv)` takes the subcommand first (`["export", "lenet5", ...]`) and returns the exit status:
@@ -53,6 +54,11 @@ def _parser() -> argparse.ArgumentParser:
                         help="without --only: skip (and say so) models whose training takes longer (default 30)")
     models.add_argument("--list", action="store_true",
                         help="print what would be rebuilt or skipped, and why; run nothing")
+    train = commands.add_parser("train", help="train a model on your own data (train classifier: fine-tune on a folder)")
+    tasks = train.add_subparsers(dest="task", required=True)
+    from export.train.finetune import add_arguments
+
+    add_arguments(tasks.add_parser("classifier", help="fine-tune a bundled model or checkpoint on DIR/<class>/*"))
     return parser
 
 
@@ -134,9 +140,26 @@ def list_zoo() -> None:
         print(f"{name:14s} {spec.task:15s} {shape:>11s}  {spec.summary}")
 
 
+def _run_train(args: argparse.Namespace) -> int:
+    from export.train.finetune import FineTuneError, run
+    from export.train.folder_data import FolderDataError
+
+    try:
+        run(args)
+    except KeyError as exc:
+        print(f"convserve train: error: {exc.args[0]}", file=sys.stderr)
+        return 2
+    except (FineTuneError, FolderDataError, CheckpointError, ExportError, ParityError) as exc:
+        print(f"convserve train: refused: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    if args.command == "train":
+        return _run_train(args)
     if args.command == "models":
         from export.train.bundled import run
 

@@ -45,6 +45,11 @@ class ClassificationReport:
             for label, p, r, n in zip(labels, self.precision, self.recall, self.confusion.sum(axis=1))
         }
 
+    def confusion_card(self, labels) -> dict:
+        """The matrix as model cards carry it, in the lecture's layout (its CONFUSION MATRIX slide puts
+        PREDICTED on the rows and ACTUAL on the columns): `counts[p][t]` = images of class t predicted p."""
+        return {"rows": "predicted", "columns": "true", "labels": list(labels), "counts": self.confusion.T.tolist()}
+
     def as_markdown(self, labels: list[str], title: str) -> str:
         rows = [f"## {title}", "", f"accuracy: {self.accuracy:.4f}", "", "| class | precision | recall | support |"]
         rows.append("|---|---|---|---|")

@@ -15,6 +15,10 @@ from export.models import bn_cnn  # noqa: F401,E402
 from export.models import lenet5  # noqa: F401,E402
 from export.models import flowers_cnn  # noqa: F401,E402
 from export.models import torchvision_zoo  # noqa: F401,E402
+from export.models import lecture_alexnet  # noqa: F401,E402
+from export.models import lecture_vgg  # noqa: F401,E402
+from export.models import lecture_googlenet  # noqa: F401,E402
+from export.models import lecture_resnet  # noqa: F401,E402
 from export.models import gap_cnn  # noqa: F401,E402
 from export.models import fcn  # noqa: F401,E402
 from export.models import yolo_grid  # noqa: F401,E402

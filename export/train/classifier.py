@@ -166,6 +166,7 @@ def _training_section(name: str, settings: TrainSettings, history, heldout: Clas
         "metrics": {
             "heldout_accuracy": heldout.accuracy,
             "heldout_per_class": heldout.per_class(LABELS),
+            "confusion_matrix": heldout.confusion_card(LABELS),
             "sklearn_digits_accuracy": digits.accuracy,
             "sklearn_digits_note": "scikit-learn load_digits, 1,797 8×8 images scaled to 0–255, resized to 20×20 "
             "and padded to 28×28 (MNIST framing); never used for training",

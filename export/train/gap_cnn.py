@@ -31,6 +31,7 @@ from torch.nn import functional as F
 from export.cam_export import prepare_cam_version
 from export.data.scenes import SCENE_CLASSES, make_scene, make_scenes
 from export.evaluate.cam import CAM_SCENE_SPEC, HELDOUT_COUNT, evaluate_localisation, heldout_scenes
+from export.evaluate.confusion_cards import scene_report
 from export.model_version import write_version
 from export.models import build_model, get_model_spec
 from export.parity import cpu_session
@@ -224,6 +225,7 @@ def export(model: torch.nn.Module, training: dict, repo: Path = REPO) -> Path:
             "cam_argmax_in_box": report.argmax_in_box,
             "cam_box_iou_at_least_0.5": report.box_iou_at_least_half,
             "cam_mean_box_iou": report.mean_box_iou,
+            "confusion_matrix": scene_report(session, prepared.config, class_weights).confusion_card(SCENE_CLASSES),
         },
         "cam_localisation": {**asdict(report), "measured_by": "python -m export.evaluate.cam"},
         "reproduce": "python -m export.train.gap_cnn",

@@ -37,16 +37,18 @@ def save_training_curve(history: list[dict], path: Path, title: str) -> None:
 
 
 def save_confusion_matrix(confusion: np.ndarray, labels: list[str], path: Path, title: str) -> None:
-    """Counts with rows = true class, columns = predicted class."""
+    """`confusion[t, p]` counts (export.evaluate.classification) drawn in the lecture's layout:
+    rows = predicted class, columns = true class."""
     plt = pyplot()
+    shown = np.asarray(confusion).T
     fig, axis = plt.subplots(figsize=(5.5, 5), dpi=100)
-    axis.imshow(confusion, cmap="Blues")
+    axis.imshow(shown, cmap="Blues")
     axis.set_xticks(range(len(labels)), labels)
     axis.set_yticks(range(len(labels)), labels)
-    axis.set_xlabel("predicted")
-    axis.set_ylabel("true")
-    threshold = confusion.max() / 2 if confusion.size else 0
-    for (row, col), count in np.ndenumerate(confusion):
+    axis.set_xlabel("true (actual)")
+    axis.set_ylabel("predicted")
+    threshold = shown.max() / 2 if shown.size else 0
+    for (row, col), count in np.ndenumerate(shown):
         axis.text(col, row, str(count), ha="center", va="center", fontsize=7,
                   color="white" if count > threshold else "black")
     axis.set_title(title)

@@ -67,6 +67,25 @@ def test_bundled_model_files_are_consistent(name):
     assert float(metadata["convserve.parity_max_abs_diff_batch1"]) == card["parity"]["max_abs_diff"]["1"]
 
 
+@pytest.mark.parametrize("name", [*BUNDLED, "gap_cnn"])
+def test_the_card_holds_the_held_out_confusion_matrix_in_the_lectures_layout(name):
+    """Rows = predicted, columns = true (the lecture's slide), labelled; consistent with the card's
+    own accuracy and per-class precision (row) and recall (column). python -m
+    export.evaluate.confusion_cards --check recomputes it from the graph."""
+    card = json.loads((MODEL_REPO / name / "1" / "model_card.json").read_text())
+    metrics = card["training"]["metrics"]
+    matrix = metrics["confusion_matrix"]
+    assert (matrix["rows"], matrix["columns"], matrix["labels"]) == ("predicted", "true", card["labels"])
+    counts = np.asarray(matrix["counts"])
+    assert counts.shape == (len(card["labels"]),) * 2
+    assert np.trace(counts) / counts.sum() == pytest.approx(metrics["heldout_accuracy"], abs=1e-12)
+    for i, label in enumerate(card["labels"]) if "heldout_per_class" in metrics else ():
+        stats = metrics["heldout_per_class"][label]
+        assert counts[:, i].sum() == stats["support"]
+        assert counts[i, i] / counts[:, i].sum() == pytest.approx(stats["recall"])
+        assert counts[i, i] / max(1, counts[i].sum()) == pytest.approx(stats["precision"])
+
+
 def test_the_split_is_fixed_stratified_and_disjoint():
     split = mnist_split()
     assert len(split.train_labels) == 4000 and len(split.test_labels) == 1000

@@ -30,7 +30,7 @@ from export.parity import DEFAULT_TOLERANCE, ParityError, check_parity, cpu_sess
 from service.config import PreprocessingConfig
 
 # (architecture, input size, weight state). The big ones run at small inputs they accept:
-# AlexNet needs ≥ 63 px; VGG-16, GoogLeNet and the ResNets take 32 px.
+# AlexNet needs ≥ 63 px (the paper's AlexNet exactly 227); VGG-16, GoogLeNet and the ResNets take 32 px.
 CASES = [
     ("simple_cnn", 28, "kaiming"),
     ("bn_cnn", 28, "calibrated"),
@@ -41,6 +41,11 @@ CASES = [
     ("resnet34", 32, "init"),
     ("resnet50", 32, "init"),
     ("alexnet", 64, "kaiming"),
+    ("googlenet_v1", 32, "kaiming"),  # true 5×5 branches and LRN
+    ("resnet50_v1", 32, "init"),  # stride on the bottleneck's first 1×1
+    ("alexnet_lrn", 227, "kaiming"),  # fixed 227×227: LRN, grouped convolutions
+    pytest.param(("vgg_c", 32, "kaiming"), marks=pytest.mark.slow),  # 1×1 convolutions; 134M parameters
+    pytest.param(("vgg_a_lrn", 32, "kaiming"), marks=pytest.mark.slow),  # LRN
     pytest.param(("vgg16", 32, "kaiming"), marks=pytest.mark.slow),  # 550 MB of weights: ~25 s
 ]
 
@@ -87,6 +92,9 @@ def test_graph_passes_the_full_checker_with_opset_17_and_a_dynamic_batch(exporte
     # The batch axis really is free: a batch size used neither for tracing nor for parity.
     out = cpu_session(graph.onnx_bytes).run(None, {INPUT_NAME: example_input(input_shape, 3, seed=7).numpy()})[0]
     assert out.shape == (3, 10)
+    # Training-only heads (GoogLeNet's auxiliary classifiers) leave no weight in the served graph.
+    prefixes = get_model_spec(name).training_only_prefixes
+    assert prefixes == () or not [t.name for t in proto.graph.initializer if t.name.startswith(prefixes)]
     if name in ("alexnet", "vgg16"):  # their 6×6 / 7×7 adaptive pools cannot export at this size as is
         assert graph.matmul_pools == ("avgpool",)
         assert isinstance(model.avgpool, nn.AdaptiveAvgPool2d)  # the original layer is back

@@ -18,7 +18,8 @@ import cv2
 from testkit import REPO_ROOT
 
 BLOCKED = ("torch", "torchvision", "skimage", "mlxtend", "sklearn")
-SECTIONS = ("== Classify", "== Detect", "== Segment", "== Explain", "== StreamClassify", "== StreamDetect", "== V2 ModelInfer")
+SECTIONS = ("== Classify", "held-out confusion matrix from its model card (rows = predicted, columns = true class)",
+            "== Detect", "== Segment", "== Explain", "== StreamClassify", "== StreamDetect", "== V2 ModelInfer")
 
 
 def test_demo_runs_every_rpc_on_the_bundled_models(tmp_path):

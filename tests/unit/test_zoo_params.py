@@ -26,7 +26,9 @@ def _layers(model: nn.Module, kinds) -> list[nn.Module]:
 
 def test_every_builder_is_registered_with_a_consistent_input_spec():
     expected = {"simple_cnn", "bn_cnn", "lenet5", "flowers_cnn", "alexnet", "vgg16", "googlenet"}
-    expected |= {"resnet18", "resnet34", "resnet50"}
+    expected |= {"resnet18", "resnet34", "resnet50", "alexnet_lrn", "googlenet_v1"}
+    expected |= {f"vgg_{c}" for c in ("a", "a_lrn", "b", "c", "d", "e")}
+    expected |= {f"resnet{d}_v1" for d in (18, 34, 50, 101, 152)}
     assert expected <= set(list_models())
     for name in expected:
         spec = get_model_spec(name)
@@ -128,9 +130,132 @@ def test_mac_counter_matches_a_hand_count():
     assert count_macs(build_model("lenet5"), (1, 32, 32)) == 117_600 + 1_176 + 150_000 + 400 + 48_000 + 10_080 + 840
 
 
-@pytest.mark.parametrize("name, lecture_gmacs", [("resnet18", 1.8), ("resnet34", 3.6), ("resnet50", 3.8)])
-def test_resnet_multiply_adds_match_the_lecture_table(name, lecture_gmacs):
+def _meta(name: str) -> tuple[nn.Module, tuple[int, int, int]]:
+    spec = get_model_spec(name)
+    with torch.device("meta"):  # shapes only: counting a 144M-parameter VGG costs milliseconds
+        return spec.build(), (spec.input.channels, spec.input.height, spec.input.width)
+
+
+def _within_one_percent(count: float, figure: float, last_digit: float) -> bool:
+    """Is `count` within 1 % of the printed `figure`? A figure printed to `last_digit` (3.8 → 0.1)
+    stands for every value that rounds to it, so 1 % is measured from the nearest end of that
+    interval; for a figure printed to three digits this is the plain 1 % bound give or take 0.4 %."""
+    low, high = figure - last_digit / 2, figure + last_digit / 2
+    nearest = min(max(count, low), high)
+    return abs(count - nearest) <= 0.01 * figure
+
+
+# (architecture, figure, printed last digit, source). MACs in G, parameters in M, both at the
+# architecture's own input (224×224; AlexNet 227×227) and 1,000 classes; GoogLeNet without its
+# training-only auxiliary heads.
+MAC_FIGURES = [
+    ("resnet18_v1", 1.8, 0.1, "lecture's ResNet table, FLOPs row (= paper Table 1)"),
+    ("resnet34_v1", 3.6, 0.1, "lecture's ResNet table, FLOPs row"),
+    ("resnet50_v1", 3.8, 0.1, "lecture's ResNet table, FLOPs row"),
+    ("resnet101_v1", 7.6, 0.1, "lecture's ResNet table, FLOPs row"),
+    ("resnet152_v1", 11.3, 0.1, "lecture's ResNet table, FLOPs row"),
+    ("vgg_d", 15.5, 0.1, "VGG-16's commonly cited cost (the paper gives none)"),
+    ("vgg_e", 19.6, 0.1, "VGG-19's commonly cited cost"),
+    ("alexnet_lrn", 0.72, 0.01, "AlexNet's commonly cited cost at 227×227 (the paper gives none)"),
+]
+PARAMETER_FIGURES = [
+    ("alexnet_lrn", 60, 1, "lecture: 'parameters: 60 million' (= paper)"),
+    ("vgg_a", 133, 1, "VGG paper Table 2"),
+    ("vgg_a_lrn", 133, 1, "VGG paper Table 2"),
+    ("vgg_b", 133, 1, "VGG paper Table 2"),
+    ("vgg_c", 134, 1, "VGG paper Table 2"),
+    ("vgg_d", 138, 1, "lecture: 'parameters: 138 million' (= paper Table 2)"),
+    ("vgg_e", 144, 1, "VGG paper Table 2"),
+    ("resnet18_v1", 11.7, 0.1, "torchvision's published count (same network)"),
+    ("resnet34_v1", 21.8, 0.1, "torchvision's published count (same network)"),
+    ("resnet50_v1", 25.6, 0.1, "torchvision's published count (v1 and v1.5 share every shape)"),
+    ("resnet101_v1", 44.5, 0.1, "torchvision's published count"),
+    ("resnet152_v1", 60.2, 0.1, "torchvision's published count"),
+]
+
+
+@pytest.mark.parametrize("name, figure, last_digit, source", MAC_FIGURES)
+def test_multiply_adds_match_the_lecture_and_papers(name, figure, last_digit, source):
+    model, shape = _meta(name)
+    gmacs = count_macs(model, shape) / 1e9
+    assert _within_one_percent(gmacs, figure, last_digit), f"{name}: {gmacs:.3f} G vs {figure} G ({source})"
+
+
+@pytest.mark.parametrize("name, figure, last_digit, source", PARAMETER_FIGURES)
+def test_parameter_counts_match_the_lecture_and_papers(name, figure, last_digit, source):
+    model, _ = _meta(name)
+    millions = count_parameters(model, get_model_spec(name).training_only_prefixes).trainable / 1e6
+    assert _within_one_percent(millions, figure, last_digit), f"{name}: {millions:.2f} M vs {figure} M ({source})"
+
+
+def test_the_one_percent_bound_tells_resnet50_v1_from_torchvisions_v1_5():
+    model, shape = _meta("resnet50")
+    gmacs = count_macs(model, shape) / 1e9  # 4.09 G: stride on the 3×3
+    assert not _within_one_percent(gmacs, 3.8, 0.1)
+
+
+def _branch_macs(module: nn.Module, input_shape: tuple[int, int, int]) -> int:
     with torch.device("meta"):
-        model = build_model(name)
-    macs = count_macs(model, (3, 224, 224))
-    assert abs(macs / 1e9 - lecture_gmacs) / lecture_gmacs < 0.10
+        return count_macs(module, input_shape)
+
+
+def test_inception_5x5_branch_costs_what_the_lecture_computes():
+    """The lecture's Inception example: 480 channels at 14×14 into a 48-map 5×5 branch (module 4a)
+    costs 112.9M multiply-adds straight, 1.5M + 3.8M = 5.3M behind a 16-map 1×1 reduction."""
+    from export.models.lecture_googlenet import conv_relu
+
+    with torch.device("meta"):
+        model = build_model("googlenet_v1")
+        straight = conv_relu(480, 48, 5)
+    reduce_macs = _branch_macs(model.inception4a.branch3[0], (480, 14, 14))
+    five_macs = _branch_macs(model.inception4a.branch3[1], (16, 14, 14))
+    assert model.inception4a.branch3[1][0].kernel_size == (5, 5)
+    assert abs(reduce_macs / 1e6 - 1.5) <= 0.015 * 1.5  # printed to 0.1M: 1.505M
+    assert abs(five_macs / 1e6 - 3.8) <= 0.015 * 3.8  # 3.763M
+    assert abs((reduce_macs + five_macs) / 1e6 - 5.3) <= 0.01 * 5.3
+    assert abs(_branch_macs(straight, (480, 14, 14)) / 1e6 - 112.9) <= 0.01 * 112.9
+    # torchvision's "5×5" branch is a 3×3: 14²·48·9·16 = 1.35M instead of 3.8M.
+    with torch.device("meta"):
+        tv = build_model("googlenet")
+    assert tv.inception4a.branch3[1].conv.kernel_size == (3, 3)
+
+
+def test_googlenet_v1_follows_the_papers_table():
+    """Channel table, dropout 0.4, no BatchNorm, two auxiliary heads that only run in training.
+
+    Totals are held to 3 % of the paper's "about 6.8M parameters" and "1.5 billion multiply-adds":
+    Table 1's own rows undercount their shapes (conv1 is listed as 2.7K parameters and 34M
+    operations; 7×7×3×64 is 9.4K and 118M at 112×112), so the exact network is 7.0M and 1.58 G.
+    """
+    from export.models.lecture_googlenet import INCEPTION_TABLE
+
+    model, shape = _meta("googlenet_v1")
+    widths = [getattr(model, f"inception{k}").out_channels for k in INCEPTION_TABLE]
+    assert widths == [256, 480, 512, 512, 512, 528, 832, 832, 1024]
+    assert model.dropout.p == 0.4 and model.fc.in_features == 1024
+    assert not _layers(model, nn.BatchNorm2d)
+    assert len(_layers(model, nn.LocalResponseNorm)) == 2
+    params = count_parameters(model, get_model_spec("googlenet_v1").training_only_prefixes).trainable
+    assert abs(params / 6.8e6 - 1) < 0.03
+    assert abs(count_macs(model, shape) / 1.5e9 - 1) < 0.06
+    model = build_model("googlenet_v1", num_classes=3, lrn=False)
+    outputs = model.train()(torch.randn(2, 3, 64, 64))
+    assert [o.shape for o in outputs] == [(2, 3)] * 3
+    assert model.eval()(torch.randn(2, 3, 64, 64)).shape == (2, 3)
+
+
+def test_vgg_configurations_have_the_tables_layers():
+    from export.models.lecture_vgg import CONFIGS
+
+    weight_layers = {k: len(_layers(_meta(f"vgg_{k.lower().replace('-', '_')}")[0], (nn.Conv2d, nn.Linear)))
+                     for k in CONFIGS}
+    assert weight_layers == {"A": 11, "A-LRN": 11, "B": 13, "C": 16, "D": 16, "E": 19}
+    one_by_one = [m for m in _layers(_meta("vgg_c")[0], nn.Conv2d) if m.kernel_size == (1, 1)]
+    assert [m.out_channels for m in one_by_one] == [256, 512, 512]
+
+
+def test_resnet_v1_downsamples_on_the_first_1x1():
+    model, _ = _meta("resnet50_v1")
+    first = model.layer2[0]
+    assert first.conv1.stride == (2, 2) and first.conv2.stride == (1, 1)
+    assert sum(1 for m in model.modules() if isinstance(m, nn.Conv2d)) == 53
