@@ -7,7 +7,7 @@ FULL_STAMP := $(VENV)/.installed-full
 PYTEST_ARGS ?=
 MODELS_ARGS ?=
 
-.PHONY: demo test models protos bench bench-quick loadtest fuzz soak clean-venv
+.PHONY: demo test lint models protos bench bench-quick loadtest fuzz soak clean-venv
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -30,10 +30,16 @@ demo: $(SERVE_STAMP)
 # The Prometheus test runs a real Prometheus server: installed (Debian package) when missing; the
 # perf_analyzer test runs Triton's perf_analyzer: fetched (PyPI wheels, Debian libb64) when missing.
 test: $(FULL_STAMP)
+	@$(MAKE) --no-print-directory lint
 	@bash scripts/ensure_prometheus.sh
 	@bash scripts/ensure_perf_analyzer.sh
 	@$(PY) -m pytest -q $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests" >&2; exit 1; fi; exit $$rc
+
+# ruff (pinned in the dev extra, configured in pyproject.toml): lint findings and formatting, zero of each.
+lint: $(FULL_STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
 # Rebuilds every bundled model whose training fits --max-minutes (default 30) and prints which it
 # skips and why; `make models MODELS_ARGS=--list` prints the plan only, MODELS_ARGS="--only yolo_grid" forces one.
