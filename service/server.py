@@ -20,10 +20,12 @@ from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
 
 from service.api import DESCRIPTOR_POOL
-from service.auth import auth_interceptor, refusal_handler
+from service.auth import auth_interceptor, refusal_handler, token_policy
 from service.api.convserve.v1 import vision_pb2, vision_pb2_grpc
 from service.api.inference import grpc_service_pb2, grpc_service_pb2_grpc
 from service.dataplane import DataPlane
+from service.http.app import HttpServer, start_http
+from service.http.calls import RequestPath
 from service.metrics import Metrics
 from service.models import LoadOptions, ModelRegistry
 from service.runtime import cpu_count, import_onnxruntime
@@ -66,6 +68,11 @@ class RunningServer:
     health: object  # grpc_health aio HealthServicer
     dataplane: DataPlane
     settings: ServerSettings
+    http: HttpServer | None = None
+
+    @property
+    def http_port(self) -> int | None:
+        return self.http.port if self.http else None
 
     async def stop(self) -> None:
         await shutdown(self)
@@ -107,13 +114,14 @@ async def start_server(settings: ServerSettings, interceptors: list | None = Non
     registry = ModelRegistry(settings.model_repo, metrics, LoadOptions(settings.providers, settings.require_gpu, settings.drain_timeout_s))
     dataplane = DataPlane(registry, metrics, settings.limits, settings.preprocess_threads or cpu_count())
     calls = CallRunner(metrics, registry, settings.limits)
-    chain = [AdmissionInterceptor(lifecycle), auth_interceptor(settings), *(interceptors or [])]
+    policy = token_policy(settings)
+    chain = [AdmissionInterceptor(lifecycle), auth_interceptor(policy), *(interceptors or [])]
     server = grpc.aio.server(
         interceptors=[i for i in chain if i is not None], options=_grpc_options(settings),
         maximum_concurrent_rpcs=None,
     )
-    grpc_service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
-        InferenceServicer(dataplane, calls, lifecycle, settings.repository_api), server)
+    v2 = InferenceServicer(dataplane, calls, lifecycle, settings.repository_api)
+    grpc_service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(v2, server)
     vision_pb2_grpc.add_VisionServiceServicer_to_server(VisionServicer(dataplane, calls), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -129,9 +137,13 @@ async def start_server(settings: ServerSettings, interceptors: list | None = Non
         http_server, _ = start_http_server(settings.metrics_port, addr=settings.host, registry=metrics.registry)
         metrics_port = http_server.server_port
     await server.start()
+    http = None
+    if settings.http_port >= 0:
+        http = await start_http(settings, RequestPath(dataplane, v2, lifecycle), calls, lifecycle, policy)
     log.info("server started", extra={"event": "server_started", "port": port, "metrics_port": metrics_port,
+                                        "http_port": http.port if http else None,
                                         "providers": ",".join(settings.providers), "model_repo": str(settings.model_repo)})
-    running = RunningServer(server, port, metrics_port, registry, metrics, lifecycle, health_servicer, dataplane, settings)
+    running = RunningServer(server, port, metrics_port, registry, metrics, lifecycle, health_servicer, dataplane, settings, http)
     started = time.perf_counter()
     _warn_cuda_once(registry, settings)
     await registry.load_all()
@@ -175,6 +187,8 @@ async def shutdown(running: RunningServer) -> None:
     # Keep answering UNAVAILABLE a moment after the drain, so clients still sending learn it from a
     # status rather than from a transport closing under a request in flight.
     await asyncio.sleep(min(1.0, settings.shutdown_grace_s))
+    if running.http is not None:
+        await running.http.stop()
     await running.server.stop(grace=settings.drain_timeout_s)
     running.dataplane.close()
     log.info("stopped", extra={"event": "shutdown_done"})

@@ -123,6 +123,10 @@ class ServerThread:
     def metrics_url(self) -> str:
         return f"http://127.0.0.1:{self.running.metrics_port}/metrics"
 
+    @property
+    def http_url(self) -> str:
+        return f"http://127.0.0.1:{self.running.http_port}"
+
     def stop(self) -> None:
         if self.running is not None:
             self.call(self.running.stop(), timeout=120)
@@ -132,7 +136,7 @@ class ServerThread:
 
 def test_settings(repo: Path, **overrides) -> ServerSettings:
     limits = overrides.pop("limits", Limits())
-    base = dict(model_repo=repo, host="127.0.0.1", port=0, metrics_port=0, providers=("cpu",),
+    base = dict(model_repo=repo, host="127.0.0.1", port=0, metrics_port=0, http_port=-1, providers=("cpu",),
                 drain_timeout_s=5.0, shutdown_grace_s=0.0, log_level="warning", limits=limits)
     base.update(overrides)
     return ServerSettings(**base)
@@ -158,11 +162,12 @@ class ServerProcess:
         import time
 
         command = [sys.executable, "-m", "entrypoint", "serve", "--model-repo", str(repo), "--host", "127.0.0.1",
-                   "--port", "0", "--metrics-port", "0", "--providers", "cpu", "--log-format", "json", *args]
+                   "--port", "0", "--metrics-port", "0", "--http-port", "-1", "--providers", "cpu", "--log-format", "json",
+                   *args]
         self.proc = subprocess.Popen(command, cwd=REPO_ROOT, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL,
                                      text=True, env={**os.environ, **(env or {})})
         self.log_lines: list[str] = []
-        self.port = self.metrics_port = None
+        self.port = self.metrics_port = self.http_port = None
         give_up = time.monotonic() + 120
         while self.port is None:
             line = self.proc.stderr.readline()
@@ -175,6 +180,7 @@ class ServerProcess:
                 continue
             if event.get("event") == "server_started":
                 self.port, self.metrics_port = event["port"], event["metrics_port"]
+                self.http_port = event.get("http_port")
             if time.monotonic() > give_up:
                 raise RuntimeError("server did not start in 120 s")
         self._reader = threading.Thread(target=self._drain, daemon=True)

@@ -139,9 +139,26 @@ class CallRunner:
 
     async def unary(self, method: str, model_name: str, context: grpc.aio.ServicerContext, body: Callable[[RequestContext], Awaitable[T]]) -> T:
         ctx = self.new_context(method, context)
+        try:
+            return await self.run(ctx, model_name, body)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # already recorded by run(); the same mapping gives the client its status
+            await context.abort(*status_of(exc))
+
+    def plain_context(self, method: str, request_id: str | None, timeout_s: float | None) -> RequestContext:
+        """A request context for a front end without gRPC metadata (HTTP): the client's request id
+        (bounded) or a new one, and its timeout capped by max_deadline_s as gRPC deadlines are."""
+        budget = self.limits.max_deadline_s if timeout_s is None else min(timeout_s, self.limits.max_deadline_s)
+        return RequestContext(method=method, deadline=time.monotonic() + budget,
+                              request_id=request_id[:MAX_REQUEST_ID] if request_id else new_request_id())
+
+    async def run(self, ctx: RequestContext, model_name: str, body: Callable[[RequestContext], Awaitable[T]]) -> T:
+        """Run one request's body, counting it in flight, and record its outcome (metrics, logs);
+        an error is recorded with its status and raised again for the front end to report."""
         ctx.model = model_name
         inflight = self._children.get(self.metrics.inflight, self.model_label(model_name))
-        inflight.inc()  # inline rather than `with self.inflight(...)`: this runs on every RPC
+        inflight.inc()  # inline rather than `with self.inflight(...)`: this runs on every call
         try:
             response = await body(ctx)
         except asyncio.CancelledError:
@@ -150,7 +167,7 @@ class CallRunner:
         except Exception as exc:  # mapped to a status in one place
             code, message = status_of(exc)
             self.finish(ctx, code, message, exc if not isinstance(exc, ServiceError) else None)
-            await context.abort(code, message)
+            raise
         else:
             self.finish(ctx, grpc.StatusCode.OK, "")
             return response

@@ -59,55 +59,67 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         return pb.ServerMetadataResponse(name="convserve", version=__version__, extensions=list(EXTENSIONS))
 
     async def ModelMetadata(self, request, context):
-        async def body(ctx):
-            loaded = self.dp.model(ctx, request.name, request.version)
-            return info.model_metadata(self.registry.entries[request.name], loaded)
-        return await self.calls.unary("ModelMetadata", request.name, context, body)
+        return await self.calls.unary("ModelMetadata", request.name, context,
+                                      lambda ctx: self.metadata(ctx, request.name, request.version))
 
     async def ModelConfig(self, request, context):
-        async def body(ctx):
-            return info.model_config(self.dp.model(ctx, request.name, request.version))
-        return await self.calls.unary("ModelConfig", request.name, context, body)
+        return await self.calls.unary("ModelConfig", request.name, context,
+                                      lambda ctx: self.config(ctx, request.name, request.version))
 
     async def ModelStatistics(self, request, context):
-        async def body(ctx):
-            names = [request.name] if request.name else sorted(self.registry.entries)
-            response = pb.ModelStatisticsResponse()
-            for name in names:
-                loaded = self.dp.model(ctx, name, request.version)
-                stats = self.calls.metrics.model_statistics(name)
-                response.model_stats.append(info.model_statistics(name, str(loaded.version), stats, self._last_inference_ms.get(name, 0)))
-            return response
-        return await self.calls.unary("ModelStatistics", request.name, context, body)
+        return await self.calls.unary("ModelStatistics", request.name, context,
+                                      lambda ctx: self.statistics(ctx, request.name, request.version))
 
     async def RepositoryIndex(self, request, context):
         return info.repository_index(self.registry.entries, request.ready)
 
     async def RepositoryModelLoad(self, request, context):
-        async def body(ctx):
-            self._require_repository_api()
-            name = request.model_name  # a model directory is a plain, visible child of the repository, as at startup
-            if not name or name.startswith((".", "_")) or "/" in name or not (self.registry.repo / name).is_dir():
-                raise NotFound(f"no model directory '{name}' in the repository")
-            entry = await self.registry.load(request.model_name)
-            if entry.state != "READY" or entry.reason:
-                raise Unavailable(f"model '{request.model_name}' failed to load: {entry.reason}")
-            return pb.RepositoryModelLoadResponse()
-        return await self.calls.unary("RepositoryModelLoad", request.model_name, context, body)
+        return await self.calls.unary("RepositoryModelLoad", request.model_name, context,
+                                      lambda ctx: self.load(request.model_name))
 
     async def RepositoryModelUnload(self, request, context):
-        async def body(ctx):
-            self._require_repository_api()
-            await self.registry.unload(request.model_name)
-            return pb.RepositoryModelUnloadResponse()
-        return await self.calls.unary("RepositoryModelUnload", request.model_name, context, body)
+        return await self.calls.unary("RepositoryModelUnload", request.model_name, context,
+                                      lambda ctx: self.unload(request.model_name))
+
+    # The bodies below are plain-valued so the HTTP front end (service/http/calls.py) runs the same ones.
+
+    async def metadata(self, ctx: RequestContext, name: str, version: str) -> pb.ModelMetadataResponse:
+        loaded = self.dp.model(ctx, name, version)
+        return info.model_metadata(self.registry.entries[name], loaded)
+
+    async def config(self, ctx: RequestContext, name: str, version: str) -> pb.ModelConfigResponse:
+        return info.model_config(self.dp.model(ctx, name, version))
+
+    async def statistics(self, ctx: RequestContext, name: str, version: str) -> pb.ModelStatisticsResponse:
+        names = [name] if name else sorted(self.registry.entries)
+        response = pb.ModelStatisticsResponse()
+        for each in names:
+            loaded = self.dp.model(ctx, each, version)
+            stats = self.calls.metrics.model_statistics(each)
+            response.model_stats.append(info.model_statistics(each, str(loaded.version), stats, self._last_inference_ms.get(each, 0)))
+        return response
+
+    async def load(self, name: str) -> pb.RepositoryModelLoadResponse:
+        self._require_repository_api()
+        # a model directory is a plain, visible child of the repository, as at startup
+        if not name or name.startswith((".", "_")) or "/" in name or not (self.registry.repo / name).is_dir():
+            raise NotFound(f"no model directory '{name}' in the repository")
+        entry = await self.registry.load(name)
+        if entry.state != "READY" or entry.reason:
+            raise Unavailable(f"model '{name}' failed to load: {entry.reason}")
+        return pb.RepositoryModelLoadResponse()
+
+    async def unload(self, name: str) -> pb.RepositoryModelUnloadResponse:
+        self._require_repository_api()
+        await self.registry.unload(name)
+        return pb.RepositoryModelUnloadResponse()
 
     def _require_repository_api(self) -> None:
         if not self.repository_api:
             raise Unavailable("the repository API (load/unload) is disabled on this server (--repository-api false)")
 
     async def ModelInfer(self, request, context):
-        return await self.calls.unary("ModelInfer", request.model_name, context, lambda ctx: self._infer(ctx, request))
+        return await self.calls.unary("ModelInfer", request.model_name, context, lambda ctx: self.infer(ctx, request))
 
     async def ModelStreamInfer(self, request_iterator, context):
         """Requests are answered in the order they came; a failed request yields an error_message and
@@ -150,7 +162,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         ctx.model = request.model_name
         try:
             with self.calls.inflight(request.model_name):
-                response = await self._infer(ctx, request)
+                response = await self.infer(ctx, request)
         except Exception as exc:
             code, message = status_of(exc)
             self.calls.finish(ctx, code, message, exc if not isinstance(exc, ServiceError) else None)
@@ -158,7 +170,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         self.calls.finish(ctx, grpc.StatusCode.OK, "")
         return pb.ModelStreamInferResponse(infer_response=response)
 
-    async def _infer(self, ctx: RequestContext, request: pb.ModelInferRequest) -> pb.ModelInferResponse:
+    async def infer(self, ctx: RequestContext, request: pb.ModelInferRequest) -> pb.ModelInferResponse:
         loaded = self.dp.model(ctx, request.model_name, request.model_version)
         started = time.perf_counter()
         inputs = await self._model_inputs(ctx, loaded, request_inputs(request))
