@@ -10,7 +10,8 @@ On a GPU host (about 5 minutes on one H100/H200):
    runs when it exists;
 3. parity CPU vs CUDA, fp32 and fp16, for ResNet-50 (random weights) and the bundled models;
 4. raw ONNX Runtime (the server's own ModelRuntime, IO binding on CUDA) and the served path
-   (`convserve serve --providers cuda,cpu --require-gpu`, V2 requests) at batch 1-64.
+   (`convserve serve --providers cuda,cpu --require-gpu`, V2 requests) at batch 1-64, over plain
+   gRPC and with input and output in system shared memory (tritonclient's utilities).
 Whatever could not be tested is listed as "not tested: <reason>", never skipped silently.
 
 `--cpu-smoke` runs the same code end to end on a CPU-only machine with a tiny model and two batch
@@ -216,6 +217,9 @@ def _measure(ort, args, models: dict[str, Path], scratch: Path, cuda_reason: str
             items.append(Item(f"{name}: raw timings on {provider}", "FAILED", f"{type(exc).__name__}: {exc}"))
     if cuda_reason:
         items.append(Item("raw and served timings on CUDA", "not tested", cuda_reason + "; timed on the CPU instead"))
+    items.append(Item("CUDA shared memory (inputs in GPU memory)", "not tested",
+                      "the server implements system shared memory only; CudaSharedMemoryRegister answers UNIMPLEMENTED "
+                      "(docs/shared-memory.md); the served-shm rows use system shared memory"))
     if time.monotonic() > deadline:
         items.append(Item("served path", "not tested", "time budget exhausted"))
         return rows

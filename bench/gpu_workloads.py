@@ -146,7 +146,8 @@ def raw_timings(name: str, path: Path, config, provider: str, batches: tuple[int
 
 
 def served_timings(repo: Path, configs: dict, provider: str, batches: tuple[int, ...], seconds: float) -> tuple[list[TimingRow], dict]:
-    """One client, one request at a time, each carrying a whole batch: the served path's latency cost."""
+    """One client, one request at a time, each carrying a whole batch: the served path's latency cost,
+    over plain gRPC ("served") and with input and output in system shared memory ("served-shm")."""
     from bench.server import ServedModels
     from service.client import InferenceClient
 
@@ -160,6 +161,39 @@ def served_timings(repo: Path, configs: dict, provider: str, batches: tuple[int,
                     feed = sample_input(config, batch)
                     median = _median_run(lambda: client.infer(name, feed), seconds)
                     rows.append(TimingRow(name, "served", actual.get(name, "?"), batch, round(median * 1000, 3), round(batch / median, 1)))
+                    median = _shm_median_run(server.address, name, config, feed, seconds)
+                    rows.append(TimingRow(name, "served-shm", actual.get(name, "?"), batch, round(median * 1000, 3),
+                                          round(batch / median, 1)))
     finally:
         server.stop()
     return rows, actual
+
+
+def _shm_median_run(address: str, name: str, config, feed: dict[str, np.ndarray], seconds: float) -> float:
+    """Median ModelInfer time with the input and the first output in system shared memory, through
+    tritonclient's own shared-memory utilities (regions made, registered, then removed)."""
+    import tritonclient.grpc as triton
+    import tritonclient.utils.shared_memory as shm
+
+    (input_name, array), = feed.items()
+    output = config.outputs[0]
+    item = int(np.prod([d if d > 0 else 1 for d in output.dims[1:]]))
+    out_bytes = array.shape[0] * item * 4 * 64  # float32, with room for free (-1) output dimensions
+    key = f"/convserve_gpu_check_{name}"
+    regions = [shm.create_shared_memory_region(f"{name}_in", f"{key}_in", array.nbytes),
+               shm.create_shared_memory_region(f"{name}_out", f"{key}_out", out_bytes)]
+    client = triton.InferenceServerClient(address)
+    try:
+        shm.set_shared_memory_region(regions[0], [array])
+        client.register_system_shared_memory(f"{name}_in", f"{key}_in", array.nbytes)
+        client.register_system_shared_memory(f"{name}_out", f"{key}_out", out_bytes)
+        tensor = triton.InferInput(input_name, list(array.shape), "FP32")
+        tensor.set_shared_memory(f"{name}_in", array.nbytes)
+        requested = triton.InferRequestedOutput(output.name)
+        requested.set_shared_memory(f"{name}_out", out_bytes)
+        return _median_run(lambda: client.infer(name, [tensor], outputs=[requested]), seconds)
+    finally:
+        client.unregister_system_shared_memory()
+        client.close()
+        for region in regions:
+            shm.destroy_shared_memory_region(region)

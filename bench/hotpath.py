@@ -55,7 +55,8 @@ async def _measure(repo: Path, requests: int) -> dict:
     settings = ServerSettings(model_repo=repo, host="127.0.0.1", port=0, metrics_port=-1, providers=("cpu",),
                               shutdown_grace_s=0.0, drain_timeout_s=5.0, log_level="warning")
     running = await start_server(settings)
-    servicer = InferenceServicer(running.dataplane, CallRunner(running.metrics, running.registry, settings.limits), running.lifecycle)
+    calls = CallRunner(running.metrics, running.registry, settings.limits)
+    servicer = InferenceServicer(running.stages, calls, running.lifecycle, shared_memory=running.shared_memory)
     model = next(iter(running.registry.entries))
     messages = []
     for seed in range(4):

@@ -68,3 +68,43 @@ def _run_for(runtime: ModelRuntime, inputs: dict, seconds: float, sessions: int)
     for worker in workers:
         worker.join()
     return times, time.perf_counter() - started
+
+
+@dataclass(frozen=True)
+class RawJpegPoint:
+    """In-process decode + preprocess of camera-sized JPEGs, and what it allows with the raw model run."""
+
+    image_hw: tuple[int, int]
+    jpeg_bytes: int
+    preprocess_ms_per_image: float  # decode + resize + normalise, one thread, what the server runs per image
+    model_images_per_s: float  # the raw best-batch figure it is combined with
+    images_per_s: float  # 1 / (preprocess + model time per image): the in-process pipeline, one image after another
+
+
+def measure_raw_jpeg(model_dir: Path, image_hw: tuple[int, int], seconds: float,
+                     model_images_per_s: float) -> RawJpegPoint:
+    """The reference for JPEG requests: the server's own preprocessing (service.preprocess) of the
+    load tool's synthetic photo-like JPEGs, timed in this process, plus the raw run per image."""
+    import cv2
+
+    from loadtest.payloads import synthetic_image
+    from service.preprocess import preprocess_encoded
+
+    config = load_model_config(model_dir / "config.yaml")
+    rng = np.random.default_rng(0)
+    gray = config.inputs[0].dims[1] == 1
+    images = [cv2.imencode(".jpg", synthetic_image(image_hw, gray, rng), [cv2.IMWRITE_JPEG_QUALITY, 90])[1].tobytes()
+              for _ in range(4)]
+    for data in images:
+        preprocess_encoded(data, config.preprocessing)
+    times = []
+    started = time.perf_counter()
+    while time.perf_counter() - started < seconds or len(times) < 20:
+        data = images[len(times) % len(images)]
+        t0 = time.perf_counter()
+        preprocess_encoded(data, config.preprocessing)
+        times.append(time.perf_counter() - t0)
+    per_image = float(np.median(times))
+    combined = 1.0 / (per_image + 1.0 / model_images_per_s) if model_images_per_s else 0.0
+    return RawJpegPoint(tuple(image_hw), int(np.mean([len(d) for d in images])), round(per_image * 1000, 3),
+                        round(model_images_per_s, 2), round(combined, 2))

@@ -1,8 +1,12 @@
 """`make bench` / `python -m bench.run [--quick]`: raw ONNX Runtime vs served, targets, profile, memory.
 
 Everything runs on this one machine, one step at a time: raw ONNX Runtime first (no server
-running), then the server as a child process (`convserve serve`) with the load tool as another
-child process for each measurement. Results go to bench/results/ as JSON and markdown.
+running), then the server as a child process (`convserve serve`) with a client as another child
+process for each measurement: Triton's perf_analyzer for V2 tensors, over plain gRPC and over
+system shared memory (what users compare servers with), and the project's load tool for JPEG
+frames through the vision API's Classify and for V2 streams. Every served figure is printed
+beside raw ONNX Runtime measured in the same run, as a ratio. Results go to bench/results/ as
+JSON and markdown.
 """
 
 from __future__ import annotations
@@ -20,16 +24,21 @@ from pathlib import Path
 
 from bench.load import STREAMED_TENSOR, ServedPoint, run_served
 from bench.models import REPO_ROOT, digits_model, export_resnet18
+from bench.perf import ensure_perf_analyzer, run_perf_analyzer
 from bench.profiling import profile_during
-from bench.raw import RawPoint, measure_raw
+from bench.raw import RawJpegPoint, RawPoint, measure_raw, measure_raw_jpeg
 from bench.results import evaluate_targets, to_json, to_markdown
 from bench.server import ServedModels
 from service.config import dump_model_config, load_model_config
 
 RAW_BATCHES = (1, 4, 8, 16, 32)
-CONCURRENCY = (1, 4, 16, 64)
-PAYLOADS = ("tensor", "jpeg")
-RESNET_JPEG = ("--image-size", "480x640")  # a camera-sized frame, decoded and center-cropped by the server
+PERF_CONCURRENCY = {"resnet18": (1, 16)}  # other (digits) models: DIGITS_CONCURRENCY
+DIGITS_CONCURRENCY = (1, 16, 64)
+TRANSPORTS = ("grpc", "shm")  # perf_analyzer --shared-memory none / system
+JPEG_CONCURRENCY = (1, 16)
+JPEG_HW = (224, 224)  # a camera-sized frame, JPEG-decoded and preprocessed by the server
+VISION_JPEG = ("--api", "vision", "--image-size", f"{JPEG_HW[0]}x{JPEG_HW[1]}")
+STREAM_CONCURRENCY = (16, 64)
 
 
 @dataclass(frozen=True)
@@ -85,11 +94,17 @@ def main(argv: list[str] | None = None) -> int:
         for model in models:
             say(f"raw ONNX Runtime: {model.name}")
             raw[model.name] = measure_raw(repo / model.name, RAW_BATCHES, plan.raw_seconds, model.onnx_path)
+        raw_jpeg = {}
+        if "resnet18" in raw:
+            best = max(p.images_per_s for p in raw["resnet18"])
+            raw_jpeg["resnet18"] = measure_raw_jpeg(repo / "resnet18", JPEG_HW, plan.raw_seconds, best)
+            per_image = raw_jpeg["resnet18"].preprocess_ms_per_image
+            say(f"raw decode + preprocess, resnet18 {JPEG_HW}: {per_image:.2f} ms/image")
         run = _served(repo, models, plan, raw, args.no_profile)
     digits = next((m.name for m in models if m.name != "resnet18"), "digits")
     meta["loadavg_after"] = _loadavg()
-    targets = evaluate_targets(raw, run.served, digits, run.memory, plan.warmup, run.adjacent_raw)
-    data = to_json(meta, raw, run.served, targets, run.profile, run.memory, run.adjacent_raw)
+    targets = evaluate_targets(raw, run.served, digits, run.memory, plan.warmup, run.adjacent_raw, raw_jpeg)
+    data = to_json(meta, raw, run.served, targets, run.profile, run.memory, run.adjacent_raw, raw_jpeg)
     args.out.mkdir(parents=True, exist_ok=True)
     stem = "bench-quick" if args.quick else "bench"
     (args.out / f"{stem}.json").write_text(json.dumps(data, indent=2) + "\n")
@@ -105,12 +120,14 @@ def rescore(path: Path) -> int:
     data = json.loads(path.read_text())
     raw = {name: [RawPoint(**p) for p in points] for name, points in data["raw_onnxruntime"].items()}
     adjacent = {key: RawPoint(**p) for key, p in data.get("raw_onnxruntime_after_served", {}).items()}
+    raw_jpeg = {key: RawJpegPoint(**{**p, "image_hw": tuple(p["image_hw"])})
+                for key, p in data.get("raw_jpeg", {}).items()}
     fields = {f for f in ServedPoint.__dataclass_fields__}
     served = [ServedPoint(**{k: v for k, v in p.items() if k in fields and k != "rss_mb"}) for p in data["served"]]
     memory = ServedPoint(**data["memory"]) if data.get("memory") else None
     digits = next((p.model for p in served if p.model != "resnet18"), "digits")
-    targets = evaluate_targets(raw, served, digits, memory, data["meta"]["plan"]["warmup"], adjacent)
-    data = to_json(data["meta"], raw, served, targets, data["profile"], memory, adjacent)
+    targets = evaluate_targets(raw, served, digits, memory, data["meta"]["plan"]["warmup"], adjacent, raw_jpeg)
+    data = to_json(data["meta"], raw, served, targets, data["profile"], memory, adjacent, raw_jpeg)
     path.write_text(json.dumps(data, indent=2) + "\n")
     markdown = to_markdown(data)
     path.with_suffix(".md").write_text(markdown)
@@ -151,37 +168,54 @@ def _served(repo: Path, models, plan: Plan, raw: dict[str, list[RawPoint]], skip
     say("starting the server (convserve serve)")
     server = ServedModels(repo)
     run = ServedRun()
-    served = run.served
+    has_perf_analyzer = ensure_perf_analyzer() is not None
+    if not has_perf_analyzer:
+        say("perf_analyzer is not available (scripts/ensure_perf_analyzer.sh): V2 tensor points skipped")
     try:
         for model in models:
-            for payload in PAYLOADS:
-                extra = RESNET_JPEG if (model.name == "resnet18" and payload == "jpeg") else ()
-                for concurrency in CONCURRENCY:
+            if has_perf_analyzer:
+                _perf_points(server, model, plan, raw, run, repo)
+            if model.name == "resnet18":
+                for concurrency in JPEG_CONCURRENCY:
                     duration, warmup = window(plan, raw.get(model.name, []), concurrency)
-                    point = run_served(server, model.name, payload, concurrency, duration, warmup, extra)
-                    say(f"{model.name} {payload} c{concurrency}: {point.throughput_rps:.1f} req/s, "
-                        f"p50 {point.latency_ms.get('p50', float('nan')):.2f} ms, server {point.server_cpu_us_per_request:.0f} us/req, "
-                        f"others' CPU {point.others_cpu_s:.1f} s, errors {point.errors or '-'}")
-                    served.append(point)
-                    if model.name == "resnet18" and payload == "tensor" and concurrency in (1, 16):
-                        run.adjacent_raw[f"resnet18 c{concurrency}"] = _raw_again(repo, model, raw["resnet18"], concurrency, plan)
-            if model.name != "resnet18":  # per-request overhead without gRPC's per-call cost: the same requests on streams
-                for concurrency in CONCURRENCY:
+                    _record(run, run_served(server, model.name, "jpeg", concurrency, duration, warmup, VISION_JPEG))
+            else:  # per-request overhead without gRPC's per-call cost: the same requests on streams
+                for concurrency in STREAM_CONCURRENCY:
                     point = run_served(server, model.name, STREAMED_TENSOR, concurrency, plan.duration, plan.warmup)
-                    say(f"{model.name} {STREAMED_TENSOR} c{concurrency}: {point.throughput_rps:.1f} req/s, "
-                        f"server {point.server_cpu_us_per_request:.0f} us/req, errors {point.errors or '-'}")
-                    served.append(point)
+                    _record(run, point)
         digits = next((m.name for m in models if m.name != "resnet18"), None)
-        if digits and not skip_profile:
-            say(f"profiling the server under {digits} tensor c64 (py-spy)")
-            run.profile, _ = profile_during(server.pid, plan.profile_seconds, server.thread_cpu,
-                                        lambda: run_served(server, digits, "tensor", 64, plan.profile_seconds + 3, 1.0))
+        if digits and not skip_profile and has_perf_analyzer:
+            say(f"profiling the server under {digits} perf_analyzer grpc c64 (py-spy)")
+            load = lambda: run_perf_analyzer(server, digits, "grpc", 64, plan.profile_seconds + 3)  # noqa: E731
+            run.profile, _ = profile_during(server.pid, plan.profile_seconds, server.thread_cpu, load)
         if digits:
             say(f"memory: {digits} tensor c64 for {plan.memory_seconds:.0f} s, RSS sampled every second")
             run.memory = run_served(server, digits, "tensor", 64, plan.memory_seconds, plan.warmup, sample_rss=True)
     finally:
         server.stop()
     return run
+
+
+def _perf_points(server: ServedModels, model, plan: Plan, raw: dict[str, list[RawPoint]], run: ServedRun,
+                 repo: Path) -> None:
+    """perf_analyzer at each concurrency, plain gRPC and shared memory back to back (so the two see
+    the same background load); for resnet18, raw ONNX Runtime again right after each pair."""
+    best = max((p.images_per_s for p in raw.get(model.name, [])), default=0.0)
+    for concurrency in PERF_CONCURRENCY.get(model.name, DIGITS_CONCURRENCY):
+        duration, _ = window(plan, raw.get(model.name, []), concurrency)
+        latency = concurrency / best if best else 0.0  # what one request takes when the model is the limit
+        for transport in TRANSPORTS:
+            point = run_perf_analyzer(server, model.name, transport, concurrency, duration, min_window_s=10 * latency)
+            _record(run, point)
+        if model.name == "resnet18":
+            run.adjacent_raw[f"resnet18 c{concurrency}"] = _raw_again(repo, model, raw["resnet18"], concurrency, plan)
+
+
+def _record(run: ServedRun, point: ServedPoint) -> None:
+    say(f"{point.model} {point.payload} c{point.concurrency}: {point.throughput_rps:.1f} req/s, "
+        f"p50 {point.latency_ms.get('p50', float('nan')):.2f} ms, server {point.server_cpu_us_per_request:.0f} us/req, "
+        f"others' CPU {point.others_cpu_s:.1f} s, errors {point.errors or '-'}")
+    run.served.append(point)
 
 
 def _raw_again(repo: Path, model, raw: list[RawPoint], concurrency: int, plan: Plan) -> RawPoint:

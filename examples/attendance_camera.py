@@ -2,6 +2,7 @@
 
     python -m examples.attendance_camera --host 127.0.0.1:8001 --roster 7          # the bundled clip
     python -m examples.attendance_camera --source 0 --roster 25 --window-s 10      # a webcam
+    python -m examples.attendance_camera --door-line 0,120,640,120                 # count a doorway
 
 The same reconnecting StreamDetect loop as the inventory example, counting the detector's `face`
 class. For each window of `--window-s` seconds of capture time it reports the people present (the
@@ -10,6 +11,10 @@ someone absent) and absent (roster - present). At the end it takes the answered 
 weakest face detection had the lowest score, saves its face crops, and asks Explain on the CAM
 model (`--cam-model`, default the bundled gap_cnn) where the evidence for "face" lies in each
 crop, saving the CAM overlays next to the crops: a quick look at why the detector hesitated.
+The server tracks the faces (StreamDetect `track` options), so the report ends with the people who
+came in: unique face tracks that crossed the door line inwards (`--door-line x1,y1,x2,y2`, "in"
+being the right-hand side looking from the first point to the second), or without a door line the
+unique face tracks present for at least `--min-present-s` seconds.
 `--csv` writes one row per window. Exit code 0 when the stream finished, 1 when it gave up.
 """
 
@@ -27,7 +32,8 @@ import numpy as np
 
 from examples.camera_stream import (VIDEOS, Progress, add_stream_arguments, detection_stream, interruption_text, open_source,
                                     stream_summary)
-from service.client import RpcFailed, VisionClient
+from examples.tracked_counts import TRACK_SCORE_THRESHOLD, TrackLedger, counted, parse_line
+from service.client import CountLine, RpcFailed, TrackOptions, VisionClient
 from service.client.results import Detection
 
 
@@ -41,7 +47,19 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--crops-dir", type=Path, default=Path("demo-output") / "attendance",
                         help="where the low-confidence frame's face crops and CAM overlays go")
     parser.add_argument("--csv", type=Path, help="write one row per window here")
+    parser.add_argument("--door-line", type=parse_line, help="x1,y1,x2,y2: people came in when they crossed it inwards")
+    parser.add_argument("--min-present-s", type=float, default=0.5,
+                        help="without a door line: a face tracked this long came in (default 0.5 s)")
     return parser.parse_args(argv)
+
+
+def entered_line(ledger: TrackLedger, args: argparse.Namespace) -> str:
+    """The report's last line: who came in, by the door line or by time present."""
+    if args.door_line is not None:
+        count = ledger.line_total("door", args.face_class, "crossed_in")
+        return f"entered: {count} people crossed the door line inwards"
+    count = ledger.present_at_least(args.face_class, args.min_present_s)
+    return f"entered: {count} people (unique faces tracked for >= {args.min_present_s:g} s)"
 
 
 @dataclass
@@ -158,16 +176,23 @@ def explain_weakest(client: VisionClient, weakest: WeakestFrame, args: argparse.
 def run(args: argparse.Namespace) -> int:
     info, frames = open_source(args.source, fps=args.fps, realtime=args.realtime, max_frames=args.max_frames)
     progress = Progress(info, enabled=not args.quiet)
-    log, weakest, errors = AttendanceLog(args.roster, args.window_s), WeakestFrame(), 0
+    log, weakest, errors, ledger = AttendanceLog(args.roster, args.window_s), WeakestFrame(), 0, TrackLedger()
     print(f"attendance: {info.description} -> {args.model} at {args.host}, roster {args.roster}", flush=True)
+    track = TrackOptions(lines=(CountLine("door", *args.door_line),) if args.door_line else ())
+
+    def on_interruption(event):
+        progress.message(interruption_text(event))
+        ledger.interrupted()
+
     with VisionClient(args.host, token=args.token) as client:
-        stream = detection_stream(client, frames, args, lambda event: progress.message(interruption_text(event)))
+        stream = detection_stream(client, frames, args, on_interruption, track, TRACK_SCORE_THRESHOLD)
         try:
             for frame, result in stream:
+                ledger.add(result)
                 if result.dropped or result.error is not None:
                     errors += result.error is not None
                     continue
-                faces = [d for d in result.result.detections if d.label == args.face_class]
+                faces = [d for d in result.result.detections if d.label == args.face_class and counted(d)]
                 weakest.offer(result.frame_id, frame.image, faces)
                 progress.frame(f"frame {result.frame_id:5d}  faces {len(faces)}")
                 line = log.add(result.capture_timestamp_us, len(faces))
@@ -184,6 +209,7 @@ def run(args: argparse.Namespace) -> int:
             if args.csv:
                 log.write(args.csv)
         print(stream_summary(stream, errors))
+        print(entered_line(ledger, args))
         for line in explain_weakest(client, weakest, args):
             print(line)
     return 0

@@ -23,7 +23,7 @@ from typing import Callable, Iterator, Sequence
 import cv2
 import numpy as np
 
-from service.client import VisionClient
+from service.client import TrackOptions, VisionClient
 from service.client.images import Frame
 from service.client.reconnect import ReconnectingStream, ReconnectPolicy, StreamInterruption
 from service.client.results import Detection
@@ -240,11 +240,15 @@ def add_stream_arguments(parser: argparse.ArgumentParser, default_source: Path) 
 
 
 def detection_stream(client: VisionClient, frames: Iterator[Frame], args: argparse.Namespace,
-                     on_interruption: Callable[[StreamInterruption], None]) -> ReconnectingStream:
-    """A reconnecting StreamDetect over `frames` with the command line's options."""
+                     on_interruption: Callable[[StreamInterruption], None], track: TrackOptions | None = None,
+                     score_threshold: float | None = None) -> ReconnectingStream:
+    """A reconnecting StreamDetect over `frames` with the command line's options (`--score-threshold`
+    over `score_threshold`); with `track` the server tracks the objects (each reconnect restarts it)."""
+    threshold = args.score_threshold if args.score_threshold is not None else score_threshold
+
     def open_stream(batch):
-        return client.stream_detect(batch, args.model, score_threshold=args.score_threshold,
-                                    drop_frames=args.drop_frames, max_pending=args.max_pending)
+        return client.stream_detect(batch, args.model, score_threshold=threshold, drop_frames=args.drop_frames,
+                                    max_pending=args.max_pending, track=track)
 
     policy = ReconnectPolicy(max_attempts=args.max_reconnects, backoff_max_s=1.0)
     return ReconnectingStream(client, open_stream, frames, policy, on_interruption, max_in_flight=args.max_in_flight)

@@ -16,12 +16,18 @@ it is in: the ground-truth count of a frame is exact. Seeded: a rerun draws the 
 JPEG bytes may differ across OpenCV versions).
 
 Ground truth, `<name>.json`: {"video", "fps", "width", "height", "classes", "frames": [{"frame",
-"labels", "boxes" (x1, y1, x2, y2 in pixel-edge coordinates), "counts" ({class: n})}, ...]}, plus
-"roster" for the attendance clip.
+"labels", "boxes" (x1, y1, x2, y2 in pixel-edge coordinates), "ids" (each object's identity, the
+same in every frame it is in: ground-truth tracks), "counts" ({class: n})}, ...]}, plus "roster"
+for the attendance clip.
+
+`python -m examples.make_sample_videos --heldout DIR` writes the same two scenes drawn from another
+seed (HELDOUT_SEED) into DIR instead: the held-out clips of `python -m examples.evaluate_tracking`,
+never used to choose a tracker setting and not bundled (the bundled clips already fill the size budget).
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +37,7 @@ import numpy as np
 
 OUT = Path(__file__).resolve().parent / "videos"
 SEED = 31
+HELDOUT_SEED = 97
 SIZE = 160
 FPS = 15
 FRAMES = 75
@@ -65,7 +72,7 @@ class Track:
         return int(np.clip(y + wobble, 0, SIZE - self.alpha.shape[0])), int(round(x))
 
 
-def background(seed: int) -> np.ndarray:
+def background(seed: int, clip_seed: int = SEED) -> np.ndarray:
     """A held-out photo crop with nothing on it, uint8 RGB [SIZE, SIZE, 3], slightly out of focus.
 
     The blur is a camera focused on the objects in front; it also halves the MJPG size of the
@@ -74,17 +81,17 @@ def background(seed: int) -> np.ndarray:
 
     spec = SceneSpec(height=(SIZE, SIZE), width=(SIZE, SIZE), objects=(0, 0), distractors=(0, 0), clutter_lines=(0, 0),
                      noise_std=0.0, blur_probability=0.0)
-    image = make_scene(np.random.default_rng([SEED, seed]), spec, split="heldout").image
+    image = make_scene(np.random.default_rng([clip_seed, seed]), spec, split="heldout").image
     return cv2.GaussianBlur(image, (0, 0), BACKGROUND_BLUR)
 
 
-def sprite(seed: int, name: str, size: int) -> tuple[np.ndarray, np.ndarray]:
+def sprite(seed: int, name: str, size: int, clip_seed: int = SEED) -> tuple[np.ndarray, np.ndarray]:
     """One held-out object of class `name`, `size` pixels across: (RGB patch, bool mask)."""
     from export.data.scenes import SceneSpec, make_scene
 
     spec = SceneSpec(height=(size, size), width=(size, size), objects=(1, 1), object_size=(size, size), classes=(name,),
                      distractors=(0, 0), clutter_lines=(0, 0), noise_std=0.0, blur_probability=0.0)
-    scene = make_scene(np.random.default_rng([SEED, seed]), spec, split="heldout")
+    scene = make_scene(np.random.default_rng([clip_seed, seed]), spec, split="heldout")
     if len(scene.labels) != 1:
         raise RuntimeError(f"could not draw a {name} sprite (seed {seed})")
     return scene.image, scene.masks[0]
@@ -109,8 +116,8 @@ def render(back: np.ndarray, tracks: list[Track], rng: np.random.Generator) -> t
     frames, truth = [], []
     for index in range(FRAMES):
         image = back.copy()
-        labels, boxes = [], []
-        for track in tracks:
+        labels, boxes, ids = [], [], []
+        for identity, track in enumerate(tracks, start=1):
             if not track.start <= index < track.stop:
                 continue
             top, left = track.top_left(index)
@@ -119,15 +126,16 @@ def render(back: np.ndarray, tracks: list[Track], rng: np.random.Generator) -> t
             region[track.alpha] = track.sprite[track.alpha]
             rows, cols = np.nonzero(track.alpha)
             labels.append(SCENE_CLASSES[track.label])
+            ids.append(identity)
             boxes.append([int(left + cols.min()), int(top + rows.min()), int(left + cols.max() + 1), int(top + rows.max() + 1)])
         noisy = image.astype(np.float32) + rng.standard_normal(image.shape, dtype=np.float32) * np.float32(NOISE_STD)
         frames.append(np.clip(noisy, 0, 255).astype(np.uint8))
         counts = {name: labels.count(name) for name in SCENE_CLASSES if name in labels}
-        truth.append({"frame": index, "labels": labels, "boxes": boxes, "counts": counts})
+        truth.append({"frame": index, "labels": labels, "boxes": boxes, "ids": ids, "counts": counts})
     return frames, truth
 
 
-def inventory_tracks(back: np.ndarray, rng: np.random.Generator) -> list[Track]:
+def inventory_tracks(back: np.ndarray, rng: np.random.Generator, clip_seed: int = SEED) -> list[Track]:
     """Five items over four lanes: two lanes hand over from a picked item to a restocked one."""
     from export.data.scenes import SCENE_CLASSES
 
@@ -138,32 +146,32 @@ def inventory_tracks(back: np.ndarray, rng: np.random.Generator) -> list[Track]:
     tracks = []
     for index, (name, lane, start, stop) in enumerate(plan):
         size = int(rng.integers(28, 35))
-        patch, alpha = sprite(100 + index, name, size)
+        patch, alpha = sprite(100 + index, name, size, clip_seed)
         lane_rows = back[lane * SIZE // LANES : (lane + 1) * SIZE // LANES]
         tracks.append(Track(SCENE_CLASSES.index(name), recolour(patch, alpha, lane_rows, rng), alpha, lane,
                             float(rng.uniform(0, SIZE - size)), float(rng.choice([-1, 1]) * rng.uniform(0.8, 1.8)), start, stop))
     return tracks
 
 
-def attendance_tracks(rng: np.random.Generator) -> list[Track]:
+def attendance_tracks(rng: np.random.Generator, clip_seed: int = SEED) -> list[Track]:
     """Six people over four lanes: some arrive late, some leave early, a seat is taken again."""
     plan = [(0, 0, FRAMES), (1, 0, 40), (2, 10, FRAMES), (3, 0, 30), (1, 48, FRAMES), (3, 62, FRAMES)]  # (lane, start, stop)
     tracks = []
     for index, (lane, start, stop) in enumerate(plan):
         size = int(rng.integers(32, 37))
-        patch, alpha = sprite(200 + index, "face", size)
+        patch, alpha = sprite(200 + index, "face", size, clip_seed)
         tracks.append(Track(0, patch, alpha, lane, float(rng.uniform(0, SIZE - size)),
                             float(rng.choice([-1, 1]) * rng.uniform(0.6, 1.4)), start, stop))
     return tracks
 
 
-def build_clips() -> dict[str, tuple[list[np.ndarray], list[dict], dict]]:
-    """{clip name: (RGB frames, per-frame ground truth, extra metadata)}, all drawn from SEED."""
-    rng = np.random.default_rng(SEED)
-    shelf = background(1)
-    clips = {"inventory": (*render(shelf, inventory_tracks(shelf, rng), rng), {})}
-    faces = attendance_tracks(rng)
-    clips["attendance"] = (*render(background(2), faces, rng), {"roster": ROSTER})
+def build_clips(seed: int = SEED) -> dict[str, tuple[list[np.ndarray], list[dict], dict]]:
+    """{clip name: (RGB frames, per-frame ground truth, extra metadata)}, all drawn from `seed`."""
+    rng = np.random.default_rng(seed)
+    shelf = background(1, seed)
+    clips = {"inventory": (*render(shelf, inventory_tracks(shelf, rng, seed), rng), {})}
+    faces = attendance_tracks(rng, seed)
+    clips["attendance"] = (*render(background(2, seed), faces, rng), {"roster": ROSTER})
     return clips
 
 
@@ -190,9 +198,13 @@ def write_clip(out: Path, name: str, frames: list[np.ndarray], truth: list[dict]
     return video.stat().st_size + (out / f"{name}.json").stat().st_size
 
 
-def main(out: Path = OUT) -> None:
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description="write the sample clips and their ground truth")
+    parser.add_argument("--heldout", type=Path, help="write the held-out clips (another seed) into this directory")
+    args = parser.parse_args(argv)
+    out, seed = (args.heldout, HELDOUT_SEED) if args.heldout else (OUT, SEED)
     out.mkdir(parents=True, exist_ok=True)
-    clips = build_clips()
+    clips = build_clips(seed)
     total = sum(write_clip(out, name, *clip) for name, clip in clips.items())
     print(f"wrote {len(clips)} clips of {FRAMES} frames to {out} ({total / 1024:.0f} KB in all)")
 

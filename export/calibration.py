@@ -144,11 +144,11 @@ def _scene_calibration(kind: str) -> Callable[[ModelConfig, int], list[np.ndarra
 
 def _detector_evaluate(path: Path, config: ModelConfig, count: int) -> Evaluation:
     from export.evaluate_detector import EVAL_SCORE_THRESHOLD, HELDOUT_SEED, DetectorRunner, average_precision
-    from service.postprocess.detect import DetectParams
+    from service.postprocess.detect import NmsParams
 
     scenes = list(_scenes("detection", HELDOUT_SEED, count, "heldout"))
     runner = DetectorRunner(_session(path), config)
-    params = DetectParams.from_config(config.postprocessing.detection, score_threshold=EVAL_SCORE_THRESHOLD)
+    params = NmsParams.from_config(config.postprocessing.detection, score_threshold=EVAL_SCORE_THRESHOLD)
     metrics = average_precision(scenes, runner.predict([s.image for s in scenes], params))
     return Evaluation("mAP@0.5", metrics["mAP@0.5"], count, {"mAP@[.5:.95]": metrics["mAP@[.5:.95]"]})
 
@@ -184,7 +184,7 @@ SEGMENTER = ModelData(
 
 def _cam_evaluate(path: Path, config: ModelConfig, count: int) -> Evaluation:
     from export.evaluate_cam import HELDOUT_SEED, evaluate_localisation
-    from service.tasks.explanation import read_class_weights
+    from service.pipelines.cam_weights import read_class_weights
 
     scenes = list(_scenes("cam", HELDOUT_SEED, count, "heldout"))
     weights = read_class_weights(path, config.postprocessing.cam.weights_initializer)

@@ -28,7 +28,7 @@ from export.data.scenes import SCENE_CLASSES, Scene, SceneSpec, make_scenes
 from service.config import ModelConfig, load_model_config
 from service.postprocess.cam import class_activation_map, min_max_normalise, render_overlay, upsample_map
 from service.preprocess import preprocess_image
-from service.tasks.explanation import read_class_weights
+from service.pipelines.cam_weights import read_class_weights
 
 # One object per image on an 80×80 scene, which the server scales to the 64×64 input (objects of
 # 16–45 input pixels).

@@ -26,7 +26,7 @@ import numpy as np
 from export.data.scenes import SCENE_CLASSES, Scene, make_scenes
 from export.train_detector import DETECTOR_SPEC, MODEL_DIR, RUN_DIR
 from service.config import load_model_config
-from service.postprocess.detect import DetectParams, Detections, detect
+from service.postprocess.detect import NmsParams, Detections, detections_from_output
 from service.preprocess import preprocess_batch
 
 HELDOUT_SEED = 1234
@@ -52,7 +52,7 @@ class DetectorRunner:
                                        providers=["CPUExecutionProvider"])
         return cls(session, load_model_config(model_dir / "config.yaml"))
 
-    def predict(self, images: list[np.ndarray], params: DetectParams, batch: int = 32) -> list[Detections]:
+    def predict(self, images: list[np.ndarray], params: NmsParams, batch: int = 32) -> list[Detections]:
         """RGB uint8 images of any size -> one Detections per image, in original pixels."""
         detection, results = self.config.postprocessing.detection, []
         input_name = self.config.inputs[0].name
@@ -60,7 +60,7 @@ class DetectorRunner:
             chunk = images[start : start + batch]
             tensor, infos = preprocess_batch(chunk, self.config.preprocessing, source_order="rgb")
             outputs = self.session.run([self.config.answer_output], {input_name: tensor})[0]
-            results.extend(detect(out, detection, info, params) for out, info in zip(outputs, infos))
+            results.extend(detections_from_output(out, detection, info, params) for out, info in zip(outputs, infos))
         return results
 
 
@@ -130,8 +130,8 @@ def evaluate(model_dir: Path = MODEL_DIR, count: int = HELDOUT_COUNT, seed: int 
     scenes = make_scenes(seed, count, DETECTOR_SPEC, "heldout")
     images = [scene.image for scene in scenes]
     detection = runner.config.postprocessing.detection
-    loose = runner.predict(images, DetectParams.from_config(detection, score_threshold=EVAL_SCORE_THRESHOLD))
-    default_params = DetectParams.from_config(detection)
+    loose = runner.predict(images, NmsParams.from_config(detection, score_threshold=EVAL_SCORE_THRESHOLD))
+    default_params = NmsParams.from_config(detection)
     at_defaults = runner.predict(images, default_params)
     metrics = {
         "split": "heldout", "scenes": count, "seed": seed, "objects": int(sum(len(s.labels) for s in scenes)),

@@ -14,8 +14,9 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from service.errors import ConfigError
+from service.dtypes import CONFIG_DTYPES
 
-DTYPES = ("float32", "float16", "float64", "int8", "uint8", "int16", "int32", "int64", "bool", "bytes")
+DTYPES = CONFIG_DTYPES
 
 
 class _Frozen(BaseModel):

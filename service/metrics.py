@@ -53,9 +53,6 @@ class Metrics:
         self.batch_stats: dict[str, dict[int, list[float]]] = {}
         self.stream_frames_dropped = Counter("convserve_stream_frames_dropped", "Stream frames skipped under the client's drop_frames policy.", ["model"], registry=r)
 
-    def observe_stage(self, model: str, version: str, stage: str, seconds: float) -> None:
-        self.latency.labels(model, version, stage).observe(seconds)
-
     def batch_observer(self, model: str) -> "BatchMetrics":
         return BatchMetrics(self, model)
 

@@ -42,18 +42,6 @@ class ResizeInfo:
     offset_yx: tuple[float, float]
     input_hw: tuple[int, int]
 
-    def to_original_xyxy(self, boxes: np.ndarray) -> np.ndarray:
-        """Map [N, 4] x1,y1,x2,y2 boxes from model-input pixels to original pixels, clipped."""
-        sy, sx = self.scale_yx
-        oy, ox = self.offset_yx
-        out = np.empty_like(boxes, dtype=np.float32)
-        out[:, [0, 2]] = (boxes[:, [0, 2]] - ox) / sx
-        out[:, [1, 3]] = (boxes[:, [1, 3]] - oy) / sy
-        height, width = self.original_hw
-        out[:, [0, 2]] = np.clip(out[:, [0, 2]], 0, width)  # fancy indexing copies: assign back
-        out[:, [1, 3]] = np.clip(out[:, [1, 3]], 0, height)
-        return out
-
     def content_window(self) -> tuple[int, int, int, int]:
         """(top, left, bottom, right) of the image content inside the model input, in input pixels."""
         sy, sx = self.scale_yx

@@ -69,7 +69,7 @@ def read_labels(directory: Path, config: ModelConfig, config_path: Path) -> tupl
     return labels
 
 
-def list_versions(directory: Path, config_path: Path) -> tuple[int, ...]:
+def list_versions(directory: Path) -> tuple[int, ...]:
     versions = []
     for child in directory.iterdir():
         if child.is_dir() and child.name.isdigit() and int(child.name) > 0:
@@ -90,7 +90,7 @@ def scan_model(directory: Path) -> ModelSource:
     if config.name != directory.name:
         raise ConfigError(str(config_path), "name", f"'{config.name}' differs from the directory name '{directory.name}'")
     labels = read_labels(directory, config, config_path)
-    versions = list_versions(directory, config_path)
+    versions = list_versions(directory)
     if config.default_version is not None and config.default_version not in versions:
         raise ConfigError(str(config_path), "default_version", f"version {config.default_version} not in {list(versions)}")
     return ModelSource(directory.name, directory, config, labels, versions)

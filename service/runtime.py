@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from service.config import ModelConfig, RuntimeConfig
+from service.dtypes import NUMPY_OF_ONNX
 from service.errors import RuntimeMissing
 
 log = logging.getLogger("convserve.runtime")
@@ -25,11 +26,6 @@ log = logging.getLogger("convserve.runtime")
 PROVIDER_NAMES = {"cuda": "CUDAExecutionProvider", "cpu": "CPUExecutionProvider"}
 _SHORT_NAMES = {v: k for k, v in PROVIDER_NAMES.items()}
 _OPT_LEVELS = {"disable": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC", "extended": "ORT_ENABLE_EXTENDED", "all": "ORT_ENABLE_ALL"}
-_NUMPY_OF_ORT = {
-    "tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64,
-    "tensor(int8)": np.int8, "tensor(uint8)": np.uint8, "tensor(int16)": np.int16,
-    "tensor(int32)": np.int32, "tensor(int64)": np.int64, "tensor(bool)": np.bool_,
-}
 
 
 def import_onnxruntime():
@@ -148,7 +144,7 @@ class ModelRuntime:
         self.output_names = tuple(name for name, _, _ in self.signature.outputs)
         binding = config.runtime.io_binding
         self.io_binding = binding == "on" or (binding == "auto" and self.provider == "cuda")
-        self.input_dtypes = {name: _NUMPY_OF_ORT.get(t, np.float32) for name, t, _ in self.signature.inputs}
+        self.input_dtypes = {name: NUMPY_OF_ONNX.get(t, np.float32) for name, t, _ in self.signature.inputs}
 
     @property
     def cuda_fallback(self) -> bool:

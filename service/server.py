@@ -23,9 +23,9 @@ from service.api import DESCRIPTOR_POOL
 from service.auth import auth_interceptor, refusal_handler, token_policy
 from service.api.convserve.v1 import vision_pb2, vision_pb2_grpc
 from service.api.inference import grpc_service_pb2, grpc_service_pb2_grpc
-from service.dataplane import DataPlane
 from service.http.app import HttpServer, start_http
 from service.http.calls import RequestPath
+from service.pipelines.core import Stages
 from service.metrics import Metrics
 from service.models import LoadOptions, ModelRegistry
 from service.runtime import cpu_count, import_onnxruntime
@@ -34,6 +34,7 @@ from service.servicers.inference import InferenceServicer
 from service.servicers.lifecycle import Lifecycle
 from service.servicers.vision import VisionServicer
 from service.settings import ServerSettings
+from service.shared_memory import SharedMemoryMetrics, SharedMemoryRegistry
 
 log = logging.getLogger("convserve.server")
 
@@ -66,8 +67,9 @@ class RunningServer:
     metrics: Metrics
     lifecycle: Lifecycle
     health: object  # grpc_health aio HealthServicer
-    dataplane: DataPlane
+    stages: Stages
     settings: ServerSettings
+    shared_memory: SharedMemoryRegistry
     http: HttpServer | None = None
 
     @property
@@ -112,17 +114,18 @@ async def start_server(settings: ServerSettings, interceptors: list | None = Non
     metrics = Metrics()
     lifecycle = Lifecycle()
     registry = ModelRegistry(settings.model_repo, metrics, LoadOptions(settings.providers, settings.require_gpu, settings.drain_timeout_s))
-    dataplane = DataPlane(registry, metrics, settings.limits, settings.preprocess_threads or cpu_count())
+    stages = Stages(registry, metrics, settings.limits, settings.preprocess_threads or cpu_count())
     calls = CallRunner(metrics, registry, settings.limits)
+    shared_memory = SharedMemoryRegistry(SharedMemoryMetrics(metrics.registry))
     policy = token_policy(settings)
     chain = [AdmissionInterceptor(lifecycle), auth_interceptor(policy), *(interceptors or [])]
     server = grpc.aio.server(
         interceptors=[i for i in chain if i is not None], options=_grpc_options(settings),
         maximum_concurrent_rpcs=None,
     )
-    v2 = InferenceServicer(dataplane, calls, lifecycle, settings.repository_api)
+    v2 = InferenceServicer(stages, calls, lifecycle, settings.repository_api, shared_memory=shared_memory)
     grpc_service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(v2, server)
-    vision_pb2_grpc.add_VisionServiceServicer_to_server(VisionServicer(dataplane, calls), server)
+    vision_pb2_grpc.add_VisionServiceServicer_to_server(VisionServicer(stages, calls), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     _enable_reflection(server)
@@ -139,13 +142,14 @@ async def start_server(settings: ServerSettings, interceptors: list | None = Non
     await server.start()
     http = None
     if settings.http_port >= 0:
-        http = await start_http(settings, RequestPath(dataplane, v2, lifecycle), calls, lifecycle, policy)
+        http = await start_http(settings, RequestPath(stages, v2, shared_memory, lifecycle), calls, lifecycle, policy)
     log.info("server started", extra={"event": "server_started", "port": port, "metrics_port": metrics_port,
                                         "http_port": http.port if http else None,
                                         "providers": ",".join(settings.providers), "model_repo": str(settings.model_repo)})
-    running = RunningServer(server, port, metrics_port, registry, metrics, lifecycle, health_servicer, dataplane, settings, http)
+    running = RunningServer(server, port, metrics_port, registry, metrics, lifecycle, health_servicer, stages,
+                            settings, shared_memory, http)
     started = time.perf_counter()
-    _warn_cuda_once(registry, settings)
+    _warn_cuda_once(settings)
     await registry.load_all()
     lifecycle.serving = True
     await _set_health(health_servicer, health_pb2.HealthCheckResponse.SERVING)
@@ -164,7 +168,7 @@ def _enable_reflection(server: grpc.aio.Server) -> None:
     reflection.enable_server_reflection(names, server, pool=DESCRIPTOR_POOL)
 
 
-def _warn_cuda_once(registry: ModelRegistry, settings: ServerSettings) -> None:
+def _warn_cuda_once(settings: ServerSettings) -> None:
     ort = import_onnxruntime()
     if "cuda" in settings.providers and "CUDAExecutionProvider" not in ort.get_available_providers():
         log.warning("CUDA was requested but this ONNX Runtime build has no CUDA provider; every model runs on the CPU",
@@ -190,7 +194,8 @@ async def shutdown(running: RunningServer) -> None:
     if running.http is not None:
         await running.http.stop()
     await running.server.stop(grace=settings.drain_timeout_s)
-    running.dataplane.close()
+    running.stages.close()
+    running.shared_memory.close()  # every region unmapped; clients keep (and unlink) their objects
     log.info("stopped", extra={"event": "shutdown_done"})
 
 
@@ -218,7 +223,7 @@ async def _poll_repository(running: RunningServer) -> None:
             for directory in model_directories(running.registry.repo):
                 entry = running.registry.entries.get(directory.name)
                 try:
-                    versions = set(list_versions(directory, directory))
+                    versions = set(list_versions(directory))
                 except Exception:
                     continue
                 if entry is None or (entry.state == "READY" and versions != set(entry.versions)):

@@ -5,24 +5,23 @@
         ...
     print(stream.lost, "frames lost in", len(stream.interruptions), "interruptions")
 
-`Connection.stream` never retries, because frames already sent cannot be replayed safely; this
-wrapper adds what a camera app wants instead. A frame is *in flight* from the moment gRPC takes it
-from the request iterator until its result arrives. When a stream breaks with a status in
-`ReconnectPolicy.codes` (the server went away or restarted), its in-flight frames are lost (their
-results are gone, and resending them would show stale pictures late): they are counted and
-reported, never resent. Frames the broken stream had not taken yet go out on the next stream, so
-a file source loses nothing else and a live camera just misses what it captured meanwhile.
+`Connection.stream` never retries, because frames already sent cannot be replayed safely; this wrapper adds what a
+camera app wants instead. A frame is *in flight* from the moment gRPC takes it from the request iterator until its
+result arrives. When a stream breaks with a status in `ReconnectPolicy.codes` (the server went away or restarted),
+its in-flight frames are lost (their results are gone, and resending them would show stale pictures late): they are
+counted and reported, never resent. Frames the broken stream had not taken yet go out on the next stream, so a file
+source loses nothing else and a live camera just misses what it captured meanwhile.
 
-Before each reopen the server's health is probed, so a stream is only opened to a server that
-answers; between probes the wait is an equal-jitter exponential backoff, as in connection.py.
-After `max_attempts` probes without a single result in between, the last error is raised.
+Before each reopen the server's health is probed, so a stream is only opened to a server that answers; between
+probes the wait is an equal-jitter exponential backoff, as in connection.py. After `max_attempts` probes without a
+single result in between, the last error is raised.
 
-At most `max_in_flight` frames (default 32; 0: no limit) are handed to gRPC unanswered, which
-bounds what one break can lose: without it the HTTP/2 window and socket buffers can hold dozens
-of frames when the source runs ahead of the server.
+At most `max_in_flight` frames (default 32; 0: no limit) are handed to gRPC unanswered, which bounds what one break
+can lose: without it the HTTP/2 window and socket buffers can hold dozens of frames when the source runs ahead of
+the server.
 
-A source item without a frame id gets its position in the source, so ids stay unique and
-increasing across reconnects. An exception from the source is raised to the caller at the end.
+A source item without a frame id gets its position in the source, so ids stay unique and increasing across
+reconnects. An exception from the source is raised to the caller at the end.
 """
 
 from __future__ import annotations
@@ -101,12 +100,11 @@ class _Outage:
 class _Feed:
     """Hands one source's frames to successive streams and remembers which are in flight.
 
-    gRPC pulls the request iterator from its own thread and, after a call ends, may still pull one
-    frame it then discards: such a frame counts as in flight (handed over, never answered). One
-    lock serialises reading the source (so two streams' threads never read it at once and frames
-    keep their order); a condition guards the bookkeeping, so recording a result never waits for
-    a camera read. With `max_in_flight`, a frame is handed over only while fewer are unanswered:
-    the transport's buffers can hold many frames, and a broken connection loses all of them.
+    gRPC pulls the request iterator from its own thread and, after a call ends, may still pull one frame it then
+    discards: such a frame counts as in flight (handed over, never answered). One lock serialises reading the source
+    (so two streams' threads never read it at once and frames keep their order); a condition guards the bookkeeping,
+    so recording a result never waits for a camera read. With `max_in_flight`, a frame is handed over only while
+    fewer are unanswered: the transport's buffers can hold many frames, and a broken connection loses all of them.
     """
 
     def __init__(self, frames: Iterable[ImageLike | Frame], max_in_flight: int):
@@ -192,10 +190,9 @@ class _Feed:
     def wait_idle(self, timeout: float) -> None:
         """Wait (up to `timeout`) for gRPC's request threads of the closed streams to finish.
 
-        Why: such a daemon thread may still be inside native code (a camera read, gRPC's send)
-        for a moment after its call ended; a program that exits right then is torn down under it
-        and aborts ("terminate called without an active exception"). Every attempt is closed by
-        now, so the threads only have to notice and return.
+        Why: such a daemon thread may still be inside native code (a camera read, gRPC's send) for a moment after
+        its call ended; a program that exits right then is torn down under it and aborts ("terminate called without
+        an active exception"). Every attempt is closed by now, so the threads only have to notice and return.
         """
         give_up = time.monotonic() + timeout
         with self._state:
@@ -269,9 +266,7 @@ class ReconnectingStream:
                     raise
             finally:  # also when the caller stops early: release gRPC's thread if it waits for room
                 self._feed.close(attempt)
-                close = getattr(results, "close", None)
-                if close is not None:
-                    close()
+                getattr(results, "close", lambda: None)()  # a gRPC call iterator has close(); a plain one may not
         else:
             self._record(outage.finish(resumed=False))
         if self._feed.failure is not None:

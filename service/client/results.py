@@ -14,6 +14,7 @@ import cv2
 import numpy as np
 
 from service.api.convserve.v1 import vision_pb2 as vpb
+from service.client.tracking import TrackUpdate, track_update_from_proto
 
 R = TypeVar("R")
 
@@ -70,6 +71,7 @@ class Detection:
     label: str
     class_index: int
     score: float
+    track_id: int = 0  # a tracked stream's object identity; 0 untracked
 
 
 @dataclass(frozen=True)
@@ -123,6 +125,7 @@ class FrameResult(Generic[R]):
     dropped: bool
     frames_dropped: int
     server_processing_us: int
+    tracking: TrackUpdate | None = None  # set on every result of a tracked StreamDetect
 
 
 def tensor_from_proto(message: vpb.Tensor) -> np.ndarray:
@@ -143,7 +146,8 @@ def classification_from_proto(message: vpb.ClassifyResult) -> Classification:
 
 def detections_from_proto(message: vpb.DetectResult) -> Detections:
     detections = tuple(
-        Detection(Box(d.box.x1, d.box.y1, d.box.x2, d.box.y2), d.label, d.class_index, d.score) for d in message.detections)
+        Detection(Box(d.box.x1, d.box.y1, d.box.x2, d.box.y2), d.label, d.class_index, d.score, d.track_id)
+        for d in message.detections)
     return Detections(detections, message.image_width, message.image_height, message.overlay_jpeg)
 
 
@@ -163,4 +167,11 @@ def frame_result_from_proto(message, convert) -> FrameResult:
     result = convert(message.result) if outcome == "result" else None
     error = FrameError(message.error.code, message.error.message) if outcome == "error" else None
     return FrameResult(message.frame_id, message.capture_timestamp_us, message.model_name, message.model_version,
-                       result, error, message.dropped, message.frames_dropped, message.server_processing_us)
+                       result, error, message.dropped, message.frames_dropped, message.server_processing_us,
+                       _tracking(message))
+
+
+def _tracking(message) -> TrackUpdate | None:
+    """A tracked StreamDetect result's update; None untracked (and for StreamClassify, which has none)."""
+    tracked = "tracking" in message.DESCRIPTOR.fields_by_name and message.HasField("tracking")
+    return track_update_from_proto(message.tracking) if tracked else None

@@ -15,7 +15,8 @@ import numpy as np
 from service.api.inference import grpc_service_pb2 as pb
 from service.api.inference import grpc_service_pb2_grpc as pb_grpc
 from service.client.connection import DEFAULT_MAX_MESSAGE_BYTES, Connection, RetryPolicy, TlsConfig
-from service.servicers.v2_tensors import append_input, parameter_from_python, response_outputs
+from service.servicers.v2_parameters import parameter_from_python
+from service.servicers.v2_tensors import append_input, response_outputs
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,7 @@ from service.api.convserve.v1 import vision_pb2_grpc as vpb_grpc
 from service.client import results as res
 from service.client.connection import DEFAULT_MAX_MESSAGE_BYTES, Connection, RetryPolicy, TlsConfig
 from service.client.images import Frame, ImageLike, image_to_proto, images_to_proto
+from service.client.tracking import TrackOptions
 
 
 class VisionClient:
@@ -80,12 +81,15 @@ class VisionClient:
     def stream_detect(self, frames: Iterable[ImageLike | Frame], model: str, *, version: str = "",
                       score_threshold: float | None = None, iou_threshold: float | None = None,
                       max_detections: int | None = None, class_filter: Iterable[int] = (), class_agnostic: bool = False,
-                      drop_frames: bool = False, max_pending: int = 0, timeout: float | None = None,
+                      drop_frames: bool = False, max_pending: int = 0, track: TrackOptions | None = None,
+                      timeout: float | None = None,
                       request_id: str | None = None) -> Iterator[res.FrameResult[res.Detections]]:
         """Detection on a frame stream: yields one FrameResult per frame, in frame order.
 
         Frames are read lazily from `frames` (a camera generator works); each is an image or a
         `Frame` with its own id and capture time. `timeout` (default: none) bounds the whole stream.
+        With `track` the server tracks objects across frames: detections carry `track_id` and each
+        result a `tracking` update (tracks confirmed and ended, cumulative counts).
         """
         params = detect_params(score_threshold, iou_threshold, max_detections, class_filter, class_agnostic, False)
 
@@ -94,6 +98,8 @@ class VisionClient:
             if first:
                 out.model.CopyFrom(vpb.ModelRef(name=model, version=version))
                 out.options.CopyFrom(vpb.StreamOptions(drop_frames=drop_frames, max_pending=max_pending))
+                if track is not None:
+                    out.track.CopyFrom(track.to_proto())
             return out
 
         requests = _frame_messages(frames, message)

@@ -1,9 +1,9 @@
 """Every call the HTTP front end makes into the request path, and nothing else.
 
 The HTTP handlers see only this module: plain values in (names, numpy arrays, option dataclasses),
-plain values or the shared V2 info messages out. It runs the same code the gRPC servicers run:
-the V2 servicer's plain-valued bodies (metadata, config, statistics, load, unload, infer) and the
-vision task functions, so both protocols validate, batch and answer identically.
+plain values or the shared V2 info messages out. It awaits the same pipelines the gRPC servicers
+await (service/pipelines/) and the V2 servicer's plain-valued bodies for metadata, config,
+statistics, load and unload, so both protocols validate, batch and answer identically.
 """
 
 from __future__ import annotations
@@ -12,17 +12,19 @@ from dataclasses import dataclass
 
 from service import __version__
 from service.api.inference import grpc_service_pb2 as pb
-from service.dataplane import DataPlane, ImageInput, RequestContext
 from service.errors import NotFound, Unavailable
 from service.http.v2_json import InferRequest
+from service.pipelines.classify import Classification, classify
+from service.pipelines.core import Stages
+from service.pipelines.detect import DetectionResult, DetectOptions, detect
+from service.pipelines.explain import ActivationMapResult, ExplainOptions, classify_and_explain, explain
+from service.pipelines.infer import OutputRequest, infer
+from service.pipelines.request import ImageInput, ModelRef, RequestContext
+from service.pipelines.segment import SegmentationResult, segment
 from service.servicers import v2_model_info as info
 from service.servicers.inference import EXTENSIONS, InferenceServicer
 from service.servicers.lifecycle import Lifecycle
-from service.servicers.v2_tensors import append_input, parameter_from_python, response_outputs
-from service.tasks.classification import Classification, classify
-from service.tasks.detection import DetectionResult, DetectOptions, detect
-from service.tasks.explanation import ActivationMapResult, ExplainOptions, explain, explain_classifications
-from service.tasks.segmentation import SegmentationResult, segment
+from service.shared_memory import RegionStatus, SharedMemoryRegistry
 
 
 @dataclass(frozen=True)
@@ -35,13 +37,14 @@ class Answer:
 
 
 class RequestPath:
-    def __init__(self, dataplane: DataPlane, v2: InferenceServicer, lifecycle: Lifecycle):
-        self.dp = dataplane
+    def __init__(self, stages: Stages, v2: InferenceServicer, shared_memory: SharedMemoryRegistry, lifecycle: Lifecycle):
+        self.stages = stages
         self.v2 = v2
+        self.shared_memory = shared_memory
         self.lifecycle = lifecycle
-        self.registry = dataplane.registry
+        self.registry = stages.registry
 
-    # -- health and metadata --------------------------------------------------------------------
+    # -- health, metadata, repository -----------------------------------------------------------
 
     def server_ready(self) -> bool:
         return self.lifecycle.serving and self.registry.all_ready()
@@ -55,9 +58,6 @@ class RequestPath:
 
     def server_metadata(self) -> dict:
         return {"name": "convserve", "version": __version__, "extensions": list(EXTENSIONS)}
-
-    def model_names(self) -> list[str]:
-        return sorted(self.registry.entries)
 
     async def model_metadata(self, ctx: RequestContext, name: str, version: str) -> pb.ModelMetadataResponse:
         return await self.v2.metadata(ctx, name, version)
@@ -77,45 +77,48 @@ class RequestPath:
     async def unload(self, name: str) -> None:
         await self.v2.unload(name)
 
+    # -- system shared memory (Triton's extension; the regions are shared with gRPC) -----------
+
+    def shared_memory_status(self, name: str) -> list[RegionStatus]:
+        return self.shared_memory.status(name)
+
+    def shared_memory_register(self, name: str, key: str, offset: int, byte_size: int) -> None:
+        self.shared_memory.register_system(name, key, offset, byte_size)
+
+    def shared_memory_unregister(self, name: str) -> None:
+        self.shared_memory.unregister(name)
+
     # -- inference ------------------------------------------------------------------------------
 
     async def infer(self, ctx: RequestContext, name: str, version: str, request: InferRequest) -> Answer:
-        """Raw V2 tensors in, {output name: array} out (classification outputs as BYTES)."""
-        message = pb.ModelInferRequest(model_name=name, model_version=version, id=request.id)
-        for input_name, array in request.inputs:
-            append_input(message, input_name, array)
-        for output in request.outputs:
-            wanted = message.outputs.add(name=output.name)
-            for key, value in output.parameters.items():
-                wanted.parameters[key].CopyFrom(parameter_from_python(value))
-        response = await self.v2.infer(ctx, message)
-        return Answer(response.model_name, response.model_version, response_outputs(response))
+        """Raw V2 tensors in, [(output name, array)] out (classification outputs as BYTES)."""
+        outputs = [OutputRequest(o.name, o.parameters.get("classification", 0)) for o in request.outputs]
+        result = await infer(self.stages, ctx, ModelRef(name, version), request.inputs, outputs)
+        self.v2.inference_done(result.model.name)
+        return Answer(result.model.name, str(result.model.version), result.outputs)
 
     async def classify(self, ctx: RequestContext, name: str, version: str, image: bytes, top_k: int,
                        explain_options: ExplainOptions | None) -> Answer:
         """(Classification, ActivationMapResult or None) of one encoded image."""
-        model = self.dp.model(ctx, name, version, task="classification")
-        results = await classify(self.dp, ctx, model, [ImageInput(encoded=image)], top_k,
-                                 keep_original=explain_options is not None)
-        maps = [None]
-        if explain_options is not None:
-            maps = await explain_classifications(self.dp, ctx, model, results, explain_options)
-        return Answer(model.name, str(model.version), (results[0], maps[0]))
+        images = [ImageInput(encoded=image)]
+        if explain_options is None:
+            results, maps = await classify(self.stages, ctx, ModelRef(name, version), images, top_k), [None]
+        else:
+            results, maps = await classify_and_explain(self.stages, ctx, ModelRef(name, version), images, top_k,
+                                                       explain_options)
+        return Answer(ctx.model, ctx.version, (results[0], maps[0]))
 
     async def detect(self, ctx: RequestContext, name: str, version: str, image: bytes, options: DetectOptions) -> Answer:
-        model = self.dp.model(ctx, name, version, task="detection")
-        (result,) = await detect(self.dp, ctx, model, [ImageInput(encoded=image)], options)
-        return Answer(model.name, str(model.version), result)
+        (result,) = await detect(self.stages, ctx, ModelRef(name, version), [ImageInput(encoded=image)], options)
+        return Answer(ctx.model, ctx.version, result)
 
     async def segment(self, ctx: RequestContext, name: str, version: str, image: bytes, overlay: bool) -> Answer:
-        model = self.dp.model(ctx, name, version, task="segmentation")
-        (result,) = await segment(self.dp, ctx, model, [ImageInput(encoded=image)], overlay, False)
-        return Answer(model.name, str(model.version), result)
+        (result,) = await segment(self.stages, ctx, ModelRef(name, version), [ImageInput(encoded=image)], overlay, False)
+        return Answer(ctx.model, ctx.version, result)
 
     async def explain(self, ctx: RequestContext, name: str, version: str, image: bytes, options: ExplainOptions) -> Answer:
-        model = self.dp.model(ctx, name, version, task="classification")
-        (result,) = await explain(self.dp, ctx, model, [ImageInput(encoded=image)], options)
-        return Answer(model.name, str(model.version), result)
+        (result,) = await explain(self.stages, ctx, ModelRef(name, version), [ImageInput(encoded=image)], options)
+        return Answer(ctx.model, ctx.version, result)
 
 
 # The plain option and result types of the vision calls, for the JSON converters (one import site).

@@ -119,6 +119,42 @@ async def repository_unload(request: web.Request) -> web.Response:
     return web.Response(status=200)
 
 
+# -- V2 system shared memory (Triton's HTTP shapes; the regions are the ones gRPC registers) -----
+
+async def shm_status(request: web.Request) -> web.Response:
+    name = request.match_info.get("region", "")
+    regions = await run_call(request, "SystemSharedMemoryStatus", "",
+                             lambda ctx: _now(request.app[PATH].shared_memory_status(name)))
+    return json_response([{"name": r.name, "key": r.key, "offset": r.offset, "byte_size": r.byte_size} for r in regions])
+
+
+async def shm_register(request: web.Request) -> web.Response:
+    """POST /v2/systemsharedmemory/region/{region}/register {"key": str, "offset": int, "byte_size": int}."""
+    name = request.match_info["region"]
+    document = load_json(await read_body(request), 16, "register request")
+    if not isinstance(document, dict):
+        raise InvalidArgument('register request must be a JSON object {"key", "offset", "byte_size"}')
+    key, offset, size = document.get("key"), document.get("offset", 0), document.get("byte_size")
+    if not isinstance(key, str) or not all(isinstance(v, int) and not isinstance(v, bool) for v in (offset, size)):
+        raise InvalidArgument("register request needs key (string), byte_size and offset (integers)")
+    await run_call(request, "SystemSharedMemoryRegister", "",
+                   lambda ctx: _now(request.app[PATH].shared_memory_register(name, key, offset, size)))
+    return web.Response(status=200)
+
+
+async def shm_unregister(request: web.Request) -> web.Response:
+    name = request.match_info.get("region", "")  # none: every region
+    await read_body(request)
+    await run_call(request, "SystemSharedMemoryUnregister", "",
+                   lambda ctx: _now(request.app[PATH].shared_memory_unregister(name)))
+    return web.Response(status=200)
+
+
+async def _now(value):
+    """A synchronous call's result as the awaitable CallRunner.run takes."""
+    return value
+
+
 # -- V2 inference ---------------------------------------------------------------------------
 
 async def infer(request: web.Request) -> web.Response:
@@ -193,6 +229,11 @@ def add_routes(app: web.Application) -> None:
     router.add_post("/v2/repository/index", repository_index)
     router.add_post("/v2/repository/models/{name}/load", repository_load)
     router.add_post("/v2/repository/models/{name}/unload", repository_unload)
+    router.add_get("/v2/systemsharedmemory/status", shm_status)
+    router.add_get("/v2/systemsharedmemory/region/{region}/status", shm_status)
+    router.add_post("/v2/systemsharedmemory/region/{region}/register", shm_register)
+    router.add_post("/v2/systemsharedmemory/region/{region}/unregister", shm_unregister)
+    router.add_post("/v2/systemsharedmemory/unregister", shm_unregister)
     for prefix in ("/v1/models/{name}", "/v1/models/{name}/versions/{version}"):
         for call in _VISION:
             router.add_post(f"{prefix}/{call}", vision_handler(call))

@@ -37,10 +37,10 @@ class RequestedOutput:
 
 @dataclass(frozen=True)
 class InferRequest:
-    """One V2 infer request as plain values; inputs keep the request's order (and any repeated name)."""
+    """One V2 infer request as plain values; inputs in the request's order."""
 
     id: str
-    inputs: tuple[tuple[str, np.ndarray], ...]
+    inputs: dict[str, np.ndarray]
     outputs: tuple[RequestedOutput, ...]  # empty: every output of the model
     binary_output: bool
     timeout_s: float | None
@@ -90,7 +90,12 @@ def parse_infer_request(body: bytes, header_length: str | None, max_elements: in
     specs = [_object(tensor, f"inputs[{index}]") for index, tensor in enumerate(inputs)]
     sizes = [_binary_size(spec, index) for index, spec in enumerate(specs)]
     blobs = take_blobs(binary, sizes)
-    arrays = tuple(_input_array(spec, blob, index) for index, (spec, blob) in enumerate(zip(specs, blobs)))
+    arrays: dict[str, np.ndarray] = {}
+    for index, (spec, blob) in enumerate(zip(specs, blobs)):
+        name, array = _input_array(spec, blob, index)
+        if name in arrays:
+            raise InvalidArgument(f"input '{name}' appears more than once in the request")
+        arrays[name] = array
     outputs = document.get("outputs", [])
     if not isinstance(outputs, list):
         raise InvalidArgument("outputs must be a JSON list")
@@ -181,11 +186,11 @@ def _requested_output(output, index: int) -> RequestedOutput:
 
 
 def infer_response(request: InferRequest, model_name: str, model_version: str,
-                   outputs: dict[str, np.ndarray]) -> tuple[bytes, int | None]:
+                   outputs: list[tuple[str, np.ndarray]]) -> tuple[bytes, int | None]:
     """(body, JSON header length or None): outputs asked for as binary go after the JSON header."""
     binary_of = {o.name: o.binary for o in request.outputs}
     described, blobs = [], []
-    for name, array in outputs.items():
+    for name, array in outputs:
         binary = binary_of.get(name)
         what = f"output '{name}'"
         entry = {"name": name, "datatype": v2_datatype(array.dtype, what), "shape": list(array.shape)}

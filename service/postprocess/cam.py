@@ -22,10 +22,9 @@ import cv2
 import numpy as np
 
 from service.config import PreprocessingConfig
+from service.postprocess.draw import encode_image
+from service.postprocess.resample import resample_rows, sample_axis
 from service.preprocess import ResizeInfo
-
-OVERLAY_FORMATS = ("jpeg", "png")
-
 
 def class_activation_map(features: np.ndarray, weights: np.ndarray, class_index: int) -> np.ndarray:
     """features [K, h, w], weights [C, K] -> CAM of `class_index`: ReLU(Σ_k W[c, k] f_k), float32 [h, w]."""
@@ -34,35 +33,17 @@ def class_activation_map(features: np.ndarray, weights: np.ndarray, class_index:
     return np.maximum(cam, 0.0).astype(np.float32)
 
 
-def bilinear_matrix(out_size: int, in_size: int, scale: float, offset: float, input_size: int) -> np.ndarray:
-    """[out_size, in_size] weights that sample a length-`in_size` feature axis at output pixels.
-
-    Output pixel i (centre i + 0.5) lies at model-input coordinate m = (i + 0.5) · scale + offset
-    and at feature coordinate f = m · in_size / input_size − 0.5, clamped to [0, in_size − 1] (torch's
-    bilinear, align_corners=False). Rows of pixels outside the model input (0 <= m < input_size) are
-    zero: the model never saw them.
-    """
-    centres = (np.arange(out_size, dtype=np.float64) + 0.5) * scale + offset
-    inside = (centres >= 0.0) & (centres < input_size)
-    coords = np.clip(centres * (in_size / input_size) - 0.5, 0.0, in_size - 1)
-    low = np.floor(coords).astype(np.int64)
-    high = np.minimum(low + 1, in_size - 1)
-    frac = coords - low
-    matrix = np.zeros((out_size, in_size), dtype=np.float64)
-    rows = np.arange(out_size)
-    np.add.at(matrix, (rows, low), 1.0 - frac)
-    np.add.at(matrix, (rows, high), frac)
-    matrix[~inside] = 0.0
-    return matrix
-
-
 def upsample_map(raw: np.ndarray, info: ResizeInfo) -> np.ndarray:
-    """raw [h, w] over the model input -> float32 [H, W] over the original image (bilinear; 0 outside
-    the part of the image the model saw, e.g. beyond a centre crop)."""
+    """raw [h, w] over the model input -> float32 [H, W] over the original image (bilinear, see
+    service/postprocess/resample.py; 0 outside the part of the image the model saw, e.g. beyond a
+    centre crop)."""
     (height, width), (in_h, in_w) = info.original_hw, info.input_hw
-    rows = bilinear_matrix(height, raw.shape[0], info.scale_yx[0], info.offset_yx[0], in_h).astype(np.float32)
-    cols = bilinear_matrix(width, raw.shape[1], info.scale_yx[1], info.offset_yx[1], in_w).astype(np.float32)
-    return (rows @ raw.astype(np.float32)) @ cols.T  # float32 throughout: a 12 MP map is 48 MB, not 96
+    rows = sample_axis(height, info.scale_yx[0], info.offset_yx[0], in_h, raw.shape[0])
+    columns = sample_axis(width, info.scale_yx[1], info.offset_yx[1], in_w, raw.shape[1])
+    heat = resample_rows(raw.astype(np.float32)[None], rows, columns)[0]
+    heat[~rows.inside] = 0.0
+    heat[:, ~columns.inside] = 0.0
+    return heat
 
 
 def min_max_normalise(values: np.ndarray) -> np.ndarray:
@@ -147,15 +128,9 @@ def tensor_to_pixels(tensor: np.ndarray, spec: PreprocessingConfig | None) -> np
 def render_overlay(image: np.ndarray, heat: np.ndarray, fmt: str = "jpeg", alpha: float = 0.45) -> bytes:
     """image uint8 BGR [H, W, 3] or gray [H, W], heat [H, W] in [0, 1] -> encoded JPEG/PNG of the
     jet-coloured heat map blended over the image (weight `alpha` on the colours)."""
-    if fmt not in OVERLAY_FORMATS:
-        raise ValueError(f"overlay format must be one of {OVERLAY_FORMATS}, got {fmt!r}")
     base = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR) if image.ndim == 2 else image[:, :, :3]
     if base.shape[:2] != heat.shape:
         raise ValueError(f"heat map {heat.shape} does not match the image {base.shape[:2]}")
     colours = cv2.applyColorMap(np.clip(np.rint(heat * 255.0), 0, 255).astype(np.uint8), cv2.COLORMAP_JET)
     blended = cv2.addWeighted(np.ascontiguousarray(base), 1.0 - alpha, colours, alpha, 0.0)
-    params = [cv2.IMWRITE_JPEG_QUALITY, 90] if fmt == "jpeg" else [cv2.IMWRITE_PNG_COMPRESSION, 3]
-    ok, encoded = cv2.imencode(".jpg" if fmt == "jpeg" else ".png", blended, params)
-    if not ok:
-        raise ValueError(f"OpenCV could not encode the overlay as {fmt}")
-    return encoded.tobytes()
+    return encode_image(blended, fmt)

@@ -30,10 +30,11 @@ from service.preprocess import ResizeInfo
 
 
 @dataclass(frozen=True)
-class DetectParams:
-    """Per-request options; `from_config` fills what the request leaves out from the model config.
+class NmsParams:
+    """Which boxes survive: score threshold, NMS IoU, at most max_detections, optional class filter.
 
-    classes: keep only these class indices (None: all).
+    `from_config` fills what a request leaves out from the model config; classes None keeps all.
+    The checks here are the only ones on these values.
     """
 
     score_threshold: float = 0.25
@@ -50,10 +51,15 @@ class DetectParams:
         if self.max_detections < 1:
             raise InvalidArgument(f"max_detections must be at least 1, got {self.max_detections}")
         if self.classes is not None and any(c < 0 for c in self.classes):
-            raise InvalidArgument(f"class indices must be >= 0, got {self.classes}")
+            raise InvalidArgument(f"class_filter has a negative class index: {list(self.classes)}")
+
+    def check_classes(self, num_classes: int) -> None:
+        """The class filter may only name classes the model has (0 .. num_classes - 1)."""
+        if self.classes is not None and any(c >= num_classes for c in self.classes):
+            raise InvalidArgument(f"class_filter {list(self.classes)} names classes beyond the model's {num_classes}")
 
     @classmethod
-    def from_config(cls, config: DetectionConfig, **overrides) -> "DetectParams":
+    def from_config(cls, config: DetectionConfig, **overrides) -> "NmsParams":
         """Defaults from the model's config; overrides whose value is None are ignored."""
         values = {
             "score_threshold": config.score_threshold,
@@ -117,6 +123,7 @@ def decode_yolov8(output: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _cxcywh_to_xyxy(boxes: np.ndarray) -> np.ndarray:
+    """boxes [A, 4] centre x, centre y, width, height -> [A, 4] x1y1x2y2."""
     half = boxes[:, 2:4] / 2
     return np.concatenate([boxes[:, :2] - half, boxes[:, :2] + half], axis=1)
 
@@ -143,13 +150,12 @@ def decode_output(output: np.ndarray, config: DetectionConfig, input_hw: tuple[i
     return decode_yolov8(output)
 
 
-def select_detections(boxes: np.ndarray, scores: np.ndarray, params: DetectParams):
+def select_detections(boxes: np.ndarray, scores: np.ndarray, params: NmsParams):
     """boxes [A, 4], scores [A, C] -> (kept box indices [K], classes [K], scores [K]), best first.
 
     Best class per box, score threshold, class filter, NMS (per class unless class_agnostic).
     """
-    if params.classes is not None and any(c >= scores.shape[1] for c in params.classes):
-        raise InvalidArgument(f"class filter {params.classes} names classes beyond the model's {scores.shape[1]}")
+    params.check_classes(scores.shape[1])
     classes = scores.argmax(axis=1) if scores.shape[1] else np.zeros(len(scores), dtype=np.int64)
     best = scores[np.arange(len(scores)), classes] if len(scores) else np.zeros(0, np.float32)
     keep = np.flatnonzero(best >= params.score_threshold)
@@ -160,10 +166,11 @@ def select_detections(boxes: np.ndarray, scores: np.ndarray, params: DetectParam
     return kept, classes[kept].astype(np.int64), best[kept].astype(np.float32)
 
 
-def detect(output: np.ndarray, config: DetectionConfig, resize: ResizeInfo,
-           params: DetectParams | None = None) -> Detections:
-    """One image's raw output -> Detections in original-image pixels (see the module docstring)."""
-    params = params or DetectParams.from_config(config)
+def detections_from_output(output: np.ndarray, config: DetectionConfig, resize: ResizeInfo,
+                           params: NmsParams | None = None) -> Detections:
+    """One image's raw output (a layout of the module docstring, no batch axis) -> Detections: boxes
+    [K, 4] x1y1x2y2 in original-image pixels, scores [K], classes [K], K <= max_detections."""
+    params = params or NmsParams.from_config(config)
     boxes, scores = decode_output(np.asarray(output), config, resize.input_hw)
     kept, classes, best = select_detections(boxes, scores, params)
     original = to_original_pixels(boxes[kept], resize)

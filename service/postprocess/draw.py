@@ -1,11 +1,13 @@
-"""Overlays that apps display directly: detection boxes drawn on the original image."""
+"""Overlays that apps display directly (detection boxes drawn on the original image), and the one
+image encoder every overlay and label map goes through."""
 
 from __future__ import annotations
 
 import cv2
 import numpy as np
 
-from service.errors import InternalError
+_ENCODINGS = {"jpeg": (".jpg", [cv2.IMWRITE_JPEG_QUALITY, 90]), "png": (".png", [cv2.IMWRITE_PNG_COMPRESSION, 3])}
+OVERLAY_FORMATS = tuple(_ENCODINGS)  # what a request may ask an overlay to be encoded as
 
 _PALETTE = np.array([
     (56, 56, 255), (151, 157, 255), (31, 112, 255), (29, 178, 255), (49, 210, 207), (10, 249, 72),
@@ -18,17 +20,19 @@ def class_color(index: int) -> tuple[int, int, int]:
     return tuple(int(c) for c in _PALETTE[index % len(_PALETTE)])
 
 
-def encode_image(image: np.ndarray, fmt: str = "jpeg", quality: int = 90) -> bytes:
-    """BGR or gray uint8 image -> JPEG or PNG bytes."""
-    extension = ".png" if fmt == "png" else ".jpg"
-    params = [cv2.IMWRITE_JPEG_QUALITY, quality] if extension == ".jpg" else []
-    ok, buffer = cv2.imencode(extension, image, params)
+def encode_image(image: np.ndarray, fmt: str = "jpeg") -> bytes:
+    """uint8 BGR [H, W, 3] or gray [H, W] (PNG: also uint16 [H, W]) -> JPEG (quality 90) or PNG bytes."""
+    if fmt not in _ENCODINGS:
+        raise ValueError(f"image format must be one of {OVERLAY_FORMATS}, got {fmt!r}")
+    extension, params = _ENCODINGS[fmt]
+    ok, buffer = cv2.imencode(extension, np.ascontiguousarray(image), params)
     if not ok:
-        raise InternalError(f"could not encode a {fmt} overlay")
+        raise ValueError(f"could not encode a {image.dtype} {list(image.shape)} image as {fmt}")
     return buffer.tobytes()
 
 
-def draw_boxes(image: np.ndarray, boxes: np.ndarray, labels: list[str], classes: np.ndarray, scores: np.ndarray) -> np.ndarray:
+def draw_boxes(image: np.ndarray, boxes: np.ndarray, labels: list[str], classes: np.ndarray,
+               scores: np.ndarray) -> np.ndarray:
     """A copy of `image` (BGR or gray) with each box [K, 4] (x1, y1, x2, y2 pixels) and 'label score' drawn."""
     canvas = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR) if image.ndim == 2 else image.copy()
     thickness = max(1, round(min(canvas.shape[:2]) / 300))

@@ -20,6 +20,8 @@ import colorsys
 import cv2
 import numpy as np
 
+from service.postprocess.draw import encode_image
+from service.postprocess.resample import resample_rows, sample_axis
 from service.preprocess import ResizeInfo
 
 # Bound on the float32 elements of one strip of resized logits (C x rows x W): ~32 MB.
@@ -41,27 +43,6 @@ def content_cells(info: ResizeInfo, map_hw: tuple[int, int]) -> tuple[int, int, 
     return cell_top, cell_left, cell_bottom, cell_right
 
 
-def sample_axis(out_size: int, scale: float, offset: float, input_size: int, map_size: int, low: int, high: int):
-    """Bilinear taps along one axis: (first [out], second [out], weight of second [out]).
-
-    Output pixel i lies at map coordinate f = ((i + 0.5) · scale + offset) · map_size / input_size − 0.5,
-    clamped to the content cells [low, high − 1]; value = map[first] · (1 − w) + map[second] · w.
-    """
-    coords = ((np.arange(out_size, dtype=np.float64) + 0.5) * scale + offset) * (map_size / input_size) - 0.5
-    coords = np.clip(coords, low, high - 1)
-    first = np.floor(coords).astype(np.int64)
-    second = np.minimum(first + 1, high - 1)
-    return first, second, (coords - first).astype(np.float32)
-
-
-def resize_logits_rows(logits: np.ndarray, rows, columns) -> np.ndarray:
-    """logits [C, h, w] sampled at rows (taps for r output rows) and columns (taps for W) -> [C, r, W]."""
-    y0, y1, wy = rows
-    x0, x1, wx = columns
-    blended = logits[:, y0, :] * (1.0 - wy)[None, :, None] + logits[:, y1, :] * wy[None, :, None]
-    return blended[:, :, x0] * (1.0 - wx) + blended[:, :, x1] * wx
-
-
 def label_map_from_logits(logits: np.ndarray, info: ResizeInfo) -> np.ndarray:
     """logits [C, h, w] over the model input -> class indices [H, W] at the original image size
     (uint8, or uint16 above 256 classes): bilinear resize of the logits, then argmax over C.
@@ -78,8 +59,7 @@ def label_map_from_logits(logits: np.ndarray, info: ResizeInfo) -> np.ndarray:
     step = max(1, STRIP_ELEMENTS // max(1, classes * width))
     for start in range(0, height, step):
         strip = slice(start, min(height, start + step))
-        taps = tuple(axis[strip] for axis in rows)
-        labels[strip] = np.argmax(resize_logits_rows(logits, taps, columns), axis=0)
+        labels[strip] = np.argmax(resample_rows(logits, rows[strip], columns), axis=0)
     return labels
 
 
@@ -101,10 +81,7 @@ def class_pixel_counts(label_map: np.ndarray, num_classes: int) -> np.ndarray:
 
 def encode_label_map(label_map: np.ndarray) -> bytes:
     """Single-channel PNG whose pixel values are the class indices (8- or 16-bit as the array is)."""
-    ok, data = cv2.imencode(".png", np.ascontiguousarray(label_map))
-    if not ok:  # pragma: no cover - OpenCV only fails here on unsupported dtypes
-        raise ValueError(f"PNG encoding failed for a label map of dtype {label_map.dtype}")
-    return data.tobytes()
+    return encode_image(label_map, "png")
 
 
 def palette(num_classes: int) -> np.ndarray:
@@ -124,7 +101,4 @@ def overlay_png(original: np.ndarray, label_map: np.ndarray, num_classes: int, a
     painted = label_map > 0
     blended = image.astype(np.float32)
     blended[painted] = blended[painted] * (1.0 - alpha) + colours[label_map[painted]] * alpha
-    ok, data = cv2.imencode(".png", np.clip(np.rint(blended), 0, 255).astype(np.uint8))
-    if not ok:  # pragma: no cover
-        raise ValueError("PNG encoding of the overlay failed")
-    return data.tobytes()
+    return encode_image(np.clip(np.rint(blended), 0, 255).astype(np.uint8), "png")

@@ -21,7 +21,7 @@ from typing import Awaitable, Callable, TypeVar
 
 import grpc
 
-from service.dataplane import RequestContext
+from service.pipelines.request import RequestContext
 from service.models import LoadedVersion
 from service.errors import ServiceError, status_of
 from service.metrics import STAGES, Metrics
@@ -186,7 +186,7 @@ class CallRunner:
         ok = code == grpc.StatusCode.OK
         self._children.get(self.metrics.requests, model, version, ctx.method, code.name).inc()
         if ok and model != UNKNOWN_MODEL and "inference" in ctx.stages:
-            latency, stages = self.metrics.latency, ctx.stages  # what Metrics.observe_stage does, memoised
+            latency, stages = self.metrics.latency, ctx.stages  # memoised label children
             for stage in STAGES[:-1]:
                 if stage in stages:
                     self._children.get(latency, model, version, stage).observe(stages[stage])

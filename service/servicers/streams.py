@@ -1,4 +1,5 @@
-"""Ordered, flow-controlled processing of a bidirectional frame stream (camera apps).
+"""Ordered, flow-controlled processing of a bidirectional stream: the one implementation behind
+V2 ModelStreamInfer and the vision API's StreamDetect / StreamClassify.
 
 Frames are answered in the order they arrived, each exactly once. At most `max_pending` frames
 are being processed at a time. Without drop_frames the reader stops reading when that many are
@@ -14,9 +15,30 @@ import asyncio
 from dataclasses import dataclass, field
 from typing import AsyncIterator, Awaitable, Callable, Generic, TypeVar
 
+import grpc
+
+from service.errors import ServiceError, status_of
+from service.pipelines.request import RequestContext
+from service.servicers.calls import CallRunner
+
 F = TypeVar("F")  # a frame message
 R = TypeVar("R")  # a frame result message
 
+
+async def run_frame(calls: CallRunner, ctx: RequestContext, model_name: str,
+                    work: Callable[[], Awaitable[R]]) -> tuple[R | None, Exception | None]:
+    """Run one frame of a stream and record it like a unary call (counted in flight, finished with
+    its status). Returns (result, None), or (None, the failure) for the caller to answer the frame
+    with: a frame's failure, expected or not, is that frame's error, not the stream's."""
+    try:
+        with calls.inflight(model_name):
+            result = await work()
+    except Exception as exc:
+        code, message = status_of(exc)
+        calls.finish(ctx, code, message, exc if not isinstance(exc, ServiceError) else None)
+        return None, exc
+    calls.finish(ctx, grpc.StatusCode.OK, "")
+    return result, None
 
 
 @dataclass(eq=False)
@@ -28,14 +50,24 @@ class _Slot(Generic[F]):
 
 @dataclass(frozen=True)
 class StreamPolicy:
+    """max_pending: frames processed at once. max_unconsumed: frames read but not yet yielded to the
+    client (processing or answered), default 4 * max_pending + 16; V2 answers can be large tensors,
+    so ModelStreamInfer holds no more than it processes."""
+
     drop_frames: bool
     max_pending: int
+    max_unconsumed: int | None = None
 
 
 class OrderedStream(Generic[F, R]):
-    """Reads frames, processes up to `max_pending` concurrently, yields results in order."""
+    """Reads frames, processes up to `max_pending` concurrently, yields results in order.
 
-    def __init__(self, frames: AsyncIterator[F], process: Callable[[F], Awaitable[R]], on_dropped: Callable[[F, int], R], policy_of_first: Callable[[F], StreamPolicy]):
+    on_dropped answers a frame skipped under drop_frames (None for a stream that never drops).
+    """
+
+    def __init__(self, frames: AsyncIterator[F], process: Callable[[F], Awaitable[R]],
+                 on_dropped: Callable[[F, int], R] | None,
+                 policy_of_first: Callable[[F], StreamPolicy]):
         self._frames = frames
         self._process = process
         self._on_dropped = on_dropped
@@ -70,7 +102,7 @@ class OrderedStream(Generic[F, R]):
                 if policy is None:
                     policy = self._policy_of_first(frame)
                     self._slots = asyncio.Semaphore(policy.max_pending)
-                    self._backlog = asyncio.Semaphore(4 * policy.max_pending + 16)
+                    self._backlog = asyncio.Semaphore(policy.max_unconsumed or 4 * policy.max_pending + 16)
                 await self._backlog.acquire()  # results not yet consumed by the client: bounded
                 slot = _Slot(frame, asyncio.get_running_loop().create_future())
                 self._order.put_nowait(slot)

@@ -8,19 +8,17 @@ from __future__ import annotations
 
 from service.api.inference import grpc_service_pb2 as pb
 from service.api.inference import model_config_pb2 as mc
+from service.dtypes import v2_of_config
 from service.metrics import ModelStats
 from service.models import LoadedVersion, ModelEntry
 
 PLATFORM = "onnxruntime_onnx"
-V2_DATATYPES = {
-    "float32": "FP32", "float16": "FP16", "float64": "FP64", "int8": "INT8", "uint8": "UINT8",
-    "int16": "INT16", "int32": "INT32", "int64": "INT64", "bool": "BOOL", "bytes": "BYTES",
-}
-_CONFIG_TYPES = {
-    "float32": mc.TYPE_FP32, "float16": mc.TYPE_FP16, "float64": mc.TYPE_FP64, "int8": mc.TYPE_INT8,
-    "uint8": mc.TYPE_UINT8, "int16": mc.TYPE_INT16, "int32": mc.TYPE_INT32, "int64": mc.TYPE_INT64,
-    "bool": mc.TYPE_BOOL, "bytes": mc.TYPE_STRING,
-}
+
+
+def config_type(dtype: str) -> int:
+    """Triton's ModelConfig DataType of a config `dtype`: TYPE_ and the V2 datatype (BYTES is TYPE_STRING)."""
+    v2 = v2_of_config(dtype)
+    return mc.DataType.Value("TYPE_STRING" if v2 == "BYTES" else f"TYPE_{v2}")
 
 
 def model_metadata(entry: ModelEntry, loaded: LoadedVersion) -> pb.ModelMetadataResponse:
@@ -29,9 +27,9 @@ def model_metadata(entry: ModelEntry, loaded: LoadedVersion) -> pb.ModelMetadata
         name=loaded.name, versions=[str(v) for v in sorted(entry.versions)], platform=PLATFORM
     )
     for spec in config.inputs:
-        response.inputs.add(name=spec.name, datatype=V2_DATATYPES[spec.dtype], shape=list(spec.dims))
+        response.inputs.add(name=spec.name, datatype=v2_of_config(spec.dtype), shape=list(spec.dims))
     for spec in config.outputs:
-        response.outputs.add(name=spec.name, datatype=V2_DATATYPES[spec.dtype], shape=list(spec.dims))
+        response.outputs.add(name=spec.name, datatype=v2_of_config(spec.dtype), shape=list(spec.dims))
     return response
 
 
@@ -44,10 +42,10 @@ def model_config(loaded: LoadedVersion) -> pb.ModelConfigResponse:
         default_model_filename="model.onnx",
     )
     for spec in config.inputs:
-        message.input.add(name=spec.name, data_type=_CONFIG_TYPES[spec.dtype], dims=list(spec.dims[1:]),
+        message.input.add(name=spec.name, data_type=config_type(spec.dtype), dims=list(spec.dims[1:]),
                           format=mc.ModelInput.FORMAT_NCHW if len(spec.dims) == 4 else mc.ModelInput.FORMAT_NONE)
     for spec in config.outputs:
-        output = message.output.add(name=spec.name, data_type=_CONFIG_TYPES[spec.dtype], dims=list(spec.dims[1:]))
+        output = message.output.add(name=spec.name, data_type=config_type(spec.dtype), dims=list(spec.dims[1:]))
         if config.labels and spec.name == config.answer_output and config.task == "classification":
             output.label_filename = config.labels
     message.dynamic_batching.preferred_batch_size.extend(batching.preferred_batch_sizes)
@@ -77,7 +75,8 @@ def model_statistics(name: str, version: str, stats: ModelStats, last_inference_
     (compute_input), the model run (compute_infer) and splitting the outputs back (compute_output)."""
     total_count, total_seconds = stats.total
     batch_stats = [pb.InferBatchStatistics(batch_size=size, compute_input=_duration((count, merge)),
-                                           compute_infer=_duration((count, run)), compute_output=_duration((count, split)))
+                                           compute_infer=_duration((count, run)),
+                                           compute_output=_duration((count, split)))
                    for size, count, merge, run, split in stats.batch_stats]
     return pb.ModelStatistics(
         name=name, version=version, last_inference=last_inference_ms,

@@ -19,47 +19,21 @@ from __future__ import annotations
 
 import math
 import struct
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 
 import numpy as np
 
 from service.api.inference import grpc_service_pb2 as pb
+from service.dtypes import NUMPY_OF_V2, V2_CONTENTS
 from service.errors import InternalError, InvalidArgument
 
-Scalar = bool | int | float | str | bytes
-
-# V2 datatype -> numpy dtype, little-endian as on the wire.
-_DTYPES: dict[str, np.dtype] = {
-    "BOOL": np.dtype(np.bool_),
-    "UINT8": np.dtype("<u1"),
-    "UINT16": np.dtype("<u2"),
-    "UINT32": np.dtype("<u4"),
-    "UINT64": np.dtype("<u8"),
-    "INT8": np.dtype("<i1"),
-    "INT16": np.dtype("<i2"),
-    "INT32": np.dtype("<i4"),
-    "INT64": np.dtype("<i8"),
-    "FP16": np.dtype("<f2"),
-    "FP32": np.dtype("<f4"),
-    "FP64": np.dtype("<f8"),
-    "BYTES": np.dtype(object),
-}
+_DTYPES = NUMPY_OF_V2  # V2 datatype -> numpy dtype, little-endian as on the wire (service/dtypes.py)
 V2_DATATYPES: tuple[str, ...] = tuple(_DTYPES)
 
 # (numpy kind, itemsize) -> V2 datatype, for arrays of any byte order.
 _BY_KIND = {(dt.kind, dt.itemsize): name for name, dt in _DTYPES.items() if name != "BYTES"}
 
-# The InferTensorContents field that carries each datatype; FP16 has none (raw only).
-_TYPED_FIELD = {
-    "BOOL": "bool_contents",
-    "INT8": "int_contents", "INT16": "int_contents", "INT32": "int_contents",
-    "INT64": "int64_contents",
-    "UINT8": "uint_contents", "UINT16": "uint_contents", "UINT32": "uint_contents",
-    "UINT64": "uint64_contents",
-    "FP32": "fp32_contents",
-    "FP64": "fp64_contents",
-    "BYTES": "bytes_contents",
-}
+_TYPED_FIELD = V2_CONTENTS  # the InferTensorContents field of each datatype; FP16 has none (raw only)
 
 _LENGTH = struct.Struct("<I")
 
@@ -263,12 +237,6 @@ def append_output(response: pb.ModelInferResponse, name: str, array: np.ndarray)
     response.raw_output_contents.append(raw)
 
 
-def append_outputs(response: pb.ModelInferResponse, outputs: Mapping[str, np.ndarray]) -> None:
-    """Add every output of `outputs`, in mapping order."""
-    for name, array in outputs.items():
-        append_output(response, name, array)
-
-
 def append_input(request: pb.ModelInferRequest, name: str, array: np.ndarray) -> None:
     """Add one input to `request` in raw form (as tritonclient sends it); for clients and tests."""
     if request.inputs and len(request.raw_input_contents) != len(request.inputs):
@@ -291,40 +259,3 @@ def response_outputs(response: pb.ModelInferResponse) -> dict[str, np.ndarray]:
         else:
             arrays[tensor.name] = decode_typed(tensor.contents, tensor.datatype, tensor.shape, what)
     return arrays
-
-
-def parameters_to_python(parameters: Mapping[str, pb.InferParameter]) -> dict[str, Scalar]:
-    """A V2 parameter map (InferParameter or ModelRepositoryParameter) as plain values.
-
-    Keys come out sorted, so the result does not depend on protobuf map order.
-    """
-    values: dict[str, Scalar] = {}
-    for key in sorted(parameters):
-        choice = parameters[key].WhichOneof("parameter_choice")
-        if choice is None:
-            raise InvalidArgument(f"parameter '{key}' has no value")
-        values[key] = getattr(parameters[key], choice)
-    return values
-
-
-def parameter_from_python(value: Scalar | np.generic) -> pb.InferParameter:
-    """An InferParameter holding `value` (bool, int, float or str; numpy scalars too).
-
-    Integers use int64_param, or uint64_param when they only fit unsigned.
-    """
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, bool):
-        return pb.InferParameter(bool_param=value)
-    if isinstance(value, int):
-        if -(2**63) <= value < 2**63:
-            return pb.InferParameter(int64_param=value)
-        if 0 <= value < 2**64:
-            return pb.InferParameter(uint64_param=value)
-        raise InvalidArgument(f"parameter value {value} does not fit in 64 bits")
-    if isinstance(value, float):
-        return pb.InferParameter(double_param=value)
-    if isinstance(value, str):
-        return pb.InferParameter(string_param=value)
-    raise InvalidArgument(f"parameter value of type {type(value).__name__} is not bool, int, "
-                          "float or str")

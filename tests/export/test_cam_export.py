@@ -23,7 +23,7 @@ from service.config import load_model_config, parse_model_config
 from service.errors import FailedPrecondition
 from service.postprocess.cam import class_activation_map
 from service.preprocess import preprocess_image
-from service.tasks.explanation import read_class_weights
+from service.pipelines.cam_weights import read_class_weights
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 GAP_CNN = REPO_ROOT / "model_repo" / "gap_cnn"

@@ -20,7 +20,6 @@ from hypothesis.extra import numpy as hnp
 
 from service.errors import InvalidArgument
 from service.postprocess.cam import (
-    bilinear_matrix,
     class_activation_map,
     min_max_normalise,
     score_cam_map,
@@ -28,6 +27,7 @@ from service.postprocess.cam import (
     upsample_map,
 )
 from service.postprocess.classify import softmax, top_k
+from service.postprocess.resample import sample_axis
 from service.postprocess.nms import batched_nms, nms
 from service.preprocess import preprocess_image
 
@@ -160,11 +160,12 @@ def test_upsampled_map_covers_the_original_image(spec, height, width, data):
 
 @given(out_size=st.integers(1, 50), in_size=st.integers(1, 12), input_size=st.integers(1, 60),
        scale=st.floats(1e-3, 1e3), offset=st.floats(-100, 100))
-def test_bilinear_rows_sum_to_one_inside_and_zero_outside(out_size, in_size, input_size, scale, offset):
-    matrix = bilinear_matrix(out_size, in_size, scale, offset, input_size)
-    sums = matrix.sum(axis=1)
-    assert np.isfinite(matrix).all() and (matrix >= 0).all()
-    assert np.all(np.isclose(sums, 1.0) | (sums == 0.0))
+def test_bilinear_taps_stay_on_the_map_with_convex_weights(out_size, in_size, input_size, scale, offset):
+    taps = sample_axis(out_size, scale, offset, input_size, in_size)
+    assert ((0 <= taps.first) & (taps.first <= taps.second) & (taps.second < in_size)).all()
+    assert np.isfinite(taps.weight).all() and ((taps.weight >= 0) & (taps.weight <= 1)).all()
+    centres = (np.arange(out_size) + 0.5) * scale + offset
+    np.testing.assert_array_equal(taps.inside, (centres >= 0) & (centres < input_size))
 
 
 # --- classification ------------------------------------------------------------------------------

@@ -13,7 +13,8 @@ from hypothesis import example, given, settings
 
 from service.api.inference import grpc_service_pb2 as pb
 from service.errors import InvalidArgument
-from service.servicers.v2_tensors import numpy_dtype, parameters_to_python, request_inputs
+from service.servicers.v2_parameters import parameters_to_python
+from service.servicers.v2_tensors import numpy_dtype, request_inputs
 
 from .conftest import examples
 from .strategies import infer_requests, reparsed_requests

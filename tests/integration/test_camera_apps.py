@@ -2,9 +2,11 @@
 
 - the bundled sample clips are what the seeded generator draws, and their ground truth is exact;
 - inventory_camera on the inventory clip: one CSV row per frame in order, per-frame counts equal
-  to the ground truth on >= 90 % of frames (run with the training packages made unimportable:
-  the examples need only the serving dependencies);
-- attendance_camera: a report per second of video, and Explain's CAM overlays for face crops;
+  to the ground truth on >= 90 % of frames, items added to and removed from the shelf exactly as
+  the ground-truth tracks say (run with the training packages made unimportable: the examples need
+  only the serving dependencies);
+- attendance_camera: a report per second of video, the people who came in equal to the ground
+  truth's, and Explain's CAM overlays for face crops;
 - a server stopped gracefully, then one killed, mid-stream: the example reconnects to the server
   restarted on the same port, finishes the clip, and every frame is either answered or reported
   lost (at most the few in flight); a stream to no server gives up after its attempts, and other
@@ -144,6 +146,21 @@ def test_inventory_counts_match_ground_truth(server, tmp_path):
     assert f"counts match on {matches}/{len(frames)} frames" in done.stdout
     assert cv2.VideoCapture(str(tmp_path / "annotated.avi")).get(cv2.CAP_PROP_FRAME_COUNT) == len(frames)
     assert matches >= 0.9 * len(frames), f"counts match ground truth on only {matches}/{len(frames)} frames"
+    for name, (added, removed, on_shelf) in shelf_truth(frames, max_age=15).items():  # --max-age-s 1 at 15 fps
+        assert f"shelf {name}: added {added}, removed {removed}, on the shelf {on_shelf}" in done.stdout, done.stdout
+
+
+def shelf_truth(frames: list[dict], max_age: int) -> dict[str, tuple[int, int, int]]:
+    """Per item class from the ground-truth tracks: (added after the first frame, removed early
+    enough for the tracker to give up on them within the clip, on the shelf in the last frame)."""
+    spans: dict[int, list] = {}
+    for entry in frames:
+        for label, identity in zip(entry["labels"], entry["ids"]):
+            spans.setdefault(identity, [label, entry["frame"], entry["frame"]])[2] = entry["frame"]
+    last = len(frames) - 1
+    return {name: (sum(1 for lbl, first, _ in spans.values() if lbl == name and first > 0),
+                   sum(1 for lbl, _, end in spans.values() if lbl == name and end + max_age + 1 <= last),
+                   sum(1 for lbl, _, end in spans.values() if lbl == name and end == last)) for name in ITEMS}
 
 
 def test_attendance_reports_windows(server, tmp_path):
@@ -157,6 +174,13 @@ def test_attendance_reports_windows(server, tmp_path):
     roster = truth("attendance")["roster"]
     assert all(int(r["present"]) + int(r["absent"]) == roster for r in rows)
     assert len(re.findall(rf"present \d+/{roster}", done.stdout)) == len(rows)
+    frames = truth("attendance")["frames"]
+    seen = {}
+    for entry in frames:
+        for identity in entry["ids"]:
+            seen.setdefault(identity, []).append(entry["frame"])
+    came_in = sum(1 for f in seen.values() if (f[-1] - f[0]) / truth("attendance")["fps"] >= 0.5)
+    assert f"entered: {came_in} people (unique faces tracked for >= 0.5 s)" in done.stdout, done.stdout
 
 
 def test_attendance_saves_face_crops_with_cam_overlays(server, tmp_path):

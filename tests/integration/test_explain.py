@@ -26,7 +26,7 @@ from service.postprocess import cam as cam_math
 from service.postprocess.classify import softmax
 from service.preprocess import preprocess_encoded
 from service.servicers.vision_convert import tensor_from_proto, tensor_to_proto
-from service.tasks.explanation import read_class_weights
+from service.pipelines.cam_weights import read_class_weights
 
 from testkit import ServerThread, copy_bundled_model, write_tiny_model
 from testkit import test_settings as settings_for

@@ -10,7 +10,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from service.config import DetectionConfig, PreprocessingConfig
 from service.errors import InternalError, InvalidArgument
-from service.postprocess.detect import DetectParams, decode_yolo_grid, detect
+from service.postprocess.detect import NmsParams, decode_yolo_grid, detections_from_output
 from service.preprocess import ResizeInfo, preprocess_image
 
 GRID = DetectionConfig(layout="yolo_grid", grid=4, boxes_per_cell=2)
@@ -53,7 +53,7 @@ def test_letterbox_inverse_maps_back_to_the_original_box(original_hw):
     col, row = int(cx // 16), int(cy // 16)
     w, h = (model_box[2] - model_box[0]) / 64, (model_box[3] - model_box[1]) / 64
     out = grid_output([(row, col, 0, cx / 16 - col, cy / 16 - row, w, h, 0.9, 1, 0.9)])
-    found = detect(out, GRID, info)
+    found = detections_from_output(out, GRID, info)
     assert len(found) == 1 and found.classes.tolist() == [1]
     np.testing.assert_allclose(found.boxes[0], truth, rtol=1e-4, atol=1e-3 * max(original_hw))
     np.testing.assert_allclose(found.scores, [0.81], atol=1e-6)
@@ -65,7 +65,7 @@ def test_boxes_are_clipped_to_the_original_image_and_empty_ones_dropped():
         (1, 0, 0, 0.0, 0.5, 0.5, 0.5, 0.9, 0, 1.0),  # spills over the left and top edges
         (0, 3, 0, 0.5, 0.2, 0.1, 0.1, 0.9, 1, 1.0),  # entirely inside the top padding band
     ])
-    found = detect(out, GRID, info)
+    found = detections_from_output(out, GRID, info)
     assert len(found) == 1
     np.testing.assert_allclose(found.boxes[0], [0, 0, 16, 24], atol=1e-4)  # input [-16, 8, 16, 40]
 
@@ -79,30 +79,30 @@ def test_score_threshold_class_filter_max_detections_and_agnostic_nms():
         (2, 2, 0, 0.5, 0.5, 0.2, 0.2, 0.2, 1, 1.0),
     ])
     info = identity_info()
-    defaults = detect(out, GRID, info)
+    defaults = detections_from_output(out, GRID, info)
     assert defaults.scores.tolist() == pytest.approx([0.9, 0.5, 0.4])
-    assert detect(out, GRID, info, DetectParams(score_threshold=0.45)).scores.tolist() == pytest.approx([0.9, 0.5])
-    assert detect(out, GRID, info, DetectParams(score_threshold=0.5)).scores.tolist() == pytest.approx([0.9, 0.5])
-    assert detect(out, GRID, info, DetectParams(score_threshold=0.1)).scores.tolist() == pytest.approx([0.9, 0.5, 0.4, 0.2])
-    assert detect(out, GRID, info, DetectParams(classes=(1,), score_threshold=0.1)).classes.tolist() == [1, 1]
-    assert len(detect(out, GRID, info, DetectParams(max_detections=2))) == 2
-    agnostic = detect(out, GRID, info, DetectParams(class_agnostic=True, iou_threshold=0.2))
+    assert detections_from_output(out, GRID, info, NmsParams(score_threshold=0.45)).scores.tolist() == pytest.approx([0.9, 0.5])
+    assert detections_from_output(out, GRID, info, NmsParams(score_threshold=0.5)).scores.tolist() == pytest.approx([0.9, 0.5])
+    assert detections_from_output(out, GRID, info, NmsParams(score_threshold=0.1)).scores.tolist() == pytest.approx([0.9, 0.5, 0.4, 0.2])
+    assert detections_from_output(out, GRID, info, NmsParams(classes=(1,), score_threshold=0.1)).classes.tolist() == [1, 1]
+    assert len(detections_from_output(out, GRID, info, NmsParams(max_detections=2))) == 2
+    agnostic = detections_from_output(out, GRID, info, NmsParams(class_agnostic=True, iou_threshold=0.2))
     assert agnostic.classes.tolist() == [0, 1]
-    assert detect(out, GRID, info, DetectParams(iou_threshold=1.0)).scores.tolist() == pytest.approx([0.9, 0.6, 0.5, 0.4])
+    assert detections_from_output(out, GRID, info, NmsParams(iou_threshold=1.0)).scores.tolist() == pytest.approx([0.9, 0.6, 0.5, 0.4])
 
 
 def test_params_from_config_and_validation():
     config = DetectionConfig(layout="yolov8", score_threshold=0.3, iou_threshold=0.6, max_detections=7)
-    params = DetectParams.from_config(config, score_threshold=None, classes=[2, 0])
+    params = NmsParams.from_config(config, score_threshold=None, classes=[2, 0])
     assert (params.score_threshold, params.iou_threshold, params.max_detections) == (0.3, 0.6, 7)
     assert params.classes == (2, 0)
     for bad in ({"score_threshold": 1.5}, {"iou_threshold": -0.1}, {"max_detections": 0}, {"classes": (-1,)}):
         with pytest.raises(InvalidArgument):
-            DetectParams(**bad)
+            NmsParams(**bad)
     with pytest.raises(InvalidArgument):
-        detect(grid_output([]), GRID, identity_info(), DetectParams(classes=(3,)))
+        detections_from_output(grid_output([]), GRID, identity_info(), NmsParams(classes=(3,)))
     with pytest.raises(InternalError):
-        detect(np.zeros((5, 4, 13), np.float32), GRID, identity_info())
+        detections_from_output(np.zeros((5, 4, 13), np.float32), GRID, identity_info())
 
 
 def constant_model(path, value: np.ndarray) -> None:
@@ -140,7 +140,7 @@ def test_yolov5_layout_through_onnx_runtime(tmp_path):
     value = np.concatenate([ANCHORS_CXCYWH, [[0.8], [0.9]], [[0.1, 0.5], [0.2, 0.1]]], axis=1)
     constant_model(tmp_path / "v5.onnx", value)
     out, info = run_onnx(tmp_path / "v5.onnx", np.zeros((64, 192, 3), np.uint8))
-    found = detect(out, DetectionConfig(layout="yolov5", score_threshold=0.15), info)
+    found = detections_from_output(out, DetectionConfig(layout="yolov5", score_threshold=0.15), info)
     assert found.classes.tolist() == [1, 0]
     np.testing.assert_allclose(found.scores, [0.4, 0.18], atol=1e-6)
     np.testing.assert_allclose(found.boxes, [[40, 32, 120, 64], [144, 48, 176, 64]], atol=1e-4)
@@ -151,7 +151,7 @@ def test_yolov8_layout_through_onnx_runtime(tmp_path):
     value = np.concatenate([ANCHORS_CXCYWH, [[0.1, 0.7], [0.3, 0.2]]], axis=1).T
     constant_model(tmp_path / "v8.onnx", value)
     out, info = run_onnx(tmp_path / "v8.onnx", np.zeros((64, 192, 3), np.uint8))
-    found = detect(out, DetectionConfig(layout="yolov8"), info)
+    found = detections_from_output(out, DetectionConfig(layout="yolov8"), info)
     assert found.classes.tolist() == [1, 0]
     np.testing.assert_allclose(found.scores, [0.7, 0.3], atol=1e-6)
     np.testing.assert_allclose(found.boxes, [[40, 32, 120, 64], [144, 48, 176, 64]], atol=1e-4)

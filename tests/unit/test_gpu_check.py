@@ -67,6 +67,6 @@ def test_cpu_smoke_runs_end_to_end_and_reports_gpu_items_not_tested(tmp_path):
     assert items["tiny: fp16 on CPU vs fp32 on CPU"]["status"] == "ok"
     assert items["served path on cpu"]["status"] == "ok"
     paths = {(row["path"], row["batch"]) for row in report["timings"]}
-    assert paths == {("raw", 1), ("raw", 4), ("served", 1), ("served", 4)}
+    assert paths == {("raw", 1), ("raw", 4), ("served", 1), ("served", 4), ("served-shm", 1), ("served-shm", 4)}
     assert all(row["provider"] == "cpu" and row["median_ms"] > 0 for row in report["timings"])
     assert (tmp_path / "gpu_check.md").read_text().startswith("# GPU check")

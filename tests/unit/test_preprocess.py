@@ -25,6 +25,7 @@ from torchvision.transforms import v2 as T
 from service.config import PreprocessingConfig
 from service.errors import InvalidArgument
 from service.preprocess import convert_color, decode_image, preprocess_batch, preprocess_encoded, preprocess_image
+from service.postprocess.detect import to_original_pixels
 
 torch.set_num_threads(1)
 
@@ -159,7 +160,7 @@ def test_letterbox_inverse_mapping_is_exact():
     assert info.scale_yx == (0.25, 0.25) and info.offset_yx == (5.0, 0.0)
     found = white_box(tensor)
     assert found == [2.0, 6.0, 4.0, 8.0]  # model = original * scale + offset
-    np.testing.assert_array_equal(info.to_original_xyxy(np.array([found], np.float32))[0], original)
+    np.testing.assert_array_equal(to_original_pixels(np.array([found], np.float32), info)[0], original)
     assert info.content_window() == (5, 0, 15, 20)
 
 
@@ -171,7 +172,7 @@ def test_center_crop_inverse_mapping_is_exact():
     assert info.scale_yx == (0.5, 0.5) and info.offset_yx == (0.0, -10.0)
     found = white_box(tensor)
     assert found == [2.0, 4.0, 10.0, 12.0]
-    np.testing.assert_array_equal(info.to_original_xyxy(np.array([found], np.float32))[0], original)
+    np.testing.assert_array_equal(to_original_pixels(np.array([found], np.float32), info)[0], original)
 
 
 def test_stretch_and_padding_inverse_mapping_is_exact():
@@ -181,7 +182,7 @@ def test_stretch_and_padding_inverse_mapping_is_exact():
     assert info.scale_yx == (0.5, 0.5) and info.offset_yx == (3.0, 3.0) and info.input_hw == (22, 14)
     found = white_box(tensor)
     assert found == [5.0, 7.0, 9.0, 11.0]
-    np.testing.assert_array_equal(info.to_original_xyxy(np.array([found], np.float32))[0], original)
+    np.testing.assert_array_equal(to_original_pixels(np.array([found], np.float32), info)[0], original)
 
 
 def test_native_scale_resizes_then_pads_to_the_stride_with_an_exact_mapping():
@@ -194,7 +195,7 @@ def test_native_scale_resizes_then_pads_to_the_stride_with_an_exact_mapping():
     assert info.scale_yx == (2.0, 2.0) and info.offset_yx == (0.0, 0.0) and info.content_window() == (0, 0, 40, 60)
     found = white_box(tensor)
     assert found == [12.0, 8.0, 28.0, 24.0]
-    np.testing.assert_array_equal(info.to_original_xyxy(np.array([found], np.float32))[0], original)
+    np.testing.assert_array_equal(to_original_pixels(np.array([found], np.float32), info)[0], original)
     assert (tensor[:, 40:, :] == 0).all() and (tensor[:, :, 60:] == 0).all()  # padding: pad_value 0
 
 
@@ -216,7 +217,7 @@ def test_native_scale_lowers_the_pixel_limit_by_its_square():
 
 def test_inverse_mapping_clips_to_the_image():
     _, info = preprocess_image(block_image(40, 80, [0, 0, 1, 1]), plain(resize="letterbox", size=(20, 20)), source_order="rgb")
-    mapped = info.to_original_xyxy(np.array([[-3.0, 0.0, 25.0, 20.0]], np.float32))[0]
+    mapped = to_original_pixels(np.array([[-3.0, 0.0, 25.0, 20.0]], np.float32), info)[0]
     np.testing.assert_array_equal(mapped, [0.0, 0.0, 80.0, 40.0])
 
 

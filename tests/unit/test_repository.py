@@ -130,7 +130,7 @@ def test_list_versions_ignores_non_positive_and_non_integer(tmp_path):
     directory = write_tiny_model(tmp_path, versions=(2,))
     for name in ("0", "v3", "latest"):
         (directory / name).mkdir()
-    assert list_versions(directory, directory / "config.yaml") == (2,)
+    assert list_versions(directory) == (2,)
 
 
 # ---- checks against the ONNX graph, through the registry ------------------------------------

@@ -16,6 +16,7 @@ from tritonclient.utils import serialize_byte_tensor
 
 from service.api.inference import grpc_service_pb2 as pb
 from service.errors import InternalError, InvalidArgument
+from service.servicers import v2_parameters as v2p
 from service.servicers import v2_tensors as v2
 
 NUMERIC = ["BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64",
@@ -124,7 +125,8 @@ def test_decodes_the_request_tritonclient_sends(datatype):
 def test_tritonclient_reads_our_outputs(datatype):
     array = sample(datatype, seed=1)
     response = pb.ModelInferResponse(model_name="m", model_version="1")
-    v2.append_outputs(response, {"out": array, "count": np.arange(3, dtype=np.int64)})
+    for name, output in {"out": array, "count": np.arange(3, dtype=np.int64)}.items():
+        v2.append_output(response, name, output)
     result = InferResult(triton_pb.ModelInferResponse.FromString(response.SerializeToString()))
     got = result.as_numpy("out")
     assert result.get_output("out").datatype == datatype
@@ -295,29 +297,29 @@ def test_parameters_become_plain_values():
     request.parameters["name"].string_param = "cam"
     request.parameters["ratio"].double_param = 0.25
     request.parameters["priority"].uint64_param = 2**64 - 1
-    assert v2.parameters_to_python(request.parameters) == {
+    assert v2p.parameters_to_python(request.parameters) == {
         "flag": True, "n": -7, "name": "cam", "priority": 2**64 - 1, "ratio": 0.25}
-    assert list(v2.parameters_to_python(request.parameters)) == sorted(request.parameters)
+    assert list(v2p.parameters_to_python(request.parameters)) == sorted(request.parameters)
     load = pb.RepositoryModelLoadRequest()
     load.parameters["config"].bytes_param = b"{}"
-    assert v2.parameters_to_python(load.parameters) == {"config": b"{}"}
+    assert v2p.parameters_to_python(load.parameters) == {"config": b"{}"}
 
 
 def test_unset_parameter_is_refused():
     request = pb.ModelInferRequest()
     request.parameters["empty"].SetInParent()
-    assert "parameter 'empty' has no value" == raised(v2.parameters_to_python, request.parameters)
+    assert "parameter 'empty' has no value" == raised(v2p.parameters_to_python, request.parameters)
 
 
 @pytest.mark.parametrize("value,field", [
     (True, "bool_param"), (-3, "int64_param"), (2**63, "uint64_param"), (1.5, "double_param"),
     ("x", "string_param"), (np.float32(0.5), "double_param"), (np.int64(4), "int64_param")])
 def test_parameter_from_python_round_trips(value, field):
-    parameter = v2.parameter_from_python(value)
+    parameter = v2p.parameter_from_python(value)
     assert parameter.WhichOneof("parameter_choice") == field
-    assert v2.parameters_to_python({"k": parameter}) == {"k": value}
+    assert v2p.parameters_to_python({"k": parameter}) == {"k": value}
 
 
 def test_parameter_from_python_refuses_what_does_not_fit():
-    assert "does not fit in 64 bits" in raised(v2.parameter_from_python, 2**64)
-    assert "list is not bool, int, float or str" in raised(v2.parameter_from_python, [1])
+    assert "does not fit in 64 bits" in raised(v2p.parameter_from_python, 2**64)
+    assert "list is not bool, int, float or str" in raised(v2p.parameter_from_python, [1])

@@ -113,16 +113,18 @@ class Box(_message.Message):
     def __init__(self, x1: _Optional[float] = ..., y1: _Optional[float] = ..., x2: _Optional[float] = ..., y2: _Optional[float] = ...) -> None: ...
 
 class Detection(_message.Message):
-    __slots__ = ("box", "label", "class_index", "score")
+    __slots__ = ("box", "label", "class_index", "score", "track_id")
     BOX_FIELD_NUMBER: _ClassVar[int]
     LABEL_FIELD_NUMBER: _ClassVar[int]
     CLASS_INDEX_FIELD_NUMBER: _ClassVar[int]
     SCORE_FIELD_NUMBER: _ClassVar[int]
+    TRACK_ID_FIELD_NUMBER: _ClassVar[int]
     box: Box
     label: str
     class_index: int
     score: float
-    def __init__(self, box: _Optional[_Union[Box, _Mapping]] = ..., label: _Optional[str] = ..., class_index: _Optional[int] = ..., score: _Optional[float] = ...) -> None: ...
+    track_id: int
+    def __init__(self, box: _Optional[_Union[Box, _Mapping]] = ..., label: _Optional[str] = ..., class_index: _Optional[int] = ..., score: _Optional[float] = ..., track_id: _Optional[int] = ...) -> None: ...
 
 class DetectResult(_message.Message):
     __slots__ = ("detections", "image_width", "image_height", "overlay_jpeg")
@@ -261,23 +263,167 @@ class FrameError(_message.Message):
     def __init__(self, code: _Optional[int] = ..., message: _Optional[str] = ...) -> None: ...
 
 class DetectFrame(_message.Message):
-    __slots__ = ("model", "frame_id", "capture_timestamp_us", "image", "params", "options")
+    __slots__ = ("model", "frame_id", "capture_timestamp_us", "image", "params", "options", "track")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     FRAME_ID_FIELD_NUMBER: _ClassVar[int]
     CAPTURE_TIMESTAMP_US_FIELD_NUMBER: _ClassVar[int]
     IMAGE_FIELD_NUMBER: _ClassVar[int]
     PARAMS_FIELD_NUMBER: _ClassVar[int]
     OPTIONS_FIELD_NUMBER: _ClassVar[int]
+    TRACK_FIELD_NUMBER: _ClassVar[int]
     model: ModelRef
     frame_id: int
     capture_timestamp_us: int
     image: Image
     params: DetectParams
     options: StreamOptions
-    def __init__(self, model: _Optional[_Union[ModelRef, _Mapping]] = ..., frame_id: _Optional[int] = ..., capture_timestamp_us: _Optional[int] = ..., image: _Optional[_Union[Image, _Mapping]] = ..., params: _Optional[_Union[DetectParams, _Mapping]] = ..., options: _Optional[_Union[StreamOptions, _Mapping]] = ...) -> None: ...
+    track: TrackOptions
+    def __init__(self, model: _Optional[_Union[ModelRef, _Mapping]] = ..., frame_id: _Optional[int] = ..., capture_timestamp_us: _Optional[int] = ..., image: _Optional[_Union[Image, _Mapping]] = ..., params: _Optional[_Union[DetectParams, _Mapping]] = ..., options: _Optional[_Union[StreamOptions, _Mapping]] = ..., track: _Optional[_Union[TrackOptions, _Mapping]] = ...) -> None: ...
+
+class TrackOptions(_message.Message):
+    __slots__ = ("tracker", "high_score_threshold", "low_score_threshold", "match_iou_threshold", "min_hits", "max_age", "max_tracks", "frame_interval_us", "lines", "zones")
+    TRACKER_FIELD_NUMBER: _ClassVar[int]
+    HIGH_SCORE_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    LOW_SCORE_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    MATCH_IOU_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    MIN_HITS_FIELD_NUMBER: _ClassVar[int]
+    MAX_AGE_FIELD_NUMBER: _ClassVar[int]
+    MAX_TRACKS_FIELD_NUMBER: _ClassVar[int]
+    FRAME_INTERVAL_US_FIELD_NUMBER: _ClassVar[int]
+    LINES_FIELD_NUMBER: _ClassVar[int]
+    ZONES_FIELD_NUMBER: _ClassVar[int]
+    tracker: str
+    high_score_threshold: float
+    low_score_threshold: float
+    match_iou_threshold: float
+    min_hits: int
+    max_age: int
+    max_tracks: int
+    frame_interval_us: int
+    lines: _containers.RepeatedCompositeFieldContainer[CountLine]
+    zones: _containers.RepeatedCompositeFieldContainer[CountZone]
+    def __init__(self, tracker: _Optional[str] = ..., high_score_threshold: _Optional[float] = ..., low_score_threshold: _Optional[float] = ..., match_iou_threshold: _Optional[float] = ..., min_hits: _Optional[int] = ..., max_age: _Optional[int] = ..., max_tracks: _Optional[int] = ..., frame_interval_us: _Optional[int] = ..., lines: _Optional[_Iterable[_Union[CountLine, _Mapping]]] = ..., zones: _Optional[_Iterable[_Union[CountZone, _Mapping]]] = ...) -> None: ...
+
+class Point(_message.Message):
+    __slots__ = ("x", "y")
+    X_FIELD_NUMBER: _ClassVar[int]
+    Y_FIELD_NUMBER: _ClassVar[int]
+    x: float
+    y: float
+    def __init__(self, x: _Optional[float] = ..., y: _Optional[float] = ...) -> None: ...
+
+class CountLine(_message.Message):
+    __slots__ = ("name", "start", "end")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    START_FIELD_NUMBER: _ClassVar[int]
+    END_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    start: Point
+    end: Point
+    def __init__(self, name: _Optional[str] = ..., start: _Optional[_Union[Point, _Mapping]] = ..., end: _Optional[_Union[Point, _Mapping]] = ...) -> None: ...
+
+class CountZone(_message.Message):
+    __slots__ = ("name", "polygon")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    POLYGON_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    polygon: _containers.RepeatedCompositeFieldContainer[Point]
+    def __init__(self, name: _Optional[str] = ..., polygon: _Optional[_Iterable[_Union[Point, _Mapping]]] = ...) -> None: ...
+
+class TrackEvent(_message.Message):
+    __slots__ = ("track_id", "class_index", "label", "first_frame_id", "last_frame_id", "first_timestamp_us", "last_timestamp_us")
+    TRACK_ID_FIELD_NUMBER: _ClassVar[int]
+    CLASS_INDEX_FIELD_NUMBER: _ClassVar[int]
+    LABEL_FIELD_NUMBER: _ClassVar[int]
+    FIRST_FRAME_ID_FIELD_NUMBER: _ClassVar[int]
+    LAST_FRAME_ID_FIELD_NUMBER: _ClassVar[int]
+    FIRST_TIMESTAMP_US_FIELD_NUMBER: _ClassVar[int]
+    LAST_TIMESTAMP_US_FIELD_NUMBER: _ClassVar[int]
+    track_id: int
+    class_index: int
+    label: str
+    first_frame_id: int
+    last_frame_id: int
+    first_timestamp_us: int
+    last_timestamp_us: int
+    def __init__(self, track_id: _Optional[int] = ..., class_index: _Optional[int] = ..., label: _Optional[str] = ..., first_frame_id: _Optional[int] = ..., last_frame_id: _Optional[int] = ..., first_timestamp_us: _Optional[int] = ..., last_timestamp_us: _Optional[int] = ...) -> None: ...
+
+class ClassTrackCount(_message.Message):
+    __slots__ = ("class_index", "label", "unique", "active")
+    CLASS_INDEX_FIELD_NUMBER: _ClassVar[int]
+    LABEL_FIELD_NUMBER: _ClassVar[int]
+    UNIQUE_FIELD_NUMBER: _ClassVar[int]
+    ACTIVE_FIELD_NUMBER: _ClassVar[int]
+    class_index: int
+    label: str
+    unique: int
+    active: int
+    def __init__(self, class_index: _Optional[int] = ..., label: _Optional[str] = ..., unique: _Optional[int] = ..., active: _Optional[int] = ...) -> None: ...
+
+class LineClassCount(_message.Message):
+    __slots__ = ("class_index", "label", "crossed_in", "crossed_out")
+    CLASS_INDEX_FIELD_NUMBER: _ClassVar[int]
+    LABEL_FIELD_NUMBER: _ClassVar[int]
+    CROSSED_IN_FIELD_NUMBER: _ClassVar[int]
+    CROSSED_OUT_FIELD_NUMBER: _ClassVar[int]
+    class_index: int
+    label: str
+    crossed_in: int
+    crossed_out: int
+    def __init__(self, class_index: _Optional[int] = ..., label: _Optional[str] = ..., crossed_in: _Optional[int] = ..., crossed_out: _Optional[int] = ...) -> None: ...
+
+class LineCount(_message.Message):
+    __slots__ = ("name", "classes")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    CLASSES_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    classes: _containers.RepeatedCompositeFieldContainer[LineClassCount]
+    def __init__(self, name: _Optional[str] = ..., classes: _Optional[_Iterable[_Union[LineClassCount, _Mapping]]] = ...) -> None: ...
+
+class ZoneClassCount(_message.Message):
+    __slots__ = ("class_index", "label", "entered", "exited", "inside")
+    CLASS_INDEX_FIELD_NUMBER: _ClassVar[int]
+    LABEL_FIELD_NUMBER: _ClassVar[int]
+    ENTERED_FIELD_NUMBER: _ClassVar[int]
+    EXITED_FIELD_NUMBER: _ClassVar[int]
+    INSIDE_FIELD_NUMBER: _ClassVar[int]
+    class_index: int
+    label: str
+    entered: int
+    exited: int
+    inside: int
+    def __init__(self, class_index: _Optional[int] = ..., label: _Optional[str] = ..., entered: _Optional[int] = ..., exited: _Optional[int] = ..., inside: _Optional[int] = ...) -> None: ...
+
+class ZoneCount(_message.Message):
+    __slots__ = ("name", "classes")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    CLASSES_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    classes: _containers.RepeatedCompositeFieldContainer[ZoneClassCount]
+    def __init__(self, name: _Optional[str] = ..., classes: _Optional[_Iterable[_Union[ZoneClassCount, _Mapping]]] = ...) -> None: ...
+
+class TrackCounts(_message.Message):
+    __slots__ = ("tracks", "lines", "zones")
+    TRACKS_FIELD_NUMBER: _ClassVar[int]
+    LINES_FIELD_NUMBER: _ClassVar[int]
+    ZONES_FIELD_NUMBER: _ClassVar[int]
+    tracks: _containers.RepeatedCompositeFieldContainer[ClassTrackCount]
+    lines: _containers.RepeatedCompositeFieldContainer[LineCount]
+    zones: _containers.RepeatedCompositeFieldContainer[ZoneCount]
+    def __init__(self, tracks: _Optional[_Iterable[_Union[ClassTrackCount, _Mapping]]] = ..., lines: _Optional[_Iterable[_Union[LineCount, _Mapping]]] = ..., zones: _Optional[_Iterable[_Union[ZoneCount, _Mapping]]] = ...) -> None: ...
+
+class TrackUpdate(_message.Message):
+    __slots__ = ("confirmed", "ended", "counts")
+    CONFIRMED_FIELD_NUMBER: _ClassVar[int]
+    ENDED_FIELD_NUMBER: _ClassVar[int]
+    COUNTS_FIELD_NUMBER: _ClassVar[int]
+    confirmed: _containers.RepeatedCompositeFieldContainer[TrackEvent]
+    ended: _containers.RepeatedCompositeFieldContainer[TrackEvent]
+    counts: TrackCounts
+    def __init__(self, confirmed: _Optional[_Iterable[_Union[TrackEvent, _Mapping]]] = ..., ended: _Optional[_Iterable[_Union[TrackEvent, _Mapping]]] = ..., counts: _Optional[_Union[TrackCounts, _Mapping]] = ...) -> None: ...
 
 class DetectFrameResult(_message.Message):
-    __slots__ = ("frame_id", "capture_timestamp_us", "model_name", "model_version", "result", "error", "server_processing_us", "frames_dropped", "dropped")
+    __slots__ = ("frame_id", "capture_timestamp_us", "model_name", "model_version", "result", "error", "server_processing_us", "frames_dropped", "dropped", "tracking")
     FRAME_ID_FIELD_NUMBER: _ClassVar[int]
     CAPTURE_TIMESTAMP_US_FIELD_NUMBER: _ClassVar[int]
     MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
@@ -287,6 +433,7 @@ class DetectFrameResult(_message.Message):
     SERVER_PROCESSING_US_FIELD_NUMBER: _ClassVar[int]
     FRAMES_DROPPED_FIELD_NUMBER: _ClassVar[int]
     DROPPED_FIELD_NUMBER: _ClassVar[int]
+    TRACKING_FIELD_NUMBER: _ClassVar[int]
     frame_id: int
     capture_timestamp_us: int
     model_name: str
@@ -296,7 +443,8 @@ class DetectFrameResult(_message.Message):
     server_processing_us: int
     frames_dropped: int
     dropped: bool
-    def __init__(self, frame_id: _Optional[int] = ..., capture_timestamp_us: _Optional[int] = ..., model_name: _Optional[str] = ..., model_version: _Optional[str] = ..., result: _Optional[_Union[DetectResult, _Mapping]] = ..., error: _Optional[_Union[FrameError, _Mapping]] = ..., server_processing_us: _Optional[int] = ..., frames_dropped: _Optional[int] = ..., dropped: _Optional[bool] = ...) -> None: ...
+    tracking: TrackUpdate
+    def __init__(self, frame_id: _Optional[int] = ..., capture_timestamp_us: _Optional[int] = ..., model_name: _Optional[str] = ..., model_version: _Optional[str] = ..., result: _Optional[_Union[DetectResult, _Mapping]] = ..., error: _Optional[_Union[FrameError, _Mapping]] = ..., server_processing_us: _Optional[int] = ..., frames_dropped: _Optional[int] = ..., dropped: _Optional[bool] = ..., tracking: _Optional[_Union[TrackUpdate, _Mapping]] = ...) -> None: ...
 
 class ClassifyFrame(_message.Message):
     __slots__ = ("model", "frame_id", "capture_timestamp_us", "image", "top_k", "options")

@@ -7,16 +7,15 @@ service/postprocess/segment.py for the geometry.
 
 from __future__ import annotations
 
-import asyncio
-import time
 from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
 
-from service.dataplane import DataPlane, ImageInput, PreparedImage, RequestContext
 from service.errors import FailedPrecondition, InvalidArgument
 from service.models import LoadedVersion
+from service.pipelines.core import Stages, label_of
+from service.pipelines.request import ImageInput, ModelRef, PreparedImage, RequestContext
 from service.postprocess.segment import (
     class_pixel_counts, encode_label_map, label_map_from_logits, overlay_png, probability_maps,
 )
@@ -49,10 +48,6 @@ class SegmentationResult:
         return int(self.label_map.shape[1])
 
 
-def _label(model: LoadedVersion, index: int) -> str:
-    return model.labels[index] if index < len(model.labels) else str(index)
-
-
 def _check_logits(model: LoadedVersion, logits: np.ndarray) -> np.ndarray:
     if logits.ndim != 3 or logits.shape[0] < 1:
         raise FailedPrecondition(
@@ -62,7 +57,8 @@ def _check_logits(model: LoadedVersion, logits: np.ndarray) -> np.ndarray:
     return logits
 
 
-def segment_one(model: LoadedVersion, prepared: PreparedImage, logits: np.ndarray, overlay: bool, probabilities: bool) -> SegmentationResult:
+def segment_one(model: LoadedVersion, prepared: PreparedImage, logits: np.ndarray, overlay: bool,
+                probabilities: bool) -> SegmentationResult:
     """One image's logits [C, h, w] -> its SegmentationResult (pure; runs in a worker thread)."""
     logits = _check_logits(model, logits)
     num_classes = logits.shape[0]
@@ -70,28 +66,29 @@ def segment_one(model: LoadedVersion, prepared: PreparedImage, logits: np.ndarra
     counts = class_pixel_counts(label_map, num_classes)
     total = float(label_map.size)
     classes = tuple(
-        ClassCoverage(int(c), _label(model, int(c)), int(counts[c]), float(counts[c] / total)) for c in np.flatnonzero(counts)
+        ClassCoverage(int(c), label_of(model, int(c)), int(counts[c]), float(counts[c] / total))
+        for c in np.flatnonzero(counts)
     )
+    apply_softmax = model.config.postprocessing.scores == "logits"
     return SegmentationResult(
         label_map=label_map,
         label_map_png=encode_label_map(label_map),
         classes=classes,
         overlay_png=overlay_png(prepared.original, label_map, num_classes) if overlay else b"",
-        probabilities=probability_maps(logits, prepared.info, model.config.postprocessing.scores == "logits") if probabilities else None,
+        probabilities=probability_maps(logits, prepared.info, apply_softmax) if probabilities else None,
     )
 
 
-async def segment(dp: DataPlane, ctx: RequestContext, model: LoadedVersion, images: Sequence[ImageInput], overlay: bool, probabilities: bool) -> list[SegmentationResult]:
+async def segment(stages: Stages, ctx: RequestContext, model: ModelRef | LoadedVersion, images: Sequence[ImageInput],
+                  overlay: bool, probabilities: bool) -> list[SegmentationResult]:
+    loaded = stages.resolve(ctx, model, task="segmentation")
     if overlay and any(image.tensor is not None for image in images):
         raise InvalidArgument("overlay needs encoded images (a tensor image has no original pixels to draw on)")
-    prepared = await dp.prepare(ctx, model, images, keep_original=overlay)
-    outputs = await dp.run_images(ctx, model, prepared)
-    started = time.perf_counter()
-    answer = model.config.answer_output
-    # Resizing C full-size planes is real work for large images: keep it off the event loop.
-    results = await asyncio.gather(*(
-        asyncio.to_thread(segment_one, model, item, output[answer], overlay, probabilities)
+    prepared = await stages.prepare(ctx, loaded, images, keep_original=overlay)
+    outputs = await stages.run_images(ctx, loaded, prepared)
+    answer = loaded.config.answer_output
+    # Resizing C full-size planes is real work for large images: off the event loop, one job per image.
+    return await stages.off_loop(ctx, [
+        lambda item=item, output=output: segment_one(loaded, item, output[answer], overlay, probabilities)
         for item, output in zip(prepared, outputs)
-    ))
-    ctx.add_stage("postprocess", time.perf_counter() - started)
-    return list(results)
+    ])

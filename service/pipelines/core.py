@@ -1,63 +1,39 @@
-"""The path every request takes between a servicer and the model: images in, raw outputs out.
+"""The stages every pipeline shares, each timed into the request context:
 
-Servicers convert protobuf to these plain types, the task modules (service/tasks/) post-process,
-and this module does the shared middle: resolve the model, decode + preprocess in a thread pool,
-submit to the model's dynamic batcher, and time every stage into the request context.
+resolve the model (`resolve`) -> decode + preprocess in the thread pool (`prepare`, stage
+"preprocess") -> the model's dynamic batcher (`submit`, stages "queue" and "inference") ->
+post-processing in the thread pool (`off_loop`, stage "postprocess"). The pipelines of
+service/pipelines/ compose these; nothing here knows a task.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-import uuid
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Callable, Sequence, TypeVar
 
 import numpy as np
 
 from service.errors import FailedPrecondition, InvalidArgument, ServiceError
 from service.metrics import Metrics
 from service.models import LoadedVersion, ModelRegistry
+from service.pipelines.request import ImageInput, ModelRef, PreparedImage, RequestContext
 from service.preprocess import ResizeInfo, decode_image, preprocess_image
 from service.settings import Limits
 
-
-@dataclass(frozen=True)
-class ImageInput:
-    """One image of a request: encoded bytes (server-side preprocessing) or a ready CHW tensor."""
-
-    encoded: bytes | None = None
-    tensor: np.ndarray | None = None
+T = TypeVar("T")
 
 
-@dataclass
-class RequestContext:
-    """Per-request facts that every stage reads or adds to (deadline, id, stage timings)."""
-
-    method: str
-    deadline: float | None = None  # absolute time.monotonic() seconds
-    request_id: str = field(default_factory=lambda: uuid.uuid4().hex)
-    model: str = ""
-    version: str = ""
-    images: int = 0
-    stages: dict[str, float] = field(default_factory=dict)
-    started: float = field(default_factory=time.perf_counter)
-
-    def add_stage(self, stage: str, seconds: float) -> None:
-        self.stages[stage] = self.stages.get(stage, 0.0) + seconds
+def label_of(model: LoadedVersion, index: int) -> str:
+    """The class's name from the model's labels file, or its index as text when it has none."""
+    labels = model.labels
+    return labels[index] if index < len(labels) else str(index)
 
 
-@dataclass(frozen=True)
-class PreparedImage:
-    """A model-ready tensor, how it was resized, and (when asked) the decoded original pixels."""
+class Stages:
+    """Model resolution, the preprocessing thread pool and batcher submission, shared by every pipeline."""
 
-    tensor: np.ndarray
-    info: ResizeInfo
-    original: np.ndarray | None
-
-
-class DataPlane:
     def __init__(self, registry: ModelRegistry, metrics: Metrics, limits: Limits, preprocess_threads: int):
         self.registry = registry
         self.metrics = metrics
@@ -65,20 +41,26 @@ class DataPlane:
         self._pool = ThreadPoolExecutor(max_workers=preprocess_threads, thread_name_prefix="preprocess")
         self._image_counters: dict[str, object] = {}  # memoised metrics.images.labels(model): per-request hot path
 
-    def model(self, ctx: RequestContext, name: str, version: str | int | None, task: str | None = None) -> LoadedVersion:
-        """Resolve the serving version; NOT_FOUND/UNAVAILABLE, or FAILED_PRECONDITION for the wrong task."""
-        if not name:
-            raise InvalidArgument("model name is empty")
-        ctx.model = name
-        loaded = self.registry.get(name, version)
-        ctx.version = str(loaded.version)
-        if task is not None and loaded.config.task != task:
-            raise FailedPrecondition(f"model '{name}' is a {loaded.config.task} model; this call needs a {task} model")
-        return loaded
+    def resolve(self, ctx: RequestContext, model: ModelRef | LoadedVersion, task: str | None = None) -> LoadedVersion:
+        """The serving version; NOT_FOUND/UNAVAILABLE, or FAILED_PRECONDITION for the wrong task.
 
-    async def prepare(self, ctx: RequestContext, model: LoadedVersion, images: Sequence[ImageInput], keep_original: bool = False) -> list[PreparedImage]:
+        A LoadedVersion passes through: a vision stream pins the version its first frame resolved.
+        """
+        if isinstance(model, ModelRef):
+            if not model.name:
+                raise InvalidArgument("model name is empty")
+            ctx.model = model.name
+            model = self.registry.get(model.name, model.version)
+        ctx.model, ctx.version = model.name, str(model.version)
+        if task is not None and model.config.task != task:
+            raise FailedPrecondition(
+                f"model '{model.name}' is a {model.config.task} model; this call needs a {task} model")
+        return model
+
+    async def prepare(self, ctx: RequestContext, model: LoadedVersion, images: Sequence[ImageInput],
+                      keep_original: bool = False) -> list[PreparedImage]:
         """Decode + preprocess every image off the event loop; a bad image names its index."""
-        self._check_count(model, len(images))
+        self._check_budget(model, len(images))
         ctx.images = len(images)
         started = time.perf_counter()
         loop = asyncio.get_running_loop()
@@ -94,13 +76,16 @@ class DataPlane:
             prepared.append(result)
         return prepared
 
-    def _check_count(self, model: LoadedVersion, count: int) -> None:
+    def _check_budget(self, model: LoadedVersion, count: int) -> None:
+        """What an image request may bring, checked before anything is decoded: the one place for its
+        budgets (the image count today)."""
         if count == 0:
             raise InvalidArgument("request has no images")
         if count > self.limits.max_images_per_request:
             raise InvalidArgument(f"request has {count} images, over the limit of {self.limits.max_images_per_request}")
         if count > model.config.batching.max_batch_size:
-            raise InvalidArgument(f"request has {count} images, over the model's max_batch_size {model.config.batching.max_batch_size}")
+            raise InvalidArgument(
+                f"request has {count} images, over the model's max_batch_size {model.config.batching.max_batch_size}")
 
     def _prepare_one(self, model: LoadedVersion, image: ImageInput, keep_original: bool) -> PreparedImage:
         spec = model.config.preprocessing
@@ -109,26 +94,31 @@ class DataPlane:
             hw = (tensor.shape[1], tensor.shape[2])
             return PreparedImage(tensor, ResizeInfo(hw, (1.0, 1.0), (0.0, 0.0), hw), None)
         if spec is None:
-            raise InvalidArgument(f"model '{model.name}' has no preprocessing configured; send tensors, not encoded images")
+            raise InvalidArgument(
+                f"model '{model.name}' has no preprocessing configured; send tensors, not encoded images")
         decoded = decode_image(image.encoded or b"", spec, self.limits.max_pixels)
         tensor, info = preprocess_image(decoded, spec, source_order="bgr")
         return PreparedImage(tensor, info, decoded if keep_original else None)
 
-    async def run_images(self, ctx: RequestContext, model: LoadedVersion, prepared: Sequence[PreparedImage], output_names=None) -> list[dict[str, np.ndarray]]:
+    async def run_images(self, ctx: RequestContext, model: LoadedVersion, prepared: Sequence[PreparedImage],
+                         output_names: Sequence[str] | None = None) -> list[dict[str, np.ndarray]]:
         """Run every image; same-shaped images go as one batch. Returns per-image outputs (no batch axis)."""
         groups: dict[tuple, list[int]] = {}
         for index, item in enumerate(prepared):
             groups.setdefault(item.tensor.shape, []).append(index)
         input_name = model.config.inputs[0].name
-        runs = [self.execute(ctx, model, {input_name: np.stack([prepared[i].tensor for i in idx])}, output_names) for idx in groups.values()]
+        runs = [self.submit(ctx, model, {input_name: np.stack([prepared[i].tensor for i in idx])}, output_names)
+                for idx in groups.values()]
         per_image: list[dict[str, np.ndarray]] = [{} for _ in prepared]
         for idx, outputs in zip(groups.values(), await asyncio.gather(*runs)):
             for position, index in enumerate(idx):
                 per_image[index] = {name: value[position] for name, value in outputs.items()}
         return per_image
 
-    async def execute(self, ctx: RequestContext, model: LoadedVersion, inputs: dict[str, np.ndarray], output_names=None) -> dict[str, np.ndarray]:
-        """Submit one [n, ...] batch to the model's batcher; records queue and inference time."""
+    async def submit(self, ctx: RequestContext, model: LoadedVersion, inputs: dict[str, np.ndarray],
+                     output_names: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+        """Submit one [n, ...] batch to the model's batcher: the single door to the batcher, so budget
+        checks on what a request puts in the queue belong here. Records queue and inference time."""
         started = time.monotonic()
         outputs, queue_wait = await model.batcher.submit(inputs, ctx.deadline)
         ctx.add_stage("queue", queue_wait)
@@ -143,6 +133,15 @@ class DataPlane:
             return {name: outputs[name] for name in output_names}
         return outputs
 
+    async def off_loop(self, ctx: RequestContext, jobs: Sequence[Callable[[], T]]) -> list[T]:
+        """Run post-processing jobs (pure functions of one image's outputs) in worker threads, in
+        parallel, timed as the "postprocess" stage: drawing, encoding and resizing never block the loop."""
+        started = time.perf_counter()
+        loop = asyncio.get_running_loop()
+        results = await asyncio.gather(*(loop.run_in_executor(None, job) for job in jobs))
+        ctx.add_stage("postprocess", time.perf_counter() - started)
+        return list(results)
+
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
 
@@ -154,7 +153,8 @@ def check_image_tensor(model: LoadedVersion, tensor: np.ndarray) -> np.ndarray:
     if tensor.dtype != np.float32:
         raise InvalidArgument(f"image tensor must be float32, got {tensor.dtype}")
     if tensor.ndim != len(expected) or any(e != -1 and e != s for e, s in zip(expected, tensor.shape)):
-        raise InvalidArgument(f"image tensor shape {list(tensor.shape)} does not match the model input {list(expected)} (no batch axis)")
+        raise InvalidArgument(
+            f"image tensor shape {list(tensor.shape)} does not match the model input {list(expected)} (no batch axis)")
     if not np.isfinite(tensor).all():
         raise InvalidArgument("image tensor contains NaN or Inf values")
     return tensor

@@ -8,8 +8,9 @@ from typing import Sequence
 
 import numpy as np
 
-from service.dataplane import DataPlane, ImageInput, PreparedImage, RequestContext
 from service.models import LoadedVersion
+from service.pipelines.core import Stages, label_of
+from service.pipelines.request import ImageInput, ModelRef, PreparedImage, RequestContext
 from service.postprocess.classify import resolve_top_k, softmax, top_k
 
 
@@ -30,29 +31,30 @@ class Classification:
     prepared: PreparedImage
 
 
-def label_of(model: LoadedVersion, index: int) -> str:
-    labels = model.labels
-    return labels[index] if index < len(labels) else str(index)
-
-
 def probabilities_of(model: LoadedVersion, outputs: np.ndarray) -> np.ndarray:
     """[N, C] model output -> probabilities, applying softmax when the model emits logits."""
     scores = outputs.reshape(outputs.shape[0], -1).astype(np.float32)
     return softmax(scores) if model.config.postprocessing.scores == "logits" else scores
 
 
-async def classify(dp: DataPlane, ctx: RequestContext, model: LoadedVersion, images: Sequence[ImageInput], requested_top_k: int, keep_original: bool = False) -> list[Classification]:
-    prepared = await dp.prepare(ctx, model, images, keep_original=keep_original)
-    outputs = await dp.run_images(ctx, model, prepared)
+async def classify(stages: Stages, ctx: RequestContext, model: ModelRef | LoadedVersion, images: Sequence[ImageInput],
+                   requested_top_k: int, keep_original: bool = False) -> list[Classification]:
+    """top_k 0 means the model's default. keep_original keeps the decoded pixels (Explain's overlays).
+
+    Softmax and top-k of [N, C] scores take microseconds, less than a hop to a worker thread, so
+    this post-processing alone stays on the event loop.
+    """
+    loaded = stages.resolve(ctx, model, task="classification")
+    prepared = await stages.prepare(ctx, loaded, images, keep_original=keep_original)
+    outputs = await stages.run_images(ctx, loaded, prepared)
     started = time.perf_counter()
-    answer = model.config.answer_output
-    probabilities = probabilities_of(model, np.stack([o[answer] for o in outputs]))
-    k = resolve_top_k(requested_top_k, model.config.postprocessing.top_k, probabilities.shape[1])
+    probabilities = probabilities_of(loaded, np.stack([o[loaded.config.answer_output] for o in outputs]))
+    k = resolve_top_k(requested_top_k, loaded.config.postprocessing.top_k, probabilities.shape[1])
     indices, scores = top_k(probabilities, k)
     results = []
     for row in range(len(prepared)):
         predictions = tuple(
-            ClassScore(label_of(model, int(i)), int(i), float(s)) for i, s in zip(indices[row], scores[row])
+            ClassScore(label_of(loaded, int(i)), int(i), float(s)) for i, s in zip(indices[row], scores[row])
         )
         results.append(Classification(predictions, probabilities[row], outputs[row], prepared[row]))
     ctx.add_stage("postprocess", time.perf_counter() - started)
