@@ -41,7 +41,9 @@ def http_port(server: ServedModels) -> int:
 
 def http_rows(server: ServedModels, model: str, concurrency: int, duration: float) -> list[ServedPoint]:
     url = f"127.0.0.1:{http_port(server)}"
-    return [_measure(server, url, model, payload, binary, concurrency, duration) for payload, binary in PAYLOADS.items()]
+    return [
+        _measure(server, url, model, payload, binary, concurrency, duration) for payload, binary in PAYLOADS.items()
+    ]
 
 
 def _request(url: str, model: str) -> tuple[str, np.ndarray, list[str]]:
@@ -50,8 +52,11 @@ def _request(url: str, model: str) -> tuple[str, np.ndarray, list[str]]:
         metadata = client.get_model_metadata(model)
     (tensor,) = metadata["inputs"]
     dims = [1, *[int(d) for d in tensor["shape"][1:]]]
-    return (tensor["name"], np.random.default_rng(0).standard_normal(dims).astype(np.float32),
-            [o["name"] for o in metadata["outputs"]])
+    return (
+        tensor["name"],
+        np.random.default_rng(0).standard_normal(dims).astype(np.float32),
+        [o["name"] for o in metadata["outputs"]],
+    )
 
 
 def _sender(url, model, request, binary, deadline, measure_from, latencies, errors) -> None:
@@ -80,8 +85,10 @@ def _measure(server, url, model, payload, binary, concurrency, duration) -> Serv
     latencies: list[float] = []
     errors: dict[str, int] = {}
     cpu_before, busy_before, client_before = server.cpu_seconds(), system_busy_seconds(), time.process_time()
-    threads = [threading.Thread(target=_sender, args=(url, model, request, binary, deadline, measure_from,
-                                                       latencies, errors)) for _ in range(concurrency)]
+    threads = [
+        threading.Thread(target=_sender, args=(url, model, request, binary, deadline, measure_from, latencies, errors))
+        for _ in range(concurrency)
+    ]
     for thread in threads:
         thread.start()
     for thread in threads:
@@ -92,12 +99,19 @@ def _measure(server, url, model, payload, binary, concurrency, duration) -> Serv
     ordered = sorted(latencies) or [float("nan")]
     pick = lambda q: round(1000 * ordered[min(len(ordered) - 1, int(q * len(ordered)))], 3)  # noqa: E731
     return ServedPoint(
-        model=model, payload=payload, concurrency=concurrency, throughput_rps=round(len(latencies) / duration, 1),
+        model=model,
+        payload=payload,
+        concurrency=concurrency,
+        throughput_rps=round(len(latencies) / duration, 1),
         images_per_s=round(len(latencies) / duration, 1),
         latency_ms={"p50": round(1000 * statistics.median(ordered), 3), "p90": pick(0.9), "p99": pick(0.99)},
-        errors=errors, requests_total=total, server_cpu_us_per_request=round(1e6 * server_cpu / total, 1),
+        errors=errors,
+        requests_total=total,
+        server_cpu_us_per_request=round(1e6 * server_cpu / total, 1),
         client_cpu_us_per_request=round(1e6 * client_cpu / total, 1),
-        others_cpu_s=round(max(0.0, busy - server_cpu - client_cpu), 2), wall_s=round(duration, 2))
+        others_cpu_s=round(max(0.0, busy - server_cpu - client_cpu), 2),
+        wall_s=round(duration, 2),
+    )
 
 
 def main() -> None:
@@ -118,9 +132,11 @@ def main() -> None:
         try:
             for name in names:
                 for point in http_rows(server, name, args.concurrency, args.seconds):
-                    print(f"{point.model:9} {point.payload:12} c{point.concurrency}: {point.throughput_rps:8.1f} req/s  "
-                          f"p50 {point.latency_ms['p50']:8.2f} ms  p99 {point.latency_ms['p99']:8.2f} ms  "
-                          f"server {point.server_cpu_us_per_request:8.0f} us/req  errors {point.errors or '-'}")
+                    print(
+                        f"{point.model:9} {point.payload:12} c{point.concurrency}: {point.throughput_rps:8.1f} req/s  "
+                        f"p50 {point.latency_ms['p50']:8.2f} ms  p99 {point.latency_ms['p99']:8.2f} ms  "
+                        f"server {point.server_cpu_us_per_request:8.0f} us/req  errors {point.errors or '-'}"
+                    )
         finally:
             server.stop()
 

@@ -22,9 +22,14 @@ import subprocess
 import sys
 import time
 
-BODY = json.dumps({"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 1, 8, 8], "data": [0.5] * 64}]}).encode()
-ANSWER = {"model_name": "digits", "model_version": "1",
-          "outputs": [{"name": "logits", "datatype": "FP32", "shape": [1, 10], "data": [0.1] * 10}]}
+BODY = json.dumps(
+    {"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 1, 8, 8], "data": [0.5] * 64}]}
+).encode()
+ANSWER = {
+    "model_name": "digits",
+    "model_version": "1",
+    "outputs": [{"name": "logits", "datatype": "FP32", "shape": [1, 10], "data": [0.1] * 10}],
+}
 
 
 def answer_for(body: bytes) -> bytes:
@@ -54,8 +59,11 @@ async def serve_starlette(sock: socket.socket, http: str, ready: asyncio.Event, 
 
     app = Starlette(routes=[Route("/v2/models/digits/infer", infer, methods=["POST"])])
     sock.close()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, http=http, loop="none", lifespan="off",
-                                           log_level="warning", access_log=False))
+    server = uvicorn.Server(
+        uvicorn.Config(
+            app, host="127.0.0.1", port=0, http=http, loop="none", lifespan="off", log_level="warning", access_log=False
+        )
+    )
     task = asyncio.create_task(server.serve())
     while not server.started:
         await asyncio.sleep(0.01)
@@ -111,8 +119,16 @@ async def measure(stack: str, requests: int) -> dict:
         server = asyncio.create_task(serve_starlette(sock, stack.split("-")[1], ready, stop))
     await ready.wait()
     port = ready.port
-    process = await asyncio.create_subprocess_exec(sys.executable, "-m", "bench.http_stack_ab", "--client", str(port),
-                                                   "--requests", str(requests), stdout=subprocess.PIPE)
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "bench.http_stack_ab",
+        "--client",
+        str(port),
+        "--requests",
+        str(requests),
+        stdout=subprocess.PIPE,
+    )
     out, _ = await asyncio.wait_for(process.communicate(), timeout=600)
     stop.set()
     await server

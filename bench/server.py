@@ -24,8 +24,8 @@ class ServedModels:
     def __init__(self, repo: Path, *extra: str, tree: Path = REPO_ROOT):
         """`tree`: the source tree to serve from (another checkout, for before/after comparisons)."""
         command = [sys.executable, "-m", "entrypoint", "serve", "--model-repo", str(repo), "--host", "127.0.0.1",
-                   "--port", "0", "--metrics-port", "-1", "--http-port", "-1", "--providers", "cpu", "--log-format", "json",
-                   *extra]
+                   "--port", "0", "--metrics-port", "-1", "--http-port", "-1", "--providers", "cpu",
+                   "--log-format", "json", *extra]
         self.proc = subprocess.Popen(command, cwd=tree, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         self.events: list[dict] = []
         self.port: int | None = None

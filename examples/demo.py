@@ -250,7 +250,8 @@ def http_steps(http_port: int) -> None:
     with urllib.request.urlopen(base + "/v2/health/ready", timeout=10) as response:
         print(f"\n== HTTP/REST on port {http_port}: GET /v2/health/ready -> {response.status}")
     image = IMAGES / "digit_7.png"
-    request = urllib.request.Request(base + "/v1/models/lenet5/classify?top_k=3", data=image.read_bytes(), method="POST")
+    request = urllib.request.Request(base + "/v1/models/lenet5/classify?top_k=3", data=image.read_bytes(),
+                                     method="POST")
     if (MODEL_REPO / "lenet5").is_dir():
         with urllib.request.urlopen(request, timeout=30) as response:
             answer = json.loads(response.read())

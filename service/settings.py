@@ -63,7 +63,8 @@ _HELP = {
     "host": "address to bind the gRPC port on",
     "port": "gRPC port (0 picks a free one; the chosen port is logged)",
     "metrics_port": "Prometheus /metrics HTTP port (0 picks a free one, -1 disables)",
-    "http_port": "Open Inference Protocol REST, vision JSON API and browser console port (0 picks a free one, -1 disables)",
+    "http_port": "Open Inference Protocol REST, vision JSON API and browser console port "
+                 "(0 picks a free one, -1 disables)",
     "providers": "ordered execution providers, comma separated: cuda,cpu",
     "require_gpu": "fail a model's load when CUDA was asked for but its session does not run on CUDA",
     "log_format": "json or kv (key=value)",
@@ -169,8 +170,8 @@ def validate(settings: ServerSettings) -> None:
                         f"got {settings.http2_max_frame_bytes}")
     if settings.http2_lookahead_bytes < 0:
         problems.append("http2_lookahead_bytes must be >= 0")
-    for name in ("max_message_bytes", "max_images_per_request", "max_pixels", "max_concurrent_streams", "stream_max_pending",
-                 "max_json_elements"):
+    for name in ("max_message_bytes", "max_images_per_request", "max_pixels", "max_concurrent_streams",
+                 "stream_max_pending", "max_json_elements"):
         if getattr(settings.limits, name) <= 0:
             problems.append(f"{name} must be > 0")
     if problems:

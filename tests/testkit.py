@@ -162,8 +162,8 @@ class ServerProcess:
         import time
 
         command = [sys.executable, "-m", "entrypoint", "serve", "--model-repo", str(repo), "--host", "127.0.0.1",
-                   "--port", "0", "--metrics-port", "0", "--http-port", "-1", "--providers", "cpu", "--log-format", "json",
-                   *args]
+                   "--port", "0", "--metrics-port", "0", "--http-port", "-1", "--providers", "cpu",
+                   "--log-format", "json", *args]
         self.proc = subprocess.Popen(command, cwd=REPO_ROOT, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL,
                                      text=True, env={**os.environ, **(env or {})})
         self.log_lines: list[str] = []

@@ -65,8 +65,11 @@ def front_door(lifecycle: Lifecycle, policy: TokenPolicy | None):
             if not lifecycle.accepting and not path.startswith("/v2/health/"):
                 raise Unavailable(SHUTTING_DOWN)
             if policy is not None:
-                refusal = policy.refusal(bearer_token(request.headers.get("Authorization")),
-                                         open_call=_is_open(path), admin_call=_is_admin(path))
+                refusal = policy.refusal(
+                    bearer_token(request.headers.get("Authorization")),
+                    open_call=_is_open(path),
+                    admin_call=_is_admin(path),
+                )
                 if refusal is not None:
                     raise refusal
             response = await handler(request)
@@ -75,8 +78,11 @@ def front_door(lifecycle: Lifecycle, policy: TokenPolicy | None):
         except Exception as exc:
             status, (_, message) = http_status_of(exc), status_of(exc)
             if status == 500:
-                log.error("http request failed unexpectedly", exc_info=exc,
-                          extra={"event": "http_error", "path": path[:200], "request_id": request_id})
+                log.error(
+                    "http request failed unexpectedly",
+                    exc_info=exc,
+                    extra={"event": "http_error", "path": path[:200], "request_id": request_id},
+                )
             response = web.Response(status=status, body=error_body(message), content_type="application/json")
         response.headers[REQUEST_ID_KEY] = request_id
         return response
@@ -88,7 +94,9 @@ async def console_page(request: web.Request) -> web.FileResponse:
     return web.FileResponse(CONSOLE / "index.html")
 
 
-def build_app(path: RequestPath, calls: CallRunner, lifecycle: Lifecycle, policy: TokenPolicy | None) -> web.Application:
+def build_app(
+    path: RequestPath, calls: CallRunner, lifecycle: Lifecycle, policy: TokenPolicy | None
+) -> web.Application:
     # client_max_size bounds bodies sent without Content-Length (chunked); read_body checks the header first
     app = web.Application(middlewares=[front_door(lifecycle, policy)], client_max_size=calls.limits.max_message_bytes)
     app[PATH] = path
@@ -122,8 +130,9 @@ def _ssl_context(settings) -> ssl.SSLContext | None:
     return context
 
 
-async def start_http(settings, path: RequestPath, calls: CallRunner, lifecycle: Lifecycle,
-                     policy: TokenPolicy | None) -> HttpServer:
+async def start_http(
+    settings, path: RequestPath, calls: CallRunner, lifecycle: Lifecycle, policy: TokenPolicy | None
+) -> HttpServer:
     app = build_app(path, calls, lifecycle, policy)
     runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=settings.drain_timeout_s)
     await runner.setup()

@@ -23,7 +23,7 @@ def split_body(body: bytes, header_length: str | None) -> tuple[memoryview, memo
     """(JSON part, binary part) of a request body; without the header the whole body is JSON."""
     view = memoryview(body)
     if header_length is None:
-        return view, view[len(view):]
+        return view, view[len(view) :]
     try:
         length = int(header_length)
     except ValueError:
@@ -42,13 +42,17 @@ def take_blobs(binary: memoryview, sizes: Sequence[int | None]) -> list[memoryvi
             blobs.append(None)
             continue
         if offset + size > len(binary):
-            raise InvalidArgument(f"inputs[{index}]: binary_data_size {size} runs past the end of the body "
-                                  f"({len(binary) - offset} binary bytes left)")
-        blobs.append(binary[offset:offset + size])
+            raise InvalidArgument(
+                f"inputs[{index}]: binary_data_size {size} runs past the end of the body "
+                f"({len(binary) - offset} binary bytes left)"
+            )
+        blobs.append(binary[offset : offset + size])
         offset += size
     if offset != len(binary):
-        raise InvalidArgument(f"the body holds {len(binary) - offset} binary bytes after the inputs' binary_data_size "
-                              "values; they must add up to the bytes after the JSON header")
+        raise InvalidArgument(
+            f"the body holds {len(binary) - offset} binary bytes after the inputs' binary_data_size "
+            "values; they must add up to the bytes after the JSON header"
+        )
     return blobs
 
 

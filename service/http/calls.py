@@ -37,7 +37,9 @@ class Answer:
 
 
 class RequestPath:
-    def __init__(self, stages: Stages, v2: InferenceServicer, shared_memory: SharedMemoryRegistry, lifecycle: Lifecycle):
+    def __init__(
+        self, stages: Stages, v2: InferenceServicer, shared_memory: SharedMemoryRegistry, lifecycle: Lifecycle
+    ):
         self.stages = stages
         self.v2 = v2
         self.shared_memory = shared_memory
@@ -97,30 +99,52 @@ class RequestPath:
         self.v2.inference_done(result.model.name)
         return Answer(result.model.name, str(result.model.version), result.outputs)
 
-    async def classify(self, ctx: RequestContext, name: str, version: str, image: bytes, top_k: int,
-                       explain_options: ExplainOptions | None) -> Answer:
+    async def classify(
+        self,
+        ctx: RequestContext,
+        name: str,
+        version: str,
+        image: bytes,
+        top_k: int,
+        explain_options: ExplainOptions | None,
+    ) -> Answer:
         """(Classification, ActivationMapResult or None) of one encoded image."""
         images = [ImageInput(encoded=image)]
         if explain_options is None:
             results, maps = await classify(self.stages, ctx, ModelRef(name, version), images, top_k), [None]
         else:
-            results, maps = await classify_and_explain(self.stages, ctx, ModelRef(name, version), images, top_k,
-                                                       explain_options)
+            results, maps = await classify_and_explain(
+                self.stages, ctx, ModelRef(name, version), images, top_k, explain_options
+            )
         return Answer(ctx.model, ctx.version, (results[0], maps[0]))
 
-    async def detect(self, ctx: RequestContext, name: str, version: str, image: bytes, options: DetectOptions) -> Answer:
+    async def detect(
+        self, ctx: RequestContext, name: str, version: str, image: bytes, options: DetectOptions
+    ) -> Answer:
         (result,) = await detect(self.stages, ctx, ModelRef(name, version), [ImageInput(encoded=image)], options)
         return Answer(ctx.model, ctx.version, result)
 
     async def segment(self, ctx: RequestContext, name: str, version: str, image: bytes, overlay: bool) -> Answer:
-        (result,) = await segment(self.stages, ctx, ModelRef(name, version), [ImageInput(encoded=image)], overlay, False)
+        (result,) = await segment(
+            self.stages, ctx, ModelRef(name, version), [ImageInput(encoded=image)], overlay, False
+        )
         return Answer(ctx.model, ctx.version, result)
 
-    async def explain(self, ctx: RequestContext, name: str, version: str, image: bytes, options: ExplainOptions) -> Answer:
+    async def explain(
+        self, ctx: RequestContext, name: str, version: str, image: bytes, options: ExplainOptions
+    ) -> Answer:
         (result,) = await explain(self.stages, ctx, ModelRef(name, version), [ImageInput(encoded=image)], options)
         return Answer(ctx.model, ctx.version, result)
 
 
 # The plain option and result types of the vision calls, for the JSON converters (one import site).
-__all__ = ["ActivationMapResult", "Answer", "Classification", "DetectOptions", "DetectionResult", "ExplainOptions",
-           "RequestPath", "SegmentationResult"]
+__all__ = [
+    "ActivationMapResult",
+    "Answer",
+    "Classification",
+    "DetectOptions",
+    "DetectionResult",
+    "ExplainOptions",
+    "RequestPath",
+    "SegmentationResult",
+]

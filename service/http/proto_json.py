@@ -22,7 +22,9 @@ def message_to_json(message: Message) -> dict:
             continue  # a oneof writes only the member that is set
         value = getattr(message, field.name)
         if _is_map(field):
-            out[field.name] = {key: _value(field.message_type.fields_by_name["value"], item) for key, item in value.items()}
+            out[field.name] = {
+                key: _value(field.message_type.fields_by_name["value"], item) for key, item in value.items()
+            }
         elif field.is_repeated:
             out[field.name] = [_value(field, item) for item in value]
         elif field.type == FieldDescriptor.TYPE_MESSAGE:
@@ -34,8 +36,9 @@ def message_to_json(message: Message) -> dict:
 
 
 def _is_map(field: FieldDescriptor) -> bool:
-    return (field.type == FieldDescriptor.TYPE_MESSAGE and field.is_repeated
-            and field.message_type.GetOptions().map_entry)
+    return (
+        field.type == FieldDescriptor.TYPE_MESSAGE and field.is_repeated and field.message_type.GetOptions().map_entry
+    )
 
 
 def _value(field: FieldDescriptor, value):

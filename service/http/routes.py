@@ -23,7 +23,7 @@ from service.servicers.calls import CallRunner
 
 PATH = web.AppKey("path", RequestPath)
 CALLS = web.AppKey("calls", CallRunner)
-REQUEST_ID = "request_id"  # request-scoped: set by the front door, read by the handlers
+REQUEST_ID = web.RequestKey("request_id", str)  # set by the front door, read by the handlers
 
 
 def json_response(document, status: int = 200) -> web.Response:
@@ -39,7 +39,9 @@ async def read_body(request: web.Request) -> bytes:
     """The body, refused from Content-Length before reading; aiohttp's client_max_size bounds the rest."""
     limit = request.app[CALLS].limits.max_message_bytes
     if request.content_length is not None and request.content_length > limit:
-        raise BodyTooLarge(f"request body of {request.content_length} bytes is over the limit of {limit} (--max-message-bytes)")
+        raise BodyTooLarge(
+            f"request body of {request.content_length} bytes is over the limit of {limit} (--max-message-bytes)"
+        )
     try:
         return await request.read()
     except web.HTTPRequestEntityTooLarge:
@@ -57,6 +59,7 @@ def _model_ref(request: web.Request) -> tuple[str, str]:
 
 
 # -- V2: health, metadata, configuration, statistics, repository ---------------------------------
+
 
 async def live(request: web.Request) -> web.Response:
     return empty(True)
@@ -76,7 +79,9 @@ async def model_ready(request: web.Request) -> web.Response:
 
 async def model_metadata(request: web.Request) -> web.Response:
     name, version = _model_ref(request)
-    reply = await run_call(request, "ModelMetadata", name, lambda ctx: request.app[PATH].model_metadata(ctx, name, version))
+    reply = await run_call(
+        request, "ModelMetadata", name, lambda ctx: request.app[PATH].model_metadata(ctx, name, version)
+    )
     return json_response(message_to_json(reply))
 
 
@@ -89,8 +94,9 @@ async def model_config(request: web.Request) -> web.Response:
 
 async def model_statistics(request: web.Request) -> web.Response:
     name, version = request.match_info.get("name", ""), request.match_info.get("version", "")
-    reply = await run_call(request, "ModelStatistics", name,
-                           lambda ctx: request.app[PATH].model_statistics(ctx, name, version))
+    reply = await run_call(
+        request, "ModelStatistics", name, lambda ctx: request.app[PATH].model_statistics(ctx, name, version)
+    )
     return json_response(message_to_json(reply))
 
 
@@ -121,11 +127,15 @@ async def repository_unload(request: web.Request) -> web.Response:
 
 # -- V2 system shared memory (Triton's HTTP shapes; the regions are the ones gRPC registers) -----
 
+
 async def shm_status(request: web.Request) -> web.Response:
     name = request.match_info.get("region", "")
-    regions = await run_call(request, "SystemSharedMemoryStatus", "",
-                             lambda ctx: _now(request.app[PATH].shared_memory_status(name)))
-    return json_response([{"name": r.name, "key": r.key, "offset": r.offset, "byte_size": r.byte_size} for r in regions])
+    regions = await run_call(
+        request, "SystemSharedMemoryStatus", "", lambda ctx: _now(request.app[PATH].shared_memory_status(name))
+    )
+    return json_response(
+        [{"name": r.name, "key": r.key, "offset": r.offset, "byte_size": r.byte_size} for r in regions]
+    )
 
 
 async def shm_register(request: web.Request) -> web.Response:
@@ -137,16 +147,21 @@ async def shm_register(request: web.Request) -> web.Response:
     key, offset, size = document.get("key"), document.get("offset", 0), document.get("byte_size")
     if not isinstance(key, str) or not all(isinstance(v, int) and not isinstance(v, bool) for v in (offset, size)):
         raise InvalidArgument("register request needs key (string), byte_size and offset (integers)")
-    await run_call(request, "SystemSharedMemoryRegister", "",
-                   lambda ctx: _now(request.app[PATH].shared_memory_register(name, key, offset, size)))
+    await run_call(
+        request,
+        "SystemSharedMemoryRegister",
+        "",
+        lambda ctx: _now(request.app[PATH].shared_memory_register(name, key, offset, size)),
+    )
     return web.Response(status=200)
 
 
 async def shm_unregister(request: web.Request) -> web.Response:
     name = request.match_info.get("region", "")  # none: every region
     await read_body(request)
-    await run_call(request, "SystemSharedMemoryUnregister", "",
-                   lambda ctx: _now(request.app[PATH].shared_memory_unregister(name)))
+    await run_call(
+        request, "SystemSharedMemoryUnregister", "", lambda ctx: _now(request.app[PATH].shared_memory_unregister(name))
+    )
     return web.Response(status=200)
 
 
@@ -156,6 +171,7 @@ async def _now(value):
 
 
 # -- V2 inference ---------------------------------------------------------------------------
+
 
 async def infer(request: web.Request) -> web.Response:
     name, version = _model_ref(request)
@@ -174,6 +190,7 @@ async def infer(request: web.Request) -> web.Response:
 
 
 # -- the vision API ---------------------------------------------------------------------------
+
 
 async def _classify(path: RequestPath, ctx, name, version, image, query):
     explain = vision_json.explain_options(query, True) if vision_json.query_bool(query, "explain") else None
@@ -207,7 +224,9 @@ def vision_handler(call: str):
         name, version = _model_ref(request)
         vision_json.check_query(call, request.query)
         image = await read_body(request)
-        answer = await run_call(request, method, name, lambda ctx: run(request.app[PATH], ctx, name, version, image, request.query))
+        answer = await run_call(
+            request, method, name, lambda ctx: run(request.app[PATH], ctx, name, version, image, request.query)
+        )
         return json_response(to_json(answer))
 
     handler.__name__ = f"vision_{call}"
@@ -237,4 +256,3 @@ def add_routes(app: web.Application) -> None:
     for prefix in ("/v1/models/{name}", "/v1/models/{name}/versions/{version}"):
         for call in _VISION:
             router.add_post(f"{prefix}/{call}", vision_handler(call))
-

@@ -51,8 +51,10 @@ def load_json(data: bytes | memoryview, max_elements: int, what: str = "request 
     raw = bytes(data)
     values = raw.count(b",") + 1
     if values > max_elements:
-        raise ResourceExhausted(f"{what} holds up to {values} JSON values, over the limit of {max_elements} "
-                                "(--max-json-elements); send large tensors with the binary tensor data extension")
+        raise ResourceExhausted(
+            f"{what} holds up to {values} JSON values, over the limit of {max_elements} "
+            "(--max-json-elements); send large tensors with the binary tensor data extension"
+        )
     try:
         return json.loads(raw)
     except RecursionError:
@@ -103,7 +105,8 @@ def parse_infer_request(body: bytes, header_length: str | None, max_elements: in
     if timeout is not None and (not isinstance(timeout, int) or isinstance(timeout, bool) or timeout <= 0):
         raise InvalidArgument(f"parameters.timeout must be a positive integer of microseconds, got {timeout!r}"[:200])
     return InferRequest(
-        id=_string(document.get("id", ""), "id"), inputs=arrays,
+        id=_string(document.get("id", ""), "id"),
+        inputs=arrays,
         outputs=tuple(_requested_output(output, index) for index, output in enumerate(outputs)),
         binary_output=bool(_optional_bool(parameters, "binary_data_output", "request")),
         timeout_s=timeout / 1e6 if timeout else None,
@@ -116,7 +119,9 @@ def _binary_size(spec: dict, index: int) -> int | None:
         raise InvalidArgument(f"inputs[{index}]: shared memory inputs are not supported over HTTP by this server")
     size = parameters.get("binary_data_size")
     if size is not None and (not isinstance(size, int) or isinstance(size, bool) or size < 0):
-        raise InvalidArgument(f"inputs[{index}].parameters.binary_data_size must be an integer >= 0, got {size!r}"[:200])
+        raise InvalidArgument(
+            f"inputs[{index}].parameters.binary_data_size must be an integer >= 0, got {size!r}"[:200]
+        )
     return size
 
 
@@ -156,7 +161,9 @@ def json_tensor(data, datatype: str, shape: list[int], what: str) -> np.ndarray:
         encoded[:] = [item.encode("utf-8") for item in flat]
         return encoded.reshape(shape)
     if count and parsed.dtype.kind not in _ACCEPTED_KINDS[dtype.kind]:
-        raise InvalidArgument(f"{what}: {datatype} data must be {_KIND_NAMES[dtype.kind]}, got JSON {_json_kind(parsed)}")
+        raise InvalidArgument(
+            f"{what}: {datatype} data must be {_KIND_NAMES[dtype.kind]}, got JSON {_json_kind(parsed)}"
+        )
     if dtype.kind in "iu" and count:
         limits = np.iinfo(dtype)
         if parsed.min() < limits.min or parsed.max() > limits.max:
@@ -169,7 +176,8 @@ _KIND_NAMES = {"f": "numbers", "i": "integers", "u": "integers", "b": "true/fals
 
 def _json_kind(parsed: np.ndarray) -> str:
     return {"f": "numbers with fractions", "i": "integers", "u": "integers", "b": "true/false", "U": "strings"}.get(
-        parsed.dtype.kind, "mixed values")
+        parsed.dtype.kind, "mixed values"
+    )
 
 
 def _requested_output(output, index: int) -> RequestedOutput:
@@ -185,8 +193,9 @@ def _requested_output(output, index: int) -> RequestedOutput:
     return RequestedOutput(name, binary, parameters)
 
 
-def infer_response(request: InferRequest, model_name: str, model_version: str,
-                   outputs: list[tuple[str, np.ndarray]]) -> tuple[bytes, int | None]:
+def infer_response(
+    request: InferRequest, model_name: str, model_version: str, outputs: list[tuple[str, np.ndarray]]
+) -> tuple[bytes, int | None]:
     """(body, JSON header length or None): outputs asked for as binary go after the JSON header."""
     binary_of = {o.name: o.binary for o in request.outputs}
     described, blobs = [], []

@@ -13,7 +13,13 @@ from typing import Callable, Mapping
 
 from service.errors import InvalidArgument
 from service.http.calls import (
-    ActivationMapResult, Answer, Classification, DetectionResult, DetectOptions, ExplainOptions, SegmentationResult,
+    ActivationMapResult,
+    Answer,
+    Classification,
+    DetectionResult,
+    DetectOptions,
+    ExplainOptions,
+    SegmentationResult,
 )
 
 QUERY_PARAMETERS = {
@@ -63,10 +69,17 @@ def query_bool(query, key) -> bool:
 
 
 def detect_options(query: Mapping[str, str]) -> DetectOptions:
-    classes = _typed(query, "classes", lambda t: tuple(int(c) for c in t.split(",") if c.strip()), "a comma list of integers")
-    return DetectOptions(score_threshold=query_float(query, "score_threshold"), iou_threshold=query_float(query, "iou_threshold"),
-                         max_detections=query_int(query, "max_detections"), class_filter=classes or (),
-                         class_agnostic=query_bool(query, "class_agnostic"), draw_overlay=query_bool(query, "overlay"))
+    classes = _typed(
+        query, "classes", lambda t: tuple(int(c) for c in t.split(",") if c.strip()), "a comma list of integers"
+    )
+    return DetectOptions(
+        score_threshold=query_float(query, "score_threshold"),
+        iou_threshold=query_float(query, "iou_threshold"),
+        max_detections=query_int(query, "max_detections"),
+        class_filter=classes or (),
+        class_agnostic=query_bool(query, "class_agnostic"),
+        draw_overlay=query_bool(query, "overlay"),
+    )
 
 
 def explain_options(query: Mapping[str, str], overlay_default: bool) -> ExplainOptions:
@@ -84,15 +97,24 @@ def _model(answer: Answer) -> dict:
 
 def activation_map_json(result: ActivationMapResult) -> dict:
     height, width = result.upsampled.shape
-    return {"method": result.method, "class_index": result.class_index, "label": result.label, "score": result.score,
-            "width": width, "height": height, "overlay_jpeg": _b64(result.overlay)}
+    return {
+        "method": result.method,
+        "class_index": result.class_index,
+        "label": result.label,
+        "score": result.score,
+        "width": width,
+        "height": height,
+        "overlay_jpeg": _b64(result.overlay),
+    }
 
 
 def classify_json(answer: Answer) -> dict:
     result: Classification
     result, activation_map = answer.value
-    document = {**_model(answer), "predictions": [
-        {"label": p.label, "class_index": p.class_index, "score": p.score} for p in result.predictions]}
+    document = {
+        **_model(answer),
+        "predictions": [{"label": p.label, "class_index": p.class_index, "score": p.score} for p in result.predictions],
+    }
     if activation_map is not None:
         document["activation_map"] = activation_map_json(activation_map)
     return document
@@ -100,20 +122,32 @@ def classify_json(answer: Answer) -> dict:
 
 def detect_json(answer: Answer) -> dict:
     result: DetectionResult = answer.value
-    return {**_model(answer), "image_width": result.image_width, "image_height": result.image_height,
-            "detections": [{"box": list(d.box), "label": d.label, "class_index": d.class_index, "score": d.score}
-                           for d in result.detections],
-            "overlay_jpeg": _b64(result.overlay_jpeg)}
+    return {
+        **_model(answer),
+        "image_width": result.image_width,
+        "image_height": result.image_height,
+        "detections": [
+            {"box": list(d.box), "label": d.label, "class_index": d.class_index, "score": d.score}
+            for d in result.detections
+        ],
+        "overlay_jpeg": _b64(result.overlay_jpeg),
+    }
 
 
 def segment_json(answer: Answer) -> dict:
     result: SegmentationResult = answer.value
-    return {**_model(answer), "width": result.width, "height": result.height,
-            "classes": [{"class_index": c.class_index, "label": c.label, "pixels": c.pixels, "fraction": c.fraction}
-                        for c in result.classes],
-            "label_map_png": _b64(result.label_map_png), "overlay_png": _b64(result.overlay_png)}
+    return {
+        **_model(answer),
+        "width": result.width,
+        "height": result.height,
+        "classes": [
+            {"class_index": c.class_index, "label": c.label, "pixels": c.pixels, "fraction": c.fraction}
+            for c in result.classes
+        ],
+        "label_map_png": _b64(result.label_map_png),
+        "overlay_png": _b64(result.overlay_png),
+    }
 
 
 def explain_json(answer: Answer) -> dict:
     return {**_model(answer), "activation_map": activation_map_json(answer.value)}
-

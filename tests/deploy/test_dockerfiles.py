@@ -129,7 +129,8 @@ def test_ports_healthcheck_and_entrypoint(dockerfile: Path) -> None:
     exposed = {port for e in runtime.all("EXPOSE") for port in e.args.split()}
     assert exposed == {"8000", "8001", "8002"}
     env = runtime.env()
-    assert (env["CONVSERVE_PORT"], env["CONVSERVE_METRICS_PORT"], env["CONVSERVE_HTTP_PORT"]) == ("8001", "8002", "8000")
+    ports = (env["CONVSERVE_PORT"], env["CONVSERVE_METRICS_PORT"], env["CONVSERVE_HTTP_PORT"])
+    assert ports == ("8001", "8002", "8000")
     assert env["CONVSERVE_PROVIDERS"] == EXPECTED[dockerfile]["providers"]
 
     checks = runtime.all("HEALTHCHECK")

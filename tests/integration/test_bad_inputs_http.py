@@ -26,11 +26,23 @@ from test_bad_inputs import CASES, PHOTO, _png, matrix_server  # noqa: F401 (mat
 STATUS_OF_CODE = {cls.code: status for cls, status in HTTP_STATUS.items() if cls is not BodyTooLarge}
 STATUS_OF_CODE[grpc.StatusCode.OK] = 200
 NOT_EXPRESSIBLE = {
-    "no image in the request", "image with neither bytes nor tensor", "tensor of the wrong dtype",
-    "tensor of the wrong rank", "tensor of the wrong shape", "tensor bytes do not match its shape", "NaN tensor",
-    "batch larger than max_batch_size", "negative top_k", "huge top_k returns every class",
-    "Detect on a classification model", "unknown version", "unknown model", "empty model name",
-    "too many images per request", "mixing typed and raw contents", "raw byte length wrong",
+    "no image in the request",
+    "image with neither bytes nor tensor",
+    "tensor of the wrong dtype",
+    "tensor of the wrong rank",
+    "tensor of the wrong shape",
+    "tensor bytes do not match its shape",
+    "NaN tensor",
+    "batch larger than max_batch_size",
+    "negative top_k",
+    "huge top_k returns every class",
+    "Detect on a classification model",
+    "unknown version",
+    "unknown model",
+    "empty model name",
+    "too many images per request",
+    "mixing typed and raw contents",
+    "raw byte length wrong",
 }
 HTTP_CASES = [case for case in CASES if case[0] not in NOT_EXPRESSIBLE]
 
@@ -50,15 +62,27 @@ def v2_as_http(request) -> tuple[str, bytes, dict]:
     inputs, blobs = [], []
     for index, tensor in enumerate(request.inputs):
         raw = request.raw_input_contents[index]
-        inputs.append({"name": tensor.name, "datatype": tensor.datatype, "shape": list(tensor.shape),
-                       "parameters": {"binary_data_size": len(raw)}})
+        inputs.append(
+            {
+                "name": tensor.name,
+                "datatype": tensor.datatype,
+                "shape": list(tensor.shape),
+                "parameters": {"binary_data_size": len(raw)},
+            }
+        )
         blobs.append(raw)
-    document = {"id": request.id, "inputs": inputs,
-                "outputs": [{"name": o.name, "parameters": parameters_to_python(o.parameters)} for o in request.outputs]}
+    document = {
+        "id": request.id,
+        "inputs": inputs,
+        "outputs": [{"name": o.name, "parameters": parameters_to_python(o.parameters)} for o in request.outputs],
+    }
     header = json.dumps(document).encode()
     version = f"/versions/{request.model_version}" if request.model_version else ""
-    return f"/v2/models/{request.model_name}{version}/infer", header + b"".join(blobs), {
-        "Inference-Header-Content-Length": str(len(header))}
+    return (
+        f"/v2/models/{request.model_name}{version}/infer",
+        header + b"".join(blobs),
+        {"Inference-Header-Content-Length": str(len(header))},
+    )
 
 
 def vision_as_http(rpc: str, request) -> tuple[str, bytes, dict]:
@@ -108,10 +132,22 @@ def test_bad_input_over_http(matrix_server, name, rpc, factory, code, fragment):
 HTTP_ONLY = [
     ("not JSON", "/v2/models/tiny/infer", b"{not json", 400, "not valid JSON"),
     ("JSON nested too deeply", "/v2/models/tiny/infer", b"[" * 100_000 + b"]" * 100_000, 400, "nested too deeply"),
-    ("data of the wrong length", "/v2/models/tiny/infer", json.dumps({"inputs": [
-        {"name": "input", "datatype": "FP32", "shape": [1, 1, 8, 8], "data": [0.0] * 63}]}).encode(), 400, "63 elements"),
-    ("strings for FP32", "/v2/models/tiny/infer", json.dumps({"inputs": [
-        {"name": "input", "datatype": "FP32", "shape": [1, 2], "data": ["a", "b"]}]}).encode(), 400, "must be numbers"),
+    (
+        "data of the wrong length",
+        "/v2/models/tiny/infer",
+        json.dumps(
+            {"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 1, 8, 8], "data": [0.0] * 63}]}
+        ).encode(),
+        400,
+        "63 elements",
+    ),
+    (
+        "strings for FP32",
+        "/v2/models/tiny/infer",
+        json.dumps({"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 2], "data": ["a", "b"]}]}).encode(),
+        400,
+        "must be numbers",
+    ),
     ("header length past the body", "/v2/models/tiny/infer", b"{}", 400, "Inference-Header-Content-Length"),
     ("binary sizes that do not add up", "/v2/models/tiny/infer", None, 400, "binary bytes"),
     ("unknown vision query parameter", "/v1/models/tiny/classify?topk=3", b"x", 400, "unknown query parameter"),
@@ -127,8 +163,18 @@ def test_http_only_refusals(matrix_server, name, path, body, status, fragment): 
     if name == "header length past the body":
         headers["Inference-Header-Content-Length"] = "99"
     if name == "binary sizes that do not add up":
-        header = json.dumps({"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 1, 8, 8],
-                                         "parameters": {"binary_data_size": 256}}]}).encode()
+        header = json.dumps(
+            {
+                "inputs": [
+                    {
+                        "name": "input",
+                        "datatype": "FP32",
+                        "shape": [1, 1, 8, 8],
+                        "parameters": {"binary_data_size": 256},
+                    }
+                ]
+            }
+        ).encode()
         body = header + np.zeros(64, np.float32).tobytes() + b"extra"
         headers["Inference-Header-Content-Length"] = str(len(header))
     got, message = _post(server.http_url + path, body, headers)
@@ -140,6 +186,7 @@ def test_http_only_refusals(matrix_server, name, path, body, status, fragment): 
 def test_body_over_the_limit_is_refused_from_content_length(matrix_server):  # noqa: F811
     """4 MiB limit; a 5 MiB Content-Length is refused before the body is read (nothing is sent)."""
     import http.client
+
     server = matrix_server[0]
     connection = http.client.HTTPConnection("127.0.0.1", server.running.http_port, timeout=10)
     connection.putrequest("POST", "/v2/models/tiny/infer")

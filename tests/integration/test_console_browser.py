@@ -41,7 +41,13 @@ def browser():
     assert Path(BROWSER).exists() and Path(DRIVER).exists(), "run scripts/ensure_chromium.sh (make test does)"
     options = webdriver.ChromeOptions()
     options.binary_location = BROWSER
-    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu", "--window-size=1400,1000"):
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-dev-shm-usage",
+        "--disable-gpu",
+        "--window-size=1400,1000",
+    ):
         options.add_argument(flag)
     driver = webdriver.Chrome(service=Service(DRIVER), options=options)
     driver.set_page_load_timeout(60)
@@ -51,12 +57,14 @@ def browser():
 
 def _canvas_pixels(driver) -> tuple[int, int, int]:
     """(width, height, pixels that are neither transparent nor white) of the console's canvas."""
-    return tuple(driver.execute_script("""
+    return tuple(
+        driver.execute_script("""
         const c = document.getElementById('view');
         const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
         let n = 0;
         for (let i = 0; i < d.length; i += 4) if (d[i + 3] && (d[i] < 250 || d[i + 1] < 250 || d[i + 2] < 250)) n++;
-        return [c.width, c.height, n];"""))
+        return [c.width, c.height, n];""")
+    )
 
 
 def _run(driver, url: str, model: str, image: Path, explain: bool = False):
@@ -73,12 +81,16 @@ def _run(driver, url: str, model: str, image: Path, explain: bool = False):
     assert driver.find_element(By.TAG_NAME, "body").get_attribute("data-state") == "done", status
 
 
-@pytest.mark.parametrize("model,image,kind,expected_label", [
-    ("lenet5", "digit_7.png", "prediction", "7"),
-    ("yolo_grid", "object_scene.jpg", "detection", None),
-    ("fcn8s", "scene_0.jpg", "area", "background"),
-    ("gap_cnn", "object_scene.jpg", "prediction", "square"),
-], ids=["classifier", "detector", "segmenter", "classifier-with-cam"])
+@pytest.mark.parametrize(
+    "model,image,kind,expected_label",
+    [
+        ("lenet5", "digit_7.png", "prediction", "7"),
+        ("yolo_grid", "object_scene.jpg", "detection", None),
+        ("fcn8s", "scene_0.jpg", "area", "background"),
+        ("gap_cnn", "object_scene.jpg", "prediction", "square"),
+    ],
+    ids=["classifier", "detector", "segmenter", "classifier-with-cam"],
+)
 def test_console_draws_the_answer(console_server, browser, tmp_path, model, image, kind, expected_label):
     explain = kind == "prediction" and model == "gap_cnn"
     _run(browser, console_server.http_url + "/", model, IMAGES / image, explain=explain)
@@ -106,10 +118,15 @@ def test_console_shows_a_refusal(console_server, browser, tmp_path):
     junk = tmp_path / "junk.png"
     junk.write_bytes(b"not an image at all")
     browser.get(console_server.http_url + "/")
-    WebDriverWait(browser, 60).until(lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-ready") == "true")
+    WebDriverWait(browser, 60).until(
+        lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-ready") == "true"
+    )
     Select(browser.find_element(By.ID, "model")).select_by_value("lenet5")
     browser.find_element(By.ID, "file").send_keys(str(junk))
-    WebDriverWait(browser, 60).until(lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-state") == "error")
-    assert "could not be decoded" in browser.find_element(By.ID, "status").text or \
-        "decode" in browser.find_element(By.ID, "status").text.lower()
-
+    WebDriverWait(browser, 60).until(
+        lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-state") == "error"
+    )
+    assert (
+        "could not be decoded" in browser.find_element(By.ID, "status").text
+        or "decode" in browser.find_element(By.ID, "status").text.lower()
+    )

@@ -75,8 +75,12 @@ def _input(array, binary=True):
 @pytest.mark.parametrize("binary_in,binary_out", [(False, False), (True, True), (False, True), (True, False)])
 def test_infer_json_and_binary(server, client, binary_in, binary_out):
     tensor = np.random.default_rng(3).random((3, 1, 8, 8), dtype=np.float32)
-    result = client.infer("tiny", [_input(tensor, binary_in)], outputs=[triton.InferRequestedOutput("logits", binary_data=binary_out)],
-                          request_id="req-7")
+    result = client.infer(
+        "tiny",
+        [_input(tensor, binary_in)],
+        outputs=[triton.InferRequestedOutput("logits", binary_data=binary_out)],
+        request_id="req-7",
+    )
     np.testing.assert_allclose(result.as_numpy("logits"), onnx_logits(server.repo, tensor), rtol=1e-5, atol=1e-6)
     response = result.get_response()
     assert response["id"] == "req-7" and response["model_name"] == "tiny" and response["model_version"] == "1"
@@ -101,8 +105,9 @@ def test_classification_extension(server, client):
 
 
 def test_encoded_image_as_bytes_input(server, client):
-    png = (server.repo / ".." / "digit.png")
+    png = server.repo / ".." / "digit.png"
     import cv2
+
     cv2.imwrite(str(png), np.full((20, 20), 200, np.uint8))
     tensor = triton.InferInput("input", [1], "BYTES")
     tensor.set_data_from_numpy(np.array([png.read_bytes()], dtype=object))
@@ -141,7 +146,9 @@ def _post(url, body, headers=None):
 
 
 def test_request_id_is_echoed_and_generated(server):
-    body = json.dumps({"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 1, 8, 8], "data": [0.5] * 64}]}).encode()
+    body = json.dumps(
+        {"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 1, 8, 8], "data": [0.5] * 64}]}
+    ).encode()
     status, headers, _ = _post(server.http_url + "/v2/models/tiny/infer", body, {"x-request-id": "abc-123"})
     assert status == 200 and headers["x-request-id"] == "abc-123"
     status, headers, _ = _post(server.http_url + "/v2/models/tiny/infer", b"{}")
@@ -153,8 +160,25 @@ def test_perf_analyzer_over_http(server, method, tmp_path):
     assert BIN.exists(), f"{BIN} is missing: run scripts/ensure_perf_analyzer.sh (make test does)"
     report = tmp_path / "perf.csv"
     url = server.http_url.removeprefix("http://")
-    command = [str(BIN), "-m", "lenet5", "-i", "http", "-u", url, "--concurrency-range", "2",
-               "--measurement-interval", "1000", "--stability-percentage", "100", "--max-trials", "3", "-f", str(report)]
+    command = [
+        str(BIN),
+        "-m",
+        "lenet5",
+        "-i",
+        "http",
+        "-u",
+        url,
+        "--concurrency-range",
+        "2",
+        "--measurement-interval",
+        "1000",
+        "--stability-percentage",
+        "100",
+        "--max-trials",
+        "3",
+        "-f",
+        str(report),
+    ]
     before = requests_served(server, method)
     done = subprocess.run(command, capture_output=True, text=True, timeout=180)
     assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]

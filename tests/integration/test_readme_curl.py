@@ -44,8 +44,9 @@ def test_readme_has_the_examples():
 def test_readme_curl_example(server, command):
     assert shutil.which("curl"), "curl is needed for the README examples"
     command = command.replace("localhost:8000", f"127.0.0.1:{server.running.http_port}")
-    done = subprocess.run(["bash", "-o", "pipefail", "-c", command], cwd=REPO_ROOT, capture_output=True, text=True,
-                          timeout=60)
+    done = subprocess.run(
+        ["bash", "-o", "pipefail", "-c", command], cwd=REPO_ROOT, capture_output=True, text=True, timeout=60
+    )
     assert done.returncode == 0, f"{command}\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}"
     out = done.stdout.strip()
     if out == "ready":

@@ -24,27 +24,33 @@ def test_element_bound_is_checked_before_parsing():
         load_json(b"[" * 200_000 + b"]" * 200_000, 10)
 
 
-@pytest.mark.parametrize("data,datatype,shape,expected", [
-    ([1, 2, 3, 4], "FP32", [2, 2], np.array([[1, 2], [3, 4]], np.float32)),
-    ([[1, 2], [3, 4]], "INT64", [2, 2], np.array([[1, 2], [3, 4]], np.int64)),
-    ([True, False], "BOOL", [2], np.array([True, False])),
-    (["ab", "c"], "BYTES", [2], np.array([b"ab", b"c"], dtype=object)),
-])
+@pytest.mark.parametrize(
+    "data,datatype,shape,expected",
+    [
+        ([1, 2, 3, 4], "FP32", [2, 2], np.array([[1, 2], [3, 4]], np.float32)),
+        ([[1, 2], [3, 4]], "INT64", [2, 2], np.array([[1, 2], [3, 4]], np.int64)),
+        ([True, False], "BOOL", [2], np.array([True, False])),
+        (["ab", "c"], "BYTES", [2], np.array([b"ab", b"c"], dtype=object)),
+    ],
+)
 def test_json_tensors(data, datatype, shape, expected):
     array = json_tensor(data, datatype, shape, "t")
     assert array.dtype == expected.dtype and array.shape == expected.shape
     assert array.tolist() == expected.tolist()
 
 
-@pytest.mark.parametrize("data,datatype,fragment", [
-    ([1.5, 2.0], "INT32", "must be integers"),
-    ([300, 1], "INT8", "outside the range"),
-    ([1, 0], "BOOL", "true/false"),
-    (["a", "b"], "FP32", "strings"),
-    ([1, 2, 3], "FP32", "3 elements"),
-    ([[1], [2, 3]], "FP32", "ragged"),
-    ([1, 2], "BYTES", "strings"),
-])
+@pytest.mark.parametrize(
+    "data,datatype,fragment",
+    [
+        ([1.5, 2.0], "INT32", "must be integers"),
+        ([300, 1], "INT8", "outside the range"),
+        ([1, 0], "BOOL", "true/false"),
+        (["a", "b"], "FP32", "strings"),
+        ([1, 2, 3], "FP32", "3 elements"),
+        ([[1], [2, 3]], "FP32", "ragged"),
+        ([1, 2], "BYTES", "strings"),
+    ],
+)
 def test_json_tensor_refusals(data, datatype, fragment):
     with pytest.raises(InvalidArgument, match=fragment):
         json_tensor(data, datatype, [2], "t")
@@ -52,11 +58,17 @@ def test_json_tensor_refusals(data, datatype, fragment):
 
 def test_binary_body_round_trip():
     tensor = np.arange(6, dtype=np.float32).reshape(2, 3)
-    header = json.dumps({"id": "r1", "parameters": {"binary_data_output": True},
-                         "inputs": [{"name": "x", "datatype": "FP32", "shape": [2, 3],
-                                     "parameters": {"binary_data_size": tensor.nbytes}},
-                                    {"name": "y", "datatype": "INT32", "shape": [1], "data": [7]}],
-                         "outputs": [{"name": "out", "parameters": {"classification": 2}}]}).encode()
+    header = json.dumps(
+        {
+            "id": "r1",
+            "parameters": {"binary_data_output": True},
+            "inputs": [
+                {"name": "x", "datatype": "FP32", "shape": [2, 3], "parameters": {"binary_data_size": tensor.nbytes}},
+                {"name": "y", "datatype": "INT32", "shape": [1], "data": [7]},
+            ],
+            "outputs": [{"name": "out", "parameters": {"classification": 2}}],
+        }
+    ).encode()
     request = parse_infer_request(header + tensor.tobytes(), str(len(header)), 100)
     assert request.id == "r1" and request.binary_output
     np.testing.assert_array_equal(request.inputs["x"], tensor)
