@@ -87,3 +87,22 @@ def test_system_shared_memory_over_http(tiny_repo):
     finally:
         shm.destroy_shared_memory_region(handle)
         server.stop()
+
+
+def test_shutting_down_refuses_new_calls_but_not_health(tiny_repo):
+    """As over gRPC: once the shutdown grace period is over, new calls get 503 and the same message."""
+    import urllib.error
+    import urllib.request
+
+    server = ServerThread(test_settings(tiny_repo, http_port=0)).start()
+    try:
+        server.running.lifecycle.serving = False
+        server.running.lifecycle.accepting = False
+        client = _client(server)
+        assert client.is_server_live() and not client.is_server_ready()
+        with pytest.raises(urllib.error.HTTPError) as caught:
+            urllib.request.urlopen(server.http_url + "/v2/models/tiny", timeout=10)
+        assert caught.value.code == 503 and b"shutting down" in caught.value.read()
+    finally:
+        server.running.lifecycle.serving = server.running.lifecycle.accepting = True
+        server.stop()
