@@ -24,7 +24,10 @@ from service.pipelines.segment import SegmentationResult, segment
 from service.servicers import v2_model_info as info
 from service.servicers.inference import EXTENSIONS, InferenceServicer
 from service.servicers.lifecycle import Lifecycle
+from service.servicers.v2_parameters import parameter_from_python
+from service.servicers.v2_tensors import append_input
 from service.shared_memory import RegionStatus, SharedMemoryRegistry
+from service.shared_memory_tensors import SharedMemoryBinding
 
 
 @dataclass(frozen=True)
@@ -93,11 +96,36 @@ class RequestPath:
     # -- inference ------------------------------------------------------------------------------
 
     async def infer(self, ctx: RequestContext, name: str, version: str, request: InferRequest) -> Answer:
-        """Raw V2 tensors in, [(output name, array)] out (classification outputs as BYTES)."""
+        """Raw V2 tensors in, ([(output name, array)], names written to shared memory) out
+        (classification outputs as BYTES)."""
         outputs = [OutputRequest(o.name, o.parameters.get("classification", 0)) for o in request.outputs]
-        result = await infer(self.stages, ctx, ModelRef(name, version), request.inputs, outputs)
+        binding = self._shared_memory_binding(request) if request.uses_shared_memory else None
+        arrays = binding.inputs if binding is not None else request.inputs
+        result = await infer(self.stages, ctx, ModelRef(name, version), arrays, outputs)
+        written = frozenset()
+        if binding is not None:
+            scratch = pb.ModelInferResponse()  # the binding writes regions; HTTP describes them itself
+            for output_name, value in result.outputs:
+                if output_name in binding.outputs:
+                    binding.append_output(scratch, output_name, value)
+            written = frozenset(binding.outputs)
+            if binding.used:
+                self.shared_memory.served(result.model.name)
         self.v2.inference_done(result.model.name)
-        return Answer(result.model.name, str(result.model.version), result.outputs)
+        return Answer(result.model.name, str(result.model.version), (result.outputs, written))
+
+    def _shared_memory_binding(self, request: InferRequest) -> SharedMemoryBinding:
+        """The gRPC path's binding, given the request's tensor descriptions: one set of rules for
+        where shared-memory tensors live and how their sizes and bounds are checked."""
+        message = pb.ModelInferRequest()
+        for input_name, array in request.inputs.items():
+            append_input(message, input_name, array)
+        for shared in request.shared_inputs:
+            tensor = message.inputs.add(name=shared.name, datatype=shared.datatype, shape=shared.shape)
+            _copy_parameters(tensor.parameters, shared.parameters)
+        for output in request.outputs:
+            _copy_parameters(message.outputs.add(name=output.name).parameters, output.parameters)
+        return SharedMemoryBinding(message, self.shared_memory)
 
     async def classify(
         self,
@@ -135,6 +163,11 @@ class RequestPath:
     ) -> Answer:
         (result,) = await explain(self.stages, ctx, ModelRef(name, version), [ImageInput(encoded=image)], options)
         return Answer(ctx.model, ctx.version, result)
+
+
+def _copy_parameters(target, parameters: dict) -> None:
+    for key, value in parameters.items():
+        target[key].CopyFrom(parameter_from_python(value))
 
 
 # The plain option and result types of the vision calls, for the JSON converters (one import site).

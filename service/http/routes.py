@@ -9,6 +9,7 @@ one through the one status table.
 from __future__ import annotations
 
 import json
+import time
 
 from aiohttp import web
 
@@ -176,14 +177,17 @@ async def _now(value):
 async def infer(request: web.Request) -> web.Response:
     name, version = _model_ref(request)
     body = await read_body(request)
-    calls = request.app[CALLS]
-    parsed = parse_infer_request(body, request.headers.get(HEADER_LENGTH), calls.limits.max_json_elements)
+    max_elements = request.app[CALLS].limits.max_json_elements
 
-    async def call(ctx):
+    async def call(ctx):  # decoding is part of the request, as over gRPC: its refusals are counted and logged
+        parsed = parse_infer_request(body, request.headers.get(HEADER_LENGTH), max_elements)
+        if parsed.timeout_s is not None:  # the client's timeout, within the server's cap
+            ctx.deadline = min(ctx.deadline, time.monotonic() + parsed.timeout_s)
         answer = await request.app[PATH].infer(ctx, name, version, parsed)
-        return infer_response(parsed, answer.model_name, answer.model_version, answer.value)
+        outputs, in_shared_memory = answer.value
+        return infer_response(parsed, answer.model_name, answer.model_version, outputs, in_shared_memory)
 
-    content, header_length = await run_call(request, "ModelInfer", name, call, parsed.timeout_s)
+    content, header_length = await run_call(request, "ModelInfer", name, call)
     if header_length is None:
         return web.Response(body=content, content_type="application/json")
     return web.Response(body=content, content_type=BINARY_CONTENT_TYPE, headers={HEADER_LENGTH: str(header_length)})

@@ -24,6 +24,7 @@ from service.http.binary import join_body, split_body, take_blobs
 from service.servicers.v2_tensors import decode_raw, element_count, encode_raw, numpy_dtype, v2_datatype
 
 _SCALARS = (bool, int, float, str)
+SHM_REGION = "shared_memory_region"
 # numpy kinds a JSON list may parse to, per target kind: no silent float -> int or number -> bool casts
 _ACCEPTED_KINDS = {"f": "iuf", "i": "iu", "u": "iu", "b": "b"}
 
@@ -36,6 +37,16 @@ class RequestedOutput:
 
 
 @dataclass(frozen=True)
+class SharedInput:
+    """An input whose bytes are in a registered shared-memory region (Triton's parameters)."""
+
+    name: str
+    datatype: str
+    shape: list[int]
+    parameters: dict  # shared_memory_region, shared_memory_byte_size, shared_memory_offset
+
+
+@dataclass(frozen=True)
 class InferRequest:
     """One V2 infer request as plain values; inputs in the request's order."""
 
@@ -44,6 +55,11 @@ class InferRequest:
     outputs: tuple[RequestedOutput, ...]  # empty: every output of the model
     binary_output: bool
     timeout_s: float | None
+    shared_inputs: tuple[SharedInput, ...] = ()
+
+    @property
+    def uses_shared_memory(self) -> bool:
+        return bool(self.shared_inputs) or any(SHM_REGION in o.parameters for o in self.outputs)
 
 
 def load_json(data: bytes | memoryview, max_elements: int, what: str = "request body"):
@@ -93,11 +109,15 @@ def parse_infer_request(body: bytes, header_length: str | None, max_elements: in
     sizes = [_binary_size(spec, index) for index, spec in enumerate(specs)]
     blobs = take_blobs(binary, sizes)
     arrays: dict[str, np.ndarray] = {}
+    shared: list[SharedInput] = []
     for index, (spec, blob) in enumerate(zip(specs, blobs)):
         name, array = _input_array(spec, blob, index)
-        if name in arrays:
+        if name in arrays or any(s.name == name for s in shared):
             raise InvalidArgument(f"input '{name}' appears more than once in the request")
-        arrays[name] = array
+        if isinstance(array, SharedInput):
+            shared.append(array)
+        else:
+            arrays[name] = array
     outputs = document.get("outputs", [])
     if not isinstance(outputs, list):
         raise InvalidArgument("outputs must be a JSON list")
@@ -110,13 +130,12 @@ def parse_infer_request(body: bytes, header_length: str | None, max_elements: in
         outputs=tuple(_requested_output(output, index) for index, output in enumerate(outputs)),
         binary_output=bool(_optional_bool(parameters, "binary_data_output", "request")),
         timeout_s=timeout / 1e6 if timeout else None,
+        shared_inputs=tuple(shared),
     )
 
 
 def _binary_size(spec: dict, index: int) -> int | None:
     parameters = _object(spec.get("parameters", {}), f"inputs[{index}].parameters")
-    if "shared_memory_region" in parameters:
-        raise InvalidArgument(f"inputs[{index}]: shared memory inputs are not supported over HTTP by this server")
     size = parameters.get("binary_data_size")
     if size is not None and (not isinstance(size, int) or isinstance(size, bool) or size < 0):
         raise InvalidArgument(
@@ -125,13 +144,20 @@ def _binary_size(spec: dict, index: int) -> int | None:
     return size
 
 
-def _input_array(spec: dict, blob: memoryview | None, index: int) -> tuple[str, np.ndarray]:
+def _input_array(spec: dict, blob: memoryview | None, index: int) -> tuple[str, np.ndarray | SharedInput]:
     name = _string(spec.get("name"), f"inputs[{index}].name")
     what = f"input '{name}'"
     datatype = _string(spec.get("datatype"), f"{what}: datatype")
     shape = spec.get("shape")
     if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) for d in shape):
         raise InvalidArgument(f"{what}: shape must be a list of integers")
+    parameters = spec.get("parameters", {})
+    if SHM_REGION in parameters:  # the region's bounds and sizes are checked where it is read
+        if blob is not None or "data" in spec:
+            raise InvalidArgument(f"{what} names shared-memory region and also has data or binary_data_size")
+        if not all(isinstance(v, _SCALARS) for v in parameters.values()):
+            raise InvalidArgument(f"{what}: parameters must be strings, numbers or booleans")
+        return name, SharedInput(name, datatype, shape, dict(parameters))
     if blob is not None:
         if "data" in spec:
             raise InvalidArgument(f"{what}: has both data and binary_data_size; send one")
@@ -186,28 +212,30 @@ def _requested_output(output, index: int) -> RequestedOutput:
     parameters = dict(_object(output.get("parameters", {}), f"outputs[{index}].parameters"))
     binary = _optional_bool(parameters, "binary_data", f"outputs[{index}]")
     parameters.pop("binary_data", None)
-    if "shared_memory_region" in parameters:
-        raise InvalidArgument(f"output '{name}': shared memory outputs are not supported over HTTP by this server")
     if not all(isinstance(v, _SCALARS) for v in parameters.values()):
         raise InvalidArgument(f"output '{name}': parameters must be strings, numbers or booleans")
     return RequestedOutput(name, binary, parameters)
 
 
 def infer_response(
-    request: InferRequest, model_name: str, model_version: str, outputs: list[tuple[str, np.ndarray]]
+    request: InferRequest, model_name: str, model_version: str, outputs: list[tuple[str, np.ndarray]],
+    in_shared_memory: frozenset[str] = frozenset(),
 ) -> tuple[bytes, int | None]:
-    """(body, JSON header length or None): outputs asked for as binary go after the JSON header."""
+    """(body, JSON header length or None): outputs asked for as binary go after the JSON header;
+    outputs already written to shared memory get datatype and shape only (Triton's answer: no data,
+    no parameters; perf_analyzer reads `binary_data_size` from any output that has parameters)."""
     binary_of = {o.name: o.binary for o in request.outputs}
     described, blobs = [], []
     for name, array in outputs:
         binary = binary_of.get(name)
         what = f"output '{name}'"
         entry = {"name": name, "datatype": v2_datatype(array.dtype, what), "shape": list(array.shape)}
-        if request.binary_output if binary is None else binary:
+        as_binary = request.binary_output if binary is None else binary
+        if name not in in_shared_memory and as_binary:
             _, raw = encode_raw(array, what)
             entry["parameters"] = {"binary_data_size": len(raw)}
             blobs.append(raw)
-        else:
+        elif name not in in_shared_memory:
             entry["data"] = _json_data(array, what)
         described.append(entry)
     document = {"model_name": model_name, "model_version": model_version, "outputs": described}

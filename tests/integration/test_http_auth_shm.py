@@ -106,3 +106,38 @@ def test_shutting_down_refuses_new_calls_but_not_health(tiny_repo):
     finally:
         server.running.lifecycle.serving = server.running.lifecycle.accepting = True
         server.stop()
+
+
+def test_inference_through_shared_memory_over_http(tiny_repo):
+    """tritonclient.http's set_shared_memory for an input and an output: the output region holds
+    what the plain HTTP path answers."""
+    import numpy as np
+    from tritonclient.http import InferInput, InferRequestedOutput
+
+    server = ServerThread(test_settings(tiny_repo, http_port=0)).start()
+    data = np.random.default_rng(2).random((2, 1, 8, 8), dtype=np.float32)
+    keys = [f"/convserve_http_{uuid.uuid4().hex[:12]}" for _ in range(2)]
+    handles = [shm.create_shared_memory_region(k[1:], k, size) for k, size in zip(keys, (data.nbytes, 2 * 3 * 4))]
+    try:
+        client = _client(server)
+        shm.set_shared_memory_region(handles[0], [data])
+        for key, handle, size in zip(keys, handles, (data.nbytes, 24)):
+            client.register_system_shared_memory(key[1:], key, size)
+        tensor = InferInput("input", list(data.shape), "FP32")
+        tensor.set_shared_memory(keys[0][1:], data.nbytes)
+        output = InferRequestedOutput("logits")
+        output.set_shared_memory(keys[1][1:], 24)
+        result = client.infer("tiny", [tensor], outputs=[output])
+        (described,) = result.get_response()["outputs"]
+        assert described == {"name": "logits", "datatype": "FP32", "shape": [2, 3]}  # the data is in the region
+        from_region = shm.get_contents_as_numpy(handles[1], np.float32, [2, 3])
+        plain = InferInput("input", list(data.shape), "FP32")
+        plain.set_data_from_numpy(data)
+        np.testing.assert_array_equal(from_region, client.infer("tiny", [plain]).as_numpy("logits"))
+        tensor.set_shared_memory(keys[0][1:], data.nbytes - 4)
+        _refused(lambda: client.infer("tiny", [tensor]), "400", "shared_memory_byte_size")
+        client.unregister_system_shared_memory()
+    finally:
+        for handle in handles:
+            shm.destroy_shared_memory_region(handle)
+        server.stop()

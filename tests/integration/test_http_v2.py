@@ -155,35 +155,20 @@ def test_request_id_is_echoed_and_generated(server):
     assert status == 400 and len(headers["x-request-id"]) == 32
 
 
-@pytest.mark.parametrize("method", ["ModelInfer"])
-def test_perf_analyzer_over_http(server, method, tmp_path):
+@pytest.mark.parametrize("shared_memory", ["none", "system"])
+def test_perf_analyzer_over_http(server, shared_memory, tmp_path):
+    """perf_analyzer -i http, tensors in the body (binary) or in system shared memory, short and bounded."""
     assert BIN.exists(), f"{BIN} is missing: run scripts/ensure_perf_analyzer.sh (make test does)"
     report = tmp_path / "perf.csv"
     url = server.http_url.removeprefix("http://")
-    command = [
-        str(BIN),
-        "-m",
-        "lenet5",
-        "-i",
-        "http",
-        "-u",
-        url,
-        "--concurrency-range",
-        "2",
-        "--measurement-interval",
-        "1000",
-        "--stability-percentage",
-        "100",
-        "--max-trials",
-        "3",
-        "-f",
-        str(report),
-    ]
-    before = requests_served(server, method)
+    command = [str(BIN), "-m", "lenet5", "-i", "http", "-u", url, "--concurrency-range", "2",
+               "--measurement-interval", "1000", "--stability-percentage", "100", "--max-trials", "3",
+               "--shared-memory", shared_memory, "-f", str(report)]  # fmt: skip
+    before = requests_served(server, "ModelInfer")
     done = subprocess.run(command, capture_output=True, text=True, timeout=180)
     assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
     assert "error" not in done.stdout.lower(), done.stdout[-4000:]
     (row,) = list(csv.DictReader(report.open()))
     assert float(row["Inferences/Second"]) > 0
     assert float(row["Server Compute Infer"]) > 0  # it read our statistics over HTTP
-    assert requests_served(server, method) - before > 10
+    assert requests_served(server, "ModelInfer") - before > 10  # the same metrics as gRPC calls
