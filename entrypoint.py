@@ -33,10 +33,12 @@ def main(argv: list[str] | None = None) -> int:
     subparsers = parser.add_subparsers(dest="command", required=True)
     from service.cli import add_serve_parser
     add_serve_parser(subparsers)
-    try:
-        from service.client.cli import add_client_parsers
-    except ImportError:
-        add_client_parsers = None
+    add_client_parsers = None
+    if argv[:1] != ["serve"]:  # the client imports OpenCV; the server sets its pixel limit first
+        try:
+            from service.client.cli import add_client_parsers
+        except ImportError:
+            pass
     if add_client_parsers is not None:
         add_client_parsers(subparsers)
     args = parser.parse_args(argv)

@@ -5,11 +5,17 @@ up as something fragments) do not show in a 10-second benchmark. The soak runs t
 child process on the bundled model repository (model_repo/gap_cnn; the tiny test classifier when
 it is missing, which the report then says) and, for N minutes, sends a paced mix from a few
 client threads: Classify with a JPEG, ModelInfer with a preprocessed FP32 tensor, StreamClassify
-calls of several frames, and bad requests that must be refused with their proper status.
+calls of several frames, and bad requests that must be refused with their proper status. The last
+`--hostile-minutes` (default 3) add the attacks of tests/integration/test_hostile.py to the mix
+(bench/hostile_requests.py: lying image headers, 16 million empty BYTES elements, fcn8s tensors off
+its stride or empty, a 10-megapixel image for the native-resolution segmenter, a 10^6-entry class
+filter, a 300-character model name, a connection opening one stream more than its share), each
+of which must get its precise status while the good requests keep succeeding.
 
-Verdict: PASS when no good request failed, every bad request got its expected status, and the
-server's resident memory (VmRSS from /proc, median of the last minute vs the first minute after a
-warm-up) grew by less than 10%. Latency drift (p50/p99, first vs last minute) is reported, not
+Verdict: PASS when no good request failed, every bad or hostile request got its expected status,
+the server's resident memory (VmRSS from /proc, median of the last minute of the normal phase vs
+its first minute after a warm-up) grew by less than 10%, and after the hostile phase it is within
+300 MB of that baseline. Latency drift (p50/p99, first vs last minute) is reported, not
 gated: on a shared machine other jobs move latency more than the server does.
 Results: bench/results/soak.json and soak.md.
 """
@@ -34,6 +40,7 @@ import cv2
 import grpc
 import numpy as np
 
+from bench import hostile_requests as hostile
 from bench.server import REPO_ROOT, ServedModels, system_busy_seconds
 from service.api.convserve.v1 import vision_pb2 as vpb
 from service.api.convserve.v1 import vision_pb2_grpc as vpb_grpc
@@ -46,6 +53,9 @@ from service.servicers.v2_tensors import append_input
 RESULTS = REPO_ROOT / "bench" / "results"
 BUNDLED = REPO_ROOT / "model_repo" / "gap_cnn"
 MIX = (("classify_jpeg", 0.4), ("v2_tensor", 0.3), ("stream", 0.2), ("bad", 0.1))
+HOSTILE_MIX = MIX + (("hostile", 0.1),)
+HOSTILE_RSS_ALLOWANCE_MB = 300.0
+PEER_STREAMS = 16  # the server's default --max-streams-per-peer
 STREAM_FRAMES = 8
 WARMUP_S = 15.0
 MAX_RSS_GROWTH = 0.10
@@ -149,16 +159,83 @@ class Client:
         return "OK", ("NOT_FOUND" if kind == "unknown_model" else "INVALID_ARGUMENT")
 
 
-def run_worker(client: Client, seed: int, started: float, until: float, interval: float, out: list[Sample]) -> None:
-    """Paced closed loop: one call every `interval` seconds (no catch-up bursts after a slow call)."""
+class HostileClient:
+    """The attacks of the hostile phase against the bundled repository, each with its expected status.
+
+    Returns (kind:status, kind:expected), so the report shows which attack got what. Needs fcn8s
+    and yolo_grid (the bundled repository); without them only the model-independent attacks run.
+    """
+
+    def __init__(self, channel: grpc.Channel, address: str, work: Workload, models: set[str], timeout: float = 30.0):
+        self.vision = vpb_grpc.VisionServiceStub(channel)
+        self.v2 = pb_grpc.GRPCInferenceServiceStub(channel)
+        self.address, self.work, self.timeout = address, work, timeout
+        invalid = "INVALID_ARGUMENT"
+        classify, infer = self.vision.Classify, self.v2.ModelInfer
+        self.attacks = {  # name: (rpc, request, expected status); requests are built once
+            "lying_jpeg": (classify, hostile.classify(work.model, hostile.lying_jpeg()), invalid),
+            "lying_tiff": (classify, hostile.classify(work.model, hostile.lying_tiff()), invalid),
+            "empty_bytes": (infer, hostile.empty_bytes_elements(work.model), invalid),
+            "long_name": (self.v2.RepositoryModelLoad, pb.RepositoryModelLoadRequest(model_name="m" * 300), invalid),
+            "stream_flood": (self.stream_flood, None, "RESOURCE_EXHAUSTED"),
+        }
+        if "fcn8s" in models:
+            self.attacks.update({
+                "fcn8s_off_stride": (infer, hostile.v2_tensor("fcn8s", (1, 3, 40, 40)), invalid),
+                "fcn8s_empty": (infer, hostile.v2_tensor("fcn8s", (1, 3, 0, 0)), invalid),
+                # a bounded success: downscaled into the budget, answered at the full size
+                "fcn8s_10mp": (self.vision.Segment, hostile.segment("fcn8s", hostile.encoded_png(3162, 3162)), "OK"),
+            })
+        if "yolo_grid" in models:
+            flood = hostile.detect_with_class_filter("yolo_grid", hostile.encoded_png(64, 64))
+            self.attacks["class_filter"] = (self.vision.Detect, flood, invalid)
+
+    def hostile(self, rng: random.Random) -> tuple[str, str]:
+        kind = rng.choice(sorted(self.attacks))
+        rpc, request, expected = self.attacks[kind]
+        try:
+            rpc(request, timeout=self.timeout)
+            status = "OK"
+        except grpc.RpcError as error:
+            status = error.code().name
+        return f"{kind}:{status}", f"{kind}:{expected}"
+
+    def stream_flood(self, _request=None, timeout: float = 30.0) -> None:
+        """One connection opens one stream more than its share; the extra one's status is raised."""
+        release = threading.Event()
+        frame = vpb.ClassifyFrame(model=vpb.ModelRef(name=self.work.model), image=vpb.Image(encoded=self.work.jpeg))
+
+        def frames():
+            yield frame
+            release.wait(self.timeout)
+
+        options = [("grpc.use_local_subchannel_pool", 1)]  # a connection of its own
+        with grpc.insecure_channel(self.address, options=options) as channel:
+            stub = vpb_grpc.VisionServiceStub(channel)
+            calls = [stub.StreamClassify(frames(), timeout=timeout) for _ in range(PEER_STREAMS)]
+            try:
+                for call in calls:
+                    next(call)
+                extra = stub.StreamClassify(frames(), timeout=timeout)
+                next(extra)
+            finally:
+                release.set()
+
+
+def run_worker(client: Client, seed: int, started: float, until: float, interval: float, out: list[Sample],
+               hostile_client: HostileClient | None = None, hostile_from: float = float("inf")) -> None:
+    """Paced closed loop: one call every `interval` seconds (no catch-up bursts after a slow call);
+    from `hostile_from` seconds on, the mix includes the hostile requests."""
     rng = random.Random(seed)
-    kinds, weights = zip(*MIX)
     next_start = time.monotonic()
     while time.monotonic() < until:
+        mix = HOSTILE_MIX if hostile_client is not None and time.monotonic() - started >= hostile_from else MIX
+        kinds, weights = zip(*mix)
         kind = rng.choices(kinds, weights)[0]
+        target = hostile_client if kind == "hostile" else client
         begin = time.monotonic()
         try:
-            status, expected = getattr(client, kind)(rng)
+            status, expected = getattr(target, kind)(rng)
         except grpc.RpcError as error:
             status, expected = error.code().name, "OK"
         out.append(Sample(round(begin - started, 3), kind, (time.monotonic() - begin) * 1000, status, expected))
@@ -180,26 +257,50 @@ def percentiles(values: list[float]) -> dict:
             "p99_ms": round(float(np.percentile(ordered, 99)), 2)}
 
 
-def summarise(samples: list[Sample], rss: list[tuple[float, float]], seconds: float) -> dict:
-    """Errors, latency per kind in the first and last minute, RSS growth, and the verdict."""
-    window = min(60.0, seconds / 2)
+def summarise(samples: list[Sample], rss: list[tuple[float, float]], seconds: float, hostile_s: float = 0.0) -> dict:
+    """Errors, latency per kind in the first and last minute, RSS growth, and the verdict.
+
+    The RSS growth gate compares the normal phase's first and last minute; the hostile phase (the
+    last `hostile_s` seconds) must end within HOSTILE_RSS_ALLOWANCE_MB of that baseline.
+    """
+    normal_s = seconds - hostile_s
+    summary = _summarise_phase(samples, [(t, mb) for t, mb in rss if t < normal_s] or rss[:1], normal_s, seconds)
+    if hostile_s:
+        after = [mb for t, mb in rss if t >= seconds - min(60.0, hostile_s / 2)] or [mb for _, mb in rss[-1:]]
+        during = [mb for t, mb in rss if t >= normal_s] or after
+        hostile_rss = {"peak": round(max(during), 1), "final": round(statistics.median(after), 1)}
+        summary["hostile"] = {
+            "seconds": hostile_s, "calls": _count(s.status for s in samples if s.kind == "hostile"),
+            "wrong": _count(f"{s.status} (expected {s.expected})" for s in samples
+                            if s.kind == "hostile" and s.status != s.expected),
+            "rss_mb": hostile_rss,
+        }
+        if hostile_rss["final"] - summary["rss_mb"]["baseline"] > HOSTILE_RSS_ALLOWANCE_MB:
+            summary["verdict"] = "FAIL"
+    return summary
+
+
+def _summarise_phase(samples: list[Sample], rss: list[tuple[float, float]], normal_s: float, seconds: float) -> dict:
+    window = min(60.0, normal_s / 2)
     first = [s for s in samples if s.t < window]
     last = [s for s in samples if s.t >= seconds - window]
-    good = [s for s in samples if s.expected == "OK"]
+    good = [s for s in samples if s.expected == "OK" and s.kind != "hostile"]
     kinds = [k for k, _ in MIX if k != "bad"]
     latency = {kind: {"first_minute": percentiles([s.latency_ms for s in first if s.kind == kind and s.status == "OK"]),
                       "last_minute": percentiles([s.latency_ms for s in last if s.kind == kind and s.status == "OK"])}
                for kind in kinds}
     baseline_samples = [mb for t, mb in rss if min(WARMUP_S, window / 2) <= t < window] or [mb for _, mb in rss[:1]]
-    final_samples = [mb for t, mb in rss if t >= seconds - window] or [mb for _, mb in rss[-1:]]
+    final_samples = [mb for t, mb in rss if t >= normal_s - window] or [mb for _, mb in rss[-1:]]
     baseline, final = statistics.median(baseline_samples), statistics.median(final_samples)
     growth = (final - baseline) / baseline if baseline else 0.0
     good_errors = [s for s in good if s.status != "OK"]
     bad_wrong = [s for s in samples if s.expected != "OK" and s.status != s.expected]
     return {
         "requests": len(samples), "good_requests": len(good), "bad_requests": len(samples) - len(good),
+        "normal_phase_s": normal_s,
         "good_errors": len(good_errors), "good_error_statuses": _count(s.status for s in good_errors),
-        "bad_with_unexpected_status": len(bad_wrong), "bad_statuses": _count(s.status for s in samples if s.expected != "OK"),
+        "bad_with_unexpected_status": len(bad_wrong),
+        "bad_statuses": _count(s.status for s in samples if s.expected != "OK" and s.kind != "hostile"),
         "by_kind": _count(s.kind for s in samples), "calls_per_s": round(len(samples) / seconds, 2),
         "window_s": window, "latency": latency,
         "rss_mb": {"baseline": round(baseline, 1), "final": round(final, 1), "peak": round(max(mb for _, mb in rss), 1),
@@ -215,37 +316,43 @@ def _count(items) -> dict:
     return dict(sorted(counts.items()))
 
 
-def soak(minutes: float, workers: int, rps: float, seed: int) -> dict:
-    seconds = minutes * 60
+def soak(minutes: float, workers: int, rps: float, seed: int, hostile_minutes: float = 0.0) -> dict:
+    seconds = (minutes + hostile_minutes) * 60
     with tempfile.TemporaryDirectory() as tmp:
         repo, model, note = choose_model(Path(tmp))
         work = prepare_workload(repo, model, note)
         server = ServedModels(repo)
         try:
             busy_before, load_before = system_busy_seconds(), os.getloadavg()
-            samples, rss = run_load(server, work, seconds, workers, rps, seed)
+            models = {p.name for p in repo.iterdir() if (p / "config.yaml").is_file()}
+            samples, rss = run_load(server, work, seconds, workers, rps, seed, hostile_minutes * 60, models)
             busy = system_busy_seconds() - busy_before
         finally:
             server.stop()
-    summary = summarise(samples, rss, seconds)
+    summary = summarise(samples, rss, seconds, hostile_minutes * 60)
     summary["environment"] = {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.platform()}",
         "load_average_before": [round(v, 2) for v in load_before], "load_average_after": [round(v, 2) for v in os.getloadavg()],
-        "machine_busy_cpu_s": round(busy, 1), "model": note, "minutes": minutes, "workers": workers, "target_rps": rps, "seed": seed,
+        "machine_busy_cpu_s": round(busy, 1), "model": note, "minutes": minutes, "hostile_minutes": hostile_minutes,
+        "workers": workers, "target_rps": rps, "seed": seed,
     }
     summary["rss_series_mb"] = rss
     return summary
 
 
-def run_load(server: ServedModels, work: Workload, seconds: float, workers: int, rps: float, seed: int):
+def run_load(server: ServedModels, work: Workload, seconds: float, workers: int, rps: float, seed: int,
+             hostile_s: float = 0.0, models: set[str] = frozenset()):
     samples: list[Sample] = []
     rss: list[tuple[float, float]] = []
-    with grpc.insecure_channel(server.address) as channel:
+    options = [("grpc.max_send_message_length", 128 * 2**20)]
+    with grpc.insecure_channel(server.address, options=options) as channel:
         client = Client(channel, work)
+        attacker = HostileClient(channel, server.address, work, models) if hostile_s else None
         started = time.monotonic()
         until = started + seconds
-        threads = [threading.Thread(target=run_worker, args=(client, seed + i, started, until, workers / rps, samples), daemon=True)
+        threads = [threading.Thread(target=run_worker, daemon=True, args=(
+                       client, seed + i, started, until, workers / rps, samples, attacker, seconds - hostile_s))
                    for i in range(workers)]
         threads.append(threading.Thread(target=sample_rss, args=(server, started, until, rss), daemon=True))
         for thread in threads:
@@ -278,7 +385,15 @@ def to_markdown(summary: dict) -> str:
     for kind, windows in summary["latency"].items():
         a, b = windows["first_minute"], windows["last_minute"]
         lines.append(f"| {kind} | {a['count']} | {a['p50_ms']} | {a['p99_ms']} | {b['count']} | {b['p50_ms']} | {b['p99_ms']} |")
-    lines += ["", f"Reproduce: `python -m bench.soak --minutes {env['minutes']:g}` (`make soak` runs 10 minutes)."]
+    if "hostile" in summary:
+        hostile_phase = summary["hostile"]
+        phase, phase_rss = summary["hostile"], summary["hostile"]["rss_mb"]
+        lines += ["", f"Hostile phase, the last {phase['seconds']:.0f} s: calls by attack and status {phase['calls']}; "
+                  f"with an unexpected status: **{phase['wrong'] or 'none'}**; server RSS peak {phase_rss['peak']} MB, "
+                  f"final {phase_rss['final']} MB (must stay within {HOSTILE_RSS_ALLOWANCE_MB:.0f} MB of the "
+                  "baseline)."]
+    command = f"python -m bench.soak --minutes {env['minutes']:g} --hostile-minutes {env['hostile_minutes']:g}"
+    lines += ["", f"Reproduce: `{command}` (`make soak` runs 10 + 3 minutes)."]
     return "\n".join(lines) + "\n"
 
 
@@ -291,12 +406,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--minutes", type=float, default=10.0, help="how long to run (default 10)")
     parser.add_argument("--workers", type=int, default=4, help="client threads (default 4)")
     parser.add_argument("--rps", type=float, default=40.0, help="target calls per second over all threads (default 40)")
+    parser.add_argument("--hostile-minutes", type=float, default=3.0,
+                        help="then this long with the hostile requests mixed in (default 3; 0: none)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=RESULTS, help="directory for soak.json and soak.md")
     args = parser.parse_args(argv)
-    if args.minutes <= 0 or args.workers <= 0 or args.rps <= 0:
-        parser.error("--minutes, --workers and --rps must be > 0")
-    summary = soak(args.minutes, args.workers, args.rps, args.seed)
+    if args.minutes <= 0 or args.workers <= 0 or args.rps <= 0 or args.hostile_minutes < 0:
+        parser.error("--minutes, --workers and --rps must be > 0, --hostile-minutes >= 0")
+    summary = soak(args.minutes, args.workers, args.rps, args.seed, args.hostile_minutes)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "soak.json").write_text(json.dumps(summary, indent=2) + "\n")
     (args.out / "soak.md").write_text(to_markdown(summary))

@@ -350,7 +350,8 @@ def write_segmenter(model, *, name: str, architecture: str, labels, preprocessin
         inputs=(TensorSpec(name=INPUT_NAME, dims=(-1, 3, -1, -1)),),
         outputs=(TensorSpec(name=OUTPUT_NAME, dims=(-1, classes, -1, -1)),),
         preprocessing=preprocessing, labels="labels.txt" if labels else None,
-        batching=BatchingConfig(max_batch_size=16, max_queue_delay_us=1000),
+        batching=BatchingConfig(max_batch_size=16, max_queue_delay_us=1000,  # budgets: docs/security.md
+                                max_request_bytes=16 * 2**20, max_queue_bytes=32 * 2**20),
         description=f"{architecture}: per-class logits [N, {classes}, H, W] at the input resolution (any H, W{_native_note(preprocessing)})"
                     f"{'; the mean of the logits of the image and of its mirror image' if mirrored else ''}.",
     )

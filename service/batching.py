@@ -10,7 +10,8 @@ Latency rules: a request never waits for a batch to fill when the model is idle.
 (the last batch held more requests than are queued now), which is what closed-loop clients under
 load look like. With `preferred_batch_sizes` a batch is cut back to the largest preferred size its
 requests reach, and no delay is spent once one can be formed (Triton's rule). The queue is bounded
-(RESOURCE_EXHAUSTED when full), deadlines are checked before a request reaches the model, a
+in images and in input bytes (RESOURCE_EXHAUSTED when full; a batch comes from the queue, so the
+bytes bound one run's input too), deadlines are checked before a request reaches the model, a
 cancelled call's queued work is removed, and a failed run fails every request of that batch and
 nothing else.
 """
@@ -52,12 +53,14 @@ class BatchPolicy:
     preferred_batch_sizes: tuple[int, ...] = ()
     instances: int = 1
     max_queue_size: int = 1024  # images
+    max_queue_bytes: int = 256 * 2**20  # input bytes of every queued request together
 
 
 @dataclass(eq=False)
 class _Pending:
     inputs: dict[str, np.ndarray]
     count: int
+    nbytes: int
     key: tuple
     future: asyncio.Future
     enqueued: float
@@ -75,6 +78,7 @@ class DynamicBatcher:
         self._observer = observer or _NullObserver()
         self._queue: collections.deque[_Pending] = collections.deque()
         self._queued_images = 0
+        self._queued_bytes = 0
         self._arrived = asyncio.Event()
         self._slots = asyncio.Semaphore(policy.instances)
         self._running: set[asyncio.Task] = set()
@@ -89,6 +93,10 @@ class DynamicBatcher:
     @property
     def queued_images(self) -> int:
         return self._queued_images
+
+    @property
+    def queued_bytes(self) -> int:
+        return self._queued_bytes
 
     @property
     def running_batches(self) -> int:
@@ -112,11 +120,17 @@ class DynamicBatcher:
         if self._queued_images + count > self.policy.max_queue_size:
             self._observer.rejected("queue_full")
             raise ResourceExhausted(f"model queue is full ({self._queued_images} images queued, limit {self.policy.max_queue_size}); retry later")
+        nbytes = sum(int(array.nbytes) for array in inputs.values())
+        if self._queued_bytes + nbytes > self.policy.max_queue_bytes:
+            self._observer.rejected("queue_full")
+            raise ResourceExhausted(f"model queue is full ({self._queued_bytes} input bytes queued, this request "
+                                    f"{nbytes}, limit {self.policy.max_queue_bytes}); retry later")
         key = _shape_key(inputs)
         future = asyncio.get_running_loop().create_future()
-        pending = _Pending(inputs, count, key, future, time.monotonic(), deadline)
+        pending = _Pending(inputs, count, nbytes, key, future, time.monotonic(), deadline)
         self._queue.append(pending)
         self._queued_images += count
+        self._queued_bytes += nbytes
         self._observer.queue_depth(self._queued_images)
         self._arrived.set()
         try:
@@ -132,6 +146,7 @@ class DynamicBatcher:
         except ValueError:
             return
         self._queued_images -= pending.count
+        self._queued_bytes -= pending.nbytes
         self._observer.queue_depth(self._queued_images)
 
     async def _dispatch_loop(self) -> None:
@@ -183,6 +198,7 @@ class DynamicBatcher:
             pending = self._queue.popleft()
             if pending.future.done():
                 self._queued_images -= pending.count
+                self._queued_bytes -= pending.nbytes
                 continue
             seen.append(pending)
             if key is None:
@@ -201,6 +217,7 @@ class DynamicBatcher:
         chosen = set(batch)
         self._queue.extendleft(reversed([p for p in seen if p not in chosen]))
         self._queued_images -= sum(p.count for p in batch)
+        self._queued_bytes -= sum(p.nbytes for p in batch)
         self._observer.queue_depth(self._queued_images)
         return batch
 
@@ -259,6 +276,7 @@ class DynamicBatcher:
             _fail(pending, Unavailable("server shut down before this request was run"))
         self._queue.clear()
         self._queued_images = 0
+        self._queued_bytes = 0
         self._observer.queue_depth(0)
         if self._dispatcher is not None:
             self._dispatcher.cancel()

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import sys
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from service.decoder_limits import set_decoder_pixel_limit
 from service.errors import RuntimeMissing
 from service.logs import configure_logging
 from service.settings import add_server_arguments, settings_from_args
@@ -32,6 +34,10 @@ def run_serve(args: argparse.Namespace) -> int:
         print(f"convserve serve: {exc}", file=sys.stderr)
         return 2
     configure_logging(settings.log_format, settings.log_level)
+    if not set_decoder_pixel_limit(settings.limits.max_pixels):  # before service.server imports cv2
+        logging.getLogger("convserve.server").warning(
+            "OpenCV was loaded before the server set its pixel limit; only the header check applies",
+            extra={"event": "decoder_limit_not_set"})
     from service.server import serve_forever  # after logging is configured
     try:
         return asyncio.run(serve_forever(settings))

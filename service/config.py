@@ -7,6 +7,7 @@ naming the file and the dotted field path.
 
 from __future__ import annotations
 
+import reprlib
 from pathlib import Path
 from typing import Literal
 
@@ -95,13 +96,20 @@ class BatchingConfig(_Frozen):
     max_queue_delay_us: int = Field(default=500, ge=0)
     preferred_batch_sizes: tuple[int, ...] = ()
     instances: int = Field(default=1, ge=1)
-    max_queue_size: int = Field(default=1024, ge=1)
+    max_queue_size: int = Field(default=1024, ge=1)  # images
+    # float32 input bytes (service/budget.py prices requests before decoding): one request, and the
+    # whole queue; the running batch comes from the queue, so the model's activations are bounded too
+    max_request_bytes: int = Field(default=64 * 2**20, ge=1)
+    max_queue_bytes: int = Field(default=256 * 2**20, ge=1)
 
     @model_validator(mode="after")
     def _preferred_within_max(self) -> "BatchingConfig":
         for size in self.preferred_batch_sizes:
             if not 1 <= size <= self.max_batch_size:
                 raise ValueError(f"preferred batch size {size} is outside 1..max_batch_size ({self.max_batch_size})")
+        if self.max_request_bytes > self.max_queue_bytes:
+            raise ValueError(f"max_request_bytes {self.max_request_bytes} is over max_queue_bytes "
+                             f"{self.max_queue_bytes}: such a request could never be queued")
         return self
 
 
@@ -155,11 +163,20 @@ class RuntimeConfig(_Frozen):
     intra_op_spinning: bool = False
     inter_op_threads: int = Field(default=1, ge=0)
     io_binding: Literal["auto", "on", "off"] = "auto"  # auto: on when the session runs on CUDA
+    # CPU memory of ONNX Runtime: "arena" keeps the largest activations ever allocated (fast for fixed
+    # shapes), "shrink" (arena_extend_strategy kSameAsRequested + shrinkage after every run) gives
+    # them back, "no_arena" uses malloc; auto: shrink when an input has a free non-batch axis
+    # (docs/security.md has the measured figures)
+    cpu_memory: Literal["auto", "arena", "shrink", "no_arena"] = "auto"
     cuda: CudaOptions = CudaOptions()
 
 
+MODEL_NAME_PATTERN = r"^[A-Za-z0-9_.-]+$"  # also what a repository directory must be called to be loaded
+MAX_MODEL_NAME = 128
+
+
 class ModelConfig(_Frozen):
-    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
+    name: str = Field(min_length=1, max_length=MAX_MODEL_NAME, pattern=MODEL_NAME_PATTERN)
     task: Literal["classification", "detection", "segmentation"]
     platform: Literal["onnx"] = "onnx"
     inputs: tuple[TensorSpec, ...] = Field(min_length=1)
@@ -205,6 +222,10 @@ class ModelConfig(_Frozen):
         return self.postprocessing.output or self.outputs[0].name
 
 
+_SKETCH = reprlib.Repr()
+_SKETCH.maxlevel, _SKETCH.maxstring, _SKETCH.maxother = 3, 80, 80
+
+
 def _field_path(loc: tuple) -> str:
     parts: list[str] = []
     for item in loc:
@@ -227,20 +248,51 @@ def parse_model_config(data: object, path: str | Path) -> ModelConfig:
         message = error["msg"].removeprefix("Value error, ")
         if error["type"] == "extra_forbidden":
             message = "unknown field"
-        elif error["type"] == "literal_error":
-            message = f"{message} (got {error.get('input')!r})"
+        elif error["type"] == "literal_error":  # reprlib: an aliased value may be huge; show a bounded sketch
+            message = f"{message} (got {_SKETCH.repr(error.get('input'))})"
         raise ConfigError(str(path), field, message) from None
 
 
+MAX_CONFIG_BYTES = 256 * 1024  # a real config is a few hundred bytes
+MAX_YAML_ALIASES = 64  # anchors are allowed, but an alias bomb ("billion laughs") is not
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing more than MAX_YAML_ALIASES alias references.
+
+    Why: 792 bytes of nested aliases expand to hundreds of millions of values, which validation
+    then walks and echoes; counting aliases while composing stops it before any expansion.
+    """
+
+    def __init__(self, stream):
+        super().__init__(stream)
+        self._aliases = 0
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            self._aliases += 1
+            if self._aliases > MAX_YAML_ALIASES:
+                raise yaml.YAMLError(f"more than {MAX_YAML_ALIASES} YAML aliases (*name references)")
+        return super().compose_node(parent, index)
+
+
 def load_model_config(path: str | Path) -> ModelConfig:
-    """Read config.yaml (or .json) with a safe loader and validate it."""
+    """Read config.yaml (or .json) with a safe, alias-bounded loader and validate it.
+
+    A file over MAX_CONFIG_BYTES is refused from its size, unread.
+    """
     path = Path(path)
     try:
+        size = path.stat().st_size
+        if size > MAX_CONFIG_BYTES:
+            raise ConfigError(str(path), "", f"file is {size} bytes, over the limit of {MAX_CONFIG_BYTES}")
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(str(path), "", f"cannot read: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(str(path), "", "not UTF-8 text") from None
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_BoundedLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as exc:
         raise ConfigError(str(path), "", f"not valid YAML: {exc}") from None
     return parse_model_config(data, path)

@@ -9,13 +9,31 @@ from __future__ import annotations
 
 import grpc
 
+MAX_MESSAGE_CHARS = 1000  # an error text or log field never grows past this, whatever the input
+
+
+def bounded(text: object, limit: int = MAX_MESSAGE_CHARS) -> str:
+    """`str(text)` cut to `limit` characters, saying how much was cut.
+
+    Why one helper: messages echo client input (a class filter, a model name, a YAML value), and an
+    unbounded echo became a 351 MB log line, a gRPC status over the metadata limit and a frozen
+    event loop. Every error text and log field that may hold client or config input goes through here.
+    Only the first `limit` characters of a string are looked at, so the cost is fixed too.
+    """
+    if not isinstance(text, str):
+        text = str(text)
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}... [{len(text) - limit} more characters]"
+
 
 class ServiceError(Exception):
-    """Root of every error that is reported to a client as a gRPC status."""
+    """Root of every error that is reported to a client as a gRPC status (message bounded)."""
 
     code: grpc.StatusCode = grpc.StatusCode.INTERNAL
 
     def __init__(self, message: str):
+        message = bounded(message)
         super().__init__(message)
         self.message = message
 
@@ -74,9 +92,9 @@ class ConfigError(Exception):
     def __init__(self, path: str, field: str, problem: str):
         self.path = str(path)
         self.field = field
-        self.problem = problem
+        self.problem = bounded(problem)
         where = f"{self.path}: {field}" if field else self.path
-        super().__init__(f"{where}: {problem}")
+        super().__init__(bounded(f"{where}: {self.problem}"))
 
 
 class RuntimeMissing(RuntimeError):
@@ -87,4 +105,4 @@ def status_of(error: BaseException) -> tuple[grpc.StatusCode, str]:
     """The gRPC status and message a client receives for `error`."""
     if isinstance(error, ServiceError):
         return error.code, error.message
-    return grpc.StatusCode.INTERNAL, f"internal error: {type(error).__name__}: {error}"
+    return grpc.StatusCode.INTERNAL, bounded(f"internal error: {type(error).__name__}: {error}")

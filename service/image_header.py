@@ -53,13 +53,18 @@ def _jpeg_size(data: bytes) -> tuple[int, int] | None:
         if pos < 0 or pos + 4 > end:
             return None
         marker = data[pos + 1]
-        if marker == 0xFF:  # fill byte
+        if marker == 0xFF:  # fill byte: libjpeg swallows any run of FF before a marker
             pos += 1
+            continue
+        if marker == 0x00:  # FF 00 is a stuffed zero, not a marker: libjpeg discards it and reads on
+            pos += 2
             continue
         if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:  # markers without a length
             pos += 2
             continue
         (length,) = struct.unpack(">H", data[pos + 2 : pos + 4])
+        if length < 2:  # libjpeg refuses such a segment; never guess where the next marker is
+            return None
         if marker in _JPEG_SOF:
             if pos + 9 > end:
                 return None
@@ -98,10 +103,19 @@ def _webp_size(data: bytes) -> tuple[int, int] | None:
 
 
 _TIFF_WIDTH, _TIFF_HEIGHT = 256, 257
+# Integer field types libtiff accepts for ImageWidth/ImageLength (TIFFReadDirEntryLong), with the
+# struct format of their inline value: BYTE, SHORT, LONG, SBYTE, SSHORT, SLONG.
+_TIFF_INTEGER = {1: "B", 3: "H", 4: "I", 6: "b", 8: "h", 9: "i"}
 
 
 def _tiff_size(data: bytes) -> tuple[int, int] | None:
-    """ImageWidth and ImageLength of the first IFD (SHORT or LONG values); None if either is missing."""
+    """ImageWidth and ImageLength of the first IFD, read as libtiff reads them.
+
+    libtiff takes the first of duplicated tags and any integer type (signed ones too), so this
+    does the same; a first occurrence this reader cannot take (a count other than 1, a negative
+    or non-integer value) makes the whole size unknown, and the image is refused (fail closed),
+    rather than falling back to a later duplicate that libtiff would ignore.
+    """
     if len(data) < 8:
         return None
     order = "<" if data[:2] == b"II" else ">"
@@ -109,11 +123,18 @@ def _tiff_size(data: bytes) -> tuple[int, int] | None:
     if offset + 2 > len(data):
         return None
     (count,) = struct.unpack(order + "H", data[offset : offset + 2])
-    found: dict[int, int] = {}
+    found: dict[int, int | None] = {}
     for entry in range(offset + 2, min(offset + 2 + 12 * count, len(data) - 11), 12):
-        tag, kind = struct.unpack(order + "HH", data[entry : entry + 4])
-        if tag in (_TIFF_WIDTH, _TIFF_HEIGHT) and tag not in found and kind in (3, 4):
-            (found[tag],) = struct.unpack(order + ("H" if kind == 3 else "I"), data[entry + 8 : entry + (10 if kind == 3 else 12)])
-    if len(found) < 2:
+        tag, kind, values = struct.unpack(order + "HHI", data[entry : entry + 8])
+        if tag not in (_TIFF_WIDTH, _TIFF_HEIGHT) or tag in found:
+            continue
+        fmt = _TIFF_INTEGER.get(kind)
+        if fmt is None or values != 1:
+            found[tag] = None
+            continue
+        (value,) = struct.unpack(order + fmt, data[entry + 8 : entry + 8 + struct.calcsize(fmt)])
+        found[tag] = value if value >= 0 else None
+    width, height = found.get(_TIFF_WIDTH), found.get(_TIFF_HEIGHT)
+    if width is None or height is None:
         return None
-    return found[_TIFF_WIDTH], found[_TIFF_HEIGHT]
+    return width, height

@@ -13,6 +13,8 @@ import logging
 import sys
 import time
 
+from service.errors import MAX_MESSAGE_CHARS, bounded
+
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime", "taskName"}
 
 
@@ -21,13 +23,13 @@ def _fields(record: logging.LogRecord) -> dict:
         "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
         "level": record.levelname.lower(),
         "logger": record.name,
-        "msg": record.getMessage(),
+        "msg": bounded(record.getMessage()),
     }
     for key, value in vars(record).items():
         if key not in _STANDARD and not key.startswith("_") and key not in data:
-            data[key] = value
-    if record.exc_info:
-        data["exception"] = logging.Formatter().formatException(record.exc_info)
+            data[key] = bounded(value) if isinstance(value, str) else value
+    if record.exc_info:  # a traceback is longer than a message, but still bounded
+        data["exception"] = bounded(logging.Formatter().formatException(record.exc_info), 16 * MAX_MESSAGE_CHARS)
     return data
 
 

@@ -63,6 +63,9 @@ class ModelEntry:
     reason: str = ""
     versions: dict[int, LoadedVersion] = field(default_factory=dict)
     default_version: int | None = None
+    # Bumped by every load and unload (under the registry lock): an unload that finishes draining
+    # after a later load began must not overwrite that load's outcome (the later call wins).
+    generation: int = 0
 
 
 @dataclass(frozen=True)
@@ -114,6 +117,7 @@ class ModelRegistry:
         """(Re)load a model from its directory; the old versions keep serving until the new one is warm."""
         async with self._lock:
             entry = self.entries.setdefault(name, ModelEntry(name))
+            entry.generation += 1
             previous = dict(entry.versions)
             if not previous:
                 entry.state = LOADING
@@ -159,7 +163,7 @@ class ModelRegistry:
         policy = BatchPolicy(
             max_batch_size=batching.max_batch_size, max_queue_delay_s=batching.max_queue_delay_us / 1e6,
             preferred_batch_sizes=batching.preferred_batch_sizes, instances=batching.instances,
-            max_queue_size=batching.max_queue_size,
+            max_queue_size=batching.max_queue_size, max_queue_bytes=batching.max_queue_bytes,
         )
         executor = ThreadPoolExecutor(max_workers=batching.instances, thread_name_prefix=f"ort-{source.name}")
         batcher = DynamicBatcher(runtime.run, executor, policy, self.metrics.batch_observer(source.name))
@@ -190,11 +194,17 @@ class ModelRegistry:
             entry = self.entries.get(name)
             if entry is None:
                 raise NotFound(f"unknown model '{name}'")
+            entry.generation += 1
+            generation = entry.generation
             entry.state, entry.reason = UNLOADING, "unload requested"
             versions, entry.versions = entry.versions, {}
         await asyncio.gather(*(v.close(self.options.drain_timeout_s) for v in versions.values()))
         for version in versions:
-            self.metrics.model_ready.labels(name, str(version)).set(0)
+            if version not in entry.versions:  # a later load may serve the same version number again
+                self.metrics.model_ready.labels(name, str(version)).set(0)
+        if entry.generation != generation:  # a later load won; its outcome is what the index shows
+            log.info("model unloaded, then loaded again", extra={"event": "model_unloaded", "model": name})
+            return
         entry.state, entry.reason = UNAVAILABLE, "unloaded"
         log.info("model unloaded", extra={"event": "model_unloaded", "model": name})
 

@@ -90,9 +90,14 @@ def decode_image(data: bytes, spec: PreprocessingConfig | None, max_pixels: int 
     return image
 
 
+MAX_SIDE = 2**20  # OpenCV's own limit on one side (CV_IO_MAX_IMAGE_WIDTH/HEIGHT): refused here, by name
+
+
 def _check_pixels(width: int, height: int, max_pixels: int) -> None:
     if width <= 0 or height <= 0:
         raise InvalidArgument(f"image header gives an empty size {width}x{height}")
+    if max(width, height) > MAX_SIDE:
+        raise InvalidArgument(f"image is {width}x{height}: a side over {MAX_SIDE} pixels, the decoder's limit")
     if width * height > max_pixels:
         raise InvalidArgument(
             f"image is {width}x{height} = {width * height} pixels, over the limit of {max_pixels} pixels"

@@ -10,14 +10,15 @@ version directory of the model file.
 from __future__ import annotations
 
 import itertools
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
 import onnx
 
-from service.config import ModelConfig, load_model_config
-from service.errors import ConfigError
+from service.config import MAX_MODEL_NAME, MODEL_NAME_PATTERN, ModelConfig, load_model_config
+from service.errors import ConfigError, InvalidArgument, NotFound
 
 CONFIG_NAMES = ("config.yaml", "config.yml", "config.json")
 MODEL_FILE = "model.onnx"
@@ -53,6 +54,25 @@ def model_directories(repo: Path) -> list[Path]:
     if not repo.is_dir():
         raise ConfigError(str(repo), "", "model repository directory does not exist")
     return sorted(p for p in repo.iterdir() if p.is_dir() and not p.name.startswith((".", "_")))
+
+
+def find_model_directory(repo: Path, name: str) -> Path:
+    """The directory of model `name`, as a client names it in RepositoryModelLoad.
+
+    The name is checked before it touches the file system (a 300-character name made `is_dir`
+    raise "File name too long" with the repository path in it); errors never show the path.
+    """
+    if not name or len(name) > MAX_MODEL_NAME or not re.fullmatch(MODEL_NAME_PATTERN, name):
+        raise InvalidArgument(f"model name must be 1..{MAX_MODEL_NAME} characters of A-Z a-z 0-9 _ . -")
+    if name.startswith((".", "_")):  # hidden directories are never models, as at startup
+        raise NotFound(f"no model directory '{name}' in the repository")
+    try:
+        directory = repo / name
+        if directory.is_dir():
+            return directory
+    except OSError:
+        pass
+    raise NotFound(f"no model directory '{name}' in the repository")
 
 
 def read_labels(directory: Path, config: ModelConfig, config_path: Path) -> tuple[str, ...]:

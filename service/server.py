@@ -2,8 +2,9 @@
 
 Shutdown sequence on SIGTERM/SIGINT (what Kubernetes relies on): health turns NOT_SERVING at
 once so load balancers stop sending; after `shutdown_grace_s` new calls are refused with
-UNAVAILABLE; queued and in-flight requests get up to `drain_timeout_s` to finish; then the process
-exits 0. Nothing that was accepted is dropped silently.
+UNAVAILABLE; calls admitted before that (some still decoding their images) and queued requests get
+up to `drain_timeout_s` to finish, the batchers closing only once the admitted calls are done; then
+the process exits 0. Nothing that was accepted is dropped silently.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from service.api.convserve.v1 import vision_pb2, vision_pb2_grpc
 from service.api.inference import grpc_service_pb2, grpc_service_pb2_grpc
 from service.http.app import HttpServer, start_http
 from service.http.calls import RequestPath
+from service.memory import return_freed_memory, trim_periodically
 from service.pipelines.core import Stages
 from service.metrics import Metrics
 from service.models import LoadOptions, ModelRegistry
@@ -70,6 +72,8 @@ class RunningServer:
     stages: Stages
     settings: ServerSettings
     shared_memory: SharedMemoryRegistry
+    calls: CallRunner
+    memory_trimmer: asyncio.Task | None = None
     http: HttpServer | None = None
 
     @property
@@ -111,6 +115,7 @@ def _server_credentials(settings: ServerSettings) -> grpc.ServerCredentials | No
 async def start_server(settings: ServerSettings, interceptors: list | None = None) -> RunningServer:
     """Start serving: health NOT_SERVING while models load and warm up, SERVING after."""
     import_onnxruntime()  # refuse to start, clearly, without an ONNX Runtime build
+    return_freed_memory()
     metrics = Metrics()
     lifecycle = Lifecycle()
     registry = ModelRegistry(settings.model_repo, metrics, LoadOptions(settings.providers, settings.require_gpu, settings.drain_timeout_s))
@@ -146,8 +151,9 @@ async def start_server(settings: ServerSettings, interceptors: list | None = Non
     log.info("server started", extra={"event": "server_started", "port": port, "metrics_port": metrics_port,
                                         "http_port": http.port if http else None,
                                         "providers": ",".join(settings.providers), "model_repo": str(settings.model_repo)})
+    trimmer = asyncio.get_running_loop().create_task(trim_periodically())
     running = RunningServer(server, port, metrics_port, registry, metrics, lifecycle, health_servicer, stages,
-                            settings, shared_memory, http)
+                            settings, shared_memory, calls, trimmer, http)
     started = time.perf_counter()
     _warn_cuda_once(settings)
     await registry.load_all()
@@ -187,7 +193,11 @@ async def shutdown(running: RunningServer) -> None:
     await _set_health(running.health, health_pb2.HealthCheckResponse.NOT_SERVING)
     await asyncio.sleep(settings.shutdown_grace_s)
     running.lifecycle.accepting = False
-    await running.registry.close(settings.drain_timeout_s)
+    # Calls admitted before this point are drained, not refused: first let them reach their batcher
+    # (they may still be decoding), then drain the batchers with what is left of the drain timeout.
+    drain_until = time.monotonic() + settings.drain_timeout_s
+    await running.calls.wait_for_calls(settings.drain_timeout_s)
+    await running.registry.close(max(0.0, drain_until - time.monotonic()))
     # Keep answering UNAVAILABLE a moment after the drain, so clients still sending learn it from a
     # status rather than from a transport closing under a request in flight.
     await asyncio.sleep(min(1.0, settings.shutdown_grace_s))
@@ -196,6 +206,8 @@ async def shutdown(running: RunningServer) -> None:
     await running.server.stop(grace=settings.drain_timeout_s)
     running.stages.close()
     running.shared_memory.close()  # every region unmapped; clients keep (and unlink) their objects
+    if running.memory_trimmer is not None:
+        running.memory_trimmer.cancel()
     log.info("stopped", extra={"event": "shutdown_done"})
 
 

@@ -24,6 +24,8 @@ class Limits:
     max_images_per_request: int = 64
     max_pixels: int = 40_000_000
     max_concurrent_streams: int = 64
+    max_streams_per_peer: int = 16  # one client connection may hold at most this many of them
+    stream_idle_timeout_s: float = 60.0  # a stream that sends no frame for this long is closed
     max_deadline_s: float = 300.0
     stream_max_pending: int = 8
     v2_reject_non_finite: bool = False
@@ -91,6 +93,9 @@ _HELP = {
     "max_images_per_request": "most images in one request",
     "max_pixels": "largest image, in pixels, checked from the header before decoding",
     "max_concurrent_streams": "most concurrent streaming calls",
+    "max_streams_per_peer": "most concurrent streaming calls of one client connection (peer address), so one client "
+                            "cannot hold every slot",
+    "stream_idle_timeout_s": "close a streaming call (DEADLINE_EXCEEDED) when its client sends no frame for this long",
     "max_deadline_s": "cap on a request's deadline (also the deadline of requests without one)",
     "v2_reject_non_finite": "refuse V2 float inputs holding NaN or Inf with INVALID_ARGUMENT (off: like Triton, the tensor "
                             "goes to the model as sent; perf_analyzer's default random data holds such values)",
@@ -152,6 +157,26 @@ def settings_from_args(args: argparse.Namespace) -> ServerSettings:
     return settings
 
 
+def _token_file_problems(settings: ServerSettings) -> list[str]:
+    """A token file that is missing, unreadable or empty stops the server at start, like any bad setting."""
+    from service.auth import read_tokens
+
+    problems = []
+    for name in ("auth_token_file", "admin_token_file"):
+        path = getattr(settings, name)
+        if path is None:
+            continue
+        try:
+            read_tokens(path)
+        except OSError as exc:
+            problems.append(f"{name} {str(path)!r}: cannot read: {exc.strerror}")
+        except (ValueError, UnicodeDecodeError) as exc:
+            problems.append(f"{name} {str(path)!r}: {exc}")
+    if settings.admin_token_file is not None and settings.auth_token_file is None:
+        problems.append("admin_token_file needs auth_token_file")
+    return problems
+
+
 def validate(settings: ServerSettings) -> None:
     problems = []
     if settings.log_format not in ("json", "kv"):
@@ -171,8 +196,11 @@ def validate(settings: ServerSettings) -> None:
     if settings.http2_lookahead_bytes < 0:
         problems.append("http2_lookahead_bytes must be >= 0")
     for name in ("max_message_bytes", "max_images_per_request", "max_pixels", "max_concurrent_streams",
-                 "stream_max_pending", "max_json_elements"):
+                 "stream_max_pending", "max_streams_per_peer", "stream_idle_timeout_s", "max_json_elements"):
         if getattr(settings.limits, name) <= 0:
             problems.append(f"{name} must be > 0")
+    if settings.limits.max_streams_per_peer > settings.limits.max_concurrent_streams:
+        problems.append("max_streams_per_peer must be <= max_concurrent_streams")
+    problems += _token_file_problems(settings)
     if problems:
         raise ValueError("invalid server settings: " + "; ".join(problems))

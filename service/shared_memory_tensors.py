@@ -78,8 +78,10 @@ def tensor_slot(parameters: Mapping[str, pb.InferParameter], regions: SharedMemo
     return TensorSlot(region, offset, byte_size)
 
 
-def read_input(tensor: pb.ModelInferRequest.InferInputTensor, slot: TensorSlot) -> np.ndarray:
-    """The input as a read-only view of its window; the byte size is checked before reading."""
+def read_input(tensor: pb.ModelInferRequest.InferInputTensor, slot: TensorSlot,
+               max_bytes_elements: int | None = None) -> np.ndarray:
+    """The input as a read-only view of its window; the byte size is checked before reading (a BYTES
+    input's element count against `max_bytes_elements` too, as on the plain path)."""
     what = f"input '{tensor.name}'"
     if tensor.HasField("contents") and tensor.contents.ListFields():
         raise InvalidArgument(f"{what} names shared-memory region '{slot.region.status.name}' and also has contents")
@@ -89,21 +91,25 @@ def read_input(tensor: pb.ModelInferRequest.InferInputTensor, slot: TensorSlot) 
         if slot.byte_size != expected:
             raise InvalidArgument(f"{what}: {BYTE_SIZE} is {slot.byte_size} but {tensor.datatype} "
                                   f"{list(tensor.shape)} needs {expected} bytes")
-    return decode_raw(slot.region.read(slot.offset, slot.byte_size, what), tensor.datatype, tensor.shape, what)
+    return decode_raw(slot.region.read(slot.offset, slot.byte_size, what), tensor.datatype, tensor.shape, what,
+                      max_bytes_elements)
 
 
 class SharedMemoryBinding:
     """One request's tensors: its inputs as arrays and where its shared-memory outputs go."""
 
-    def __init__(self, request: pb.ModelInferRequest, regions: SharedMemoryRegistry):
+    def __init__(self, request: pb.ModelInferRequest, regions: SharedMemoryRegistry,
+                 max_bytes_elements: int | None = None):
+        """`max_bytes_elements` bounds each BYTES input's element count (v2_tensors.request_inputs)."""
         self.outputs: dict[str, TensorSlot] = {}
         self.used = False
         if not regions:  # nothing registered: only the plain path is possible (or a precise refusal)
             self._refuse_named_regions(request, regions)
-            self.inputs = request_inputs(request)
+            self.inputs = request_inputs(request, max_bytes_elements)
             return
         slots = [tensor_slot(t.parameters, regions, f"input '{t.name}'") for t in request.inputs]
-        self.inputs = request_inputs(request) if not any(slots) else self._mixed_inputs(request, slots)
+        self.inputs = (request_inputs(request, max_bytes_elements) if not any(slots)
+                       else self._mixed_inputs(request, slots, max_bytes_elements))
         for output in request.outputs:
             slot = tensor_slot(output.parameters, regions, f"output '{output.name}'")
             if slot is not None:
@@ -120,7 +126,8 @@ class SharedMemoryBinding:
                 tensor_slot(output.parameters, regions, f"output '{output.name}'")
 
     @staticmethod
-    def _mixed_inputs(request: pb.ModelInferRequest, slots: list[TensorSlot | None]) -> dict[str, np.ndarray]:
+    def _mixed_inputs(request: pb.ModelInferRequest, slots: list[TensorSlot | None],
+                      max_bytes_elements: int | None) -> dict[str, np.ndarray]:
         """Shared-memory inputs read from their regions; the others take raw entries in order."""
         raw = request.raw_input_contents
         plain = sum(slot is None for slot in slots)
@@ -133,9 +140,9 @@ class SharedMemoryBinding:
             if tensor.name in arrays:
                 raise InvalidArgument(f"input '{tensor.name}' appears more than once in the request")
             if slot is not None:
-                arrays[tensor.name] = read_input(tensor, slot)
+                arrays[tensor.name] = read_input(tensor, slot, max_bytes_elements)
             else:
-                arrays[tensor.name] = input_to_numpy(tensor, raw[next_raw] if raw else None)
+                arrays[tensor.name] = input_to_numpy(tensor, raw[next_raw] if raw else None, max_bytes_elements)
                 next_raw += 1 if raw else 0
         return arrays
 

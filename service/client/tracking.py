@@ -9,22 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from service.api.convserve.v1 import vision_pb2 as vpb
-
-
-@dataclass(frozen=True)
-class CountLine:
-    """Crossings of the segment start -> end are counted; `crossed_in` is onto its right-hand side
-    looking from start to end (y down: downwards for a line drawn left to right)."""
-
-    name: str
-    start: tuple[float, float]
-    end: tuple[float, float]
-
-
-@dataclass(frozen=True)
-class CountZone:
-    name: str
-    polygon: tuple[tuple[float, float], ...]
+from service.postprocess.counting import CountLine, CountZone  # the same plain geometry the server counts with
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ from typing import Callable, Sequence, TypeVar
 
 import numpy as np
 
+from service.budget import check_kept_pixels, check_model_inputs, fit_to_budget, image_budget
 from service.errors import FailedPrecondition, InvalidArgument, ServiceError
 from service.metrics import Metrics
 from service.models import LoadedVersion, ModelRegistry
@@ -60,11 +61,12 @@ class Stages:
     async def prepare(self, ctx: RequestContext, model: LoadedVersion, images: Sequence[ImageInput],
                       keep_original: bool = False) -> list[PreparedImage]:
         """Decode + preprocess every image off the event loop; a bad image names its index."""
-        self._check_budget(model, len(images))
+        budget = self._check_budget(model, images, keep_original)
         ctx.images = len(images)
         started = time.perf_counter()
         loop = asyncio.get_running_loop()
-        jobs = [loop.run_in_executor(self._pool, self._prepare_one, model, image, keep_original) for image in images]
+        jobs = [loop.run_in_executor(self._pool, self._prepare_one, model, image, keep_original, budget)
+                for image in images]
         results = await asyncio.gather(*jobs, return_exceptions=True)
         ctx.add_stage("preprocess", time.perf_counter() - started)
         prepared = []
@@ -76,9 +78,11 @@ class Stages:
             prepared.append(result)
         return prepared
 
-    def _check_budget(self, model: LoadedVersion, count: int) -> None:
+    def _check_budget(self, model: LoadedVersion, images: Sequence[ImageInput], keep_original: bool) -> int:
         """What an image request may bring, checked before anything is decoded: the one place for its
-        budgets (the image count today)."""
+        budgets (image count, decoded originals kept, input bytes). Returns each image's share of the
+        model's input-byte budget (service/budget.py), which native-resolution models downscale to."""
+        count = len(images)
         if count == 0:
             raise InvalidArgument("request has no images")
         if count > self.limits.max_images_per_request:
@@ -86,8 +90,11 @@ class Stages:
         if count > model.config.batching.max_batch_size:
             raise InvalidArgument(
                 f"request has {count} images, over the model's max_batch_size {model.config.batching.max_batch_size}")
+        if keep_original:
+            check_kept_pixels([image.encoded for image in images if image.encoded], self.limits.max_pixels)
+        return image_budget(model.config, count)
 
-    def _prepare_one(self, model: LoadedVersion, image: ImageInput, keep_original: bool) -> PreparedImage:
+    def _prepare_one(self, model: LoadedVersion, image: ImageInput, keep_original: bool, budget: int) -> PreparedImage:
         spec = model.config.preprocessing
         if image.tensor is not None:
             tensor = check_image_tensor(model, image.tensor)
@@ -96,6 +103,7 @@ class Stages:
         if spec is None:
             raise InvalidArgument(
                 f"model '{model.name}' has no preprocessing configured; send tensors, not encoded images")
+        spec = fit_to_budget(image.encoded or b"", spec, budget)
         decoded = decode_image(image.encoded or b"", spec, self.limits.max_pixels)
         tensor, info = preprocess_image(decoded, spec, source_order="bgr")
         return PreparedImage(tensor, info, decoded if keep_original else None)
@@ -117,8 +125,10 @@ class Stages:
 
     async def submit(self, ctx: RequestContext, model: LoadedVersion, inputs: dict[str, np.ndarray],
                      output_names: Sequence[str] | None = None) -> dict[str, np.ndarray]:
-        """Submit one [n, ...] batch to the model's batcher: the single door to the batcher, so budget
-        checks on what a request puts in the queue belong here. Records queue and inference time."""
+        """Submit one [n, ...] batch to the model's batcher: the single door to the batcher, so the
+        checks on what a request puts in the queue (shapes the graph can take, bytes) live here.
+        Records queue and inference time."""
+        check_model_inputs(model.config, inputs)
         started = time.monotonic()
         outputs, queue_wait = await model.batcher.submit(inputs, ctx.deadline)
         ctx.add_stage("queue", queue_wait)

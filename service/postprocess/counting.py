@@ -18,6 +18,9 @@ import numpy as np
 
 @dataclass(frozen=True)
 class CountLine:
+    """Crossings of the segment start -> end are counted; `crossed_in` is onto its right-hand side
+    looking from start to end (y down: downwards for a line drawn left to right)."""
+
     name: str
     start: tuple[float, float]
     end: tuple[float, float]
@@ -25,6 +28,8 @@ class CountLine:
 
 @dataclass(frozen=True)
 class CountZone:
+    """Entries into and exits from a polygon, in image coordinates (as the detection boxes)."""
+
     name: str
     polygon: tuple[tuple[float, float], ...]  # >= 3 vertices in order
 

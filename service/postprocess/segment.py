@@ -24,8 +24,9 @@ from service.postprocess.draw import encode_image
 from service.postprocess.resample import resample_rows, sample_axis
 from service.preprocess import ResizeInfo
 
-# Bound on the float32 elements of one strip of resized logits (C x rows x W): ~32 MB.
-STRIP_ELEMENTS = 8_000_000
+# Bound on the float32 elements of one strip of resized logits (C x rows x W): ~8 MB, so several
+# large masks made at once (concurrent Segment calls) stay small; larger strips were not faster.
+STRIP_ELEMENTS = 2_000_000
 # Distinct colours for the first classes (class 0, background, is never painted).
 _BASE_COLOURS = (
     (0, 0, 0), (230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48),

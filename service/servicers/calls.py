@@ -17,7 +17,7 @@ import itertools
 import logging
 import os
 import time
-from typing import Awaitable, Callable, TypeVar
+from typing import AsyncIterator, Awaitable, Callable, TypeVar
 
 import grpc
 
@@ -85,6 +85,29 @@ def deadline_of(context: grpc.aio.ServicerContext, limits: Limits) -> float:
     return time.monotonic() + budget
 
 
+class StreamSlot:
+    """A held stream slot; `frames` reads the client's frames and frees the slot of an idle stream."""
+
+    def __init__(self, context: grpc.aio.ServicerContext, idle_timeout_s: float):
+        self.context = context
+        self.idle_timeout_s = idle_timeout_s
+
+    async def frames(self, request_iterator: AsyncIterator[T]) -> AsyncIterator[T]:
+        """The client's frames; DEADLINE_EXCEEDED ends the call when none comes for `idle_timeout_s`."""
+        frames = request_iterator.__aiter__()
+        while True:
+            try:
+                frame = await asyncio.wait_for(frames.__anext__(), self.idle_timeout_s)
+            except StopAsyncIteration:
+                return
+            except asyncio.TimeoutError:
+                await self.context.abort(
+                    grpc.StatusCode.DEADLINE_EXCEEDED,
+                    f"stream sent no frame for {self.idle_timeout_s:g} s: closed to free its slot "
+                    "(--stream-idle-timeout-s)")
+            yield frame
+
+
 class CallRunner:
     def __init__(self, metrics: Metrics, registry: ModelRegistry, limits: Limits):
         self.metrics = metrics
@@ -92,6 +115,18 @@ class CallRunner:
         self.limits = limits
         self._children = LabelledChildren()
         self._open_streams = 0  # streaming calls of every API, against limits.max_concurrent_streams
+        self._peer_streams: dict[str, int] = {}  # the same per client connection, against max_streams_per_peer
+        self._active_calls = 0  # unary calls admitted and not finished: what a shutdown drains first
+
+    async def wait_for_calls(self, timeout_s: float) -> None:
+        """Return once every admitted unary call has finished, or after `timeout_s` (shutdown's drain).
+
+        Why: a call admitted just before the server stopped accepting may still be decoding its
+        images when the batchers close; closing them first answered it UNAVAILABLE instead of running it.
+        """
+        give_up = time.monotonic() + timeout_s
+        while self._active_calls and time.monotonic() < give_up:
+            await asyncio.sleep(0.01)
 
     def model_label(self, name: str) -> str:
         """Metric label for a requested model name; unknown names share one label (bounded cardinality)."""
@@ -115,17 +150,32 @@ class CallRunner:
 
     @contextlib.asynccontextmanager
     async def stream_slot(self, context: grpc.aio.ServicerContext):
-        """Hold one of `max_concurrent_streams` while a streaming call runs; refuse the call with
-        RESOURCE_EXHAUSTED when all are taken. One count for every streaming method of either API,
-        because each open stream holds server memory and a reader task whichever API it speaks."""
-        limit = self.limits.max_concurrent_streams
-        if self._open_streams >= limit:
-            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, f"too many concurrent streams (limit {limit})")
+        """Hold one of `max_concurrent_streams`, and one of its connection's `max_streams_per_peer`,
+        while a streaming call runs; refuse the call with RESOURCE_EXHAUSTED when either is taken.
+
+        One count for every streaming method of either API, because each open stream holds server
+        memory and a reader task whichever API it speaks. The per-peer cap (gRPC's peer address: one
+        client connection) keeps a single client from holding every slot; yields a `StreamSlot`
+        whose `frames()` closes a stream that stays idle (the other half of fairness).
+        """
+        limits = self.limits
+        peer = context.peer() or ""
+        if self._open_streams >= limits.max_concurrent_streams:
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                f"too many concurrent streams (limit {limits.max_concurrent_streams})")
+        if self._peer_streams.get(peer, 0) >= limits.max_streams_per_peer:
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                f"too many concurrent streams on this connection (limit {limits.max_streams_per_peer} "
+                                "per client connection, --max-streams-per-peer)")
         self._open_streams += 1
+        self._peer_streams[peer] = self._peer_streams.get(peer, 0) + 1
         try:
-            yield
+            yield StreamSlot(context, limits.stream_idle_timeout_s)
         finally:
             self._open_streams -= 1
+            self._peer_streams[peer] -= 1
+            if not self._peer_streams[peer]:
+                del self._peer_streams[peer]
 
     @contextlib.contextmanager
     def inflight(self, model_name: str):
@@ -137,14 +187,22 @@ class CallRunner:
         finally:
             gauge.dec()
 
-    async def unary(self, method: str, model_name: str, context: grpc.aio.ServicerContext, body: Callable[[RequestContext], Awaitable[T]]) -> T:
+    async def unary(self, method: str, model_name: str, context: grpc.aio.ServicerContext,
+                    body: Callable[[RequestContext], Awaitable[T]]) -> T:
         ctx = self.new_context(method, context)
         try:
             return await self.run(ctx, model_name, body)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # already recorded by run(); the same mapping gives the client its status
-            await context.abort(*status_of(exc))
+            failure = status_of(exc)
+        # The status is set, not raised with context.abort: gRPC keeps an abort's exception on the
+        # call, and its traceback holds this frame and the ones below (the request's bytes, its
+        # tensors) in a reference cycle only the garbage collector frees. With a non-OK status set,
+        # gRPC sends no response message, so returning None is what aborting did, minus the cycle.
+        context.set_code(failure[0])
+        context.set_details(failure[1])
+        return None  # type: ignore[return-value]
 
     def plain_context(self, method: str, request_id: str | None, timeout_s: float | None) -> RequestContext:
         """A request context for a front end without gRPC metadata (HTTP): the client's request id
@@ -154,25 +212,27 @@ class CallRunner:
                               request_id=request_id[:MAX_REQUEST_ID] if request_id else new_request_id())
 
     async def run(self, ctx: RequestContext, model_name: str, body: Callable[[RequestContext], Awaitable[T]]) -> T:
-        """Run one request's body, counting it in flight, and record its outcome (metrics, logs);
-        an error is recorded with its status and raised again for the front end to report."""
+        """Run one request's body, counted in flight and as an active call (what a shutdown drains),
+        and record its outcome (metrics, logs); an error is recorded with its status and raised again
+        for the front end (gRPC or HTTP) to report."""
         ctx.model = model_name
         inflight = self._children.get(self.metrics.inflight, self.model_label(model_name))
         inflight.inc()  # inline rather than `with self.inflight(...)`: this runs on every call
+        self._active_calls += 1
         try:
             response = await body(ctx)
         except asyncio.CancelledError:
             self.finish(ctx, grpc.StatusCode.CANCELLED, "cancelled by the client")
             raise
         except Exception as exc:  # mapped to a status in one place
-            code, message = status_of(exc)
-            self.finish(ctx, code, message, exc if not isinstance(exc, ServiceError) else None)
+            self.finish(ctx, *status_of(exc), exc if not isinstance(exc, ServiceError) else None)
             raise
         else:
             self.finish(ctx, grpc.StatusCode.OK, "")
             return response
         finally:
             inflight.dec()
+            self._active_calls -= 1
 
     def finish(self, ctx: RequestContext, code: grpc.StatusCode, message: str, unexpected: BaseException | None = None) -> None:
         """Record one finished request (or stream frame): counters, stage latencies, logs.

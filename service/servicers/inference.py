@@ -17,6 +17,7 @@ from service.pipelines.core import Stages
 from service.pipelines.infer import OutputRequest, infer
 from service.pipelines.request import ModelRef, RequestContext
 from service.servicers import v2_model_info as info
+from service.repository import find_model_directory
 from service.servicers.calls import CallRunner
 from service.servicers.lifecycle import Lifecycle
 from service.servicers.streams import OrderedStream, StreamPolicy, run_frame
@@ -99,9 +100,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     async def load(self, name: str) -> pb.RepositoryModelLoadResponse:
         self._require_repository_api()
-        # a model directory is a plain, visible child of the repository, as at startup
-        if not name or name.startswith((".", "_")) or "/" in name or not (self.registry.repo / name).is_dir():
-            raise NotFound(f"no model directory '{name}' in the repository")
+        find_model_directory(self.registry.repo, name)  # INVALID_ARGUMENT / NOT_FOUND, no path
         entry = await self.registry.load(name)
         if entry.state != "READY" or entry.reason:
             raise Unavailable(f"model '{name}' failed to load: {entry.reason}")
@@ -182,14 +181,16 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 return pb.ModelStreamInferResponse(error_message=status_of(failure)[1])
             return pb.ModelStreamInferResponse(infer_response=response)
 
-        async with self.calls.stream_slot(context):
-            async for answer in OrderedStream(request_iterator, process, None, lambda _: policy).results():
+        async with self.calls.stream_slot(context) as slot:
+            requests = slot.frames(request_iterator)
+            async for answer in OrderedStream(requests, process, None, lambda _: policy).results():
                 yield answer
 
     async def _infer(self, ctx: RequestContext, request: pb.ModelInferRequest) -> pb.ModelInferResponse:
         outputs = [OutputRequest(o.name, parameters_to_python(o.parameters).get("classification", 0))
                    for o in request.outputs]
-        tensors = SharedMemoryBinding(request, self.shared_memory)  # arrays, from raw contents or shared memory
+        # arrays, from raw contents or shared memory; BYTES inputs bounded by the images-per-request limit
+        tensors = SharedMemoryBinding(request, self.shared_memory, self.stages.limits.max_images_per_request)
         result = await infer(self.stages, ctx, ModelRef(request.model_name, request.model_version),
                              tensors.inputs, outputs)
         loaded = result.model

@@ -25,7 +25,7 @@ import numpy as np
 
 from service.api.inference import grpc_service_pb2 as pb
 from service.dtypes import NUMPY_OF_V2, V2_CONTENTS
-from service.errors import InternalError, InvalidArgument
+from service.errors import InternalError, InvalidArgument, bounded
 
 _DTYPES = NUMPY_OF_V2  # V2 datatype -> numpy dtype, little-endian as on the wire (service/dtypes.py)
 V2_DATATYPES: tuple[str, ...] = tuple(_DTYPES)
@@ -86,16 +86,29 @@ def element_count(shape: Iterable[int], what: str = "tensor") -> int:
     return math.prod(dims)
 
 
-def decode_raw(data: bytes, datatype: str, shape: Iterable[int], what: str = "tensor") -> np.ndarray:
+def check_bytes_count(count: int, max_elements: int | None, what: str) -> None:
+    """Refuse a BYTES tensor from its shape alone, before a single element is split or copied.
+
+    Why: splitting is a Python loop per element; a shape of [16000000] with empty elements (61 MiB)
+    held the event loop for 21 s before the image-count check ran.
+    """
+    if max_elements is not None and count > max_elements:
+        raise InvalidArgument(f"{what}: BYTES shape holds {count} elements, over the limit of {max_elements} "
+                              "(one encoded image per element, --max-images-per-request)")
+
+
+def decode_raw(data: bytes, datatype: str, shape: Iterable[int], what: str = "tensor",
+               max_bytes_elements: int | None = None) -> np.ndarray:
     """Array of `shape` from raw V2 bytes.
 
     Fixed-size types return a read-only view of `data` (no copy); BYTES returns an object array
-    of `bytes`.
+    of `bytes`, of at most `max_bytes_elements` elements (checked before splitting).
     """
     dtype = numpy_dtype(datatype, what)
     dims = list(shape)
     count = element_count(dims, what)
     if datatype == "BYTES":
+        check_bytes_count(count, max_bytes_elements, what)
         return _split_length_prefixed(data, count, dims, what).reshape(dims)
     expected = count * dtype.itemsize
     if len(data) != expected:
@@ -134,7 +147,7 @@ def _split_length_prefixed(data: bytes, count: int, dims: list[int], what: str) 
 
 
 def decode_typed(contents: pb.InferTensorContents, datatype: str, shape: Iterable[int],
-                 what: str = "tensor") -> np.ndarray:
+                 what: str = "tensor", max_bytes_elements: int | None = None) -> np.ndarray:
     """Array of `shape` from the typed contents field that matches `datatype`.
 
     Narrow integer types travel in 32-bit fields, so values outside the datatype's range are
@@ -156,6 +169,7 @@ def decode_typed(contents: pb.InferTensorContents, datatype: str, shape: Iterabl
         raise InvalidArgument(f"{what}: {field} holds {len(values)} elements but {datatype} "
                               f"{dims} needs {count}")
     if datatype == "BYTES":
+        check_bytes_count(count, max_bytes_elements, what)
         array = np.empty(count, dtype=object)
         array[:] = list(values)
         return array.reshape(dims)
@@ -170,19 +184,20 @@ def decode_typed(contents: pb.InferTensorContents, datatype: str, shape: Iterabl
 
 
 def input_to_numpy(tensor: pb.ModelInferRequest.InferInputTensor,
-                   raw: bytes | None = None) -> np.ndarray:
+                   raw: bytes | None = None, max_bytes_elements: int | None = None) -> np.ndarray:
     """One input as an array: from `raw` (its raw_input_contents entry) or its typed contents."""
-    what = f"input '{tensor.name}'"
+    what = f"input '{bounded(tensor.name, 100)}'"
     if raw is None:
-        return decode_typed(tensor.contents, tensor.datatype, tensor.shape, what)
+        return decode_typed(tensor.contents, tensor.datatype, tensor.shape, what, max_bytes_elements)
     if tensor.HasField("contents") and tensor.contents.ListFields():
         raise InvalidArgument(f"{what} has typed contents but the request also uses "
                               "raw_input_contents; use one form for all inputs of a request")
-    return decode_raw(raw, tensor.datatype, tensor.shape, what)
+    return decode_raw(raw, tensor.datatype, tensor.shape, what, max_bytes_elements)
 
 
-def request_inputs(request: pb.ModelInferRequest) -> dict[str, np.ndarray]:
-    """Every input of a ModelInferRequest as {name: array}, in request order."""
+def request_inputs(request: pb.ModelInferRequest, max_bytes_elements: int | None = None) -> dict[str, np.ndarray]:
+    """Every input of a ModelInferRequest as {name: array}, in request order; BYTES inputs hold at
+    most `max_bytes_elements` elements each (the server passes its images-per-request limit)."""
     raw = request.raw_input_contents
     if raw and len(raw) != len(request.inputs):
         raise InvalidArgument(f"request has {len(raw)} raw_input_contents entries for "
@@ -191,7 +206,7 @@ def request_inputs(request: pb.ModelInferRequest) -> dict[str, np.ndarray]:
     for index, tensor in enumerate(request.inputs):
         if tensor.name in arrays:
             raise InvalidArgument(f"input '{tensor.name}' appears more than once in the request")
-        arrays[tensor.name] = input_to_numpy(tensor, raw[index] if raw else None)
+        arrays[tensor.name] = input_to_numpy(tensor, raw[index] if raw else None, max_bytes_elements)
     return arrays
 
 

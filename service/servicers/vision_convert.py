@@ -7,6 +7,7 @@ import numpy as np
 from service.api.convserve.v1 import vision_pb2 as vpb
 from service.dtypes import VISION_DTYPES
 from service.errors import InvalidArgument
+from service.request_checks import check_class_filter_length
 from service.servicers.v2_tensors import element_count
 from service.pipelines.classify import Classification
 from service.pipelines.detect import DetectionResult, DetectOptions
@@ -83,6 +84,7 @@ def detect_options_from_proto(params: vpb.DetectParams) -> DetectOptions:
     def optional(name):
         return getattr(params, name) if params.HasField(name) else None
 
+    check_class_filter_length(len(params.class_filter))  # before the list is copied
     return DetectOptions(
         score_threshold=optional("score_threshold"), iou_threshold=optional("iou_threshold"),
         max_detections=optional("max_detections"), class_filter=tuple(params.class_filter),

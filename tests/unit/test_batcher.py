@@ -200,6 +200,28 @@ def test_full_queue_is_refused_at_once():
     assert observer.rejections == ["queue_full"]
 
 
+def test_queue_bytes_are_bounded_beside_the_image_count():
+    """Two queued requests of 24 bytes fill a 48-byte queue although images would still fit; the
+    bytes come back when the queue drains."""
+    model, observer = GatedModel(), Recorder()
+
+    async def scenario(batcher):
+        first = asyncio.create_task(batcher.submit(rows(1)))  # running: not counted in the queue
+        await wait_started(model)
+        queued = [asyncio.create_task(batcher.submit(rows(2))) for _ in range(2)]  # 2 x 2 x 3 float32
+        await settle()
+        assert batcher.queued_bytes == 48
+        with pytest.raises(ResourceExhausted, match="48 input bytes queued, this request 12, limit 48"):
+            await batcher.submit(rows(1))
+        model.gate.set()
+        await asyncio.gather(first, *queued)
+        assert batcher.queued_bytes == 0
+        await batcher.submit(rows(4))  # 48 bytes alone fit again
+
+    run(scenario, model, BatchPolicy(max_queue_size=1024, max_queue_bytes=48, max_queue_delay_s=0.0), observer)
+    assert observer.rejections == ["queue_full"]
+
+
 def test_request_over_max_batch_size_is_invalid():
     async def scenario(batcher):
         with pytest.raises(InvalidArgument, match="exceeds the model's max_batch_size 4"):

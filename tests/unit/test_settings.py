@@ -34,3 +34,26 @@ def test_http2_options_default_to_grpcs_own_and_can_be_raised(monkeypatch):
 def test_bad_settings_stop_the_server_naming_the_setting(argv, named, monkeypatch):
     with pytest.raises(ValueError, match=named):
         parse(argv, monkeypatch)
+
+
+def test_stream_fairness_settings_are_validated(monkeypatch):
+    defaults = parse([], monkeypatch)
+    assert defaults.limits.max_streams_per_peer < defaults.limits.max_concurrent_streams
+    with pytest.raises(ValueError, match="max_streams_per_peer must be <= max_concurrent_streams"):
+        parse(["--max-concurrent-streams", "4", "--max-streams-per-peer", "8"], monkeypatch)
+    with pytest.raises(ValueError, match="stream_idle_timeout_s must be > 0"):
+        parse(["--stream-idle-timeout-s", "0"], monkeypatch)
+
+
+def test_token_files_are_checked_at_start(monkeypatch, tmp_path):
+    empty = tmp_path / "empty"
+    empty.write_text("\n\n")
+    with pytest.raises(ValueError, match="auth_token_file .*: cannot read"):
+        parse(["--auth-token-file", str(tmp_path / "missing")], monkeypatch)
+    with pytest.raises(ValueError, match="auth_token_file .*no tokens"):
+        parse(["--auth-token-file", str(empty)], monkeypatch)
+    tokens = tmp_path / "tokens"
+    tokens.write_text("secret\n")
+    with pytest.raises(ValueError, match="admin_token_file needs auth_token_file"):
+        parse(["--admin-token-file", str(tokens)], monkeypatch)
+    assert parse(["--auth-token-file", str(tokens)], monkeypatch).auth_token_file == tokens

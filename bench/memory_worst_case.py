@@ -1,0 +1,93 @@
+"""`python -m bench.memory_worst_case`: the bundled repository's memory under its worst requests.
+
+Why: docs/security.md claims the default budgets keep `convserve serve` on the bundled model
+repository well inside a 2 GiB pod. This serves model_repo with default settings as a child
+process and, while sampling its VmRSS from /proc every 10 ms, sends what costs the most memory
+within the limits: many concurrent fcn8s tensors at the per-request budget (16 MiB), 40-megapixel
+images to fcn8s (decoded at full size, downscaled into the budget, masks made at full size), and
+both at once. Prints the server's peak and final VmRSS per phase (tensors: fcn8s tensors at the request budget;
+images: 40-megapixel images to fcn8s; both: the two at once).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import grpc
+
+from bench import hostile_requests as hostile
+from bench.server import REPO_ROOT, ServedModels
+from service.api.convserve.v1 import vision_pb2_grpc as vpb_grpc
+from service.api.inference import grpc_service_pb2_grpc as pb_grpc
+from service.memory import TRIM_INTERVAL_S
+
+
+def sample(server: ServedModels, stop: threading.Event, out: list[float]) -> None:
+    while not stop.is_set():
+        out.append(server.rss_mb())
+        time.sleep(0.01)
+
+
+def fire(calls, concurrency: int) -> dict[str, int]:
+    """Run every (rpc, request) at `concurrency`; count the statuses."""
+    counts: dict[str, int] = {}
+
+    def one(call):
+        rpc, request = call
+        try:
+            rpc(request, timeout=120)
+            code = "OK"
+        except grpc.RpcError as exc:
+            code = exc.code().name
+        counts[code] = counts.get(code, 0) + 1
+
+    with ThreadPoolExecutor(concurrency) as pool:
+        list(pool.map(one, calls))
+    return dict(sorted(counts.items()))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--concurrency", type=int, default=24)
+    parser.add_argument("--repo", type=Path, default=REPO_ROOT / "model_repo")
+    parser.add_argument("--phases", default="tensors,images,both", help="comma list of tensors, images, both")
+    args = parser.parse_args(argv)
+    tensor = hostile.v2_tensor("fcn8s", (1, 3, 1152, 1152))  # 15.2 MiB: just inside fcn8s's 16 MiB
+    photo = hostile.segment("fcn8s", hostile.encoded_png(6324, 6324))  # 39,992,976 pixels: inside --max-pixels
+    server = ServedModels(args.repo)
+    try:
+        options = [("grpc.max_send_message_length", 128 * 2**20), ("grpc.max_receive_message_length", 128 * 2**20)]
+        with grpc.insecure_channel(server.address, options=options) as channel:
+            v2, vision = pb_grpc.GRPCInferenceServiceStub(channel), vpb_grpc.VisionServiceStub(channel)
+            print(f"at rest: {server.rss_mb():.0f} MB")
+            phases = {
+                "tensors": [(v2.ModelInfer, tensor)] * (3 * args.concurrency),
+                "images": [(vision.Segment, photo)] * 8,
+                "both": [(v2.ModelInfer, tensor)] * (2 * args.concurrency) + [(vision.Segment, photo)] * 8,
+            }
+            for name in args.phases.split(","):
+                calls = phases[name]
+                rss: list[float] = []
+                stop = threading.Event()
+                sampler = threading.Thread(target=sample, args=(server, stop, rss))
+                sampler.start()
+                started = time.perf_counter()
+                counts = fire(calls, args.concurrency)
+                seconds = time.perf_counter() - started
+                time.sleep(TRIM_INTERVAL_S + 1)  # the server hands free pages back every TRIM_INTERVAL_S
+                stop.set()
+                sampler.join()
+                print(f"{name}: {counts} in {seconds:.1f} s; server VmRSS peak {max(rss):.0f} MB, "
+                      f"{TRIM_INTERVAL_S + 1:g} s later {server.rss_mb():.0f} MB")
+    finally:
+        server.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
