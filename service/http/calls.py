@@ -125,7 +125,7 @@ class RequestPath:
             _copy_parameters(tensor.parameters, shared.parameters)
         for output in request.outputs:
             _copy_parameters(message.outputs.add(name=output.name).parameters, output.parameters)
-        return SharedMemoryBinding(message, self.shared_memory)
+        return SharedMemoryBinding(message, self.shared_memory, self.stages.limits.max_images_per_request)
 
     async def classify(
         self,

@@ -21,7 +21,9 @@ import numpy as np
 
 from service.errors import InvalidArgument, ResourceExhausted
 from service.http.binary import join_body, split_body, take_blobs
-from service.servicers.v2_tensors import decode_raw, element_count, encode_raw, numpy_dtype, v2_datatype
+from service.servicers.v2_tensors import (
+    check_bytes_count, decode_raw, element_count, encode_raw, numpy_dtype, v2_datatype,
+)
 
 _SCALARS = (bool, int, float, str)
 SHM_REGION = "shared_memory_region"
@@ -98,7 +100,10 @@ def _optional_bool(parameters: dict, key: str, what: str) -> bool | None:
     return value
 
 
-def parse_infer_request(body: bytes, header_length: str | None, max_elements: int) -> InferRequest:
+def parse_infer_request(body: bytes, header_length: str | None, max_elements: int,
+                        max_bytes_elements: int | None = None) -> InferRequest:
+    """`max_elements` bounds the JSON values; `max_bytes_elements` each BYTES input's element count
+    (the server passes its images-per-request limit, as for gRPC), checked from the shape."""
     header, binary = split_body(body, header_length)
     document = _object(load_json(header, max_elements), "request body")
     parameters = _object(document.get("parameters", {}), "parameters")
@@ -111,7 +116,7 @@ def parse_infer_request(body: bytes, header_length: str | None, max_elements: in
     arrays: dict[str, np.ndarray] = {}
     shared: list[SharedInput] = []
     for index, (spec, blob) in enumerate(zip(specs, blobs)):
-        name, array = _input_array(spec, blob, index)
+        name, array = _input_array(spec, blob, index, max_bytes_elements)
         if name in arrays or any(s.name == name for s in shared):
             raise InvalidArgument(f"input '{name}' appears more than once in the request")
         if isinstance(array, SharedInput):
@@ -144,7 +149,8 @@ def _binary_size(spec: dict, index: int) -> int | None:
     return size
 
 
-def _input_array(spec: dict, blob: memoryview | None, index: int) -> tuple[str, np.ndarray | SharedInput]:
+def _input_array(spec: dict, blob: memoryview | None, index: int,
+                 max_bytes_elements: int | None) -> tuple[str, np.ndarray | SharedInput]:
     name = _string(spec.get("name"), f"inputs[{index}].name")
     what = f"input '{name}'"
     datatype = _string(spec.get("datatype"), f"{what}: datatype")
@@ -161,16 +167,19 @@ def _input_array(spec: dict, blob: memoryview | None, index: int) -> tuple[str, 
     if blob is not None:
         if "data" in spec:
             raise InvalidArgument(f"{what}: has both data and binary_data_size; send one")
-        return name, decode_raw(blob, datatype, shape, what)
+        return name, decode_raw(blob, datatype, shape, what, max_bytes_elements)
     if "data" not in spec:
         raise InvalidArgument(f"{what}: has neither data nor binary_data_size")
-    return name, json_tensor(spec["data"], datatype, shape, what)
+    return name, json_tensor(spec["data"], datatype, shape, what, max_bytes_elements)
 
 
-def json_tensor(data, datatype: str, shape: list[int], what: str) -> np.ndarray:
+def json_tensor(data, datatype: str, shape: list[int], what: str,
+                max_bytes_elements: int | None = None) -> np.ndarray:
     """A JSON `data` list (flat or nested, row-major) as an array of `datatype` and `shape`."""
     dtype = numpy_dtype(datatype, what)
     count = element_count(shape, what)
+    if datatype == "BYTES":
+        check_bytes_count(count, max_bytes_elements, what)
     if not isinstance(data, list):
         raise InvalidArgument(f"{what}: data must be a JSON list")
     try:
