@@ -5,6 +5,7 @@ PY := $(VENV)/bin/python
 SERVE_STAMP := $(VENV)/.installed-serve
 FULL_STAMP := $(VENV)/.installed-full
 PYTEST_ARGS ?=
+MODELS_ARGS ?=
 
 .PHONY: demo console test models protos bench bench-quick loadtest fuzz soak clean-venv
 
@@ -40,8 +41,10 @@ test: $(FULL_STAMP)
 	@$(PY) -m pytest -q $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests" >&2; exit 1; fi; exit $$rc
 
+# Rebuilds every bundled model whose training fits --max-minutes (default 30) and prints which it
+# skips and why; `make models MODELS_ARGS=--list` prints the plan only, MODELS_ARGS="--only yolo_grid" forces one.
 models: $(FULL_STAMP)
-	$(PY) -m export.cli models
+	$(PY) -m export.cli models $(MODELS_ARGS)
 
 protos: $(FULL_STAMP)
 	$(PY) scripts/generate_protos.py

@@ -148,12 +148,12 @@ def raw_timings(name: str, path: Path, config, provider: str, batches: tuple[int
 def served_timings(repo: Path, configs: dict, provider: str, batches: tuple[int, ...], seconds: float) -> tuple[list[TimingRow], dict]:
     """One client, one request at a time, each carrying a whole batch: the served path's latency cost,
     over plain gRPC ("served") and with input and output in system shared memory ("served-shm")."""
-    from bench.server import ServedModels
+    from bench.server import served_models
     from service.client import InferenceClient
 
     extra = ("--providers", "cuda,cpu", "--require-gpu", "true") if provider == "cuda" else ("--providers", "cpu")
-    server = ServedModels(repo, *extra)
-    rows, actual = [], {e["model"]: e.get("provider") for e in server.events if e.get("event") == "model_ready"}
+    server = served_models(repo, *extra)
+    rows, actual = [], {e["model"]: e.get("provider") for e in server.events() if e.get("event") == "model_ready"}
     try:
         with InferenceClient(server.address, timeout=120) as client:
             for name, config in configs.items():

@@ -7,7 +7,7 @@ list in and out (binary_data=False), once with Triton's binary tensor data exten
 Server CPU per request is the server process's CPU seconds over the requests answered.
 
 bench/run.py hook (the server must be started with an HTTP port):
-    server = ServedModels(repo, "--http-port", "0")
+    server = served_models(repo, "--http-port", "0")
     ...  run.served.extend(http_rows(server, model.name, concurrency=4, duration=plan.duration))
 Alone: python -m bench.http_rows --models lenet5,resnet18 --seconds 10 --concurrency 4
 """
@@ -25,21 +25,20 @@ import numpy as np
 import tritonclient.http as triton
 
 from bench.load import ServedPoint
-from bench.server import ServedModels, system_busy_seconds
+from bench.server import ServerProcess, served_models, system_busy_seconds
 
 PAYLOADS = {"http json": False, "http binary": True}  # payload name -> binary_data
 WARMUP_S = 1.0
 
 
-def http_port(server: ServedModels) -> int:
+def http_port(server: ServerProcess) -> int:
     """The HTTP port the server logged at start (it must have been started with --http-port)."""
-    for event in server.events:
-        if event.get("event") == "server_started" and event.get("http_port"):
-            return int(event["http_port"])
-    raise RuntimeError("the server has no HTTP port: start it with ServedModels(repo, '--http-port', '0')")
+    if not server.http_port:
+        raise RuntimeError("the server has no HTTP port: start it with served_models(repo, '--http-port', '0')")
+    return server.http_port
 
 
-def http_rows(server: ServedModels, model: str, concurrency: int, duration: float) -> list[ServedPoint]:
+def http_rows(server: ServerProcess, model: str, concurrency: int, duration: float) -> list[ServedPoint]:
     url = f"127.0.0.1:{http_port(server)}"
     return [
         _measure(server, url, model, payload, binary, concurrency, duration) for payload, binary in PAYLOADS.items()
@@ -128,7 +127,7 @@ def main() -> None:
         for wanted in args.models.split(","):
             model = export_resnet18(repo) if wanted.strip() == "resnet18" else digits_model(repo)
             names.append(model.name)
-        server = ServedModels(repo, "--http-port", "0")
+        server = served_models(repo, "--http-port", "0")
         try:
             for name in names:
                 for point in http_rows(server, name, args.concurrency, args.seconds):

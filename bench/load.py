@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench.server import REPO_ROOT, ServedModels, system_busy_seconds
+from bench.server import REPO_ROOT, ServerProcess, system_busy_seconds
 
 
 @dataclass(frozen=True)
@@ -47,7 +47,7 @@ def payload_flags(payload: str) -> list[str]:
     return ["--payload", payload]
 
 
-def run_served(server: ServedModels, model: str, payload: str, concurrency: int, duration: float, warmup: float,
+def run_served(server: ServerProcess, model: str, payload: str, concurrency: int, duration: float, warmup: float,
                extra: tuple[str, ...] = (), sample_rss: bool = False) -> ServedPoint:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "summary.json"
@@ -85,7 +85,7 @@ def _children_cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def _sample_rss(server: ServedModels, samples: list, stop: threading.Event) -> None:
+def _sample_rss(server: ServerProcess, samples: list, stop: threading.Event) -> None:
     started = time.monotonic()
     while not stop.is_set():
         samples.append((time.monotonic() - started, server.rss_mb()))

@@ -13,7 +13,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from bench.server import REPO_ROOT, ServedModels
+from bench.server import REPO_ROOT, served_models
 from service.config import load_model_config
 
 PREFERRED = ("lenet5", "gap_cnn")
@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--plot", type=Path, default=Path(tempfile.gettempdir()) / "convserve-loadtest-demo.png")
     args = parser.parse_args(argv)
     model = args.model or pick_model(args.model_repo)
-    server = ServedModels(args.model_repo)
+    server = served_models(args.model_repo)
     try:
         common = [sys.executable, "-m", "loadtest", "--host", server.address, "--model", model, "--duration", str(args.seconds), "--warmup", "1"]
         print(f"== closed loop, V2 tensors, concurrency 8 ({model})", flush=True)

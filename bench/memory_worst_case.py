@@ -21,13 +21,13 @@ from pathlib import Path
 import grpc
 
 from bench import hostile_requests as hostile
-from bench.server import REPO_ROOT, ServedModels
+from bench.server import REPO_ROOT, ServerProcess, served_models
 from service.api.convserve.v1 import vision_pb2_grpc as vpb_grpc
 from service.api.inference import grpc_service_pb2_grpc as pb_grpc
 from service.memory import TRIM_INTERVAL_S
 
 
-def sample(server: ServedModels, stop: threading.Event, out: list[float]) -> None:
+def sample(server: ServerProcess, stop: threading.Event, out: list[float]) -> None:
     while not stop.is_set():
         out.append(server.rss_mb())
         time.sleep(0.01)
@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     tensor = hostile.v2_tensor("fcn8s", (1, 3, 1152, 1152))  # 15.2 MiB: just inside fcn8s's 16 MiB
     photo = hostile.segment("fcn8s", hostile.encoded_png(6324, 6324))  # 39,992,976 pixels: inside --max-pixels
-    server = ServedModels(args.repo)
+    server = served_models(args.repo)
     try:
         options = [("grpc.max_send_message_length", 128 * 2**20), ("grpc.max_receive_message_length", 128 * 2**20)]
         with grpc.insecure_channel(server.address, options=options) as channel:

@@ -21,7 +21,7 @@ import numpy as np
 import tritonclient.grpc as triton
 
 from bench.load import ServedPoint
-from bench.server import REPO_ROOT, ServedModels, system_busy_seconds
+from bench.server import REPO_ROOT, ServerProcess, system_busy_seconds
 
 PERF_ANALYZER = Path(os.environ.get("PERF_ANALYZER_BIN",
                                     Path.home() / ".cache" / "convserve" / "perf_analyzer" / "perf_analyzer"))
@@ -40,13 +40,13 @@ def ensure_perf_analyzer() -> Path | None:
     return PERF_ANALYZER if PERF_ANALYZER.exists() else None
 
 
-def answered(server: ServedModels, model: str) -> int:
+def answered(server: ServerProcess, model: str) -> int:
     with triton.InferenceServerClient(server.address) as client:
         stats = client.get_inference_statistics(model)
     return sum(s.inference_stats.success.count for s in stats.model_stats)
 
 
-def write_input_data(server: ServedModels, model: str, directory: Path) -> None:
+def write_input_data(server: ServerProcess, model: str, directory: Path) -> None:
     """One file per input, named after it, holding one batch item of standard-normal float32: the
     data raw ONNX Runtime runs in bench/raw.py. Why not perf_analyzer's default random bytes: as
     floats they hold NaN, Inf and denormals, which no camera sends and which slow CPU arithmetic."""
@@ -60,7 +60,7 @@ def write_input_data(server: ServedModels, model: str, directory: Path) -> None:
         (directory / tensor.name).write_bytes(rng.standard_normal(dims).astype("<f4").tobytes())
 
 
-def run_perf_analyzer(server: ServedModels, model: str, transport: str, concurrency: int, duration: float,
+def run_perf_analyzer(server: ServerProcess, model: str, transport: str, concurrency: int, duration: float,
                       min_window_s: float = 1.0) -> ServedPoint:
     """perf_analyzer at one concurrency: three windows of max(duration / 3, min_window_s) each,
     reported whatever their spread (a stability percentage of 1000: on a shared machine

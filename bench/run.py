@@ -28,7 +28,7 @@ from bench.perf import ensure_perf_analyzer, run_perf_analyzer
 from bench.profiling import profile_during
 from bench.raw import RawJpegPoint, RawPoint, measure_raw, measure_raw_jpeg
 from bench.results import evaluate_targets, to_json, to_markdown
-from bench.server import ServedModels
+from bench.server import ServerProcess, served_models
 from service.config import dump_model_config, load_model_config
 
 RAW_BATCHES = (1, 4, 8, 16, 32)
@@ -166,7 +166,7 @@ class ServedRun:
 
 def _served(repo: Path, models, plan: Plan, raw: dict[str, list[RawPoint]], skip_profile: bool) -> ServedRun:
     say("starting the server (convserve serve)")
-    server = ServedModels(repo)
+    server = served_models(repo)
     run = ServedRun()
     has_perf_analyzer = ensure_perf_analyzer() is not None
     if not has_perf_analyzer:
@@ -196,7 +196,7 @@ def _served(repo: Path, models, plan: Plan, raw: dict[str, list[RawPoint]], skip
     return run
 
 
-def _perf_points(server: ServedModels, model, plan: Plan, raw: dict[str, list[RawPoint]], run: ServedRun,
+def _perf_points(server: ServerProcess, model, plan: Plan, raw: dict[str, list[RawPoint]], run: ServedRun,
                  repo: Path) -> None:
     """perf_analyzer at each concurrency, plain gRPC and shared memory back to back (so the two see
     the same background load); for resnet18, raw ONNX Runtime again right after each pair."""

@@ -4,7 +4,7 @@ fcn8s serves images at their own size (x2, padded to a multiple of 32). An image
 would exceed its share of `batching.max_request_bytes` is downscaled until it fits
 (service/budget.py), and the mask is mapped back to the original size. This measures mean IoU,
 with the serving path's own functions (service.budget, service.preprocess, service.postprocess),
-on the held-out scenes of export/evaluate_segmenter.py:
+on the held-out scenes of export/evaluate/segmenter.py:
 
 * as generated (65-96 px; far inside the default 16 MiB budget, so nothing is downscaled), with
   and without the budget applied, to show the default leaves ordinary images untouched;
@@ -25,9 +25,9 @@ from dataclasses import replace
 import cv2
 import numpy as np
 
-from export.evaluate_segmenter import HELDOUT_SEED, heldout_scenes, score
+from export.evaluate.segmenter import HELDOUT_SEED, heldout_scenes, score
 from export.parity import cpu_session
-from export.train_segmenter import LABELS
+from export.train.segmenter import LABELS
 from service.budget import fit_to_budget
 from service.config import load_model_config
 from service.postprocess.segment import label_map_from_logits

@@ -1,13 +1,17 @@
-"""`convserve serve` as a child process, so its CPU time and RSS can be read from /proc.
+"""`convserve serve` as a child process on loopback port 0: the one implementation the benchmark,
+the soak and the integration tests (tests/testkit.py) start servers with.
 
 Why a child process: the benchmark must see what the server alone costs (CPU seconds per request,
-memory over time), not a mixture with the load tool or the benchmark's own Python.
+memory over time, from /proc), not a mixture with the load tool or the benchmark's own Python; the
+tests must see what a user sees (flags, JSON log on stderr, signals, exit status). The ports the
+server chose come from its `server_started` log event.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -18,45 +22,59 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 _TICK = os.sysconf("SC_CLK_TCK")
 
 
-class ServedModels:
-    """The server on `repo`, bound to a free loopback port; stop() ends it with SIGTERM."""
+class ServerProcess:
+    """The server on `repo` (extra flags in `args`); ports from its JSON log.
 
-    def __init__(self, repo: Path, *extra: str, tree: Path = REPO_ROOT):
-        """`tree`: the source tree to serve from (another checkout, for before/after comparisons)."""
+    Returns once the server logged `wait_for`: "server_started" (listening; models may still be
+    loading) or "server_ready" (every model loaded; a model_load_failed event is an error then).
+    `keep_log=False` drops log lines after start-up (a long soak must not hold every line).
+    """
+
+    def __init__(self, repo: Path, *args: str, env: dict | None = None, wait_for: str = "server_started",
+                 keep_log: bool = True, timeout: float = 120):
         command = [sys.executable, "-m", "entrypoint", "serve", "--model-repo", str(repo), "--host", "127.0.0.1",
-                   "--port", "0", "--metrics-port", "-1", "--http-port", "-1", "--providers", "cpu",
-                   "--log-format", "json", *extra]
-        self.proc = subprocess.Popen(command, cwd=tree, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        self.events: list[dict] = []
+                   "--port", "0", "--metrics-port", "0", "--http-port", "-1", "--providers", "cpu",
+                   "--log-format", "json", *args]
+        self.proc = subprocess.Popen(command, cwd=REPO_ROOT, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                                     text=True, env={**os.environ, **(env or {})})
+        self.log_lines: list[str] = []
         self.port: int | None = None
-        self.metrics_port: int | None = None  # when started with --metrics-port 0 (or another port)
-        ready = self._read_until("server_ready", timeout=600)
-        failed = [e for e in self.events if e.get("event") == "model_load_failed"]
-        if failed or not ready:
-            self.stop()
-            raise RuntimeError(f"server did not get ready: {failed or self.events[-3:]}")
+        self.metrics_port: int | None = None
+        self.http_port: int | None = None  # when started with --http-port 0 (or another port)
+        self._keep_log = keep_log
+        try:
+            self._read_until(wait_for, timeout)
+        except BaseException:
+            self.kill()
+            raise
         threading.Thread(target=self._drain, daemon=True).start()
 
-    def _read_until(self, event: str, timeout: float) -> bool:
+    def _read_until(self, wanted: str, timeout: float) -> None:
         give_up = time.monotonic() + timeout
-        for line in self.proc.stderr:
+        while True:
+            line = self.proc.stderr.readline()
+            if not line:
+                raise RuntimeError(f"server exited before {wanted} (code {self.proc.wait()}): "
+                                   f"{''.join(self.log_lines)[-3000:]}")
+            self.log_lines.append(line)
             try:
-                record = json.loads(line)
+                event = json.loads(line)
             except ValueError:
                 continue
-            self.events.append(record)
-            if record.get("event") == "server_started":
-                self.port = record["port"]
-                self.metrics_port = record.get("metrics_port")
-            if record.get("event") == event:
-                return True
+            if event.get("event") == "server_started":
+                self.port, self.metrics_port = event["port"], event.get("metrics_port")
+                self.http_port = event.get("http_port")
+            if event.get("event") == "model_load_failed" and wanted == "server_ready":
+                raise RuntimeError(f"server did not get ready: {event}")
+            if event.get("event") == wanted:
+                return
             if time.monotonic() > give_up:
-                return False
-        return False
+                raise RuntimeError(f"server did not log {wanted} in {timeout:g} s")
 
     def _drain(self) -> None:
-        for _ in self.proc.stderr:
-            pass
+        for line in self.proc.stderr:
+            if self._keep_log:
+                self.log_lines.append(line)
 
     @property
     def address(self) -> str:
@@ -65,6 +83,34 @@ class ServedModels:
     @property
     def pid(self) -> int:
         return self.proc.pid
+
+    def events(self) -> list[dict]:
+        """Every JSON log line so far (non-JSON lines skipped)."""
+        parsed = []
+        for line in list(self.log_lines):
+            try:
+                parsed.append(json.loads(line))
+            except ValueError:
+                pass
+        return parsed
+
+    def wait_serving(self, timeout: float = 120) -> None:
+        """Poll grpc.health.v1 until the server reports SERVING."""
+        import grpc
+        from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+        give_up = time.monotonic() + timeout
+        with grpc.insecure_channel(self.address) as channel:
+            stub = health_pb2_grpc.HealthStub(channel)
+            while time.monotonic() < give_up:
+                try:
+                    reply = stub.Check(health_pb2.HealthCheckRequest(), timeout=2)
+                    if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                        return
+                except grpc.RpcError:
+                    pass
+                time.sleep(0.05)
+        raise RuntimeError(f"server not SERVING after {timeout} s")
 
     def cpu_seconds(self) -> float:
         """User + system CPU of the whole server process (all threads) so far."""
@@ -88,14 +134,29 @@ class ServedModels:
                 return int(line.split()[1]) / 1024
         return 0.0
 
-    def stop(self) -> None:
+    def terminate(self, timeout: float = 60) -> int:
+        """SIGTERM (graceful shutdown) and wait; returns the exit status."""
         if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(60)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+            self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout)
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+    def stop(self) -> None:
+        """Graceful stop for the benchmarks: SIGTERM, then SIGKILL after 60 s."""
+        try:
+            self.terminate(60)
+        except subprocess.TimeoutExpired:
+            self.kill()
+
+
+def served_models(repo: Path, *args: str) -> ServerProcess:
+    """The benchmark's server: every model loaded before it returns, no metrics listener unless `args`
+    ask for one (`--metrics-port 0`), log lines after start-up not kept."""
+    return ServerProcess(repo, "--metrics-port", "-1", *args, wait_for="server_ready", keep_log=False, timeout=600)
 
 
 def system_busy_seconds() -> float:

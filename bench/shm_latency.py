@@ -17,7 +17,7 @@ from pathlib import Path
 from bench.models import export_resnet18
 from bench.perf import ensure_perf_analyzer, write_input_data
 from bench.raw import measure_raw
-from bench.server import ServedModels
+from bench.server import served_models
 
 ORDER = ("raw", "system", "none", "none", "system", "raw")  # ABBA: drift hits every arm alike
 _P50 = re.compile(r"latency (\d+) usec")
@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
         repo = Path(tmp) / "repo"
         repo.mkdir()
         model = export_resnet18(repo)
-        server = ServedModels(repo)
+        server = served_models(repo)
         data = Path(tmp) / "data"
         data.mkdir()
         write_input_data(server, model.name, data)

@@ -41,7 +41,7 @@ import grpc
 import numpy as np
 
 from bench import hostile_requests as hostile
-from bench.server import REPO_ROOT, ServedModels, system_busy_seconds
+from bench.server import REPO_ROOT, ServerProcess, served_models, system_busy_seconds
 from service.api.convserve.v1 import vision_pb2 as vpb
 from service.api.convserve.v1 import vision_pb2_grpc as vpb_grpc
 from service.api.inference import grpc_service_pb2 as pb
@@ -243,7 +243,7 @@ def run_worker(client: Client, seed: int, started: float, until: float, interval
         time.sleep(max(0.0, next_start - time.monotonic()))
 
 
-def sample_rss(server: ServedModels, started: float, until: float, out: list[tuple[float, float]], every: float = 2.0) -> None:
+def sample_rss(server: ServerProcess, started: float, until: float, out: list[tuple[float, float]], every: float = 2.0) -> None:
     while time.monotonic() < until:
         out.append((round(time.monotonic() - started, 1), server.rss_mb()))
         time.sleep(every)
@@ -321,7 +321,7 @@ def soak(minutes: float, workers: int, rps: float, seed: int, hostile_minutes: f
     with tempfile.TemporaryDirectory() as tmp:
         repo, model, note = choose_model(Path(tmp))
         work = prepare_workload(repo, model, note)
-        server = ServedModels(repo)
+        server = served_models(repo)
         try:
             busy_before, load_before = system_busy_seconds(), os.getloadavg()
             models = {p.name for p in repo.iterdir() if (p / "config.yaml").is_file()}
@@ -341,7 +341,7 @@ def soak(minutes: float, workers: int, rps: float, seed: int, hostile_minutes: f
     return summary
 
 
-def run_load(server: ServedModels, work: Workload, seconds: float, workers: int, rps: float, seed: int,
+def run_load(server: ServerProcess, work: Workload, seconds: float, workers: int, rps: float, seed: int,
              hostile_s: float = 0.0, models: set[str] = frozenset()):
     samples: list[Sample] = []
     rss: list[tuple[float, float]] = []

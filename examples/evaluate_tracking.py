@@ -135,9 +135,9 @@ def main(argv=None) -> int:
             clips.update(heldout_clips(Path(scratch)))
         server = None
         if args.host is None:
-            from bench.server import REPO_ROOT, ServedModels
+            from bench.server import REPO_ROOT, served_models
 
-            server = ServedModels(REPO_ROOT / "model_repo")
+            server = served_models(REPO_ROOT / "model_repo")
         try:
             with VisionClient(args.host or f"127.0.0.1:{server.port}") as client:
                 scores = evaluate(client, clips, args.model, TrackOptions())

@@ -6,11 +6,11 @@ inputs produce. So each model is calibrated on fresh samples of the distribution
 on, and judged on the held-out split its fp32 version was judged on, with the same evaluator:
 
 - lenet5, simple_cnn, bn_cnn: MNIST subset (export/data/mnist.py); calibration from the training
-  80 %, accuracy on the fixed 1,000 held-out digits (export/evaluate.py).
+  80 %, accuracy on the fixed 1,000 held-out digits (export/evaluate/classification.py).
 - yolo_grid: synthetic scenes (export/data/scenes.py) of the detector's spec; calibration from the
-  "train" split, mAP@0.5 on "heldout" scenes with COCOeval (export/evaluate_detector.py).
-- fcn8s: segmentation scenes; mean IoU on "heldout" scenes (export/evaluate_segmenter.py).
-- gap_cnn: single-object scenes; top-1 accuracy and CAM localisation (export/evaluate_cam.py).
+  "train" split, mAP@0.5 on "heldout" scenes with COCOeval (export/evaluate/detector.py).
+- fcn8s: segmentation scenes; mean IoU on "heldout" scenes (export/evaluate/segmenter.py).
+- gap_cnn: single-object scenes; top-1 accuracy and CAM localisation (export/evaluate/cam.py).
 
 Every image goes through service.preprocess with the model's own config, as the server does.
 Scene lists are prefixes of one seeded sequence, so a test subset (the first K held-out items) is
@@ -101,7 +101,7 @@ def _digits_calibration(config: ModelConfig, count: int) -> list[np.ndarray]:
 
 def _digits_evaluate(path: Path, config: ModelConfig, count: int) -> Evaluation:
     from export.data.mnist import heldout_digits, to_model_inputs
-    from export.evaluate import classification_report, onnx_logits
+    from export.evaluate.classification import classification_report, onnx_logits
 
     images, labels = heldout_digits()
     inputs = to_model_inputs(images[:count], config.preprocessing)
@@ -125,11 +125,11 @@ def _scenes(kind: str, seed: int, count: int, split: str) -> tuple:
     from export.data.scenes import make_scenes
 
     if kind == "detection":
-        from export.train_detector import DETECTOR_SPEC as spec
+        from export.train.detector import DETECTOR_SPEC as spec
     elif kind == "segmentation":
-        from export.train_segmenter import SEGMENTER_SPEC as spec
+        from export.train.segmenter import SEGMENTER_SPEC as spec
     else:
-        from export.evaluate_cam import CAM_SCENE_SPEC as spec
+        from export.evaluate.cam import CAM_SCENE_SPEC as spec
     return tuple(make_scenes(seed, count, spec, split))
 
 
@@ -143,7 +143,7 @@ def _scene_calibration(kind: str) -> Callable[[ModelConfig, int], list[np.ndarra
 
 
 def _detector_evaluate(path: Path, config: ModelConfig, count: int) -> Evaluation:
-    from export.evaluate_detector import EVAL_SCORE_THRESHOLD, HELDOUT_SEED, DetectorRunner, average_precision
+    from export.evaluate.detector import EVAL_SCORE_THRESHOLD, HELDOUT_SEED, DetectorRunner, average_precision
     from service.postprocess.detect import NmsParams
 
     scenes = list(_scenes("detection", HELDOUT_SEED, count, "heldout"))
@@ -156,7 +156,7 @@ def _detector_evaluate(path: Path, config: ModelConfig, count: int) -> Evaluatio
 DETECTOR = ModelData(
     family="detection scenes", metric="mAP@0.5", max_drop=0.01,
     calibration_source="synthetic scenes (export/data/scenes.py), detector spec, split 'train', seed 4242",
-    heldout_source="synthetic scenes, detector spec, split 'heldout', seed 1234 (export/evaluate_detector.py)",
+    heldout_source="synthetic scenes, detector spec, split 'heldout', seed 1234 (export/evaluate/detector.py)",
     full_count=400, test_count=100, calibrate=_scene_calibration("detection"), evaluate=_detector_evaluate,
 )
 
@@ -164,8 +164,8 @@ DETECTOR = ModelData(
 # --- segmentation scenes (fcn8s) --------------------------------------------------------------
 
 def _segmenter_evaluate(path: Path, config: ModelConfig, count: int) -> Evaluation:
-    from export.evaluate_segmenter import HELDOUT_SEED, predict_onnx, score
-    from export.train_segmenter import LABELS
+    from export.evaluate.segmenter import HELDOUT_SEED, predict_onnx, score
+    from export.train.segmenter import LABELS
 
     scenes = list(_scenes("segmentation", HELDOUT_SEED, count, "heldout"))
     result = score(predict_onnx(path, config.preprocessing, scenes), scenes, LABELS)
@@ -175,7 +175,7 @@ def _segmenter_evaluate(path: Path, config: ModelConfig, count: int) -> Evaluati
 SEGMENTER = ModelData(
     family="segmentation scenes", metric="mean_iou", max_drop=0.01,
     calibration_source="synthetic scenes (export/data/scenes.py), segmenter spec, split 'train', seed 4242",
-    heldout_source="synthetic scenes, segmenter spec, split 'heldout', seed 2024 (export/evaluate_segmenter.py)",
+    heldout_source="synthetic scenes, segmenter spec, split 'heldout', seed 2024 (export/evaluate/segmenter.py)",
     full_count=240, test_count=60, calibrate=_scene_calibration("segmentation"), evaluate=_segmenter_evaluate,
 )
 
@@ -183,7 +183,7 @@ SEGMENTER = ModelData(
 # --- single-object scenes with class activation maps (gap_cnn) --------------------------------
 
 def _cam_evaluate(path: Path, config: ModelConfig, count: int) -> Evaluation:
-    from export.evaluate_cam import HELDOUT_SEED, evaluate_localisation
+    from export.evaluate.cam import HELDOUT_SEED, evaluate_localisation
     from service.pipelines.cam_weights import read_class_weights
 
     scenes = list(_scenes("cam", HELDOUT_SEED, count, "heldout"))
@@ -196,8 +196,8 @@ def _cam_evaluate(path: Path, config: ModelConfig, count: int) -> Evaluation:
 
 CAM = ModelData(
     family="single-object scenes", metric="accuracy", max_drop=0.005,
-    calibration_source="synthetic single-object scenes (export/evaluate_cam.py spec), split 'train', seed 4242",
-    heldout_source="synthetic single-object scenes, split 'heldout', seed 7 (export/evaluate_cam.py)",
+    calibration_source="synthetic single-object scenes (export/evaluate/cam.py spec), split 'train', seed 4242",
+    heldout_source="synthetic single-object scenes, split 'heldout', seed 7 (export/evaluate/cam.py)",
     full_count=300, test_count=150, calibrate=_scene_calibration("cam"), evaluate=_cam_evaluate,
 )
 

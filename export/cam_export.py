@@ -34,6 +34,7 @@ from export.model_version import prepare_version, write_version
 from export.prepared_version import PreparedVersion
 from export.models import build_model, get_model_spec
 from export.models.registry import ModelSpec
+from export.parity import DEFAULT_TOLERANCE
 from service.config import CamConfig, ModelConfig, PostprocessingConfig
 
 LOGITS_OUTPUT = "logits"
@@ -137,6 +138,7 @@ def prepare_cam_version(
     labels: list[str] | None = None,
     weights: dict | None = None,
     max_maps: int = 32,
+    tolerance: float = DEFAULT_TOLERANCE,
 ) -> PreparedVersion:
     """Export `model` with outputs (logits, features), verified like any export, with its CAM config."""
     spec: ModelSpec = get_model_spec(arch)
@@ -150,7 +152,7 @@ def prepare_cam_version(
     )
     prepared = prepare_version(
         tap_model(model, arch), tapped_spec, name=name, num_classes=num_classes, input_hw=input_hw,
-        labels=labels, weights=weights,
+        labels=labels, weights=weights, tolerance=tolerance,
     )
     features_shape = prepared.graph.output_shapes[1]
     if len(features_shape) != 3 or features_shape[1] * features_shape[2] < 2:

@@ -1,9 +1,9 @@
 """Command line for the PyTorch side: export a zoo model, list the zoo, rebuild the bundled models.
 
     convserve export ARCH --repo model_repo --name NAME [--version N] [--checkpoint FILE]
-                     [--num-classes C] [--labels FILE] [--input-size H W] [--overwrite]
+                     [--num-classes C] [--labels FILE] [--input-size H W] [--overwrite] [--cam]
     convserve export --list
-    convserve models [--repo model_repo] [--runs runs] [--only NAME]
+    convserve models [--list] [--only NAME] [--max-minutes M] [--repo model_repo] [--runs runs]
 
 `main(argv)` takes the subcommand first (`["export", "lenet5", ...]`) and returns the exit status:
 0 on success, 1 when the export is refused (bad checkpoint, parity failure, ...), 2 for usage
@@ -43,11 +43,16 @@ def _parser() -> argparse.ArgumentParser:
     export.add_argument("--input-size", type=int, nargs=2, metavar=("H", "W"), help="model input height width")
     export.add_argument("--overwrite", action="store_true", help="replace an existing version directory")
     export.add_argument("--tolerance", type=float, default=DEFAULT_TOLERANCE, help="parity max abs diff allowed")
-    models = commands.add_parser("models", help="train and export the bundled digit models (deterministic)")
+    export.add_argument("--cam", action="store_true",
+                        help="classifiers: add the `features` output class activation maps need (as export.cam_export)")
+    models = commands.add_parser("models", help="rebuild the bundled models of model_repo/ (export/train/bundled.py)")
     models.add_argument("--repo", type=Path, default=Path("model_repo"))
     models.add_argument("--runs", type=Path, default=Path("runs"), help="training reports (figures, metrics)")
-    models.add_argument("--only", action="append", help="only this model (repeatable)")
-    models.add_argument("--no-progress", action="store_true")
+    models.add_argument("--only", action="append", help="only this model, whatever its cost (repeatable)")
+    models.add_argument("--max-minutes", type=float, default=30.0,
+                        help="without --only: skip (and say so) models whose training takes longer (default 30)")
+    models.add_argument("--list", action="store_true",
+                        help="print what would be rebuilt or skipped, and why; run nothing")
     return parser
 
 
@@ -82,19 +87,42 @@ def run_export(args: argparse.Namespace) -> Path:
     model = spec.build(num_classes=num_classes)
     if args.checkpoint is not None:
         load_checkpoint(model, args.checkpoint, spec.training_only_prefixes)
-    prepared = prepare_version(
-        model,
-        spec,
-        name=args.name or spec.name,
-        num_classes=num_classes,
-        input_hw=tuple(args.input_size) if args.input_size else None,
-        labels=labels,
-        weights=_weights_info(args.checkpoint),
-        tolerance=args.tolerance,
-    )
+    if spec.task != "classification":
+        return _export_dense(args, spec, model.eval(), labels)
+    described = dict(name=args.name or spec.name, num_classes=num_classes, labels=labels,
+                     input_hw=tuple(args.input_size) if args.input_size else None,
+                     weights=_weights_info(args.checkpoint), tolerance=args.tolerance)
+    if args.cam:
+        from export.cam_export import prepare_cam_version
+
+        prepared = prepare_cam_version(model, spec.name, **described)
+    else:
+        prepared = prepare_version(model, spec, **described)
     version_dir = write_version(prepared, args.repo, version=args.version, overwrite=args.overwrite)
     diffs = ", ".join(f"batch {b}: {d:.2e}" for b, d in prepared.parity.max_abs_diff.items())
     print(f"wrote {version_dir} (parity max abs diff {diffs})")
+    return version_dir
+
+
+def _export_dense(args: argparse.Namespace, spec, model, labels: list[str] | None) -> Path:
+    """Detectors and segmenters: the same files their training scripts write (one contract per model)."""
+    from export.writer import write_model_version
+
+    name = args.name or spec.name
+    if spec.task == "segmentation":
+        if args.input_size:
+            raise ExportError("segmenters are exported with free height and width; --input-size does not apply")
+        from export.train.segmenter import ANY_SIZE_PARITY, segmenter_files
+
+        files = segmenter_files(model, name=name, architecture=spec.name, labels=labels,
+                                preprocessing=spec.preprocessing, card={"weights": _weights_info(args.checkpoint)},
+                                parity_sizes=ANY_SIZE_PARITY)
+    else:
+        from export.train.detector import detector_files
+
+        files = detector_files(model, None, name, tuple(labels) if labels else None, _weights_info(args.checkpoint))
+    version_dir = write_model_version(files, args.repo, version=args.version, overwrite=args.overwrite)
+    print(f"wrote {version_dir} (parity max abs diff {files.parity.worst:.2e})")
     return version_dir
 
 
@@ -110,13 +138,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     if args.command == "models":
-        from export.train_classifier import main as train_main
+        from export.train.bundled import run
 
-        forwarded = ["--repo", str(args.repo), "--runs", str(args.runs)]
-        forwarded += ["--no-progress"] if args.no_progress else []
-        for name in args.only or []:
-            forwarded += ["--only", name]
-        return train_main(forwarded)
+        return run(args.repo, args.runs, args.only, args.max_minutes, args.list)
     if args.list:
         list_zoo()
         return 0

@@ -7,25 +7,16 @@ says where it came from and how closely it matched torch.
 
 from __future__ import annotations
 
-import hashlib
-import json
-
-import onnx
-import onnxruntime
-import torch
-
 from export.prepared_version import PreparedVersion
 
 EXPORTER = "torch.onnx.export (TorchScript-based, dynamo=False)"
 
 
-def onnx_metadata(prepared: PreparedVersion, version: int) -> dict[str, str]:
-    """Key facts stored in the ONNX file's metadata_props (string values)."""
+def onnx_metadata(prepared: PreparedVersion) -> dict[str, str]:
+    """Key facts stored in the ONNX file's metadata_props (string values; the writer adds name and version)."""
     parity = prepared.parity
     props = {
         "convserve.architecture": prepared.spec.name,
-        "convserve.model_name": prepared.config.name,
-        "convserve.version": str(version),
         "convserve.exporter": EXPORTER,
         "convserve.parity_tolerance": repr(parity.tolerance),
         "convserve.parity_seed": str(parity.seed),
@@ -35,16 +26,12 @@ def onnx_metadata(prepared: PreparedVersion, version: int) -> dict[str, str]:
     return props
 
 
-def _sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def model_card(prepared: PreparedVersion, version: int, onnx_bytes: bytes, training: dict | None) -> str:
-    """The version's model_card.json text."""
+def model_card(prepared: PreparedVersion, training: dict | None) -> dict:
+    """The version's model_card.json fields (the writer adds the version, the file's sha256, size and
+    library versions, and the machine)."""
     graph, config = prepared.graph, prepared.config
-    card = {
+    return {
         "name": config.name,
-        "version": version,
         "architecture": prepared.spec.name,
         "summary": prepared.spec.summary,
         "task": config.task,
@@ -58,20 +45,11 @@ def model_card(prepared: PreparedVersion, version: int, onnx_bytes: bytes, train
             "buffers": prepared.parameters.buffers,
         },
         "macs": prepared.macs,
-        "onnx": {
-            "file": "model.onnx",
-            "sha256": _sha256(onnx_bytes),
-            "bytes": len(onnx_bytes),
-            "opset": graph.opset,
-            "exporter": EXPORTER,
-            "adaptive_pools_as_matmul": list(graph.matmul_pools),
-            "versions": {"torch": torch.__version__, "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__},
-        },
+        "onnx": {"opset": graph.opset, "exporter": EXPORTER, "adaptive_pools_as_matmul": list(graph.matmul_pools)},
         "parity": prepared.parity.as_dict(),
         "weights": prepared.weights,
         "training": training,
     }
-    return json.dumps(card, indent=2, ensure_ascii=False) + "\n"
 
 
 def _training_lines(training: dict | None) -> list[str]:
@@ -103,7 +81,7 @@ def model_readme(prepared: PreparedVersion, version: int, training: dict | None)
         + (")" if pre and pre.size else ""),
         f"- outputs: {', '.join(f'`{n}`' for n in graph.output_names)} ({config.postprocessing.scores})",
         f"- parameters: {prepared.parameters.trainable:,} trainable; {prepared.macs:,} multiply-adds per image",
-        f"- parity with torch (max abs diff): "
+        "- parity with torch (max abs diff): "
         + ", ".join(f"batch {b}: {d:.2e}" for b, d in prepared.parity.max_abs_diff.items()),
         "",
         *_training_lines(training),

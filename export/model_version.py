@@ -1,4 +1,4 @@
-"""Turn a torch model into a complete, verified model version in a model repository.
+"""Turn a zoo classifier into a complete, verified model version in a model repository.
 
 Two steps, so that a caller (the training script) can evaluate the exact ONNX bytes before
 anything is written:
@@ -6,39 +6,26 @@ anything is written:
     prepared = prepare_version(model, spec, name="lenet5", num_classes=10, input_hw=(32, 32))
     write_version(prepared, Path("model_repo"), training={...})
 
-`prepare_version` exports, runs the ONNX checker and the parity check, and builds the serving
-config — all in memory; it raises (ExportError, ParityError) before touching the disk.
-`write_version` writes `<repo>/<name>/<version>/{model.onnx, model_card.json}` through a staging
-directory renamed into place, then `config.yaml`, `labels.txt` and `README.md` beside it, so a
-failed export never leaves a partial version directory.
+`prepare_version` exports, runs the parity check and builds the serving config, all in memory;
+it raises (ExportError, ParityError) before touching the disk.
+`write_version` hands the result to the common writer (export/writer.py: parity gate, staging
+directory renamed into place, config.yaml, labels.txt and README.md beside it).
 """
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 from torch import nn
 
-from export.exporter import ExportError, OnnxGraph, export_onnx, verify_onnx, with_metadata
+from export.exporter import ExportError, OnnxGraph, export_onnx
 from export.model_card import model_card, model_readme, onnx_metadata
 from export.model_stats import count_macs, count_parameters
 from export.models.registry import ModelSpec
 from export.parity import DEFAULT_TOLERANCE, check_parity
 from export.prepared_version import PreparedVersion
-from service.config import (
-    ModelConfig,
-    PostprocessingConfig,
-    PreprocessingConfig,
-    TensorSpec,
-    dump_model_config,
-    load_model_config,
-)
-from service.errors import ConfigError
-
-LABELS_FILE = "labels.txt"
+from export.writer import LABELS_FILE, VersionFiles, write_model_version
+from service.config import ModelConfig, PostprocessingConfig, PreprocessingConfig, TensorSpec
 
 
 def preprocessing_for(spec: ModelSpec, input_hw: tuple[int, int]) -> PreprocessingConfig:
@@ -100,7 +87,6 @@ def prepare_version(
     input_shape = (spec.input.channels, *input_hw)
     model.eval()
     graph = export_onnx(model, input_shape, spec.output_names)
-    verify_onnx(graph.onnx_bytes)
     parity = check_parity(model, graph.onnx_bytes, input_shape, tolerance=tolerance)
     return PreparedVersion(
         spec=spec,
@@ -114,84 +100,20 @@ def prepare_version(
     )
 
 
-def next_version(model_dir: Path) -> int:
-    """One more than the highest numeric version directory (1 for a new model)."""
-    if not model_dir.is_dir():
-        return 1
-    return max((int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit()), default=0) + 1
+def classifier_files(prepared: PreparedVersion, training: dict | None = None) -> VersionFiles:
+    """What the common writer writes for a prepared zoo export: its card, README, labels and metadata."""
+    return VersionFiles(
+        config=prepared.config,
+        onnx_bytes=prepared.graph.onnx_bytes,
+        parity=prepared.parity,
+        card=model_card(prepared, training),
+        labels=prepared.labels,
+        readme=lambda version: model_readme(prepared, version, training),
+        metadata=onnx_metadata(prepared),
+    )
 
 
-def _write_atomically(path: Path, data: bytes) -> None:
-    staging = path.with_name(f".{path.name}.tmp")
-    staging.write_bytes(data)
-    os.replace(staging, path)
-
-
-def _install_version_dir(model_dir: Path, version: int, files: dict[str, bytes], overwrite: bool) -> Path:
-    """Write `files` into a staging directory and rename it to `<model_dir>/<version>`."""
-    final = model_dir / str(version)
-    if final.exists() and not overwrite:
-        raise ExportError(f"{final} already exists (choose another --version or pass --overwrite)")
-    staging = Path(tempfile.mkdtemp(prefix=f".{version}.staging-", dir=model_dir))
-    try:
-        staging.chmod(0o755)  # mkdtemp makes it owner-only; a server running as another user must read it
-        for filename, data in files.items():
-            (staging / filename).write_bytes(data)
-        if final.exists():
-            retired = Path(tempfile.mkdtemp(prefix=f".{version}.replaced-", dir=model_dir))
-            os.replace(final, retired / "old")
-            os.replace(staging, final)
-            shutil.rmtree(retired)
-        else:
-            os.replace(staging, final)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging)
-    return final
-
-
-def _keep_pinned_version(config: ModelConfig, existing: Path) -> ModelConfig:
-    """Carry over an operator's `default_version` pin from the config being replaced, as long as
-    that version still exists: exporting a new version must not silently change what is served."""
-    try:
-        pinned = load_model_config(existing).default_version
-    except ConfigError:
-        return config
-    if pinned is None or not (existing.parent / str(pinned)).is_dir():
-        return config
-    return config.model_copy(update={"default_version": pinned})
-
-
-def write_version(
-    prepared: PreparedVersion,
-    repo: Path,
-    *,
-    version: int | None = None,
-    overwrite: bool = False,
-    training: dict | None = None,
-) -> Path:
-    """Write the prepared version into `repo`; returns the version directory."""
-    if version is not None and version < 1:
-        raise ExportError(f"version must be a positive integer, got {version}")
-    model_dir = Path(repo) / prepared.config.name
-    created = not model_dir.exists()
-    model_dir.mkdir(parents=True, exist_ok=True)
-    version = version if version is not None else next_version(model_dir)
-    onnx_bytes = with_metadata(prepared.graph.onnx_bytes, onnx_metadata(prepared, version))
-    card = model_card(prepared, version, onnx_bytes, training)
-    try:
-        version_dir = _install_version_dir(
-            model_dir, version, {"model.onnx": onnx_bytes, "model_card.json": card.encode()}, overwrite
-        )
-    except BaseException:
-        if created and not any(model_dir.iterdir()):
-            model_dir.rmdir()
-        raise
-    config_path = model_dir / "config.yaml"
-    config = _keep_pinned_version(prepared.config, config_path)
-    dump_model_config(config, config_path.with_name(".config.yaml.tmp"))
-    os.replace(config_path.with_name(".config.yaml.tmp"), config_path)
-    if prepared.labels is not None:
-        _write_atomically(model_dir / LABELS_FILE, ("\n".join(prepared.labels) + "\n").encode())
-    _write_atomically(model_dir / "README.md", model_readme(prepared, version, training).encode())
-    return version_dir
+def write_version(prepared: PreparedVersion, repo: Path, *, version: int | None = None, overwrite: bool = False,
+                  training: dict | None = None) -> Path:
+    """Write the prepared version into `repo` through the common writer; returns the version directory."""
+    return write_model_version(classifier_files(prepared, training), repo, version=version, overwrite=overwrite)

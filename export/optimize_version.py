@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -227,7 +226,7 @@ def _startup(request: OptimizeRequest, built: BuiltVariant, source_path: Path) -
 
 def install_version(request: OptimizeRequest, built: BuiltVariant, measured: dict) -> Path:
     """Write the new version (card + ONNX with metadata), settle default_version, prove it loads."""
-    from export.model_version import next_version
+    from export.writer import install_version_dir, next_version
 
     source = built.source
     version = next_version(source.directory)
@@ -235,12 +234,8 @@ def install_version(request: OptimizeRequest, built: BuiltVariant, measured: dic
     default = _default_version(request, built, measured, version)
     onnx_bytes = built.target.read_bytes()
     card = _card(request, built, measured, version, default, onnx_bytes)
-    staging = source.directory / f".{version}.staging"
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir()
-    (staging / "model.onnx").write_bytes(onnx_bytes)
-    (staging / "model_card.json").write_text(json.dumps(card, indent=2) + "\n", encoding="utf-8")
-    os.replace(staging, source.directory / str(version))
+    install_version_dir(source.directory, version, {
+        "model.onnx": onnx_bytes, "model_card.json": (json.dumps(card, indent=2) + "\n").encode()}, overwrite=False)
     config_path = find_config(source.directory)
     updated = source.config.model_copy(update={"default_version": default})
     temporary = config_path.with_name(".config.yaml.tmp")

@@ -1,5 +1,5 @@
-"""A verified export held in memory until it is written (export/model_version.py writes it,
-export/model_card.py describes it)."""
+"""A verified zoo export held in memory until it is written (export/model_version.py hands it to
+export/writer.py, export/model_card.py describes it)."""
 
 from __future__ import annotations
 

@@ -4,6 +4,7 @@ The server runs in-process on its own event loop in a background thread, bound t
 OS picks a free port), so tests talk to it over real gRPC and real HTTP like any client would.
 Test modules import these from `testkit` (not from `conftest`: several directories have a
 conftest.py, and which one `import conftest` finds depends on collection order).
+`ServerProcess` (the server as a child process) is the benchmark's own, bench/server.py.
 """
 
 from __future__ import annotations
@@ -15,9 +16,9 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from bench.server import ServerProcess as ServerProcess  # re-exported: test modules import it from here
 from service.settings import Limits, ServerSettings
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -151,86 +152,3 @@ def copy_bundled_model(name: str, repo: Path) -> Path:
     return target
 
 
-class ServerProcess:
-    """`convserve serve` as a child process on port 0; the chosen ports come from its JSON log."""
-
-    def __init__(self, repo: Path, *args: str, env: dict | None = None):
-        import json
-        import os
-        import subprocess
-        import sys
-        import time
-
-        command = [sys.executable, "-m", "entrypoint", "serve", "--model-repo", str(repo), "--host", "127.0.0.1",
-                   "--port", "0", "--metrics-port", "0", "--http-port", "-1", "--providers", "cpu",
-                   "--log-format", "json", *args]
-        self.proc = subprocess.Popen(command, cwd=REPO_ROOT, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL,
-                                     text=True, env={**os.environ, **(env or {})})
-        self.log_lines: list[str] = []
-        self.port = self.metrics_port = self.http_port = None
-        give_up = time.monotonic() + 120
-        while self.port is None:
-            line = self.proc.stderr.readline()
-            if not line:
-                raise RuntimeError(f"server exited before starting (code {self.proc.wait()}): {''.join(self.log_lines)[-3000:]}")
-            self.log_lines.append(line)
-            try:
-                event = json.loads(line)
-            except ValueError:
-                continue
-            if event.get("event") == "server_started":
-                self.port, self.metrics_port = event["port"], event["metrics_port"]
-                self.http_port = event.get("http_port")
-            if time.monotonic() > give_up:
-                raise RuntimeError("server did not start in 120 s")
-        self._reader = threading.Thread(target=self._drain, daemon=True)
-        self._reader.start()
-
-    def _drain(self) -> None:
-        for line in self.proc.stderr:
-            self.log_lines.append(line)
-
-    @property
-    def address(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    def wait_serving(self, timeout: float = 120) -> None:
-        import time
-
-        import grpc
-        from grpc_health.v1 import health_pb2, health_pb2_grpc
-
-        give_up = time.monotonic() + timeout
-        with grpc.insecure_channel(self.address) as channel:
-            stub = health_pb2_grpc.HealthStub(channel)
-            while time.monotonic() < give_up:
-                try:
-                    if stub.Check(health_pb2.HealthCheckRequest(), timeout=2).status == health_pb2.HealthCheckResponse.SERVING:
-                        return
-                except grpc.RpcError:
-                    pass
-                time.sleep(0.05)
-        raise RuntimeError(f"server not SERVING after {timeout} s")
-
-    def events(self) -> list[dict]:
-        import json
-
-        parsed = []
-        for line in list(self.log_lines):
-            try:
-                parsed.append(json.loads(line))
-            except ValueError:
-                pass
-        return parsed
-
-    def terminate(self, timeout: float = 60) -> int:
-        import signal
-
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(timeout)
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)

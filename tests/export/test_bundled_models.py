@@ -2,7 +2,9 @@
 
 Each `model_repo/<name>/1/model.onnx` runs in ONNX Runtime on the held-out 1,000 MNIST digits
 (fixed split), preprocessed by service.preprocess with the model's own config.yaml, and must
-reach both the accuracy its model card records and the issue's target.
+reach the product's target (export/train/classifier.py TARGETS) on this machine. The card's figure
+was measured on another CPU; fp32 kernels there round differently, which can only flip digits whose
+two best logits lie within rounding of each other, so the card may differ by those digits alone.
 """
 
 from __future__ import annotations
@@ -16,12 +18,14 @@ import onnx
 import pytest
 
 from export.data.mnist import heldout_digits, mnist_split, sklearn_digits_as_mnist, to_model_inputs
-from export.evaluate import onnx_logits
-from export.train_classifier import TARGETS
+from export.evaluate.classification import onnx_logits
+from export.train.classifier import TARGETS
 from service.config import load_model_config
 
 MODEL_REPO = Path(__file__).resolve().parents[2] / "model_repo"
 BUNDLED = ["simple_cnn", "bn_cnn", "lenet5"]
+# Logit gap below which another CPU's fp32 rounding (parity with torch is ~1e-6) could swap the top two.
+ROUNDING_MARGIN = 1e-4
 
 
 @pytest.fixture(scope="module")
@@ -30,18 +34,21 @@ def heldout():
 
 
 @pytest.mark.parametrize("name", BUNDLED)
-def test_bundled_model_reaches_its_recorded_accuracy_and_the_target(name, heldout):
+def test_bundled_model_reaches_the_target_and_its_card_up_to_rounding(name, heldout):
     model_dir = MODEL_REPO / name
     config = load_model_config(model_dir / "config.yaml")
     card = json.loads((model_dir / "1" / "model_card.json").read_text())
     images, labels = heldout
     inputs = to_model_inputs(images, config.preprocessing)
     assert inputs.shape[1:] == config.inputs[0].dims[1:]
-    predictions = onnx_logits(model_dir / "1" / "model.onnx", inputs).argmax(axis=1)
-    accuracy = float(np.mean(predictions == labels))
-    recorded = card["training"]["metrics"]["heldout_accuracy"]
-    assert accuracy >= recorded - 1e-9
+    logits = onnx_logits(model_dir / "1" / "model.onnx", inputs)
+    accuracy = float(np.mean(logits.argmax(axis=1) == labels))
     assert accuracy >= TARGETS[name]
+    top_two = np.sort(logits, axis=1)[:, -2:]
+    undecided = int(np.sum(top_two[:, 1] - top_two[:, 0] < ROUNDING_MARGIN))
+    recorded = card["training"]["metrics"]["heldout_accuracy"]
+    assert abs(accuracy - recorded) <= undecided / len(labels) + 1e-9, (
+        f"{name}: {accuracy:.4f} here vs {recorded:.4f} recorded; only {undecided} digits are within rounding")
 
 
 @pytest.mark.parametrize("name", BUNDLED)

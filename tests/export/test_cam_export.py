@@ -14,7 +14,7 @@ from onnx import numpy_helper
 
 from export.cam_export import ADDED_WEIGHTS, locate_class_weights, prepare_cam_version
 from export.data.scenes import SCENE_CLASSES
-from export.evaluate_cam import (
+from export.evaluate.cam import (
     HELDOUT_COUNT, argmax_inside, box_iou, cam_box, evaluate_localisation, heldout_scenes, open_model,
 )
 from export.models import build_model

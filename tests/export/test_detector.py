@@ -13,7 +13,7 @@ import torch
 from export.data.scenes import SCENE_CLASSES, make_scenes
 from export.models import build_model, get_model_spec
 from export.models.yolo_grid import assign_targets, build_yolo_grid, predicted_boxes, yolo_loss
-from export.train_detector import DETECTOR_SPEC, PREPROCESSING, letterbox_scene, make_batch
+from export.train.detector import DETECTOR_SPEC, PREPROCESSING, letterbox_scene, make_batch
 from service.config import load_model_config
 from service.postprocess.detect import decode_yolo_grid, to_original_pixels
 from service.preprocess import preprocess_image
@@ -116,7 +116,7 @@ def test_bundled_model_files_agree():
 
 @pytest.mark.slow
 def test_bundled_model_meets_its_model_card():
-    from export.evaluate_detector import HELDOUT_COUNT, HELDOUT_SEED, evaluate
+    from export.evaluate.detector import HELDOUT_COUNT, HELDOUT_SEED, evaluate
 
     card = json.loads((MODEL_DIR / "1" / "model_card.json").read_text())["evaluation"]
     assert card["scenes"] == HELDOUT_COUNT >= 300 and card["seed"] == HELDOUT_SEED and card["split"] == "heldout"

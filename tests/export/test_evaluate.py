@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from sklearn import metrics
 
-from export.evaluate import classification_report, confusion_matrix, precision_recall
+from export.evaluate.classification import classification_report, confusion_matrix, precision_recall
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])

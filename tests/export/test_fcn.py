@@ -127,7 +127,7 @@ def test_bundled_fcn8s_runs_at_any_size():
 def test_iou_matches_sklearn_jaccard():
     from sklearn.metrics import jaccard_score
 
-    from export.segmentation_metrics import confusion_matrix, iou_per_class, mean_iou
+    from export.evaluate.segmentation_metrics import confusion_matrix, iou_per_class, mean_iou
 
     rng = np.random.default_rng(0)
     truth = rng.integers(0, 4, size=(30, 40))
@@ -147,7 +147,7 @@ def test_training_scenes_are_prepared_as_served():
     stride; their labels are the scene's label map pixel-replicated, padding ignored."""
     from export.data.scenes import make_scene
     from export.models.fcn import SCENE_PREPROCESSING
-    from export.train_segmenter import IGNORE, INPUT_SIZE, SEGMENTER_SPEC, padded_scene
+    from export.train.segmenter import IGNORE, INPUT_SIZE, SEGMENTER_SPEC, padded_scene
     from service.preprocess import preprocess_image
 
     scale = SCENE_PREPROCESSING.native_scale
@@ -165,7 +165,7 @@ def test_training_scenes_are_prepared_as_served():
 
 
 def test_training_crops_start_in_the_content_and_keep_padding_bottom_right():
-    from export.train_segmenter import IGNORE, make_batch
+    from export.train.segmenter import IGNORE, make_batch
 
     images = np.zeros((8, 64, 64, 3), np.uint8)
     labels = np.full((8, 64, 64), IGNORE, np.uint8)
@@ -187,7 +187,7 @@ def test_training_crops_start_in_the_content_and_keep_padding_bottom_right():
 
 
 def test_augmented_windows_are_rescaled_crops_with_padding_bottom_right():
-    from export.train_segmenter import IGNORE, Augment, make_batch
+    from export.train.segmenter import IGNORE, Augment, make_batch
 
     images = np.zeros((8, 96, 96, 3), np.uint8)
     labels = np.full((8, 96, 96), IGNORE, np.uint8)
@@ -208,7 +208,7 @@ def test_augmented_windows_are_rescaled_crops_with_padding_bottom_right():
 
 
 def test_colour_jitter_changes_the_content_and_never_the_padding():
-    from export.train_segmenter import Augment
+    from export.train.segmenter import Augment
 
     image = np.full((16, 16, 3), 120, np.uint8)
     image[:, :8] = 60
@@ -225,7 +225,7 @@ def test_colour_jitter_changes_the_content_and_never_the_padding():
 
 
 def test_a_runs_reproduce_line_names_only_the_options_that_differ_from_the_defaults():
-    from export.train_segmenter import _parser, recipe_flags
+    from export.train.segmenter import _parser, recipe_flags
 
     parser = _parser()
     assert recipe_flags(parser.parse_args(["--variant", "fcn16s", "--threads", "2"])) == ""
@@ -243,9 +243,9 @@ def test_a_runs_reproduce_line_names_only_the_options_that_differ_from_the_defau
 
 def test_scale_sweep_scores_the_bundled_model_on_validation_scenes_only():
     from export.data.scenes import make_scenes
-    from export.evaluate_segmenter import HELDOUT_SEED, VALIDATION_SEED, bundled_validation_split, predict_onnx, scale_sweep, score
+    from export.evaluate.segmenter import HELDOUT_SEED, VALIDATION_SEED, bundled_validation_split, predict_onnx, scale_sweep, score
     from export.models.fcn import SCENE_PREPROCESSING
-    from export.train_segmenter import LABELS, SEGMENTER_SPEC
+    from export.train.segmenter import LABELS, SEGMENTER_SPEC
 
     assert VALIDATION_SEED != HELDOUT_SEED
     bundled = SCENE_PREPROCESSING.native_scale
@@ -264,7 +264,7 @@ def test_a_short_training_run_with_every_option_saves_what_it_validated(tmp_path
     is the averaged model that was validated, not the last step's weights (the same run without
     averaging saves different ones), it loads back in its own backbone, and training.json records
     the recipe."""
-    from export.train_segmenter import _parser, load_variant, train
+    from export.train.segmenter import _parser, load_variant, train
 
     monkeypatch.chdir(tmp_path)  # scene caches go to runs/segmenter/ under the working directory
     saved = {}
@@ -288,10 +288,10 @@ def test_a_short_training_run_with_every_option_saves_what_it_validated(tmp_path
         switches = "".join(f" --{name}" for name in ("patch-jitter", "hold-out-identities")
                            if not defaults.get_default(name.replace("-", "_")))  # named only when not the default
         flags = jitter + (f" --ema {ema:g}" if ema else "") + switches + rest
-        assert training["reproduce"] == f"python -m export.train_segmenter --variant fcn32s {flags}"
+        assert training["reproduce"] == f"python -m export.train.segmenter --variant fcn32s {flags}"
     assert not torch.allclose(saved[0.9]["score_fr.weight"], saved[0.0]["score_fr.weight"])
     # the run's figures, beside it: the loss curve and sample predictions of the validation scenes
-    from export.train_segmenter import write_run_figures
+    from export.train.segmenter import write_run_figures
 
     (tmp_path / "runs" / "segmenter" / "fcn32s_ema0").rename(tmp_path / "runs" / "segmenter" / "fcn32s")
     write_run_figures("fcn32s")

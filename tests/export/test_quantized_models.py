@@ -1,10 +1,15 @@
-"""The committed INT8 versions: they still score what their model cards say, and the repo stays consistent.
+"""The committed INT8 versions: they keep the product's accuracy promise here, and the repo stays consistent.
 
-Each INT8 version in model_repo/ (found by its card's "precision": "int8") is re-evaluated here on
-the held-out test subset its card names (the first K items of the split), with the same evaluator
-`convserve optimize` used. Also: the card still describes the fp32 file it was made from, the
-default version is only the INT8 one when its metric holds, and the server can load it. Finally
-`convserve optimize` runs end to end on a copy of a bundled digit model.
+Each INT8 version in model_repo/ (found by its card's "precision": "int8") and the fp32 version it
+was made from are both evaluated here, on this machine, on the held-out test subset its card names
+(the first K items of the split), with the evaluator `convserve optimize` used. The promise is the
+drop from fp32 to INT8 measured on one machine (export/calibration.py `max_drop`: 0.5 accuracy
+points for classifiers, 1 point of mAP@0.5 / mean IoU for the detector / segmenter), not the
+figures in the card: INT8 kernels differ between CPU instruction sets (AVX2's VPMADDUBSW saturates,
+AVX-512 VNNI and AMX do not), so the card records what was measured where (`throughput.machine`).
+Also: the card still describes the fp32 file it was made from, the default version is only the
+INT8 one when its metric holds, and the server can load it. Finally `convserve optimize` runs end
+to end on a copy of a bundled digit model.
 """
 
 from __future__ import annotations
@@ -21,16 +26,12 @@ import pytest
 from export.calibration import model_data
 from export.optimize import first_convs
 from export.optimize_cli import main as optimize_main
-from export.throughput import Timing, ratio_of_medians, tile_batch
+from export.throughput import Timing, machine_description, ratio_of_medians, tile_batch
 from service.config import load_model_config
 from service.repository import check_signature, scan_model
 from service.runtime import ModelRuntime
 
 REPO = Path(__file__).resolve().parents[2] / "model_repo"
-# Re-evaluating on the machine that recorded a card gives the identical figure. INT8 kernels differ
-# between CPU instruction sets (AVX2's VPMADDUBSW saturates, VNNI does not), which can move a few
-# borderline items: half a point of accuracy / mAP / mIoU.
-RECORDED_TOLERANCE = 0.005
 
 
 def int8_cards() -> list[tuple[str, Path, dict]]:
@@ -51,12 +52,21 @@ def test_bundled_int8_versions_exist():
 
 
 @pytest.mark.parametrize("name, version_dir, card", CARDS, ids=IDS)
-def test_int8_version_meets_its_recorded_metric(name, version_dir, card):
+def test_int8_version_keeps_the_accuracy_promise_on_this_machine(name, version_dir, card):
+    """fp32 and INT8 scored here on the same held-out items: the drop is within the product's bound."""
+    data = model_data(name)
+    assert card["evaluation"]["max_drop"] == data.max_drop, "the card must state the product's bound"
     config = load_model_config(version_dir.parent / "config.yaml")
-    recorded = card["evaluation"]["test_subset"]
-    measured = model_data(name).evaluate(version_dir / "model.onnx", config, recorded["count"])
-    assert measured.metric == card["evaluation"]["metric"]
-    assert measured.value == pytest.approx(recorded["int8"], abs=RECORDED_TOLERANCE)
+    fp32_path = scan_model(version_dir.parent).model_path(card["derived_from"]["version"])
+    count = card["evaluation"]["test_subset"]["count"]
+    fp32 = data.evaluate(fp32_path, config, count)
+    int8 = data.evaluate(version_dir / "model.onnx", config, count)
+    assert fp32.metric == int8.metric == card["evaluation"]["metric"]
+    drop = fp32.value - int8.value
+    assert drop <= data.max_drop + 1e-9, (
+        f"{name} v{card['version']}: {int8.metric} fp32 {fp32.value:.4f} -> int8 {int8.value:.4f} on this CPU "
+        f"({machine_description()['int8_extensions']}), drop {drop:.4f} > {data.max_drop}; the card recorded "
+        f"{card['evaluation']['test_subset']['drop']:.4f} on {card['throughput']['machine']}")
 
 
 @pytest.mark.parametrize("name, version_dir, card", CARDS, ids=IDS)

@@ -7,7 +7,6 @@ import dataclasses
 import numpy as np
 import pytest
 
-from export.data.recolour import corner_colour, recolour_shapes
 from export.data.scenes import (
     BACKGROUNDS, DISTRACTOR_IDS, FACE_IDS, SCENE_CLASSES, SceneSpec, make_scene, make_scenes,
 )

@@ -13,7 +13,7 @@ import torch
 
 from export.cam_export import prepare_cam_version
 from export.data.scenes import make_scene
-from export.evaluate_cam import CAM_SCENE_SPEC
+from export.evaluate.cam import CAM_SCENE_SPEC
 from export.model_version import write_version
 from export.models import build_model
 from export.parity import cpu_session

@@ -18,8 +18,8 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from export.evaluate_segmenter import heldout_scenes
-from export.segmentation_metrics import confusion_matrix, mean_iou
+from export.evaluate.segmenter import heldout_scenes
+from export.evaluate.segmentation_metrics import confusion_matrix, mean_iou
 from service.api.convserve.v1 import vision_pb2 as vpb
 from service.api.convserve.v1 import vision_pb2_grpc as vpb_grpc
 from service.api.inference import grpc_service_pb2 as pb

@@ -1,10 +1,10 @@
-"""bench.layout_ab's layout strings: sessions x threads, optionally with preferred batch sizes."""
+"""bench.experiments.layout_ab's layout strings: sessions x threads, optionally with preferred batch sizes."""
 
 from __future__ import annotations
 
 import pytest
 
-from bench.layout_ab import layout_name, parse_layouts
+from bench.experiments.layout_ab import layout_name, parse_layouts
 
 
 def test_layouts_parse_with_and_without_preferred_batch_sizes():

@@ -1,9 +1,9 @@
 """Train the yolo_grid detector on seeded synthetic scenes and bundle it in model_repo/yolo_grid.
 
-    python -m export.train_detector                    # one phase: cosine LR cycle, <= 40 min wall
-    python -m export.train_detector --resume --seed 100 --lr 1e-3   # another phase, fresh scenes
-    python -m export.train_detector --export-only      # re-export runs/yolo_grid/checkpoint.pt
-    python -m export.evaluate_detector                 # held-out mAP -> model card, sample drawings
+    python -m export.train.detector                    # one phase: cosine LR cycle, <= 40 min wall
+    python -m export.train.detector --resume --seed 100 --lr 1e-3   # another phase, fresh scenes
+    python -m export.train.detector --export-only      # re-export runs/yolo_grid/checkpoint.pt
+    python -m export.evaluate.detector                 # held-out mAP -> model card, sample drawings
 
 Images go through service.preprocess (colour conversion, letterbox, normalisation) exactly as the
 server will send them. Training scenes come from the "train" split of export/data/scenes.py (faces,
@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import json
 import math
 import time
@@ -33,9 +34,10 @@ from export.data.scenes import SCENE_CLASSES, SceneSpec, make_scene
 from export.models.yolo_grid import (
     INPUT_SIZE, YOLO_PREPROCESSING, GridTargets, YoloGrid, assign_targets, build_yolo_grid, yolo_loss,
 )
-from service.config import (
-    BatchingConfig, DetectionConfig, ModelConfig, PostprocessingConfig, TensorSpec, dump_model_config,
-)
+from export.exporter import OPSET, ExportError
+from export.parity import DEFAULT_TOLERANCE, PARITY_SEED, ParityReport, cpu_session
+from export.writer import VersionFiles, write_model_version
+from service.config import BatchingConfig, DetectionConfig, ModelConfig, PostprocessingConfig, TensorSpec
 from service.preprocess import convert_color, normalize, resize_image
 
 GRID = 8
@@ -264,48 +266,50 @@ def plot_curves(run_dir: Path) -> None:
     fig.savefig(run_dir / "loss_curves.png", dpi=110)
 
 
-def export_model(model: YoloGrid, training: dict, model_dir: Path) -> None:
-    """Write model.onnx (checked against torch), config.yaml, labels.txt and the training card."""
-    import onnxruntime as ort
-
+def detector_files(model: YoloGrid, training: dict | None, name: str = "yolo_grid",
+                   labels: tuple[str, ...] | None = tuple(SCENE_CLASSES), weights: dict | None = None) -> VersionFiles:
+    """The exported detector (input `images`, output `grid`, dynamic batch), its parity with torch
+    at batch 3, config and card, for the common writer. `convserve export yolo_grid` writes the same."""
     model.eval()
-    version_dir = model_dir / "1"
-    version_dir.mkdir(parents=True, exist_ok=True)
-    sample = torch.rand(3, 3, INPUT_SIZE, INPUT_SIZE, generator=torch.Generator().manual_seed(0))
+    spec = model.spec
+    if labels is not None and len(labels) != spec.num_classes:
+        raise ExportError(f"{len(labels)} labels given for {spec.num_classes} classes")
+    sample = torch.rand(3, 3, spec.input_size, spec.input_size, generator=torch.Generator().manual_seed(PARITY_SEED))
+    buffer = io.BytesIO()
     torch.onnx.export(
-        model, (sample,), str(version_dir / "model.onnx"), input_names=["images"], output_names=["grid"],
-        dynamic_axes={"images": {0: "batch"}, "grid": {0: "batch"}}, opset_version=17, dynamo=False,
+        model, (sample,), buffer, input_names=["images"], output_names=["grid"],
+        dynamic_axes={"images": {0: "batch"}, "grid": {0: "batch"}}, opset_version=OPSET, dynamo=False,
     )
-    session = ort.InferenceSession(str(version_dir / "model.onnx"), providers=["CPUExecutionProvider"])
+    onnx_bytes = buffer.getvalue()
     with torch.no_grad():
         expected = model(sample).numpy()
-    diff = float(np.abs(session.run(None, {"images": sample.numpy()})[0] - expected).max())
-    if diff > 1e-4:
-        raise RuntimeError(f"ONNX Runtime and torch disagree: max abs diff {diff:.2e} > 1e-4")
-    channels = BOXES_PER_CELL * 5 + len(SCENE_CLASSES)
+    diff = float(np.abs(cpu_session(onnx_bytes).run(None, {"images": sample.numpy()})[0] - expected).max())
+    parity = ParityReport({len(sample): diff}, DEFAULT_TOLERANCE, PARITY_SEED)
+    channels = spec.boxes_per_cell * 5 + spec.num_classes
+    detection = DETECTION.model_copy(update={"grid": spec.grid, "boxes_per_cell": spec.boxes_per_cell})
     config = ModelConfig(
-        name="yolo_grid", task="detection",
-        inputs=(TensorSpec(name="images", dims=(-1, 3, INPUT_SIZE, INPUT_SIZE)),),
-        outputs=(TensorSpec(name="grid", dims=(-1, GRID, GRID, channels)),),
-        preprocessing=PREPROCESSING, labels="labels.txt",
+        name=name, task="detection",
+        inputs=(TensorSpec(name="images", dims=(-1, 3, spec.input_size, spec.input_size)),),
+        outputs=(TensorSpec(name="grid", dims=(-1, spec.grid, spec.grid, channels)),),
+        preprocessing=PREPROCESSING, labels="labels.txt" if labels is not None else None,
         batching=BatchingConfig(max_batch_size=16, preferred_batch_sizes=(4, 8, 16)),
-        postprocessing=PostprocessingConfig(scores="probabilities", detection=DETECTION),
+        postprocessing=PostprocessingConfig(scores="probabilities", detection=detection),
         description=(
-            f"YOLO v1-style grid detector (S={GRID}, B={BOXES_PER_CELL}, C={len(SCENE_CLASSES)}): output "
+            f"YOLO v1-style grid detector (S={spec.grid}, B={spec.boxes_per_cell}, C={spec.num_classes}): output "
             f"[N, S, S, B*5+C], per cell B x (x, y, w, h, confidence) then C class probabilities; x, y = centre "
             "offset in the cell, w, h = fraction of the input size; activations applied in-graph."
         ),
     )
-    dump_model_config(config, model_dir / "config.yaml")
-    (model_dir / "labels.txt").write_text("\n".join(SCENE_CLASSES) + "\n", encoding="utf-8")
     card = {
-        "name": "yolo_grid", "architecture": "compact CNN (stride 16) + YOLO v1 head with per-slot size priors",
-        "parameters": sum(p.numel() for p in model.parameters()), "classes": list(SCENE_CLASSES),
-        "input": [3, INPUT_SIZE, INPUT_SIZE], "grid": GRID, "boxes_per_cell": BOXES_PER_CELL,
-        "anchors": list(model.spec.anchors), "onnx_opset": 17, "onnx_parity_max_abs_diff": diff,
-        "training": training, "scene_spec": {k: v for k, v in vars(DETECTOR_SPEC).items()},
+        "name": name, "architecture": "compact CNN (stride 16) + YOLO v1 head with per-slot size priors",
+        "parameters": sum(p.numel() for p in model.parameters()), "classes": list(labels or []),
+        "input": [3, spec.input_size, spec.input_size], "grid": spec.grid, "boxes_per_cell": spec.boxes_per_cell,
+        "anchors": list(spec.anchors), "onnx_opset": OPSET, "onnx_parity_max_abs_diff": diff,
+        **({"weights": weights} if weights else {}),
+        "training": training, "scene_spec": {k: v for k, v in vars(DETECTOR_SPEC).items()} if training else None,
     }
-    (version_dir / "model_card.json").write_text(json.dumps(card, indent=2) + "\n", encoding="utf-8")
+    return VersionFiles(config=config, onnx_bytes=onnx_bytes, parity=parity, card=card,
+                        labels=labels, metadata={"convserve.architecture": "yolo_grid"})
 
 
 def main() -> None:
@@ -325,7 +329,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1 avoids spin on a shared CPU)")
     parser.add_argument("--export-only", action="store_true", help="export the run's checkpoint.pt")
     parser.add_argument("--run-dir", default=str(RUN_DIR), help="logs, curves and checkpoints")
-    parser.add_argument("--model-dir", default=str(MODEL_DIR), help="where the servable model is written")
+    parser.add_argument("--model-dir", default=str(MODEL_DIR), help="where the servable model is written (version 1)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     run_dir, model_dir = Path(args.run_dir), Path(args.model_dir)
@@ -337,7 +341,8 @@ def main() -> None:
     else:
         model = train(args, run_dir)
         plot_curves(run_dir)
-    export_model(model, json.loads((run_dir / "training.json").read_text()), model_dir)
+    files = detector_files(model, json.loads((run_dir / "training.json").read_text()), model_dir.name)
+    print(write_model_version(files, model_dir.parent, version=1, overwrite=True))
 
 if __name__ == "__main__":
     main()

@@ -1,11 +1,11 @@
 """Train an FCN segmenter (fcn8s, fcn16s or fcn32s) on seeded scenes; bundle fcn8s in model_repo/.
 
-    python -m export.train_segmenter --variant fcn8s     # train (<= 55 CPU-min, 1 thread), export to model_repo/fcn8s
-    python -m export.train_segmenter --variant fcn16s    # same recipe; ONNX goes to runs/segmenter/fcn16s/
-    python -m export.train_segmenter --variant fcn8s --export-only   # re-export the last checkpoint
+    python -m export.train.segmenter --variant fcn8s     # train (<= 55 CPU-min, 1 thread), export to model_repo/fcn8s
+    python -m export.train.segmenter --variant fcn16s    # same recipe; ONNX goes to runs/segmenter/fcn16s/
+    python -m export.train.segmenter --variant fcn8s --export-only   # re-export the last checkpoint
                                                          # (--no-flip-average: one pass, no mirror averaging)
-    python -m export.train_segmenter --export-arch fcn_resnet50 [--checkpoint ck.pt] --out-repo /tmp/repo
-    python -m export.evaluate_segmenter                  # held-out mIoU of all three -> model card
+    python -m export.train.segmenter --export-arch fcn_resnet50 [--checkpoint ck.pt] --out-repo /tmp/repo
+    python -m export.evaluate.segmenter                  # held-out mIoU of all three -> model card
 
 Scenes come from export/data/scenes.py (several overlapping objects of five classes on real
 background crops with clutter; per-pixel labels, 0 = background). By default training scenes use
@@ -33,8 +33,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import onnx
-import onnxruntime
 import torch
 from torch.nn import functional as F
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
@@ -44,11 +42,13 @@ import cv2
 
 from export.data.scenes import BACKGROUNDS, DISTRACTOR_IDS, FACE_IDS, SCENE_CLASSES, SceneSpec, make_scene
 from export.models import build_model, get_model_spec
-from export.exporter import with_metadata
+from export.exporter import OPSET
+from export.parity import DEFAULT_TOLERANCE as PARITY_TOLERANCE, ParityReport
+from export.writer import VersionFiles, write_model_version
 from export.models.fcn import BACKBONE_CONVS, BACKBONE_WIDTHS, INPUT_NAME, MirrorAveraged, OUTPUT_NAME, PARITY_SIZES, SCENE_PREPROCESSING, export_segmenter_onnx, segmenter_parity
-from export.segmentation_metrics import confusion_matrix, mean_iou
-from export.training_plots import pyplot
-from service.config import BatchingConfig, ModelConfig, TensorSpec, dump_model_config, load_model_config
+from export.evaluate.segmentation_metrics import confusion_matrix, mean_iou
+from export.train.plots import pyplot
+from service.config import BatchingConfig, ModelConfig, TensorSpec
 from service.postprocess.segment import palette
 from service.preprocess import convert_color, normalize, resize_image
 
@@ -278,7 +278,7 @@ def train(args, run_dir: Path):
         "scene_spec": {k: v for k, v in vars(fit_spec).items()},
         "data": f"export/data/scenes.py split {fit_split!r} (faces {_id_range(FACE_IDS[fit_split])}, "
                 f"distractors {_id_range(DISTRACTOR_IDS[fit_split])}, {len(BACKGROUNDS[fit_split])} backgrounds)",
-        "reproduce": f"python -m export.train_segmenter --variant {args.variant}{recipe_flags(args)}",
+        "reproduce": f"python -m export.train.segmenter --variant {args.variant}{recipe_flags(args)}",
     }
     (run_dir / "training.json").write_text(json.dumps(training, indent=2) + "\n")
     return kept, val
@@ -331,20 +331,26 @@ def _native_note(preprocessing) -> str:
     return f";{scaled} padded to a multiple of {preprocessing.stride}"
 
 
-def write_segmenter(model, *, name: str, architecture: str, labels, preprocessing, repo: Path, card: dict,
-                    parity_sizes=PARITY_SIZES) -> Path:
-    """Export `model` with free batch/height/width, check parity at `parity_sizes`, and write
-    <repo>/<name>/{config.yaml, labels.txt, 1/model.onnx, 1/model_card.json}; returns the model dir."""
+def logit_scale(model, sizes, channels: int = 3) -> float:
+    """The largest logit magnitude (at least 1) on segmenter_parity's own inputs: its tolerance is relative to it."""
+    from export.exporter import example_input
+
+    with torch.no_grad():
+        peaks = [float(model(example_input((channels, *hw), 2, seed=100 + i)).abs().max())
+                 for i, hw in enumerate(sizes)]
+    return max(1.0, *peaks)
+
+
+def segmenter_files(model, *, name: str, architecture: str, labels, preprocessing, card: dict,
+                    parity_sizes=PARITY_SIZES) -> VersionFiles:
+    """Export `model` with free batch/height/width and check parity at `parity_sizes` (input "HxW"
+    probes, tolerance relative to the logits' magnitude); config and card for the common writer."""
     mirrored = isinstance(model, MirrorAveraged)
     onnx_bytes = export_segmenter_onnx(model, trace_hw=parity_sizes[-1])
-    parity = segmenter_parity(model, onnx_bytes, parity_sizes)
+    diffs = segmenter_parity(model, onnx_bytes, parity_sizes, tolerance=PARITY_TOLERANCE)
+    parity = ParityReport(diffs, PARITY_TOLERANCE, seed=100, scale=logit_scale(model, parity_sizes))
     with torch.no_grad():
         classes = model(torch.zeros(1, 3, *parity_sizes[0])).shape[1]
-    onnx_bytes = with_metadata(onnx_bytes, {"convserve.architecture": architecture, "convserve.model_name": name,
-                                            **{f"convserve.parity_max_abs_diff_{k}": repr(v) for k, v in parity.items()}})
-    model_dir = repo / name
-    (model_dir / "1").mkdir(parents=True, exist_ok=True)
-    (model_dir / "1" / "model.onnx").write_bytes(onnx_bytes)
     config = ModelConfig(
         name=name, task="segmentation",
         inputs=(TensorSpec(name=INPUT_NAME, dims=(-1, 3, -1, -1)),),
@@ -352,24 +358,26 @@ def write_segmenter(model, *, name: str, architecture: str, labels, preprocessin
         preprocessing=preprocessing, labels="labels.txt" if labels else None,
         batching=BatchingConfig(max_batch_size=16, max_queue_delay_us=1000,  # budgets: docs/security.md
                                 max_request_bytes=16 * 2**20, max_queue_bytes=32 * 2**20),
-        description=f"{architecture}: per-class logits [N, {classes}, H, W] at the input resolution (any H, W{_native_note(preprocessing)})"
+        description=f"{architecture}: per-class logits [N, {classes}, H, W] at the input resolution (any H, W"
+                    f"{_native_note(preprocessing)})"
                     f"{'; the mean of the logits of the image and of its mirror image' if mirrored else ''}.",
     )
-    if (model_dir / "config.yaml").exists():  # keep a pin other versions (e.g. a derived INT8 one) rely on
-        config = config.model_copy(update={"default_version": load_model_config(model_dir / "config.yaml").default_version})
-    dump_model_config(config, model_dir / "config.yaml")
-    if labels:
-        (model_dir / "labels.txt").write_text("\n".join(labels) + "\n", encoding="utf-8")
-    card = {
-        "name": name, "version": 1, "architecture": architecture, "task": "segmentation", "classes": list(labels or []),
+    fields = {
+        "name": name, "architecture": architecture, "task": "segmentation", "classes": list(labels or []),
         "parameters": sum(p.numel() for p in model.parameters()),
-        "input": {"name": INPUT_NAME, "shape": [-1, 3, -1, -1]}, "output": {"name": OUTPUT_NAME, "shape": [-1, classes, -1, -1]},
-        "onnx": {"opset": 17, "bytes": len(onnx_bytes), "sha256": hashlib.sha256(onnx_bytes).hexdigest(),
-                 "versions": {"torch": torch.__version__, "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__}},
-        "parity_max_abs_diff": parity, "test_time": {"flip_average": mirrored}, **card,
+        "input": {"name": INPUT_NAME, "shape": [-1, 3, -1, -1]},
+        "output": {"name": OUTPUT_NAME, "shape": [-1, classes, -1, -1]},
+        "onnx": {"opset": OPSET}, "parity_max_abs_diff": diffs, "test_time": {"flip_average": mirrored}, **card,
     }
-    (model_dir / "1" / "model_card.json").write_text(json.dumps(card, indent=2) + "\n", encoding="utf-8")
-    return model_dir
+    metadata = {"convserve.architecture": architecture,
+                **{f"convserve.parity_max_abs_diff_{k}": repr(v) for k, v in diffs.items()}}
+    return VersionFiles(config=config, onnx_bytes=onnx_bytes, parity=parity, card=fields,
+                        labels=tuple(labels) if labels else None, metadata=metadata)
+
+
+def write_segmenter(model, *, repo: Path, **described) -> Path:
+    """segmenter_files(model, **described) written as version 1 of `repo/<name>`; returns the model dir."""
+    return write_model_version(segmenter_files(model, **described), repo, version=1, overwrite=True).parent
 
 
 def export_scene_segmenter(model, variant: str, training: dict, flip_average: bool = True) -> Path:
@@ -378,12 +386,15 @@ def export_scene_segmenter(model, variant: str, training: dict, flip_average: bo
     repo = Path("model_repo") if variant == "fcn8s" else RUN_ROOT / variant / "repo"
     return write_segmenter(as_exported(model, flip_average), name=variant, architecture=variant, labels=LABELS,
                            preprocessing=SCENE_PREPROCESSING, repo=repo,
-                           card={"weights": {"source": "trained by export/train_segmenter.py"}, "training": training})
+                           card={"weights": {"source": "trained by export/train/segmenter.py"}, "training": training})
 
 
 def as_exported(network, flip_average: bool):
     """The module the export writes: `network`, or with `flip_average` its mirror-averaged form."""
     return MirrorAveraged(network).eval() if flip_average else network
+
+
+ANY_SIZE_PARITY = ((64, 64), (96, 64))  # parity input sizes of a segmenter other than the scene FCNs
 
 
 def export_architecture(name: str, checkpoint: str | None, num_classes: int | None, repo: Path) -> Path:
@@ -397,7 +408,7 @@ def export_architecture(name: str, checkpoint: str | None, num_classes: int | No
         load_checkpoint(model, checkpoint, spec.training_only_prefixes)
         weights = {"source": "checkpoint", "file": Path(checkpoint).name}
     return write_segmenter(model.eval(), name=name, architecture=name, labels=None, preprocessing=spec.preprocessing,
-                           repo=repo, card={"weights": weights}, parity_sizes=((64, 64), (96, 64)))
+                           repo=repo, card={"weights": weights}, parity_sizes=ANY_SIZE_PARITY)
 
 
 def write_run_figures(variant: str, flip_average: bool = True) -> None:

@@ -1,7 +1,7 @@
 """Train the bundled digit classifiers (simple_cnn, bn_cnn, lenet5) and export them.
 
-    python -m export.train_classifier            # or: convserve models
-    python -m export.train_classifier --only lenet5 --repo /tmp/repo
+    python -m export.train.classifier            # all three (convserve models also remakes their INT8 versions)
+    python -m export.train.classifier --only lenet5 --repo /tmp/repo
 
 Every image goes through `service.preprocess` with the model's own config (what the server does),
 the split is the fixed stratified 80/20 one from export/data/mnist.py, and every random choice
@@ -26,10 +26,10 @@ from tqdm import tqdm
 
 from export.data.mnist import MNIST_DESCRIPTION, SPLIT_DESCRIPTION, SPLIT_SEED, mnist_split, sklearn_digits_as_mnist
 from export.data.mnist import jitter_digits, to_model_inputs
-from export.evaluate import ClassificationReport, classification_report, onnx_logits, torch_logits
+from export.evaluate.classification import ClassificationReport, classification_report, onnx_logits, torch_logits
 from export.model_version import prepare_version, write_version
 from export.models import get_model_spec
-from export.training_plots import save_confusion_matrix, save_training_curve
+from export.train.plots import save_confusion_matrix, save_training_curve
 
 LABELS = [str(d) for d in range(10)]
 AUGMENTATION = "export.data.mnist.jitter_digits: per epoch, rotation ±10°, zoom ±10 %, shift ±2 px (seeded)"
@@ -141,7 +141,7 @@ def train_and_export(name: str, repo: Path, runs: Path, progress: bool = True) -
     seed_everything(settings)
     model = spec.build(num_classes=10)
     history = fit(model, train, held_out, settings, progress)
-    weights = {"source": "trained", "by": "export/train_classifier.py (convserve models)"}
+    weights = {"source": "trained", "by": "export/train/classifier.py (convserve models)"}
     prepared = prepare_version(model, spec, name=name, num_classes=10, labels=LABELS, weights=weights)
     # The reported numbers are those of the exported ONNX graph, which is what gets served.
     heldout = classification_report(held_out[1], onnx_logits(prepared.graph.onnx_bytes, held_out[0]).argmax(1), 10)
@@ -150,12 +150,13 @@ def train_and_export(name: str, repo: Path, runs: Path, progress: bool = True) -
     _report_files(runs / name, name, history, heldout, digits)
     if heldout.accuracy < TARGETS[name]:
         raise RuntimeError(f"{name}: held-out accuracy {heldout.accuracy:.4f} is below the target {TARGETS[name]}")
-    training = _training_section(settings, history, heldout, digits)
+    training = _training_section(name, settings, history, heldout, digits)
     write_version(prepared, repo, version=1, overwrite=True, training=training)
     return {"model": name, "heldout_accuracy": heldout.accuracy, "sklearn_digits_accuracy": digits.accuracy}
 
 
-def _training_section(settings: TrainSettings, history, heldout: ClassificationReport, digits: ClassificationReport):
+def _training_section(name: str, settings: TrainSettings, history, heldout: ClassificationReport,
+                      digits: ClassificationReport):
     return {
         "data": MNIST_DESCRIPTION,
         "split": {"description": SPLIT_DESCRIPTION, "seed": SPLIT_SEED, "train": 4000, "heldout": 1000},
@@ -169,7 +170,7 @@ def _training_section(settings: TrainSettings, history, heldout: ClassificationR
             "sklearn_digits_note": "scikit-learn load_digits, 1,797 8×8 images scaled to 0–255, resized to 20×20 "
             "and padded to 28×28 (MNIST framing); never used for training",
         },
-        "reproduce": "convserve models",
+        "reproduce": f"convserve models --only {name}",
     }
 
 

@@ -1,4 +1,4 @@
-"""`python -m bench.layout_ab`: ResNet-18 served with different ONNX Runtime session layouts, A/B.
+"""`python -m bench.experiments.layout_ab`: ResNet-18 served with different ONNX Runtime session layouts, A/B.
 
 Why: `make bench`'s targets compare served throughput (concurrency 16) and served latency
 (concurrency 1) with raw ONNX Runtime, and the session layout decides both. One session using
@@ -13,9 +13,9 @@ layouts alternate in ABBA order, so the machine's drifting background load moves
 The references are the best raw figures of *any* layout (throughput with every session busy;
 batch-1 latency of a lone run), so no layout can pass by being slow in-process.
 
-    python -m bench.layout_ab                                   # 1x2, 2x1 and 2x2 on a 2-core machine
-    python -m bench.layout_ab --layouts 1x2,2x1 --rounds 6 --seconds 10
-    python -m bench.layout_ab --layouts 1x2,1x2/4,2x1/4   # /4: preferred_batch_sizes [4] (the batcher cuts batches at 4)
+    python -m bench.experiments.layout_ab                                   # 1x2, 2x1 and 2x2 on a 2-core machine
+    python -m bench.experiments.layout_ab --layouts 1x2,2x1 --rounds 6 --seconds 10
+    python -m bench.experiments.layout_ab --layouts 1x2,1x2/4,2x1/4   # /4: preferred_batch_sizes [4] (the batcher cuts batches at 4)
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ import numpy as np
 from bench.load import run_served
 from bench.models import export_resnet18
 from bench.raw import measure_raw
-from bench.server import ServedModels
+from bench.server import served_models
 from service.config import dump_model_config, load_model_config
 from service.runtime import ModelRuntime, cpu_count
 
@@ -99,7 +99,7 @@ def lone_run_ms(model_dir: Path, runs: int = 15) -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.layout_ab", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m bench.experiments.layout_ab", description=__doc__.splitlines()[0])
     parser.add_argument("--layouts", default=f"1x{cpu_count()},{cpu_count()}x1,2x{cpu_count()}",
                         help="comma list of SESSIONSxTHREADS[/PREFERRED+...] (default: one session on all cores, one per core, two on all cores)")
     parser.add_argument("--concurrency", type=int, default=16, help="the throughput run's concurrency")
@@ -117,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="convserve-layout-") as tmp:
         repo = Path(tmp) / "repo"
         names = make_layouts(repo, layouts)
-        server = ServedModels(repo)
+        server = served_models(repo)
         try:
             for round_ in range(args.rounds):
                 for layout in layouts if round_ % 2 == 0 else layouts[::-1]:  # ABBA: no layout always goes last

@@ -1,7 +1,7 @@
 """Measure the bundled yolo_grid detector on held-out scenes and record the result in its card.
 
-    python -m export.evaluate_detector            # 400 held-out scenes -> model_card.json + samples
-    python -m export.evaluate_detector --no-write # print only
+    python -m export.evaluate.detector            # 400 held-out scenes -> model_card.json + samples
+    python -m export.evaluate.detector --no-write # print only
 
 The evaluation runs the committed ONNX file with ONNX Runtime, preprocesses with
 service.preprocess and decodes with service/postprocess/detect.py, i.e. the serving path minus
@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from export.data.scenes import SCENE_CLASSES, Scene, make_scenes
-from export.train_detector import DETECTOR_SPEC, MODEL_DIR, RUN_DIR
+from export.train.detector import DETECTOR_SPEC, MODEL_DIR, RUN_DIR
 from service.config import load_model_config
 from service.postprocess.detect import NmsParams, Detections, detections_from_output
 from service.preprocess import preprocess_batch
@@ -164,7 +164,7 @@ def draw_samples(scenes: list[Scene], detections: list[Detections], path: Path, 
 
 
 def _commands(runs: list[dict]) -> str:
-    """The train_detector command lines that ran each recorded phase."""
+    """The export.train.detector command lines that ran each recorded phase."""
     lines = []
     for k, run in enumerate(runs):
         epochs = run["planned_steps"] // max(1, run["scene_pool"] // run["batch_size"])
@@ -175,7 +175,7 @@ def _commands(runs: list[dict]) -> str:
             args.append(f"--recolour {run['recolour_share']:g}")
         if run.get("torch_threads", 1) != 1:
             args.append(f"--threads {run['torch_threads']}")
-        lines.append("    python -m export.train_detector " + " ".join(args))
+        lines.append("    python -m export.train.detector " + " ".join(args))
     return "\n".join(lines)
 
 
@@ -233,7 +233,7 @@ classes; AdamW, cosine learning rate. {phases}; {sum(p['steps'] for p in runs)} 
 Reproduce (one command per phase, then the evaluation that writes this file):
 
 {_commands(runs)}
-    python -m export.evaluate_detector
+    python -m export.evaluate.detector
 
 A phase stops at its step count or its wall-clock budget, whichever comes first, so on another
 machine the step counts (and weights) differ; `1/model_card.json` records what was run.

@@ -1,8 +1,8 @@
 """Measure the FCN segmenters on held-out scenes and record the result in fcn8s's model card.
 
-    python -m export.evaluate_segmenter            # 240 held-out scenes, fcn32s/16s/8s, both resize modes
-    python -m export.evaluate_segmenter --no-write # print only
-    python -m export.evaluate_segmenter --scale-sweep 2,2.5,3   # fcn8s at other native_scale values,
+    python -m export.evaluate.segmenter            # 240 held-out scenes, fcn32s/16s/8s, both resize modes
+    python -m export.evaluate.segmenter --no-write # print only
+    python -m export.evaluate.segmenter --scale-sweep 2,2.5,3   # fcn8s at other native_scale values,
                                                    # on the training run's validation scenes (prints only)
 
 The evaluation runs the exported ONNX files with ONNX Runtime, preprocesses with service.preprocess
@@ -22,8 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-from export.segmentation_metrics import confusion_matrix, iou_per_class, mean_iou
-from export.training_plots import pyplot
+from export.evaluate.segmentation_metrics import confusion_matrix, iou_per_class, mean_iou
+from export.train.plots import pyplot
 
 HELDOUT_SEED = 2024
 HELDOUT_SCENES = 240
@@ -34,7 +34,7 @@ BUNDLED = Path("model_repo/fcn8s")
 
 def heldout_scenes(count: int = HELDOUT_SCENES, seed: int = HELDOUT_SEED):
     from export.data.scenes import make_scenes
-    from export.train_segmenter import SEGMENTER_SPEC
+    from export.train.segmenter import SEGMENTER_SPEC
 
     return make_scenes(seed, count, SEGMENTER_SPEC, "heldout")
 
@@ -72,14 +72,14 @@ def score(maps, scenes, labels) -> dict:
 
 
 def variant_onnx(variant: str) -> Path:
-    from export.train_segmenter import RUN_ROOT
+    from export.train.segmenter import RUN_ROOT
 
     return BUNDLED / "1" / "model.onnx" if variant == "fcn8s" else RUN_ROOT / variant / "repo" / variant / "1" / "model.onnx"
 
 
 def training_summary(variant: str) -> dict:
     """Steps and CPU seconds of the variant's last training run (runs/segmenter/<variant>/training.json)."""
-    from export.train_segmenter import RUN_ROOT
+    from export.train.segmenter import RUN_ROOT
 
     path = RUN_ROOT / variant / "training.json"
     if not path.exists():
@@ -92,7 +92,7 @@ def evaluate_all(count: int, seed: int) -> tuple[dict, dict]:
     """Every trained variant as served (native size, scaled), and fcn8s stretched to a fixed square
     of the training input size too; returns (results, maps)."""
     from export.models.fcn import SCENE_PREPROCESSING
-    from export.train_segmenter import INPUT_SIZE, LABELS, VARIANTS
+    from export.train.segmenter import INPUT_SIZE, LABELS, VARIANTS
 
     scenes = heldout_scenes(count, seed)
     stretch = SCENE_PREPROCESSING.model_copy(update={"resize": "stretch", "size": (INPUT_SIZE, INPUT_SIZE), "stride": 1, "native_scale": 1.0})
@@ -121,7 +121,7 @@ def scale_sweep(scales: list[float], count: int = VALIDATION_SCENES, seed: int =
     """
     from export.data.scenes import make_scenes
     from export.models.fcn import SCENE_PREPROCESSING
-    from export.train_segmenter import LABELS, SEGMENTER_SPEC
+    from export.train.segmenter import LABELS, SEGMENTER_SPEC
 
     scenes = make_scenes(seed, count, SEGMENTER_SPEC, bundled_validation_split())
     results = {}
@@ -133,7 +133,7 @@ def scale_sweep(scales: list[float], count: int = VALIDATION_SCENES, seed: int =
 
 def save_heldout_samples(scenes, maps: dict, path: Path, count: int = 6) -> None:
     """Grid PNG: image | truth | each variant's prediction, for the first `count` held-out scenes."""
-    from export.train_segmenter import LABELS
+    from export.train.segmenter import LABELS
     from service.postprocess.segment import palette
 
     plt = pyplot()
@@ -200,7 +200,7 @@ def write_readme(model_dir: Path) -> None:
                   f"{training.get('batch_size')} of {training.get('crop')}×{training.get('crop')} crops, "
                   f"{training.get('torch_threads')} thread; {training.get('wall_seconds')} s "
                   f"wall on a shared machine) on {training.get('scenes')} scenes from {training.get('data')}.", "",
-                  f"Reproduce: `{training.get('reproduce')}` then `python -m export.evaluate_segmenter`.", ""]
+                  f"Reproduce: `{training.get('reproduce')}` then `python -m export.evaluate.segmenter`.", ""]
     lines += ["Details: `1/model_card.json`.", ""]
     (model_dir / "README.md").write_text("\n".join(lines), encoding="utf-8")
 
@@ -212,7 +212,7 @@ def main() -> None:
     parser.add_argument("--no-write", action="store_true", help="print only; leave the model card alone")
     parser.add_argument("--scale-sweep", help="comma list of native_scale values: fcn8s on validation scenes, prints only")
     args = parser.parse_args()
-    from export.train_segmenter import RUN_ROOT
+    from export.train.segmenter import RUN_ROOT
 
     if args.scale_sweep:
         try:

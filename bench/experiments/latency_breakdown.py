@@ -1,4 +1,4 @@
-"""`python -m bench.latency_breakdown`: where a lone request's time goes, served vs raw ONNX Runtime.
+"""`python -m bench.experiments.latency_breakdown`: where a lone request's time goes, served vs raw ONNX Runtime.
 
 Why: `make bench`'s concurrency-1 target compares the served p50 latency with raw batch-1 latency,
 and on a busy 2-core machine two measurements minutes apart differ by more than the 1.5 ms the
@@ -10,9 +10,9 @@ model", "inside the server around it" and "outside the server" (client serialisa
 protobuf parsing before the handler starts); the server's /metrics give the model run timed in its
 worker thread, so the hand-off to and from the thread pool shows too.
 
-    python -m bench.latency_breakdown                 # resnet18 (random weights), 224x224 tensor input
-    python -m bench.latency_breakdown --rounds 10 --per-round 20
-    python -m bench.latency_breakdown --compare '--http2-max-frame-bytes 1048576'   # A/B of server flags
+    python -m bench.experiments.latency_breakdown                 # resnet18 (random weights), 224x224 tensor input
+    python -m bench.experiments.latency_breakdown --rounds 10 --per-round 20
+    python -m bench.experiments.latency_breakdown --compare '--http2-max-frame-bytes 1048576'   # A/B of server flags
 """
 
 from __future__ import annotations
@@ -32,9 +32,9 @@ import grpc
 import numpy as np
 from prometheus_client.parser import text_string_to_metric_families
 
-from bench.echo_server import METHOD as ECHO_METHOD
+from bench.experiments.echo_server import METHOD as ECHO_METHOD
 from bench.models import export_resnet18
-from bench.server import REPO_ROOT, ServedModels
+from bench.server import REPO_ROOT, ServerProcess, served_models
 from service.api.inference import grpc_service_pb2 as pb
 from service.api.inference import grpc_service_pb2_grpc as pb_grpc
 from service.config import load_model_config
@@ -71,7 +71,7 @@ def server_means(before: dict, after: dict) -> dict[str, float]:
     return means
 
 
-def model_runs(server: ServedModels, model: str) -> tuple[float, float]:
+def model_runs(server: ServerProcess, model: str) -> tuple[float, float]:
     """(executions, seconds) of the model's runs so far, timed in the server's worker thread
     (convserve_model_execution_seconds_total from its /metrics)."""
     text = urllib.request.urlopen(f"http://127.0.0.1:{server.metrics_port}/metrics", timeout=10).read().decode()
@@ -84,14 +84,14 @@ def model_runs(server: ServedModels, model: str) -> tuple[float, float]:
 
 
 class EchoServer:
-    """`python -m bench.echo_server` as a child process (the transport floor), ended on exit."""
+    """`python -m bench.experiments.echo_server` as a child process (the transport floor), ended on exit."""
 
     def __enter__(self) -> "EchoServer":
-        self.proc = subprocess.Popen([sys.executable, "-m", "bench.echo_server"], cwd=REPO_ROOT, stdout=subprocess.PIPE, text=True)
+        self.proc = subprocess.Popen([sys.executable, "-m", "bench.experiments.echo_server"], cwd=REPO_ROOT, stdout=subprocess.PIPE, text=True)
         line = self.proc.stdout.readline()
         if not line.startswith("port "):
             self.proc.kill()
-            raise RuntimeError(f"bench.echo_server did not start: {line!r}")
+            raise RuntimeError(f"bench.experiments.echo_server did not start: {line!r}")
         self.address = f"127.0.0.1:{int(line.split()[1])}"
         return self
 
@@ -101,7 +101,7 @@ class EchoServer:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.latency_breakdown", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m bench.experiments.latency_breakdown", description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5, help="alternating blocks of raw runs and served calls")
     parser.add_argument("--per-round", type=int, default=20, help="raw runs and served calls per block")
     parser.add_argument("--compare", metavar="FLAGS", action="append", default=[], help="also serve from another server "
@@ -118,10 +118,10 @@ def main(argv: list[str] | None = None) -> int:
         name = config.inputs[0].name
         request = pb.ModelInferRequest(model_name="resnet18")
         append_input(request, name, x)
-        servers: dict[str, ServedModels] = {}
+        servers: dict[str, ServerProcess] = {}
         with contextlib.ExitStack() as stack:
             for label, flags in setups.items():
-                servers[label] = ServedModels(repo, *flags, "--metrics-port", "0")
+                servers[label] = served_models(repo, *flags, "--metrics-port", "0")
                 stack.callback(servers[label].stop)
             stubs = {label: pb_grpc.GRPCInferenceServiceStub(stack.enter_context(grpc.insecure_channel(server.address, options=UNLIMITED)))
                      for label, server in servers.items()}

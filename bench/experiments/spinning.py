@@ -1,4 +1,4 @@
-"""`python -m bench.spinning`: ONNX Runtime intra-op spinning on vs off, interleaved in one process.
+"""`python -m bench.experiments.spinning`: ONNX Runtime intra-op spinning on vs off, interleaved in one process.
 
 Why: `runtime.intra_op_spinning` (docs/model-config.md) trades CPU for latency, and which side
 wins depends on the model's size. Two sessions of one model with the same options except
@@ -7,8 +7,8 @@ settings alternating over several rounds (so a noisy machine moves both alike, a
 spinning threads never steal the other's cores); the report is the ratio of median run times
 (off / on) and the CPU time per run of each process, spinning included.
 
-    python -m bench.spinning                         # resnet18 (random weights) and the bundled lenet5
-    python -m bench.spinning --onnx model.onnx --shape 1,3,224,224
+    python -m bench.experiments.spinning                         # resnet18 (random weights) and the bundled lenet5
+    python -m bench.experiments.spinning --onnx model.onnx --shape 1,3,224,224
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
-"""`python -m bench.echo_server`: a bare grpc.aio server whose one unary method answers at once.
+"""`python -m bench.experiments.echo_server`: a bare grpc.aio server whose one unary method answers at once.
 
 Why: the floor under convserve's own latency. A request of the same bytes sent to this server
 costs what Python gRPC, loopback and the machine's thread wake-ups cost, with no convserve code and
-no model; `bench.latency_breakdown` reports it beside the served time, so the part of a lone
+no model; `bench.experiments.latency_breakdown` reports it beside the served time, so the part of a lone
 request's latency that the serving code could still remove is visible. Prints "port N" on stdout
 when it listens; runs until terminated.
 """

@@ -1,12 +1,12 @@
 """Train gap_cnn on seeded synthetic single-object scenes and bundle it in model_repo/gap_cnn.
 
-    python -m export.train_gap_cnn                  # train (~10 min on 2 CPU threads), evaluate, export
-    python -m export.train_gap_cnn --export-only    # re-export runs/gap_cnn/checkpoint.pt
+    python -m export.train.gap_cnn                  # train (~10 min on 2 CPU threads), evaluate, export
+    python -m export.train.gap_cnn --export-only    # re-export runs/gap_cnn/checkpoint.pt
 
 The task: which one of five objects (a face crop or a drawn circle, square, triangle, star; random
 size, position and colour) is in a photo-textured scene with clutter lines and sensor noise
 (export/data/scenes.py). Only the class is taught, never where the object is: localisation by the
-class activation map is what the evaluation measures afterwards (export/evaluate_cam.py), on
+class activation map is what the evaluation measures afterwards (export/evaluate/cam.py), on
 held-out scenes whose faces and backgrounds training never saw, with the exact ONNX bytes that are
 then written, and the numbers go into the model card.
 
@@ -30,7 +30,7 @@ from torch.nn import functional as F
 
 from export.cam_export import prepare_cam_version
 from export.data.scenes import SCENE_CLASSES, make_scene, make_scenes
-from export.evaluate_cam import CAM_SCENE_SPEC, HELDOUT_COUNT, evaluate_localisation, heldout_scenes
+from export.evaluate.cam import CAM_SCENE_SPEC, HELDOUT_COUNT, evaluate_localisation, heldout_scenes
 from export.model_version import write_version
 from export.models import build_model, get_model_spec
 from export.parity import cpu_session
@@ -212,7 +212,7 @@ def training_record(args, steps: int, generation_seconds: float, wall_seconds: f
 def export(model: torch.nn.Module, training: dict, repo: Path = REPO) -> Path:
     """Export with the features output, measure localisation on the exact ONNX bytes, write."""
     prepared = prepare_cam_version(model, "gap_cnn", name="gap_cnn", num_classes=len(SCENE_CLASSES),
-                                   labels=list(SCENE_CLASSES), weights={"source": "trained by export/train_gap_cnn.py"})
+                                   labels=list(SCENE_CLASSES), weights={"source": "trained by export/train/gap_cnn.py"})
     session = cpu_session(prepared.graph.onnx_bytes)
     class_weights = model.fc.weight.detach().numpy().astype(np.float32)
     report = evaluate_localisation(session, prepared.config, class_weights, heldout_scenes(HELDOUT_COUNT))
@@ -225,8 +225,8 @@ def export(model: torch.nn.Module, training: dict, repo: Path = REPO) -> Path:
             "cam_box_iou_at_least_0.5": report.box_iou_at_least_half,
             "cam_mean_box_iou": report.mean_box_iou,
         },
-        "cam_localisation": {**asdict(report), "measured_by": "python -m export.evaluate_cam"},
-        "reproduce": "python -m export.train_gap_cnn",
+        "cam_localisation": {**asdict(report), "measured_by": "python -m export.evaluate.cam"},
+        "reproduce": "python -m export.train.gap_cnn",
     }
     version_dir = write_version(prepared, repo, version=1, overwrite=True, training=training)
     readme = version_dir.parent / "README.md"
@@ -240,7 +240,7 @@ def localisation_lines(report) -> str:
         f"\nClass activation maps on {report.images} held-out scenes (top-1 class; docs/cam.md):\n"
         f"- map maximum inside the ground-truth box: {report.argmax_in_box:.1%}\n"
         f"- box of the map >= {report.threshold} with IoU >= 0.5: {report.box_iou_at_least_half:.1%} "
-        f"(mean IoU {report.mean_box_iou:.3f})\n\nRe-measure: `python -m export.evaluate_cam`.\n"
+        f"(mean IoU {report.mean_box_iou:.3f})\n\nRe-measure: `python -m export.evaluate.cam`.\n"
     )
 
 

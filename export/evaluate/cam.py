@@ -1,7 +1,7 @@
 """How well class activation maps localise objects: held-out synthetic single-object scenes.
 
-    python -m export.evaluate_cam                          # model_repo/gap_cnn, 300 held-out scenes
-    python -m export.evaluate_cam --overlays runs/gap_cnn  # also write a few overlay PNGs
+    python -m export.evaluate.cam                          # model_repo/gap_cnn, 300 held-out scenes
+    python -m export.evaluate.cam --overlays runs/gap_cnn  # also write a few overlay PNGs
 
 Each scene (export/data/scenes.py, "heldout" split: faces and backgrounds training never saw)
 holds exactly one object with its ground-truth box. The image goes through the server's own
