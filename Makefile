@@ -7,7 +7,7 @@ FULL_STAMP := $(VENV)/.installed-full
 PYTEST_ARGS ?=
 MODELS_ARGS ?=
 
-.PHONY: demo test lint models protos bench bench-quick loadtest fuzz soak clean-venv
+.PHONY: demo console test lint models protos bench bench-quick loadtest fuzz soak clean-venv
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -26,13 +26,19 @@ $(FULL_STAMP): pyproject.toml | $(PY)
 demo: $(SERVE_STAMP)
 	$(PY) -m examples.demo
 
+# The demo, then the server stays up with the browser console on http://127.0.0.1:8000/ until Ctrl-C.
+console: $(SERVE_STAMP)
+	$(PY) -m examples.demo --serve --http-port $${CONSOLE_PORT:-8000}
+
 # pytest exits 5 when it collected no tests: that must fail, not pass silently.
 # The Prometheus test runs a real Prometheus server: installed (Debian package) when missing; the
-# perf_analyzer test runs Triton's perf_analyzer: fetched (PyPI wheels, Debian libb64) when missing.
+# perf_analyzer test runs Triton's perf_analyzer: fetched (PyPI wheels, Debian libb64) when missing;
+# the browser-console test runs Debian's chromium and chromium-driver: installed when missing.
 test: $(FULL_STAMP)
 	@$(MAKE) --no-print-directory lint
 	@bash scripts/ensure_prometheus.sh
 	@bash scripts/ensure_perf_analyzer.sh
+	@bash scripts/ensure_chromium.sh
 	@$(PY) -m pytest -q $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests" >&2; exit 1; fi; exit $$rc
 

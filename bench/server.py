@@ -33,12 +33,14 @@ class ServerProcess:
     def __init__(self, repo: Path, *args: str, env: dict | None = None, wait_for: str = "server_started",
                  keep_log: bool = True, timeout: float = 120):
         command = [sys.executable, "-m", "entrypoint", "serve", "--model-repo", str(repo), "--host", "127.0.0.1",
-                   "--port", "0", "--metrics-port", "0", "--providers", "cpu", "--log-format", "json", *args]
+                   "--port", "0", "--metrics-port", "0", "--http-port", "-1", "--providers", "cpu",
+                   "--log-format", "json", *args]
         self.proc = subprocess.Popen(command, cwd=REPO_ROOT, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL,
                                      text=True, env={**os.environ, **(env or {})})
         self.log_lines: list[str] = []
         self.port: int | None = None
         self.metrics_port: int | None = None
+        self.http_port: int | None = None  # when started with --http-port 0 (or another port)
         self._keep_log = keep_log
         try:
             self._read_until(wait_for, timeout)
@@ -61,6 +63,7 @@ class ServerProcess:
                 continue
             if event.get("event") == "server_started":
                 self.port, self.metrics_port = event["port"], event.get("metrics_port")
+                self.http_port = event.get("http_port")
             if event.get("event") == "model_load_failed" and wanted == "server_ready":
                 raise RuntimeError(f"server did not get ready: {event}")
             if event.get("event") == wanted:

@@ -1,6 +1,7 @@
 """`make demo`: start a server on the bundled models and call every vision RPC with the sample images.
 
-    python -m examples.demo
+    python -m examples.demo            # a finite run: prints the browser console's URL, then stops
+    python -m examples.demo --serve    # the same, then keeps the server (and the console) up until Ctrl-C
 
 What it does, in under a minute on a laptop CPU:
 1. starts `convserve serve --model-repo model_repo --port 0 --metrics-port 0 --providers cpu` as a
@@ -10,13 +11,16 @@ What it does, in under a minute on a laptop CPU:
    Detect (yolo_grid), Segment (fcn8s), Explain (gap_cnn, else lenet5),
    StreamClassify / StreamDetect, and one Open Inference Protocol (V2) ModelInfer, printing tables
    and writing overlay images to demo-output/; a model not in model_repo/ is skipped with a note;
-4. prints the request count from the server's Prometheus /metrics;
-5. stops the server with SIGTERM and checks that it exited 0.
+4. calls the Open Inference Protocol and the vision API over HTTP (the REST port) and prints the
+   browser console's URL;
+5. prints the request count from the server's Prometheus /metrics;
+6. with --serve, waits for Ctrl-C; then stops the server with SIGTERM and checks that it exited 0.
 Exit code 0 when every step worked, 1 otherwise. Needs only the serving dependencies.
 """
 
 from __future__ import annotations
 
+import argparse
 import collections
 import json
 import signal
@@ -56,8 +60,9 @@ def confusion_table(model: str, version: int = 1) -> str:
 class ServerProcess:
     """`convserve serve` in a subprocess; its log goes to demo-output/server.log and a tail buffer."""
 
-    def __init__(self, log_path: Path):
+    def __init__(self, log_path: Path, http_port: int = 0):
         self.log_path = log_path
+        self.http_port = http_port
         self.tail: collections.deque[str] = collections.deque(maxlen=30)
         self.ports: dict | None = None
         self._started = threading.Event()
@@ -65,7 +70,8 @@ class ServerProcess:
 
     def start(self) -> None:
         command = [sys.executable, str(REPO / "entrypoint.py"), "serve", "--model-repo", str(MODEL_REPO),
-                   "--host", "127.0.0.1", "--port", "0", "--metrics-port", "0", "--providers", "cpu",
+                   "--host", "127.0.0.1", "--port", "0", "--metrics-port", "0",
+                   "--http-port", str(self.http_port), "--providers", "cpu",
                    "--log-format", "json", "--log-level", "info", "--shutdown-grace-s", "0", "--poll-interval-s", "0"]
         print(f"$ convserve {' '.join(command[2:])}".replace(str(REPO) + "/", ""))
         self.process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
@@ -79,7 +85,8 @@ class ServerProcess:
                 self.tail.append(line.rstrip())
                 event = _json_event(line)
                 if event.get("event") == "server_started":
-                    self.ports = {"port": event["port"], "metrics_port": event.get("metrics_port")}
+                    self.ports = {"port": event["port"], "metrics_port": event.get("metrics_port"),
+                                  "http_port": event.get("http_port")}
                     self._started.set()
         self._started.set()  # the process ended: wake the waiter
 
@@ -251,6 +258,22 @@ def request_count(metrics_port: int) -> tuple[float, dict[str, float]]:
     return sum(by_method.values()), dict(by_method)
 
 
+def http_steps(http_port: int) -> None:
+    """The same server over HTTP/REST: V2 readiness and a vision call, as curl would send them."""
+    base = f"http://127.0.0.1:{http_port}"
+    with urllib.request.urlopen(base + "/v2/health/ready", timeout=10) as response:
+        print(f"\n== HTTP/REST on port {http_port}: GET /v2/health/ready -> {response.status}")
+    image = IMAGES / "digit_7.png"
+    request = urllib.request.Request(base + "/v1/models/lenet5/classify?top_k=3", data=image.read_bytes(),
+                                     method="POST")
+    if (MODEL_REPO / "lenet5").is_dir():
+        with urllib.request.urlopen(request, timeout=30) as response:
+            answer = json.loads(response.read())
+        top = ", ".join(f"{p['label']} {p['score']:.3f}" for p in answer["predictions"])
+        print(f"   POST /v1/models/lenet5/classify ({image.name}) -> {top}")
+    print(f"   browser console: {base}/")
+
+
 def run_steps(ports: dict, server: ServerProcess, serving_deadline: float) -> list[str]:
     host = f"127.0.0.1:{ports['port']}"
     manifest = json.loads((IMAGES / "manifest.json").read_text())
@@ -265,6 +288,8 @@ def run_steps(ports: dict, server: ServerProcess, serving_deadline: float) -> li
             except RpcFailed as exc:
                 demo.failures.append(f"{step.__name__}: {exc}")
                 print(f"FAILED: {demo.failures[-1]}")
+    if ports.get("http_port"):
+        http_steps(ports["http_port"])
     if ports.get("metrics_port"):  # an OSError here (no /metrics) is reported by main()
         total, by_method = request_count(ports["metrics_port"])
         print(f"\n/metrics: convserve_requests_total = {total:.0f} ({', '.join(f'{k} {v:.0f}' for k, v in sorted(by_method.items()))})")
@@ -272,13 +297,19 @@ def run_steps(ports: dict, server: ServerProcess, serving_deadline: float) -> li
 
 
 def main() -> int:
+    parser = argparse.ArgumentParser(description="serve the bundled models and call every API")
+    parser.add_argument("--serve", action="store_true", help="keep the server and the console up until Ctrl-C")
+    parser.add_argument("--http-port", type=int, default=0, help="HTTP/console port (0: a free one)")
+    args = parser.parse_args()
     started = time.monotonic()
     OUTPUT.mkdir(exist_ok=True)
-    server = ServerProcess(OUTPUT / "server.log")
+    server = ServerProcess(OUTPUT / "server.log", args.http_port)
     server.start()
     failures: list[str] = []
     try:
         failures = run_steps(server.wait_started(STARTUP_TIMEOUT_S), server, started + STARTUP_TIMEOUT_S)
+        if args.serve and not failures:
+            wait_for_interrupt(server)
     except (DemoError, OSError) as exc:
         failures.append(str(exc))
         print(f"FAILED: {exc}\n--- server log (last lines) ---\n{server.log_tail()}", file=sys.stderr)
@@ -289,6 +320,15 @@ def main() -> int:
     for failure in failures:
         print(f"FAILED: {failure}", file=sys.stderr)
     return 1 if failures else 0
+
+
+def wait_for_interrupt(server: ServerProcess) -> None:
+    print("\nserving until Ctrl-C (the console URL is above)")
+    try:
+        while server.process.poll() is None:
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        print()
 
 
 def stop_server(server: ServerProcess, failures: list[str]) -> int | None:

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import grpc
 
+from service.errors import PermissionDenied, ServiceError, Unauthenticated
+
 OPEN_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
 ADMIN_METHODS = (
     "/inference.GRPCInferenceService/RepositoryModelLoad",
@@ -30,10 +32,15 @@ def read_tokens(path: Path) -> tuple[bytes, ...]:
 def _bearer(metadata) -> bytes | None:
     for key, value in metadata or ():
         if key == "authorization":
-            text = value if isinstance(value, str) else value.decode("utf-8", "replace")
-            scheme, _, token = text.partition(" ")
-            if scheme.lower() == "bearer" and token:
-                return token.strip().encode()
+            return bearer_token(value if isinstance(value, str) else value.decode("utf-8", "replace"))
+    return None
+
+
+def bearer_token(authorization: str | None) -> bytes | None:
+    """The token of an `authorization: Bearer <token>` value (gRPC metadata or HTTP header)."""
+    scheme, _, token = (authorization or "").partition(" ")
+    if scheme.lower() == "bearer" and token.strip():
+        return token.strip().encode()
     return None
 
 
@@ -47,25 +54,41 @@ def token_matches(token: bytes | None, accepted: tuple[bytes, ...]) -> bool:
     return matched
 
 
-class TokenAuthInterceptor(grpc.aio.ServerInterceptor):
+class TokenPolicy:
+    """Who may call what, for every front end: open calls (health, when `health_open`), admin calls
+    (repository load/unload, when admin tokens are configured), and everything else."""
+
     def __init__(self, tokens: tuple[bytes, ...], admin_tokens: tuple[bytes, ...] | None, health_open: bool = True):
         self.tokens = tokens
         self.admin_tokens = admin_tokens
         self.health_open = health_open
 
+    def refusal(self, token: bytes | None, *, open_call: bool, admin_call: bool) -> ServiceError | None:
+        """The error to answer with, or None when the call may go ahead."""
+        if self.health_open and open_call:
+            return None
+        if admin_call and self.admin_tokens is not None:
+            if token_matches(token, self.admin_tokens):
+                return None
+            kind = PermissionDenied if token_matches(token, self.tokens) else Unauthenticated
+            return kind("repository load/unload needs an admin token")
+        if not token_matches(token, self.tokens):
+            if token is None:
+                return Unauthenticated("missing bearer token (metadata or header 'authorization: Bearer <token>')")
+            return Unauthenticated("invalid bearer token")
+        return None
+
+
+class TokenAuthInterceptor(grpc.aio.ServerInterceptor):
+    def __init__(self, policy: TokenPolicy):
+        self.policy = policy
+
     async def intercept_service(self, continuation, details):
         method = details.method
-        if self.health_open and method.startswith(OPEN_PREFIXES):
-            return await continuation(details)
-        token = _bearer(details.invocation_metadata)
-        if method in ADMIN_METHODS and self.admin_tokens is not None:
-            if not token_matches(token, self.admin_tokens):
-                code = grpc.StatusCode.PERMISSION_DENIED if token_matches(token, self.tokens) else grpc.StatusCode.UNAUTHENTICATED
-                return refusal_handler(code, "repository load/unload needs an admin token", method)
-            return await continuation(details)
-        if not token_matches(token, self.tokens):
-            reason = "missing bearer token (metadata 'authorization: Bearer <token>')" if token is None else "invalid bearer token"
-            return refusal_handler(grpc.StatusCode.UNAUTHENTICATED, reason, method)
+        refusal = self.policy.refusal(_bearer(details.invocation_metadata), open_call=method.startswith(OPEN_PREFIXES),
+                                      admin_call=method in ADMIN_METHODS)
+        if refusal is not None:
+            return refusal_handler(refusal.code, refusal.message, method)
         return await continuation(details)
 
 
@@ -89,9 +112,14 @@ def refusal_handler(code: grpc.StatusCode, message: str, method: str) -> grpc.Rp
     return grpc.unary_unary_rpc_method_handler(unary)
 
 
-def auth_interceptor(settings) -> TokenAuthInterceptor | None:
+def token_policy(settings) -> TokenPolicy | None:
+    """The server's policy from its token files; None when authentication is off."""
     if settings.auth_token_file is None:
         return None
     tokens = read_tokens(settings.auth_token_file)
     admin = read_tokens(settings.admin_token_file) if settings.admin_token_file else None
-    return TokenAuthInterceptor(tokens, admin, settings.auth_health_open)
+    return TokenPolicy(tokens, admin, settings.auth_health_open)
+
+
+def auth_interceptor(policy: TokenPolicy | None) -> TokenAuthInterceptor | None:
+    return TokenAuthInterceptor(policy) if policy is not None else None

@@ -21,9 +21,11 @@ from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
 
 from service.api import DESCRIPTOR_POOL
-from service.auth import auth_interceptor, refusal_handler
+from service.auth import auth_interceptor, refusal_handler, token_policy
 from service.api.convserve.v1 import vision_pb2, vision_pb2_grpc
 from service.api.inference import grpc_service_pb2, grpc_service_pb2_grpc
+from service.http.app import HttpServer, start_http
+from service.http.calls import RequestPath
 from service.memory import return_freed_memory, trim_periodically
 from service.pipelines.core import Stages
 from service.metrics import Metrics
@@ -72,6 +74,11 @@ class RunningServer:
     shared_memory: SharedMemoryRegistry
     calls: CallRunner
     memory_trimmer: asyncio.Task | None = None
+    http: HttpServer | None = None
+
+    @property
+    def http_port(self) -> int | None:
+        return self.http.port if self.http else None
 
     async def stop(self) -> None:
         await shutdown(self)
@@ -115,13 +122,14 @@ async def start_server(settings: ServerSettings, interceptors: list | None = Non
     stages = Stages(registry, metrics, settings.limits, settings.preprocess_threads or cpu_count())
     calls = CallRunner(metrics, registry, settings.limits)
     shared_memory = SharedMemoryRegistry(SharedMemoryMetrics(metrics.registry))
-    chain = [AdmissionInterceptor(lifecycle), auth_interceptor(settings), *(interceptors or [])]
+    policy = token_policy(settings)
+    chain = [AdmissionInterceptor(lifecycle), auth_interceptor(policy), *(interceptors or [])]
     server = grpc.aio.server(
         interceptors=[i for i in chain if i is not None], options=_grpc_options(settings),
         maximum_concurrent_rpcs=None,
     )
-    grpc_service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
-        InferenceServicer(stages, calls, lifecycle, settings.repository_api, shared_memory=shared_memory), server)
+    v2 = InferenceServicer(stages, calls, lifecycle, settings.repository_api, shared_memory=shared_memory)
+    grpc_service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(v2, server)
     vision_pb2_grpc.add_VisionServiceServicer_to_server(VisionServicer(stages, calls), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -137,11 +145,15 @@ async def start_server(settings: ServerSettings, interceptors: list | None = Non
         http_server, _ = start_http_server(settings.metrics_port, addr=settings.host, registry=metrics.registry)
         metrics_port = http_server.server_port
     await server.start()
+    http = None
+    if settings.http_port >= 0:
+        http = await start_http(settings, RequestPath(stages, v2, shared_memory, lifecycle), calls, lifecycle, policy)
     log.info("server started", extra={"event": "server_started", "port": port, "metrics_port": metrics_port,
+                                        "http_port": http.port if http else None,
                                         "providers": ",".join(settings.providers), "model_repo": str(settings.model_repo)})
     trimmer = asyncio.get_running_loop().create_task(trim_periodically())
     running = RunningServer(server, port, metrics_port, registry, metrics, lifecycle, health_servicer, stages,
-                            settings, shared_memory, calls, trimmer)
+                            settings, shared_memory, calls, trimmer, http)
     started = time.perf_counter()
     _warn_cuda_once(settings)
     await registry.load_all()
@@ -189,6 +201,8 @@ async def shutdown(running: RunningServer) -> None:
     # Keep answering UNAVAILABLE a moment after the drain, so clients still sending learn it from a
     # status rather than from a transport closing under a request in flight.
     await asyncio.sleep(min(1.0, settings.shutdown_grace_s))
+    if running.http is not None:
+        await running.http.stop()
     await running.server.stop(grace=settings.drain_timeout_s)
     running.stages.close()
     running.shared_memory.close()  # every region unmapped; clients keep (and unlink) their objects

@@ -29,6 +29,7 @@ class Limits:
     max_deadline_s: float = 300.0
     stream_max_pending: int = 8
     v2_reject_non_finite: bool = False
+    max_json_elements: int = 4_194_304
 
 
 @dataclass(frozen=True)
@@ -37,6 +38,7 @@ class ServerSettings:
     host: str = "0.0.0.0"
     port: int = 8001
     metrics_port: int = 8002
+    http_port: int = 8000
     providers: tuple[str, ...] = ("cuda", "cpu")
     require_gpu: bool = False
     log_format: str = "json"
@@ -63,6 +65,8 @@ _HELP = {
     "host": "address to bind the gRPC port on",
     "port": "gRPC port (0 picks a free one; the chosen port is logged)",
     "metrics_port": "Prometheus /metrics HTTP port (0 picks a free one, -1 disables)",
+    "http_port": "Open Inference Protocol REST, vision JSON API and browser console port "
+                 "(0 picks a free one, -1 disables)",
     "providers": "ordered execution providers, comma separated: cuda,cpu",
     "require_gpu": "fail a model's load when CUDA was asked for but its session does not run on CUDA",
     "log_format": "json or kv (key=value)",
@@ -83,7 +87,9 @@ _HELP = {
     "tls_cert": "PEM server certificate chain (enables TLS)",
     "tls_key": "PEM private key of tls_cert",
     "tls_client_ca": "PEM CA bundle: require client certificates signed by it (mutual TLS)",
-    "max_message_bytes": "largest gRPC message accepted or sent",
+    "max_message_bytes": "largest gRPC message or HTTP request body accepted (or gRPC message sent)",
+    "max_json_elements": "most values (numbers, strings) one HTTP JSON body may hold, checked before parsing; "
+                         "larger tensors go as binary data (Inference-Header-Content-Length)",
     "max_images_per_request": "most images in one request",
     "max_pixels": "largest image, in pixels, checked from the header before decoding",
     "max_concurrent_streams": "most concurrent streaming calls",
@@ -189,8 +195,8 @@ def validate(settings: ServerSettings) -> None:
                         f"got {settings.http2_max_frame_bytes}")
     if settings.http2_lookahead_bytes < 0:
         problems.append("http2_lookahead_bytes must be >= 0")
-    for name in ("max_message_bytes", "max_images_per_request", "max_pixels", "max_concurrent_streams", "stream_max_pending",
-                 "max_streams_per_peer", "stream_idle_timeout_s"):
+    for name in ("max_message_bytes", "max_images_per_request", "max_pixels", "max_concurrent_streams",
+                 "stream_max_pending", "max_streams_per_peer", "stream_idle_timeout_s", "max_json_elements"):
         if getattr(settings.limits, name) <= 0:
             problems.append(f"{name} must be > 0")
     if settings.limits.max_streams_per_peer > settings.limits.max_concurrent_streams:

@@ -124,6 +124,10 @@ class ServerThread:
     def metrics_url(self) -> str:
         return f"http://127.0.0.1:{self.running.metrics_port}/metrics"
 
+    @property
+    def http_url(self) -> str:
+        return f"http://127.0.0.1:{self.running.http_port}"
+
     def stop(self) -> None:
         if self.running is not None:
             self.call(self.running.stop(), timeout=120)
@@ -133,7 +137,7 @@ class ServerThread:
 
 def test_settings(repo: Path, **overrides) -> ServerSettings:
     limits = overrides.pop("limits", Limits())
-    base = dict(model_repo=repo, host="127.0.0.1", port=0, metrics_port=0, providers=("cpu",),
+    base = dict(model_repo=repo, host="127.0.0.1", port=0, metrics_port=0, http_port=-1, providers=("cpu",),
                 drain_timeout_s=5.0, shutdown_grace_s=0.0, log_level="warning", limits=limits)
     base.update(overrides)
     return ServerSettings(**base)

@@ -187,27 +187,15 @@ class CallRunner:
         finally:
             gauge.dec()
 
-    async def unary(self, method: str, model_name: str, context: grpc.aio.ServicerContext, body: Callable[[RequestContext], Awaitable[T]]) -> T:
+    async def unary(self, method: str, model_name: str, context: grpc.aio.ServicerContext,
+                    body: Callable[[RequestContext], Awaitable[T]]) -> T:
         ctx = self.new_context(method, context)
-        ctx.model = model_name
-        inflight = self._children.get(self.metrics.inflight, self.model_label(model_name))
-        inflight.inc()  # inline rather than `with self.inflight(...)`: this runs on every RPC
-        self._active_calls += 1
-        failure = None
         try:
-            response = await body(ctx)
+            return await self.run(ctx, model_name, body)
         except asyncio.CancelledError:
-            self.finish(ctx, grpc.StatusCode.CANCELLED, "cancelled by the client")
             raise
-        except Exception as exc:  # mapped to a status in one place
+        except Exception as exc:  # already recorded by run(); the same mapping gives the client its status
             failure = status_of(exc)
-            self.finish(ctx, *failure, exc if not isinstance(exc, ServiceError) else None)
-        else:
-            self.finish(ctx, grpc.StatusCode.OK, "")
-            return response
-        finally:
-            inflight.dec()
-            self._active_calls -= 1
         # The status is set, not raised with context.abort: gRPC keeps an abort's exception on the
         # call, and its traceback holds this frame and the ones below (the request's bytes, its
         # tensors) in a reference cycle only the garbage collector frees. With a non-OK status set,
@@ -215,6 +203,36 @@ class CallRunner:
         context.set_code(failure[0])
         context.set_details(failure[1])
         return None  # type: ignore[return-value]
+
+    def plain_context(self, method: str, request_id: str | None, timeout_s: float | None) -> RequestContext:
+        """A request context for a front end without gRPC metadata (HTTP): the client's request id
+        (bounded) or a new one, and its timeout capped by max_deadline_s as gRPC deadlines are."""
+        budget = self.limits.max_deadline_s if timeout_s is None else min(timeout_s, self.limits.max_deadline_s)
+        return RequestContext(method=method, deadline=time.monotonic() + budget,
+                              request_id=request_id[:MAX_REQUEST_ID] if request_id else new_request_id())
+
+    async def run(self, ctx: RequestContext, model_name: str, body: Callable[[RequestContext], Awaitable[T]]) -> T:
+        """Run one request's body, counted in flight and as an active call (what a shutdown drains),
+        and record its outcome (metrics, logs); an error is recorded with its status and raised again
+        for the front end (gRPC or HTTP) to report."""
+        ctx.model = model_name
+        inflight = self._children.get(self.metrics.inflight, self.model_label(model_name))
+        inflight.inc()  # inline rather than `with self.inflight(...)`: this runs on every call
+        self._active_calls += 1
+        try:
+            response = await body(ctx)
+        except asyncio.CancelledError:
+            self.finish(ctx, grpc.StatusCode.CANCELLED, "cancelled by the client")
+            raise
+        except Exception as exc:  # mapped to a status in one place
+            self.finish(ctx, *status_of(exc), exc if not isinstance(exc, ServiceError) else None)
+            raise
+        else:
+            self.finish(ctx, grpc.StatusCode.OK, "")
+            return response
+        finally:
+            inflight.dec()
+            self._active_calls -= 1
 
     def finish(self, ctx: RequestContext, code: grpc.StatusCode, message: str, unexpected: BaseException | None = None) -> None:
         """Record one finished request (or stream frame): counters, stage latencies, logs.

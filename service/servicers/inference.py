@@ -57,47 +57,63 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         return pb.ServerMetadataResponse(name="convserve", version=__version__, extensions=list(EXTENSIONS))
 
     async def ModelMetadata(self, request, context):
-        async def body(ctx):
-            loaded = self.stages.resolve(ctx, ModelRef(request.name, request.version))
-            return info.model_metadata(self.registry.entries[request.name], loaded)
-        return await self.calls.unary("ModelMetadata", request.name, context, body)
+        return await self.calls.unary("ModelMetadata", request.name, context,
+                                      lambda ctx: self.metadata(ctx, request.name, request.version))
 
     async def ModelConfig(self, request, context):
-        async def body(ctx):
-            return info.model_config(self.stages.resolve(ctx, ModelRef(request.name, request.version)))
-        return await self.calls.unary("ModelConfig", request.name, context, body)
+        return await self.calls.unary("ModelConfig", request.name, context,
+                                      lambda ctx: self.config(ctx, request.name, request.version))
 
     async def ModelStatistics(self, request, context):
-        async def body(ctx):
-            names = [request.name] if request.name else sorted(self.registry.entries)
-            response = pb.ModelStatisticsResponse()
-            for name in names:
-                loaded = self.stages.resolve(ctx, ModelRef(name, request.version))
-                stats = self.calls.metrics.model_statistics(name)
-                last_ms = self._last_inference_ms.get(name, 0)
-                response.model_stats.append(info.model_statistics(name, str(loaded.version), stats, last_ms))
-            return response
-        return await self.calls.unary("ModelStatistics", request.name, context, body)
+        return await self.calls.unary("ModelStatistics", request.name, context,
+                                      lambda ctx: self.statistics(ctx, request.name, request.version))
 
     async def RepositoryIndex(self, request, context):
         return info.repository_index(self.registry.entries, request.ready)
 
     async def RepositoryModelLoad(self, request, context):
-        async def body(ctx):
-            self._require_repository_api()
-            find_model_directory(self.registry.repo, request.model_name)  # INVALID_ARGUMENT / NOT_FOUND, no path
-            entry = await self.registry.load(request.model_name)
-            if entry.state != "READY" or entry.reason:
-                raise Unavailable(f"model '{request.model_name}' failed to load: {entry.reason}")
-            return pb.RepositoryModelLoadResponse()
-        return await self.calls.unary("RepositoryModelLoad", request.model_name, context, body)
+        return await self.calls.unary("RepositoryModelLoad", request.model_name, context,
+                                      lambda ctx: self.load(request.model_name))
 
     async def RepositoryModelUnload(self, request, context):
-        async def body(ctx):
-            self._require_repository_api()
-            await self.registry.unload(request.model_name)
-            return pb.RepositoryModelUnloadResponse()
-        return await self.calls.unary("RepositoryModelUnload", request.model_name, context, body)
+        return await self.calls.unary("RepositoryModelUnload", request.model_name, context,
+                                      lambda ctx: self.unload(request.model_name))
+
+    # Plain-valued bodies, shared with the HTTP front end (service/http/calls.py).
+
+    async def metadata(self, ctx: RequestContext, name: str, version: str) -> pb.ModelMetadataResponse:
+        loaded = self.stages.resolve(ctx, ModelRef(name, version))
+        return info.model_metadata(self.registry.entries[name], loaded)
+
+    async def config(self, ctx: RequestContext, name: str, version: str) -> pb.ModelConfigResponse:
+        return info.model_config(self.stages.resolve(ctx, ModelRef(name, version)))
+
+    async def statistics(self, ctx: RequestContext, name: str, version: str) -> pb.ModelStatisticsResponse:
+        names = [name] if name else sorted(self.registry.entries)
+        response = pb.ModelStatisticsResponse()
+        for each in names:
+            loaded = self.stages.resolve(ctx, ModelRef(each, version))
+            stats = self.calls.metrics.model_statistics(each)
+            last_ms = self._last_inference_ms.get(each, 0)
+            response.model_stats.append(info.model_statistics(each, str(loaded.version), stats, last_ms))
+        return response
+
+    async def load(self, name: str) -> pb.RepositoryModelLoadResponse:
+        self._require_repository_api()
+        find_model_directory(self.registry.repo, name)  # INVALID_ARGUMENT / NOT_FOUND, no path
+        entry = await self.registry.load(name)
+        if entry.state != "READY" or entry.reason:
+            raise Unavailable(f"model '{name}' failed to load: {entry.reason}")
+        return pb.RepositoryModelLoadResponse()
+
+    async def unload(self, name: str) -> pb.RepositoryModelUnloadResponse:
+        self._require_repository_api()
+        await self.registry.unload(name)
+        return pb.RepositoryModelUnloadResponse()
+
+    def inference_done(self, model_name: str) -> None:
+        """ModelStatistics' last_inference, for inferences of either front end."""
+        self._last_inference_ms[model_name] = int(time.time() * 1000)
 
     def _require_repository_api(self) -> None:
         if not self.repository_api:
@@ -183,5 +199,5 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             tensors.append_output(response, name, value)
         if tensors.used:
             self.shared_memory.served(loaded.name)
-        self._last_inference_ms[loaded.name] = int(time.time() * 1000)
+        self.inference_done(loaded.name)
         return response

@@ -3,7 +3,7 @@
 No image is built here (that needs a Docker daemon and the network); instead every property the
 Kubernetes manifests and deploy/README.md depend on is read from the Dockerfiles: multi-stage with
 only the venv copied into the runtime stage, the serving extras only (no torch), a fixed non-root
-uid, ports 8001/8002, a HEALTHCHECK through `convserve health`, `convserve serve` as ENTRYPOINT,
+uid, ports 8000/8001/8002, a HEALTHCHECK through `convserve health`, `convserve serve` as ENTRYPOINT,
 and a Dockerfile-specific .dockerignore that lets through everything the COPY lines need.
 """
 
@@ -127,9 +127,10 @@ def test_runs_as_fixed_non_root_uid(dockerfile: Path) -> None:
 def test_ports_healthcheck_and_entrypoint(dockerfile: Path) -> None:
     runtime = runtime_stage(dockerfile)
     exposed = {port for e in runtime.all("EXPOSE") for port in e.args.split()}
-    assert exposed == {"8001", "8002"}
+    assert exposed == {"8000", "8001", "8002"}
     env = runtime.env()
-    assert (env["CONVSERVE_PORT"], env["CONVSERVE_METRICS_PORT"]) == ("8001", "8002")
+    ports = (env["CONVSERVE_PORT"], env["CONVSERVE_METRICS_PORT"], env["CONVSERVE_HTTP_PORT"])
+    assert ports == ("8001", "8002", "8000")
     assert env["CONVSERVE_PROVIDERS"] == EXPECTED[dockerfile]["providers"]
 
     checks = runtime.all("HEALTHCHECK")

@@ -151,7 +151,8 @@ def test_probes_use_the_grpc_health_port(rendered: dict[str, list[Manifest]], va
     server = container(manifests)
     ports = {p["name"]: p["containerPort"] for p in server["ports"]}
     config = server_config(manifests)
-    assert ports == {"grpc": int(config["CONVSERVE_PORT"]), "metrics": int(config["CONVSERVE_METRICS_PORT"])}
+    assert ports == {"grpc": int(config["CONVSERVE_PORT"]), "metrics": int(config["CONVSERVE_METRICS_PORT"]),
+                     "http": int(config["CONVSERVE_HTTP_PORT"])}
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
         assert server[probe]["grpc"] == {"port": ports["grpc"], "service": ""}, probe
     # Startup must allow longer than readiness/liveness would: that is its whole point.

@@ -171,7 +171,7 @@ def matrix_server(tmp_path_factory):
     write_tiny_model(repo, "victim")
     write_rgb_and_detector(repo)
     limits = Limits(max_message_bytes=4 * 1024 * 1024, max_images_per_request=6, v2_reject_non_finite=True)
-    server = ServerThread(test_settings(repo, limits=limits)).start()
+    server = ServerThread(test_settings(repo, limits=limits, http_port=0)).start()  # HTTP: test_bad_inputs_http.py
     channel = grpc.insecure_channel(server.address, options=[("grpc.max_send_message_length", 64 * 1024 * 1024)])
     yield server, vpb_grpc.VisionServiceStub(channel), pb_grpc.GRPCInferenceServiceStub(channel)
     channel.close()

@@ -9,6 +9,7 @@ may appear.
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import time
@@ -37,6 +38,9 @@ def test_demo_runs_every_rpc_on_the_bundled_models(tmp_path):
     assert not missing, f"no output for {missing}:\n{out[-4000:]}"
     assert "skipped" not in out and "FAILED" not in out + done.stderr
     assert "convserve_requests_total = " in out and "exit code 0" in out
+    console = re.search(r"browser console: (http://127\.0\.0\.1:\d+/)", out)
+    assert console, out[-2000:]  # the finite run prints the console's URL (make console keeps it up)
+    assert "POST /v1/models/lenet5/classify (digit_7.png) -> 7 " in out
     output = REPO_ROOT / "demo-output"
     for pattern, least in (("scene_*.detect.jpg", 3), ("scene_*.segment.png", 3), ("*.cam.jpg", 4)):
         written = [f for f in output.glob(pattern) if f.stat().st_mtime >= started]  # this run's, not leftovers

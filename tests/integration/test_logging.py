@@ -81,6 +81,7 @@ class ServeProcess:
         self.lines: list[str] = []
         self._changed = threading.Condition()
         args = ["serve", "--model-repo", str(repo), "--host", "127.0.0.1", "--port", "0", "--metrics-port", "-1",
+                "--http-port", "-1",
                 "--providers", "cpu", "--log-format", log_format, "--log-level", log_level,
                 "--shutdown-grace-s", "0", "--drain-timeout-s", "2", "--preprocess-threads", "1"]
         self.proc = subprocess.Popen(convserve_command() + args, cwd=REPO_ROOT, stdout=subprocess.DEVNULL,
