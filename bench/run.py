@@ -22,6 +22,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bench.http_rows import http_rows
 from bench.load import STREAMED_TENSOR, ServedPoint, run_served
 from bench.models import REPO_ROOT, digits_model, export_resnet18
 from bench.perf import ensure_perf_analyzer, run_perf_analyzer
@@ -39,6 +40,7 @@ JPEG_CONCURRENCY = (1, 16)
 JPEG_HW = (224, 224)  # a camera-sized frame, JPEG-decoded and preprocessed by the server
 VISION_JPEG = ("--api", "vision", "--image-size", f"{JPEG_HW[0]}x{JPEG_HW[1]}")
 STREAM_CONCURRENCY = (16, 64)
+HTTP_CONCURRENCY = 4  # the HTTP rows: tritonclient.http threads, JSON and binary tensors (bench/http_rows.py)
 
 
 @dataclass(frozen=True)
@@ -67,10 +69,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "bench" / "results", help="results directory")
     parser.add_argument("--models", default="resnet18,digits", help="comma list: resnet18, digits")
     parser.add_argument("--no-profile", action="store_true", help="skip the py-spy profile")
-    parser.add_argument("--intra-op-spinning", choices=["config", "on", "off"], default="config",
-                        help="override runtime.intra_op_spinning of every benchmarked model (default: as configured)")
-    parser.add_argument("--rescore", type=Path, metavar="RESULTS.json",
-                        help="re-evaluate the targets of an earlier run's JSON with this code and rewrite its JSON and markdown")
+    parser.add_argument(
+        "--intra-op-spinning",
+        choices=["config", "on", "off"],
+        default="config",
+        help="override runtime.intra_op_spinning of every benchmarked model (default: as configured)",
+    )
+    parser.add_argument(
+        "--rescore",
+        type=Path,
+        metavar="RESULTS.json",
+        help="re-evaluate the targets of an earlier run's JSON with this code and rewrite its JSON and markdown",
+    )
     args = parser.parse_args(argv)
     if args.rescore:
         return rescore(args.rescore)
@@ -120,8 +130,9 @@ def rescore(path: Path) -> int:
     data = json.loads(path.read_text())
     raw = {name: [RawPoint(**p) for p in points] for name, points in data["raw_onnxruntime"].items()}
     adjacent = {key: RawPoint(**p) for key, p in data.get("raw_onnxruntime_after_served", {}).items()}
-    raw_jpeg = {key: RawJpegPoint(**{**p, "image_hw": tuple(p["image_hw"])})
-                for key, p in data.get("raw_jpeg", {}).items()}
+    raw_jpeg = {
+        key: RawJpegPoint(**{**p, "image_hw": tuple(p["image_hw"])}) for key, p in data.get("raw_jpeg", {}).items()
+    }
     fields = {f for f in ServedPoint.__dataclass_fields__}
     served = [ServedPoint(**{k: v for k, v in p.items() if k in fields and k != "rss_mb"}) for p in data["served"]]
     memory = ServedPoint(**data["memory"]) if data.get("memory") else None
@@ -165,8 +176,8 @@ class ServedRun:
 
 
 def _served(repo: Path, models, plan: Plan, raw: dict[str, list[RawPoint]], skip_profile: bool) -> ServedRun:
-    say("starting the server (convserve serve)")
-    server = served_models(repo)
+    say("starting the server (convserve serve, gRPC and HTTP)")
+    server = served_models(repo, "--http-port", "0")
     run = ServedRun()
     has_perf_analyzer = ensure_perf_analyzer() is not None
     if not has_perf_analyzer:
@@ -183,6 +194,8 @@ def _served(repo: Path, models, plan: Plan, raw: dict[str, list[RawPoint]], skip
                 for concurrency in STREAM_CONCURRENCY:
                     point = run_served(server, model.name, STREAMED_TENSOR, concurrency, plan.duration, plan.warmup)
                     _record(run, point)
+            say(f"{model.name}: HTTP/REST, JSON vs binary tensors (tritonclient.http, concurrency {HTTP_CONCURRENCY})")
+            run.served.extend(http_rows(server, model.name, concurrency=HTTP_CONCURRENCY, duration=plan.duration))
         digits = next((m.name for m in models if m.name != "resnet18"), None)
         if digits and not skip_profile and has_perf_analyzer:
             say(f"profiling the server under {digits} perf_analyzer grpc c64 (py-spy)")
@@ -196,8 +209,9 @@ def _served(repo: Path, models, plan: Plan, raw: dict[str, list[RawPoint]], skip
     return run
 
 
-def _perf_points(server: ServerProcess, model, plan: Plan, raw: dict[str, list[RawPoint]], run: ServedRun,
-                 repo: Path) -> None:
+def _perf_points(
+    server: ServerProcess, model, plan: Plan, raw: dict[str, list[RawPoint]], run: ServedRun, repo: Path
+) -> None:
     """perf_analyzer at each concurrency, plain gRPC and shared memory back to back (so the two see
     the same background load); for resnet18, raw ONNX Runtime again right after each pair."""
     best = max((p.images_per_s for p in raw.get(model.name, [])), default=0.0)
@@ -212,9 +226,11 @@ def _perf_points(server: ServerProcess, model, plan: Plan, raw: dict[str, list[R
 
 
 def _record(run: ServedRun, point: ServedPoint) -> None:
-    say(f"{point.model} {point.payload} c{point.concurrency}: {point.throughput_rps:.1f} req/s, "
+    say(
+        f"{point.model} {point.payload} c{point.concurrency}: {point.throughput_rps:.1f} req/s, "
         f"p50 {point.latency_ms.get('p50', float('nan')):.2f} ms, server {point.server_cpu_us_per_request:.0f} us/req, "
-        f"others' CPU {point.others_cpu_s:.1f} s, errors {point.errors or '-'}")
+        f"others' CPU {point.others_cpu_s:.1f} s, errors {point.errors or '-'}"
+    )
     run.served.append(point)
 
 
@@ -244,14 +260,20 @@ def _meta(plan: Plan) -> dict:
 
     cpu = "unknown CPU"
     try:
-        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name"))
+        cpu = next(
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        )
     except (OSError, StopIteration):
         pass
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return {
-        "mode": plan.mode, "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "mode": plan.mode,
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "machine": f"{cpu}, {cores} cores usable, {platform.system()} {platform.release()}",
-        "loadavg_before": _loadavg(), "loadavg_after": "",
+        "loadavg_before": _loadavg(),
+        "loadavg_after": "",
         "versions": f"python {platform.python_version()}, onnxruntime {onnxruntime.__version__}, grpcio {grpc.__version__}, numpy {numpy.__version__}",
         "plan": plan.__dict__,
         "notes": [
