@@ -33,7 +33,15 @@ from dataclasses import asdict
 from pathlib import Path
 
 from bench.gpu_workloads import (
-    CUDA, Item, TimingRow, raw_timings, parity_items, resnet50_model, served_timings, session, tiny_model,
+    CUDA,
+    Item,
+    TimingRow,
+    raw_timings,
+    parity_items,
+    resnet50_model,
+    served_timings,
+    session,
+    tiny_model,
 )
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -41,18 +49,25 @@ REEXEC_MARK = "CONVSERVE_GPU_CHECK_ORT_TARGET"
 BUNDLED = ("lenet5", "simple_cnn", "bn_cnn", "yolo_grid", "fcn8s", "gap_cnn")
 
 
-def plan_onnxruntime(providers: list[str], distributions: dict[str, str], wheel: str | None, reexeced: bool) -> tuple[str, str]:
+def plan_onnxruntime(
+    providers: list[str], distributions: dict[str, str], wheel: str | None, reexeced: bool
+) -> tuple[str, str]:
     """What to do about ONNX Runtime: ("use", why), ("install", why) or ("missing", reason). Pure."""
     if CUDA in providers:
         return "use", f"{CUDA} available ({', '.join(f'{k} {v}' for k, v in distributions.items())})"
     if reexeced:
         return "missing", f"the wheel installed from --ort-gpu-wheel still offers no {CUDA} (providers: {providers})"
-    build = "only the CPU build `onnxruntime`" if "onnxruntime-gpu" not in distributions else "onnxruntime-gpu without CUDA"
+    build = (
+        "only the CPU build `onnxruntime`" if "onnxruntime-gpu" not in distributions else "onnxruntime-gpu without CUDA"
+    )
     if wheel:
         if not Path(wheel).is_file():
             return "missing", f"{build} is installed and --ort-gpu-wheel {wheel} does not exist"
         return "install", f"{build} is installed: installing {Path(wheel).name} into a temporary directory"
-    return "missing", f"{build} is installed (providers: {providers}); pass --ort-gpu-wheel PATH to an onnxruntime-gpu wheel"
+    return (
+        "missing",
+        f"{build} is installed (providers: {providers}); pass --ort-gpu-wheel PATH to an onnxruntime-gpu wheel",
+    )
 
 
 def ort_distributions() -> dict[str, str]:
@@ -70,8 +85,13 @@ def ort_distributions() -> dict[str, str]:
 def install_and_reexec(wheel: str) -> None:
     """pip install --no-deps the wheel into a temporary directory, then exec this script again with it first."""
     target = tempfile.mkdtemp(prefix="convserve-ort-gpu-")
-    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target", target, wheel], check=True)
-    env = dict(os.environ, **{REEXEC_MARK: target, "PYTHONPATH": os.pathsep.join(filter(None, [target, os.environ.get("PYTHONPATH")]))})
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target", target, wheel], check=True
+    )
+    env = dict(
+        os.environ,
+        **{REEXEC_MARK: target, "PYTHONPATH": os.pathsep.join(filter(None, [target, os.environ.get("PYTHONPATH")]))},
+    )
     os.execve(sys.executable, [sys.executable, "-m", "bench.gpu_check", *sys.argv[1:]], env)
 
 
@@ -87,7 +107,9 @@ def torch_description(load: bool) -> str:
         return f"torch {version} (not imported)"
     import torch
 
-    return f"torch {version}, built with CUDA {torch.version.cuda or 'none'}, cuda available: {torch.cuda.is_available()}"
+    return (
+        f"torch {version}, built with CUDA {torch.version.cuda or 'none'}, cuda available: {torch.cuda.is_available()}"
+    )
 
 
 def preload_cuda(ort) -> Item:
@@ -129,8 +151,13 @@ def models_for(args, scratch: Path) -> dict[str, Path]:
         if name != "resnet50" and (REPO_ROOT / "model_repo" / name / "config.yaml").is_file():
             shipped = scan_model(REPO_ROOT / "model_repo" / name)
             keep = str(shipped.default_version)  # only the served (fp32) version: INT8 QDQ graphs are for CPUs
-            shutil.copytree(shipped.directory, repo / name,
-                            ignore=lambda d, names: [n for n in names if Path(d) == shipped.directory and n.isdigit() and n != keep])
+            shutil.copytree(
+                shipped.directory,
+                repo / name,
+                ignore=lambda d, names, shipped=shipped, keep=keep: [
+                    n for n in names if Path(d) == shipped.directory and n.isdigit() and n != keep
+                ],
+            )
             found[name] = scan_model(repo / name).model_path(shipped.default_version)
     return found
 
@@ -162,8 +189,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bench/gpu_check.sh", description=__doc__.splitlines()[0])
     parser.add_argument("--cpu-smoke", action="store_true", help="CPU-only end-to-end run with a tiny model")
     parser.add_argument("--ort-gpu-wheel", help="onnxruntime-gpu wheel to use when only the CPU build is installed")
-    parser.add_argument("--models", default=",".join(("resnet50", *BUNDLED)),
-                        help="resnet50 and/or bundled models to include (comma list; default all)")
+    parser.add_argument(
+        "--models",
+        default=",".join(("resnet50", *BUNDLED)),
+        help="resnet50 and/or bundled models to include (comma list; default all)",
+    )
     parser.add_argument("--budget", type=float, default=270.0, help="seconds; later steps are reported not tested")
     parser.add_argument("--out", type=Path, help="write gpu_check.json and gpu_check.md here")
     args = parser.parse_args(argv)
@@ -176,8 +206,11 @@ def main(argv: list[str] | None = None) -> int:
     if action == "install" and not args.cpu_smoke:
         print(f"gpu_check: {why}", flush=True)
         install_and_reexec(args.ort_gpu_wheel)
-    print(f"python {sys.version.split()[0]}; {described}\nonnxruntime {ort.__version__} from {Path(ort.__file__).parent}"
-          f"\ninstalled builds: {distributions}\nproviders: {providers}", flush=True)
+    print(
+        f"python {sys.version.split()[0]}; {described}\nonnxruntime {ort.__version__} from {Path(ort.__file__).parent}"
+        f"\ninstalled builds: {distributions}\nproviders: {providers}",
+        flush=True,
+    )
     items = [Item("onnxruntime build", "ok" if action == "use" else "not tested", why)]
     rows: list[TimingRow] = []
     with tempfile.TemporaryDirectory(prefix="convserve-gpu-check-") as tmp:
@@ -190,15 +223,27 @@ def main(argv: list[str] | None = None) -> int:
     if args.out or not args.cpu_smoke:
         out = args.out or REPO_ROOT / "bench" / "results"
         out.mkdir(parents=True, exist_ok=True)
-        (out / "gpu_check.json").write_text(json.dumps({"items": [asdict(i) for i in items], "timings": [asdict(r) for r in rows],
-                                                         "providers": providers, "builds": distributions}, indent=2) + "\n")
+        (out / "gpu_check.json").write_text(
+            json.dumps(
+                {
+                    "items": [asdict(i) for i in items],
+                    "timings": [asdict(r) for r in rows],
+                    "providers": providers,
+                    "builds": distributions,
+                },
+                indent=2,
+            )
+            + "\n"
+        )
         (out / "gpu_check.md").write_text(f"# GPU check ({time.strftime('%Y-%m-%d %H:%M')})\n\n{report}\n")
     if os.environ.get(REEXEC_MARK, "").startswith(tempfile.gettempdir()):
         shutil.rmtree(os.environ[REEXEC_MARK], ignore_errors=True)  # the wheel installed for this run
     return 1 if any(i.status == "FAILED" for i in items) else 0
 
 
-def _measure(ort, args, models: dict[str, Path], scratch: Path, cuda_reason: str | None, items: list[Item], deadline: float) -> list[TimingRow]:
+def _measure(
+    ort, args, models: dict[str, Path], scratch: Path, cuda_reason: str | None, items: list[Item], deadline: float
+) -> list[TimingRow]:
     from service.config import load_model_config
 
     batches = (1, 4) if args.cpu_smoke else (1, 2, 4, 8, 16, 32, 64)
@@ -217,9 +262,14 @@ def _measure(ort, args, models: dict[str, Path], scratch: Path, cuda_reason: str
             items.append(Item(f"{name}: raw timings on {provider}", "FAILED", f"{type(exc).__name__}: {exc}"))
     if cuda_reason:
         items.append(Item("raw and served timings on CUDA", "not tested", cuda_reason + "; timed on the CPU instead"))
-    items.append(Item("CUDA shared memory (inputs in GPU memory)", "not tested",
-                      "the server implements system shared memory only; CudaSharedMemoryRegister answers UNIMPLEMENTED "
-                      "(docs/shared-memory.md); the served-shm rows use system shared memory"))
+    items.append(
+        Item(
+            "CUDA shared memory (inputs in GPU memory)",
+            "not tested",
+            "the server implements system shared memory only; CudaSharedMemoryRegister answers UNIMPLEMENTED "
+            "(docs/shared-memory.md); the served-shm rows use system shared memory",
+        )
+    )
     if time.monotonic() > deadline:
         items.append(Item("served path", "not tested", "time budget exhausted"))
         return rows
@@ -227,8 +277,13 @@ def _measure(ort, args, models: dict[str, Path], scratch: Path, cuda_reason: str
         served, actual = served_timings(scratch / "repo", configs, provider, batches, seconds)
         rows += served
         wrong = {m: p for m, p in actual.items() if p != provider}
-        items.append(Item(f"served path on {provider}", "FAILED" if wrong else "ok",
-                          f"models ready on: {actual}" + (f"; expected {provider}" if wrong else "")))
+        items.append(
+            Item(
+                f"served path on {provider}",
+                "FAILED" if wrong else "ok",
+                f"models ready on: {actual}" + (f"; expected {provider}" if wrong else ""),
+            )
+        )
     except Exception as exc:
         items.append(Item(f"served path on {provider}", "FAILED", f"{type(exc).__name__}: {exc}"))
     return rows

@@ -31,18 +31,32 @@ def tiny_model(directory: Path) -> Path:
     from onnx import TensorProto, helper, numpy_helper
 
     rng = np.random.default_rng(0)
-    weights = [numpy_helper.from_array(rng.standard_normal(s).astype(np.float32) * 0.2, n)
-               for n, s in (("w", (8, 3, 3, 3)), ("b", (8,)), ("fc", (10, 8)), ("fcb", (10,)))]
-    nodes = [helper.make_node("Conv", ["input", "w", "b"], ["c"], pads=[1, 1, 1, 1]), helper.make_node("Relu", ["c"], ["r"]),
-             helper.make_node("GlobalAveragePool", ["r"], ["g"]), helper.make_node("Flatten", ["g"], ["f"]),
-             helper.make_node("Gemm", ["f", "fc", "fcb"], ["logits"], transB=1)]
-    graph = helper.make_graph(nodes, "tiny", [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, 32, 32])],
-                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 10])], weights)
+    weights = [
+        numpy_helper.from_array(rng.standard_normal(s).astype(np.float32) * 0.2, n)
+        for n, s in (("w", (8, 3, 3, 3)), ("b", (8,)), ("fc", (10, 8)), ("fcb", (10,)))
+    ]
+    nodes = [
+        helper.make_node("Conv", ["input", "w", "b"], ["c"], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c"], ["r"]),
+        helper.make_node("GlobalAveragePool", ["r"], ["g"]),
+        helper.make_node("Flatten", ["g"], ["f"]),
+        helper.make_node("Gemm", ["f", "fc", "fcb"], ["logits"], transB=1),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "tiny",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, 32, 32])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 10])],
+        weights,
+    )
     (directory / "1").mkdir(parents=True)
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(directory / "1" / "model.onnx"))
+    onnx.save(
+        helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(directory / "1" / "model.onnx")
+    )
     (directory / "config.yaml").write_text(
         "name: tiny\ntask: classification\ninputs:\n- {name: input, dims: [-1, 3, 32, 32]}\n"
-        "outputs:\n- {name: logits, dims: [-1, 10]}\nbatching: {max_batch_size: 8}\n")
+        "outputs:\n- {name: logits, dims: [-1, 10]}\nbatching: {max_batch_size: 8}\n"
+    )
     return directory / "1" / "model.onnx"
 
 
@@ -56,11 +70,20 @@ def resnet50_model(directory: Path) -> Path:
     (directory / "1").mkdir(parents=True)
     path = directory / "1" / "model.onnx"
     with torch.no_grad():
-        torch.onnx.export(model, (torch.zeros(1, 3, 224, 224),), str(path), dynamo=False, opset_version=17,
-                          input_names=["input"], output_names=["logits"], dynamic_axes={"input": {0: "N"}, "logits": {0: "N"}})
+        torch.onnx.export(
+            model,
+            (torch.zeros(1, 3, 224, 224),),
+            str(path),
+            dynamo=False,
+            opset_version=17,
+            input_names=["input"],
+            output_names=["logits"],
+            dynamic_axes={"input": {0: "N"}, "logits": {0: "N"}},
+        )
     (directory / "config.yaml").write_text(
         "name: resnet50\ntask: classification\ninputs:\n- {name: input, dims: [-1, 3, 224, 224]}\n"
-        "outputs:\n- {name: logits, dims: [-1, 1000]}\nbatching: {max_batch_size: 64, max_queue_delay_us: 1000}\n")
+        "outputs:\n- {name: logits, dims: [-1, 1000]}\nbatching: {max_batch_size: 64, max_queue_delay_us: 1000}\n"
+    )
     return path
 
 
@@ -96,8 +119,13 @@ def parity_items(ort, name: str, path: Path, config, scratch: Path, cuda_reason:
     convert_fp16(path, fp16)
     items = []
     cpu16 = relative_difference(reference, session(ort, fp16, "CPUExecutionProvider").run(None, feed))
-    items.append(Item(f"{name}: fp16 on CPU vs fp32 on CPU", "ok" if cpu16 <= FP16_TOLERANCE else "FAILED",
-                      f"relative max diff {cpu16:.2e} (tolerance {FP16_TOLERANCE:g})"))
+    items.append(
+        Item(
+            f"{name}: fp16 on CPU vs fp32 on CPU",
+            "ok" if cpu16 <= FP16_TOLERANCE else "FAILED",
+            f"relative max diff {cpu16:.2e} (tolerance {FP16_TOLERANCE:g})",
+        )
+    )
     for label, file, tolerance in (("fp32", path, FP32_TOLERANCE), ("fp16", fp16, FP16_TOLERANCE)):
         check = f"{name}: {label} on CUDA vs fp32 on CPU"
         if cuda_reason:
@@ -105,7 +133,13 @@ def parity_items(ort, name: str, path: Path, config, scratch: Path, cuda_reason:
             continue
         try:
             diff = relative_difference(reference, session(ort, file, CUDA).run(None, feed))
-            items.append(Item(check, "ok" if diff <= tolerance else "FAILED", f"relative max diff {diff:.2e} (tolerance {tolerance:g})"))
+            items.append(
+                Item(
+                    check,
+                    "ok" if diff <= tolerance else "FAILED",
+                    f"relative max diff {diff:.2e} (tolerance {tolerance:g})",
+                )
+            )
         except Exception as exc:
             items.append(Item(check, "FAILED", f"{type(exc).__name__}: {exc}"))
     return items
@@ -132,7 +166,9 @@ def _median_run(call, seconds: float) -> float:
     return float(np.median(times))
 
 
-def raw_timings(name: str, path: Path, config, provider: str, batches: tuple[int, ...], seconds: float) -> list[TimingRow]:
+def raw_timings(
+    name: str, path: Path, config, provider: str, batches: tuple[int, ...], seconds: float
+) -> list[TimingRow]:
     """The server's own runtime (threads, IO binding on CUDA), without gRPC or batching."""
     from service.runtime import ModelRuntime
 
@@ -140,12 +176,14 @@ def raw_timings(name: str, path: Path, config, provider: str, batches: tuple[int
     rows = []
     for batch in (b for b in batches if b <= config.batching.max_batch_size):
         feed = sample_input(config, batch)
-        median = _median_run(lambda: runtime.run(feed), seconds)
+        median = _median_run(lambda feed=feed: runtime.run(feed), seconds)
         rows.append(TimingRow(name, "raw", runtime.provider, batch, round(median * 1000, 3), round(batch / median, 1)))
     return rows
 
 
-def served_timings(repo: Path, configs: dict, provider: str, batches: tuple[int, ...], seconds: float) -> tuple[list[TimingRow], dict]:
+def served_timings(
+    repo: Path, configs: dict, provider: str, batches: tuple[int, ...], seconds: float
+) -> tuple[list[TimingRow], dict]:
     """One client, one request at a time, each carrying a whole batch: the served path's latency cost,
     over plain gRPC ("served") and with input and output in system shared memory ("served-shm")."""
     from bench.server import served_models
@@ -159,11 +197,28 @@ def served_timings(repo: Path, configs: dict, provider: str, batches: tuple[int,
             for name, config in configs.items():
                 for batch in (b for b in batches if b <= config.batching.max_batch_size):
                     feed = sample_input(config, batch)
-                    median = _median_run(lambda: client.infer(name, feed), seconds)
-                    rows.append(TimingRow(name, "served", actual.get(name, "?"), batch, round(median * 1000, 3), round(batch / median, 1)))
+                    median = _median_run(lambda name=name, feed=feed: client.infer(name, feed), seconds)
+                    rows.append(
+                        TimingRow(
+                            name,
+                            "served",
+                            actual.get(name, "?"),
+                            batch,
+                            round(median * 1000, 3),
+                            round(batch / median, 1),
+                        )
+                    )
                     median = _shm_median_run(server.address, name, config, feed, seconds)
-                    rows.append(TimingRow(name, "served-shm", actual.get(name, "?"), batch, round(median * 1000, 3),
-                                          round(batch / median, 1)))
+                    rows.append(
+                        TimingRow(
+                            name,
+                            "served-shm",
+                            actual.get(name, "?"),
+                            batch,
+                            round(median * 1000, 3),
+                            round(batch / median, 1),
+                        )
+                    )
     finally:
         server.stop()
     return rows, actual
@@ -175,13 +230,15 @@ def _shm_median_run(address: str, name: str, config, feed: dict[str, np.ndarray]
     import tritonclient.grpc as triton
     import tritonclient.utils.shared_memory as shm
 
-    (input_name, array), = feed.items()
+    ((input_name, array),) = feed.items()
     output = config.outputs[0]
     item = int(np.prod([d if d > 0 else 1 for d in output.dims[1:]]))
     out_bytes = array.shape[0] * item * 4 * 64  # float32, with room for free (-1) output dimensions
     key = f"/convserve_gpu_check_{name}"
-    regions = [shm.create_shared_memory_region(f"{name}_in", f"{key}_in", array.nbytes),
-               shm.create_shared_memory_region(f"{name}_out", f"{key}_out", out_bytes)]
+    regions = [
+        shm.create_shared_memory_region(f"{name}_in", f"{key}_in", array.nbytes),
+        shm.create_shared_memory_region(f"{name}_out", f"{key}_out", out_bytes),
+    ]
     client = triton.InferenceServerClient(address)
     try:
         shm.set_shared_memory_region(regions[0], [array])

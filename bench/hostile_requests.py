@@ -47,9 +47,17 @@ def lying_tiff(real: int = 30000, fake: int = 10) -> bytes:
     """A little-endian TIFF with ImageWidth/ImageLength each given twice: first as SLONG real, then
     as SHORT fake. libtiff takes the first; a reader that skips SLONG took the second."""
     entries = [
-        (256, 9, 1, real), (256, 3, 1, fake), (257, 9, 1, real), (257, 3, 1, fake),
-        (258, 3, 1, 8), (259, 3, 1, 1), (262, 3, 1, 1), (273, 4, 1, 8 + 2 + 12 * 11 + 4),
-        (277, 3, 1, 1), (278, 4, 1, real), (279, 4, 1, 64),
+        (256, 9, 1, real),
+        (256, 3, 1, fake),
+        (257, 9, 1, real),
+        (257, 3, 1, fake),
+        (258, 3, 1, 8),
+        (259, 3, 1, 1),
+        (262, 3, 1, 1),
+        (273, 4, 1, 8 + 2 + 12 * 11 + 4),
+        (277, 3, 1, 1),
+        (278, 4, 1, real),
+        (279, 4, 1, 64),
     ]
     ifd = struct.pack("<H", len(entries))
     for tag, kind, count, value in entries:
@@ -102,9 +110,10 @@ def detect_with_class_filter(model: str, encoded: bytes, entries: int = 1_000_00
 
 # Run as `python -c MONITOR <address> <server pid> <interval s>`: until its stdin closes, alternately
 # a health check and a good ModelInfer on model "tiny", each timed (and kept with its wall-clock
-# time in "timeline"), and the server's VmRSS from /proc sampled; then one JSON line on stdout. A separate process, so the clients' own work in the
+# time in "timeline"), and the server's VmRSS from /proc sampled; then one JSON line on stdout.
+# A separate process, so the clients' own work in the
 # test process (building 64 MB messages) does not hold this client's GIL and skew its latencies.
-MONITOR = r'''
+MONITOR = r"""
 import json, sys, threading, time
 import grpc, numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -139,7 +148,7 @@ with grpc.insecure_channel(address) as channel:
         out["rss_mib"].append(rss_mib())
         time.sleep(interval)
 print(json.dumps(out))
-'''
+"""
 
 
 def plain_huge_jpeg(side: int = 30000) -> bytes:

@@ -47,16 +47,44 @@ def payload_flags(payload: str) -> list[str]:
     return ["--payload", payload]
 
 
-def run_served(server: ServerProcess, model: str, payload: str, concurrency: int, duration: float, warmup: float,
-               extra: tuple[str, ...] = (), sample_rss: bool = False) -> ServedPoint:
+def run_served(
+    server: ServerProcess,
+    model: str,
+    payload: str,
+    concurrency: int,
+    duration: float,
+    warmup: float,
+    extra: tuple[str, ...] = (),
+    sample_rss: bool = False,
+) -> ServedPoint:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "summary.json"
-        command = [sys.executable, "-m", "loadtest", "--host", server.address, "--model", model, *payload_flags(payload),
-                   "--concurrency", str(concurrency), "--duration", str(duration), "--warmup", str(warmup),
-                   "--timeout", "60", "--json", str(out), *extra]
+        command = [
+            sys.executable,
+            "-m",
+            "loadtest",
+            "--host",
+            server.address,
+            "--model",
+            model,
+            *payload_flags(payload),
+            "--concurrency",
+            str(concurrency),
+            "--duration",
+            str(duration),
+            "--warmup",
+            str(warmup),
+            "--timeout",
+            "60",
+            "--json",
+            str(out),
+            *extra,
+        ]
         samples: list[tuple[float, float]] = []
         stop = threading.Event()
-        sampler = threading.Thread(target=_sample_rss, args=(server, samples, stop), daemon=True) if sample_rss else None
+        sampler = (
+            threading.Thread(target=_sample_rss, args=(server, samples, stop), daemon=True) if sample_rss else None
+        )
         children_before = _children_cpu()
         cpu_before, busy_before, started = server.cpu_seconds(), system_busy_seconds(), time.monotonic()
         if sampler:
@@ -71,11 +99,18 @@ def run_served(server: ServerProcess, model: str, payload: str, concurrency: int
         report = json.loads(out.read_text())
     total = report["requests_ok"] + report["requests_failed"] + report["warmup_requests"] + 1
     return ServedPoint(
-        model=model, payload=payload, concurrency=concurrency, throughput_rps=report["throughput_rps"],
-        images_per_s=report["images_per_s"], latency_ms=report["latency_ms"], errors=report["errors"],
-        requests_total=total, server_cpu_us_per_request=round(1e6 * server_cpu / total, 1),
+        model=model,
+        payload=payload,
+        concurrency=concurrency,
+        throughput_rps=report["throughput_rps"],
+        images_per_s=report["images_per_s"],
+        latency_ms=report["latency_ms"],
+        errors=report["errors"],
+        requests_total=total,
+        server_cpu_us_per_request=round(1e6 * server_cpu / total, 1),
         client_cpu_us_per_request=round(1e6 * report["client_cpu_s"] / total, 1),
-        others_cpu_s=round(max(0.0, busy - server_cpu - client_cpu), 2), wall_s=round(wall, 2),
+        others_cpu_s=round(max(0.0, busy - server_cpu - client_cpu), 2),
+        wall_s=round(wall, 2),
         rss_mb=[(round(t, 1), round(mb, 1)) for t, mb in samples],
     )
 

@@ -38,12 +38,26 @@ def main(argv: list[str] | None = None) -> int:
     model = args.model or pick_model(args.model_repo)
     server = served_models(args.model_repo)
     try:
-        common = [sys.executable, "-m", "loadtest", "--host", server.address, "--model", model, "--duration", str(args.seconds), "--warmup", "1"]
+        common = [
+            sys.executable,
+            "-m",
+            "loadtest",
+            "--host",
+            server.address,
+            "--model",
+            model,
+            "--duration",
+            str(args.seconds),
+            "--warmup",
+            "1",
+        ]
         print(f"== closed loop, V2 tensors, concurrency 8 ({model})", flush=True)
         subprocess.run([*common, "--concurrency", "8"], cwd=REPO_ROOT, check=True)
         print(f"\n== open loop, 100 req/s Poisson, JPEG through the vision API ({model})", flush=True)
         plot = ["--plot", str(args.plot)] if _has_matplotlib() else []
-        subprocess.run([*common, "--rate", "100", "--api", "vision", "--payload", "jpeg", *plot], cwd=REPO_ROOT, check=True)
+        subprocess.run(
+            [*common, "--rate", "100", "--api", "vision", "--payload", "jpeg", *plot], cwd=REPO_ROOT, check=True
+        )
         if plot:
             print(f"\nplot: {args.plot}")
     finally:

@@ -82,8 +82,10 @@ def main(argv: list[str] | None = None) -> int:
                 time.sleep(TRIM_INTERVAL_S + 1)  # the server hands free pages back every TRIM_INTERVAL_S
                 stop.set()
                 sampler.join()
-                print(f"{name}: {counts} in {seconds:.1f} s; server VmRSS peak {max(rss):.0f} MB, "
-                      f"{TRIM_INTERVAL_S + 1:g} s later {server.rss_mb():.0f} MB")
+                print(
+                    f"{name}: {counts} in {seconds:.1f} s; server VmRSS peak {max(rss):.0f} MB, "
+                    f"{TRIM_INTERVAL_S + 1:g} s later {server.rss_mb():.0f} MB"
+                )
     finally:
         server.stop()
     return 0

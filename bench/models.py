@@ -53,9 +53,16 @@ def export_resnet18(repo: Path) -> BenchModel:
     model = torchvision.models.resnet18(weights=None).eval()
     path = directory / "1" / "model.onnx"
     with torch.no_grad():
-        torch.onnx.export(model, (torch.zeros(1, 3, 224, 224),), str(path), dynamo=False, opset_version=17,
-                          input_names=["input"], output_names=["logits"],
-                          dynamic_axes={"input": {0: "N"}, "logits": {0: "N"}})
+        torch.onnx.export(
+            model,
+            (torch.zeros(1, 3, 224, 224),),
+            str(path),
+            dynamo=False,
+            opset_version=17,
+            input_names=["input"],
+            output_names=["logits"],
+            dynamic_axes={"input": {0: "N"}, "logits": {0: "N"}},
+        )
     (directory / "config.yaml").write_text(RESNET18_CONFIG)
     (directory / "labels.txt").write_text("".join(f"class_{i}\n" for i in range(1000)))
     return BenchModel("resnet18", path, "torchvision resnet18(weights=None), 224x224, random weights, exported here")
@@ -73,6 +80,9 @@ def digits_model(repo: Path) -> BenchModel:
     from conftest import write_tiny_model  # the shared test fixture's model
 
     write_tiny_model(repo, "digits", max_batch=64, delay_us=500, queue=1024)
-    return BenchModel("digits", repo / "digits" / "1" / "model.onnx",
-                      "STAND-IN: model_repo/lenet5 does not exist yet; the tiny 1x8x8 3-class classifier "
-                      "from tests/conftest.py (max_batch 64) is served instead")
+    return BenchModel(
+        "digits",
+        repo / "digits" / "1" / "model.onnx",
+        "STAND-IN: model_repo/lenet5 does not exist yet; the tiny 1x8x8 3-class classifier "
+        "from tests/conftest.py (max_batch 64) is served instead",
+    )

@@ -54,8 +54,11 @@ def child(model: str, setting: str, sizes: list[int]) -> dict:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=str(REPO_ROOT / "model_repo" / "fcn8s" / "1" / "model.onnx"))
-    parser.add_argument("--sizes", default="256,512,1024,1440,512,256",
-                        help="square input sizes (multiples of the stride, 32 for fcn8s), run in order")
+    parser.add_argument(
+        "--sizes",
+        default="256,512,1024,1440,512,256",
+        help="square input sizes (multiples of the stride, 32 for fcn8s), run in order",
+    )
     parser.add_argument("--child", default="", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     sizes = [int(s) for s in args.sizes.split(",")]
@@ -63,8 +66,23 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(child(args.model, args.child, sizes)))
         return 0
     for setting in SETTINGS:
-        out = subprocess.run([sys.executable, "-m", "bench.ort_memory", "--model", args.model, "--sizes", args.sizes,
-                              "--child", setting], capture_output=True, text=True, check=True, cwd=REPO_ROOT)
+        out = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "bench.ort_memory",
+                "--model",
+                args.model,
+                "--sizes",
+                args.sizes,
+                "--child",
+                setting,
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+            cwd=REPO_ROOT,
+        )
         result = json.loads(out.stdout)
         runs = "  ".join(f"{r['size']}:{r['rss_mib']:.0f}" for r in result["runs"])
         print(f"{setting:26s} peak {result['peak_mib']:7.0f} MiB   RSS after each run (size:MiB) {runs}")

@@ -23,8 +23,9 @@ import tritonclient.grpc as triton
 from bench.load import ServedPoint
 from bench.server import REPO_ROOT, ServerProcess, system_busy_seconds
 
-PERF_ANALYZER = Path(os.environ.get("PERF_ANALYZER_BIN",
-                                    Path.home() / ".cache" / "convserve" / "perf_analyzer" / "perf_analyzer"))
+PERF_ANALYZER = Path(
+    os.environ.get("PERF_ANALYZER_BIN", Path.home() / ".cache" / "convserve" / "perf_analyzer" / "perf_analyzer")
+)
 TRANSPORTS = {"grpc": "none", "shm": "system"}  # payload name in the results -> --shared-memory value
 
 
@@ -35,8 +36,13 @@ def perf_payload(transport: str) -> str:
 def ensure_perf_analyzer() -> Path | None:
     """The binary, fetched by the project's setup script when missing; None when it cannot be had."""
     if not PERF_ANALYZER.exists():
-        subprocess.run(["bash", str(REPO_ROOT / "scripts" / "ensure_perf_analyzer.sh")], cwd=REPO_ROOT,
-                       capture_output=True, text=True, timeout=900)
+        subprocess.run(
+            ["bash", str(REPO_ROOT / "scripts" / "ensure_perf_analyzer.sh")],
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=900,
+        )
     return PERF_ANALYZER if PERF_ANALYZER.exists() else None
 
 
@@ -60,8 +66,9 @@ def write_input_data(server: ServerProcess, model: str, directory: Path) -> None
         (directory / tensor.name).write_bytes(rng.standard_normal(dims).astype("<f4").tobytes())
 
 
-def run_perf_analyzer(server: ServerProcess, model: str, transport: str, concurrency: int, duration: float,
-                      min_window_s: float = 1.0) -> ServedPoint:
+def run_perf_analyzer(
+    server: ServerProcess, model: str, transport: str, concurrency: int, duration: float, min_window_s: float = 1.0
+) -> ServedPoint:
     """perf_analyzer at one concurrency: three windows of max(duration / 3, min_window_s) each,
     reported whatever their spread (a stability percentage of 1000: on a shared machine
     perf_analyzer's default 10 % would fail runs instead of measuring them; the spread shows in the
@@ -74,10 +81,29 @@ def run_perf_analyzer(server: ServerProcess, model: str, transport: str, concurr
         report, data = Path(tmp) / "perf.csv", Path(tmp) / "data"
         data.mkdir()
         write_input_data(server, model, data)
-        command = [str(binary), "-m", model, "-i", "grpc", "-u", server.address,
-                   "--concurrency-range", str(concurrency),
-                   "--measurement-interval", str(window_ms), "--stability-percentage", "1000", "--max-trials", "3",
-                   "--input-data", str(data), "--shared-memory", TRANSPORTS[transport], "-f", str(report)]
+        command = [
+            str(binary),
+            "-m",
+            model,
+            "-i",
+            "grpc",
+            "-u",
+            server.address,
+            "--concurrency-range",
+            str(concurrency),
+            "--measurement-interval",
+            str(window_ms),
+            "--stability-percentage",
+            "1000",
+            "--max-trials",
+            "3",
+            "--input-data",
+            str(data),
+            "--shared-memory",
+            TRANSPORTS[transport],
+            "-f",
+            str(report),
+        ]
         before, cpu_before, busy_before = answered(server, model), server.cpu_seconds(), system_busy_seconds()
         client_before = _children_cpu()
         done = subprocess.run(command, capture_output=True, text=True, timeout=4 * window_ms / 1000 * 3 + 120)
@@ -90,11 +116,18 @@ def run_perf_analyzer(server: ServerProcess, model: str, transport: str, concurr
     throughput = float(row["Inferences/Second"])
     latency = {name: round(float(row[f"{name} latency"]) / 1000, 3) for name in ("p50", "p90", "p99")}
     return ServedPoint(
-        model=model, payload=perf_payload(transport), concurrency=concurrency, throughput_rps=throughput,
-        images_per_s=throughput, latency_ms=latency, errors={}, requests_total=total,
+        model=model,
+        payload=perf_payload(transport),
+        concurrency=concurrency,
+        throughput_rps=throughput,
+        images_per_s=throughput,
+        latency_ms=latency,
+        errors={},
+        requests_total=total,
         server_cpu_us_per_request=round(1e6 * server_cpu / total, 1),
         client_cpu_us_per_request=round(1e6 * client_cpu / total, 1),
-        others_cpu_s=round(max(0.0, busy - server_cpu - client_cpu), 2), wall_s=0.0,
+        others_cpu_s=round(max(0.0, busy - server_cpu - client_cpu), 2),
+        wall_s=0.0,
     )
 
 

@@ -38,7 +38,9 @@ def py_spy_path() -> str | None:
     return str(local) if local.exists() else shutil.which("py-spy")
 
 
-def profile_during(pid: int, seconds: float, thread_cpu: Callable[[], dict[int, float]], load: Callable[[], object]) -> tuple[dict, object]:
+def profile_during(
+    pid: int, seconds: float, thread_cpu: Callable[[], dict[int, float]], load: Callable[[], object]
+) -> tuple[dict, object]:
     """Sample `pid` for `seconds` while `load()` runs; returns (summary, load's result)."""
     tool = py_spy_path()
     if tool is None:
@@ -46,9 +48,27 @@ def profile_during(pid: int, seconds: float, thread_cpu: Callable[[], dict[int, 
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "stacks.txt"
         before = thread_cpu()
-        spy = subprocess.Popen([tool, "record", "--pid", str(pid), "--duration", str(int(seconds)), "--rate", "100",
-                                "--format", "raw", "--threads", "--nonblocking", "-o", str(out)],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        spy = subprocess.Popen(
+            [
+                tool,
+                "record",
+                "--pid",
+                str(pid),
+                "--duration",
+                str(int(seconds)),
+                "--rate",
+                "100",
+                "--format",
+                "raw",
+                "--threads",
+                "--nonblocking",
+                "-o",
+                str(out),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         result = load()
         _, errors = spy.communicate(timeout=seconds + 120)
         after = thread_cpu()
@@ -80,9 +100,17 @@ def summarise_stacks(text: str, thread_cpu_s: dict[int, float]) -> dict:
         for frame in {f for f in frames[1:] if "(service/" in f}:
             service_inclusive[frame] += int(count)
     for entry in threads.values():
-        tid = int(entry["tid"], 0) if entry["tid"].startswith("0x") else int(entry["tid"]) if entry["tid"].isdigit() else -1
+        tid = (
+            int(entry["tid"], 0)
+            if entry["tid"].startswith("0x")
+            else int(entry["tid"])
+            if entry["tid"].isdigit()
+            else -1
+        )
         entry["cpu_s"] = thread_cpu_s.get(tid)
-    unnamed = {tid: s for tid, s in thread_cpu_s.items() if all(str(tid) != e["tid"] for e in threads.values()) and s > 0}
+    unnamed = {
+        tid: s for tid, s in thread_cpu_s.items() if all(str(tid) != e["tid"] for e in threads.values()) and s > 0
+    }
     share = lambda n: round(100.0 * n / main_total, 1) if main_total else 0.0  # noqa: E731
     return {
         "available": True,

@@ -28,14 +28,33 @@ from bench.models import REPO_ROOT, export_resnet18
 from export.calibration import photo_inputs
 from export.optimize import quantize_int8, save_optimized_graph
 from export.throughput import (
-    cpu_session, interleaved_creation, interleaved_timings, machine_description, ratio_of_medians, tile_batch,
+    cpu_session,
+    interleaved_creation,
+    interleaved_timings,
+    machine_description,
+    ratio_of_medians,
+    tile_batch,
 )
 from service.config import load_model_config
 
-PLANS = {"full": {"resnet_batches": (1, 8, 32), "bundled_batches": (1, 8, 32), "rounds": 7, "min_seconds": 4.0,
-                  "startup_repeats": 7, "calibration": 128},
-         "quick": {"resnet_batches": (1, 8), "bundled_batches": (1, 8), "rounds": 3, "min_seconds": 1.0,
-                   "startup_repeats": 3, "calibration": 32}}
+PLANS = {
+    "full": {
+        "resnet_batches": (1, 8, 32),
+        "bundled_batches": (1, 8, 32),
+        "rounds": 7,
+        "min_seconds": 4.0,
+        "startup_repeats": 7,
+        "calibration": 128,
+    },
+    "quick": {
+        "resnet_batches": (1, 8),
+        "bundled_batches": (1, 8),
+        "rounds": 3,
+        "min_seconds": 1.0,
+        "startup_repeats": 3,
+        "calibration": 32,
+    },
+}
 SPEEDUP_TARGET = 2.0
 BUNDLED_REPO = REPO_ROOT / "model_repo"
 
@@ -50,11 +69,17 @@ def timing_rows(fp32: Path, int8: Path, feeds: dict[int, dict], plan: dict, thre
     rows = []
     for batch, feed in feeds.items():
         timings = interleaved_timings(sessions, feed, plan["rounds"], min_seconds=plan["min_seconds"])
-        rows.append({"batch": batch, "runs": len(timings["fp32"].seconds),
-                     "fp32_ms": round(timings["fp32"].median_s * 1000, 2), "int8_ms": round(timings["int8"].median_s * 1000, 2),
-                     "fp32_images_per_s": round(timings["fp32"].images_per_s, 1),
-                     "int8_images_per_s": round(timings["int8"].images_per_s, 1),
-                     "speedup": round(ratio_of_medians(timings["fp32"], timings["int8"]), 3)})
+        rows.append(
+            {
+                "batch": batch,
+                "runs": len(timings["fp32"].seconds),
+                "fp32_ms": round(timings["fp32"].median_s * 1000, 2),
+                "int8_ms": round(timings["int8"].median_s * 1000, 2),
+                "fp32_images_per_s": round(timings["fp32"].images_per_s, 1),
+                "int8_images_per_s": round(timings["int8"].images_per_s, 1),
+                "speedup": round(ratio_of_medians(timings["fp32"], timings["int8"]), 3),
+            }
+        )
         say(f"  batch {batch}: fp32 {rows[-1]['fp32_ms']} ms, int8 {rows[-1]['int8_ms']} ms, x{rows[-1]['speedup']}")
     return rows
 
@@ -75,12 +100,23 @@ def resnet18_section(scratch: Path, plan: dict, threads: int) -> dict:
     a = cpu_session(model.onnx_path, threads).run(None, {"input": heldout})[0]
     b = cpu_session(int8, threads).run(None, {"input": heldout})[0]
     cosine = np.sum(a * b, 1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
-    rows = timing_rows(model.onnx_path, int8, {n: {"input": tile_batch(heldout, n)} for n in plan["resnet_batches"]}, plan, threads)
-    return {"model": "resnet18", "note": model.note, "calibration": f"{len(calibration)} crops of skimage photos "
-            "(astronaut, coffee, chelsea, rocket, hubble_deep_field, retina)",
-            "agreement": {"heldout_crops": len(heldout), "top1_agreement": float(np.mean(a.argmax(1) == b.argmax(1))),
-                          "mean_cosine": float(np.mean(cosine)), "max_abs_logit_diff": float(np.max(np.abs(a - b)))},
-            "timings": rows, "best": best_batch(rows)}
+    rows = timing_rows(
+        model.onnx_path, int8, {n: {"input": tile_batch(heldout, n)} for n in plan["resnet_batches"]}, plan, threads
+    )
+    return {
+        "model": "resnet18",
+        "note": model.note,
+        "calibration": f"{len(calibration)} crops of skimage photos "
+        "(astronaut, coffee, chelsea, rocket, hubble_deep_field, retina)",
+        "agreement": {
+            "heldout_crops": len(heldout),
+            "top1_agreement": float(np.mean(a.argmax(1) == b.argmax(1))),
+            "mean_cosine": float(np.mean(cosine)),
+            "max_abs_logit_diff": float(np.max(np.abs(a - b))),
+        },
+        "timings": rows,
+        "best": best_batch(rows),
+    }
 
 
 def int8_versions(repo: Path) -> list[tuple[str, Path, Path, dict]]:
@@ -110,19 +146,36 @@ def bundled_section(repo: Path, plan: dict, threads: int) -> list[dict]:
         rows = timing_rows(fp32, int8, feeds, plan, threads)
         evaluation = card["evaluation"]
         judged = evaluation.get("full", evaluation["test_subset"])
-        results.append({"model": name, "int8_version": card["version"], "fp32_version": card["derived_from"]["version"],
-                        "metric": evaluation["metric"], "heldout_count": judged["count"], "fp32": judged["fp32"],
-                        "int8": judged["int8"], "drop": judged["drop"], "max_drop": evaluation["max_drop"],
-                        "timings": rows, "best": best_batch(rows)})
+        results.append(
+            {
+                "model": name,
+                "int8_version": card["version"],
+                "fp32_version": card["derived_from"]["version"],
+                "metric": evaluation["metric"],
+                "heldout_count": judged["count"],
+                "fp32": judged["fp32"],
+                "int8": judged["int8"],
+                "drop": judged["drop"],
+                "max_drop": evaluation["max_drop"],
+                "timings": rows,
+                "best": best_batch(rows),
+            }
+        )
     return results
 
 
-STARTUP_VARIANTS = (("shipped @ all (server default)", "source", "all"), ("shipped @ extended", "source", "extended"),
-                    ("saved extended @ basic", "extended", "basic"), ("saved extended @ all", "extended", "all"),
-                    ("saved all @ disable (CPU-specific file)", "all", "disable"))
+STARTUP_VARIANTS = (
+    ("shipped @ all (server default)", "source", "all"),
+    ("shipped @ extended", "source", "extended"),
+    ("saved extended @ basic", "extended", "basic"),
+    ("saved extended @ all", "extended", "all"),
+    ("saved all @ disable (CPU-specific file)", "all", "disable"),
+)
 
 
-def startup_rows(name: str, source: Path, scratch: Path, sample: np.ndarray, input_name: str, plan: dict, threads: int) -> list[dict]:
+def startup_rows(
+    name: str, source: Path, scratch: Path, sample: np.ndarray, input_name: str, plan: dict, threads: int
+) -> list[dict]:
     """Session creation (median, interleaved) and batch-1 run time for each way of loading a model."""
     saved = {"source": source, "extended": scratch / f"{name}.extended.onnx", "all": scratch / f"{name}.all.onnx"}
     save_optimized_graph(source, saved["extended"], "extended")
@@ -131,8 +184,15 @@ def startup_rows(name: str, source: Path, scratch: Path, sample: np.ndarray, inp
     created = interleaved_creation(paths, threads, plan["startup_repeats"])
     sessions = {label: cpu_session(path, threads, level) for label, (path, level) in paths.items()}
     runs = interleaved_timings(sessions, {input_name: sample[:1]}, plan["rounds"], min_seconds=plan["min_seconds"] / 2)
-    return [{"model": name, "load": label, "create_ms": round(created[label] * 1000, 1),
-             "batch1_ms": round(runs[label].median_s * 1000, 3)} for label in paths]
+    return [
+        {
+            "model": name,
+            "load": label,
+            "create_ms": round(created[label] * 1000, 1),
+            "batch1_ms": round(runs[label].median_s * 1000, 3),
+        }
+        for label in paths
+    ]
 
 
 def startup_section(scratch: Path, repo: Path, plan: dict, threads: int) -> list[dict]:
@@ -141,8 +201,15 @@ def startup_section(scratch: Path, repo: Path, plan: dict, threads: int) -> list
     rows = []
     resnet_config = load_model_config(scratch / "resnet18" / "config.yaml")
     say("start-up: resnet18")
-    rows += startup_rows("resnet18", scratch / "resnet18" / "1" / "model.onnx", scratch,
-                         photo_inputs(resnet_config, 1), "input", plan, threads)
+    rows += startup_rows(
+        "resnet18",
+        scratch / "resnet18" / "1" / "model.onnx",
+        scratch,
+        photo_inputs(resnet_config, 1),
+        "input",
+        plan,
+        threads,
+    )
     for name, fp32, _, _ in int8_versions(repo):
         say(f"start-up: {name}")
         config = load_model_config(repo / name / "config.yaml")
@@ -153,44 +220,87 @@ def startup_section(scratch: Path, repo: Path, plan: dict, threads: int) -> list
 
 def targets(resnet: dict, bundled: list[dict]) -> list[dict]:
     """The issue's goals, each with the measured figure."""
-    found = [{"target": f"resnet18 int8 >= {SPEEDUP_TARGET}x fp32 at the best batch size",
-              "measured": f"x{resnet['best']['speedup']} at batch {resnet['best']['batch']}",
-              "met": resnet["best"]["speedup"] >= SPEEDUP_TARGET}]
+    found = [
+        {
+            "target": f"resnet18 int8 >= {SPEEDUP_TARGET}x fp32 at the best batch size",
+            "measured": f"x{resnet['best']['speedup']} at batch {resnet['best']['batch']}",
+            "met": resnet["best"]["speedup"] >= SPEEDUP_TARGET,
+        }
+    ]
     for entry in bundled:
         if entry["model"] == "yolo_grid":
-            found.append({"target": f"yolo_grid int8 >= {SPEEDUP_TARGET}x fp32 at the best batch size",
-                          "measured": f"x{entry['best']['speedup']} at batch {entry['best']['batch']}",
-                          "met": entry["best"]["speedup"] >= SPEEDUP_TARGET})
+            found.append(
+                {
+                    "target": f"yolo_grid int8 >= {SPEEDUP_TARGET}x fp32 at the best batch size",
+                    "measured": f"x{entry['best']['speedup']} at batch {entry['best']['batch']}",
+                    "met": entry["best"]["speedup"] >= SPEEDUP_TARGET,
+                }
+            )
         points = "points" if entry["metric"] != "mAP@0.5" else "mAP points"
-        found.append({"target": f"{entry['model']} {entry['metric']} drop <= {entry['max_drop'] * 100:g} {points}",
-                      "measured": f"{entry['fp32']:.4f} -> {entry['int8']:.4f} (drop {entry['drop'] * 100:.2f} points, "
-                                  f"{entry['heldout_count']} held-out items)",
-                      "met": entry["drop"] <= entry["max_drop"] + 1e-9})
+        found.append(
+            {
+                "target": f"{entry['model']} {entry['metric']} drop <= {entry['max_drop'] * 100:g} {points}",
+                "measured": f"{entry['fp32']:.4f} -> {entry['int8']:.4f} (drop {entry['drop'] * 100:.2f} points, "
+                f"{entry['heldout_count']} held-out items)",
+                "met": entry["drop"] <= entry["max_drop"] + 1e-9,
+            }
+        )
     return found
 
 
 def to_markdown(data: dict) -> str:
-    lines = ["# INT8 vs FP32 on the CPU, and start-up with pre-optimised graphs", "",
-             f"Generated by `python -m bench.quantization{' --quick' if data['mode'] == 'quick' else ''}` "
-             f"({data['date']}). Machine: {data['machine']['cpu']}, {data['machine']['cores']} cores, INT8-relevant "
-             f"extensions: {', '.join(data['machine']['int8_extensions']) or 'none'}; load average {data['machine']['loadavg']} "
-             f"before, {data['loadavg_after']} after. intra_op threads: {data['threads']}. Each timing pair is interleaved "
-             "(fp32, int8, fp32, ...) in one process; speedup = ratio of median run times.", "", "## Targets", "",
-             "| target | measured | met |", "|---|---|---|"]
+    lines = [
+        "# INT8 vs FP32 on the CPU, and start-up with pre-optimised graphs",
+        "",
+        f"Generated by `python -m bench.quantization{' --quick' if data['mode'] == 'quick' else ''}` "
+        f"({data['date']}). Machine: {data['machine']['cpu']}, {data['machine']['cores']} cores, INT8-relevant "
+        f"extensions: {', '.join(data['machine']['int8_extensions']) or 'none'}; "
+        f"load average {data['machine']['loadavg']} "
+        f"before, {data['loadavg_after']} after. intra_op threads: {data['threads']}. Each timing pair is interleaved "
+        "(fp32, int8, fp32, ...) in one process; speedup = ratio of median run times.",
+        "",
+        "## Targets",
+        "",
+        "| target | measured | met |",
+        "|---|---|---|",
+    ]
     lines += [f"| {t['target']} | {t['measured']} | {'yes' if t['met'] else '**no**'} |" for t in data["targets"]]
-    lines += ["", "## Throughput", "", "| model | batch | runs | fp32 ms | int8 ms | fp32 img/s | int8 img/s | speedup |",
-              "|---|---|---|---|---|---|---|---|"]
+    lines += [
+        "",
+        "## Throughput",
+        "",
+        "| model | batch | runs | fp32 ms | int8 ms | fp32 img/s | int8 img/s | speedup |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for entry in [data["resnet18"], *data["bundled"]]:
-        lines += [f"| {entry['model']} | {r['batch']} | {r['runs']} | {r['fp32_ms']} | {r['int8_ms']} | {r['fp32_images_per_s']} | "
-                  f"{r['int8_images_per_s']} | x{r['speedup']} |" for r in entry["timings"]]
+        lines += [
+            f"| {entry['model']} | {r['batch']} | {r['runs']} | {r['fp32_ms']} | {r['int8_ms']} | "
+            f"{r['fp32_images_per_s']} | "
+            f"{r['int8_images_per_s']} | x{r['speedup']} |"
+            for r in entry["timings"]
+        ]
     agreement = data["resnet18"]["agreement"]
-    lines += ["", "## Accuracy", "", "| model | metric | held-out items | fp32 | int8 | drop (points) |", "|---|---|---|---|---|---|",
-              f"| resnet18 (random weights) | top-1 agreement with fp32 | {agreement['heldout_crops']} | 1 | "
-              f"{agreement['top1_agreement']:.4f} | (mean cosine of logits {agreement['mean_cosine']:.4f}) |"]
-    lines += [f"| {e['model']} | {e['metric']} | {e['heldout_count']} | {e['fp32']:.4f} | {e['int8']:.4f} | {e['drop'] * 100:.2f} |"
-              for e in data["bundled"]]
-    lines += ["", "## Session start-up (graph optimisation at load vs saved)", "", "| model | file @ level loaded with | create ms | batch-1 run ms |",
-              "|---|---|---|---|"]
+    lines += [
+        "",
+        "## Accuracy",
+        "",
+        "| model | metric | held-out items | fp32 | int8 | drop (points) |",
+        "|---|---|---|---|---|---|",
+        f"| resnet18 (random weights) | top-1 agreement with fp32 | {agreement['heldout_crops']} | 1 | "
+        f"{agreement['top1_agreement']:.4f} | (mean cosine of logits {agreement['mean_cosine']:.4f}) |",
+    ]
+    lines += [
+        f"| {e['model']} | {e['metric']} | {e['heldout_count']} | {e['fp32']:.4f} | {e['int8']:.4f} | "
+        f"{e['drop'] * 100:.2f} |"
+        for e in data["bundled"]
+    ]
+    lines += [
+        "",
+        "## Session start-up (graph optimisation at load vs saved)",
+        "",
+        "| model | file @ level loaded with | create ms | batch-1 run ms |",
+        "|---|---|---|---|",
+    ]
     lines += [f"| {r['model']} | {r['load']} | {r['create_ms']} | {r['batch1_ms']} |" for r in data["startup"]]
     lines += ["", *[f"- {note}" for note in data["notes"]], ""]
     return "\n".join(lines)
@@ -200,16 +310,22 @@ def int8_kernel_note(extensions: list[str]) -> str:
     """What ONNX Runtime's INT8 (u8s8) GEMM kernels can use on a CPU with these /proc/cpuinfo flags."""
     found = ", ".join(extensions) or "none of avx2, avx512f, avx512_vnni, avx_vnni, amx_int8"
     if "amx_int8" in extensions:
-        path = ("AMX tile multiply-adds (TDPBUSD), far more int8 multiply-adds per instruction than any vector "
-                "path: large matrices gain the most, small models stay bound by per-op overhead")
+        path = (
+            "AMX tile multiply-adds (TDPBUSD), far more int8 multiply-adds per instruction than any vector "
+            "path: large matrices gain the most, small models stay bound by per-op overhead"
+        )
     elif "avx512_vnni" in extensions or "avx_vnni" in extensions:
         width = "512" if "avx512_vnni" in extensions else "256"
-        path = (f"VNNI ({width}-bit VPDPBUSD: one instruction per int8 multiply-add step, where AVX2 needs three, "
-                "and no int16 saturation)")
+        path = (
+            f"VNNI ({width}-bit VPDPBUSD: one instruction per int8 multiply-add step, where AVX2 needs three, "
+            "and no int16 saturation)"
+        )
     elif "avx2" in extensions:
-        path = ("AVX2 only: VPMADDUBSW + VPMADDWD + VPADDD (three instructions where VNNI needs one; VPMADDUBSW "
-                "saturates at int16, which per-tensor weight scales avoid better), so the INT8 gain is smaller "
-                "than on a VNNI CPU")
+        path = (
+            "AVX2 only: VPMADDUBSW + VPMADDWD + VPADDD (three instructions where VNNI needs one; VPMADDUBSW "
+            "saturates at int16, which per-tensor weight scales avoid better), so the INT8 gain is smaller "
+            "than on a VNNI CPU"
+        )
     else:
         path = "no AVX2: ONNX Runtime's INT8 kernels fall back to SSE paths, and INT8 may not beat fp32 at all"
     return f"This CPU's INT8-relevant extensions: {found}. ONNX Runtime's u8s8 kernels use {path}."
@@ -227,13 +343,19 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.quantization", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer batch sizes and rounds (about 3 minutes)")
     parser.add_argument("--threads", type=int, default=1, help="intra-op threads for every session (default 1)")
-    parser.add_argument("--repo", type=Path, default=BUNDLED_REPO, help="repository with INT8 versions (default model_repo)")
+    parser.add_argument(
+        "--repo", type=Path, default=BUNDLED_REPO, help="repository with INT8 versions (default model_repo)"
+    )
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "bench" / "results", help="results directory")
     args = parser.parse_args(argv)
     mode = "quick" if args.quick else "full"
     plan = PLANS[mode]
-    data = {"mode": mode, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "machine": machine_description(),
-            "threads": args.threads}
+    data = {
+        "mode": mode,
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "machine": machine_description(),
+        "threads": args.threads,
+    }
     with tempfile.TemporaryDirectory(prefix="convserve-quant-") as tmp:
         scratch = Path(tmp)
         data["resnet18"] = resnet18_section(scratch, plan, args.threads)

@@ -44,7 +44,11 @@ def measure_raw(model_dir: Path, batches: tuple[int, ...], seconds: float, versi
         for _ in range(2):
             runtime.run(inputs)
         times, elapsed = _run_for(runtime, inputs, seconds, config.batching.instances)
-        points.append(RawPoint(batch, len(times), round(batch * len(times) / elapsed, 2), round(float(np.median(times)) * 1000, 3)))
+        points.append(
+            RawPoint(
+                batch, len(times), round(batch * len(times) / elapsed, 2), round(float(np.median(times)) * 1000, 3)
+            )
+        )
     return points
 
 
@@ -81,8 +85,9 @@ class RawJpegPoint:
     images_per_s: float  # 1 / (preprocess + model time per image): the in-process pipeline, one image after another
 
 
-def measure_raw_jpeg(model_dir: Path, image_hw: tuple[int, int], seconds: float,
-                     model_images_per_s: float) -> RawJpegPoint:
+def measure_raw_jpeg(
+    model_dir: Path, image_hw: tuple[int, int], seconds: float, model_images_per_s: float
+) -> RawJpegPoint:
     """The reference for JPEG requests: the server's own preprocessing (service.preprocess) of the
     load tool's synthetic photo-like JPEGs, timed in this process, plus the raw run per image."""
     import cv2
@@ -93,8 +98,10 @@ def measure_raw_jpeg(model_dir: Path, image_hw: tuple[int, int], seconds: float,
     config = load_model_config(model_dir / "config.yaml")
     rng = np.random.default_rng(0)
     gray = config.inputs[0].dims[1] == 1
-    images = [cv2.imencode(".jpg", synthetic_image(image_hw, gray, rng), [cv2.IMWRITE_JPEG_QUALITY, 90])[1].tobytes()
-              for _ in range(4)]
+    images = [
+        cv2.imencode(".jpg", synthetic_image(image_hw, gray, rng), [cv2.IMWRITE_JPEG_QUALITY, 90])[1].tobytes()
+        for _ in range(4)
+    ]
     for data in images:
         preprocess_encoded(data, config.preprocessing)
     times = []
@@ -106,5 +113,10 @@ def measure_raw_jpeg(model_dir: Path, image_hw: tuple[int, int], seconds: float,
         times.append(time.perf_counter() - t0)
     per_image = float(np.median(times))
     combined = 1.0 / (per_image + 1.0 / model_images_per_s) if model_images_per_s else 0.0
-    return RawJpegPoint(tuple(image_hw), int(np.mean([len(d) for d in images])), round(per_image * 1000, 3),
-                        round(model_images_per_s, 2), round(combined, 2))
+    return RawJpegPoint(
+        tuple(image_hw),
+        int(np.mean([len(d) for d in images])),
+        round(per_image * 1000, 3),
+        round(model_images_per_s, 2),
+        round(combined, 2),
+    )

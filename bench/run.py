@@ -274,11 +274,15 @@ def _meta(plan: Plan) -> dict:
         "machine": f"{cpu}, {cores} cores usable, {platform.system()} {platform.release()}",
         "loadavg_before": _loadavg(),
         "loadavg_after": "",
-        "versions": f"python {platform.python_version()}, onnxruntime {onnxruntime.__version__}, grpcio {grpc.__version__}, numpy {numpy.__version__}",
+        "versions": (
+            f"python {platform.python_version()}, onnxruntime {onnxruntime.__version__}, "
+            f"grpcio {grpc.__version__}, numpy {numpy.__version__}"
+        ),
         "plan": plan.__dict__,
         "notes": [
             "the load tool (grpc.aio, one process) and the server share this machine's cores; "
-            "'others' CPU s' is what other processes burned during each run: when it is large, absolute numbers are noisy",
+            "'others' CPU s' is what other processes burned during each run: "
+            "when it is large, absolute numbers are noisy",
             "latency is per request as the client sees it; images/s counts batch items",
         ],
     }

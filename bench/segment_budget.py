@@ -40,8 +40,11 @@ def enlarge(scene, factor: int):
     """The scene `factor` times larger: the image bilinearly, the labels nearest (they are classes)."""
     height, width = scene.label_map.shape
     size = (width * factor, height * factor)
-    return replace(scene, image=cv2.resize(scene.image, size, interpolation=cv2.INTER_LINEAR),
-                   label_map=cv2.resize(scene.label_map, size, interpolation=cv2.INTER_NEAREST))
+    return replace(
+        scene,
+        image=cv2.resize(scene.image, size, interpolation=cv2.INTER_LINEAR),
+        label_map=cv2.resize(scene.label_map, size, interpolation=cv2.INTER_NEAREST),
+    )
 
 
 def predict(session, spec, scenes, budget: int | None) -> tuple[list[np.ndarray], int]:
@@ -72,16 +75,25 @@ def main(argv: list[str] | None = None) -> int:
     scenes = heldout_scenes(args.scenes, HELDOUT_SEED)
     rows = []
     big = [enlarge(scene, args.enlarge) for scene in scenes[: args.enlarged_scenes]]
-    for name, subset, budget in (("as generated, no budget", scenes, None),
-                                 (f"as generated, default budget {default}", scenes, default),
-                                 (f"enlarged x{args.enlarge}, no budget", big, None),
-                                 (f"enlarged x{args.enlarge}, default budget {default}", big, default),
-                                 (f"enlarged x{args.enlarge}, budget {args.tight_budget}", big, args.tight_budget)):
+    for name, subset, budget in (
+        ("as generated, no budget", scenes, None),
+        (f"as generated, default budget {default}", scenes, default),
+        (f"enlarged x{args.enlarge}, no budget", big, None),
+        (f"enlarged x{args.enlarge}, default budget {default}", big, default),
+        (f"enlarged x{args.enlarge}, budget {args.tight_budget}", big, args.tight_budget),
+    ):
         started = time.perf_counter()
         maps, downscaled = predict(session, spec, subset, budget)
         result = score(maps, subset, LABELS)
-        rows.append({"case": name, "scenes": len(subset), "downscaled": downscaled, "mean_iou": result["mean_iou"],
-                     "seconds": round(time.perf_counter() - started, 1)})
+        rows.append(
+            {
+                "case": name,
+                "scenes": len(subset),
+                "downscaled": downscaled,
+                "mean_iou": result["mean_iou"],
+                "seconds": round(time.perf_counter() - started, 1),
+            }
+        )
         print(json.dumps(rows[-1]), flush=True)
     return 0
 

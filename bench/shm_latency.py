@@ -44,16 +44,37 @@ def main(argv: list[str] | None = None) -> int:
                     (point,) = measure_raw(repo / model.name, (1,), args.window_ms / 1000, model.onnx_path)
                     print(f"raw ONNX Runtime batch 1: p50 {point.latency_ms_p50:.2f} ms", flush=True)
                     continue
-                command = [str(binary), "-m", model.name, "-i", "grpc", "-u", server.address,
-                           "--concurrency-range", "1", "--measurement-interval", str(args.window_ms),
-                           "--stability-percentage", "1000", "--max-trials", "3", "--percentile", "50",
-                           "--input-data", str(data), "--shared-memory", step]
+                command = [
+                    str(binary),
+                    "-m",
+                    model.name,
+                    "-i",
+                    "grpc",
+                    "-u",
+                    server.address,
+                    "--concurrency-range",
+                    "1",
+                    "--measurement-interval",
+                    str(args.window_ms),
+                    "--stability-percentage",
+                    "1000",
+                    "--max-trials",
+                    "3",
+                    "--percentile",
+                    "50",
+                    "--input-data",
+                    str(data),
+                    "--shared-memory",
+                    step,
+                ]
                 out = subprocess.run(command, capture_output=True, text=True, timeout=300).stdout
                 split = next((line.strip() for line in out.splitlines() if "Avg request latency" in line), "")
                 p50 = _P50.findall(out)
                 label = "system shared memory" if step == "system" else "plain gRPC"
-                print(f"{label}: p50 {int(p50[-1]) / 1000:.2f} ms; {split}" if p50 else f"{label}: {out[-500:]}",
-                      flush=True)
+                print(
+                    f"{label}: p50 {int(p50[-1]) / 1000:.2f} ms; {split}" if p50 else f"{label}: {out[-500:]}",
+                    flush=True,
+                )
         finally:
             server.stop()
     return 0

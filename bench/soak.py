@@ -106,6 +106,7 @@ def _photo() -> np.ndarray:
     """A real photograph when scikit-image is installed (its chelsea cat), else a textured gradient."""
     try:
         from skimage import data
+
         return cv2.cvtColor(data.chelsea(), cv2.COLOR_RGB2BGR)
     except ImportError:
         y, x = np.mgrid[0:300, 0:450]
@@ -122,7 +123,9 @@ class Client:
         self.timeout = timeout
 
     def classify_jpeg(self, rng: random.Random) -> tuple[str, str]:
-        request = vpb.ClassifyRequest(model=vpb.ModelRef(name=self.work.model), images=[vpb.Image(encoded=self.work.jpeg)])
+        request = vpb.ClassifyRequest(
+            model=vpb.ModelRef(name=self.work.model), images=[vpb.Image(encoded=self.work.jpeg)]
+        )
         reply = self.vision.Classify(request, timeout=self.timeout)
         return ("OK" if len(reply.results) == 1 and reply.results[0].predictions else "EMPTY_REPLY"), "OK"
 
@@ -146,10 +149,14 @@ class Client:
         kind = rng.choice(["garbage", "truncated", "unknown_model", "wrong_shape"])
         try:
             if kind in ("garbage", "truncated", "unknown_model"):
-                image = {"garbage": rng.randbytes(300), "truncated": self.work.jpeg[: len(self.work.jpeg) // 2]}.get(kind, self.work.jpeg)
+                image = {"garbage": rng.randbytes(300), "truncated": self.work.jpeg[: len(self.work.jpeg) // 2]}.get(
+                    kind, self.work.jpeg
+                )
                 model = "no_such_model" if kind == "unknown_model" else self.work.model
-                self.vision.Classify(vpb.ClassifyRequest(model=vpb.ModelRef(name=model), images=[vpb.Image(encoded=image)]),
-                                     timeout=self.timeout)
+                self.vision.Classify(
+                    vpb.ClassifyRequest(model=vpb.ModelRef(name=model), images=[vpb.Image(encoded=image)]),
+                    timeout=self.timeout,
+                )
             else:
                 request = pb.ModelInferRequest(model_name=self.work.model)
                 append_input(request, self.work.input_name, np.zeros((1, 2, 3), np.float32))
@@ -180,12 +187,18 @@ class HostileClient:
             "stream_flood": (self.stream_flood, None, "RESOURCE_EXHAUSTED"),
         }
         if "fcn8s" in models:
-            self.attacks.update({
-                "fcn8s_off_stride": (infer, hostile.v2_tensor("fcn8s", (1, 3, 40, 40)), invalid),
-                "fcn8s_empty": (infer, hostile.v2_tensor("fcn8s", (1, 3, 0, 0)), invalid),
-                # a bounded success: downscaled into the budget, answered at the full size
-                "fcn8s_10mp": (self.vision.Segment, hostile.segment("fcn8s", hostile.encoded_png(3162, 3162)), "OK"),
-            })
+            self.attacks.update(
+                {
+                    "fcn8s_off_stride": (infer, hostile.v2_tensor("fcn8s", (1, 3, 40, 40)), invalid),
+                    "fcn8s_empty": (infer, hostile.v2_tensor("fcn8s", (1, 3, 0, 0)), invalid),
+                    # a bounded success: downscaled into the budget, answered at the full size
+                    "fcn8s_10mp": (
+                        self.vision.Segment,
+                        hostile.segment("fcn8s", hostile.encoded_png(3162, 3162)),
+                        "OK",
+                    ),
+                }
+            )
         if "yolo_grid" in models:
             flood = hostile.detect_with_class_filter("yolo_grid", hostile.encoded_png(64, 64))
             self.attacks["class_filter"] = (self.vision.Detect, flood, invalid)
@@ -222,8 +235,16 @@ class HostileClient:
                 release.set()
 
 
-def run_worker(client: Client, seed: int, started: float, until: float, interval: float, out: list[Sample],
-               hostile_client: HostileClient | None = None, hostile_from: float = float("inf")) -> None:
+def run_worker(
+    client: Client,
+    seed: int,
+    started: float,
+    until: float,
+    interval: float,
+    out: list[Sample],
+    hostile_client: HostileClient | None = None,
+    hostile_from: float = float("inf"),
+) -> None:
     """Paced closed loop: one call every `interval` seconds (no catch-up bursts after a slow call);
     from `hostile_from` seconds on, the mix includes the hostile requests."""
     rng = random.Random(seed)
@@ -243,7 +264,9 @@ def run_worker(client: Client, seed: int, started: float, until: float, interval
         time.sleep(max(0.0, next_start - time.monotonic()))
 
 
-def sample_rss(server: ServerProcess, started: float, until: float, out: list[tuple[float, float]], every: float = 2.0) -> None:
+def sample_rss(
+    server: ServerProcess, started: float, until: float, out: list[tuple[float, float]], every: float = 2.0
+) -> None:
     while time.monotonic() < until:
         out.append((round(time.monotonic() - started, 1), server.rss_mb()))
         time.sleep(every)
@@ -253,8 +276,11 @@ def percentiles(values: list[float]) -> dict:
     if not values:
         return {"count": 0, "p50_ms": None, "p99_ms": None}
     ordered = np.sort(np.asarray(values))
-    return {"count": len(values), "p50_ms": round(float(np.percentile(ordered, 50)), 2),
-            "p99_ms": round(float(np.percentile(ordered, 99)), 2)}
+    return {
+        "count": len(values),
+        "p50_ms": round(float(np.percentile(ordered, 50)), 2),
+        "p99_ms": round(float(np.percentile(ordered, 99)), 2),
+    }
 
 
 def summarise(samples: list[Sample], rss: list[tuple[float, float]], seconds: float, hostile_s: float = 0.0) -> dict:
@@ -270,9 +296,11 @@ def summarise(samples: list[Sample], rss: list[tuple[float, float]], seconds: fl
         during = [mb for t, mb in rss if t >= normal_s] or after
         hostile_rss = {"peak": round(max(during), 1), "final": round(statistics.median(after), 1)}
         summary["hostile"] = {
-            "seconds": hostile_s, "calls": _count(s.status for s in samples if s.kind == "hostile"),
-            "wrong": _count(f"{s.status} (expected {s.expected})" for s in samples
-                            if s.kind == "hostile" and s.status != s.expected),
+            "seconds": hostile_s,
+            "calls": _count(s.status for s in samples if s.kind == "hostile"),
+            "wrong": _count(
+                f"{s.status} (expected {s.expected})" for s in samples if s.kind == "hostile" and s.status != s.expected
+            ),
             "rss_mb": hostile_rss,
         }
         if hostile_rss["final"] - summary["rss_mb"]["baseline"] > HOSTILE_RSS_ALLOWANCE_MB:
@@ -286,9 +314,13 @@ def _summarise_phase(samples: list[Sample], rss: list[tuple[float, float]], norm
     last = [s for s in samples if s.t >= seconds - window]
     good = [s for s in samples if s.expected == "OK" and s.kind != "hostile"]
     kinds = [k for k, _ in MIX if k != "bad"]
-    latency = {kind: {"first_minute": percentiles([s.latency_ms for s in first if s.kind == kind and s.status == "OK"]),
-                      "last_minute": percentiles([s.latency_ms for s in last if s.kind == kind and s.status == "OK"])}
-               for kind in kinds}
+    latency = {
+        kind: {
+            "first_minute": percentiles([s.latency_ms for s in first if s.kind == kind and s.status == "OK"]),
+            "last_minute": percentiles([s.latency_ms for s in last if s.kind == kind and s.status == "OK"]),
+        }
+        for kind in kinds
+    }
     baseline_samples = [mb for t, mb in rss if min(WARMUP_S, window / 2) <= t < window] or [mb for _, mb in rss[:1]]
     final_samples = [mb for t, mb in rss if t >= normal_s - window] or [mb for _, mb in rss[-1:]]
     baseline, final = statistics.median(baseline_samples), statistics.median(final_samples)
@@ -296,15 +328,24 @@ def _summarise_phase(samples: list[Sample], rss: list[tuple[float, float]], norm
     good_errors = [s for s in good if s.status != "OK"]
     bad_wrong = [s for s in samples if s.expected != "OK" and s.status != s.expected]
     return {
-        "requests": len(samples), "good_requests": len(good), "bad_requests": len(samples) - len(good),
+        "requests": len(samples),
+        "good_requests": len(good),
+        "bad_requests": len(samples) - len(good),
         "normal_phase_s": normal_s,
-        "good_errors": len(good_errors), "good_error_statuses": _count(s.status for s in good_errors),
+        "good_errors": len(good_errors),
+        "good_error_statuses": _count(s.status for s in good_errors),
         "bad_with_unexpected_status": len(bad_wrong),
         "bad_statuses": _count(s.status for s in samples if s.expected != "OK" and s.kind != "hostile"),
-        "by_kind": _count(s.kind for s in samples), "calls_per_s": round(len(samples) / seconds, 2),
-        "window_s": window, "latency": latency,
-        "rss_mb": {"baseline": round(baseline, 1), "final": round(final, 1), "peak": round(max(mb for _, mb in rss), 1),
-                   "growth_pct": round(100 * growth, 2)},
+        "by_kind": _count(s.kind for s in samples),
+        "calls_per_s": round(len(samples) / seconds, 2),
+        "window_s": window,
+        "latency": latency,
+        "rss_mb": {
+            "baseline": round(baseline, 1),
+            "final": round(final, 1),
+            "peak": round(max(mb for _, mb in rss), 1),
+            "growth_pct": round(100 * growth, 2),
+        },
         "verdict": "PASS" if not good_errors and not bad_wrong and growth < MAX_RSS_GROWTH else "FAIL",
     }
 
@@ -333,16 +374,30 @@ def soak(minutes: float, workers: int, rps: float, seed: int, hostile_minutes: f
     summary["environment"] = {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.platform()}",
-        "load_average_before": [round(v, 2) for v in load_before], "load_average_after": [round(v, 2) for v in os.getloadavg()],
-        "machine_busy_cpu_s": round(busy, 1), "model": note, "minutes": minutes, "hostile_minutes": hostile_minutes,
-        "workers": workers, "target_rps": rps, "seed": seed,
+        "load_average_before": [round(v, 2) for v in load_before],
+        "load_average_after": [round(v, 2) for v in os.getloadavg()],
+        "machine_busy_cpu_s": round(busy, 1),
+        "model": note,
+        "minutes": minutes,
+        "hostile_minutes": hostile_minutes,
+        "workers": workers,
+        "target_rps": rps,
+        "seed": seed,
     }
     summary["rss_series_mb"] = rss
     return summary
 
 
-def run_load(server: ServerProcess, work: Workload, seconds: float, workers: int, rps: float, seed: int,
-             hostile_s: float = 0.0, models: set[str] = frozenset()):
+def run_load(
+    server: ServerProcess,
+    work: Workload,
+    seconds: float,
+    workers: int,
+    rps: float,
+    seed: int,
+    hostile_s: float = 0.0,
+    models: set[str] = frozenset(),
+):
     samples: list[Sample] = []
     rss: list[tuple[float, float]] = []
     options = [("grpc.max_send_message_length", 128 * 2**20)]
@@ -351,9 +406,14 @@ def run_load(server: ServerProcess, work: Workload, seconds: float, workers: int
         attacker = HostileClient(channel, server.address, work, models) if hostile_s else None
         started = time.monotonic()
         until = started + seconds
-        threads = [threading.Thread(target=run_worker, daemon=True, args=(
-                       client, seed + i, started, until, workers / rps, samples, attacker, seconds - hostile_s))
-                   for i in range(workers)]
+        threads = [
+            threading.Thread(
+                target=run_worker,
+                daemon=True,
+                args=(client, seed + i, started, until, workers / rps, samples, attacker, seconds - hostile_s),
+            )
+            for i in range(workers)
+        ]
         threads.append(threading.Thread(target=sample_rss, args=(server, started, until, rss), daemon=True))
         for thread in threads:
             thread.start()
@@ -365,33 +425,49 @@ def run_load(server: ServerProcess, work: Workload, seconds: float, workers: int
 def to_markdown(summary: dict) -> str:
     env, mem = summary["environment"], summary["rss_mb"]
     lines = [
-        f"# Soak: {summary['verdict']}", "",
-        f"{env['minutes']} minutes of mixed load against `convserve serve` ({env['model']}), {env['workers']} client threads "
-        f"paced at {env['target_rps']} calls/s in total; {env['date']}.", "",
-        f"Machine: {env['machine']}. Load average {env['load_average_before']} before, {env['load_average_after']} after; "
-        f"all processes together kept {env['machine_busy_cpu_s']} CPU-seconds busy. The machine is shared with other jobs "
-        "(model training among them), so absolute latencies say more about the machine than about the server.", "",
+        f"# Soak: {summary['verdict']}",
+        "",
+        f"{env['minutes']} minutes of mixed load against `convserve serve` ({env['model']}), "
+        f"{env['workers']} client threads "
+        f"paced at {env['target_rps']} calls/s in total; {env['date']}.",
+        "",
+        f"Machine: {env['machine']}. Load average {env['load_average_before']} before, "
+        f"{env['load_average_after']} after; "
+        f"all processes together kept {env['machine_busy_cpu_s']} CPU-seconds busy. "
+        "The machine is shared with other jobs "
+        "(model training among them), so absolute latencies say more about the machine than about the server.",
+        "",
         f"- Calls: {summary['requests']} ({summary['by_kind']}), {summary['calls_per_s']} calls/s achieved; "
         f"good {summary['good_requests']}, bad {summary['bad_requests']}.",
-        f"- Good requests that failed: **{summary['good_errors']}** (must be 0){_statuses(summary['good_error_statuses'])}.",
+        f"- Good requests that failed: **{summary['good_errors']}** "
+        f"(must be 0){_statuses(summary['good_error_statuses'])}.",
         f"- Bad requests refused with an unexpected status: **{summary['bad_with_unexpected_status']}** "
         f"(statuses seen: {summary['bad_statuses']}).",
-        f"- Server RSS (VmRSS, sampled every 2 s): median {mem['baseline']} MB over the first {summary['window_s']:.0f} s "
-        f"(warm-up excluded) -> {mem['final']} MB over the last {summary['window_s']:.0f} s, growth **{mem['growth_pct']}%** "
-        f"(must be < {100 * MAX_RSS_GROWTH:.0f}%); peak {mem['peak']} MB.", "",
-        f"Latency of good calls, first vs last {summary['window_s']:.0f} s (a stream call is {STREAM_FRAMES} frames):", "",
-        "| call | first: n | p50 ms | p99 ms | last: n | p50 ms | p99 ms |", "|---|---:|---:|---:|---:|---:|---:|",
+        f"- Server RSS (VmRSS, sampled every 2 s): median {mem['baseline']} MB "
+        f"over the first {summary['window_s']:.0f} s "
+        f"(warm-up excluded) -> {mem['final']} MB over the last {summary['window_s']:.0f} s, "
+        f"growth **{mem['growth_pct']}%** "
+        f"(must be < {100 * MAX_RSS_GROWTH:.0f}%); peak {mem['peak']} MB.",
+        "",
+        f"Latency of good calls, first vs last {summary['window_s']:.0f} s (a stream call is {STREAM_FRAMES} frames):",
+        "",
+        "| call | first: n | p50 ms | p99 ms | last: n | p50 ms | p99 ms |",
+        "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for kind, windows in summary["latency"].items():
         a, b = windows["first_minute"], windows["last_minute"]
-        lines.append(f"| {kind} | {a['count']} | {a['p50_ms']} | {a['p99_ms']} | {b['count']} | {b['p50_ms']} | {b['p99_ms']} |")
+        lines.append(
+            f"| {kind} | {a['count']} | {a['p50_ms']} | {a['p99_ms']} | {b['count']} | {b['p50_ms']} | {b['p99_ms']} |"
+        )
     if "hostile" in summary:
-        hostile_phase = summary["hostile"]
         phase, phase_rss = summary["hostile"], summary["hostile"]["rss_mb"]
-        lines += ["", f"Hostile phase, the last {phase['seconds']:.0f} s: calls by attack and status {phase['calls']}; "
-                  f"with an unexpected status: **{phase['wrong'] or 'none'}**; server RSS peak {phase_rss['peak']} MB, "
-                  f"final {phase_rss['final']} MB (must stay within {HOSTILE_RSS_ALLOWANCE_MB:.0f} MB of the "
-                  "baseline)."]
+        lines += [
+            "",
+            f"Hostile phase, the last {phase['seconds']:.0f} s: calls by attack and status {phase['calls']}; "
+            f"with an unexpected status: **{phase['wrong'] or 'none'}**; server RSS peak {phase_rss['peak']} MB, "
+            f"final {phase_rss['final']} MB (must stay within {HOSTILE_RSS_ALLOWANCE_MB:.0f} MB of the "
+            "baseline).",
+        ]
     command = f"python -m bench.soak --minutes {env['minutes']:g} --hostile-minutes {env['hostile_minutes']:g}"
     lines += ["", f"Reproduce: `{command}` (`make soak` runs 10 + 3 minutes)."]
     return "\n".join(lines) + "\n"
@@ -406,8 +482,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--minutes", type=float, default=10.0, help="how long to run (default 10)")
     parser.add_argument("--workers", type=int, default=4, help="client threads (default 4)")
     parser.add_argument("--rps", type=float, default=40.0, help="target calls per second over all threads (default 40)")
-    parser.add_argument("--hostile-minutes", type=float, default=3.0,
-                        help="then this long with the hostile requests mixed in (default 3; 0: none)")
+    parser.add_argument(
+        "--hostile-minutes",
+        type=float,
+        default=3.0,
+        help="then this long with the hostile requests mixed in (default 3; 0: none)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=RESULTS, help="directory for soak.json and soak.md")
     args = parser.parse_args(argv)

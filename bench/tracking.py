@@ -57,15 +57,19 @@ def time_update(frames: list, params: TrackerParams) -> list[float]:
 
 
 def time_stream(frames: list, labels: list[str]) -> list[float]:
-    settings = track_settings(lines=[CountLine("door", (320, 0), (320, 480))],
-                              zones=[CountZone("shelf", ((0, 0), (320, 0), (320, 240), (0, 240)))])
+    settings = track_settings(
+        lines=[CountLine("door", (320, 0), (320, 480))],
+        zones=[CountZone("shelf", ((0, 0), (320, 0), (320, 240), (0, 240)))],
+    )
     tracking, times = StreamTracking(settings), []
     for index, (boxes, scores, classes) in enumerate(frames):
-        detections = [vpb.Detection(box=vpb.Box(x1=b[0], y1=b[1], x2=b[2], y2=b[3]), class_index=int(c),
-                                    label=labels[c], score=s)
-                      for b, s, c in zip(boxes.tolist(), scores.tolist(), classes.tolist())]
-        result = vpb.DetectFrameResult(frame_id=index, capture_timestamp_us=index * 33_333,
-                                       result=vpb.DetectResult(detections=detections))
+        detections = [
+            vpb.Detection(box=vpb.Box(x1=b[0], y1=b[1], x2=b[2], y2=b[3]), class_index=int(c), label=labels[c], score=s)
+            for b, s, c in zip(boxes.tolist(), scores.tolist(), classes.tolist())
+        ]
+        result = vpb.DetectFrameResult(
+            frame_id=index, capture_timestamp_us=index * 33_333, result=vpb.DetectResult(detections=detections)
+        )
         started = time.perf_counter()
         track_result(tracking, result, labels)
         times.append(time.perf_counter() - started)

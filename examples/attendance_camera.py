@@ -30,8 +30,15 @@ import cv2
 import grpc
 import numpy as np
 
-from examples.camera_stream import (VIDEOS, Progress, add_stream_arguments, detection_stream, interruption_text, open_source,
-                                    stream_summary)
+from examples.camera_stream import (
+    VIDEOS,
+    Progress,
+    add_stream_arguments,
+    detection_stream,
+    interruption_text,
+    open_source,
+    stream_summary,
+)
 from examples.tracked_counts import TRACK_SCORE_THRESHOLD, TrackLedger, counted, parse_line
 from service.client import CountLine, RpcFailed, TrackOptions, VisionClient
 from service.client.results import Detection
@@ -44,12 +51,20 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--window-s", type=float, default=1.0, help="seconds of capture time per report line")
     parser.add_argument("--face-class", default="face", help="the detector's label for a face")
     parser.add_argument("--cam-model", default="gap_cnn", help="classifier with class activation maps, for Explain")
-    parser.add_argument("--crops-dir", type=Path, default=Path("demo-output") / "attendance",
-                        help="where the low-confidence frame's face crops and CAM overlays go")
+    parser.add_argument(
+        "--crops-dir",
+        type=Path,
+        default=Path("demo-output") / "attendance",
+        help="where the low-confidence frame's face crops and CAM overlays go",
+    )
     parser.add_argument("--csv", type=Path, help="write one row per window here")
     parser.add_argument("--door-line", type=parse_line, help="x1,y1,x2,y2: people came in when they crossed it inwards")
-    parser.add_argument("--min-present-s", type=float, default=0.5,
-                        help="without a door line: a face tracked this long came in (default 0.5 s)")
+    parser.add_argument(
+        "--min-present-s",
+        type=float,
+        default=0.5,
+        help="without a door line: a face tracked this long came in (default 0.5 s)",
+    )
     return parser.parse_args(argv)
 
 
@@ -84,7 +99,12 @@ class WeakestFrame:
 
     def offer(self, frame_id: int, image: np.ndarray, faces: list[Detection]) -> None:
         if faces and min(f.score for f in faces) < self.score:
-            self.frame_id, self.score, self.image, self.faces = frame_id, min(f.score for f in faces), image.copy(), tuple(faces)
+            self.frame_id, self.score, self.image, self.faces = (
+                frame_id,
+                min(f.score for f in faces),
+                image.copy(),
+                tuple(faces),
+            )
 
 
 class AttendanceLog:
@@ -115,17 +135,27 @@ class AttendanceLog:
         if window is None or not window.counts:
             return None
         present = window.present()
-        row = {"start_s": f"{window.start_s:.1f}", "end_s": f"{window.start_s + self.window_s:.1f}", "frames": len(window.counts),
-               "present": present, "absent": max(self.roster - present, 0), "min_faces": min(window.counts),
-               "max_faces": max(window.counts)}
+        row = {
+            "start_s": f"{window.start_s:.1f}",
+            "end_s": f"{window.start_s + self.window_s:.1f}",
+            "frames": len(window.counts),
+            "present": present,
+            "absent": max(self.roster - present, 0),
+            "min_faces": min(window.counts),
+            "max_faces": max(window.counts),
+        }
         self.rows.append(row)
-        return (f"{row['start_s']:>6}-{row['end_s']} s  present {present}/{self.roster}  absent {row['absent']}"
-                f"  (frames {row['frames']}, faces {row['min_faces']}-{row['max_faces']})")
+        return (
+            f"{row['start_s']:>6}-{row['end_s']} s  present {present}/{self.roster}  absent {row['absent']}"
+            f"  (frames {row['frames']}, faces {row['min_faces']}-{row['max_faces']})"
+        )
 
     def write(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         with path.open("w", newline="") as handle:
-            writer = csv.DictWriter(handle, ["start_s", "end_s", "frames", "present", "absent", "min_faces", "max_faces"])
+            writer = csv.DictWriter(
+                handle, ["start_s", "end_s", "frames", "present", "absent", "min_faces", "max_faces"]
+            )
             writer.writeheader()
             writer.writerows(self.rows)
 
@@ -153,23 +183,31 @@ def explain_weakest(client: VisionClient, weakest: WeakestFrame, args: argparse.
     crops = face_crops(weakest.image, weakest.faces)
     for index, crop in enumerate(crops):
         cv2.imwrite(str(out / f"frame_{weakest.frame_id}_face_{index}.png"), crop)
-    lines = [f"lowest-confidence frame {weakest.frame_id} (weakest face {weakest.score:.2f}): {len(crops)} face crops in {out}"]
+    lines = [
+        f"lowest-confidence frame {weakest.frame_id} (weakest face {weakest.score:.2f}): "
+        f"{len(crops)} face crops in {out}"
+    ]
     try:
         ranked = client.classify(crops, args.cam_model, top_k=1000).results
         face_index = next(p.class_index for p in ranked[0].predictions if p.label == args.face_class)
         maps = client.explain(crops, args.cam_model, class_index=face_index, overlay=True).results
     except RpcFailed as error:
         if error.code == grpc.StatusCode.UNIMPLEMENTED:
-            return lines + ["Explain is not available on this server yet (UNIMPLEMENTED): crops saved without CAM overlays"]
-        return lines + [f"Explain on {args.cam_model} failed ({error.code.name}: {error.details}): "
-                        "crops saved without CAM overlays"]
+            return lines + [
+                "Explain is not available on this server yet (UNIMPLEMENTED): crops saved without CAM overlays"
+            ]
+        return lines + [
+            f"Explain on {args.cam_model} failed ({error.code.name}: {error.details}): crops saved without CAM overlays"
+        ]
     except StopIteration:
         return lines + [f"{args.cam_model} has no class {args.face_class!r}: crops saved without CAM overlays"]
     for index, (ranking, cam) in enumerate(zip(ranked, maps)):
         (out / f"frame_{weakest.frame_id}_face_{index}_cam.jpg").write_bytes(cam.overlay)
         top = ranking.top
-        lines.append(f"  face {index}: {args.cam_model} says {top.label} {top.score:.2f}; "
-                     f"P({args.face_class}) {cam.score:.2f}; CAM overlay saved ({cam.method})")
+        lines.append(
+            f"  face {index}: {args.cam_model} says {top.label} {top.score:.2f}; "
+            f"P({args.face_class}) {cam.score:.2f}; CAM overlay saved ({cam.method})"
+        )
     return lines
 
 

@@ -42,8 +42,9 @@ class SourceInfo:
     live: bool
 
 
-def open_source(spec: str, *, fps: float | None = None, realtime: bool = False,
-                max_frames: int | None = None) -> tuple[SourceInfo, Iterator[Frame]]:
+def open_source(
+    spec: str, *, fps: float | None = None, realtime: bool = False, max_frames: int | None = None
+) -> tuple[SourceInfo, Iterator[Frame]]:
     """Open a webcam index, an image directory or a video file; frames are BGR uint8 `Frame`s."""
     if spec.isdigit():
         capture = cv2.VideoCapture(int(spec))
@@ -175,7 +176,9 @@ def draw_detections(image: np.ndarray, detections: Sequence[Detection], lines: S
         colour = _COLOURS[d.class_index % len(_COLOURS)]
         p1, p2 = (int(round(d.box.x1)), int(round(d.box.y1))), (int(round(d.box.x2)), int(round(d.box.y2)))
         cv2.rectangle(canvas, p1, p2, colour, 1)
-        cv2.putText(canvas, f"{d.label} {d.score:.2f}", (p1[0], max(8, p1[1] - 2)), cv2.FONT_HERSHEY_PLAIN, 0.7, colour, 1)
+        cv2.putText(
+            canvas, f"{d.label} {d.score:.2f}", (p1[0], max(8, p1[1] - 2)), cv2.FONT_HERSHEY_PLAIN, 0.7, colour, 1
+        )
     for row, text in enumerate(lines):
         origin = (3, 11 + 11 * row)
         cv2.putText(canvas, text, origin, cv2.FONT_HERSHEY_PLAIN, 0.8, (0, 0, 0), 3, cv2.LINE_AA)
@@ -204,7 +207,9 @@ class AnnotatedOutput:
             return
         if self._writer is None:
             size = (image.shape[1], image.shape[0])
-            self._writer = cv2.VideoWriter(str(self.path), cv2.CAP_OPENCV_MJPEG, cv2.VideoWriter_fourcc(*"MJPG"), self.fps, size)
+            self._writer = cv2.VideoWriter(
+                str(self.path), cv2.CAP_OPENCV_MJPEG, cv2.VideoWriter_fourcc(*"MJPG"), self.fps, size
+            )
         self._writer.write(image)
 
     def close(self) -> None:
@@ -214,41 +219,69 @@ class AnnotatedOutput:
             try:
                 from PIL import Image
             except ImportError:
-                raise SystemExit("writing a GIF needs Pillow (pip install pillow); use an .avi output instead") from None
+                raise SystemExit(
+                    "writing a GIF needs Pillow (pip install pillow); use an .avi output instead"
+                ) from None
             images = [Image.fromarray(rgb) for rgb in self._gif]
             images[0].save(self.path, save_all=True, append_images=images[1:], duration=round(1000 / self.fps), loop=0)
 
 
 def add_stream_arguments(parser: argparse.ArgumentParser, default_source: Path) -> None:
-    parser.add_argument("--source", default=str(default_source),
-                        help="video file, directory of images, or webcam index such as 0 (default: the bundled sample)")
-    parser.add_argument("--host", default=os.environ.get("CONVSERVE_HOST", "127.0.0.1:8001"),
-                        help="server address host:port [env CONVSERVE_HOST]")
+    parser.add_argument(
+        "--source",
+        default=str(default_source),
+        help="video file, directory of images, or webcam index such as 0 (default: the bundled sample)",
+    )
+    parser.add_argument(
+        "--host",
+        default=os.environ.get("CONVSERVE_HOST", "127.0.0.1:8001"),
+        help="server address host:port [env CONVSERVE_HOST]",
+    )
     parser.add_argument("--token", default=os.environ.get("CONVSERVE_TOKEN"), help="bearer token [env CONVSERVE_TOKEN]")
     parser.add_argument("--model", default="yolo_grid", help="detection model (default: the bundled yolo_grid)")
     parser.add_argument("--score-threshold", type=float, help="minimum detection score (default: the model's)")
-    parser.add_argument("--drop-frames", action="store_true",
-                        help="let the server skip stale frames when it falls behind (default: flow control)")
-    parser.add_argument("--max-pending", type=int, default=0, help="frames the server may hold at once (0: its default)")
+    parser.add_argument(
+        "--drop-frames",
+        action="store_true",
+        help="let the server skip stale frames when it falls behind (default: flow control)",
+    )
+    parser.add_argument(
+        "--max-pending", type=int, default=0, help="frames the server may hold at once (0: its default)"
+    )
     parser.add_argument("--realtime", action="store_true", help="replay a file at its frame rate, like a live camera")
     parser.add_argument("--fps", type=float, help="frame rate of the source (default: the video's, 10 for a directory)")
     parser.add_argument("--max-frames", type=int, help="stop after this many frames")
-    parser.add_argument("--max-in-flight", type=int, default=16,
-                        help="most frames sent and not yet answered: what one broken connection can lose (0: no limit)")
+    parser.add_argument(
+        "--max-in-flight",
+        type=int,
+        default=16,
+        help="most frames sent and not yet answered: what one broken connection can lose (0: no limit)",
+    )
     parser.add_argument("--max-reconnects", type=int, default=20, help="consecutive reconnect tries before giving up")
     parser.add_argument("--quiet", action="store_true", help="no per-frame line or progress bar")
 
 
-def detection_stream(client: VisionClient, frames: Iterator[Frame], args: argparse.Namespace,
-                     on_interruption: Callable[[StreamInterruption], None], track: TrackOptions | None = None,
-                     score_threshold: float | None = None) -> ReconnectingStream:
+def detection_stream(
+    client: VisionClient,
+    frames: Iterator[Frame],
+    args: argparse.Namespace,
+    on_interruption: Callable[[StreamInterruption], None],
+    track: TrackOptions | None = None,
+    score_threshold: float | None = None,
+) -> ReconnectingStream:
     """A reconnecting StreamDetect over `frames` with the command line's options (`--score-threshold`
     over `score_threshold`); with `track` the server tracks the objects (each reconnect restarts it)."""
     threshold = args.score_threshold if args.score_threshold is not None else score_threshold
 
     def open_stream(batch):
-        return client.stream_detect(batch, args.model, score_threshold=threshold, drop_frames=args.drop_frames,
-                                    max_pending=args.max_pending, track=track)
+        return client.stream_detect(
+            batch,
+            args.model,
+            score_threshold=threshold,
+            drop_frames=args.drop_frames,
+            max_pending=args.max_pending,
+            track=track,
+        )
 
     policy = ReconnectPolicy(max_attempts=args.max_reconnects, backoff_max_s=1.0)
     return ReconnectingStream(client, open_stream, frames, policy, on_interruption, max_in_flight=args.max_in_flight)
@@ -257,10 +290,14 @@ def detection_stream(client: VisionClient, frames: Iterator[Frame], args: argpar
 def interruption_text(event: StreamInterruption) -> str:
     ids = ", ".join(str(i) for i in event.lost_frame_ids[:10]) + (" ..." if len(event.lost_frame_ids) > 10 else "")
     outcome = f"resumed after {event.attempts} tries, {event.downtime_s:.1f} s" if event.resumed else "did not resume"
-    return (f"connection lost after frame {event.last_answered_id} ({event.error.code.name}: {event.error.details}); "
-            f"{outcome}; {len(event.lost_frame_ids)} frames in flight lost" + (f": {ids}" if ids else ""))
+    return (
+        f"connection lost after frame {event.last_answered_id} ({event.error.code.name}: {event.error.details}); "
+        f"{outcome}; {len(event.lost_frame_ids)} frames in flight lost" + (f": {ids}" if ids else "")
+    )
 
 
 def stream_summary(stream: ReconnectingStream, errors: int) -> str:
-    return (f"frames sent {stream.sent}, answered {stream.answered} (dropped by the server {stream.dropped}, "
-            f"errors {errors}), lost in flight {stream.lost} over {len(stream.interruptions)} reconnect(s)")
+    return (
+        f"frames sent {stream.sent}, answered {stream.answered} (dropped by the server {stream.dropped}, "
+        f"errors {errors}), lost in flight {stream.lost} over {len(stream.interruptions)} reconnect(s)"
+    )

@@ -113,12 +113,15 @@ def heldout_clips(directory: Path) -> dict[str, Path]:
 
 
 def markdown(scores: list[ClipScore]) -> str:
-    lines = ["| clip | frames scored | MOTA | IDF1 | ID switches | unique tracks (truth) |",
-             "|---|---|---|---|---|---|"]
+    lines = [
+        "| clip | frames scored | MOTA | IDF1 | ID switches | unique tracks (truth) |",
+        "|---|---|---|---|---|---|",
+    ]
     for s in scores:
         unique = ", ".join(f"{label} {s.unique.get(label, 0)} ({n})" for label, n in s.true_unique.items())
-        lines.append(f"| {s.clip}, {s.condition} | {s.frames} | {s.mota:.3f} | {s.idf1:.3f} | {s.switches} "
-                     f"| {unique} |")
+        lines.append(
+            f"| {s.clip}, {s.condition} | {s.frames} | {s.mota:.3f} | {s.idf1:.3f} | {s.switches} | {unique} |"
+        )
     return "\n".join(lines)
 
 
@@ -148,8 +151,10 @@ def main(argv=None) -> int:
         print(markdown(scores))
     else:
         for s in scores:
-            print(f"{s.clip:24s} {s.condition:13s} frames {s.frames:3d}  MOTA {s.mota:.3f}  IDF1 {s.idf1:.3f}  "
-                  f"switches {s.switches}  unique {s.unique} truth {s.true_unique}")
+            print(
+                f"{s.clip:24s} {s.condition:13s} frames {s.frames:3d}  MOTA {s.mota:.3f}  IDF1 {s.idf1:.3f}  "
+                f"switches {s.switches}  unique {s.unique} truth {s.true_unique}"
+            )
     failed = [s for s in scores if s.unique != s.true_unique]
     return 1 if failed else 0
 

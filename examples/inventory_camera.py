@@ -28,8 +28,19 @@ import csv
 import json
 from pathlib import Path
 
-from examples.camera_stream import (VIDEOS, AnnotatedOutput, CountSmoother, Progress, add_stream_arguments, count_labels,
-                                    detection_stream, draw_detections, interruption_text, open_source, stream_summary)
+from examples.camera_stream import (
+    VIDEOS,
+    AnnotatedOutput,
+    CountSmoother,
+    Progress,
+    add_stream_arguments,
+    count_labels,
+    detection_stream,
+    draw_detections,
+    interruption_text,
+    open_source,
+    stream_summary,
+)
 from examples.tracked_counts import TRACK_SCORE_THRESHOLD, TrackLedger, counted, parse_box
 from service.client import CountZone, RpcFailed, TrackOptions, VisionClient
 
@@ -44,10 +55,18 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--csv", type=Path, help="write per-frame counts here")
     parser.add_argument("--output", type=Path, help="write the annotated frames here (.avi or .gif)")
     parser.add_argument("--truth", type=Path, help="ground-truth JSON: report how often the counts match it")
-    parser.add_argument("--shelf-zone", type=parse_box, default=parse_box("-1,-1,100000,100000"),
-                        help="x1,y1,x2,y2 of the shelf in the image (default: the whole view)")
-    parser.add_argument("--max-age-s", type=float, default=1.0,
-                        help="an item unseen this long has been taken (default 1 s; longer rides out occlusions)")
+    parser.add_argument(
+        "--shelf-zone",
+        type=parse_box,
+        default=parse_box("-1,-1,100000,100000"),
+        help="x1,y1,x2,y2 of the shelf in the image (default: the whole view)",
+    )
+    parser.add_argument(
+        "--max-age-s",
+        type=float,
+        default=1.0,
+        help="an item unseen this long has been taken (default 1 s; longer rides out occlusions)",
+    )
     return parser.parse_args(argv)
 
 
@@ -68,11 +87,21 @@ class CountTable:
         self.header = ["frame_id", "status", "capture_s", "server_ms", *classes, *(f"smoothed_{c}" for c in classes)]
         self.rows: list[dict] = []
 
-    def add(self, frame_id: int, status: str, capture_us: int | None = None, server_us: int | None = None,
-            counts: dict | None = None, smoothed: dict | None = None) -> None:
-        row = {"frame_id": frame_id, "status": status,
-               "capture_s": "" if capture_us is None else f"{capture_us / 1e6:.3f}",
-               "server_ms": "" if server_us is None else f"{server_us / 1e3:.1f}"}
+    def add(
+        self,
+        frame_id: int,
+        status: str,
+        capture_us: int | None = None,
+        server_us: int | None = None,
+        counts: dict | None = None,
+        smoothed: dict | None = None,
+    ) -> None:
+        row = {
+            "frame_id": frame_id,
+            "status": status,
+            "capture_s": "" if capture_us is None else f"{capture_us / 1e6:.3f}",
+            "server_ms": "" if server_us is None else f"{server_us / 1e3:.1f}",
+        }
         for name in self.classes:
             row[name] = "" if counts is None else counts[name]
             row[f"smoothed_{name}"] = "" if smoothed is None else smoothed[name]
@@ -97,8 +126,10 @@ def truth_report(table: CountTable, truth_path: Path) -> str:
         return sum(all(row[prefix + c] == truth[row["frame_id"]].get(c, 0) for c in table.classes) for row in answered)
 
     raw, smooth = matches(""), matches("smoothed_")
-    return (f"ground truth: counts match on {raw}/{len(answered)} frames ({100 * raw / len(answered):.1f} %), "
-            f"smoothed on {smooth}/{len(answered)} ({100 * smooth / len(answered):.1f} %)")
+    return (
+        f"ground truth: counts match on {raw}/{len(answered)} frames ({100 * raw / len(answered):.1f} %), "
+        f"smoothed on {smooth}/{len(answered)} ({100 * smooth / len(answered):.1f} %)"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -131,7 +162,9 @@ def run(args: argparse.Namespace) -> int:
                     continue
                 counts = count_labels([d for d in result.result.detections if counted(d)], classes)
                 smoothed = smoother.update(counts)
-                table.add(result.frame_id, "ok", result.capture_timestamp_us, result.server_processing_us, counts, smoothed)
+                table.add(
+                    result.frame_id, "ok", result.capture_timestamp_us, result.server_processing_us, counts, smoothed
+                )
                 shown = "  ".join(f"{c} {counts[c]} ({smoothed[c]})" for c in classes)
                 progress.frame(f"frame {result.frame_id:5d}  {shown}")
                 if output is not None:

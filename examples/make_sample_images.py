@@ -55,8 +55,11 @@ def write_photos() -> dict:
 
 
 def _scene_entry(scene, classes) -> dict:
-    return {"kind": "scene", "boxes": [[round(float(v), 1) for v in box] for box in scene.boxes],
-            "labels": [classes[int(label)] for label in scene.labels]}
+    return {
+        "kind": "scene",
+        "boxes": [[round(float(v), 1) for v in box] for box in scene.boxes],
+        "labels": [classes[int(label)] for label in scene.labels],
+    }
 
 
 def write_scenes() -> dict:

@@ -79,8 +79,15 @@ def background(seed: int, clip_seed: int = SEED) -> np.ndarray:
     clip (the held-out backgrounds are fine textures that JPEG encodes poorly)."""
     from export.data.scenes import SceneSpec, make_scene
 
-    spec = SceneSpec(height=(SIZE, SIZE), width=(SIZE, SIZE), objects=(0, 0), distractors=(0, 0), clutter_lines=(0, 0),
-                     noise_std=0.0, blur_probability=0.0)
+    spec = SceneSpec(
+        height=(SIZE, SIZE),
+        width=(SIZE, SIZE),
+        objects=(0, 0),
+        distractors=(0, 0),
+        clutter_lines=(0, 0),
+        noise_std=0.0,
+        blur_probability=0.0,
+    )
     image = make_scene(np.random.default_rng([clip_seed, seed]), spec, split="heldout").image
     return cv2.GaussianBlur(image, (0, 0), BACKGROUND_BLUR)
 
@@ -89,8 +96,17 @@ def sprite(seed: int, name: str, size: int, clip_seed: int = SEED) -> tuple[np.n
     """One held-out object of class `name`, `size` pixels across: (RGB patch, bool mask)."""
     from export.data.scenes import SceneSpec, make_scene
 
-    spec = SceneSpec(height=(size, size), width=(size, size), objects=(1, 1), object_size=(size, size), classes=(name,),
-                     distractors=(0, 0), clutter_lines=(0, 0), noise_std=0.0, blur_probability=0.0)
+    spec = SceneSpec(
+        height=(size, size),
+        width=(size, size),
+        objects=(1, 1),
+        object_size=(size, size),
+        classes=(name,),
+        distractors=(0, 0),
+        clutter_lines=(0, 0),
+        noise_std=0.0,
+        blur_probability=0.0,
+    )
     scene = make_scene(np.random.default_rng([clip_seed, seed]), spec, split="heldout")
     if len(scene.labels) != 1:
         raise RuntimeError(f"could not draw a {name} sprite (seed {seed})")
@@ -99,8 +115,19 @@ def sprite(seed: int, name: str, size: int, clip_seed: int = SEED) -> tuple[np.n
 
 def recolour(patch: np.ndarray, alpha: np.ndarray, backdrop: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """A flat shape in one of the three palette colours farthest from the mean colour of `backdrop`."""
-    palette = np.array([[230, 30, 30], [30, 200, 40], [40, 60, 230], [250, 230, 40], [250, 250, 250], [20, 20, 20],
-                        [230, 40, 220], [40, 220, 230]], dtype=np.float32)
+    palette = np.array(
+        [
+            [230, 30, 30],
+            [30, 200, 40],
+            [40, 60, 230],
+            [250, 230, 40],
+            [250, 250, 250],
+            [20, 20, 20],
+            [230, 40, 220],
+            [40, 220, 230],
+        ],
+        dtype=np.float32,
+    )
     mean = backdrop.reshape(-1, 3).astype(np.float32).mean(axis=0)
     farthest = np.argsort(np.linalg.norm(palette - mean, axis=1))[-3:]
     colour = palette[int(rng.choice(farthest))]
@@ -127,7 +154,9 @@ def render(back: np.ndarray, tracks: list[Track], rng: np.random.Generator) -> t
             rows, cols = np.nonzero(track.alpha)
             labels.append(SCENE_CLASSES[track.label])
             ids.append(identity)
-            boxes.append([int(left + cols.min()), int(top + rows.min()), int(left + cols.max() + 1), int(top + rows.max() + 1)])
+            boxes.append(
+                [int(left + cols.min()), int(top + rows.min()), int(left + cols.max() + 1), int(top + rows.max() + 1)]
+            )
         noisy = image.astype(np.float32) + rng.standard_normal(image.shape, dtype=np.float32) * np.float32(NOISE_STD)
         frames.append(np.clip(noisy, 0, 255).astype(np.uint8))
         counts = {name: labels.count(name) for name in SCENE_CLASSES if name in labels}
@@ -140,28 +169,58 @@ def inventory_tracks(back: np.ndarray, rng: np.random.Generator, clip_seed: int 
     from export.data.scenes import SCENE_CLASSES
 
     plan = [  # (class, lane, start, stop)
-        ("circle", 0, 0, FRAMES), ("square", 1, 0, 45), ("star", 1, 52, FRAMES),
-        ("triangle", 2, 0, FRAMES), ("star", 3, 18, FRAMES),
+        ("circle", 0, 0, FRAMES),
+        ("square", 1, 0, 45),
+        ("star", 1, 52, FRAMES),
+        ("triangle", 2, 0, FRAMES),
+        ("star", 3, 18, FRAMES),
     ]
     tracks = []
     for index, (name, lane, start, stop) in enumerate(plan):
         size = int(rng.integers(28, 35))
         patch, alpha = sprite(100 + index, name, size, clip_seed)
         lane_rows = back[lane * SIZE // LANES : (lane + 1) * SIZE // LANES]
-        tracks.append(Track(SCENE_CLASSES.index(name), recolour(patch, alpha, lane_rows, rng), alpha, lane,
-                            float(rng.uniform(0, SIZE - size)), float(rng.choice([-1, 1]) * rng.uniform(0.8, 1.8)), start, stop))
+        tracks.append(
+            Track(
+                SCENE_CLASSES.index(name),
+                recolour(patch, alpha, lane_rows, rng),
+                alpha,
+                lane,
+                float(rng.uniform(0, SIZE - size)),
+                float(rng.choice([-1, 1]) * rng.uniform(0.8, 1.8)),
+                start,
+                stop,
+            )
+        )
     return tracks
 
 
 def attendance_tracks(rng: np.random.Generator, clip_seed: int = SEED) -> list[Track]:
     """Six people over four lanes: some arrive late, some leave early, a seat is taken again."""
-    plan = [(0, 0, FRAMES), (1, 0, 40), (2, 10, FRAMES), (3, 0, 30), (1, 48, FRAMES), (3, 62, FRAMES)]  # (lane, start, stop)
+    plan = [
+        (0, 0, FRAMES),
+        (1, 0, 40),
+        (2, 10, FRAMES),
+        (3, 0, 30),
+        (1, 48, FRAMES),
+        (3, 62, FRAMES),
+    ]  # (lane, start, stop)
     tracks = []
     for index, (lane, start, stop) in enumerate(plan):
         size = int(rng.integers(32, 37))
         patch, alpha = sprite(200 + index, "face", size, clip_seed)
-        tracks.append(Track(0, patch, alpha, lane, float(rng.uniform(0, SIZE - size)),
-                            float(rng.choice([-1, 1]) * rng.uniform(0.6, 1.4)), start, stop))
+        tracks.append(
+            Track(
+                0,
+                patch,
+                alpha,
+                lane,
+                float(rng.uniform(0, SIZE - size)),
+                float(rng.choice([-1, 1]) * rng.uniform(0.6, 1.4)),
+                start,
+                stop,
+            )
+        )
     return tracks
 
 

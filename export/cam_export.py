@@ -151,8 +151,14 @@ def prepare_cam_version(
         postprocessing=lambda n: PostprocessingConfig(scores="logits", top_k=min(5, n)),
     )
     prepared = prepare_version(
-        tap_model(model, arch), tapped_spec, name=name, num_classes=num_classes, input_hw=input_hw,
-        labels=labels, weights=weights, tolerance=tolerance,
+        tap_model(model, arch),
+        tapped_spec,
+        name=name,
+        num_classes=num_classes,
+        input_hw=input_hw,
+        labels=labels,
+        weights=weights,
+        tolerance=tolerance,
     )
     features_shape = prepared.graph.output_shapes[1]
     if len(features_shape) != 3 or features_shape[1] * features_shape[2] < 2:
@@ -161,9 +167,14 @@ def prepare_cam_version(
     class_weights = class_weights_of(model, arch)
     if class_weights is not None:
         if class_weights.shape != (num_classes, features_shape[0]):
-            raise ExportError(f"{arch}: classifier weights {class_weights.shape} do not match [C, K] = [{num_classes}, {features_shape[0]}]")
+            raise ExportError(
+                f"{arch}: classifier weights {class_weights.shape} do not match "
+                f"[C, K] = [{num_classes}, {features_shape[0]}]"
+            )
         onnx_bytes, initializer = locate_class_weights(onnx_bytes, class_weights)
-    cam = CamConfig(method=source.method, features_output=FEATURES_OUTPUT, weights_initializer=initializer, max_maps=max_maps)
+    cam = CamConfig(
+        method=source.method, features_output=FEATURES_OUTPUT, weights_initializer=initializer, max_maps=max_maps
+    )
     graph = dataclasses.replace(prepared.graph, onnx_bytes=onnx_bytes)
     return dataclasses.replace(prepared, graph=graph, config=with_cam_config(prepared.config, cam))
 
@@ -189,8 +200,15 @@ def main() -> None:
         load_checkpoint(model, args.checkpoint, spec.training_only_prefixes)
         weights = {"source": str(args.checkpoint)}
     input_hw = (args.input_size, args.input_size) if args.input_size else None
-    prepared = prepare_cam_version(model, args.arch, name=args.name or args.arch, num_classes=num_classes,
-                                   input_hw=input_hw, weights=weights, max_maps=args.max_maps)
+    prepared = prepare_cam_version(
+        model,
+        args.arch,
+        name=args.name or args.arch,
+        num_classes=num_classes,
+        input_hw=input_hw,
+        weights=weights,
+        max_maps=args.max_maps,
+    )
     print(write_version(prepared, args.repo, overwrite=True))
 
 

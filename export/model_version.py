@@ -51,8 +51,10 @@ def check_input_size(spec: ModelSpec, input_hw: tuple[int, int]) -> None:
 
 def build_config(spec: ModelSpec, name: str, graph: OnnxGraph, num_classes: int, has_labels: bool) -> ModelConfig:
     """The serving config for an exported graph (service.config.ModelConfig)."""
-    post = spec.postprocessing(num_classes) if spec.postprocessing else PostprocessingConfig(
-        scores="logits", top_k=min(5, num_classes)
+    post = (
+        spec.postprocessing(num_classes)
+        if spec.postprocessing
+        else PostprocessingConfig(scores="logits", top_k=min(5, num_classes))
     )
     return ModelConfig(
         name=name,
@@ -113,7 +115,13 @@ def classifier_files(prepared: PreparedVersion, training: dict | None = None) ->
     )
 
 
-def write_version(prepared: PreparedVersion, repo: Path, *, version: int | None = None, overwrite: bool = False,
-                  training: dict | None = None) -> Path:
+def write_version(
+    prepared: PreparedVersion,
+    repo: Path,
+    *,
+    version: int | None = None,
+    overwrite: bool = False,
+    training: dict | None = None,
+) -> Path:
     """Write the prepared version into `repo` through the common writer; returns the version directory."""
     return write_model_version(classifier_files(prepared, training), repo, version=version, overwrite=overwrite)

@@ -86,7 +86,9 @@ def first_convs(path: Path) -> tuple[str, ...]:
     def after_conv(tensor: str) -> bool:
         if tensor not in behind_conv:
             node = producer.get(tensor)
-            behind_conv[tensor] = node is not None and (node.op_type == "Conv" or any(after_conv(t) for t in node.input if t))
+            behind_conv[tensor] = node is not None and (
+                node.op_type == "Conv" or any(after_conv(t) for t in node.input if t)
+            )
         return behind_conv[tensor]
 
     names = tuple(node.name for node in graph.node if node.op_type == "Conv" and not after_conv(node.input[0]))
@@ -95,8 +97,13 @@ def first_convs(path: Path) -> tuple[str, ...]:
     return names
 
 
-def quantize_int8(source: Path, target: Path, calibration: Iterable[dict[str, np.ndarray]], per_channel: bool = True,
-                  float_nodes: tuple[str, ...] = ()) -> None:
+def quantize_int8(
+    source: Path,
+    target: Path,
+    calibration: Iterable[dict[str, np.ndarray]],
+    per_channel: bool = True,
+    float_nodes: tuple[str, ...] = (),
+) -> None:
     """Static INT8 quantisation (QDQ, per-channel int8 weights, uint8 activations, min-max calibration);
     `float_nodes` stay float32 (e.g. a first convolution whose few filters one int8 scale fits badly)."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
@@ -106,10 +113,15 @@ def quantize_int8(source: Path, target: Path, calibration: Iterable[dict[str, np
         prepared = Path(scratch) / "prepared.onnx"
         quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)
         quantize_static(
-            str(prepared), str(target), _CalibrationReader(calibration),
-            quant_format=QuantFormat.QDQ, per_channel=per_channel,
-            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-            calibrate_method=CalibrationMethod.MinMax, nodes_to_exclude=list(float_nodes),
+            str(prepared),
+            str(target),
+            _CalibrationReader(calibration),
+            quant_format=QuantFormat.QDQ,
+            per_channel=per_channel,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            calibrate_method=CalibrationMethod.MinMax,
+            nodes_to_exclude=list(float_nodes),
         )
     onnx.checker.check_model(str(target))
 

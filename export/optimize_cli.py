@@ -34,34 +34,68 @@ DEFAULT_BATCH_SIZES = (1, 8, 32)
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="convserve optimize", description=__doc__.splitlines()[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1])
+    parser = argparse.ArgumentParser(
+        prog="convserve optimize",
+        description=__doc__.splitlines()[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=__doc__.split("\n\n", 1)[1],
+    )
     parser.add_argument("--repo", type=Path, default=Path("model_repo"), help="model repository (default model_repo)")
     parser.add_argument("--model", required=True, help="model name (a directory of the repository)")
     parser.add_argument("--version", type=int, help="source version (default: the model's default version)")
     kind = parser.add_mutually_exclusive_group(required=True)
-    kind.add_argument("--quantize", choices=["int8"], help="static INT8 quantisation (QDQ; weight scales: see --weights)")
+    kind.add_argument(
+        "--quantize", choices=["int8"], help="static INT8 quantisation (QDQ; weight scales: see --weights)"
+    )
     kind.add_argument("--precision", choices=["fp16"], help="half precision inside, float32 inputs/outputs")
-    kind.add_argument("--optimized-graph", action="store_true",
-                      help="save ONNX Runtime's optimised graph as the new version (see --graph-level)")
-    parser.add_argument("--graph-level", choices=["extended", "all"], default="extended",
-                        help="with --optimized-graph: 'extended' (portable) or 'all' (adds layouts for this CPU type only; "
-                             "load it with runtime.graph_optimization_level: disable)")
-    parser.add_argument("--weights", choices=["per-channel", "per-tensor"], default="per-channel",
-                        help="int8 weight scales (default per-channel; per-tensor saturates less on AVX2 CPUs without VNNI)")
-    parser.add_argument("--float-first-conv", action="store_true",
-                        help="int8: keep the first convolution (of every pass over the input) in float32 (it sees the raw pixels through a few filters "
-                             "that one int8 scale fits badly; it costs little time)")
+    kind.add_argument(
+        "--optimized-graph",
+        action="store_true",
+        help="save ONNX Runtime's optimised graph as the new version (see --graph-level)",
+    )
+    parser.add_argument(
+        "--graph-level",
+        choices=["extended", "all"],
+        default="extended",
+        help="with --optimized-graph: 'extended' (portable) or 'all' (adds layouts for this CPU type only; "
+        "load it with runtime.graph_optimization_level: disable)",
+    )
+    parser.add_argument(
+        "--weights",
+        choices=["per-channel", "per-tensor"],
+        default="per-channel",
+        help="int8 weight scales (default per-channel; per-tensor saturates less on AVX2 CPUs without VNNI)",
+    )
+    parser.add_argument(
+        "--float-first-conv",
+        action="store_true",
+        help="int8: keep the first convolution (of every pass over the input) in float32 "
+        "(it sees the raw pixels through a few filters "
+        "that one int8 scale fits badly; it costs little time)",
+    )
     parser.add_argument("--calibration-size", type=int, default=256, help="calibration samples (default 256)")
     parser.add_argument("--threads", type=int, default=1, help="intra-op threads for the timings (default 1)")
-    parser.add_argument("--batch-sizes", default=",".join(map(str, DEFAULT_BATCH_SIZES)),
-                        help="batch sizes timed, capped at the model's max_batch_size (default 1,8,32)")
+    parser.add_argument(
+        "--batch-sizes",
+        default=",".join(map(str, DEFAULT_BATCH_SIZES)),
+        help="batch sizes timed, capped at the model's max_batch_size (default 1,8,32)",
+    )
     parser.add_argument("--rounds", type=int, default=15, help="interleaved timing rounds per batch size (default 15)")
-    parser.add_argument("--min-seconds", type=float, default=3.0, help="least timing seconds per batch size (default 3)")
-    parser.add_argument("--default", choices=["pin", "auto"], default="pin", dest="default_policy",
-                        help="which version clients get by default afterwards (see below; default pin)")
-    parser.add_argument("--skip-full-evaluation", action="store_true",
-                        help="evaluate on the fast test subset only (the full held-out split is left out)")
+    parser.add_argument(
+        "--min-seconds", type=float, default=3.0, help="least timing seconds per batch size (default 3)"
+    )
+    parser.add_argument(
+        "--default",
+        choices=["pin", "auto"],
+        default="pin",
+        dest="default_policy",
+        help="which version clients get by default afterwards (see below; default pin)",
+    )
+    parser.add_argument(
+        "--skip-full-evaluation",
+        action="store_true",
+        help="evaluate on the fast test subset only (the full held-out split is left out)",
+    )
     return parser
 
 
@@ -70,14 +104,26 @@ def _request(args: argparse.Namespace) -> OptimizeRequest:
     try:
         batches = tuple(sorted({int(b) for b in args.batch_sizes.split(",") if b.strip()}))
     except ValueError:
-        raise SystemExit(f"convserve optimize: --batch-sizes must be integers separated by commas, got {args.batch_sizes!r}")
+        raise SystemExit(
+            f"convserve optimize: --batch-sizes must be integers separated by commas, got {args.batch_sizes!r}"
+        ) from None
     if not batches or min(batches) < 1 or args.calibration_size < 1 or args.threads < 1 or args.rounds < 1:
         raise SystemExit("convserve optimize: batch sizes, --calibration-size, --threads and --rounds must be positive")
     return OptimizeRequest(
-        repo=args.repo, model=args.model, source_version=args.version, variant=variant,
-        calibration_size=args.calibration_size, threads=args.threads, batch_sizes=batches, rounds=args.rounds, min_seconds=args.min_seconds,
-        default_policy=args.default_policy, full_evaluation=not args.skip_full_evaluation, graph_level=args.graph_level,
-        per_channel=args.weights == "per-channel", float_first_conv=args.float_first_conv,
+        repo=args.repo,
+        model=args.model,
+        source_version=args.version,
+        variant=variant,
+        calibration_size=args.calibration_size,
+        threads=args.threads,
+        batch_sizes=batches,
+        rounds=args.rounds,
+        min_seconds=args.min_seconds,
+        default_policy=args.default_policy,
+        full_evaluation=not args.skip_full_evaluation,
+        graph_level=args.graph_level,
+        per_channel=args.weights == "per-channel",
+        float_first_conv=args.float_first_conv,
     )
 
 
@@ -97,9 +143,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"convserve optimize: {exc.args[0] if exc.args else exc}", file=sys.stderr)
         return 1
     card = json.loads((version_dir / "model_card.json").read_text())
-    print(json.dumps({"version_dir": str(version_dir), "evaluation": card["evaluation"],
-                      "throughput_speedup": card["throughput"]["speedup_by_batch"],
-                      "default_version": card["serving"]["default_version"]}, indent=2))
+    print(
+        json.dumps(
+            {
+                "version_dir": str(version_dir),
+                "evaluation": card["evaluation"],
+                "throughput_speedup": card["throughput"]["speedup_by_batch"],
+                "default_version": card["serving"]["default_version"],
+            },
+            indent=2,
+        )
+    )
     return 0
 
 

@@ -21,15 +21,24 @@ import onnx
 from export.calibration import CALIBRATION_SEED, ModelData, calibration_batches, model_data
 from export.optimize import convert_fp16, first_convs, quantize_int8, save_optimized_graph
 from export.throughput import (
-    cpu_session, interleaved_creation, interleaved_timings, machine_description, ratio_of_medians, tile_batch,
+    cpu_session,
+    interleaved_creation,
+    interleaved_timings,
+    machine_description,
+    ratio_of_medians,
+    tile_batch,
 )
 from service.config import ModelConfig, dump_model_config
 from service.repository import ModelSource, check_signature, find_config, scan_model
 
 VARIANTS = ("int8", "fp16", "graph")
-QUANTIZATION = {"format": "QDQ (onnxruntime.quantization.quantize_static)", "weights": "int8, symmetric",
-                "activations": "uint8, per-tensor, asymmetric", "calibration_method": "MinMax",
-                "preprocessing": "onnxruntime.quantization.shape_inference.quant_pre_process"}
+QUANTIZATION = {
+    "format": "QDQ (onnxruntime.quantization.quantize_static)",
+    "weights": "int8, symmetric",
+    "activations": "uint8, per-tensor, asymmetric",
+    "calibration_method": "MinMax",
+    "preprocessing": "onnxruntime.quantization.shape_inference.quant_pre_process",
+}
 STARTUP_REPEATS = 5
 
 
@@ -69,8 +78,10 @@ def _resolve_source(request: OptimizeRequest) -> tuple[ModelSource, int]:
     card_path = source.directory / str(version) / "model_card.json"
     card = json.loads(card_path.read_text()) if card_path.is_file() else {}
     if card.get("precision", "fp32") != "fp32" or "derived_from" in card:
-        raise ValueError(f"version {version} of '{request.model}' is itself a {card.get('precision')} variant "
-                         f"of version {card.get('derived_from', {}).get('version')}: optimise the fp32 source instead")
+        raise ValueError(
+            f"version {version} of '{request.model}' is itself a {card.get('precision')} variant "
+            f"of version {card.get('derived_from', {}).get('version')}: optimise the fp32 source instead"
+        )
     return source, version
 
 
@@ -95,17 +106,32 @@ def build_variant(request: OptimizeRequest, scratch: Path) -> BuiltVariant:
         quantize_int8(src, target, feeds, per_channel=request.per_channel, float_nodes=float_nodes)
         _keep_cam_weights(config, target)
         weights = "per-channel" if request.per_channel else "per-tensor"
-        quantization = {**QUANTIZATION, "weight_scales": weights, **({"float32_nodes": list(float_nodes)} if float_nodes else {})}
-        method = {"quantization": quantization, "calibration": {
-            "source": data.calibration_source, "samples": sum(len(next(iter(f.values()))) for f in feeds),
-            "batches": len(feeds), "seed": CALIBRATION_SEED}}
+        quantization = {
+            **QUANTIZATION,
+            "weight_scales": weights,
+            **({"float32_nodes": list(float_nodes)} if float_nodes else {}),
+        }
+        method = {
+            "quantization": quantization,
+            "calibration": {
+                "source": data.calibration_source,
+                "samples": sum(len(next(iter(f.values()))) for f in feeds),
+                "batches": len(feeds),
+                "seed": CALIBRATION_SEED,
+            },
+        }
     elif request.variant == "fp16":
         convert_fp16(src, target)
         method = {"conversion": "onnxruntime.transformers.float16.convert_float_to_float16(keep_io_types=True)"}
     else:
         save_optimized_graph(src, target, request.graph_level)
-        method = {"graph_optimization": {"level": request.graph_level, "saved_with": "SessionOptions.optimized_model_filepath",
-                                         "portable": request.graph_level != "all"}}
+        method = {
+            "graph_optimization": {
+                "level": request.graph_level,
+                "saved_with": "SessionOptions.optimized_model_filepath",
+                "portable": request.graph_level != "all",
+            }
+        }
     return BuiltVariant(source, version, target, data, samples, method)
 
 
@@ -141,10 +167,18 @@ def _keep_cam_weights(config: ModelConfig, target: Path) -> None:
     names = {i.name: i for i in model.graph.initializer}
     if cam.weights_initializer in names:
         return
-    node = next((n for n in model.graph.node if n.op_type == "DequantizeLinear"
-                 and n.input[0] == f"{cam.weights_initializer}_quantized"), None)
+    node = next(
+        (
+            n
+            for n in model.graph.node
+            if n.op_type == "DequantizeLinear" and n.input[0] == f"{cam.weights_initializer}_quantized"
+        ),
+        None,
+    )
     if node is None:
-        raise ValueError(f"quantised graph lost the CAM weights '{cam.weights_initializer}' and no dequantisation of them was found")
+        raise ValueError(
+            f"quantised graph lost the CAM weights '{cam.weights_initializer}' and no dequantisation of them was found"
+        )
     model.graph.initializer.append(onnx.numpy_helper.from_array(_dequantized(node, names), cam.weights_initializer))
     onnx.save(model, str(target))
     onnx.checker.check_model(str(target))
@@ -167,9 +201,11 @@ def _dequantized(node: onnx.NodeProto, initializers: dict) -> np.ndarray:
 def measure_variant(request: OptimizeRequest, built: BuiltVariant) -> dict:
     """Held-out metric of source and variant, interleaved throughput and session start-up times."""
     source_path = built.source.model_path(built.source_version)
-    return {"evaluation": _evaluation(request, built, source_path),
-            "throughput": _throughput(request, built, source_path),
-            "startup": _startup(request, built, source_path)}
+    return {
+        "evaluation": _evaluation(request, built, source_path),
+        "throughput": _throughput(request, built, source_path),
+        "startup": _startup(request, built, source_path),
+    }
 
 
 def _evaluation(request: OptimizeRequest, built: BuiltVariant, source_path: Path) -> dict:
@@ -186,9 +222,13 @@ def _evaluation(request: OptimizeRequest, built: BuiltVariant, source_path: Path
     for label, count in counts.items():
         fp32 = data.evaluate(source_path, config, count)
         variant = data.evaluate(built.target, config, count)
-        result[label] = {"count": count, "fp32": fp32.value, name: variant.value,
-                         "drop": round(fp32.value - variant.value, 6),
-                         "details": {"fp32": fp32.details, name: variant.details}}
+        result[label] = {
+            "count": count,
+            "fp32": fp32.value,
+            name: variant.value,
+            "drop": round(fp32.value - variant.value, 6),
+            "details": {"fp32": fp32.details, name: variant.details},
+        }
     judged = result.get("full", result["test_subset"])
     result["holds"] = bool(judged["drop"] <= data.max_drop + 1e-9)
     return result
@@ -197,8 +237,10 @@ def _evaluation(request: OptimizeRequest, built: BuiltVariant, source_path: Path
 def _throughput(request: OptimizeRequest, built: BuiltVariant, source_path: Path) -> dict:
     config = built.source.config
     level = config.runtime.graph_optimization_level
-    sessions = {"fp32": cpu_session(source_path, request.threads, level),
-                request.variant: cpu_session(built.target, request.threads, level)}
+    sessions = {
+        "fp32": cpu_session(source_path, request.threads, level),
+        request.variant: cpu_session(built.target, request.threads, level),
+    }
     batches = [b for b in request.batch_sizes if b <= config.batching.max_batch_size] or [1]
     rows, speedups = [], {}
     for batch in batches:
@@ -207,11 +249,18 @@ def _throughput(request: OptimizeRequest, built: BuiltVariant, source_path: Path
         speedups[str(batch)] = round(ratio_of_medians(timings["fp32"], timings[request.variant]), 3)
         rows.append({name: timing.as_dict() for name, timing in timings.items()})
     best = max(speedups, key=lambda b: rows[batches.index(int(b))][request.variant]["images_per_s"])
-    return {"method": "interleaved runs (fp32, variant, fp32, ...) in one process on the same real inputs; "
-                      "speedup = ratio of median run times", "threads": request.threads,
-            "graph_optimization_level": level, "min_rounds": request.rounds, "by_batch": rows,
-            "speedup_by_batch": speedups, "best_batch": int(best), "speedup_at_best_batch": speedups[best],
-            "machine": machine_description()}
+    return {
+        "method": "interleaved runs (fp32, variant, fp32, ...) in one process on the same real inputs; "
+        "speedup = ratio of median run times",
+        "threads": request.threads,
+        "graph_optimization_level": level,
+        "min_rounds": request.rounds,
+        "by_batch": rows,
+        "speedup_by_batch": speedups,
+        "best_batch": int(best),
+        "speedup_at_best_batch": speedups[best],
+        "machine": machine_description(),
+    }
 
 
 def _startup(request: OptimizeRequest, built: BuiltVariant, source_path: Path) -> dict:
@@ -220,8 +269,11 @@ def _startup(request: OptimizeRequest, built: BuiltVariant, source_path: Path) -
     if request.variant == "graph":
         paths["graph@disable"] = (built.target, "disable")
     seconds = interleaved_creation(paths, request.threads, STARTUP_REPEATS)
-    return {"graph_optimization_level": level, "repeats": STARTUP_REPEATS,
-            "session_creation_ms": {name: round(s * 1000, 1) for name, s in seconds.items()}}
+    return {
+        "graph_optimization_level": level,
+        "repeats": STARTUP_REPEATS,
+        "session_creation_ms": {name: round(s * 1000, 1) for name, s in seconds.items()},
+    }
 
 
 def install_version(request: OptimizeRequest, built: BuiltVariant, measured: dict) -> Path:
@@ -234,8 +286,12 @@ def install_version(request: OptimizeRequest, built: BuiltVariant, measured: dic
     default = _default_version(request, built, measured, version)
     onnx_bytes = built.target.read_bytes()
     card = _card(request, built, measured, version, default, onnx_bytes)
-    install_version_dir(source.directory, version, {
-        "model.onnx": onnx_bytes, "model_card.json": (json.dumps(card, indent=2) + "\n").encode()}, overwrite=False)
+    install_version_dir(
+        source.directory,
+        version,
+        {"model.onnx": onnx_bytes, "model_card.json": (json.dumps(card, indent=2) + "\n").encode()},
+        overwrite=False,
+    )
     config_path = find_config(source.directory)
     updated = source.config.model_copy(update={"default_version": default})
     temporary = config_path.with_name(".config.yaml.tmp")
@@ -248,8 +304,13 @@ def install_version(request: OptimizeRequest, built: BuiltVariant, measured: dic
 def _stamp_metadata(path: Path, version: int, variant: str, source_version: int) -> None:
     model = onnx.load(str(path))
     props = {p.key: p.value for p in model.metadata_props}
-    props.update({"convserve.version": str(version), "convserve.precision": variant if variant != "graph" else "fp32",
-                  "convserve.derived_from_version": str(source_version)})
+    props.update(
+        {
+            "convserve.version": str(version),
+            "convserve.precision": variant if variant != "graph" else "fp32",
+            "convserve.derived_from_version": str(source_version),
+        }
+    )
     del model.metadata_props[:]
     for key, value in props.items():
         model.metadata_props.add(key=key, value=value)
@@ -266,26 +327,49 @@ def _default_version(request: OptimizeRequest, built: BuiltVariant, measured: di
     return built.source_version
 
 
-def _card(request: OptimizeRequest, built: BuiltVariant, measured: dict, version: int, default: int, onnx_bytes: bytes) -> dict:
+def _card(
+    request: OptimizeRequest, built: BuiltVariant, measured: dict, version: int, default: int, onnx_bytes: bytes
+) -> dict:
     import onnxruntime
 
     source_path = built.source.model_path(built.source_version)
     precision = request.variant if request.variant != "graph" else "fp32"
-    int8 = "--quantize int8" + ("" if request.per_channel else " --weights per-tensor") + (" --float-first-conv" if request.float_first_conv else "")
+    int8 = (
+        "--quantize int8"
+        + ("" if request.per_channel else " --weights per-tensor")
+        + (" --float-first-conv" if request.float_first_conv else "")
+    )
     flag = {"int8": int8, "fp16": "--precision fp16", "graph": "--optimized-graph"}[request.variant]
     return {
-        "name": request.model, "version": version, "precision": precision, "variant": request.variant,
-        "derived_from": {"version": built.source_version, "sha256": hashlib.sha256(source_path.read_bytes()).hexdigest(),
-                         "card": f"{built.source_version}/model_card.json"},
+        "name": request.model,
+        "version": version,
+        "precision": precision,
+        "variant": request.variant,
+        "derived_from": {
+            "version": built.source_version,
+            "sha256": hashlib.sha256(source_path.read_bytes()).hexdigest(),
+            "card": f"{built.source_version}/model_card.json",
+        },
         **built.method,
-        "evaluation": measured["evaluation"], "throughput": measured["throughput"], "startup": measured["startup"],
-        "onnx": {"file": "model.onnx", "sha256": hashlib.sha256(onnx_bytes).hexdigest(), "bytes": len(onnx_bytes),
-                 "versions": {"onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__}},
-        "serving": {"default_version": default, "policy": request.default_policy,
-                    "why": "pin: clients that name no version keep the fp32 source; on CUDA a QDQ INT8 graph runs "
-                           "dequantised, and one repository serves CPU and GPU deployments. Ask for this version "
-                           "by number, or rerun with --default auto to make it the default when its metric holds."},
-        "reproduce": f"convserve optimize --repo {request.repo} --model {request.model} --version {built.source_version} {flag}",
+        "evaluation": measured["evaluation"],
+        "throughput": measured["throughput"],
+        "startup": measured["startup"],
+        "onnx": {
+            "file": "model.onnx",
+            "sha256": hashlib.sha256(onnx_bytes).hexdigest(),
+            "bytes": len(onnx_bytes),
+            "versions": {"onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__},
+        },
+        "serving": {
+            "default_version": default,
+            "policy": request.default_policy,
+            "why": "pin: clients that name no version keep the fp32 source; on CUDA a QDQ INT8 graph runs "
+            "dequantised, and one repository serves CPU and GPU deployments. Ask for this version "
+            "by number, or rerun with --default auto to make it the default when its metric holds.",
+        },
+        "reproduce": (
+            f"convserve optimize --repo {request.repo} --model {request.model} --version {built.source_version} {flag}"
+        ),
     }
 
 

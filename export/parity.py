@@ -53,8 +53,10 @@ class ParityReport:
         failing = {probe: diff for probe, diff in self.max_abs_diff.items() if not diff <= self.bound}
         if not self.max_abs_diff or failing:
             detail = ", ".join(f"{_probe_name(probe)}: {diff:.3g}" for probe, diff in failing.items()) or "none run"
-            raise ParityError(f"refusing to write the model: ONNX Runtime differs from torch by more than "
-                              f"{self.bound:g} (max abs diff {detail})")
+            raise ParityError(
+                f"refusing to write the model: ONNX Runtime differs from torch by more than "
+                f"{self.bound:g} (max abs diff {detail})"
+            )
 
     def as_dict(self) -> dict:
         return {

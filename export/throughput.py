@@ -38,8 +38,17 @@ def cpu_session(path: Path, threads: int, level: str = "all", optimized_output: 
 def _level(name: str):
     import onnxruntime as ort
 
-    levels = dict(zip(OPT_LEVEL_NAMES, (ort.GraphOptimizationLevel.ORT_DISABLE_ALL, ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-                                        ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED, ort.GraphOptimizationLevel.ORT_ENABLE_ALL)))
+    levels = dict(
+        zip(
+            OPT_LEVEL_NAMES,
+            (
+                ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+                ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+                ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+                ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+            ),
+        )
+    )
     return levels[name]
 
 
@@ -59,8 +68,12 @@ class Timing:
         return self.batch / self.median_s
 
     def as_dict(self) -> dict:
-        return {"batch": self.batch, "runs": len(self.seconds), "median_ms": round(self.median_s * 1000, 3),
-                "images_per_s": round(self.images_per_s, 2)}
+        return {
+            "batch": self.batch,
+            "runs": len(self.seconds),
+            "median_ms": round(self.median_s * 1000, 3),
+            "images_per_s": round(self.images_per_s, 2),
+        }
 
 
 def tile_batch(samples: np.ndarray, batch: int) -> np.ndarray:
@@ -68,8 +81,9 @@ def tile_batch(samples: np.ndarray, batch: int) -> np.ndarray:
     return np.ascontiguousarray(samples[np.arange(batch) % len(samples)])
 
 
-def interleaved_timings(sessions: dict[str, object], feed: dict[str, np.ndarray], rounds: int,
-                        warmup: int = 2, min_seconds: float = 0.0) -> dict[str, Timing]:
+def interleaved_timings(
+    sessions: dict[str, object], feed: dict[str, np.ndarray], rounds: int, warmup: int = 2, min_seconds: float = 0.0
+) -> dict[str, Timing]:
     """Run each session on `feed` in turn, `rounds` times (A B A B ...); one Timing per session.
 
     Keeps going past `rounds` until `min_seconds` have elapsed, so fast models get enough samples.
@@ -109,9 +123,15 @@ def ratio_of_medians(numerator: Timing, denominator: Timing) -> float:
 def machine_description() -> dict:
     """CPU model, usable cores, vector extensions that matter for INT8, and the load right now."""
     info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
-    model = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")), "unknown")
+    model = next(
+        (line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")), "unknown"
+    )
     flags = next((line.split(":", 1)[1].split() for line in info.splitlines() if line.startswith("flags")), [])
     wanted = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8")
     loadavg = Path("/proc/loadavg").read_text().split()[:3] if Path("/proc/loadavg").is_file() else []
-    return {"cpu": model, "cores": len(os.sched_getaffinity(0)), "int8_extensions": [f for f in wanted if f in flags],
-            "loadavg": " ".join(loadavg)}
+    return {
+        "cpu": model,
+        "cores": len(os.sched_getaffinity(0)),
+        "int8_extensions": [f for f in wanted if f in flags],
+        "loadavg": " ".join(loadavg),
+    }

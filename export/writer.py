@@ -41,8 +41,9 @@ class VersionFiles:
     """One model version, verified by its exporter and held in memory until written.
 
     `card` holds the exporter's model-card fields (training, evaluation, architecture; the writer adds
-    `version`, `onnx` and `written_on`); `readme(version)` the model's README.md text, or None to leave an existing README alone (the
-    detector's and segmenter's READMEs are written by their evaluation scripts). `metadata` holds
+    `version`, `onnx` and `written_on`); `readme(version)` the model's README.md text, or None to leave
+    an existing README alone (the detector's and segmenter's READMEs are written by their evaluation
+    scripts). `metadata` holds
     extra ONNX metadata_props. `min_opset` is the opset the graph must at least use.
     """
 
@@ -63,8 +64,9 @@ def next_version(model_dir: Path) -> int:
     return max((int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit()), default=0) + 1
 
 
-def write_model_version(files: VersionFiles, repo: Path, *, version: int | None = None,
-                        overwrite: bool = False) -> Path:
+def write_model_version(
+    files: VersionFiles, repo: Path, *, version: int | None = None, overwrite: bool = False
+) -> Path:
     """Gate, verify and write `files` as `<repo>/<config.name>/<version>`; returns that directory.
 
     `version` None takes the next free number; an existing version is replaced only with `overwrite`.
@@ -77,14 +79,22 @@ def write_model_version(files: VersionFiles, repo: Path, *, version: int | None 
     created = not model_dir.exists()
     model_dir.mkdir(parents=True, exist_ok=True)
     version = version if version is not None else next_version(model_dir)
-    onnx_bytes = with_metadata(files.onnx_bytes, {
-        **files.metadata, "convserve.model_name": files.config.name, "convserve.version": str(version)})
-    card = {"name": files.config.name, "version": version, **files.card,
-            "onnx": _onnx_facts(files.card, onnx_bytes), "written_on": _machine()}
+    onnx_bytes = with_metadata(
+        files.onnx_bytes,
+        {**files.metadata, "convserve.model_name": files.config.name, "convserve.version": str(version)},
+    )
+    card = {
+        "name": files.config.name,
+        "version": version,
+        **files.card,
+        "onnx": _onnx_facts(files.card, onnx_bytes),
+        "written_on": _machine(),
+    }
     card_text = json.dumps(card, indent=2, ensure_ascii=False) + "\n"
     try:
-        version_dir = install_version_dir(model_dir, version, {
-            "model.onnx": onnx_bytes, "model_card.json": card_text.encode()}, overwrite)
+        version_dir = install_version_dir(
+            model_dir, version, {"model.onnx": onnx_bytes, "model_card.json": card_text.encode()}, overwrite
+        )
     except BaseException:
         if created and not any(model_dir.iterdir()):
             model_dir.rmdir()
@@ -113,9 +123,13 @@ def _onnx_facts(card: dict, onnx_bytes: bytes) -> dict:
     import onnxruntime
     import torch
 
-    return {**card.get("onnx", {}), "file": "model.onnx", "sha256": hashlib.sha256(onnx_bytes).hexdigest(),
-            "bytes": len(onnx_bytes),
-            "versions": {"torch": torch.__version__, "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__}}
+    return {
+        **card.get("onnx", {}),
+        "file": "model.onnx",
+        "sha256": hashlib.sha256(onnx_bytes).hexdigest(),
+        "bytes": len(onnx_bytes),
+        "versions": {"torch": torch.__version__, "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__},
+    }
 
 
 def _machine() -> dict:

@@ -28,8 +28,11 @@ from service.api.inference import grpc_service_pb2 as pb
 
 DROPPED = -1  # open loop: the client had max_inflight requests outstanding and skipped this one
 STREAM_ERROR = -2  # streaming: the server answered with an in-band error_message (a stream has no per-request status)
-_CHANNEL_OPTIONS = [("grpc.max_receive_message_length", -1), ("grpc.max_send_message_length", -1),
-                    ("grpc.use_local_subchannel_pool", 1)]
+_CHANNEL_OPTIONS = [
+    ("grpc.max_receive_message_length", -1),
+    ("grpc.max_send_message_length", -1),
+    ("grpc.use_local_subchannel_pool", 1),
+]
 
 
 @dataclass(frozen=True)
@@ -227,7 +230,9 @@ async def _closed_loop_streaming(plan: LoadPlan, streams, requests: tuple[bytes,
     await asyncio.gather(*(worker(i) for i in range(plan.concurrency)))
 
 
-async def _open_loop_streaming(plan: LoadPlan, streams, requests: tuple[bytes, ...], results: RawResults, began: float) -> None:
+async def _open_loop_streaming(
+    plan: LoadPlan, streams, requests: tuple[bytes, ...], results: RawResults, began: float
+) -> None:
     """Arrivals on a schedule, each written to an idle stream ("lane"); when every lane is busy a
     new one opens, up to --max-inflight lanes (beyond that the arrival is dropped, as unary).
     A lane carries one request at a time, so no request waits behind another in a stream."""
@@ -272,9 +277,15 @@ def run_load(plan: LoadPlan, payloads: Payloads, processes: int = 1) -> RawResul
     if processes <= 1:
         return asyncio.run(run_plan(plan, payloads))
     if plan.concurrency > 0:
-        shares = [replace(plan, concurrency=c, seed=plan.seed + i) for i, c in enumerate(split_evenly(plan.concurrency, processes)) if c > 0]
+        shares = [
+            replace(plan, concurrency=c, seed=plan.seed + i)
+            for i, c in enumerate(split_evenly(plan.concurrency, processes))
+            if c > 0
+        ]
     else:
-        shares = [replace(plan, rate=plan.rate / processes, seed=plan.seed + i, phase=i / processes) for i in range(processes)]
+        shares = [
+            replace(plan, rate=plan.rate / processes, seed=plan.seed + i, phase=i / processes) for i in range(processes)
+        ]
     start_at = time.monotonic() + 3.0  # time for the children to spawn, import grpc and connect
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=len(shares), mp_context=context) as pool:

@@ -20,9 +20,20 @@ from service.api.inference import grpc_service_pb2 as pb
 
 V2_PREFIX = "/inference.GRPCInferenceService/"
 VISION_PREFIX = "/convserve.v1.VisionService/"
-_NUMPY = {"FP32": np.float32, "FP16": np.float16, "FP64": np.float64, "INT8": np.int8, "INT16": np.int16,
-          "INT32": np.int32, "INT64": np.int64, "UINT8": np.uint8, "UINT16": np.uint16, "UINT32": np.uint32,
-          "UINT64": np.uint64, "BOOL": np.bool_}
+_NUMPY = {
+    "FP32": np.float32,
+    "FP16": np.float16,
+    "FP64": np.float64,
+    "INT8": np.int8,
+    "INT16": np.int16,
+    "INT32": np.int32,
+    "INT64": np.int64,
+    "UINT8": np.uint8,
+    "UINT16": np.uint16,
+    "UINT32": np.uint32,
+    "UINT64": np.uint64,
+    "BOOL": np.bool_,
+}
 
 
 class SetupError(Exception):
@@ -73,19 +84,29 @@ class Payloads:
     streaming: bool = False  # `method` is a bidirectional stream (ModelStreamInfer)
 
 
-async def describe_model(channel: grpc.aio.Channel, model: str, version: str = "", metadata=None, timeout: float = 10.0) -> ModelDescription:
+async def describe_model(
+    channel: grpc.aio.Channel, model: str, version: str = "", metadata=None, timeout: float = 10.0
+) -> ModelDescription:
     """ModelMetadata (required) and ModelConfig (optional) of `model` over the V2 API."""
-    ask = channel.unary_unary(V2_PREFIX + "ModelMetadata", request_serializer=pb.ModelMetadataRequest.SerializeToString,
-                              response_deserializer=pb.ModelMetadataResponse.FromString)
+    ask = channel.unary_unary(
+        V2_PREFIX + "ModelMetadata",
+        request_serializer=pb.ModelMetadataRequest.SerializeToString,
+        response_deserializer=pb.ModelMetadataResponse.FromString,
+    )
     try:
         meta = await ask(pb.ModelMetadataRequest(name=model, version=version), timeout=timeout, metadata=metadata)
     except grpc.aio.AioRpcError as exc:
         raise SetupError(f"ModelMetadata for '{model}' failed: {exc.code().name}: {exc.details()}") from None
     batched, task = None, ""
-    ask_config = channel.unary_unary(V2_PREFIX + "ModelConfig", request_serializer=pb.ModelConfigRequest.SerializeToString,
-                                     response_deserializer=pb.ModelConfigResponse.FromString)
+    ask_config = channel.unary_unary(
+        V2_PREFIX + "ModelConfig",
+        request_serializer=pb.ModelConfigRequest.SerializeToString,
+        response_deserializer=pb.ModelConfigResponse.FromString,
+    )
     try:
-        config = (await ask_config(pb.ModelConfigRequest(name=model, version=version), timeout=timeout, metadata=metadata)).config
+        config = (
+            await ask_config(pb.ModelConfigRequest(name=model, version=version), timeout=timeout, metadata=metadata)
+        ).config
         batched = config.max_batch_size > 0
         if "task" in config.parameters:
             task = config.parameters["task"].string_value
@@ -117,7 +138,9 @@ def build_payloads(model: ModelDescription, spec: PayloadSpec) -> Payloads:
         raise SetupError(f"unknown api {spec.api!r} (v2 or vision)")
     requests = tuple(_v2_request(model, spec, rng, i).SerializeToString() for i in range(spec.distinct))
     method = "ModelStreamInfer" if spec.streaming else "ModelInfer"  # the stream carries the same ModelInferRequest
-    return Payloads(V2_PREFIX + method, requests, spec.batch, f"V2 {method}, {spec.payload} x{spec.batch}", spec.streaming)
+    return Payloads(
+        V2_PREFIX + method, requests, spec.batch, f"V2 {method}, {spec.payload} x{spec.batch}", spec.streaming
+    )
 
 
 def input_shape(model: ModelDescription, tensor: TensorDesc, spec: PayloadSpec) -> tuple[int, ...]:
@@ -126,10 +149,14 @@ def input_shape(model: ModelDescription, tensor: TensorDesc, spec: PayloadSpec) 
     override = dict(spec.shapes).get(tensor.name)
     if override is not None:
         if len(override) != len(dims):
-            raise SetupError(f"--shape {tensor.name}: gave {len(override)} dims, the input has {len(dims)} (without the batch axis)")
+            raise SetupError(
+                f"--shape {tensor.name}: gave {len(override)} dims, the input has {len(dims)} (without the batch axis)"
+            )
         dims = override
     if any(d < 0 for d in dims):
-        raise SetupError(f"input '{tensor.name}' has free dims {list(tensor.shape)}; give them with --shape {tensor.name}:D1,D2,...")
+        raise SetupError(
+            f"input '{tensor.name}' has free dims {list(tensor.shape)}; give them with --shape {tensor.name}:D1,D2,..."
+        )
     return ((spec.batch,) if model.batched else ()) + tuple(dims)
 
 
@@ -137,7 +164,9 @@ def random_tensor(datatype: str, shape: tuple[int, ...], rng: np.random.Generato
     """Seeded data of the right dtype: N(0,1) floats, small non-negative integers, random booleans."""
     dtype = _NUMPY.get(datatype)
     if dtype is None:
-        raise SetupError(f"{what}: cannot make random {datatype} data for a tensor payload (use --payload jpeg for image inputs)")
+        raise SetupError(
+            f"{what}: cannot make random {datatype} data for a tensor payload (use --payload jpeg for image inputs)"
+        )
     if np.issubdtype(dtype, np.floating):
         return rng.standard_normal(shape).astype(dtype)
     if dtype is np.bool_:
@@ -146,7 +175,9 @@ def random_tensor(datatype: str, shape: tuple[int, ...], rng: np.random.Generato
     return rng.integers(0, high, shape).astype(dtype)
 
 
-def _v2_request(model: ModelDescription, spec: PayloadSpec, rng: np.random.Generator, index: int) -> pb.ModelInferRequest:
+def _v2_request(
+    model: ModelDescription, spec: PayloadSpec, rng: np.random.Generator, index: int
+) -> pb.ModelInferRequest:
     request = pb.ModelInferRequest(model_name=model.name, model_version=model.version)
     if spec.payload == "jpeg":
         encoded = _jpeg_batch(model, spec, rng, index)
@@ -159,7 +190,9 @@ def _v2_request(model: ModelDescription, spec: PayloadSpec, rng: np.random.Gener
         shape = input_shape(model, desc, spec)
         array = random_tensor(desc.datatype, shape, rng, f"input '{desc.name}'")
         request.inputs.add(name=desc.name, datatype=desc.datatype, shape=list(shape))
-        request.raw_input_contents.append(np.ascontiguousarray(array).astype(array.dtype.newbyteorder("<"), copy=False).tobytes())
+        request.raw_input_contents.append(
+            np.ascontiguousarray(array).astype(array.dtype.newbyteorder("<"), copy=False).tobytes()
+        )
     return request
 
 
@@ -169,7 +202,7 @@ def _vision_request(model: ModelDescription, spec: PayloadSpec, method: str, rng
         images = [vpb.Image(encoded=data) for data in _jpeg_batch(model, spec, rng, index)]
     elif spec.payload == "tensor":
         desc = model.inputs[0]
-        chw = input_shape(model, desc, PayloadSpec(shapes=spec.shapes, batch=1))[1 if model.batched else 0:]
+        chw = input_shape(model, desc, PayloadSpec(shapes=spec.shapes, batch=1))[1 if model.batched else 0 :]
         images = []
         for _ in range(spec.batch):
             array = random_tensor(desc.datatype, chw, rng, f"input '{desc.name}'")

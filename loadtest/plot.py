@@ -35,8 +35,14 @@ def plot_results(raw: RawResults, summary: Summary, path: Path) -> Path:
         shown = np.random.default_rng(0).choice(shown, _MAX_POINTS, replace=False)
     over_time.scatter(sent[shown], latency_ms[shown], s=2, alpha=0.3, color="tab:blue", label="request")
     if np.any(~ok):
-        over_time.scatter(sent[~ok], np.full(np.count_nonzero(~ok), max(latency_ms.max(initial=1.0), 1.0)),
-                          s=8, marker="x", color="tab:red", label="error")
+        over_time.scatter(
+            sent[~ok],
+            np.full(np.count_nonzero(~ok), max(latency_ms.max(initial=1.0), 1.0)),
+            s=8,
+            marker="x",
+            color="tab:red",
+            label="error",
+        )
     buckets = [b for b in summary.timeline if b["p50_ms"] is not None]
     if buckets:
         step = summary.timeline[1]["t"] - summary.timeline[0]["t"] if len(summary.timeline) > 1 else summary.duration_s
@@ -51,10 +57,19 @@ def plot_results(raw: RawResults, summary: Summary, path: Path) -> Path:
         histogram.hist(good, bins=bins, color="tab:blue")
         histogram.set_xscale("log")
         for name, style in (("p50", "--"), ("p99", ":")):
-            histogram.axvline(summary.latency_ms[name], color="black", linestyle=style, label=f"{name} {summary.latency_ms[name]:.2f} ms")
+            histogram.axvline(
+                summary.latency_ms[name],
+                color="black",
+                linestyle=style,
+                label=f"{name} {summary.latency_ms[name]:.2f} ms",
+            )
         histogram.legend(fontsize=8)
     histogram.set(xlabel="latency (ms, log scale)", ylabel="requests", title="Latency histogram")
-    load = f"concurrency {summary.concurrency}" if summary.mode == "closed" else f"{summary.rate:g} req/s {summary.arrival}"
+    load = (
+        f"concurrency {summary.concurrency}"
+        if summary.mode == "closed"
+        else f"{summary.rate:g} req/s {summary.arrival}"
+    )
     figure.suptitle(f"{summary.model}: {summary.request}, {load} — {summary.throughput_rps:,.0f} req/s")
     figure.tight_layout()
     path = Path(path)

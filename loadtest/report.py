@@ -55,8 +55,19 @@ class Summary:
         return json.dumps(asdict(self), indent=2)
 
 
-def summarise(raw: RawResults, *, target: str, model: str, request: str, concurrency: int, rate: float,
-              arrival: str, processes: int, warmup: float, images_per_request: int) -> Summary:
+def summarise(
+    raw: RawResults,
+    *,
+    target: str,
+    model: str,
+    request: str,
+    concurrency: int,
+    rate: float,
+    arrival: str,
+    processes: int,
+    warmup: float,
+    images_per_request: int,
+) -> Summary:
     codes = np.frombuffer(raw.code, dtype=np.int32) if len(raw.code) else np.zeros(0, np.int32)
     sent = np.frombuffer(raw.sent, dtype=np.float64) if len(raw.sent) else np.zeros(0)
     latency = np.frombuffer(raw.latency, dtype=np.float64) if len(raw.latency) else np.zeros(0)
@@ -69,12 +80,24 @@ def summarise(raw: RawResults, *, target: str, model: str, request: str, concurr
         name = _PSEUDO_CODES.get(int(value)) or _CODE_NAMES.get(int(value), str(int(value)))
         errors[name] = int(count)
     return Summary(
-        target=target, model=model, request=request, mode="closed" if concurrency > 0 else "open",
-        concurrency=concurrency, rate=rate, arrival=arrival if concurrency <= 0 else "", processes=processes,
-        duration_s=round(raw.duration, 3), warmup_s=warmup, images_per_request=images_per_request,
-        requests_ok=int(np.count_nonzero(ok)), requests_failed=int(np.count_nonzero(~ok)), errors=errors,
-        throughput_rps=round(throughput, 2), images_per_s=round(throughput * images_per_request, 2),
-        latency_ms=latency_stats(latency[ok]), warmup_requests=raw.warmup_requests,
+        target=target,
+        model=model,
+        request=request,
+        mode="closed" if concurrency > 0 else "open",
+        concurrency=concurrency,
+        rate=rate,
+        arrival=arrival if concurrency <= 0 else "",
+        processes=processes,
+        duration_s=round(raw.duration, 3),
+        warmup_s=warmup,
+        images_per_request=images_per_request,
+        requests_ok=int(np.count_nonzero(ok)),
+        requests_failed=int(np.count_nonzero(~ok)),
+        errors=errors,
+        throughput_rps=round(throughput, 2),
+        images_per_s=round(throughput * images_per_request, 2),
+        latency_ms=latency_stats(latency[ok]),
+        warmup_requests=raw.warmup_requests,
         client_cpu_s=round(raw.cpu_seconds, 3),
         timeline=timeline(sent, latency, codes, raw.duration, step=1.0 if raw.duration >= 10 else raw.duration / 10),
     )
@@ -90,27 +113,39 @@ def latency_stats(seconds: np.ndarray) -> dict[str, float]:
     return {k: round(v, 3) for k, v in stats.items()}
 
 
-def timeline(sent: np.ndarray, latency: np.ndarray, codes: np.ndarray, duration: float, step: float = 1.0) -> list[dict]:
+def timeline(
+    sent: np.ndarray, latency: np.ndarray, codes: np.ndarray, duration: float, step: float = 1.0
+) -> list[dict]:
     """Per-`step` buckets by send time: successful count, errors, p50 and p99 latency (ms)."""
     buckets = []
     for start in np.arange(0.0, max(duration, step), step):
         chosen = (sent >= start) & (sent < start + step)
         good = latency[chosen & (codes == 0)] * 1000.0
-        buckets.append({"t": round(float(start), 3), "ok": int(good.size), "errors": int(np.count_nonzero(chosen & (codes != 0))),
-                        "p50_ms": round(float(np.percentile(good, 50)), 3) if good.size else None,
-                        "p99_ms": round(float(np.percentile(good, 99)), 3) if good.size else None})
+        buckets.append(
+            {
+                "t": round(float(start), 3),
+                "ok": int(good.size),
+                "errors": int(np.count_nonzero(chosen & (codes != 0))),
+                "p50_ms": round(float(np.percentile(good, 50)), 3) if good.size else None,
+                "p99_ms": round(float(np.percentile(good, 99)), 3) if good.size else None,
+            }
+        )
     return buckets
 
 
 def format_table(summary: Summary) -> str:
     """A short human-readable report."""
     lat = summary.latency_ms
-    load = (f"closed loop, concurrency {summary.concurrency}" if summary.mode == "closed"
-            else f"open loop, {summary.rate:g} req/s {summary.arrival}")
+    load = (
+        f"closed loop, concurrency {summary.concurrency}"
+        if summary.mode == "closed"
+        else f"open loop, {summary.rate:g} req/s {summary.arrival}"
+    )
     lines = [
         f"target      {summary.target}  model {summary.model}",
         f"request     {summary.request}",
-        f"load        {load}, {summary.processes} process(es), {summary.duration_s:g} s measured after {summary.warmup_s:g} s warm-up",
+        f"load        {load}, {summary.processes} process(es), {summary.duration_s:g} s measured "
+        f"after {summary.warmup_s:g} s warm-up",
         f"throughput  {summary.throughput_rps:,.1f} req/s  ({summary.images_per_s:,.1f} images/s)",
         f"requests    {summary.requests_ok} ok, {summary.requests_failed} failed",
     ]
@@ -120,5 +155,8 @@ def format_table(summary: Summary) -> str:
         lines += [f"latency ms  {header}", f"            {values}"]
     for name, count in sorted(summary.errors.items(), key=lambda kv: -kv[1]):
         lines.append(f"error       {name}: {count}")
-    lines.append(f"client CPU  {summary.client_cpu_s:.2f} s ({1e6 * summary.client_cpu_s / max(1, summary.requests_sent_total):.0f} us/request)")
+    lines.append(
+        f"client CPU  {summary.client_cpu_s:.2f} s "
+        f"({1e6 * summary.client_cpu_s / max(1, summary.requests_sent_total):.0f} us/request)"
+    )
     return "\n".join(lines)

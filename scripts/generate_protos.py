@@ -96,10 +96,12 @@ def run_protoc(proto_root: Path, out_dir: Path) -> None:
 def rewrite_imports(text: str, proto_packages: list[str]) -> str:
     """Make `from <proto package> import x` and module names absolute under `PACKAGE`."""
     alternatives = "|".join(re.escape(p) for p in proto_packages)
-    text = re.sub(rf"^from ({alternatives})((?:\.\w+)*) import ", rf"from {PACKAGE}.\1\2 import ",
-                  text, flags=re.MULTILINE)
-    text = re.sub(rf"(BuildTopDescriptorsAndMessages\(DESCRIPTOR, ')(({alternatives})[\w.]*')",
-                  rf"\1{PACKAGE}.\2", text)
+    text = re.sub(
+        rf"^from ({alternatives})((?:\.\w+)*) import ", rf"from {PACKAGE}.\1\2 import ", text, flags=re.MULTILINE
+    )
+    text = re.sub(
+        rf"(BuildTopDescriptorsAndMessages\(DESCRIPTOR, ')(({alternatives})[\w.]*')", rf"\1{PACKAGE}.\2", text
+    )
     if re.search(r"^import \w+_pb2", text, flags=re.MULTILINE):
         raise GenerationError("a .proto outside a package directory: its import cannot be rewritten")
     return text
@@ -176,8 +178,7 @@ def generate(out_dir: Path, proto_root: Path = PROTO_ROOT) -> list[Path]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT,
-                        help="output directory (default: service/api)")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output directory (default: service/api)")
     args = parser.parse_args(argv)
     try:
         written = generate(args.out.resolve())

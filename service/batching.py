@@ -27,7 +27,14 @@ from typing import Callable, Protocol
 
 import numpy as np
 
-from service.errors import DeadlineExceeded, InternalError, InvalidArgument, ResourceExhausted, ServiceError, Unavailable
+from service.errors import (
+    DeadlineExceeded,
+    InternalError,
+    InvalidArgument,
+    ResourceExhausted,
+    ServiceError,
+    Unavailable,
+)
 
 RunFn = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
 
@@ -35,15 +42,22 @@ RunFn = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
 class BatchObserver(Protocol):
     """What the batcher reports (service/metrics.py implements it)."""
 
-    def batch_done(self, images: int, requests: int, seconds: float, merge_seconds: float, split_seconds: float) -> None: ...
+    def batch_done(
+        self, images: int, requests: int, seconds: float, merge_seconds: float, split_seconds: float
+    ) -> None: ...
     def rejected(self, reason: str) -> None: ...
     def queue_depth(self, images: int) -> None: ...
 
 
 class _NullObserver:
-    def batch_done(self, images, requests, seconds, merge_seconds, split_seconds): pass
-    def rejected(self, reason): pass
-    def queue_depth(self, images): pass
+    def batch_done(self, images, requests, seconds, merge_seconds, split_seconds):
+        pass
+
+    def rejected(self, reason):
+        pass
+
+    def queue_depth(self, images):
+        pass
 
 
 @dataclass(frozen=True)
@@ -107,7 +121,9 @@ class DynamicBatcher:
     def idle(self) -> bool:
         return not self._queue and not self._running
 
-    async def submit(self, inputs: dict[str, np.ndarray], deadline: float | None = None) -> tuple[dict[str, np.ndarray], float]:
+    async def submit(
+        self, inputs: dict[str, np.ndarray], deadline: float | None = None
+    ) -> tuple[dict[str, np.ndarray], float]:
         """Queue one request ([n, ...] arrays); returns its outputs and the seconds it waited in the queue.
 
         `deadline` is absolute `time.monotonic()` seconds, or None.
@@ -119,12 +135,17 @@ class DynamicBatcher:
             raise InvalidArgument(f"batch of {count} exceeds the model's max_batch_size {self.policy.max_batch_size}")
         if self._queued_images + count > self.policy.max_queue_size:
             self._observer.rejected("queue_full")
-            raise ResourceExhausted(f"model queue is full ({self._queued_images} images queued, limit {self.policy.max_queue_size}); retry later")
+            raise ResourceExhausted(
+                f"model queue is full ({self._queued_images} images queued, "
+                f"limit {self.policy.max_queue_size}); retry later"
+            )
         nbytes = sum(int(array.nbytes) for array in inputs.values())
         if self._queued_bytes + nbytes > self.policy.max_queue_bytes:
             self._observer.rejected("queue_full")
-            raise ResourceExhausted(f"model queue is full ({self._queued_bytes} input bytes queued, this request "
-                                    f"{nbytes}, limit {self.policy.max_queue_bytes}); retry later")
+            raise ResourceExhausted(
+                f"model queue is full ({self._queued_bytes} input bytes queued, this request "
+                f"{nbytes}, limit {self.policy.max_queue_bytes}); retry later"
+            )
         key = _shape_key(inputs)
         future = asyncio.get_running_loop().create_future()
         pending = _Pending(inputs, count, nbytes, key, future, time.monotonic(), deadline)
@@ -229,7 +250,10 @@ class DynamicBatcher:
                 pending.queue_wait = now - pending.enqueued
                 if pending.deadline is not None and now >= pending.deadline:
                     self._observer.rejected("deadline")
-                    _fail(pending, DeadlineExceeded("deadline passed while the request was queued; it never reached the model"))
+                    _fail(
+                        pending,
+                        DeadlineExceeded("deadline passed while the request was queued; it never reached the model"),
+                    )
                 elif not pending.future.done():
                     live.append(pending)
             if live:
@@ -247,12 +271,20 @@ class DynamicBatcher:
             merged = {name: np.concatenate([p.inputs[name] for p in live]) for name in live[0].inputs}
         merge_seconds = time.perf_counter() - started
         try:
-            outputs, run_seconds = await asyncio.get_running_loop().run_in_executor(self._executor, _timed, self._run, merged)
+            outputs, run_seconds = await asyncio.get_running_loop().run_in_executor(
+                self._executor, _timed, self._run, merged
+            )
             for name, value in outputs.items():
                 if value.shape[:1] != (total,):
-                    raise InternalError(f"model returned output '{name}' with batch {value.shape[:1]}, expected {total}")
+                    raise InternalError(
+                        f"model returned output '{name}' with batch {value.shape[:1]}, expected {total}"
+                    )
         except Exception as exc:  # every waiter of this batch gets the error, no one else
-            error = exc if isinstance(exc, ServiceError) else InternalError(f"inference failed: {type(exc).__name__}: {exc}")
+            error = (
+                exc
+                if isinstance(exc, ServiceError)
+                else InternalError(f"inference failed: {type(exc).__name__}: {exc}")
+            )
             for pending in live:
                 _fail(pending, error)
             return

@@ -58,8 +58,10 @@ def image_budget(config: ModelConfig, count: int) -> int:
     if spec is not None and spec.input_hw is not None:
         need = count * image_tensor_bytes(1, 1, spec)
         if need > limit:
-            raise InvalidArgument(f"{count} images become {need} bytes of model input, over the model's "
-                                  f"batching.max_request_bytes {limit}; send fewer images per request")
+            raise InvalidArgument(
+                f"{count} images become {need} bytes of model input, over the model's "
+                f"batching.max_request_bytes {limit}; send fewer images per request"
+            )
     return limit // max(1, count)
 
 
@@ -76,8 +78,10 @@ def check_kept_pixels(encoded: list[bytes], max_pixels: int) -> None:
         if size is not None:
             total += size[0] * size[1]
     if total > max_pixels:
-        raise InvalidArgument(f"the request's images have {total} pixels together; a request that returns overlays "
-                              f"or explanations may have at most {max_pixels} (--max-pixels) in all")
+        raise InvalidArgument(
+            f"the request's images have {total} pixels together; a request that returns overlays "
+            f"or explanations may have at most {max_pixels} (--max-pixels) in all"
+        )
 
 
 def fit_to_budget(data: bytes, spec: PreprocessingConfig, budget: int) -> PreprocessingConfig:
@@ -96,8 +100,10 @@ def fit_to_budget(data: bytes, spec: PreprocessingConfig, budget: int) -> Prepro
         return spec
     fits = _largest_fitting_scale(width, height, spec, budget)
     if fits is None:
-        raise InvalidArgument(f"image of {width}x{height} cannot fit the model's input budget of {budget} bytes "
-                              "(batching.max_request_bytes per image) at any scale")
+        raise InvalidArgument(
+            f"image of {width}x{height} cannot fit the model's input budget of {budget} bytes "
+            "(batching.max_request_bytes per image) at any scale"
+        )
     return spec.model_copy(update={"native_scale": fits})
 
 
@@ -107,6 +113,7 @@ def _largest_fitting_scale(width: int, height: int, spec: PreprocessingConfig, b
     The bytes only grow with the scale, but in steps (stride padding, the 1-pixel floor of a side),
     so the square-root estimate is a start: halve until it fits, then bisect up.
     """
+
     def fits(scale: float) -> bool:
         return image_tensor_bytes(width, height, spec.model_copy(update={"native_scale": scale})) <= budget
 
@@ -134,18 +141,23 @@ def check_model_inputs(config: ModelConfig, inputs: dict[str, np.ndarray]) -> No
     total = sum(int(array.nbytes) for array in inputs.values())
     limit = config.batching.max_request_bytes
     if total > limit:
-        raise InvalidArgument(f"request tensors hold {total} bytes, over the model's batching.max_request_bytes "
-                              f"{limit}; send smaller or fewer images")
+        raise InvalidArgument(
+            f"request tensors hold {total} bytes, over the model's batching.max_request_bytes "
+            f"{limit}; send smaller or fewer images"
+        )
     for name, array in inputs.items():
         if any(extent == 0 for extent in array.shape[1:]):
-            raise InvalidArgument(f"input '{name}' has shape {list(array.shape)}: every axis after the batch "
-                                  "axis must be at least 1")
+            raise InvalidArgument(
+                f"input '{name}' has shape {list(array.shape)}: every axis after the batch axis must be at least 1"
+            )
     spec = config.preprocessing
     image = inputs.get(config.inputs[0].name)
     if spec is None or spec.input_hw is not None or image is None or image.ndim != 4 or spec.stride == 1:
         return
     height, width = image.shape[2], image.shape[3]
     if height % spec.stride or width % spec.stride:
-        raise InvalidArgument(f"input '{config.inputs[0].name}' is {height}x{width}: model '{config.name}' needs a "
-                              f"height and width that are multiples of its stride {spec.stride} "
-                              "(preprocessing.stride; pad the image, or send encoded images)")
+        raise InvalidArgument(
+            f"input '{config.inputs[0].name}' is {height}x{width}: model '{config.name}' needs a "
+            f"height and width that are multiples of its stride {spec.stride} "
+            "(preprocessing.stride; pad the image, or send encoded images)"
+        )

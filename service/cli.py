@@ -37,8 +37,10 @@ def run_serve(args: argparse.Namespace) -> int:
     if not set_decoder_pixel_limit(settings.limits.max_pixels):  # before service.server imports cv2
         logging.getLogger("convserve.server").warning(
             "OpenCV was loaded before the server set its pixel limit; only the header check applies",
-            extra={"event": "decoder_limit_not_set"})
+            extra={"event": "decoder_limit_not_set"},
+        )
     from service.server import serve_forever  # after logging is configured
+
     try:
         return asyncio.run(serve_forever(settings))
     except RuntimeMissing as exc:
@@ -50,7 +52,8 @@ def run_health(args: argparse.Namespace) -> int:
     try:
         with grpc.insecure_channel(args.host) as channel:
             reply = health_pb2_grpc.HealthStub(channel).Check(
-                health_pb2.HealthCheckRequest(service=args.service), timeout=args.timeout)
+                health_pb2.HealthCheckRequest(service=args.service), timeout=args.timeout
+            )
     except grpc.RpcError as exc:
         print(f"unhealthy: {exc.code().name}: {exc.details()}", file=sys.stderr)
         return 1

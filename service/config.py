@@ -108,8 +108,10 @@ class BatchingConfig(_Frozen):
             if not 1 <= size <= self.max_batch_size:
                 raise ValueError(f"preferred batch size {size} is outside 1..max_batch_size ({self.max_batch_size})")
         if self.max_request_bytes > self.max_queue_bytes:
-            raise ValueError(f"max_request_bytes {self.max_request_bytes} is over max_queue_bytes "
-                             f"{self.max_queue_bytes}: such a request could never be queued")
+            raise ValueError(
+                f"max_request_bytes {self.max_request_bytes} is over max_queue_bytes "
+                f"{self.max_queue_bytes}: such a request could never be queued"
+            )
         return self
 
 

@@ -31,8 +31,9 @@ TRIM_INTERVAL_S = 5.0
 def _libc():
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        libc.mallopt, libc.malloc_trim  # glibc only
-    except (OSError, AttributeError):
+        if not (hasattr(libc, "mallopt") and hasattr(libc, "malloc_trim")):  # glibc only
+            return None
+    except OSError:
         return None
     return libc
 

@@ -17,12 +17,29 @@ from prometheus_client.process_collector import ProcessCollector
 
 STAGES = ("queue", "preprocess", "inference", "postprocess", "total")
 LATENCY_BUCKETS = (
-    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+    0.0001,
+    0.00025,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
 )
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 # RPCs that run a model: V2 ModelStatistics counts only these (not ModelConfig, ModelMetadata...).
-INFERENCE_METHODS = frozenset({"ModelInfer", "ModelStreamInfer", "Classify", "Detect", "Segment", "Explain",
-                               "StreamClassify", "StreamDetect"})
+INFERENCE_METHODS = frozenset(
+    {"ModelInfer", "ModelStreamInfer", "Classify", "Detect", "Segment", "Explain", "StreamClassify", "StreamDetect"}
+)
 
 
 class Metrics:
@@ -35,23 +52,83 @@ class Metrics:
             ProcessCollector(registry=r)
             PlatformCollector(registry=r)
             GCCollector(registry=r)
-        self.requests = Counter("convserve_requests", "RPCs (and stream frames) handled, by method and final gRPC status code.", ["model", "version", "method", "code"], registry=r)
+        self.requests = Counter(
+            "convserve_requests",
+            "RPCs (and stream frames) handled, by method and final gRPC status code.",
+            ["model", "version", "method", "code"],
+            registry=r,
+        )
         self.images = Counter("convserve_images", "Images (batch items) run through a model.", ["model"], registry=r)
-        self.latency = Histogram("convserve_request_duration_seconds", "Latency of successful inference requests by stage: queue wait, decode+preprocess, inference, postprocess, total.", ["model", "version", "stage"], buckets=LATENCY_BUCKETS, registry=r)
-        self.batch_size = Histogram("convserve_batch_size", "Images per model execution (batching efficiency).", ["model"], buckets=BATCH_BUCKETS, registry=r)
-        self.batch_requests = Histogram("convserve_batch_requests", "Requests merged into one model execution (inferences per batch).", ["model"], buckets=BATCH_BUCKETS, registry=r)
-        self.executions = Counter("convserve_model_executions", "Model executions (batches run).", ["model"], registry=r)
-        self.execution_seconds = Counter("convserve_model_execution_seconds", "Wall time of model executions, timed in the worker thread that runs them.", ["model"], registry=r)
-        self.queue_depth = Gauge("convserve_queue_depth", "Images waiting in the model's batching queue.", ["model"], registry=r)
+        self.latency = Histogram(
+            "convserve_request_duration_seconds",
+            "Latency of successful inference requests by stage: "
+            "queue wait, decode+preprocess, inference, postprocess, total.",
+            ["model", "version", "stage"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.batch_size = Histogram(
+            "convserve_batch_size",
+            "Images per model execution (batching efficiency).",
+            ["model"],
+            buckets=BATCH_BUCKETS,
+            registry=r,
+        )
+        self.batch_requests = Histogram(
+            "convserve_batch_requests",
+            "Requests merged into one model execution (inferences per batch).",
+            ["model"],
+            buckets=BATCH_BUCKETS,
+            registry=r,
+        )
+        self.executions = Counter(
+            "convserve_model_executions", "Model executions (batches run).", ["model"], registry=r
+        )
+        self.execution_seconds = Counter(
+            "convserve_model_execution_seconds",
+            "Wall time of model executions, timed in the worker thread that runs them.",
+            ["model"],
+            registry=r,
+        )
+        self.queue_depth = Gauge(
+            "convserve_queue_depth", "Images waiting in the model's batching queue.", ["model"], registry=r
+        )
         self.inflight = Gauge("convserve_inflight_requests", "Requests being handled now.", ["model"], registry=r)
-        self.rejected = Counter("convserve_rejected_requests", "Requests refused by backpressure (queue_full) or dropped at their deadline (deadline).", ["model", "reason"], registry=r)
-        self.model_ready = Gauge("convserve_model_ready", "1 when the model version is loaded, warmed up and serving.", ["model", "version"], registry=r)
-        self.model_provider = Gauge("convserve_model_provider_info", "Execution provider the model's sessions really use (value 1).", ["model", "version", "provider"], registry=r)
-        self.model_load_seconds = Gauge("convserve_model_load_seconds", "Seconds to load the model version (sessions created).", ["model", "version"], registry=r)
-        self.model_warmup_seconds = Gauge("convserve_model_warmup_seconds", "Seconds the warm-up run took.", ["model", "version"], registry=r)
+        self.rejected = Counter(
+            "convserve_rejected_requests",
+            "Requests refused by backpressure (queue_full) or dropped at their deadline (deadline).",
+            ["model", "reason"],
+            registry=r,
+        )
+        self.model_ready = Gauge(
+            "convserve_model_ready",
+            "1 when the model version is loaded, warmed up and serving.",
+            ["model", "version"],
+            registry=r,
+        )
+        self.model_provider = Gauge(
+            "convserve_model_provider_info",
+            "Execution provider the model's sessions really use (value 1).",
+            ["model", "version", "provider"],
+            registry=r,
+        )
+        self.model_load_seconds = Gauge(
+            "convserve_model_load_seconds",
+            "Seconds to load the model version (sessions created).",
+            ["model", "version"],
+            registry=r,
+        )
+        self.model_warmup_seconds = Gauge(
+            "convserve_model_warmup_seconds", "Seconds the warm-up run took.", ["model", "version"], registry=r
+        )
         # per model, per batch size: [executions, merge seconds, run seconds, split seconds] (V2 batch_stats)
         self.batch_stats: dict[str, dict[int, list[float]]] = {}
-        self.stream_frames_dropped = Counter("convserve_stream_frames_dropped", "Stream frames skipped under the client's drop_frames policy.", ["model"], registry=r)
+        self.stream_frames_dropped = Counter(
+            "convserve_stream_frames_dropped",
+            "Stream frames skipped under the client's drop_frames policy.",
+            ["model"],
+            registry=r,
+        )
 
     def batch_observer(self, model: str) -> "BatchMetrics":
         return BatchMetrics(self, model)
@@ -61,6 +138,7 @@ class Metrics:
 
         Summed over the model's versions (the batcher-side series carry no version label).
         """
+
         def value(name: str, **labels) -> float:
             return self.registry.get_sample_value(name, {"model": model, **labels}) or 0.0
 
@@ -83,13 +161,19 @@ class Metrics:
                 else:
                     failed += sample.value
         return ModelStats(
-            success_count=int(ok), fail_count=int(failed),
-            total=stage("total"), queue=stage("queue"), compute_input=stage("preprocess"),
-            compute_infer=stage("inference"), compute_output=stage("postprocess"),
+            success_count=int(ok),
+            fail_count=int(failed),
+            total=stage("total"),
+            queue=stage("queue"),
+            compute_input=stage("preprocess"),
+            compute_infer=stage("inference"),
+            compute_output=stage("postprocess"),
             inference_count=int(value("convserve_images_total")),
             execution_count=int(value("convserve_model_executions_total")),
-            batch_stats=tuple((size, int(count), merge, run, split)
-                              for size, (count, merge, run, split) in sorted(self.batch_stats.get(model, {}).items())),
+            batch_stats=tuple(
+                (size, int(count), merge, run, split)
+                for size, (count, merge, run, split) in sorted(self.batch_stats.get(model, {}).items())
+            ),
         )
 
     def _samples(self, family: str, model: str):
@@ -112,7 +196,9 @@ class ModelStats:
     compute_output: tuple[int, float]
     inference_count: int
     execution_count: int
-    batch_stats: tuple[tuple[int, int, float, float, float], ...] = ()  # (batch size, executions, merge s, run s, split s)
+    batch_stats: tuple[
+        tuple[int, int, float, float, float], ...
+    ] = ()  # (batch size, executions, merge s, run s, split s)
 
 
 class BatchMetrics:
@@ -132,7 +218,9 @@ class BatchMetrics:
         self._queued = 0
         self._by_size = metrics.batch_stats.setdefault(model, {})
 
-    def batch_done(self, images: int, requests: int, seconds: float, merge_seconds: float, split_seconds: float) -> None:
+    def batch_done(
+        self, images: int, requests: int, seconds: float, merge_seconds: float, split_seconds: float
+    ) -> None:
         self._batch_size.observe(images)
         self._batch_requests.observe(requests)
         self._executions.inc()

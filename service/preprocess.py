@@ -156,8 +156,13 @@ def _letterbox(image, size, pad_value, interpolation):
     resized = cv2.resize(image, (new_w, new_h), interpolation=interpolation)
     top, left = (out_h - new_h) // 2, (out_w - new_w) // 2
     padded = cv2.copyMakeBorder(
-        resized, top, out_h - new_h - top, left, out_w - new_w - left,
-        cv2.BORDER_CONSTANT, value=_fill(image, pad_value),
+        resized,
+        top,
+        out_h - new_h - top,
+        left,
+        out_w - new_w - left,
+        cv2.BORDER_CONSTANT,
+        value=_fill(image, pad_value),
     )
     return padded, (new_h / height, new_w / width), (float(top), float(left))
 

@@ -108,11 +108,15 @@ def scan_model(directory: Path) -> ModelSource:
         raise ConfigError(str(directory), "config.yaml", "missing model configuration")
     config = load_model_config(config_path)
     if config.name != directory.name:
-        raise ConfigError(str(config_path), "name", f"'{config.name}' differs from the directory name '{directory.name}'")
+        raise ConfigError(
+            str(config_path), "name", f"'{config.name}' differs from the directory name '{directory.name}'"
+        )
     labels = read_labels(directory, config, config_path)
     versions = list_versions(directory)
     if config.default_version is not None and config.default_version not in versions:
-        raise ConfigError(str(config_path), "default_version", f"version {config.default_version} not in {list(versions)}")
+        raise ConfigError(
+            str(config_path), "default_version", f"version {config.default_version} not in {list(versions)}"
+        )
     return ModelSource(directory.name, directory, config, labels, versions)
 
 
@@ -153,7 +157,8 @@ def check_external_data(model_path: Path) -> None:
         target = (model_path.parent / location).resolve()
         if location.startswith("/") or root not in target.parents:
             raise ConfigError(
-                str(model_path), f"initializer {tensor.name}",
+                str(model_path),
+                f"initializer {tensor.name}",
                 f"external data location '{location}' points outside the model directory {model_path.parent}",
             )
 
@@ -175,12 +180,22 @@ def check_signature(source: ModelSource, version: int, signature) -> None:
         for index, spec in enumerate(getattr(source.config, kind)):
             field = f"{kind}[{index}]"
             if spec.name not in graph[kind]:
-                raise ConfigError(str(config_path), f"{field}.name", f"'{spec.name}' is not a graph {kind[:-1]} of version {version} (graph has {sorted(graph[kind])})")
+                raise ConfigError(
+                    str(config_path),
+                    f"{field}.name",
+                    f"'{spec.name}' is not a graph {kind[:-1]} of version {version} (graph has {sorted(graph[kind])})",
+                )
             shape = graph[kind][spec.name]
             if not _shape_matches(spec.dims, shape):
-                raise ConfigError(str(config_path), f"{field}.dims", f"{list(spec.dims)} disagree with the ONNX graph's shape {list(shape)}")
+                raise ConfigError(
+                    str(config_path),
+                    f"{field}.dims",
+                    f"{list(spec.dims)} disagree with the ONNX graph's shape {list(shape)}",
+                )
     config = source.config
     if config.task == "classification" and source.labels:
         classes = next(s for s in config.outputs if s.name == config.answer_output).dims[-1]
         if classes != -1 and classes != len(source.labels):
-            raise ConfigError(str(config_path), "labels", f"{len(source.labels)} labels but the model has {classes} classes")
+            raise ConfigError(
+                str(config_path), "labels", f"{len(source.labels)} labels but the model has {classes} classes"
+            )

@@ -16,5 +16,6 @@ def check_class_filter_length(length: int, num_classes: int = 0) -> None:
     """A class filter may name each class at most once: refuse a longer one before it is copied."""
     limit = min(MAX_CLASS_FILTER, num_classes) if num_classes else MAX_CLASS_FILTER
     if length > limit:
-        raise InvalidArgument(f"params.class_filter has {length} entries; at most {limit} "
-                              "(one per class of the model) are allowed")
+        raise InvalidArgument(
+            f"params.class_filter has {length} entries; at most {limit} (one per class of the model) are allowed"
+        )

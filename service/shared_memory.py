@@ -48,14 +48,21 @@ class SharedMemoryMetrics:
     """Shared-memory series on the server's injected registry (docs/metrics.md)."""
 
     def __init__(self, registry: CollectorRegistry):
-        self.regions = Gauge("convserve_shared_memory_regions", "Shared-memory regions registered now.",
-                             ["kind"], registry=registry)
-        self.mapped_bytes = Gauge("convserve_shared_memory_mapped_bytes",
-                                  "Bytes of the registered shared-memory regions (mapped, not copied).",
-                                  ["kind"], registry=registry)
-        self.requests = Counter("convserve_shared_memory_requests",
-                                "V2 inference requests that read an input from or wrote an output to shared memory.",
-                                ["model"], registry=registry)
+        self.regions = Gauge(
+            "convserve_shared_memory_regions", "Shared-memory regions registered now.", ["kind"], registry=registry
+        )
+        self.mapped_bytes = Gauge(
+            "convserve_shared_memory_mapped_bytes",
+            "Bytes of the registered shared-memory regions (mapped, not copied).",
+            ["kind"],
+            registry=registry,
+        )
+        self.requests = Counter(
+            "convserve_shared_memory_requests",
+            "V2 inference requests that read an input from or wrote an output to shared memory.",
+            ["model"],
+            registry=registry,
+        )
 
 
 def check_region_name(name: str) -> None:
@@ -72,8 +79,10 @@ def shm_path(key: str) -> Path:
     if not name:
         raise InvalidArgument(f"shared-memory key {key!r} is empty")
     if "/" in name or "\0" in name or ".." in name or name == ".":
-        raise InvalidArgument(f"shared-memory key {key!r} is not a plain POSIX shared-memory name "
-                              "(one optional leading '/', then no '/', '..' or NUL)")
+        raise InvalidArgument(
+            f"shared-memory key {key!r} is not a plain POSIX shared-memory name "
+            "(one optional leading '/', then no '/', '..' or NUL)"
+        )
     if len(name.encode("utf-8", "surrogateescape")) > MAX_KEY_BYTES:
         raise InvalidArgument(f"shared-memory key {key!r} is longer than {MAX_KEY_BYTES} bytes")
     return SHM_DIR / name
@@ -93,15 +102,18 @@ class SystemRegion:
         except FileNotFoundError:
             raise InvalidArgument(f"shared-memory region '{name}': no shared-memory object {key!r} ({path})") from None
         except OSError as exc:
-            raise InvalidArgument(f"shared-memory region '{name}': cannot open {key!r} ({path}): "
-                                  f"{exc.strerror}") from None
+            raise InvalidArgument(
+                f"shared-memory region '{name}': cannot open {key!r} ({path}): {exc.strerror}"
+            ) from None
         try:
             info = os.fstat(fd)
             if not stat.S_ISREG(info.st_mode):
                 raise InvalidArgument(f"shared-memory region '{name}': {path} is not a shared-memory object")
             if offset + byte_size > info.st_size:
-                raise InvalidArgument(f"shared-memory region '{name}': offset {offset} + byte_size {byte_size} "
-                                      f"is past the end of {key!r}, which holds {info.st_size} bytes")
+                raise InvalidArgument(
+                    f"shared-memory region '{name}': offset {offset} + byte_size {byte_size} "
+                    f"is past the end of {key!r}, which holds {info.st_size} bytes"
+                )
             start = offset - offset % mmap.ALLOCATIONGRANULARITY  # mmap offsets must be page-aligned
             self._map = mmap.mmap(fd, offset + byte_size - start, offset=start)
         except BaseException:
@@ -117,25 +129,29 @@ class SystemRegion:
         if self.closed:
             raise InvalidArgument(f"{what}: shared-memory region '{self.status.name}' was unregistered")
         if offset < 0 or byte_size < 0 or offset + byte_size > self.status.byte_size:
-            raise InvalidArgument(f"{what}: shared_memory_offset {offset} + shared_memory_byte_size {byte_size} is "
-                                  f"past the end of region '{self.status.name}' ({self.status.byte_size} bytes)")
+            raise InvalidArgument(
+                f"{what}: shared_memory_offset {offset} + shared_memory_byte_size {byte_size} is "
+                f"past the end of region '{self.status.name}' ({self.status.byte_size} bytes)"
+            )
         needed = self.status.offset + self.status.byte_size
         size = os.fstat(self._fd).st_size
         if size < needed:  # truncated since registration: touching the mapping past the end is SIGBUS
-            raise InvalidArgument(f"{what}: shared-memory object {self.status.key!r} shrank to {size} bytes; "
-                                  f"region '{self.status.name}' needs {needed}")
+            raise InvalidArgument(
+                f"{what}: shared-memory object {self.status.key!r} shrank to {size} bytes; "
+                f"region '{self.status.name}' needs {needed}"
+            )
         return self._base + offset
 
     def read(self, offset: int, byte_size: int, what: str) -> memoryview:
         """A read-only view of the window (no copy); it keeps the mapping alive while it exists."""
         start = self._window(offset, byte_size, what)
-        return memoryview(self._map).toreadonly()[start:start + byte_size]
+        return memoryview(self._map).toreadonly()[start : start + byte_size]
 
     def write(self, offset: int, array: np.ndarray, what: str) -> None:
         """Copy a C-contiguous little-endian array (or bytes) into the window; the caller sized it."""
         data = memoryview(np.ascontiguousarray(array)).cast("B") if isinstance(array, np.ndarray) else memoryview(array)
         start = self._window(offset, data.nbytes, what)
-        self._map[start:start + data.nbytes] = data
+        self._map[start : start + data.nbytes] = data
 
     def close(self) -> None:
         """Unmap (or leave the mapping to the last view still held) and close the descriptor."""
@@ -165,8 +181,9 @@ class SharedMemoryRegistry:
         if name in self._regions:
             raise AlreadyExists(f"shared-memory region '{name}' is already registered; unregister it first")
         if len(self._regions) >= MAX_REGIONS:
-            raise ResourceExhausted(f"{MAX_REGIONS} shared-memory regions are registered, the most this server "
-                                    "keeps; unregister some first")
+            raise ResourceExhausted(
+                f"{MAX_REGIONS} shared-memory regions are registered, the most this server keeps; unregister some first"
+            )
         region = SystemRegion(name, key, offset, byte_size)
         self._regions[name] = region
         self._count(region, +1)
@@ -174,8 +191,10 @@ class SharedMemoryRegistry:
     def get(self, name: str, what: str) -> SystemRegion:
         region = self._regions.get(name)
         if region is None:
-            raise InvalidArgument(f"{what}: no shared-memory region '{name}' is registered "
-                                  "(register it with SystemSharedMemoryRegister first)")
+            raise InvalidArgument(
+                f"{what}: no shared-memory region '{name}' is registered "
+                "(register it with SystemSharedMemoryRegister first)"
+            )
         return region
 
     def status(self, name: str, kind: str = "system") -> list[RegionStatus]:

@@ -26,8 +26,16 @@ import numpy as np
 
 from service.api.inference import grpc_service_pb2 as pb
 from service.errors import InvalidArgument
-from service.servicers.v2_tensors import (append_output, decode_raw, element_count, encode_raw, input_to_numpy,
-                                          numpy_dtype, request_inputs, v2_datatype)
+from service.servicers.v2_tensors import (
+    append_output,
+    decode_raw,
+    element_count,
+    encode_raw,
+    input_to_numpy,
+    numpy_dtype,
+    request_inputs,
+    v2_datatype,
+)
 from service.shared_memory import SharedMemoryRegistry, SystemRegion
 
 REGION = "shared_memory_region"
@@ -59,8 +67,9 @@ def _int_parameter(parameters: Mapping[str, pb.InferParameter], key: str, what: 
     return value
 
 
-def tensor_slot(parameters: Mapping[str, pb.InferParameter], regions: SharedMemoryRegistry,
-                what: str) -> TensorSlot | None:
+def tensor_slot(
+    parameters: Mapping[str, pb.InferParameter], regions: SharedMemoryRegistry, what: str
+) -> TensorSlot | None:
     """The tensor's shared-memory window, bounds-checked, or None when it names no region."""
     if REGION not in parameters:
         if BYTE_SIZE in parameters or OFFSET in parameters:
@@ -73,13 +82,16 @@ def tensor_slot(parameters: Mapping[str, pb.InferParameter], regions: SharedMemo
     byte_size = _int_parameter(parameters, BYTE_SIZE, what, None)
     offset = _int_parameter(parameters, OFFSET, what, 0)
     if offset + byte_size > region.status.byte_size:
-        raise InvalidArgument(f"{what}: {OFFSET} {offset} + {BYTE_SIZE} {byte_size} is past the end of "
-                              f"region '{region.status.name}' ({region.status.byte_size} bytes)")
+        raise InvalidArgument(
+            f"{what}: {OFFSET} {offset} + {BYTE_SIZE} {byte_size} is past the end of "
+            f"region '{region.status.name}' ({region.status.byte_size} bytes)"
+        )
     return TensorSlot(region, offset, byte_size)
 
 
-def read_input(tensor: pb.ModelInferRequest.InferInputTensor, slot: TensorSlot,
-               max_bytes_elements: int | None = None) -> np.ndarray:
+def read_input(
+    tensor: pb.ModelInferRequest.InferInputTensor, slot: TensorSlot, max_bytes_elements: int | None = None
+) -> np.ndarray:
     """The input as a read-only view of its window; the byte size is checked before reading (a BYTES
     input's element count against `max_bytes_elements` too, as on the plain path)."""
     what = f"input '{tensor.name}'"
@@ -89,17 +101,21 @@ def read_input(tensor: pb.ModelInferRequest.InferInputTensor, slot: TensorSlot,
     if tensor.datatype != "BYTES":  # BYTES elements carry their own lengths; decode_raw bounds them
         expected = element_count(tensor.shape, what) * dtype.itemsize
         if slot.byte_size != expected:
-            raise InvalidArgument(f"{what}: {BYTE_SIZE} is {slot.byte_size} but {tensor.datatype} "
-                                  f"{list(tensor.shape)} needs {expected} bytes")
-    return decode_raw(slot.region.read(slot.offset, slot.byte_size, what), tensor.datatype, tensor.shape, what,
-                      max_bytes_elements)
+            raise InvalidArgument(
+                f"{what}: {BYTE_SIZE} is {slot.byte_size} but {tensor.datatype} "
+                f"{list(tensor.shape)} needs {expected} bytes"
+            )
+    return decode_raw(
+        slot.region.read(slot.offset, slot.byte_size, what), tensor.datatype, tensor.shape, what, max_bytes_elements
+    )
 
 
 class SharedMemoryBinding:
     """One request's tensors: its inputs as arrays and where its shared-memory outputs go."""
 
-    def __init__(self, request: pb.ModelInferRequest, regions: SharedMemoryRegistry,
-                 max_bytes_elements: int | None = None):
+    def __init__(
+        self, request: pb.ModelInferRequest, regions: SharedMemoryRegistry, max_bytes_elements: int | None = None
+    ):
         """`max_bytes_elements` bounds each BYTES input's element count (v2_tensors.request_inputs)."""
         self.outputs: dict[str, TensorSlot] = {}
         self.used = False
@@ -108,8 +124,11 @@ class SharedMemoryBinding:
             self.inputs = request_inputs(request, max_bytes_elements)
             return
         slots = [tensor_slot(t.parameters, regions, f"input '{t.name}'") for t in request.inputs]
-        self.inputs = (request_inputs(request, max_bytes_elements) if not any(slots)
-                       else self._mixed_inputs(request, slots, max_bytes_elements))
+        self.inputs = (
+            request_inputs(request, max_bytes_elements)
+            if not any(slots)
+            else self._mixed_inputs(request, slots, max_bytes_elements)
+        )
         for output in request.outputs:
             slot = tensor_slot(output.parameters, regions, f"output '{output.name}'")
             if slot is not None:
@@ -126,14 +145,17 @@ class SharedMemoryBinding:
                 tensor_slot(output.parameters, regions, f"output '{output.name}'")
 
     @staticmethod
-    def _mixed_inputs(request: pb.ModelInferRequest, slots: list[TensorSlot | None],
-                      max_bytes_elements: int | None) -> dict[str, np.ndarray]:
+    def _mixed_inputs(
+        request: pb.ModelInferRequest, slots: list[TensorSlot | None], max_bytes_elements: int | None
+    ) -> dict[str, np.ndarray]:
         """Shared-memory inputs read from their regions; the others take raw entries in order."""
         raw = request.raw_input_contents
         plain = sum(slot is None for slot in slots)
         if raw and len(raw) != plain:
-            raise InvalidArgument(f"request has {len(raw)} raw_input_contents entries for {plain} inputs not in "
-                                  "shared memory; send one per such input, in input order")
+            raise InvalidArgument(
+                f"request has {len(raw)} raw_input_contents entries for {plain} inputs not in "
+                "shared memory; send one per such input, in input order"
+            )
         arrays: dict[str, np.ndarray] = {}
         next_raw = 0
         for tensor, slot in zip(request.inputs, slots):
@@ -157,8 +179,10 @@ class SharedMemoryBinding:
         datatype, data = _wire_form(array, what)
         size = data.nbytes if isinstance(data, np.ndarray) else len(data)
         if size > slot.byte_size:
-            raise InvalidArgument(f"{what}: {datatype} {list(array.shape)} needs {size} bytes but {BYTE_SIZE} "
-                                  f"for region '{slot.region.status.name}' is {slot.byte_size}")
+            raise InvalidArgument(
+                f"{what}: {datatype} {list(array.shape)} needs {size} bytes but {BYTE_SIZE} "
+                f"for region '{slot.region.status.name}' is {slot.byte_size}"
+            )
         slot.region.write(slot.offset, data, what)
         response.outputs.add(name=name, datatype=datatype, shape=array.shape)
         response.raw_output_contents.append(b"")

@@ -67,10 +67,19 @@ def _check_names(kind: str, names: Sequence[str]) -> None:
         raise InvalidArgument(f"track.{kind}: names must be unique, got {list(names)}")
 
 
-def track_settings(*, tracker: str = "", high_score: float | None = None, low_score: float | None = None,
-                   match_iou: float | None = None, min_hits: int | None = None, max_age: int | None = None,
-                   max_tracks: int | None = None, frame_interval_us: int = 0, lines: Sequence[CountLine] = (),
-                   zones: Sequence[CountZone] = ()) -> TrackSettings:
+def track_settings(
+    *,
+    tracker: str = "",
+    high_score: float | None = None,
+    low_score: float | None = None,
+    match_iou: float | None = None,
+    min_hits: int | None = None,
+    max_age: int | None = None,
+    max_tracks: int | None = None,
+    frame_interval_us: int = 0,
+    lines: Sequence[CountLine] = (),
+    zones: Sequence[CountZone] = (),
+) -> TrackSettings:
     """Every check of the `track` options, in one place; None takes the TrackerParams default."""
     tracker = tracker or TRACKERS[0]
     if tracker not in TRACKERS:
@@ -154,8 +163,9 @@ class StreamTracking:
         delta = round((timestamp_us - self._last[1]) / interval) if interval else frame_id - self._last[0]
         return int(min(max(delta, self._skipped + 1), self.settings.params.max_age + 1))
 
-    def answered(self, frame_id: int, timestamp_us: int, boxes: np.ndarray, scores: np.ndarray,
-                 classes: np.ndarray) -> TrackReport:
+    def answered(
+        self, frame_id: int, timestamp_us: int, boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray
+    ) -> TrackReport:
         """An answered frame's detections (boxes [M, 4] x1y1x2y2, scores [M], classes [M])."""
         steps = self._steps(frame_id, timestamp_us)
         self._last, self._skipped = (frame_id, timestamp_us), 0
@@ -167,9 +177,18 @@ class StreamTracking:
             self._alive[track_id] = [cls, *first_frame, *self._last]
         self._tallies.add_confirmed(found.confirmed_classes)
         present = self._state.ids > 0
-        self._tallies.add_frame(FrameMoves(
-            found.moved_classes, found.moved_from, found.moved_to, np.isin(found.moved_ids, found.confirmed),
-            found.ended_classes, found.ended_centres, self._state.classes[present], self._state.centre[present]))
+        self._tallies.add_frame(
+            FrameMoves(
+                found.moved_classes,
+                found.moved_from,
+                found.moved_to,
+                np.isin(found.moved_ids, found.confirmed),
+                found.ended_classes,
+                found.ended_centres,
+                self._state.classes[present],
+                self._state.centre[present],
+            )
+        )
         for track_id in found.moved_ids.tolist():
             self._alive[track_id][3:5] = self._last
         confirmed = tuple(self._event(t, self._alive[t]) for t in found.confirmed.tolist())
@@ -193,11 +212,21 @@ class StreamTracking:
         state, tallies = self._state, self._tallies
         confirmed = state.ids > 0
         active = np.bincount(state.classes[confirmed], minlength=1) if confirmed.any() else np.zeros(1, np.int64)
-        tracks = tuple((cls, n, int(active[cls]) if cls < len(active) else 0)
-                       for cls, n in sorted(tallies.unique.items()))
-        lines = tuple((line.name, tuple((cls, pair[0], pair[1]) for cls, pair in sorted(tallies.crossed[i].items())))
-                      for i, line in enumerate(tallies.lines))
-        zones = tuple((zone.name, tuple((cls, pair[0], pair[1], tallies.inside_count(index, cls))
-                                        for cls, pair in sorted(tallies.zone_moves[index].items())))
-                      for index, zone in enumerate(tallies.zones))
+        tracks = tuple(
+            (cls, n, int(active[cls]) if cls < len(active) else 0) for cls, n in sorted(tallies.unique.items())
+        )
+        lines = tuple(
+            (line.name, tuple((cls, pair[0], pair[1]) for cls, pair in sorted(tallies.crossed[i].items())))
+            for i, line in enumerate(tallies.lines)
+        )
+        zones = tuple(
+            (
+                zone.name,
+                tuple(
+                    (cls, pair[0], pair[1], tallies.inside_count(index, cls))
+                    for cls, pair in sorted(tallies.zone_moves[index].items())
+                ),
+            )
+            for index, zone in enumerate(tallies.zones)
+        )
         return TrackCounts(tracks, lines, zones)

@@ -87,7 +87,9 @@ class EchoServer:
     """`python -m bench.experiments.echo_server` as a child process (the transport floor), ended on exit."""
 
     def __enter__(self) -> "EchoServer":
-        self.proc = subprocess.Popen([sys.executable, "-m", "bench.experiments.echo_server"], cwd=REPO_ROOT, stdout=subprocess.PIPE, text=True)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "bench.experiments.echo_server"], cwd=REPO_ROOT, stdout=subprocess.PIPE, text=True
+        )
         line = self.proc.stdout.readline()
         if not line.startswith("port "):
             self.proc.kill()
@@ -101,12 +103,20 @@ class EchoServer:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.experiments.latency_breakdown", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.experiments.latency_breakdown", description=__doc__.splitlines()[0]
+    )
     parser.add_argument("--rounds", type=int, default=5, help="alternating blocks of raw runs and served calls")
     parser.add_argument("--per-round", type=int, default=20, help="raw runs and served calls per block")
-    parser.add_argument("--compare", metavar="FLAGS", action="append", default=[], help="also serve from another server "
-                        "started with these extra `convserve serve` flags (repeatable), alternated with the default one "
-                        "(ABBA order), e.g. '--http2-max-frame-bytes 1048576'")
+    parser.add_argument(
+        "--compare",
+        metavar="FLAGS",
+        action="append",
+        default=[],
+        help="also serve from another server "
+        "started with these extra `convserve serve` flags (repeatable), alternated with the default one "
+        "(ABBA order), e.g. '--http2-max-frame-bytes 1048576'",
+    )
     args = parser.parse_args(argv)
     setups = {"default": []} | {flags: shlex.split(flags) for flags in args.compare}
     with tempfile.TemporaryDirectory(prefix="convserve-breakdown-") as tmp:
@@ -123,14 +133,20 @@ def main(argv: list[str] | None = None) -> int:
             for label, flags in setups.items():
                 servers[label] = served_models(repo, *flags, "--metrics-port", "0")
                 stack.callback(servers[label].stop)
-            stubs = {label: pb_grpc.GRPCInferenceServiceStub(stack.enter_context(grpc.insecure_channel(server.address, options=UNLIMITED)))
-                     for label, server in servers.items()}
+            stubs = {
+                label: pb_grpc.GRPCInferenceServiceStub(
+                    stack.enter_context(grpc.insecure_channel(server.address, options=UNLIMITED))
+                )
+                for label, server in servers.items()
+            }
             for _ in range(3):
                 runtime.run({name: x})
                 for stub in stubs.values():
                     stub.ModelInfer(request)
             echo = stack.enter_context(EchoServer())
-            echo_call = stack.enter_context(grpc.insecure_channel(echo.address, options=UNLIMITED)).unary_unary(ECHO_METHOD)
+            echo_call = stack.enter_context(grpc.insecure_channel(echo.address, options=UNLIMITED)).unary_unary(
+                ECHO_METHOD
+            )
             payload = request.SerializeToString()
             for _ in range(3):
                 echo_call(payload)
@@ -156,23 +172,35 @@ def main(argv: list[str] | None = None) -> int:
                     started = time.perf_counter()
                     echo_call(payload)
                     floor.append(time.perf_counter() - started)
-            inside = {label: server_means(before[label], server_totals(stub, "resnet18")) for label, stub in stubs.items()}
+            inside = {
+                label: server_means(before[label], server_totals(stub, "resnet18")) for label, stub in stubs.items()
+            }
             run_ms = {}
             for label, server in servers.items():
                 (count_before, seconds_before), (count, seconds) = runs_before[label], model_runs(server, "resnet18")
                 run_ms[label] = round((seconds - seconds_before) / max(1.0, count - count_before) * 1000, 2)
-    print(f"resnet18, batch 1, 224x224 float32 tensor ({x.nbytes / 1e3:.0f} kB per request), "
-          f"{args.rounds} alternating blocks of {args.per_round}")
+    print(
+        f"resnet18, batch 1, 224x224 float32 tensor ({x.nbytes / 1e3:.0f} kB per request), "
+        f"{args.rounds} alternating blocks of {args.per_round}"
+    )
     print(f"raw ONNX Runtime run, p50 / mean:           {median_ms(raw):8.2f} / {mean_ms(raw):.2f} ms")
     print(f"client request serialisation, p50:          {median_ms(serialise):8.2f} ms")
-    print(f"bare grpc.aio echo of the same bytes, p50:  {median_ms(floor):8.2f} ms  (Python gRPC + loopback, no convserve, no model)")
+    print(
+        f"bare grpc.aio echo of the same bytes, p50:  {median_ms(floor):8.2f} ms  "
+        "(Python gRPC + loopback, no convserve, no model)"
+    )
     for label, times in served.items():
         print(f"served ModelInfer, server flags: {label}")
-        print(f"  sync client, p50 / mean:                  {median_ms(times):8.2f} / {mean_ms(times):.2f} ms  "
-              f"(p50 {median_ms(times) - median_ms(raw):+.2f} ms over raw)")
+        print(
+            f"  sync client, p50 / mean:                  {median_ms(times):8.2f} / {mean_ms(times):.2f} ms  "
+            f"(p50 {median_ms(times) - median_ms(raw):+.2f} ms over raw)"
+        )
         print(f"  inside the server, means (ms):            {inside[label]}")
-        print(f"  model run in the worker thread, mean:     {run_ms[label]:8.2f} ms  (compute_infer minus this: the hand-off "
-              f"to and from the thread pool, {inside[label]['compute_infer'] - run_ms[label]:+.2f} ms)")
+        print(
+            f"  model run in the worker thread, mean:     {run_ms[label]:8.2f} ms  "
+            "(compute_infer minus this: the hand-off "
+            f"to and from the thread pool, {inside[label]['compute_infer'] - run_ms[label]:+.2f} ms)"
+        )
     return 0
 
 

@@ -15,7 +15,8 @@ batch-1 latency of a lone run), so no layout can pass by being slow in-process.
 
     python -m bench.experiments.layout_ab                                   # 1x2, 2x1 and 2x2 on a 2-core machine
     python -m bench.experiments.layout_ab --layouts 1x2,2x1 --rounds 6 --seconds 10
-    python -m bench.experiments.layout_ab --layouts 1x2,1x2/4,2x1/4   # /4: preferred_batch_sizes [4] (the batcher cuts batches at 4)
+    # /4: preferred_batch_sizes [4] (the batcher cuts batches at 4)
+    python -m bench.experiments.layout_ab --layouts 1x2,1x2/4,2x1/4
 """
 
 from __future__ import annotations
@@ -54,7 +55,9 @@ def parse_layouts(text: str) -> list[Layout]:
         except ValueError:
             layout = None
         if layout is None or min(layout[0], layout[1], *layout[2]) < 1:
-            raise ValueError(f"layouts are SESSIONSxTHREADS[/PREFERRED+PREFERRED...], comma separated, e.g. 1x2,2x1/4; got {text!r}")
+            raise ValueError(
+                f"layouts are SESSIONSxTHREADS[/PREFERRED+PREFERRED...], comma separated, e.g. 1x2,2x1/4; got {text!r}"
+            )
         layouts.append(layout)
     return layouts
 
@@ -75,9 +78,13 @@ def make_layouts(repo: Path, layouts: list[Layout]) -> dict[Layout, str]:
         shutil.copytree(repo / "resnet18", repo / name)
         config = load_model_config(repo / name / "config.yaml")
         batching = {"instances": sessions, "preferred_batch_sizes": preferred}
-        config = config.model_copy(update={
-            "name": name, "batching": config.batching.model_copy(update=batching),
-            "runtime": config.runtime.model_copy(update={"intra_op_threads": threads})})
+        config = config.model_copy(
+            update={
+                "name": name,
+                "batching": config.batching.model_copy(update=batching),
+                "runtime": config.runtime.model_copy(update={"intra_op_threads": threads}),
+            }
+        )
         dump_model_config(config, repo / name / "config.yaml")
         names[layout] = name
     shutil.rmtree(repo / "resnet18")
@@ -100,8 +107,12 @@ def lone_run_ms(model_dir: Path, runs: int = 15) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.experiments.layout_ab", description=__doc__.splitlines()[0])
-    parser.add_argument("--layouts", default=f"1x{cpu_count()},{cpu_count()}x1,2x{cpu_count()}",
-                        help="comma list of SESSIONSxTHREADS[/PREFERRED+...] (default: one session on all cores, one per core, two on all cores)")
+    parser.add_argument(
+        "--layouts",
+        default=f"1x{cpu_count()},{cpu_count()}x1,2x{cpu_count()}",
+        help="comma list of SESSIONSxTHREADS[/PREFERRED+...] "
+        "(default: one session on all cores, one per core, two on all cores)",
+    )
     parser.add_argument("--concurrency", type=int, default=16, help="the throughput run's concurrency")
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--seconds", type=float, default=10.0, help="measured seconds per served run")
@@ -125,10 +136,19 @@ def main(argv: list[str] | None = None) -> int:
                     points = measure_raw(repo / name, RAW_BATCHES, args.raw_seconds, repo / name / "1" / "model.onnx")
                     row["raw"].append(max(p.images_per_s for p in points))
                     row["lone"].append(lone_run_ms(repo / name))
-                    row["busy"].append(run_served(server, name, "tensor", args.concurrency, args.seconds, 3.0).images_per_s)
-                    row["c1"].append(run_served(server, name, "tensor", 1, args.seconds / 2, 1.0).latency_ms.get("p50", float("nan")))
-                    print(f"round {round_} {name}: raw {row['raw'][-1]:.1f} img/s, lone run {row['lone'][-1]:.1f} ms, served "
-                          f"c{args.concurrency} {row['busy'][-1]:.1f} img/s, c1 p50 {row['c1'][-1]:.1f} ms", file=sys.stderr, flush=True)
+                    row["busy"].append(
+                        run_served(server, name, "tensor", args.concurrency, args.seconds, 3.0).images_per_s
+                    )
+                    row["c1"].append(
+                        run_served(server, name, "tensor", 1, args.seconds / 2, 1.0).latency_ms.get("p50", float("nan"))
+                    )
+                    print(
+                        f"round {round_} {name}: raw {row['raw'][-1]:.1f} img/s, "
+                        f"lone run {row['lone'][-1]:.1f} ms, served "
+                        f"c{args.concurrency} {row['busy'][-1]:.1f} img/s, c1 p50 {row['c1'][-1]:.1f} ms",
+                        file=sys.stderr,
+                        flush=True,
+                    )
         finally:
             server.stop()
     print(_markdown(layouts, rows, args))
@@ -139,16 +159,24 @@ def _markdown(layouts, rows, args) -> str:
     med = {layout: {key: statistics.median(values) for key, values in row.items()} for layout, row in rows.items()}
     best_raw = max(m["raw"] for m in med.values())
     best_lone = min(m["lone"] for m in med.values())
-    lines = [f"resnet18 (random weights), V2 tensor input, closed loop; {args.rounds} alternating rounds; medians. "
-             f"Raw throughput = best of batches {', '.join(map(str, RAW_BATCHES))} with every session busy; lone run = "
-             f"batch 1 with nothing else running. References: best raw {best_raw:.1f} img/s, best lone run {best_lone:.2f} ms.", "",
-             f"| sessions x threads / preferred batch sizes | raw img/s | lone run ms | served c{args.concurrency} img/s | c{args.concurrency} / best raw | "
-             "served c1 p50 ms | c1 p50 - best lone run |",
-             "|---|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        f"resnet18 (random weights), V2 tensor input, closed loop; {args.rounds} alternating rounds; medians. "
+        f"Raw throughput = best of batches {', '.join(map(str, RAW_BATCHES))} with every session busy; lone run = "
+        f"batch 1 with nothing else running. References: best raw {best_raw:.1f} img/s, "
+        f"best lone run {best_lone:.2f} ms.",
+        "",
+        "| sessions x threads / preferred batch sizes | raw img/s | lone run ms | "
+        f"served c{args.concurrency} img/s | c{args.concurrency} / best raw | "
+        "served c1 p50 ms | c1 p50 - best lone run |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
     for layout in layouts:
         m = med[layout]
-        lines.append(f"| {layout_name(layout)} | {m['raw']:.1f} | {m['lone']:.2f} | {m['busy']:.1f} | {m['busy'] / best_raw:.2f} | "
-                     f"{m['c1']:.2f} | {m['c1'] - best_lone:+.2f} ms |")
+        lines.append(
+            f"| {layout_name(layout)} | {m['raw']:.1f} | {m['lone']:.2f} | {m['busy']:.1f} | "
+            f"{m['busy'] / best_raw:.2f} | "
+            f"{m['c1']:.2f} | {m['c1'] - best_lone:+.2f} ms |"
+        )
     return "\n".join(lines) + "\n"
 
 

@@ -33,7 +33,9 @@ def session(path: Path, threads: int, spinning: bool):
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
-def measure(path: str, shape: tuple[int, ...], threads: int, spinning: bool, seconds: float) -> tuple[list[float], float]:
+def measure(
+    path: str, shape: tuple[int, ...], threads: int, spinning: bool, seconds: float
+) -> tuple[list[float], float]:
     """In a fresh process: run times (s) for about `seconds`, and the process CPU seconds per run."""
     s = session(Path(path), threads, spinning)
     feed = {s.get_inputs()[0].name: np.random.default_rng(0).random(shape, dtype=np.float32)}
@@ -58,12 +60,20 @@ def compare(path: Path, shape: tuple[int, ...], threads: int, seconds: float, ro
     for _ in range(rounds):
         for spinning in (False, True):
             with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
-                times, cpu_per_run = pool.submit(measure, str(path), shape, threads, spinning, seconds / rounds).result()
+                times, cpu_per_run = pool.submit(
+                    measure, str(path), shape, threads, spinning, seconds / rounds
+                ).result()
             wall[spinning] += times
             cpu[spinning].append(cpu_per_run)
     off, on = statistics.median(wall[False]), statistics.median(wall[True])
-    return {"runs": len(wall[True]), "off_ms": off * 1e3, "on_ms": on * 1e3, "off_over_on": off / on,
-            "off_cpu_ms_per_run": statistics.median(cpu[False]) * 1e3, "on_cpu_ms_per_run": statistics.median(cpu[True]) * 1e3}
+    return {
+        "runs": len(wall[True]),
+        "off_ms": off * 1e3,
+        "on_ms": on * 1e3,
+        "off_over_on": off / on,
+        "off_cpu_ms_per_run": statistics.median(cpu[False]) * 1e3,
+        "on_cpu_ms_per_run": statistics.median(cpu[True]) * 1e3,
+    }
 
 
 def main() -> None:
@@ -79,14 +89,24 @@ def main() -> None:
         else:
             resnet = export_resnet18(Path(scratch)).onnx_path
             lenet = REPO_ROOT / "model_repo" / "lenet5" / "1" / "model.onnx"
-            cases = [("resnet18", resnet, (1, 3, 224, 224)), ("resnet18", resnet, (8, 3, 224, 224)),
-                     ("lenet5", lenet, (1, 1, 32, 32)), ("lenet5", lenet, (32, 1, 32, 32))]
-        print(f"| model | input | runs | spinning off ms | on ms | off/on | CPU ms/run off | on |  ({args.threads} intra-op threads)")
+            cases = [
+                ("resnet18", resnet, (1, 3, 224, 224)),
+                ("resnet18", resnet, (8, 3, 224, 224)),
+                ("lenet5", lenet, (1, 1, 32, 32)),
+                ("lenet5", lenet, (32, 1, 32, 32)),
+            ]
+        print(
+            "| model | input | runs | spinning off ms | on ms | off/on | CPU ms/run off | on |  "
+            f"({args.threads} intra-op threads)"
+        )
         print("|---|---|---:|---:|---:|---:|---:|---:|")
         for name, path, shape in cases:
             r = compare(path, shape, args.threads, args.seconds)
-            print(f"| {name} | {'x'.join(map(str, shape))} | {r['runs']} | {r['off_ms']:.3f} | {r['on_ms']:.3f} | "
-                  f"{r['off_over_on']:.2f} | {r['off_cpu_ms_per_run']:.3f} | {r['on_cpu_ms_per_run']:.3f} |", flush=True)
+            print(
+                f"| {name} | {'x'.join(map(str, shape))} | {r['runs']} | {r['off_ms']:.3f} | {r['on_ms']:.3f} | "
+                f"{r['off_over_on']:.2f} | {r['off_cpu_ms_per_run']:.3f} | {r['on_cpu_ms_per_run']:.3f} |",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

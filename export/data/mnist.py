@@ -98,8 +98,13 @@ def to_model_inputs(images: np.ndarray, spec: PreprocessingConfig) -> np.ndarray
     return batch
 
 
-def jitter_digits(images: np.ndarray, rng: np.random.Generator, max_shift: float = 2.0,
-                  max_degrees: float = 10.0, max_zoom: float = 0.1) -> np.ndarray:
+def jitter_digits(
+    images: np.ndarray,
+    rng: np.random.Generator,
+    max_shift: float = 2.0,
+    max_degrees: float = 10.0,
+    max_zoom: float = 0.1,
+) -> np.ndarray:
     """Seeded random small affine distortions of uint8 digits [N, H, W] (training augmentation).
 
     Each image is rotated by up to ±`max_degrees`, scaled by 1 ± `max_zoom` about its centre and
@@ -116,6 +121,7 @@ def jitter_digits(images: np.ndarray, rng: np.random.Generator, max_shift: float
     for i in range(count):
         matrix = cv2.getRotationMatrix2D(centre, angles[i], zooms[i])
         matrix[:, 2] += shifts[i]
-        out[i] = cv2.warpAffine(images[i], matrix, (width, height), flags=cv2.INTER_LINEAR,
-                                borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+        out[i] = cv2.warpAffine(
+            images[i], matrix, (width, height), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0
+        )
     return out

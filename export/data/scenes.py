@@ -35,10 +35,17 @@ MIN_CONTRAST = 90.0  # Euclidean RGB distance between a shape's colour and what 
 # "fit" and "validation" divide the train split's faces and distractors (same backgrounds), so a
 # training run can validate on identities it never fits while "heldout" stays for the final figure
 FACE_IDS = {"train": range(0, 80), "fit": range(0, 72), "validation": range(72, 80), "heldout": range(80, 100)}
-DISTRACTOR_IDS = {"train": range(100, 180), "fit": range(100, 172), "validation": range(172, 180), "heldout": range(180, 200)}
+DISTRACTOR_IDS = {
+    "train": range(100, 180),
+    "fit": range(100, 172),
+    "validation": range(172, 180),
+    "heldout": range(180, 200),
+}
 _TRAIN_BACKGROUNDS = ("grass", "brick", "coffee", "rocket", "hubble_deep_field", "moon", "retina", "clock", "page")
 BACKGROUNDS = {
-    "train": _TRAIN_BACKGROUNDS, "fit": _TRAIN_BACKGROUNDS, "validation": _TRAIN_BACKGROUNDS,
+    "train": _TRAIN_BACKGROUNDS,
+    "fit": _TRAIN_BACKGROUNDS,
+    "validation": _TRAIN_BACKGROUNDS,
     "heldout": ("gravel", "immunohistochemistry"),
 }
 SPLITS = ("train", "fit", "validation", "heldout")

@@ -33,7 +33,12 @@ from service.pipelines.cam_weights import read_class_weights
 # One object per image on an 80×80 scene, which the server scales to the 64×64 input (objects of
 # 16–45 input pixels).
 CAM_SCENE_SPEC = SceneSpec(
-    height=(80, 80), width=(80, 80), objects=(1, 1), object_size=(20, 56), distractors=(0, 0), clutter_lines=(0, 4),
+    height=(80, 80),
+    width=(80, 80),
+    objects=(1, 1),
+    object_size=(20, 56),
+    distractors=(0, 0),
+    clutter_lines=(0, 4),
 )
 HELDOUT_SEED = 7
 HELDOUT_COUNT = 300
@@ -99,8 +104,14 @@ def scene_heat_maps(session, config: ModelConfig, weights: np.ndarray, scenes: l
             yield predicted, min_max_normalise(upsample_map(raw, info))
 
 
-def evaluate_localisation(session, config: ModelConfig, weights: np.ndarray, scenes: list[Scene],
-                          split: str = "heldout", seed: int = HELDOUT_SEED) -> LocalisationReport:
+def evaluate_localisation(
+    session,
+    config: ModelConfig,
+    weights: np.ndarray,
+    scenes: list[Scene],
+    split: str = "heldout",
+    seed: int = HELDOUT_SEED,
+) -> LocalisationReport:
     """Run `scenes` through an ONNX Runtime session of a CAM model and score the maps."""
     correct, inside, good, ious = 0, 0, 0, []
     for scene, (predicted, heat) in zip(scenes, scene_heat_maps(session, config, weights, scenes)):

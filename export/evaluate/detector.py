@@ -48,8 +48,9 @@ class DetectorRunner:
 
         options = ort.SessionOptions()
         options.intra_op_num_threads = 1
-        session = ort.InferenceSession(str(model_dir / str(version) / "model.onnx"), options,
-                                       providers=["CPUExecutionProvider"])
+        session = ort.InferenceSession(
+            str(model_dir / str(version) / "model.onnx"), options, providers=["CPUExecutionProvider"]
+        )
         return cls(session, load_model_config(model_dir / "config.yaml"))
 
     def predict(self, images: list[np.ndarray], params: NmsParams, batch: int = 32) -> list[Detections]:
@@ -71,11 +72,25 @@ def _coco_inputs(scenes: list[Scene], detections: list[Detections]):
         images.append({"id": image_id, "height": scene.image.shape[0], "width": scene.image.shape[1]})
         for box, label in zip(scene.boxes.tolist(), scene.labels.tolist()):
             w, h = box[2] - box[0], box[3] - box[1]
-            annotations.append({"id": len(annotations) + 1, "image_id": image_id, "category_id": label + 1,
-                                "bbox": [box[0], box[1], w, h], "area": w * h, "iscrowd": 0})
+            annotations.append(
+                {
+                    "id": len(annotations) + 1,
+                    "image_id": image_id,
+                    "category_id": label + 1,
+                    "bbox": [box[0], box[1], w, h],
+                    "area": w * h,
+                    "iscrowd": 0,
+                }
+            )
         for box, score, label in zip(found.boxes.tolist(), found.scores.tolist(), found.classes.tolist()):
-            results.append({"image_id": image_id, "category_id": label + 1, "score": score,
-                            "bbox": [box[0], box[1], box[2] - box[0], box[3] - box[1]]})
+            results.append(
+                {
+                    "image_id": image_id,
+                    "category_id": label + 1,
+                    "score": score,
+                    "bbox": [box[0], box[1], box[2] - box[0], box[3] - box[1]],
+                }
+            )
     categories = [{"id": k + 1, "name": name} for k, name in enumerate(SCENE_CLASSES)]
     return {"images": images, "annotations": annotations, "categories": categories}, results
 
@@ -103,8 +118,11 @@ def average_precision(scenes: list[Scene], detections: list[Detections]) -> dict
     evaluator = coco_eval(scenes, detections)
     precision = evaluator.eval["precision"][0, :, :, 0, -1]  # IoU 0.5, all recalls, classes, area all, 100 dets
     per_class = {name: float(np.mean(precision[:, k][precision[:, k] > -1])) for k, name in enumerate(SCENE_CLASSES)}
-    return {"mAP@0.5": float(evaluator.stats[1]), "mAP@[.5:.95]": float(evaluator.stats[0]),
-            "AP@0.5_per_class": per_class}
+    return {
+        "mAP@0.5": float(evaluator.stats[1]),
+        "mAP@[.5:.95]": float(evaluator.stats[0]),
+        "AP@0.5_per_class": per_class,
+    }
 
 
 def precision_recall(scenes: list[Scene], detections: list[Detections]) -> dict:
@@ -120,8 +138,13 @@ def precision_recall(scenes: list[Scene], detections: list[Detections]) -> dict:
         dt_ignored = np.asarray(record["dtIgnore"])[0].astype(bool)
         true_pos += int((matched & ~dt_ignored).sum())
         false_pos += int((~matched & ~dt_ignored).sum())
-    return {"precision": true_pos / max(1, true_pos + false_pos), "recall": true_pos / max(1, n_truth),
-            "true_positives": true_pos, "false_positives": false_pos, "ground_truth": n_truth}
+    return {
+        "precision": true_pos / max(1, true_pos + false_pos),
+        "recall": true_pos / max(1, n_truth),
+        "true_positives": true_pos,
+        "false_positives": false_pos,
+        "ground_truth": n_truth,
+    }
 
 
 def evaluate(model_dir: Path = MODEL_DIR, count: int = HELDOUT_COUNT, seed: int = HELDOUT_SEED):
@@ -134,12 +157,18 @@ def evaluate(model_dir: Path = MODEL_DIR, count: int = HELDOUT_COUNT, seed: int 
     default_params = NmsParams.from_config(detection)
     at_defaults = runner.predict(images, default_params)
     metrics = {
-        "split": "heldout", "scenes": count, "seed": seed, "objects": int(sum(len(s.labels) for s in scenes)),
+        "split": "heldout",
+        "scenes": count,
+        "seed": seed,
+        "objects": int(sum(len(s.labels) for s in scenes)),
         **average_precision(scenes, loose),
         "map_score_threshold": EVAL_SCORE_THRESHOLD,
-        "at_default_thresholds": {"score_threshold": default_params.score_threshold,
-                                  "iou_threshold": default_params.iou_threshold, "match_iou": 0.5,
-                                  **precision_recall(scenes, at_defaults)},
+        "at_default_thresholds": {
+            "score_threshold": default_params.score_threshold,
+            "iou_threshold": default_params.iou_threshold,
+            "match_iou": 0.5,
+            **precision_recall(scenes, at_defaults),
+        },
     }
     return metrics, scenes, at_defaults
 
@@ -156,8 +185,16 @@ def draw_samples(scenes: list[Scene], detections: list[Detections], path: Path, 
         for box, score, label in zip(found.boxes * 2, found.scores, found.classes):
             top_left = tuple(int(v) for v in box[:2])
             cv2.rectangle(image, top_left, tuple(int(v) for v in box[2:]), (0, 0, 255), 2)
-            cv2.putText(image, f"{SCENE_CLASSES[label]} {score:.2f}", (top_left[0], max(10, top_left[1] - 3)),
-                        cv2.FONT_HERSHEY_SIMPLEX, 0.4, (0, 255, 255), 1, cv2.LINE_AA)
+            cv2.putText(
+                image,
+                f"{SCENE_CLASSES[label]} {score:.2f}",
+                (top_left[0], max(10, top_left[1] - 3)),
+                cv2.FONT_HERSHEY_SIMPLEX,
+                0.4,
+                (0, 255, 255),
+                1,
+                cv2.LINE_AA,
+            )
         tiles.append(cv2.copyMakeBorder(image, 0, 460 - image.shape[0], 0, 460 - image.shape[1], cv2.BORDER_CONSTANT))
     rows = [np.hstack(tiles[k : k + 4]) for k in range(0, len(tiles), 4)]
     cv2.imwrite(str(path), np.vstack(rows))
@@ -169,8 +206,13 @@ def _commands(runs: list[dict]) -> str:
     for k, run in enumerate(runs):
         epochs = run["planned_steps"] // max(1, run["scene_pool"] // run["batch_size"])
         args = ["--resume"] if k else []
-        args += [f"--seed {run['seed']}", f"--lr {run['learning_rate']:g}", f"--warmup {run.get('warmup_steps', 200)}",
-                 f"--minutes {run['budget_minutes']:g}", f"--epochs {epochs}"]
+        args += [
+            f"--seed {run['seed']}",
+            f"--lr {run['learning_rate']:g}",
+            f"--warmup {run.get('warmup_steps', 200)}",
+            f"--minutes {run['budget_minutes']:g}",
+            f"--epochs {epochs}",
+        ]
         if run.get("recolour_share"):
             args.append(f"--recolour {run['recolour_share']:g}")
         if run.get("torch_threads", 1) != 1:
@@ -185,50 +227,57 @@ def write_readme(model_dir: Path, card: dict) -> None:
     at = ev["at_default_thresholds"]
     per_class = " | ".join(f"{v:.3f}" for v in ev["AP@0.5_per_class"].values())
     runs = training.get("phases", [training])
-    phases = "; ".join(f"phase {k + 1}: {p['steps']} steps, lr {p['learning_rate']}, {p['wall_seconds'] // 60} min"
-                       + (f", {p['recolour_share']:.0%} of shapes recoloured" if p.get("recolour_share") else "")
-                       for k, p in enumerate(runs))
+    phases = "; ".join(
+        f"phase {k + 1}: {p['steps']} steps, lr {p['learning_rate']}, {p['wall_seconds'] // 60} min"
+        + (f", {p['recolour_share']:.0%} of shapes recoloured" if p.get("recolour_share") else "")
+        for k, p in enumerate(runs)
+    )
     threads = sorted({p.get("torch_threads", 1) for p in runs})
-    recoloured = ("" if not any(p.get("recolour_share") for p in runs) else
-                  "\nRecolouring repaints a share of the shapes in saturated \"product\" colours (white, black, primaries:\n"
-                  "`export/data/recolour.py`), which the generator's uniformly random colours almost never produce.")
+    recoloured = (
+        ""
+        if not any(p.get("recolour_share") for p in runs)
+        else '\nRecolouring repaints a share of the shapes in saturated "product" colours (white, black, primaries:\n'
+        "`export/data/recolour.py`), which the generator's uniformly random colours almost never produce."
+    )
     text = f"""# yolo_grid
 
 A one-stage grid detector after the lecture's "Object Detection" section (YOLO v1): a compact CNN
-backbone (stride 16, {card['parameters']:,} parameters) and a head predicting, on an S×S grid, B boxes
+backbone (stride 16, {card["parameters"]:,} parameters) and a head predicting, on an S×S grid, B boxes
 (x, y, w, h, confidence) and C class probabilities per cell. Activations are applied in the graph,
 so the output is probabilities; the server decodes it with `service/postprocess/detect.py`
 (score = confidence × class probability, score threshold, per-class NMS, letterbox inverse).
 
-- classes (C={len(card['classes'])}): {', '.join(card['classes'])}
-- input `images`: N×3×{card['input'][1]}×{card['input'][2]} float32, RGB / 255, letterboxed (grey 114 padding)
-- output `grid`: N×S×S×(B·5+C) with S={card['grid']}, B={card['boxes_per_cell']}; per cell B × (x, y, w, h,
+- classes (C={len(card["classes"])}): {", ".join(card["classes"])}
+- input `images`: N×3×{card["input"][1]}×{card["input"][2]} float32, RGB / 255, letterboxed (grey 114 padding)
+- output `grid`: N×S×S×(B·5+C) with S={card["grid"]}, B={card["boxes_per_cell"]}; per cell B × (x, y, w, h,
   confidence) then C class probabilities; x, y = box centre inside the cell (0..1), w, h = fraction
-  of the input width / height. Each of the B slots has a size prior ({', '.join(str(a) for a in card['anchors'])} of
+  of the input width / height. Each of the B slots has a size prior ({", ".join(str(a) for a in card["anchors"])} of
   the input side) baked into the graph, so the layout needs no anchors to decode.
-- ONNX opset {card['onnx_opset']}, dynamic batch; torch vs ONNX Runtime max abs diff {card['onnx_parity_max_abs_diff']:.1e}
+- ONNX opset {card["onnx_opset"]}, dynamic batch; torch vs ONNX Runtime max abs diff \
+{card["onnx_parity_max_abs_diff"]:.1e}
 
 ## Held-out evaluation
 
-{ev['scenes']} scenes of the held-out split (faces 80–99, distractors 180–199, backgrounds gravel and
-immunohistochemistry; seed {ev['seed']}; {ev['objects']} objects), run from this ONNX file with ONNX
+{ev["scenes"]} scenes of the held-out split (faces 80–99, distractors 180–199, backgrounds gravel and
+immunohistochemistry; seed {ev["seed"]}; {ev["objects"]} objects), run from this ONNX file with ONNX
 Runtime, service.preprocess and service/postprocess/detect.py; metrics by pycocotools COCOeval.
 
-| mAP@0.5 | mAP@[.5:.95] | {' | '.join(f'AP@0.5 {c}' for c in card['classes'])} |
-|---|---|{'---|' * len(card['classes'])}
-| {ev['mAP@0.5']:.3f} | {ev['mAP@[.5:.95]']:.3f} | {per_class} |
+| mAP@0.5 | mAP@[.5:.95] | {" | ".join(f"AP@0.5 {c}" for c in card["classes"])} |
+|---|---|{"---|" * len(card["classes"])}
+| {ev["mAP@0.5"]:.3f} | {ev["mAP@[.5:.95]"]:.3f} | {per_class} |
 
-mAP is computed over detections above score {ev['map_score_threshold']} (COCO protocol). At the default
-thresholds (score {at['score_threshold']}, NMS IoU {at['iou_threshold']}), matched at IoU {at['match_iou']}:
-precision {at['precision']:.3f}, recall {at['recall']:.3f} ({at['true_positives']} TP, {at['false_positives']} FP,
-{at['ground_truth']} objects).
+mAP is computed over detections above score {ev["map_score_threshold"]} (COCO protocol). At the default
+thresholds (score {at["score_threshold"]}, NMS IoU {at["iou_threshold"]}), matched at IoU {at["match_iou"]}:
+precision {at["precision"]:.3f}, recall {at["recall"]:.3f} ({at["true_positives"]} TP, {at["false_positives"]} FP,
+{at["ground_truth"]} objects).
 
 ## Training
 
 Seeded synthetic scenes from `export/data/scenes.py` (train split), letterboxed through
 service.preprocess; CIoU box loss, BCE objectness against the achieved IoU, soft cross-entropy for
-classes; AdamW, cosine learning rate. {phases}; {sum(p['steps'] for p in runs)} steps of batch
-{runs[0]['batch_size']} in all, on a shared 2-core CPU with {' or '.join(map(str, threads))} torch thread(s).{recoloured}
+classes; AdamW, cosine learning rate. {phases}; {sum(p["steps"] for p in runs)} steps of batch
+{runs[0]["batch_size"]} in all, on a shared 2-core CPU with \
+{" or ".join(map(str, threads))} torch thread(s).{recoloured}
 
 Reproduce (one command per phase, then the evaluation that writes this file):
 
@@ -240,7 +289,7 @@ machine the step counts (and weights) differ; `1/model_card.json` records what w
 """
     if ev["mAP@0.5"] < TARGET_MAP50:
         text += f"""
-Known gap: the target is mAP@0.5 >= {TARGET_MAP50}; this model reaches {ev['mAP@0.5']:.3f}. Every new phase
+Known gap: the target is mAP@0.5 >= {TARGET_MAP50}; this model reaches {ev["mAP@0.5"]:.3f}. Every new phase
 lowered the validation loss further, so more steps are the first lever (these ran on a CPU shared
 with other jobs); a 160-pixel input (S=10) for the smallest objects and more background
 variety in training (both held-out backgrounds draw false positives) are the next.

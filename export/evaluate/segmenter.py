@@ -74,7 +74,11 @@ def score(maps, scenes, labels) -> dict:
 def variant_onnx(variant: str) -> Path:
     from export.train.segmenter import RUN_ROOT
 
-    return BUNDLED / "1" / "model.onnx" if variant == "fcn8s" else RUN_ROOT / variant / "repo" / variant / "1" / "model.onnx"
+    return (
+        BUNDLED / "1" / "model.onnx"
+        if variant == "fcn8s"
+        else RUN_ROOT / variant / "repo" / variant / "1" / "model.onnx"
+    )
 
 
 def training_summary(variant: str) -> dict:
@@ -95,7 +99,9 @@ def evaluate_all(count: int, seed: int) -> tuple[dict, dict]:
     from export.train.segmenter import INPUT_SIZE, LABELS, VARIANTS
 
     scenes = heldout_scenes(count, seed)
-    stretch = SCENE_PREPROCESSING.model_copy(update={"resize": "stretch", "size": (INPUT_SIZE, INPUT_SIZE), "stride": 1, "native_scale": 1.0})
+    stretch = SCENE_PREPROCESSING.model_copy(
+        update={"resize": "stretch", "size": (INPUT_SIZE, INPUT_SIZE), "stride": 1, "native_scale": 1.0}
+    )
     results, maps = {}, {}
     for variant in VARIANTS:
         if variant_onnx(variant).exists():
@@ -161,12 +167,15 @@ def write_readme(model_dir: Path) -> None:
     preprocessing = load_model_config(model_dir / "config.yaml").preprocessing
     scale, stride = preprocessing.native_scale, preprocessing.stride
     lines = [
-        f"# {card['name']}", "",
-        "FCN-8s (the lecture's \"Segmentation\" section): a small VGG backbone made fully convolutional, a 1×1 "
+        f"# {card['name']}",
+        "",
+        'FCN-8s (the lecture\'s "Segmentation" section): a small VGG backbone made fully convolutional, a 1×1 '
         "convolution classifier giving one heat map per class, learned 2× and 8× transposed-convolution "
-        "upsampling, and skip fusion of pool4 and pool3 scores.", "",
+        "upsampling, and skip fusion of pool4 and pool3 scores.",
+        "",
         f"- classes: {', '.join(card['classes'])} (background first)",
-        f"- input `{card['input']['name']}`: N×3×H×W float32, any H, W (`resize: native` with `native_scale: {scale:g}`: "
+        f"- input `{card['input']['name']}`: N×3×H×W float32, any H, W "
+        f"(`resize: native` with `native_scale: {scale:g}`: "
         f"the image scaled {scale:g}×, padded bottom/right to a multiple of {stride})",
         f"- output `{card['output']['name']}`: N×{len(card['classes'])}×H×W logits",
         f"- parameters: {card['parameters']:,}; ONNX opset {card['onnx']['opset']}; parity with torch (max abs diff): "
@@ -174,33 +183,58 @@ def write_readme(model_dir: Path) -> None:
         "",
     ]
     if card.get("test_time", {}).get("flip_average"):
-        lines += ["The graph runs the network twice, on the image and on its left-right mirror, and returns the mean of "
-                  "the two logits (mirrored back); docs/segmentation.md gives the single-pass figures.", ""]
+        lines += [
+            "The graph runs the network twice, on the image and on its left-right mirror, and returns the mean of "
+            "the two logits (mirrored back); docs/segmentation.md gives the single-pass figures.",
+            "",
+        ]
     if evaluation:
-        lines += [f"Held-out evaluation ({evaluation['scenes']} scenes of the held-out split, seed {evaluation['seed']}; "
-                  "IoU = TP / (TP + FP + FN) over all pixels, mean over classes):", "",
-                  "| model | training steps | mean IoU | pixel accuracy | " + " | ".join(card["classes"]) + " |",
-                  "|---|---|---|---|" + "---|" * len(card["classes"])]
+        lines += [
+            f"Held-out evaluation ({evaluation['scenes']} scenes of the held-out split, seed {evaluation['seed']}; "
+            "IoU = TP / (TP + FP + FN) over all pixels, mean over classes):",
+            "",
+            "| model | training steps | mean IoU | pixel accuracy | " + " | ".join(card["classes"]) + " |",
+            "|---|---|---|---|" + "---|" * len(card["classes"]),
+        ]
         for name, result in evaluation["results"].items():
-            lines.append(f"| {name} | {result.get('training_steps', '(fcn8s)')} | {result['mean_iou']:.4f} | {result['pixel_accuracy']:.4f} | "
-                         + " | ".join(f"{result['iou'][c]:.3f}" for c in card["classes"]) + " |")
+            lines.append(
+                f"| {name} | {result.get('training_steps', '(fcn8s)')} | {result['mean_iou']:.4f} | "
+                f"{result['pixel_accuracy']:.4f} | "
+                + " | ".join(f"{result['iou'][c]:.3f}" for c in card["classes"])
+                + " |"
+            )
         stretched = next((name for name in evaluation["results"] if name.startswith("fcn8s_stretch_")), None)
-        lines += ["", "All three variants share the backbone and the training recipe (same scenes, schedule and CPU budget: "
-                  f"a run stops after {training.get('planned_steps')} steps or {training.get('budget_minutes')} CPU-minutes, "
-                  "whichever comes first); only the skips differ."
-                  + (f" `{stretched}` is the bundled network served with `resize: stretch` to a fixed size instead of at "
-                     "native size." if stretched else ""), ""]
+        lines += [
+            "",
+            "All three variants share the backbone and the training recipe (same scenes, schedule and CPU budget: "
+            f"a run stops after {training.get('planned_steps')} steps or {training.get('budget_minutes')} CPU-minutes, "
+            "whichever comes first); only the skips differ."
+            + (
+                f" `{stretched}` is the bundled network served with `resize: stretch` to a fixed size instead of at "
+                "native size."
+                if stretched
+                else ""
+            ),
+            "",
+        ]
         fcn8s = evaluation["results"]["fcn8s"]
         weakest = sorted(fcn8s["iou"], key=fcn8s["iou"].get)[:2]
         verdict = "meets" if fcn8s["mean_iou"] >= TARGET_MEAN_IOU else "does **not** meet"
-        lines += [f"fcn8s {verdict} the target of {TARGET_MEAN_IOU} mean IoU on the held-out scenes; its weakest classes "
-                  f"are {weakest[0]} ({fcn8s['iou'][weakest[0]]:.3f}) and {weakest[1]} ({fcn8s['iou'][weakest[1]]:.3f}).", ""]
+        lines += [
+            f"fcn8s {verdict} the target of {TARGET_MEAN_IOU} mean IoU on the held-out scenes; its weakest classes "
+            f"are {weakest[0]} ({fcn8s['iou'][weakest[0]]:.3f}) and {weakest[1]} ({fcn8s['iou'][weakest[1]]:.3f}).",
+            "",
+        ]
     if training:
-        lines += [f"Trained for {training.get('cpu_seconds', '?')} CPU-seconds ({training.get('steps')} steps, batch "
-                  f"{training.get('batch_size')} of {training.get('crop')}×{training.get('crop')} crops, "
-                  f"{training.get('torch_threads')} thread; {training.get('wall_seconds')} s "
-                  f"wall on a shared machine) on {training.get('scenes')} scenes from {training.get('data')}.", "",
-                  f"Reproduce: `{training.get('reproduce')}` then `python -m export.evaluate.segmenter`.", ""]
+        lines += [
+            f"Trained for {training.get('cpu_seconds', '?')} CPU-seconds ({training.get('steps')} steps, batch "
+            f"{training.get('batch_size')} of {training.get('crop')}×{training.get('crop')} crops, "
+            f"{training.get('torch_threads')} thread; {training.get('wall_seconds')} s "
+            f"wall on a shared machine) on {training.get('scenes')} scenes from {training.get('data')}.",
+            "",
+            f"Reproduce: `{training.get('reproduce')}` then `python -m export.evaluate.segmenter`.",
+            "",
+        ]
     lines += ["Details: `1/model_card.json`.", ""]
     (model_dir / "README.md").write_text("\n".join(lines), encoding="utf-8")
 
@@ -210,7 +244,9 @@ def main() -> None:
     parser.add_argument("--scenes", type=int, default=HELDOUT_SCENES)
     parser.add_argument("--seed", type=int, default=HELDOUT_SEED)
     parser.add_argument("--no-write", action="store_true", help="print only; leave the model card alone")
-    parser.add_argument("--scale-sweep", help="comma list of native_scale values: fcn8s on validation scenes, prints only")
+    parser.add_argument(
+        "--scale-sweep", help="comma list of native_scale values: fcn8s on validation scenes, prints only"
+    )
     args = parser.parse_args()
     from export.train.segmenter import RUN_ROOT
 
@@ -219,8 +255,18 @@ def main() -> None:
             scales = [float(v) for v in args.scale_sweep.split(",") if v.strip()]
         except ValueError:
             parser.error(f"--scale-sweep takes numbers separated by commas, got {args.scale_sweep!r}")
-        print(json.dumps({"scenes": f"{VALIDATION_SCENES} {bundled_validation_split()}-split validation scenes, seed {VALIDATION_SEED}",
-                          "mean_iou_by_native_scale": scale_sweep(scales)}, indent=2))
+        print(
+            json.dumps(
+                {
+                    "scenes": (
+                        f"{VALIDATION_SCENES} {bundled_validation_split()}-split validation scenes, "
+                        f"seed {VALIDATION_SEED}"
+                    ),
+                    "mean_iou_by_native_scale": scale_sweep(scales),
+                },
+                indent=2,
+            )
+        )
         return
 
     results, maps = evaluate_all(args.scenes, args.seed)
@@ -234,9 +280,14 @@ def main() -> None:
     from export.models.fcn import SCENE_PREPROCESSING
 
     resize = f"native, native_scale {SCENE_PREPROCESSING.native_scale:g}, stride {SCENE_PREPROCESSING.stride}"
-    card["evaluation"] = {"scenes": args.scenes, "seed": args.seed, "split": "heldout", "resize": resize,
-                          "metric": "IoU = TP / (TP + FP + FN) per class over all pixels; mean over classes incl. background",
-                          "results": results}
+    card["evaluation"] = {
+        "scenes": args.scenes,
+        "seed": args.seed,
+        "split": "heldout",
+        "resize": resize,
+        "metric": "IoU = TP / (TP + FP + FN) per class over all pixels; mean over classes incl. background",
+        "results": results,
+    }
     card_path.write_text(json.dumps(card, indent=2) + "\n", encoding="utf-8")
     write_readme(BUNDLED)
 

@@ -39,7 +39,12 @@ from service.config import PreprocessingConfig
 Variant = Literal["fcn32s", "fcn16s", "fcn8s"]
 STRIDE = 32
 SCENE_PREPROCESSING = PreprocessingConfig(
-    color_order="rgb", resize="native", native_scale=2.0, stride=STRIDE, mean=(0.5,), std=(0.25,),
+    color_order="rgb",
+    resize="native",
+    native_scale=2.0,
+    stride=STRIDE,
+    mean=(0.5,),
+    std=(0.25,),
 )
 # Scene segmentation: background + SCENE_CLASSES of export/data/scenes.py.
 SCENE_NUM_CLASSES = 6
@@ -72,7 +77,11 @@ def upsampler(channels: int, factor: int) -> nn.ConvTranspose2d:
 def _stage(cin: int, cout: int, convs: int) -> nn.Sequential:
     layers: list[nn.Module] = []
     for index in range(convs):
-        layers += [nn.Conv2d(cin if index == 0 else cout, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
+        layers += [
+            nn.Conv2d(cin if index == 0 else cout, cout, 3, padding=1, bias=False),
+            nn.BatchNorm2d(cout),
+            nn.ReLU(inplace=True),
+        ]
     layers.append(nn.MaxPool2d(2))
     return nn.Sequential(*layers)
 
@@ -88,7 +97,9 @@ def _score(cin: int, num_classes: int) -> nn.Conv2d:
 class FCN(nn.Module):
     """forward(x [N, 3, H, W], H and W multiples of 32) -> per-class logits [N, num_classes, H, W]."""
 
-    def __init__(self, num_classes: int, variant: Variant = "fcn8s", widths=BACKBONE_WIDTHS, convs=BACKBONE_CONVS, fc: int = 128):
+    def __init__(
+        self, num_classes: int, variant: Variant = "fcn8s", widths=BACKBONE_WIDTHS, convs=BACKBONE_CONVS, fc: int = 128
+    ):
         super().__init__()
         if variant not in ("fcn32s", "fcn16s", "fcn8s"):
             raise ValueError(f"variant must be fcn32s, fcn16s or fcn8s, got {variant!r}")
@@ -100,7 +111,9 @@ class FCN(nn.Module):
         self.to_pool3 = nn.Sequential(*stages[:3])  # stride 8
         self.pool4 = stages[3]  # stride 16
         self.pool5 = stages[4]  # stride 32
-        self.fc6 = nn.Sequential(nn.Conv2d(widths[4], fc, 3, padding=1, bias=False), nn.BatchNorm2d(fc), nn.ReLU(inplace=True))
+        self.fc6 = nn.Sequential(
+            nn.Conv2d(widths[4], fc, 3, padding=1, bias=False), nn.BatchNorm2d(fc), nn.ReLU(inplace=True)
+        )
         self.fc7 = nn.Sequential(nn.Conv2d(fc, fc, 1, bias=False), nn.BatchNorm2d(fc), nn.ReLU(inplace=True))
         self.score_fr = nn.Conv2d(fc, num_classes, 1)
         if variant == "fcn32s":
@@ -145,7 +158,12 @@ class MirrorAveraged(nn.Module):
         return (self.network(x) + self.network(x.flip(3)).flip(3)) / 2
 
 
-_SCENES = dict(input=InputSpec(3, 96, 96), preprocessing=SCENE_PREPROCESSING, default_num_classes=SCENE_NUM_CLASSES, task="segmentation")
+_SCENES = dict(
+    input=InputSpec(3, 96, 96),
+    preprocessing=SCENE_PREPROCESSING,
+    default_num_classes=SCENE_NUM_CLASSES,
+    task="segmentation",
+)
 
 
 @register_model(**_SCENES)
@@ -177,14 +195,18 @@ class FCNLogits(TorchvisionFCN):
 
 @register_model(
     input=InputSpec(3, 224, 224),
-    preprocessing=PreprocessingConfig(color_order="rgb", resize="native", stride=8, mean=IMAGENET_MEAN, std=IMAGENET_STD),
+    preprocessing=PreprocessingConfig(
+        color_order="rgb", resize="native", stride=8, mean=IMAGENET_MEAN, std=IMAGENET_STD
+    ),
     default_num_classes=21,
     task="segmentation",
     training_only_prefixes=("aux_classifier.",),
 )
 def fcn_resnet50(*, num_classes: int = 21) -> nn.Module:
     """FCN-ResNet50 (torchvision, weights=None; 32.9M parameters at 21 classes; `out` logits only)."""
-    built = torchvision.models.segmentation.fcn_resnet50(weights=None, weights_backbone=None, num_classes=num_classes, aux_loss=False)
+    built = torchvision.models.segmentation.fcn_resnet50(
+        weights=None, weights_backbone=None, num_classes=num_classes, aux_loss=False
+    )
     return FCNLogits(built.backbone, built.classifier, None)
 
 
@@ -194,7 +216,9 @@ INPUT_NAME, OUTPUT_NAME = "input", "logits"
 PARITY_SIZES = ((96, 96), (64, 160))
 
 
-def export_segmenter_onnx(model: nn.Module, channels: int = 3, trace_hw: tuple[int, int] = (64, 96), opset: int = 17) -> bytes:
+def export_segmenter_onnx(
+    model: nn.Module, channels: int = 3, trace_hw: tuple[int, int] = (64, 96), opset: int = 17
+) -> bytes:
     """ONNX bytes of the eval-mode `model` with input [batch, C, height, width] and logits
     [batch, classes, height, width], every one of those axes dynamic (a fully convolutional net
     takes any size); traced at batch 2 and a non-square size so nothing is baked in."""
@@ -211,9 +235,15 @@ def export_segmenter_onnx(model: nn.Module, channels: int = 3, trace_hw: tuple[i
         warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export.*")
         try:
             torch.onnx.export(
-                model, (example_input((channels, *trace_hw), 2, seed=0),), buffer, dynamo=False, opset_version=opset,
-                input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-                dynamic_axes={INPUT_NAME: axes, OUTPUT_NAME: axes}, do_constant_folding=True,
+                model,
+                (example_input((channels, *trace_hw), 2, seed=0),),
+                buffer,
+                dynamo=False,
+                opset_version=opset,
+                input_names=[INPUT_NAME],
+                output_names=[OUTPUT_NAME],
+                dynamic_axes={INPUT_NAME: axes, OUTPUT_NAME: axes},
+                do_constant_folding=True,
             )
         except Exception as exc:  # the exporter raises many unrelated types; report them all alike
             raise ExportError(f"torch.onnx.export failed for {type(model).__name__}: {exc}") from exc
@@ -222,7 +252,9 @@ def export_segmenter_onnx(model: nn.Module, channels: int = 3, trace_hw: tuple[i
     return onnx_bytes
 
 
-def segmenter_parity(model: nn.Module, onnx_bytes: bytes, sizes=PARITY_SIZES, channels: int = 3, tolerance: float = 1e-4) -> dict[str, float]:
+def segmenter_parity(
+    model: nn.Module, onnx_bytes: bytes, sizes=PARITY_SIZES, channels: int = 3, tolerance: float = 1e-4
+) -> dict[str, float]:
     """Max |torch − ONNX Runtime| of the logits at each input size (batch 2), keyed "HxW".
 
     The tolerance is relative to the largest logit magnitude (at least 1), so a deep randomly

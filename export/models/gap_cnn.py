@@ -35,6 +35,7 @@ from torch import nn
 from export.models.registry import InputSpec, register_model
 from service.config import PreprocessingConfig
 
+
 def _block(in_channels: int, out_channels: int, stride: int = 1, pool: bool = False) -> nn.Sequential:
     layers: list[nn.Module] = [
         nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1, bias=False),
@@ -53,8 +54,12 @@ class ContextFeatures(nn.Module):
         super().__init__()
         self.stem = nn.Sequential(_block(in_channels, 16, stride=2), _block(16, 32, pool=True))
         self.local = _block(32, channels)
-        self.context = nn.Sequential(nn.MaxPool2d(2), _block(channels, channels), _block(channels, channels),
-                                     nn.Upsample(scale_factor=2, mode="nearest"))
+        self.context = nn.Sequential(
+            nn.MaxPool2d(2),
+            _block(channels, channels),
+            _block(channels, channels),
+            nn.Upsample(scale_factor=2, mode="nearest"),
+        )
         self.fuse = _block(2 * channels, channels)
         self.out_channels = channels
 
@@ -79,11 +84,16 @@ class GapCNN(nn.Module):
 @register_model(
     input=InputSpec(3, 64, 64),
     preprocessing=PreprocessingConfig(
-        color_order="rgb", resize="stretch", size=(64, 64), interpolation="area",
-        mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25),
+        color_order="rgb",
+        resize="stretch",
+        size=(64, 64),
+        interpolation="area",
+        mean=(0.5, 0.5, 0.5),
+        std=(0.25, 0.25, 0.25),
     ),
     default_num_classes=5,
 )
 def gap_cnn(*, num_classes: int = 5) -> nn.Module:
-    """GAP-CNN: conv/BN/ReLU blocks with a stride-8 context branch fused at stride 4, global average pooling, one linear layer (CAM-ready)."""
+    """GAP-CNN: conv/BN/ReLU blocks with a stride-8 context branch fused at stride 4, global average pooling, \
+one linear layer (CAM-ready)."""
     return GapCNN(num_classes=num_classes)

@@ -35,7 +35,11 @@ from service.config import DetectionConfig, PostprocessingConfig, PreprocessingC
 INPUT_SIZE = 128
 # Letterbox to a square input; grey (114) padding as in the YOLO family.
 YOLO_PREPROCESSING = PreprocessingConfig(
-    color_order="rgb", resize="letterbox", size=(INPUT_SIZE, INPUT_SIZE), pad_value=114.0, scale=1.0 / 255.0,
+    color_order="rgb",
+    resize="letterbox",
+    size=(INPUT_SIZE, INPUT_SIZE),
+    pad_value=114.0,
+    scale=1.0 / 255.0,
 )
 
 
@@ -81,9 +85,14 @@ class YoloGrid(nn.Module):
         w = width
         self.backbone = nn.Sequential(
             _conv(3, w, 2),
-            _conv(w, 2 * w, 2), _conv(2 * w, 2 * w),
-            _conv(2 * w, 4 * w, 2), _conv(4 * w, 2 * w, kernel=1), _conv(2 * w, 4 * w),
-            _conv(4 * w, 8 * w, 2), _conv(8 * w, 4 * w, kernel=1), _conv(4 * w, 8 * w),
+            _conv(w, 2 * w, 2),
+            _conv(2 * w, 2 * w),
+            _conv(2 * w, 4 * w, 2),
+            _conv(4 * w, 2 * w, kernel=1),
+            _conv(2 * w, 4 * w),
+            _conv(4 * w, 8 * w, 2),
+            _conv(8 * w, 4 * w, kernel=1),
+            _conv(4 * w, 8 * w),
             _conv(8 * w, 8 * w),
         )
         self.head = nn.Conv2d(8 * w, spec.channels, 1)
@@ -111,8 +120,9 @@ class YoloGrid(nn.Module):
         return torch.cat([decoded, torch.softmax(raw[..., 5 * n_boxes :], dim=-1)], dim=-1)
 
 
-def build_yolo_grid(*, grid: int = 8, boxes_per_cell: int = 2, num_classes: int = 5,
-                    input_size: int = INPUT_SIZE, width: int = 16) -> YoloGrid:
+def build_yolo_grid(
+    *, grid: int = 8, boxes_per_cell: int = 2, num_classes: int = 5, input_size: int = INPUT_SIZE, width: int = 16
+) -> YoloGrid:
     """Keyword-only builder; size priors spread geometrically from 13 % to 32 % of the input."""
     priors = np.geomspace(0.13, 0.32, boxes_per_cell) if boxes_per_cell > 1 else np.array([0.2])
     anchors = tuple(float(a) for a in priors.round(3))
@@ -125,8 +135,12 @@ def _detection_defaults(num_classes: int) -> PostprocessingConfig:
 
 
 @register_model(
-    input=InputSpec(3, INPUT_SIZE, INPUT_SIZE, fixed_size=True), preprocessing=YOLO_PREPROCESSING,
-    default_num_classes=5, task="detection", output_names=("grid",), postprocessing=_detection_defaults,
+    input=InputSpec(3, INPUT_SIZE, INPUT_SIZE, fixed_size=True),
+    preprocessing=YOLO_PREPROCESSING,
+    default_num_classes=5,
+    task="detection",
+    output_names=("grid",),
+    postprocessing=_detection_defaults,
 )
 def yolo_grid(*, num_classes: int = 5) -> YoloGrid:
     """YOLO v1-style grid detector: S=8, B=2, 128x128 letterboxed input, probabilities out."""
@@ -185,8 +199,9 @@ def predicted_boxes(model: YoloGrid, raw: torch.Tensor) -> torch.Tensor:
     return torch.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], dim=-1)
 
 
-def yolo_loss(model: YoloGrid, raw: torch.Tensor, targets: GridTargets,
-              box_weight: float = 5.0, noobj_weight: float = 0.5) -> dict[str, torch.Tensor]:
+def yolo_loss(
+    model: YoloGrid, raw: torch.Tensor, targets: GridTargets, box_weight: float = 5.0, noobj_weight: float = 0.5
+) -> dict[str, torch.Tensor]:
     """Box (CIoU), objectness (BCE to the achieved IoU) and class (soft cross-entropy) losses.
 
     All three are sums over the batch divided by the batch size, v1-style weights: box 5,

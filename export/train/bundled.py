@@ -42,8 +42,11 @@ class Recipe:
 
 
 def _digits(name: str) -> Recipe:
-    return Recipe(name, (("export.train.classifier", "--only", name, "--repo", "{repo}", "--runs", "{runs}",
-                          "--no-progress"),), minutes=1)
+    return Recipe(
+        name,
+        (("export.train.classifier", "--only", name, "--repo", "{repo}", "--runs", "{runs}", "--no-progress"),),
+        minutes=1,
+    )
 
 
 _DETECTOR_PHASES = (  # model_repo/yolo_grid/1/model_card.json: training.runs (15,405 steps, 170 min)
@@ -51,21 +54,46 @@ _DETECTOR_PHASES = (  # model_repo/yolo_grid/1/model_card.json: training.runs (1
     ("--resume", "--seed", "100", "--lr", "0.002", "--warmup", "100", "--minutes", "50", "--epochs", "40"),
     ("--resume", "--seed", "200", "--lr", "0.001", "--warmup", "50", "--minutes", "22", "--epochs", "30"),
     ("--resume", "--seed", "300", "--lr", "0.0008", "--warmup", "50", "--minutes", "45", "--epochs", "60"),
-    ("--resume", "--seed", "400", "--lr", "0.0006", "--warmup", "50", "--minutes", "28", "--epochs", "40",
-     "--recolour", "0.4", "--threads", "2"),
+    (
+        "--resume",
+        "--seed",
+        "400",
+        "--lr",
+        "0.0006",
+        "--warmup",
+        "50",
+        "--minutes",
+        "28",
+        "--epochs",
+        "40",
+        "--recolour",
+        "0.4",
+        "--threads",
+        "2",
+    ),
 )
 
 RECIPES: dict[str, Recipe] = {
     **{name: _digits(name) for name in ("lenet5", "simple_cnn", "bn_cnn")},
     "gap_cnn": Recipe("gap_cnn", (("export.train.gap_cnn", "--repo", "{repo}"),), minutes=17),
-    "fcn8s": Recipe("fcn8s", (
-        ("export.train.segmenter", "--variant", "fcn8s", "--widths", "16,24,48,64,96", "--convs", "1,2,2,2,2"),
-        ("export.evaluate.segmenter",),
-    ), minutes=110, any_repo=False),
-    "yolo_grid": Recipe("yolo_grid", (
-        *(("export.train.detector", *phase) for phase in _DETECTOR_PHASES),
-        ("export.evaluate.detector",),
-    ), minutes=170, any_repo=False),
+    "fcn8s": Recipe(
+        "fcn8s",
+        (
+            ("export.train.segmenter", "--variant", "fcn8s", "--widths", "16,24,48,64,96", "--convs", "1,2,2,2,2"),
+            ("export.evaluate.segmenter",),
+        ),
+        minutes=110,
+        any_repo=False,
+    ),
+    "yolo_grid": Recipe(
+        "yolo_grid",
+        (
+            *(("export.train.detector", *phase) for phase in _DETECTOR_PHASES),
+            ("export.evaluate.detector",),
+        ),
+        minutes=170,
+        any_repo=False,
+    ),
 }
 
 
@@ -88,8 +116,10 @@ def plan(repo: Path, runs: Path, only: list[str] | None, max_minutes: float) -> 
         elif not recipe.any_repo and Path(repo).resolve() != BUNDLED_REPO.resolve():
             reason = f"its scripts write {BUNDLED_REPO}/ only (asked for {repo})"
         elif only is None and recipe.minutes > max_minutes:
-            reason = (f"training takes ~{recipe.minutes:g} min on 2 cores, over --max-minutes {max_minutes:g}; "
-                      f"rebuild it with `convserve models --only {name}`")
+            reason = (
+                f"training takes ~{recipe.minutes:g} min on 2 cores, over --max-minutes {max_minutes:g}; "
+                f"rebuild it with `convserve models --only {name}`"
+            )
         else:
             reason = None
         steps.append(Step(name, commands, reason))
@@ -144,8 +174,9 @@ def run(repo: Path, runs: Path, only: list[str] | None, max_minutes: float, list
     """Print the plan; unless `listing`, carry it out. Returns the exit status."""
     unknown = sorted(set(only or ()) - set(RECIPES))
     if unknown:
-        print(f"convserve models: unknown model(s) {', '.join(unknown)}; bundled: {', '.join(RECIPES)}",
-              file=sys.stderr)
+        print(
+            f"convserve models: unknown model(s) {', '.join(unknown)}; bundled: {', '.join(RECIPES)}", file=sys.stderr
+        )
         return 2
     for step in plan(repo, runs, only, max_minutes):
         print(describe(step, repo), flush=True)

@@ -32,7 +32,13 @@ from tqdm import tqdm
 from export.data.recolour import recolour_shapes
 from export.data.scenes import SCENE_CLASSES, SceneSpec, make_scene
 from export.models.yolo_grid import (
-    INPUT_SIZE, YOLO_PREPROCESSING, GridTargets, YoloGrid, assign_targets, build_yolo_grid, yolo_loss,
+    INPUT_SIZE,
+    YOLO_PREPROCESSING,
+    GridTargets,
+    YoloGrid,
+    assign_targets,
+    build_yolo_grid,
+    yolo_loss,
 )
 from export.exporter import OPSET, ExportError
 from export.parity import DEFAULT_TOLERANCE, PARITY_SEED, ParityReport, cpu_session
@@ -43,13 +49,21 @@ from service.preprocess import convert_color, normalize, resize_image
 GRID = 8
 BOXES_PER_CELL = 2
 DETECTOR_SPEC = SceneSpec(
-    height=(112, 192), width=(112, 192), objects=(1, 6), object_size=(14, 64),
-    distractors=(0, 3), clutter_lines=(0, 4),
+    height=(112, 192),
+    width=(112, 192),
+    objects=(1, 6),
+    object_size=(14, 64),
+    distractors=(0, 3),
+    clutter_lines=(0, 4),
 )
 PREPROCESSING = YOLO_PREPROCESSING
 DETECTION = DetectionConfig(
-    layout="yolo_grid", grid=GRID, boxes_per_cell=BOXES_PER_CELL,
-    score_threshold=0.25, iou_threshold=0.45, max_detections=100,
+    layout="yolo_grid",
+    grid=GRID,
+    boxes_per_cell=BOXES_PER_CELL,
+    score_threshold=0.25,
+    iou_threshold=0.45,
+    max_detections=100,
 )
 RUN_DIR = Path("runs/yolo_grid")
 MODEL_DIR = Path("model_repo/yolo_grid")
@@ -80,8 +94,9 @@ class ScenePool:
     def _fill(self, slots, description: str) -> None:
         for slot in tqdm(list(slots), desc=description, leave=False):
             scene = make_scene(np.random.default_rng([self.seed, self.next_scene]), DETECTOR_SPEC, "train")
-            scene = recolour_shapes(scene, np.random.default_rng([self.seed, self.next_scene, 1]), self.recolour,
-                                    DETECTOR_SPEC.noise_std)
+            scene = recolour_shapes(
+                scene, np.random.default_rng([self.seed, self.next_scene, 1]), self.recolour, DETECTOR_SPEC.noise_std
+            )
             self.next_scene += 1
             self.images[slot], boxes = letterbox_scene(scene)
             self.objects[slot] = (boxes, scene.labels)
@@ -193,15 +208,18 @@ def _run_epoch(model, optimizer, pool: ScenePool, schedule: Schedule, rng, batch
 def train(args, run_dir: Path) -> YoloGrid:
     """One phase (a cosine cycle); `--resume` starts another from the last checkpoint."""
     torch.manual_seed(args.seed)
-    model = build_yolo_grid(grid=GRID, boxes_per_cell=BOXES_PER_CELL, num_classes=len(SCENE_CLASSES),
-                            input_size=INPUT_SIZE)
+    model = build_yolo_grid(
+        grid=GRID, boxes_per_cell=BOXES_PER_CELL, num_classes=len(SCENE_CLASSES), input_size=INPUT_SIZE
+    )
     phase = _start_phase(model, run_dir, args.resume)
     val, pool = _validation_set(args.seed, args.val), ScenePool(args.seed, args.pool, args.recolour)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=5e-4)
     schedule = Schedule(args.lr, args.warmup, args.epochs * (args.pool // args.batch), args.minutes)
     rng, mode = np.random.default_rng(args.seed), "a" if args.resume else "w"
-    with open(run_dir / "steps.csv", mode, newline="") as steps_file, \
-            open(run_dir / "epochs.csv", mode, newline="") as epochs_file:
+    with (
+        open(run_dir / "steps.csv", mode, newline="") as steps_file,
+        open(run_dir / "epochs.csv", mode, newline="") as epochs_file,
+    ):
         steps_log, epochs_log = csv.writer(steps_file), csv.writer(epochs_file)
         if not args.resume:
             steps_log.writerow(["step", "epoch", "lr", "loss", "box", "obj", "cls"])
@@ -213,13 +231,22 @@ def train(args, run_dir: Path) -> YoloGrid:
             if schedule.progress() >= 1.0:
                 break
             epochs_done += 1
-            running = _run_epoch(model, optimizer, pool, schedule, rng, args.batch,
-                                 lambda step, lr, parts: steps_log.writerow([phase.step + step, epoch, lr, *parts]),
-                                 f"epoch {epoch}")
+            running = _run_epoch(
+                model,
+                optimizer,
+                pool,
+                schedule,
+                rng,
+                args.batch,
+                lambda step, lr, parts, epoch=epoch: steps_log.writerow([phase.step + step, epoch, lr, *parts]),
+                f"epoch {epoch}",
+            )
             val_loss = evaluate_loss(model, val)
-            epochs_log.writerow([epoch, f"{np.mean(running) if running else float('nan'):.5f}"] +
-                                [f"{val_loss[key]:.5f}" for key in ("loss", "box", "obj", "cls")] +
-                                [f"{time.monotonic() - schedule.started:.0f}"])
+            epochs_log.writerow(
+                [epoch, f"{np.mean(running) if running else float('nan'):.5f}"]
+                + [f"{val_loss[key]:.5f}" for key in ("loss", "box", "obj", "cls")]
+                + [f"{time.monotonic() - schedule.started:.0f}"]
+            )
             epochs_file.flush(), steps_file.flush()
             checkpoint = {"state_dict": model.state_dict(), "epoch": epoch, "args": vars(args)}
             torch.save(checkpoint, run_dir / "checkpoint.pt")
@@ -231,15 +258,29 @@ def train(args, run_dir: Path) -> YoloGrid:
 
 def _write_training_record(run_dir: Path, phase: Phase, args, schedule: Schedule, epochs: int, pool, val_loss) -> None:
     record = {
-        "epochs": epochs, "steps": schedule.step, "planned_steps": schedule.total_steps, "budget_minutes": args.minutes,
-        "batch_size": args.batch, "scene_pool": args.pool, "fresh_scenes_per_epoch": args.refresh,
-        "scenes_generated": pool.next_scene, "recolour_share": args.recolour, "seed": args.seed, "learning_rate": args.lr, "warmup_steps": args.warmup,
-        "resumed": bool(args.resume), "wall_seconds": round(time.monotonic() - schedule.started),
-        "torch_threads": torch.get_num_threads(), "final_val_loss": round(val_loss["loss"], 4),
+        "epochs": epochs,
+        "steps": schedule.step,
+        "planned_steps": schedule.total_steps,
+        "budget_minutes": args.minutes,
+        "batch_size": args.batch,
+        "scene_pool": args.pool,
+        "fresh_scenes_per_epoch": args.refresh,
+        "scenes_generated": pool.next_scene,
+        "recolour_share": args.recolour,
+        "seed": args.seed,
+        "learning_rate": args.lr,
+        "warmup_steps": args.warmup,
+        "resumed": bool(args.resume),
+        "wall_seconds": round(time.monotonic() - schedule.started),
+        "torch_threads": torch.get_num_threads(),
+        "final_val_loss": round(val_loss["loss"], 4),
     }
     phases = phase.history + [record]
-    summary = {"phases": phases, "total_steps": sum(p["steps"] for p in phases),
-               "total_wall_seconds": sum(p["wall_seconds"] for p in phases)}
+    summary = {
+        "phases": phases,
+        "total_steps": sum(p["steps"] for p in phases),
+        "total_wall_seconds": sum(p["wall_seconds"] for p in phases),
+    }
     (run_dir / "training.json").write_text(json.dumps(summary, indent=2))
 
 
@@ -266,8 +307,13 @@ def plot_curves(run_dir: Path) -> None:
     fig.savefig(run_dir / "loss_curves.png", dpi=110)
 
 
-def detector_files(model: YoloGrid, training: dict | None, name: str = "yolo_grid",
-                   labels: tuple[str, ...] | None = tuple(SCENE_CLASSES), weights: dict | None = None) -> VersionFiles:
+def detector_files(
+    model: YoloGrid,
+    training: dict | None,
+    name: str = "yolo_grid",
+    labels: tuple[str, ...] | None = tuple(SCENE_CLASSES),
+    weights: dict | None = None,
+) -> VersionFiles:
     """The exported detector (input `images`, output `grid`, dynamic batch), its parity with torch
     at batch 3, config and card, for the common writer. `convserve export yolo_grid` writes the same."""
     model.eval()
@@ -277,8 +323,14 @@ def detector_files(model: YoloGrid, training: dict | None, name: str = "yolo_gri
     sample = torch.rand(3, 3, spec.input_size, spec.input_size, generator=torch.Generator().manual_seed(PARITY_SEED))
     buffer = io.BytesIO()
     torch.onnx.export(
-        model, (sample,), buffer, input_names=["images"], output_names=["grid"],
-        dynamic_axes={"images": {0: "batch"}, "grid": {0: "batch"}}, opset_version=OPSET, dynamo=False,
+        model,
+        (sample,),
+        buffer,
+        input_names=["images"],
+        output_names=["grid"],
+        dynamic_axes={"images": {0: "batch"}, "grid": {0: "batch"}},
+        opset_version=OPSET,
+        dynamo=False,
     )
     onnx_bytes = buffer.getvalue()
     with torch.no_grad():
@@ -288,10 +340,12 @@ def detector_files(model: YoloGrid, training: dict | None, name: str = "yolo_gri
     channels = spec.boxes_per_cell * 5 + spec.num_classes
     detection = DETECTION.model_copy(update={"grid": spec.grid, "boxes_per_cell": spec.boxes_per_cell})
     config = ModelConfig(
-        name=name, task="detection",
+        name=name,
+        task="detection",
         inputs=(TensorSpec(name="images", dims=(-1, 3, spec.input_size, spec.input_size)),),
         outputs=(TensorSpec(name="grid", dims=(-1, spec.grid, spec.grid, channels)),),
-        preprocessing=PREPROCESSING, labels="labels.txt" if labels is not None else None,
+        preprocessing=PREPROCESSING,
+        labels="labels.txt" if labels is not None else None,
         batching=BatchingConfig(max_batch_size=16, preferred_batch_sizes=(4, 8, 16)),
         postprocessing=PostprocessingConfig(scores="probabilities", detection=detection),
         description=(
@@ -301,15 +355,28 @@ def detector_files(model: YoloGrid, training: dict | None, name: str = "yolo_gri
         ),
     )
     card = {
-        "name": name, "architecture": "compact CNN (stride 16) + YOLO v1 head with per-slot size priors",
-        "parameters": sum(p.numel() for p in model.parameters()), "classes": list(labels or []),
-        "input": [3, spec.input_size, spec.input_size], "grid": spec.grid, "boxes_per_cell": spec.boxes_per_cell,
-        "anchors": list(spec.anchors), "onnx_opset": OPSET, "onnx_parity_max_abs_diff": diff,
+        "name": name,
+        "architecture": "compact CNN (stride 16) + YOLO v1 head with per-slot size priors",
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "classes": list(labels or []),
+        "input": [3, spec.input_size, spec.input_size],
+        "grid": spec.grid,
+        "boxes_per_cell": spec.boxes_per_cell,
+        "anchors": list(spec.anchors),
+        "onnx_opset": OPSET,
+        "onnx_parity_max_abs_diff": diff,
         **({"weights": weights} if weights else {}),
-        "training": training, "scene_spec": {k: v for k, v in vars(DETECTOR_SPEC).items()} if training else None,
+        "training": training,
+        "scene_spec": {k: v for k, v in vars(DETECTOR_SPEC).items()} if training else None,
     }
-    return VersionFiles(config=config, onnx_bytes=onnx_bytes, parity=parity, card=card,
-                        labels=labels, metadata={"convserve.architecture": "yolo_grid"})
+    return VersionFiles(
+        config=config,
+        onnx_bytes=onnx_bytes,
+        parity=parity,
+        card=card,
+        labels=labels,
+        metadata={"convserve.architecture": "yolo_grid"},
+    )
 
 
 def main() -> None:
@@ -319,8 +386,12 @@ def main() -> None:
     parser.add_argument("--pool", type=int, default=3200, help="scenes kept in memory")
     parser.add_argument("--refresh", type=int, default=640, help="fresh scenes swapped in per epoch")
     parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--recolour", type=float, default=0.0,
-                        help="share of shapes repainted in saturated corner colours (white, black, primaries)")
+    parser.add_argument(
+        "--recolour",
+        type=float,
+        default=0.0,
+        help="share of shapes repainted in saturated corner colours (white, black, primaries)",
+    )
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--val", type=int, default=300, help="validation scenes (train split, own seed)")
     parser.add_argument("--warmup", type=int, default=200, help="linear warm-up steps")
@@ -335,14 +406,16 @@ def main() -> None:
     run_dir, model_dir = Path(args.run_dir), Path(args.model_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     if args.export_only:
-        model = build_yolo_grid(grid=GRID, boxes_per_cell=BOXES_PER_CELL, num_classes=len(SCENE_CLASSES),
-                                input_size=INPUT_SIZE)
+        model = build_yolo_grid(
+            grid=GRID, boxes_per_cell=BOXES_PER_CELL, num_classes=len(SCENE_CLASSES), input_size=INPUT_SIZE
+        )
         model.load_state_dict(torch.load(run_dir / "checkpoint.pt")["state_dict"])
     else:
         model = train(args, run_dir)
         plot_curves(run_dir)
     files = detector_files(model, json.loads((run_dir / "training.json").read_text()), model_dir.name)
     print(write_model_version(files, model_dir.parent, version=1, overwrite=True))
+
 
 if __name__ == "__main__":
     main()

@@ -45,7 +45,17 @@ from export.models import build_model, get_model_spec
 from export.exporter import OPSET
 from export.parity import DEFAULT_TOLERANCE as PARITY_TOLERANCE, ParityReport
 from export.writer import VersionFiles, write_model_version
-from export.models.fcn import BACKBONE_CONVS, BACKBONE_WIDTHS, INPUT_NAME, MirrorAveraged, OUTPUT_NAME, PARITY_SIZES, SCENE_PREPROCESSING, export_segmenter_onnx, segmenter_parity
+from export.models.fcn import (
+    BACKBONE_CONVS,
+    BACKBONE_WIDTHS,
+    INPUT_NAME,
+    MirrorAveraged,
+    OUTPUT_NAME,
+    PARITY_SIZES,
+    SCENE_PREPROCESSING,
+    export_segmenter_onnx,
+    segmenter_parity,
+)
 from export.evaluate.segmentation_metrics import confusion_matrix, mean_iou
 from export.train.plots import pyplot
 from service.config import BatchingConfig, ModelConfig, TensorSpec
@@ -56,7 +66,11 @@ SEGMENTER_SPEC = SceneSpec(height=(65, 96), width=(65, 96), objects=(2, 5), obje
 LABELS = ("background", *SCENE_CLASSES)
 IGNORE = 255
 # every scene of SEGMENTER_SPEC fits in this square once preprocessed as served: the largest scene's size
-INPUT_SIZE = max(resize_image(np.zeros((SEGMENTER_SPEC.height[1], SEGMENTER_SPEC.width[1], 3), np.uint8), SCENE_PREPROCESSING)[1].input_hw)
+INPUT_SIZE = max(
+    resize_image(np.zeros((SEGMENTER_SPEC.height[1], SEGMENTER_SPEC.width[1], 3), np.uint8), SCENE_PREPROCESSING)[
+        1
+    ].input_hw
+)
 RUN_ROOT = Path("runs/segmenter")
 VARIANTS = ("fcn8s", "fcn16s", "fcn32s")
 
@@ -66,17 +80,25 @@ def padded_scene(scene) -> tuple[np.ndarray, np.ndarray]:
     image, info = resize_image(convert_color(scene.image, "rgb", SCENE_PREPROCESSING.color_order), SCENE_PREPROCESSING)
     labels = np.full(info.input_hw, IGNORE, dtype=np.uint8)
     top, left, bottom, right = info.content_window()
-    labels[top:bottom, left:right] = cv2.resize(scene.label_map, (right - left, bottom - top), interpolation=cv2.INTER_NEAREST)
+    labels[top:bottom, left:right] = cv2.resize(
+        scene.label_map, (right - left, bottom - top), interpolation=cv2.INTER_NEAREST
+    )
     return image, labels
 
 
 def scene_cache(kind: str, seed: int, count: int, split: str, spec: SceneSpec) -> Path:
     """Cache file of one scene set; the name carries everything that changes the scenes."""
-    suffix = "" if split == "train" and spec == SEGMENTER_SPEC else f"_{split}_{hashlib.sha256(repr(spec).encode()).hexdigest()[:8]}"
+    suffix = (
+        ""
+        if split == "train" and spec == SEGMENTER_SPEC
+        else f"_{split}_{hashlib.sha256(repr(spec).encode()).hexdigest()[:8]}"
+    )
     return RUN_ROOT / f"{kind}_scenes_{seed}_{count}_{INPUT_SIZE}{suffix}.npz"
 
 
-def scene_arrays(kind: str, seed: int, count: int, split: str, spec: SceneSpec = SEGMENTER_SPEC) -> tuple[np.ndarray, np.ndarray]:
+def scene_arrays(
+    kind: str, seed: int, count: int, split: str, spec: SceneSpec = SEGMENTER_SPEC
+) -> tuple[np.ndarray, np.ndarray]:
     """`count` padded scenes as (images uint8 [N, S, S, 3], labels uint8 [N, S, S]), S = INPUT_SIZE;
     cached under runs/segmenter/ in a file named by `kind` ("train", "val") and what makes the scenes."""
     cache = scene_cache(kind, seed, count, split, spec)
@@ -95,8 +117,13 @@ def scene_arrays(kind: str, seed: int, count: int, split: str, spec: SceneSpec =
     return images, labels
 
 
-def make_batch(images: np.ndarray, labels: np.ndarray, rng: np.random.Generator | None, crop: int | None = None,
-               augment: "Augment | None" = None):
+def make_batch(
+    images: np.ndarray,
+    labels: np.ndarray,
+    rng: np.random.Generator | None,
+    crop: int | None = None,
+    augment: "Augment | None" = None,
+):
     """uint8 [N, H, W, 3] + labels [N, H, W] -> (x [N, 3, h, w] float, y [N, h, w] long).
 
     With `rng` (training) the content (not the padding) is flipped left-right at random, so padding
@@ -116,7 +143,10 @@ def make_batch(images: np.ndarray, labels: np.ndarray, rng: np.random.Generator 
             window = augment.window(rng, crop) if augment is not None else crop
             top = int(rng.integers(0, max(0, min(rows - 1, label.shape[0] - window)) + 1))
             left = int(rng.integers(0, max(0, min(cols - 1, label.shape[1] - window)) + 1))
-            image, label = image[top : top + window, left : left + window], label[top : top + window, left : left + window]
+            image, label = (
+                image[top : top + window, left : left + window],
+                label[top : top + window, left : left + window],
+            )
             image, label = _window_to_crop(image, label, window, crop)
         if rng is not None and augment is not None:
             image = augment.colours(rng, image, label != IGNORE)
@@ -135,8 +165,10 @@ def _window_to_crop(image: np.ndarray, label: np.ndarray, window: int, crop: int
         image, label = full_image, full_label
     if window == crop:
         return image, label
-    return (cv2.resize(image, (crop, crop), interpolation=cv2.INTER_LINEAR),
-            cv2.resize(label, (crop, crop), interpolation=cv2.INTER_NEAREST))
+    return (
+        cv2.resize(image, (crop, crop), interpolation=cv2.INTER_LINEAR),
+        cv2.resize(label, (crop, crop), interpolation=cv2.INTER_NEAREST),
+    )
 
 
 class Augment:
@@ -205,7 +237,9 @@ def cosine_lr(step: int, progress: float, base: float, warmup: int = 50) -> floa
     return base * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
 
 
-def train_step(model, optimizer, x: torch.Tensor, y: torch.Tensor, lr: float, dice_weight: float) -> tuple[float, float, float]:
+def train_step(
+    model, optimizer, x: torch.Tensor, y: torch.Tensor, lr: float, dice_weight: float
+) -> tuple[float, float, float]:
     """One AdamW step on CE + dice_weight x Dice; returns (loss, ce, dice)."""
     for group in optimizer.param_groups:
         group["lr"] = lr
@@ -221,7 +255,9 @@ def train(args, run_dir: Path):
 
     torch.manual_seed(args.seed)
     # channels-last convolutions train ~15 % faster on the CPU; the checkpoint loads into any layout
-    model = build_model(args.variant, num_classes=len(LABELS), widths=args.widths, convs=args.convs).to(memory_format=torch.channels_last)
+    model = build_model(args.variant, num_classes=len(LABELS), widths=args.widths, convs=args.convs).to(
+        memory_format=torch.channels_last
+    )
     augment = Augment(args.scale_jitter, args.colour_jitter)
     fit_split, val_split = data_splits(args)
     fit_spec = dataclasses.replace(SEGMENTER_SPEC, patch_jitter=args.patch_jitter)
@@ -259,25 +295,51 @@ def train(args, run_dir: Path):
                 bar.set_postfix(loss=f"{np.mean(running[-30:]):.3f}")
                 step += 1
             val_miou = mean_iou(confusion_of(kept, *val, len(LABELS)))
-            history.append({"epoch": epoch + 1, "train_loss": float(np.mean(running)) if running else None, "val_miou": val_miou,
-                            "seconds": round(time.monotonic() - started), "cpu_seconds": round(time.process_time() - cpu_started)})
-            tqdm.write(f"{args.variant} epoch {epoch + 1}: loss {history[-1]['train_loss']}, validation mIoU {val_miou:.4f}")
+            history.append(
+                {
+                    "epoch": epoch + 1,
+                    "train_loss": float(np.mean(running)) if running else None,
+                    "val_miou": val_miou,
+                    "seconds": round(time.monotonic() - started),
+                    "cpu_seconds": round(time.process_time() - cpu_started),
+                }
+            )
+            tqdm.write(
+                f"{args.variant} epoch {epoch + 1}: loss {history[-1]['train_loss']}, validation mIoU {val_miou:.4f}"
+            )
             steps_file.flush()
             torch.save({"state_dict": kept.state_dict(), "epoch": epoch + 1}, run_dir / "checkpoint.pt")
             if progress >= 1.0:
                 break
     training = {
-        "variant": args.variant, "epochs": len(history), "steps": step, "planned_steps": total, "budget_minutes": args.minutes,
-        "batch_size": args.batch, "crop": args.crop, "scenes": args.pool, "validation_scenes": args.val, "seed": args.seed,
-        "learning_rate": args.lr, "dice_weight": args.dice_weight, "scale_jitter": args.scale_jitter,
-        "colour_jitter": args.colour_jitter, "ema_decay": args.ema, "patch_jitter": args.patch_jitter,
-        "hold_out_identities": args.hold_out_identities, "validation_split": val_split,
-        "widths": list(args.widths), "convs": list(args.convs), "wall_seconds": round(time.monotonic() - started),
-        "cpu_seconds": round(time.process_time() - cpu_started), "budget_cpu_seconds": budget,
-        "torch_threads": torch.get_num_threads(), "history": history,
+        "variant": args.variant,
+        "epochs": len(history),
+        "steps": step,
+        "planned_steps": total,
+        "budget_minutes": args.minutes,
+        "batch_size": args.batch,
+        "crop": args.crop,
+        "scenes": args.pool,
+        "validation_scenes": args.val,
+        "seed": args.seed,
+        "learning_rate": args.lr,
+        "dice_weight": args.dice_weight,
+        "scale_jitter": args.scale_jitter,
+        "colour_jitter": args.colour_jitter,
+        "ema_decay": args.ema,
+        "patch_jitter": args.patch_jitter,
+        "hold_out_identities": args.hold_out_identities,
+        "validation_split": val_split,
+        "widths": list(args.widths),
+        "convs": list(args.convs),
+        "wall_seconds": round(time.monotonic() - started),
+        "cpu_seconds": round(time.process_time() - cpu_started),
+        "budget_cpu_seconds": budget,
+        "torch_threads": torch.get_num_threads(),
+        "history": history,
         "scene_spec": {k: v for k, v in vars(fit_spec).items()},
         "data": f"export/data/scenes.py split {fit_split!r} (faces {_id_range(FACE_IDS[fit_split])}, "
-                f"distractors {_id_range(DISTRACTOR_IDS[fit_split])}, {len(BACKGROUNDS[fit_split])} backgrounds)",
+        f"distractors {_id_range(DISTRACTOR_IDS[fit_split])}, {len(BACKGROUNDS[fit_split])} backgrounds)",
         "reproduce": f"python -m export.train.segmenter --variant {args.variant}{recipe_flags(args)}",
     }
     (run_dir / "training.json").write_text(json.dumps(training, indent=2) + "\n")
@@ -310,7 +372,9 @@ def _flag(dest: str, value) -> str:
 def recipe_flags(args) -> str:
     """The recipe options of a run that differ from the parser's defaults (for its reproduce line)."""
     parser = _parser()
-    return "".join(_flag(dest, getattr(args, dest)) for dest in RECIPE_OPTIONS if getattr(args, dest) != parser.get_default(dest))
+    return "".join(
+        _flag(dest, getattr(args, dest)) for dest in RECIPE_OPTIONS if getattr(args, dest) != parser.get_default(dest)
+    )
 
 
 def load_variant(variant: str, run_dir: Path):
@@ -336,13 +400,15 @@ def logit_scale(model, sizes, channels: int = 3) -> float:
     from export.exporter import example_input
 
     with torch.no_grad():
-        peaks = [float(model(example_input((channels, *hw), 2, seed=100 + i)).abs().max())
-                 for i, hw in enumerate(sizes)]
+        peaks = [
+            float(model(example_input((channels, *hw), 2, seed=100 + i)).abs().max()) for i, hw in enumerate(sizes)
+        ]
     return max(1.0, *peaks)
 
 
-def segmenter_files(model, *, name: str, architecture: str, labels, preprocessing, card: dict,
-                    parity_sizes=PARITY_SIZES) -> VersionFiles:
+def segmenter_files(
+    model, *, name: str, architecture: str, labels, preprocessing, card: dict, parity_sizes=PARITY_SIZES
+) -> VersionFiles:
     """Export `model` with free batch/height/width and check parity at `parity_sizes` (input "HxW"
     probes, tolerance relative to the logits' magnitude); config and card for the common writer."""
     mirrored = isinstance(model, MirrorAveraged)
@@ -352,27 +418,47 @@ def segmenter_files(model, *, name: str, architecture: str, labels, preprocessin
     with torch.no_grad():
         classes = model(torch.zeros(1, 3, *parity_sizes[0])).shape[1]
     config = ModelConfig(
-        name=name, task="segmentation",
+        name=name,
+        task="segmentation",
         inputs=(TensorSpec(name=INPUT_NAME, dims=(-1, 3, -1, -1)),),
         outputs=(TensorSpec(name=OUTPUT_NAME, dims=(-1, classes, -1, -1)),),
-        preprocessing=preprocessing, labels="labels.txt" if labels else None,
-        batching=BatchingConfig(max_batch_size=16, max_queue_delay_us=1000,  # budgets: docs/security.md
-                                max_request_bytes=16 * 2**20, max_queue_bytes=32 * 2**20),
+        preprocessing=preprocessing,
+        labels="labels.txt" if labels else None,
+        batching=BatchingConfig(
+            max_batch_size=16,
+            max_queue_delay_us=1000,  # budgets: docs/security.md
+            max_request_bytes=16 * 2**20,
+            max_queue_bytes=32 * 2**20,
+        ),
         description=f"{architecture}: per-class logits [N, {classes}, H, W] at the input resolution (any H, W"
-                    f"{_native_note(preprocessing)})"
-                    f"{'; the mean of the logits of the image and of its mirror image' if mirrored else ''}.",
+        f"{_native_note(preprocessing)})"
+        f"{'; the mean of the logits of the image and of its mirror image' if mirrored else ''}.",
     )
     fields = {
-        "name": name, "architecture": architecture, "task": "segmentation", "classes": list(labels or []),
+        "name": name,
+        "architecture": architecture,
+        "task": "segmentation",
+        "classes": list(labels or []),
         "parameters": sum(p.numel() for p in model.parameters()),
         "input": {"name": INPUT_NAME, "shape": [-1, 3, -1, -1]},
         "output": {"name": OUTPUT_NAME, "shape": [-1, classes, -1, -1]},
-        "onnx": {"opset": OPSET}, "parity_max_abs_diff": diffs, "test_time": {"flip_average": mirrored}, **card,
+        "onnx": {"opset": OPSET},
+        "parity_max_abs_diff": diffs,
+        "test_time": {"flip_average": mirrored},
+        **card,
     }
-    metadata = {"convserve.architecture": architecture,
-                **{f"convserve.parity_max_abs_diff_{k}": repr(v) for k, v in diffs.items()}}
-    return VersionFiles(config=config, onnx_bytes=onnx_bytes, parity=parity, card=fields,
-                        labels=tuple(labels) if labels else None, metadata=metadata)
+    metadata = {
+        "convserve.architecture": architecture,
+        **{f"convserve.parity_max_abs_diff_{k}": repr(v) for k, v in diffs.items()},
+    }
+    return VersionFiles(
+        config=config,
+        onnx_bytes=onnx_bytes,
+        parity=parity,
+        card=fields,
+        labels=tuple(labels) if labels else None,
+        metadata=metadata,
+    )
 
 
 def write_segmenter(model, *, repo: Path, **described) -> Path:
@@ -384,9 +470,15 @@ def export_scene_segmenter(model, variant: str, training: dict, flip_average: bo
     """fcn8s -> model_repo/fcn8s (bundled); the other variants -> runs/segmenter/<variant>/repo/<variant>.
     With `flip_average` the graph averages the logits of the scene and of its mirror image."""
     repo = Path("model_repo") if variant == "fcn8s" else RUN_ROOT / variant / "repo"
-    return write_segmenter(as_exported(model, flip_average), name=variant, architecture=variant, labels=LABELS,
-                           preprocessing=SCENE_PREPROCESSING, repo=repo,
-                           card={"weights": {"source": "trained by export/train/segmenter.py"}, "training": training})
+    return write_segmenter(
+        as_exported(model, flip_average),
+        name=variant,
+        architecture=variant,
+        labels=LABELS,
+        preprocessing=SCENE_PREPROCESSING,
+        repo=repo,
+        card={"weights": {"source": "trained by export/train/segmenter.py"}, "training": training},
+    )
 
 
 def as_exported(network, flip_average: bool):
@@ -407,8 +499,16 @@ def export_architecture(name: str, checkpoint: str | None, num_classes: int | No
     if checkpoint:
         load_checkpoint(model, checkpoint, spec.training_only_prefixes)
         weights = {"source": "checkpoint", "file": Path(checkpoint).name}
-    return write_segmenter(model.eval(), name=name, architecture=name, labels=None, preprocessing=spec.preprocessing,
-                           repo=repo, card={"weights": weights}, parity_sizes=ANY_SIZE_PARITY)
+    return write_segmenter(
+        model.eval(),
+        name=name,
+        architecture=name,
+        labels=None,
+        preprocessing=spec.preprocessing,
+        repo=repo,
+        card={"weights": weights},
+        parity_sizes=ANY_SIZE_PARITY,
+    )
 
 
 def write_run_figures(variant: str, flip_average: bool = True) -> None:
@@ -420,8 +520,12 @@ def write_run_figures(variant: str, flip_average: bool = True) -> None:
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
     window = max(1, min(25, len(steps) // 4))
     for key in ("loss", "ce", "dice"):
-        left.plot(steps["step"][window - 1 :], np.convolve(steps[key], np.ones(window) / window, mode="valid"), label=key)
-    left.set(xlabel="step", ylabel=f"training loss ({window}-step mean)", yscale="log", title=f"{variant}: training loss")
+        left.plot(
+            steps["step"][window - 1 :], np.convolve(steps[key], np.ones(window) / window, mode="valid"), label=key
+        )
+    left.set(
+        xlabel="step", ylabel=f"training loss ({window}-step mean)", yscale="log", title=f"{variant}: training loss"
+    )
     left.legend()
     history = training["history"]
     right.plot([h["epoch"] for h in history], [h["val_miou"] for h in history], "o-")
@@ -435,7 +539,9 @@ def write_run_figures(variant: str, flip_average: bool = True) -> None:
     with torch.no_grad():
         predicted = exported(make_batch(images[:rows], labels[:rows], None)[0]).argmax(1).numpy()
     predicted[labels[:rows] == IGNORE] = IGNORE  # padding: white in every panel
-    colours = np.vstack([palette(len(LABELS)), np.full((IGNORE + 1 - len(LABELS), 3), 255, np.uint8)])  # IGNORE = padding
+    colours = np.vstack(
+        [palette(len(LABELS)), np.full((IGNORE + 1 - len(LABELS), 3), 255, np.uint8)]
+    )  # IGNORE = padding
     fig, axes = plt.subplots(rows, 3, figsize=(6, 2 * rows), squeeze=False)
     for row in range(rows):
         for col, panel in enumerate((images[row], colours[labels[row]], colours[predicted[row]])):
@@ -459,30 +565,67 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--variant", choices=VARIANTS, default="fcn8s")
     parser.add_argument("--steps", type=int, default=10000, help="optimizer steps (the schedule's length)")
-    parser.add_argument("--minutes", type=float, default=55.0, help="budget: this many minutes on --threads cores (CPU time)")
+    parser.add_argument(
+        "--minutes", type=float, default=55.0, help="budget: this many minutes on --threads cores (CPU time)"
+    )
     parser.add_argument("--pool", type=int, default=4800, help="training scenes")
-    parser.add_argument("--val", type=int, default=96, help="validation scenes (own seed; identities held out of training "
-                        "unless --no-hold-out-identities)")
+    parser.add_argument(
+        "--val",
+        type=int,
+        default=96,
+        help="validation scenes (own seed; identities held out of training unless --no-hold-out-identities)",
+    )
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--crop", type=int, default=128, help="training window (pixels of the scaled, padded scene)")
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--dice-weight", type=float, default=0.5)
-    parser.add_argument("--scale-jitter", type=float, default=1.0,
-                        help="training windows show objects 1/S..S times their served size (default 1: off)")
-    parser.add_argument("--colour-jitter", type=float, default=0.0,
-                        help="contrast/brightness/channel-gain jitter of training windows, 0..1 (default 0: off)")
-    parser.add_argument("--ema", type=float, default=0.0, help="keep an exponential moving average of the weights "
-                        "with this decay (e.g. 0.999) and validate/export it (default 0: off)")
-    parser.add_argument("--patch-jitter", action=argparse.BooleanOptionalAction, default=True,
-                        help="rotate/zoom/shift/gamma-jitter every face and distractor crop of the training scenes")
-    parser.add_argument("--hold-out-identities", action=argparse.BooleanOptionalAction, default=True, help="train on faces 0-71 and distractors "
-                        "100-171 only and validate on scenes of faces 72-79 and distractors 172-179")
-    parser.add_argument("--widths", type=_five_ints, default=BACKBONE_WIDTHS, help="backbone stage widths, five comma-separated ints")
-    parser.add_argument("--convs", type=_five_ints, default=BACKBONE_CONVS, help="3x3 convolutions per backbone stage, five ints")
+    parser.add_argument(
+        "--scale-jitter",
+        type=float,
+        default=1.0,
+        help="training windows show objects 1/S..S times their served size (default 1: off)",
+    )
+    parser.add_argument(
+        "--colour-jitter",
+        type=float,
+        default=0.0,
+        help="contrast/brightness/channel-gain jitter of training windows, 0..1 (default 0: off)",
+    )
+    parser.add_argument(
+        "--ema",
+        type=float,
+        default=0.0,
+        help="keep an exponential moving average of the weights "
+        "with this decay (e.g. 0.999) and validate/export it (default 0: off)",
+    )
+    parser.add_argument(
+        "--patch-jitter",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="rotate/zoom/shift/gamma-jitter every face and distractor crop of the training scenes",
+    )
+    parser.add_argument(
+        "--hold-out-identities",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="train on faces 0-71 and distractors "
+        "100-171 only and validate on scenes of faces 72-79 and distractors 172-179",
+    )
+    parser.add_argument(
+        "--widths", type=_five_ints, default=BACKBONE_WIDTHS, help="backbone stage widths, five comma-separated ints"
+    )
+    parser.add_argument(
+        "--convs", type=_five_ints, default=BACKBONE_CONVS, help="3x3 convolutions per backbone stage, five ints"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1 avoids spin-waiting on a shared CPU)")
-    parser.add_argument("--flip-average", action=argparse.BooleanOptionalAction, default=True, help="export a graph that "
-                        "averages the logits of each image and of its left-right mirror (two passes per image)")
+    parser.add_argument(
+        "--flip-average",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="export a graph that "
+        "averages the logits of each image and of its left-right mirror (two passes per image)",
+    )
     parser.add_argument("--export-only", action="store_true", help="export runs/segmenter/<variant>/checkpoint.pt")
     parser.add_argument("--export-arch", help="export another registered segmenter (e.g. fcn_resnet50) instead")
     parser.add_argument("--checkpoint", help="with --export-arch: weights to load (default: random init)")

@@ -9,7 +9,22 @@ from service.client.v2_client import InferenceClient, InferResult, ModelMetadata
 from service.client.vision_client import VisionClient
 
 __all__ = [
-    "CountLine", "CountZone", "DeadlineExceeded", "Frame", "InferResult", "InferenceClient", "ModelMetadata",
-    "NotFound", "ReconnectPolicy", "ReconnectingStream", "RetryPolicy", "RpcFailed", "StreamInterruption",
-    "TlsConfig", "TrackOptions", "TrackUpdate", "Unavailable", "VisionClient",
+    "CountLine",
+    "CountZone",
+    "DeadlineExceeded",
+    "Frame",
+    "InferResult",
+    "InferenceClient",
+    "ModelMetadata",
+    "NotFound",
+    "ReconnectPolicy",
+    "ReconnectingStream",
+    "RetryPolicy",
+    "RpcFailed",
+    "StreamInterruption",
+    "TlsConfig",
+    "TrackOptions",
+    "TrackUpdate",
+    "Unavailable",
+    "VisionClient",
 ]

@@ -28,8 +28,12 @@ COMMANDS = {
 
 def add_client_parsers(subparsers) -> None:
     for command, summary in COMMANDS.items():
-        parser = subparsers.add_parser(command, help=f"{summary} (vision API client)", description=__doc__,
-                                       formatter_class=argparse.RawDescriptionHelpFormatter)
+        parser = subparsers.add_parser(
+            command,
+            help=f"{summary} (vision API client)",
+            description=__doc__,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
         _add_common_arguments(parser)
         _ADD_OPTIONS[command](parser)
         parser.set_defaults(func=run_client_command, client_command=command)
@@ -39,8 +43,11 @@ def _add_common_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("images", nargs="+", type=Path, metavar="IMAGE", help="image files (JPEG, PNG, BMP, WebP)")
     parser.add_argument("--model", required=True, help="model name in the server's repository")
     parser.add_argument("--version", default="", help="model version (default: the model's default version)")
-    parser.add_argument("--host", default=os.environ.get("CONVSERVE_HOST", "127.0.0.1:8001"),
-                        help="server address host:port, or a gRPC target such as dns:///name:port [env CONVSERVE_HOST]")
+    parser.add_argument(
+        "--host",
+        default=os.environ.get("CONVSERVE_HOST", "127.0.0.1:8001"),
+        help="server address host:port, or a gRPC target such as dns:///name:port [env CONVSERVE_HOST]",
+    )
     parser.add_argument("--timeout", type=float, default=10.0, help="seconds per request, retries included")
     parser.add_argument("--retries", type=int, default=3, help="retries of a request that got UNAVAILABLE")
     parser.add_argument("--batch-size", type=int, default=8, help="images per request")
@@ -74,7 +81,12 @@ def _explain_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--overlay-format", choices=("jpeg", "png"), default="jpeg")
 
 
-_ADD_OPTIONS = {"classify": _classify_options, "detect": _detect_options, "segment": _segment_options, "explain": _explain_options}
+_ADD_OPTIONS = {
+    "classify": _classify_options,
+    "detect": _detect_options,
+    "segment": _segment_options,
+    "explain": _explain_options,
+}
 
 
 def _int_list(text: str) -> tuple[int, ...]:
@@ -91,13 +103,22 @@ def _call(client: VisionClient, args: argparse.Namespace, images: list[bytes]):
     if args.client_command == "classify":
         return client.classify(images, args.model, top_k=args.top_k, **common)
     if args.client_command == "detect":
-        return client.detect(images, args.model, score_threshold=args.score_threshold, iou_threshold=args.iou_threshold,
-                             max_detections=args.max_detections, class_filter=args.class_filter,
-                             class_agnostic=args.class_agnostic, draw_overlay=overlay, **common)
+        return client.detect(
+            images,
+            args.model,
+            score_threshold=args.score_threshold,
+            iou_threshold=args.iou_threshold,
+            max_detections=args.max_detections,
+            class_filter=args.class_filter,
+            class_agnostic=args.class_agnostic,
+            draw_overlay=overlay,
+            **common,
+        )
     if args.client_command == "segment":
         return client.segment(images, args.model, overlay=overlay, **common)
-    return client.explain(images, args.model, class_index=args.class_index, overlay=overlay,
-                          overlay_format=args.overlay_format, **common)
+    return client.explain(
+        images, args.model, class_index=args.class_index, overlay=overlay, overlay_format=args.overlay_format, **common
+    )
 
 
 def run_client_command(args: argparse.Namespace) -> int:
@@ -114,7 +135,9 @@ def run_client_command(args: argparse.Namespace) -> int:
     names = [str(path) for path in args.images]
     try:
         with client:
-            replies = [_call(client, args, images[i:i + args.batch_size]) for i in range(0, len(images), args.batch_size)]
+            replies = [
+                _call(client, args, images[i : i + args.batch_size]) for i in range(0, len(images), args.batch_size)
+            ]
     except RpcFailed as exc:
         print(f"{prog}: {exc.code.name}: {exc.details} (request id {exc.request_id})", file=sys.stderr)
         return 1
@@ -135,12 +158,16 @@ def _json_document(first_reply, names, results, request_ids, written) -> dict:
     return {
         "model_name": first_reply.model_name,
         "model_version": first_reply.model_version,
-        "results": [{"image": name, "request_id": rid, **result_json(result), "files": [str(p) for p in paths]}
-                    for name, result, rid, paths in zip(names, results, request_ids, written)],
+        "results": [
+            {"image": name, "request_id": rid, **result_json(result), "files": [str(p) for p in paths]}
+            for name, result, rid, paths in zip(names, results, request_ids, written)
+        ],
     }
 
 
 def _tls(args: argparse.Namespace) -> TlsConfig | None:
     if args.tls_ca is None and args.tls_cert is None and args.tls_server_name is None:
         return None
-    return TlsConfig(root_ca=args.tls_ca, client_cert=args.tls_cert, client_key=args.tls_key, server_name=args.tls_server_name)
+    return TlsConfig(
+        root_ca=args.tls_ca, client_cert=args.tls_cert, client_key=args.tls_key, server_name=args.tls_server_name
+    )

@@ -51,7 +51,10 @@ class TlsConfig:
         if (self.client_cert is None) != (self.client_key is None):
             raise ValueError("TlsConfig: client_cert and client_key must be given together")
         return grpc.ssl_channel_credentials(
-            root_certificates=_pem(self.root_ca), private_key=_pem(self.client_key), certificate_chain=_pem(self.client_cert))
+            root_certificates=_pem(self.root_ca),
+            private_key=_pem(self.client_key),
+            certificate_chain=_pem(self.client_cert),
+        )
 
 
 def _pem(value: Path | str | bytes | None) -> bytes | None:
@@ -71,18 +74,24 @@ class RetryPolicy:
         if self.retries < 0:
             raise ValueError(f"retries must be >= 0, got {self.retries}")
         if not 0 < self.backoff_initial_s <= self.backoff_max_s:
-            raise ValueError(f"backoff must satisfy 0 < initial <= max, got ({self.backoff_initial_s}, {self.backoff_max_s})")
+            raise ValueError(
+                f"backoff must satisfy 0 < initial <= max, got ({self.backoff_initial_s}, {self.backoff_max_s})"
+            )
 
     def retryable(self, code: grpc.StatusCode) -> bool:
-        return code == grpc.StatusCode.UNAVAILABLE or (self.retry_resource_exhausted and code == grpc.StatusCode.RESOURCE_EXHAUSTED)
+        return code == grpc.StatusCode.UNAVAILABLE or (
+            self.retry_resource_exhausted and code == grpc.StatusCode.RESOURCE_EXHAUSTED
+        )
 
     def delay_s(self, retry: int, rng: random.Random) -> float:
         """Seconds to wait before retry number `retry` (0-based): uniform in [d/2, d]."""
-        ceiling = min(self.backoff_max_s, self.backoff_initial_s * 2 ** retry)
+        ceiling = min(self.backoff_max_s, self.backoff_initial_s * 2**retry)
         return rng.uniform(ceiling / 2, ceiling)
 
 
-def channel_options(max_message_bytes: int, policy: RetryPolicy, load_balancing: str | None, server_name: str | None) -> list[tuple[str, object]]:
+def channel_options(
+    max_message_bytes: int, policy: RetryPolicy, load_balancing: str | None, server_name: str | None
+) -> list[tuple[str, object]]:
     options: list[tuple[str, object]] = [
         ("grpc.max_send_message_length", max_message_bytes),
         ("grpc.max_receive_message_length", max_message_bytes),
@@ -100,8 +109,18 @@ def channel_options(max_message_bytes: int, policy: RetryPolicy, load_balancing:
 class Connection:
     """A channel to one target (or several, with a load-balancing policy) and the call policy."""
 
-    def __init__(self, target: str, *, timeout: float | None, policy: RetryPolicy, tls: TlsConfig | None,
-                 token: str | None, max_message_bytes: int, load_balancing: str | None, seed: int | None = None):
+    def __init__(
+        self,
+        target: str,
+        *,
+        timeout: float | None,
+        policy: RetryPolicy,
+        tls: TlsConfig | None,
+        token: str | None,
+        max_message_bytes: int,
+        load_balancing: str | None,
+        seed: int | None = None,
+    ):
         self.target = target
         self.timeout = timeout
         self.policy = policy
@@ -119,8 +138,14 @@ class Connection:
             metadata.append(("authorization", f"Bearer {self.token}"))
         return tuple(metadata)
 
-    def unary(self, method: str, rpc: grpc.UnaryUnaryMultiCallable, request, timeout: float | None = None,
-              request_id: str | None = None) -> tuple[object, str]:
+    def unary(
+        self,
+        method: str,
+        rpc: grpc.UnaryUnaryMultiCallable,
+        request,
+        timeout: float | None = None,
+        request_id: str | None = None,
+    ) -> tuple[object, str]:
         """Call with retries; returns (response, request id the server echoed or ours)."""
         request_id = request_id or uuid.uuid4().hex
         budget = self.timeout if timeout is None else timeout
@@ -148,8 +173,15 @@ class Connection:
         time.sleep(delay)
         return True
 
-    def stream(self, method: str, rpc: grpc.StreamStreamMultiCallable, requests: Iterator,
-               convert: Callable[[object], T], timeout: float | None = None, request_id: str | None = None) -> Iterator[T]:
+    def stream(
+        self,
+        method: str,
+        rpc: grpc.StreamStreamMultiCallable,
+        requests: Iterator,
+        convert: Callable[[object], T],
+        timeout: float | None = None,
+        request_id: str | None = None,
+    ) -> Iterator[T]:
         """Bidirectional stream without retries; yields convert(response) for each response."""
         request_id = request_id or uuid.uuid4().hex
         call = rpc(requests, timeout=timeout, metadata=self.metadata(request_id))

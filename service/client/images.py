@@ -42,12 +42,15 @@ def _array_to_proto(array: np.ndarray) -> vpb.Image:
         data = np.ascontiguousarray(array).astype("<f4", copy=False).tobytes()
         return vpb.Image(tensor=vpb.Tensor(shape=list(array.shape), dtype="float32", data=data))
     raise ValueError(
-        f"an image array must be uint8 HxW / HxWx3 (BGR) or a float32 CHW tensor, got {array.dtype} {array.shape}")
+        f"an image array must be uint8 HxW / HxWx3 (BGR) or a float32 CHW tensor, got {array.dtype} {array.shape}"
+    )
 
 
 def images_to_proto(images) -> list[vpb.Image]:
     """A list of images (a single image is accepted too and becomes a list of one)."""
-    if isinstance(images, (str, os.PathLike, bytes, bytearray, memoryview)) or (isinstance(images, np.ndarray) and images.ndim in (2, 3)):
+    if isinstance(images, (str, os.PathLike, bytes, bytearray, memoryview)) or (
+        isinstance(images, np.ndarray) and images.ndim in (2, 3)
+    ):
         images = [images]
     converted = [image_to_proto(image) for image in images]
     if not converted:

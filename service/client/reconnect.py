@@ -56,10 +56,12 @@ class ReconnectPolicy:
         if self.max_attempts < 0:
             raise ValueError(f"max_attempts must be >= 0, got {self.max_attempts}")
         if not 0 < self.backoff_initial_s <= self.backoff_max_s:
-            raise ValueError(f"backoff must satisfy 0 < initial <= max, got ({self.backoff_initial_s}, {self.backoff_max_s})")
+            raise ValueError(
+                f"backoff must satisfy 0 < initial <= max, got ({self.backoff_initial_s}, {self.backoff_max_s})"
+            )
 
     def delay_s(self, retry: int, rng: random.Random) -> float:
-        ceiling = min(self.backoff_max_s, self.backoff_initial_s * 2 ** retry)
+        ceiling = min(self.backoff_max_s, self.backoff_initial_s * 2**retry)
         return rng.uniform(ceiling / 2, ceiling)
 
 
@@ -93,8 +95,9 @@ class _Outage:
     attempts: int = 0
 
     def finish(self, resumed: bool) -> StreamInterruption:
-        return StreamInterruption(self.error, tuple(self.lost), self.last_answered_id, self.attempts,
-                                  time.monotonic() - self.started, resumed)
+        return StreamInterruption(
+            self.error, tuple(self.lost), self.last_answered_id, self.attempts, time.monotonic() - self.started, resumed
+        )
 
 
 class _Feed:
@@ -161,8 +164,11 @@ class _Feed:
             self.failure, self.exhausted = exc, True
             return None
         frame = item if isinstance(item, Frame) else Frame(item)
-        return Frame(frame.image, position if frame.frame_id is None else frame.frame_id,
-                     time.time_ns() // 1000 if frame.capture_timestamp_us is None else frame.capture_timestamp_us)
+        return Frame(
+            frame.image,
+            position if frame.frame_id is None else frame.frame_id,
+            time.time_ns() // 1000 if frame.capture_timestamp_us is None else frame.capture_timestamp_us,
+        )
 
     def answered(self, frame_id: int) -> tuple[Frame | None, list[int]]:
         """The frame a result answers, and ids before it that were never answered (should be none)."""
@@ -209,10 +215,17 @@ class _Feed:
 class ReconnectingStream:
     """Iterate to get (frame, result) pairs in frame order across reconnects; see the module doc."""
 
-    def __init__(self, client, open_stream: Callable[[Iterator[Frame]], Iterator[FrameResult]],
-                 frames: Iterable[ImageLike | Frame], policy: ReconnectPolicy = ReconnectPolicy(),
-                 on_interruption: Callable[[StreamInterruption], None] | None = None, *, max_in_flight: int = 32,
-                 seed: int | None = None):
+    def __init__(
+        self,
+        client,
+        open_stream: Callable[[Iterator[Frame]], Iterator[FrameResult]],
+        frames: Iterable[ImageLike | Frame],
+        policy: ReconnectPolicy = ReconnectPolicy(),
+        on_interruption: Callable[[StreamInterruption], None] | None = None,
+        *,
+        max_in_flight: int = 32,
+        seed: int | None = None,
+    ):
         if max_in_flight < 0:
             raise ValueError(f"max_in_flight must be >= 0 (0: no limit), got {max_in_flight}")
         self._client = client

@@ -35,8 +35,16 @@ def result_rows(name: str, result) -> list[list[object]]:
     if isinstance(result, Detections):
         if not result.detections:
             return [[name, "(none)", "", "", "", "", "", ""]]
-        return [[name, d.label, d.class_index, f"{d.score:.3f}", *(f"{v:.1f}" for v in (d.box.x1, d.box.y1, d.box.x2, d.box.y2))]
-                for d in result.detections]
+        return [
+            [
+                name,
+                d.label,
+                d.class_index,
+                f"{d.score:.3f}",
+                *(f"{v:.1f}" for v in (d.box.x1, d.box.y1, d.box.x2, d.box.y2)),
+            ]
+            for d in result.detections
+        ]
     if isinstance(result, Segmentation):
         return [[name, c.label, c.class_index, c.pixels, f"{c.fraction:.3f}"] for c in result.classes]
     if isinstance(result, ActivationMap):
@@ -58,14 +66,30 @@ def result_json(result) -> dict:
             data["activation_map"] = result_json(result.activation_map)
         return data
     if isinstance(result, Detections):
-        return {"image_width": result.image_width, "image_height": result.image_height,
-                "detections": [{"label": d.label, "class_index": d.class_index, "score": d.score,
-                                "box": [d.box.x1, d.box.y1, d.box.x2, d.box.y2]} for d in result.detections]}
+        return {
+            "image_width": result.image_width,
+            "image_height": result.image_height,
+            "detections": [
+                {
+                    "label": d.label,
+                    "class_index": d.class_index,
+                    "score": d.score,
+                    "box": [d.box.x1, d.box.y1, d.box.x2, d.box.y2],
+                }
+                for d in result.detections
+            ],
+        }
     if isinstance(result, Segmentation):
         return {"width": result.width, "height": result.height, "classes": [vars(c).copy() for c in result.classes]}
     if isinstance(result, ActivationMap):
-        return {"method": result.method, "class_index": result.class_index, "label": result.label, "score": result.score,
-                "raw_shape": list(result.raw.shape), "upsampled_shape": list(result.upsampled.shape)}
+        return {
+            "method": result.method,
+            "class_index": result.class_index,
+            "label": result.label,
+            "score": result.score,
+            "raw_shape": list(result.raw.shape),
+            "upsampled_shape": list(result.upsampled.shape),
+        }
     raise TypeError(f"no JSON layout for {type(result).__name__}")
 
 

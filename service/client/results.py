@@ -134,8 +134,15 @@ def tensor_from_proto(message: vpb.Tensor) -> np.ndarray:
 
 
 def activation_map_from_proto(message: vpb.ActivationMap) -> ActivationMap:
-    return ActivationMap(message.method, message.class_index, message.label, message.score,
-                         tensor_from_proto(message.raw), tensor_from_proto(message.upsampled), message.overlay)
+    return ActivationMap(
+        message.method,
+        message.class_index,
+        message.label,
+        message.score,
+        tensor_from_proto(message.raw),
+        tensor_from_proto(message.upsampled),
+        message.overlay,
+    )
 
 
 def classification_from_proto(message: vpb.ClassifyResult) -> Classification:
@@ -147,14 +154,17 @@ def classification_from_proto(message: vpb.ClassifyResult) -> Classification:
 def detections_from_proto(message: vpb.DetectResult) -> Detections:
     detections = tuple(
         Detection(Box(d.box.x1, d.box.y1, d.box.x2, d.box.y2), d.label, d.class_index, d.score, d.track_id)
-        for d in message.detections)
+        for d in message.detections
+    )
     return Detections(detections, message.image_width, message.image_height, message.overlay_jpeg)
 
 
 def segmentation_from_proto(message: vpb.SegmentResult) -> Segmentation:
     classes = tuple(ClassPixels(c.class_index, c.label, c.pixels, c.fraction) for c in message.classes)
     probabilities = tensor_from_proto(message.probabilities) if message.HasField("probabilities") else None
-    return Segmentation(message.label_map_png, message.width, message.height, classes, message.overlay_png, probabilities)
+    return Segmentation(
+        message.label_map_png, message.width, message.height, classes, message.overlay_png, probabilities
+    )
 
 
 def reply_from_proto(response, request_id: str, results) -> Reply:
@@ -166,9 +176,18 @@ def frame_result_from_proto(message, convert) -> FrameResult:
     outcome = message.WhichOneof("outcome")
     result = convert(message.result) if outcome == "result" else None
     error = FrameError(message.error.code, message.error.message) if outcome == "error" else None
-    return FrameResult(message.frame_id, message.capture_timestamp_us, message.model_name, message.model_version,
-                       result, error, message.dropped, message.frames_dropped, message.server_processing_us,
-                       _tracking(message))
+    return FrameResult(
+        message.frame_id,
+        message.capture_timestamp_us,
+        message.model_name,
+        message.model_version,
+        result,
+        error,
+        message.dropped,
+        message.frames_dropped,
+        message.server_processing_us,
+        _tracking(message),
+    )
 
 
 def _tracking(message) -> TrackUpdate | None:

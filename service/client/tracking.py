@@ -27,13 +27,29 @@ class TrackOptions:
 
     def to_proto(self) -> vpb.TrackOptions:
         message = vpb.TrackOptions(
-            tracker=self.tracker, frame_interval_us=self.frame_interval_us,
-            lines=[vpb.CountLine(name=line.name, start=vpb.Point(x=line.start[0], y=line.start[1]),
-                                 end=vpb.Point(x=line.end[0], y=line.end[1])) for line in self.lines],
-            zones=[vpb.CountZone(name=zone.name, polygon=[vpb.Point(x=x, y=y) for x, y in zone.polygon])
-                   for zone in self.zones])
-        for name in ("high_score_threshold", "low_score_threshold", "match_iou_threshold", "min_hits", "max_age",
-                     "max_tracks"):
+            tracker=self.tracker,
+            frame_interval_us=self.frame_interval_us,
+            lines=[
+                vpb.CountLine(
+                    name=line.name,
+                    start=vpb.Point(x=line.start[0], y=line.start[1]),
+                    end=vpb.Point(x=line.end[0], y=line.end[1]),
+                )
+                for line in self.lines
+            ],
+            zones=[
+                vpb.CountZone(name=zone.name, polygon=[vpb.Point(x=x, y=y) for x, y in zone.polygon])
+                for zone in self.zones
+            ],
+        )
+        for name in (
+            "high_score_threshold",
+            "low_score_threshold",
+            "match_iou_threshold",
+            "min_hits",
+            "max_age",
+            "max_tracks",
+        ):
             if getattr(self, name) is not None:
                 setattr(message, name, getattr(self, name))
         return message
@@ -88,17 +104,33 @@ class TrackUpdate:
 
 
 def _event(message: vpb.TrackEvent) -> TrackEvent:
-    return TrackEvent(message.track_id, message.class_index, message.label, message.first_frame_id,
-                      message.last_frame_id, message.first_timestamp_us, message.last_timestamp_us)
+    return TrackEvent(
+        message.track_id,
+        message.class_index,
+        message.label,
+        message.first_frame_id,
+        message.last_frame_id,
+        message.first_timestamp_us,
+        message.last_timestamp_us,
+    )
 
 
 def track_update_from_proto(message: vpb.TrackUpdate) -> TrackUpdate:
     counts = message.counts
     return TrackUpdate(
-        confirmed=tuple(map(_event, message.confirmed)), ended=tuple(map(_event, message.ended)),
+        confirmed=tuple(map(_event, message.confirmed)),
+        ended=tuple(map(_event, message.ended)),
         tracks={c.label: ClassTrackCount(c.class_index, c.label, c.unique, c.active) for c in counts.tracks},
-        lines={line.name: {c.label: LineClassCount(c.class_index, c.label, c.crossed_in, c.crossed_out)
-                           for c in line.classes} for line in counts.lines},
-        zones={zone.name: {c.label: ZoneClassCount(c.class_index, c.label, c.entered, c.exited, c.inside)
-                           for c in zone.classes} for zone in counts.zones},
+        lines={
+            line.name: {
+                c.label: LineClassCount(c.class_index, c.label, c.crossed_in, c.crossed_out) for c in line.classes
+            }
+            for line in counts.lines
+        },
+        zones={
+            zone.name: {
+                c.label: ZoneClassCount(c.class_index, c.label, c.entered, c.exited, c.inside) for c in zone.classes
+            }
+            for zone in counts.zones
+        },
     )

@@ -44,12 +44,28 @@ class InferResult:
 
 
 class InferenceClient:
-    def __init__(self, host: str, *, timeout: float | None = 10.0, retries: int = 3, backoff: tuple[float, float] = (0.1, 2.0),
-                 tls: TlsConfig | None = None, token: str | None = None, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
-                 load_balancing: str | None = None):
+    def __init__(
+        self,
+        host: str,
+        *,
+        timeout: float | None = 10.0,
+        retries: int = 3,
+        backoff: tuple[float, float] = (0.1, 2.0),
+        tls: TlsConfig | None = None,
+        token: str | None = None,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        load_balancing: str | None = None,
+    ):
         policy = RetryPolicy(retries, backoff[0], backoff[1])
-        self.connection = Connection(host, timeout=timeout, policy=policy, tls=tls, token=token,
-                                     max_message_bytes=max_message_bytes, load_balancing=load_balancing)
+        self.connection = Connection(
+            host,
+            timeout=timeout,
+            policy=policy,
+            tls=tls,
+            token=token,
+            max_message_bytes=max_message_bytes,
+            load_balancing=load_balancing,
+        )
         self._stub = pb_grpc.GRPCInferenceServiceStub(self.connection.channel)
 
     def __enter__(self) -> "InferenceClient":
@@ -61,8 +77,16 @@ class InferenceClient:
     def close(self) -> None:
         self.connection.close()
 
-    def infer(self, model: str, inputs: Mapping[str, np.ndarray], outputs: Mapping[str, int] | None = None,
-              version: str = "", *, timeout: float | None = None, request_id: str | None = None) -> InferResult:
+    def infer(
+        self,
+        model: str,
+        inputs: Mapping[str, np.ndarray],
+        outputs: Mapping[str, int] | None = None,
+        version: str = "",
+        *,
+        timeout: float | None = None,
+        request_id: str | None = None,
+    ) -> InferResult:
         """Run `inputs` ({name: array with the batch axis}) through `model`.
 
         `outputs` maps output names to a classification top-k (0 = the raw tensor); None returns
@@ -86,8 +110,13 @@ class InferenceClient:
         def tensors(items) -> tuple[TensorMetadata, ...]:
             return tuple(TensorMetadata(t.name, t.datatype, tuple(t.shape)) for t in items)
 
-        return ModelMetadata(response.name, tuple(response.versions), response.platform,
-                             tensors(response.inputs), tensors(response.outputs))
+        return ModelMetadata(
+            response.name,
+            tuple(response.versions),
+            response.platform,
+            tensors(response.inputs),
+            tensors(response.outputs),
+        )
 
     def server_ready(self, *, timeout: float | None = None) -> bool:
         response, _ = self.connection.unary("ServerReady", self._stub.ServerReady, pb.ServerReadyRequest(), timeout)

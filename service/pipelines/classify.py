@@ -37,8 +37,14 @@ def probabilities_of(model: LoadedVersion, outputs: np.ndarray) -> np.ndarray:
     return softmax(scores) if model.config.postprocessing.scores == "logits" else scores
 
 
-async def classify(stages: Stages, ctx: RequestContext, model: ModelRef | LoadedVersion, images: Sequence[ImageInput],
-                   requested_top_k: int, keep_original: bool = False) -> list[Classification]:
+async def classify(
+    stages: Stages,
+    ctx: RequestContext,
+    model: ModelRef | LoadedVersion,
+    images: Sequence[ImageInput],
+    requested_top_k: int,
+    keep_original: bool = False,
+) -> list[Classification]:
     """top_k 0 means the model's default. keep_original keeps the decoded pixels (Explain's overlays).
 
     Softmax and top-k of [N, C] scores take microseconds, less than a hop to a worker thread, so

@@ -55,18 +55,21 @@ class Stages:
         ctx.model, ctx.version = model.name, str(model.version)
         if task is not None and model.config.task != task:
             raise FailedPrecondition(
-                f"model '{model.name}' is a {model.config.task} model; this call needs a {task} model")
+                f"model '{model.name}' is a {model.config.task} model; this call needs a {task} model"
+            )
         return model
 
-    async def prepare(self, ctx: RequestContext, model: LoadedVersion, images: Sequence[ImageInput],
-                      keep_original: bool = False) -> list[PreparedImage]:
+    async def prepare(
+        self, ctx: RequestContext, model: LoadedVersion, images: Sequence[ImageInput], keep_original: bool = False
+    ) -> list[PreparedImage]:
         """Decode + preprocess every image off the event loop; a bad image names its index."""
         budget = self._check_budget(model, images, keep_original)
         ctx.images = len(images)
         started = time.perf_counter()
         loop = asyncio.get_running_loop()
-        jobs = [loop.run_in_executor(self._pool, self._prepare_one, model, image, keep_original, budget)
-                for image in images]
+        jobs = [
+            loop.run_in_executor(self._pool, self._prepare_one, model, image, keep_original, budget) for image in images
+        ]
         results = await asyncio.gather(*jobs, return_exceptions=True)
         ctx.add_stage("preprocess", time.perf_counter() - started)
         prepared = []
@@ -89,7 +92,8 @@ class Stages:
             raise InvalidArgument(f"request has {count} images, over the limit of {self.limits.max_images_per_request}")
         if count > model.config.batching.max_batch_size:
             raise InvalidArgument(
-                f"request has {count} images, over the model's max_batch_size {model.config.batching.max_batch_size}")
+                f"request has {count} images, over the model's max_batch_size {model.config.batching.max_batch_size}"
+            )
         if keep_original:
             check_kept_pixels([image.encoded for image in images if image.encoded], self.limits.max_pixels)
         return image_budget(model.config, count)
@@ -102,29 +106,42 @@ class Stages:
             return PreparedImage(tensor, ResizeInfo(hw, (1.0, 1.0), (0.0, 0.0), hw), None)
         if spec is None:
             raise InvalidArgument(
-                f"model '{model.name}' has no preprocessing configured; send tensors, not encoded images")
+                f"model '{model.name}' has no preprocessing configured; send tensors, not encoded images"
+            )
         spec = fit_to_budget(image.encoded or b"", spec, budget)
         decoded = decode_image(image.encoded or b"", spec, self.limits.max_pixels)
         tensor, info = preprocess_image(decoded, spec, source_order="bgr")
         return PreparedImage(tensor, info, decoded if keep_original else None)
 
-    async def run_images(self, ctx: RequestContext, model: LoadedVersion, prepared: Sequence[PreparedImage],
-                         output_names: Sequence[str] | None = None) -> list[dict[str, np.ndarray]]:
+    async def run_images(
+        self,
+        ctx: RequestContext,
+        model: LoadedVersion,
+        prepared: Sequence[PreparedImage],
+        output_names: Sequence[str] | None = None,
+    ) -> list[dict[str, np.ndarray]]:
         """Run every image; same-shaped images go as one batch. Returns per-image outputs (no batch axis)."""
         groups: dict[tuple, list[int]] = {}
         for index, item in enumerate(prepared):
             groups.setdefault(item.tensor.shape, []).append(index)
         input_name = model.config.inputs[0].name
-        runs = [self.submit(ctx, model, {input_name: np.stack([prepared[i].tensor for i in idx])}, output_names)
-                for idx in groups.values()]
+        runs = [
+            self.submit(ctx, model, {input_name: np.stack([prepared[i].tensor for i in idx])}, output_names)
+            for idx in groups.values()
+        ]
         per_image: list[dict[str, np.ndarray]] = [{} for _ in prepared]
         for idx, outputs in zip(groups.values(), await asyncio.gather(*runs)):
             for position, index in enumerate(idx):
                 per_image[index] = {name: value[position] for name, value in outputs.items()}
         return per_image
 
-    async def submit(self, ctx: RequestContext, model: LoadedVersion, inputs: dict[str, np.ndarray],
-                     output_names: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+    async def submit(
+        self,
+        ctx: RequestContext,
+        model: LoadedVersion,
+        inputs: dict[str, np.ndarray],
+        output_names: Sequence[str] | None = None,
+    ) -> dict[str, np.ndarray]:
         """Submit one [n, ...] batch to the model's batcher: the single door to the batcher, so the
         checks on what a request puts in the queue (shapes the graph can take, bytes) live here.
         Records queue and inference time."""
@@ -164,7 +181,8 @@ def check_image_tensor(model: LoadedVersion, tensor: np.ndarray) -> np.ndarray:
         raise InvalidArgument(f"image tensor must be float32, got {tensor.dtype}")
     if tensor.ndim != len(expected) or any(e != -1 and e != s for e, s in zip(expected, tensor.shape)):
         raise InvalidArgument(
-            f"image tensor shape {list(tensor.shape)} does not match the model input {list(expected)} (no batch axis)")
+            f"image tensor shape {list(tensor.shape)} does not match the model input {list(expected)} (no batch axis)"
+        )
     if not np.isfinite(tensor).all():
         raise InvalidArgument("image tensor contains NaN or Inf values")
     return tensor

@@ -47,8 +47,10 @@ def nms_params(model: LoadedVersion, options: DetectOptions) -> NmsParams:
     """Request options over the model's configured defaults, validated before anything runs."""
     params = NmsParams.from_config(
         model.config.postprocessing.detection,
-        score_threshold=options.score_threshold, iou_threshold=options.iou_threshold,
-        max_detections=options.max_detections, class_agnostic=options.class_agnostic,
+        score_threshold=options.score_threshold,
+        iou_threshold=options.iou_threshold,
+        max_detections=options.max_detections,
+        class_agnostic=options.class_agnostic,
         classes=options.class_filter or None,
     )
     if model.labels:  # without labels the class count is only known from the output, where it is checked too
@@ -56,8 +58,9 @@ def nms_params(model: LoadedVersion, options: DetectOptions) -> NmsParams:
     return params
 
 
-def detect_one(model: LoadedVersion, item: PreparedImage, output: np.ndarray, params: NmsParams,
-               draw_overlay: bool) -> DetectionResult:
+def detect_one(
+    model: LoadedVersion, item: PreparedImage, output: np.ndarray, params: NmsParams, draw_overlay: bool
+) -> DetectionResult:
     """One image's answer output -> its DetectionResult: decode, NMS, overlay (pure; runs in a worker thread)."""
     found = detections_from_output(output, model.config.postprocessing.detection, item.info, params)
     labels = [label_of(model, c) for c in found.classes.tolist()]
@@ -72,14 +75,22 @@ def detect_one(model: LoadedVersion, item: PreparedImage, output: np.ndarray, pa
     return DetectionResult(detections, width, height, overlay)
 
 
-async def detect(stages: Stages, ctx: RequestContext, model: ModelRef | LoadedVersion, images: Sequence[ImageInput],
-                 options: DetectOptions) -> list[DetectionResult]:
+async def detect(
+    stages: Stages,
+    ctx: RequestContext,
+    model: ModelRef | LoadedVersion,
+    images: Sequence[ImageInput],
+    options: DetectOptions,
+) -> list[DetectionResult]:
     loaded = stages.resolve(ctx, model, task="detection")
     params = nms_params(loaded, options)
     prepared = await stages.prepare(ctx, loaded, images, keep_original=options.draw_overlay)
     outputs = await stages.run_images(ctx, loaded, prepared)
     answer = loaded.config.answer_output
-    return await stages.off_loop(ctx, [
-        lambda item=item, output=output: detect_one(loaded, item, output[answer], params, options.draw_overlay)
-        for item, output in zip(prepared, outputs)
-    ])
+    return await stages.off_loop(
+        ctx,
+        [
+            lambda item=item, output=output: detect_one(loaded, item, output[answer], params, options.draw_overlay)
+            for item, output in zip(prepared, outputs)
+        ],
+    )

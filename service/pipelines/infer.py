@@ -36,8 +36,13 @@ class InferResult:
     outputs: list[tuple[str, np.ndarray]]  # in the order asked for (every output when none was)
 
 
-async def infer(stages: Stages, ctx: RequestContext, model: ModelRef, arrays: dict[str, np.ndarray],
-                outputs: Sequence[OutputRequest]) -> InferResult:
+async def infer(
+    stages: Stages,
+    ctx: RequestContext,
+    model: ModelRef,
+    arrays: dict[str, np.ndarray],
+    outputs: Sequence[OutputRequest],
+) -> InferResult:
     loaded = stages.resolve(ctx, model)
     started = time.perf_counter()
     inputs = await model_inputs(stages, ctx, loaded, arrays)
@@ -53,8 +58,9 @@ async def infer(stages: Stages, ctx: RequestContext, model: ModelRef, arrays: di
     return InferResult(loaded, answer)
 
 
-async def model_inputs(stages: Stages, ctx: RequestContext, loaded: LoadedVersion,
-                       arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+async def model_inputs(
+    stages: Stages, ctx: RequestContext, loaded: LoadedVersion, arrays: dict[str, np.ndarray]
+) -> dict[str, np.ndarray]:
     """The request's named arrays -> the model's inputs: the single place every V2 input source
     (the request's own tensor contents today) is checked against the config; BYTES image inputs
     are preprocessed here."""
@@ -74,11 +80,13 @@ async def model_inputs(stages: Stages, ctx: RequestContext, loaded: LoadedVersio
         expected = numpy_of_config(spec.dtype)
         if array.dtype != expected:
             raise InvalidArgument(
-                f"input '{name}' has datatype {v2_of_numpy(array.dtype)}, model expects {v2_of_numpy(expected)}")
+                f"input '{name}' has datatype {v2_of_numpy(array.dtype)}, model expects {v2_of_numpy(expected)}"
+            )
         check_shape(name, array.shape, spec.dims)
         if stages.limits.v2_reject_non_finite and array.dtype.kind == "f" and not np.isfinite(array).all():
             raise InvalidArgument(
-                f"input '{name}' contains NaN or Inf values (this server runs with --v2-reject-non-finite true)")
+                f"input '{name}' contains NaN or Inf values (this server runs with --v2-reject-non-finite true)"
+            )
         inputs[name] = array
     batch_sizes = {a.shape[0] for a in inputs.values()}
     if len(batch_sizes) != 1:
@@ -88,18 +96,23 @@ async def model_inputs(stages: Stages, ctx: RequestContext, loaded: LoadedVersio
     return inputs
 
 
-async def preprocess_bytes(stages: Stages, ctx: RequestContext, loaded: LoadedVersion, name: str,
-                           array: np.ndarray) -> np.ndarray:
+async def preprocess_bytes(
+    stages: Stages, ctx: RequestContext, loaded: LoadedVersion, name: str, array: np.ndarray
+) -> np.ndarray:
     """A BYTES input [N] or [N, 1] of encoded images -> one float32 batch [N, C, H, W]."""
     if array.ndim not in (1, 2) or (array.ndim == 2 and array.shape[1] != 1):
-        raise InvalidArgument(f"BYTES input '{name}' must have shape [N] or [N, 1] (one encoded image per "
-                              f"batch item), got {list(array.shape)}")
+        raise InvalidArgument(
+            f"BYTES input '{name}' must have shape [N] or [N, 1] (one encoded image per "
+            f"batch item), got {list(array.shape)}"
+        )
     images = [ImageInput(encoded=bytes(item)) for item in array.reshape(-1)]
     prepared = await stages.prepare(ctx, loaded, images)
     shapes = {p.tensor.shape for p in prepared}
     if len(shapes) != 1:
-        raise InvalidArgument(f"images of BYTES input '{name}' preprocess to different sizes {sorted(shapes)}; "
-                              "send them in separate requests")
+        raise InvalidArgument(
+            f"images of BYTES input '{name}' preprocess to different sizes {sorted(shapes)}; "
+            "send them in separate requests"
+        )
     return np.stack([p.tensor for p in prepared])
 
 
@@ -125,7 +138,8 @@ def requested_outputs(loaded: LoadedVersion, outputs: Sequence[OutputRequest]) -
         classes = output.classification
         if not isinstance(classes, int) or isinstance(classes, bool) or classes < 0:
             raise InvalidArgument(
-                f"output '{output.name}': classification must be a non-negative integer, got {classes!r}")
+                f"output '{output.name}': classification must be a non-negative integer, got {classes!r}"
+            )
         wanted.append((output.name, classes))
     return wanted
 
@@ -137,6 +151,8 @@ def classification_strings(loaded: LoadedVersion, values: np.ndarray, k: int) ->
     k = min(k, flat.shape[1])
     indices, scores = top_k(flat, k)
     labels = loaded.labels
-    rows = [[f"{s:f}:{i}:{labels[i]}" if i < len(labels) else f"{s:f}:{i}" for i, s in zip(ri, rs)]
-            for ri, rs in zip(indices, scores)]
+    rows = [
+        [f"{s:f}:{i}:{labels[i]}" if i < len(labels) else f"{s:f}:{i}" for i, s in zip(ri, rs)]
+        for ri, rs in zip(indices, scores)
+    ]
     return np.array(rows, dtype=object).reshape(flat.shape[0], k)

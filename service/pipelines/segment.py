@@ -17,7 +17,11 @@ from service.models import LoadedVersion
 from service.pipelines.core import Stages, label_of
 from service.pipelines.request import ImageInput, ModelRef, PreparedImage, RequestContext
 from service.postprocess.segment import (
-    class_pixel_counts, encode_label_map, label_map_from_logits, overlay_png, probability_maps,
+    class_pixel_counts,
+    encode_label_map,
+    label_map_from_logits,
+    overlay_png,
+    probability_maps,
 )
 
 
@@ -57,8 +61,9 @@ def _check_logits(model: LoadedVersion, logits: np.ndarray) -> np.ndarray:
     return logits
 
 
-def segment_one(model: LoadedVersion, prepared: PreparedImage, logits: np.ndarray, overlay: bool,
-                probabilities: bool) -> SegmentationResult:
+def segment_one(
+    model: LoadedVersion, prepared: PreparedImage, logits: np.ndarray, overlay: bool, probabilities: bool
+) -> SegmentationResult:
     """One image's logits [C, h, w] -> its SegmentationResult (pure; runs in a worker thread)."""
     logits = _check_logits(model, logits)
     num_classes = logits.shape[0]
@@ -79,8 +84,14 @@ def segment_one(model: LoadedVersion, prepared: PreparedImage, logits: np.ndarra
     )
 
 
-async def segment(stages: Stages, ctx: RequestContext, model: ModelRef | LoadedVersion, images: Sequence[ImageInput],
-                  overlay: bool, probabilities: bool) -> list[SegmentationResult]:
+async def segment(
+    stages: Stages,
+    ctx: RequestContext,
+    model: ModelRef | LoadedVersion,
+    images: Sequence[ImageInput],
+    overlay: bool,
+    probabilities: bool,
+) -> list[SegmentationResult]:
     loaded = stages.resolve(ctx, model, task="segmentation")
     if overlay and any(image.tensor is not None for image in images):
         raise InvalidArgument("overlay needs encoded images (a tensor image has no original pixels to draw on)")
@@ -88,7 +99,10 @@ async def segment(stages: Stages, ctx: RequestContext, model: ModelRef | LoadedV
     outputs = await stages.run_images(ctx, loaded, prepared)
     answer = loaded.config.answer_output
     # Resizing C full-size planes is real work for large images: off the event loop, one job per image.
-    return await stages.off_loop(ctx, [
-        lambda item=item, output=output: segment_one(loaded, item, output[answer], overlay, probabilities)
-        for item, output in zip(prepared, outputs)
-    ])
+    return await stages.off_loop(
+        ctx,
+        [
+            lambda item=item, output=output: segment_one(loaded, item, output[answer], overlay, probabilities)
+            for item, output in zip(prepared, outputs)
+        ],
+    )

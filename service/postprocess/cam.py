@@ -26,6 +26,7 @@ from service.postprocess.draw import encode_image
 from service.postprocess.resample import resample_rows, sample_axis
 from service.preprocess import ResizeInfo
 
+
 def class_activation_map(features: np.ndarray, weights: np.ndarray, class_index: int) -> np.ndarray:
     """features [K, h, w], weights [C, K] -> CAM of `class_index`: ReLU(Σ_k W[c, k] f_k), float32 [h, w]."""
     row = weights[class_index].astype(np.float64)

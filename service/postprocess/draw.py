@@ -9,10 +9,23 @@ import numpy as np
 _ENCODINGS = {"jpeg": (".jpg", [cv2.IMWRITE_JPEG_QUALITY, 90]), "png": (".png", [cv2.IMWRITE_PNG_COMPRESSION, 3])}
 OVERLAY_FORMATS = tuple(_ENCODINGS)  # what a request may ask an overlay to be encoded as
 
-_PALETTE = np.array([
-    (56, 56, 255), (151, 157, 255), (31, 112, 255), (29, 178, 255), (49, 210, 207), (10, 249, 72),
-    (23, 204, 146), (134, 219, 61), (52, 147, 26), (187, 212, 0), (168, 153, 44), (255, 194, 0),
-], dtype=np.uint8)
+_PALETTE = np.array(
+    [
+        (56, 56, 255),
+        (151, 157, 255),
+        (31, 112, 255),
+        (29, 178, 255),
+        (49, 210, 207),
+        (10, 249, 72),
+        (23, 204, 146),
+        (134, 219, 61),
+        (52, 147, 26),
+        (187, 212, 0),
+        (168, 153, 44),
+        (255, 194, 0),
+    ],
+    dtype=np.uint8,
+)
 
 
 def class_color(index: int) -> tuple[int, int, int]:
@@ -31,8 +44,9 @@ def encode_image(image: np.ndarray, fmt: str = "jpeg") -> bytes:
     return buffer.tobytes()
 
 
-def draw_boxes(image: np.ndarray, boxes: np.ndarray, labels: list[str], classes: np.ndarray,
-               scores: np.ndarray) -> np.ndarray:
+def draw_boxes(
+    image: np.ndarray, boxes: np.ndarray, labels: list[str], classes: np.ndarray, scores: np.ndarray
+) -> np.ndarray:
     """A copy of `image` (BGR or gray) with each box [K, 4] (x1, y1, x2, y2 pixels) and 'label score' drawn."""
     canvas = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR) if image.ndim == 2 else image.copy()
     thickness = max(1, round(min(canvas.shape[:2]) / 300))

@@ -27,8 +27,9 @@ class AxisTaps:
         return AxisTaps(self.first[part], self.second[part], self.weight[part], self.inside[part])
 
 
-def sample_axis(out_size: int, scale: float, offset: float, input_size: int, map_size: int,
-                low: int = 0, high: int | None = None) -> AxisTaps:
+def sample_axis(
+    out_size: int, scale: float, offset: float, input_size: int, map_size: int, low: int = 0, high: int | None = None
+) -> AxisTaps:
     """Taps of `out_size` output pixels on a map axis of `map_size` cells covering `input_size`
     model-input pixels; coordinates are clamped to the cells [low, high − 1] (default: all)."""
     high = map_size if high is None else high

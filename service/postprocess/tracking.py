@@ -63,13 +63,29 @@ class TrackerState:
 
     @staticmethod
     def empty() -> TrackerState:
-        return TrackerState(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros((0, 8)), np.zeros((0, 8, 8)),
-                            np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros((0, 2)))
+        return TrackerState(
+            np.zeros(0, np.int64),
+            np.zeros(0, np.int64),
+            np.zeros((0, 8)),
+            np.zeros((0, 8, 8)),
+            np.zeros(0, np.int64),
+            np.zeros(0, np.int64),
+            np.zeros((0, 2)),
+        )
 
     def take(self, rows: np.ndarray) -> TrackerState:
         """The state restricted to `rows` (an index or bool array)."""
-        return TrackerState(self.ids[rows], self.classes[rows], self.mean[rows], self.cov[rows], self.hits[rows],
-                            self.misses[rows], self.centre[rows], self.next_id, self.frames)
+        return TrackerState(
+            self.ids[rows],
+            self.classes[rows],
+            self.mean[rows],
+            self.cov[rows],
+            self.hits[rows],
+            self.misses[rows],
+            self.centre[rows],
+            self.next_id,
+            self.frames,
+        )
 
 
 @dataclass(frozen=True, eq=False)
@@ -194,8 +210,9 @@ def _associate(state: TrackerState, boxes, scores, classes, params: TrackerParam
     return np.concatenate([rows_1, free[rows_2]]), np.concatenate([high[cols_1], low[cols_2]])
 
 
-def update(state: TrackerState, boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray, steps: int,
-           params: TrackerParams) -> tuple[TrackerState, FrameTracks]:
+def update(
+    state: TrackerState, boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray, steps: int, params: TrackerParams
+) -> tuple[TrackerState, FrameTracks]:
     """One answered frame: detections boxes [M, 4] x1y1x2y2, scores [M], classes [M], `steps` >= 1
     frames after the previous answered frame -> (new state, what happened on this frame)."""
     boxes = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
@@ -203,8 +220,17 @@ def update(state: TrackerState, boxes: np.ndarray, scores: np.ndarray, classes: 
     steps = min(steps, params.max_age + 1)  # by then every track has ended: predicting further changes nothing
     mean, cov = kalman_predict(state.mean, state.cov, steps)
     # the working copy of the tracks, modified in place below (the previous state stays as it was)
-    tracks = TrackerState(state.ids, state.classes, mean, cov, state.hits.copy(), state.misses + steps,
-                          state.centre.copy(), state.next_id, state.frames)
+    tracks = TrackerState(
+        state.ids,
+        state.classes,
+        mean,
+        cov,
+        state.hits.copy(),
+        state.misses + steps,
+        state.centre.copy(),
+        state.next_id,
+        state.frames,
+    )
     alive = tracks.misses <= params.max_age
     ended_rows = np.flatnonzero(~alive & (tracks.ids > 0))
     ended = (tracks.ids[ended_rows], tracks.classes[ended_rows], tracks.centre[ended_rows])
@@ -229,16 +255,33 @@ def update(state: TrackerState, boxes: np.ndarray, scores: np.ndarray, classes: 
     confirmed = np.arange(tracks.next_id, tracks.next_id + int(promote.sum()), dtype=np.int64)
     ids = tracks.ids.copy()
     ids[promote] = confirmed
-    state = TrackerState(ids, tracks.classes, tracks.mean, tracks.cov, tracks.hits, tracks.misses, tracks.centre,
-                         tracks.next_id + len(confirmed), tracks.frames + 1)
+    state = TrackerState(
+        ids,
+        tracks.classes,
+        tracks.mean,
+        tracks.cov,
+        tracks.hits,
+        tracks.misses,
+        tracks.centre,
+        tracks.next_id + len(confirmed),
+        tracks.frames + 1,
+    )
 
     matched_ids = ids[rows]
     track_ids = np.zeros(len(boxes), dtype=np.int64)
     track_ids[dets] = matched_ids
     moved = matched_ids > 0
-    moved_from = np.concatenate([previous, state.centre[rows[len(previous):]]])[moved]
-    return state, FrameTracks(track_ids, confirmed, state.classes[promote], *ended, matched_ids[moved],
-                              state.classes[rows][moved], moved_from, state.centre[rows][moved])
+    moved_from = np.concatenate([previous, state.centre[rows[len(previous) :]]])[moved]
+    return state, FrameTracks(
+        track_ids,
+        confirmed,
+        state.classes[promote],
+        *ended,
+        matched_ids[moved],
+        state.classes[rows][moved],
+        moved_from,
+        state.centre[rows][moved],
+    )
 
 
 def _birth(state: TrackerState, rows, dets, boxes, scores, classes, params: TrackerParams):
@@ -254,11 +297,15 @@ def _birth(state: TrackerState, rows, dets, boxes, scores, classes, params: Trac
     mean, cov = kalman_initiate(measured)
     count = len(unmatched)
     grown = TrackerState(
-        np.concatenate([state.ids, np.zeros(count, np.int64)]), np.concatenate([state.classes, classes[unmatched]]),
-        np.concatenate([state.mean, mean]), np.concatenate([state.cov, cov]),
+        np.concatenate([state.ids, np.zeros(count, np.int64)]),
+        np.concatenate([state.classes, classes[unmatched]]),
+        np.concatenate([state.mean, mean]),
+        np.concatenate([state.cov, cov]),
         np.concatenate([state.hits, np.ones(count, np.int64)]),
         np.concatenate([state.misses, np.zeros(count, np.int64)]),
-        np.concatenate([state.centre, measured[:, :2]]), state.next_id, state.frames,
+        np.concatenate([state.centre, measured[:, :2]]),
+        state.next_id,
+        state.frames,
     )
     new_rows = np.arange(len(state.ids), len(state.ids) + count)
     return grown, np.concatenate([rows, new_rows]), np.concatenate([dets, unmatched])

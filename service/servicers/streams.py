@@ -25,8 +25,9 @@ F = TypeVar("F")  # a frame message
 R = TypeVar("R")  # a frame result message
 
 
-async def run_frame(calls: CallRunner, ctx: RequestContext, model_name: str,
-                    work: Callable[[], Awaitable[R]]) -> tuple[R | None, Exception | None]:
+async def run_frame(
+    calls: CallRunner, ctx: RequestContext, model_name: str, work: Callable[[], Awaitable[R]]
+) -> tuple[R | None, Exception | None]:
     """Run one frame of a stream and record it like a unary call (counted in flight, finished with
     its status). Returns (result, None), or (None, the failure) for the caller to answer the frame
     with: a frame's failure, expected or not, is that frame's error, not the stream's."""
@@ -65,9 +66,13 @@ class OrderedStream(Generic[F, R]):
     on_dropped answers a frame skipped under drop_frames (None for a stream that never drops).
     """
 
-    def __init__(self, frames: AsyncIterator[F], process: Callable[[F], Awaitable[R]],
-                 on_dropped: Callable[[F, int], R] | None,
-                 policy_of_first: Callable[[F], StreamPolicy]):
+    def __init__(
+        self,
+        frames: AsyncIterator[F],
+        process: Callable[[F], Awaitable[R]],
+        on_dropped: Callable[[F, int], R] | None,
+        policy_of_first: Callable[[F], StreamPolicy],
+    ):
         self._frames = frames
         self._process = process
         self._on_dropped = on_dropped

@@ -30,9 +30,14 @@ def stream_tracking_from_proto(frame: vpb.DetectFrame) -> StreamTracking | None:
         return getattr(track, name) if track.HasField(name) else None
 
     settings = track_settings(
-        tracker=track.tracker, high_score=optional("high_score_threshold"), low_score=optional("low_score_threshold"),
-        match_iou=optional("match_iou_threshold"), min_hits=optional("min_hits"), max_age=optional("max_age"),
-        max_tracks=optional("max_tracks"), frame_interval_us=track.frame_interval_us,
+        tracker=track.tracker,
+        high_score=optional("high_score_threshold"),
+        low_score=optional("low_score_threshold"),
+        match_iou=optional("match_iou_threshold"),
+        min_hits=optional("min_hits"),
+        max_age=optional("max_age"),
+        max_tracks=optional("max_tracks"),
+        frame_interval_us=track.frame_interval_us,
         lines=[CountLine(line.name, (line.start.x, line.start.y), (line.end.x, line.end.y)) for line in track.lines],
         zones=[CountZone(zone.name, tuple((p.x, p.y) for p in zone.polygon)) for zone in track.zones],
     )
@@ -46,10 +51,16 @@ def track_result(tracking: StreamTracking, result: vpb.DetectFrameResult, labels
     else:
         detections = result.result.detections
         # one pass over the messages: box corners, score, class per detection
-        rows = np.array([(b.x1, b.y1, b.x2, b.y2, d.score, d.class_index) for d, b in ((d, d.box) for d in detections)],
-                        np.float64).reshape(-1, 6)
-        report = tracking.answered(result.frame_id, result.capture_timestamp_us, rows[:, :4].astype(np.float32),
-                                   rows[:, 4], rows[:, 5].astype(np.int64))
+        rows = np.array(
+            [(b.x1, b.y1, b.x2, b.y2, d.score, d.class_index) for d, b in ((d, d.box) for d in detections)], np.float64
+        ).reshape(-1, 6)
+        report = tracking.answered(
+            result.frame_id,
+            result.capture_timestamp_us,
+            rows[:, :4].astype(np.float32),
+            rows[:, 4],
+            rows[:, 5].astype(np.int64),
+        )
         for detection, track_id in zip(detections, report.track_ids):
             detection.track_id = track_id
     fill_track_update(result.tracking, report, labels)
@@ -61,9 +72,15 @@ def _label(labels, class_index: int) -> str:
 
 def _fill_events(events, reported: tuple[TrackEvent, ...], labels) -> None:
     for event in reported:
-        events.add(track_id=event.track_id, class_index=event.class_index, label=_label(labels, event.class_index),
-                   first_frame_id=event.first_frame_id, last_frame_id=event.last_frame_id,
-                   first_timestamp_us=event.first_timestamp_us, last_timestamp_us=event.last_timestamp_us)
+        events.add(
+            track_id=event.track_id,
+            class_index=event.class_index,
+            label=_label(labels, event.class_index),
+            first_frame_id=event.first_frame_id,
+            last_frame_id=event.last_frame_id,
+            first_timestamp_us=event.first_timestamp_us,
+            last_timestamp_us=event.last_timestamp_us,
+        )
 
 
 def fill_track_counts(out: vpb.TrackCounts, counts: TrackCounts, labels) -> None:

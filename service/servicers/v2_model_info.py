@@ -38,12 +38,19 @@ def model_config(loaded: LoadedVersion) -> pb.ModelConfigResponse:
     config = loaded.config
     batching = config.batching
     message = mc.ModelConfig(
-        name=loaded.name, platform=PLATFORM, backend="onnxruntime", max_batch_size=batching.max_batch_size,
+        name=loaded.name,
+        platform=PLATFORM,
+        backend="onnxruntime",
+        max_batch_size=batching.max_batch_size,
         default_model_filename="model.onnx",
     )
     for spec in config.inputs:
-        message.input.add(name=spec.name, data_type=config_type(spec.dtype), dims=list(spec.dims[1:]),
-                          format=mc.ModelInput.FORMAT_NCHW if len(spec.dims) == 4 else mc.ModelInput.FORMAT_NONE)
+        message.input.add(
+            name=spec.name,
+            data_type=config_type(spec.dtype),
+            dims=list(spec.dims[1:]),
+            format=mc.ModelInput.FORMAT_NCHW if len(spec.dims) == 4 else mc.ModelInput.FORMAT_NONE,
+        )
     for spec in config.outputs:
         output = message.output.add(name=spec.name, data_type=config_type(spec.dtype), dims=list(spec.dims[1:]))
         if config.labels and spec.name == config.answer_output and config.task == "classification":
@@ -74,18 +81,28 @@ def model_statistics(name: str, version: str, stats: ModelStats, last_inference_
     """Triton's per-model statistics; batch_stats: per batch size, merging the requests' inputs
     (compute_input), the model run (compute_infer) and splitting the outputs back (compute_output)."""
     total_count, total_seconds = stats.total
-    batch_stats = [pb.InferBatchStatistics(batch_size=size, compute_input=_duration((count, merge)),
-                                           compute_infer=_duration((count, run)),
-                                           compute_output=_duration((count, split)))
-                   for size, count, merge, run, split in stats.batch_stats]
+    batch_stats = [
+        pb.InferBatchStatistics(
+            batch_size=size,
+            compute_input=_duration((count, merge)),
+            compute_infer=_duration((count, run)),
+            compute_output=_duration((count, split)),
+        )
+        for size, count, merge, run, split in stats.batch_stats
+    ]
     return pb.ModelStatistics(
-        name=name, version=version, last_inference=last_inference_ms,
-        inference_count=stats.inference_count, execution_count=stats.execution_count,
+        name=name,
+        version=version,
+        last_inference=last_inference_ms,
+        inference_count=stats.inference_count,
+        execution_count=stats.execution_count,
         inference_stats=pb.InferStatistics(
             success=_duration((stats.success_count, total_seconds)),
             fail=pb.StatisticDuration(count=stats.fail_count),
-            queue=_duration(stats.queue), compute_input=_duration(stats.compute_input),
-            compute_infer=_duration(stats.compute_infer), compute_output=_duration(stats.compute_output),
+            queue=_duration(stats.queue),
+            compute_input=_duration(stats.compute_input),
+            compute_infer=_duration(stats.compute_infer),
+            compute_output=_duration(stats.compute_output),
         ),
         batch_stats=batch_stats,
     )

@@ -45,5 +45,4 @@ def parameter_from_python(value: Scalar | np.generic) -> pb.InferParameter:
         return pb.InferParameter(double_param=value)
     if isinstance(value, str):
         return pb.InferParameter(string_param=value)
-    raise InvalidArgument(f"parameter value of type {type(value).__name__} is not bool, int, "
-                          "float or str")
+    raise InvalidArgument(f"parameter value of type {type(value).__name__} is not bool, int, float or str")

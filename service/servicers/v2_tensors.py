@@ -44,10 +44,8 @@ def numpy_dtype(datatype: str, what: str = "tensor") -> np.dtype:
     if dtype is not None:
         return dtype
     if datatype == "BF16":
-        raise InvalidArgument(f"{what}: datatype BF16 is not supported (numpy has no bfloat16); "
-                              "send FP32 or FP16")
-    raise InvalidArgument(f"{what}: unknown datatype {datatype!r}; expected one of "
-                          + ", ".join(V2_DATATYPES))
+        raise InvalidArgument(f"{what}: datatype BF16 is not supported (numpy has no bfloat16); send FP32 or FP16")
+    raise InvalidArgument(f"{what}: unknown datatype {datatype!r}; expected one of " + ", ".join(V2_DATATYPES))
 
 
 def v2_datatype(dtype: np.dtype | type | str, what: str = "tensor") -> str:
@@ -77,8 +75,9 @@ def element_count(shape: Iterable[int], what: str = "tensor") -> int:
     """
     dims = list(shape)
     if any(d < 0 for d in dims):
-        raise InvalidArgument(f"{what}: shape {dims} has a negative dimension; "
-                              "every dimension of a request tensor must be >= 0")
+        raise InvalidArgument(
+            f"{what}: shape {dims} has a negative dimension; every dimension of a request tensor must be >= 0"
+        )
     if len(dims) > _MAX_DIMS:
         raise InvalidArgument(f"{what}: shape has {len(dims)} dimensions; at most {_MAX_DIMS} are supported")
     if math.prod(d for d in dims if d) > _MAX_EXTENT:
@@ -93,12 +92,15 @@ def check_bytes_count(count: int, max_elements: int | None, what: str) -> None:
     held the event loop for 21 s before the image-count check ran.
     """
     if max_elements is not None and count > max_elements:
-        raise InvalidArgument(f"{what}: BYTES shape holds {count} elements, over the limit of {max_elements} "
-                              "(one encoded image per element, --max-images-per-request)")
+        raise InvalidArgument(
+            f"{what}: BYTES shape holds {count} elements, over the limit of {max_elements} "
+            "(one encoded image per element, --max-images-per-request)"
+        )
 
 
-def decode_raw(data: bytes, datatype: str, shape: Iterable[int], what: str = "tensor",
-               max_bytes_elements: int | None = None) -> np.ndarray:
+def decode_raw(
+    data: bytes, datatype: str, shape: Iterable[int], what: str = "tensor", max_bytes_elements: int | None = None
+) -> np.ndarray:
     """Array of `shape` from raw V2 bytes.
 
     Fixed-size types return a read-only view of `data` (no copy); BYTES returns an object array
@@ -112,8 +114,10 @@ def decode_raw(data: bytes, datatype: str, shape: Iterable[int], what: str = "te
         return _split_length_prefixed(data, count, dims, what).reshape(dims)
     expected = count * dtype.itemsize
     if len(data) != expected:
-        raise InvalidArgument(f"{what}: raw contents hold {len(data)} bytes but {datatype} "
-                              f"{dims} needs {expected} ({count} x {dtype.itemsize})")
+        raise InvalidArgument(
+            f"{what}: raw contents hold {len(data)} bytes but {datatype} "
+            f"{dims} needs {expected} ({count} x {dtype.itemsize})"
+        )
     if datatype == "BOOL" and np.frombuffer(data, dtype=np.uint8).max(initial=0) > 1:
         raise InvalidArgument(f"{what}: raw BOOL contents must be bytes 0 or 1")
     return np.frombuffer(data, dtype=dtype).reshape(dims)
@@ -126,28 +130,36 @@ def _split_length_prefixed(data: bytes, count: int, dims: list[int], what: str) 
     while offset < size:
         index = len(elements)
         if index == count:
-            raise InvalidArgument(f"{what}: BYTES raw contents hold more than the {count} "
-                                  f"elements shape {dims} needs ({size - offset} bytes left over)")
+            raise InvalidArgument(
+                f"{what}: BYTES raw contents hold more than the {count} "
+                f"elements shape {dims} needs ({size - offset} bytes left over)"
+            )
         if offset + _LENGTH.size > size:
-            raise InvalidArgument(f"{what}: BYTES raw contents end inside the 4-byte length "
-                                  f"prefix of element {index}")
+            raise InvalidArgument(f"{what}: BYTES raw contents end inside the 4-byte length prefix of element {index}")
         (length,) = _LENGTH.unpack_from(data, offset)
         offset += _LENGTH.size
         if offset + length > size:
-            raise InvalidArgument(f"{what}: BYTES element {index} declares {length} bytes but "
-                                  f"only {size - offset} remain")
-        elements.append(bytes(data[offset:offset + length]))
+            raise InvalidArgument(
+                f"{what}: BYTES element {index} declares {length} bytes but only {size - offset} remain"
+            )
+        elements.append(bytes(data[offset : offset + length]))
         offset += length
     if len(elements) != count:
-        raise InvalidArgument(f"{what}: BYTES raw contents hold {len(elements)} elements but "
-                              f"shape {dims} needs {count}")
+        raise InvalidArgument(
+            f"{what}: BYTES raw contents hold {len(elements)} elements but shape {dims} needs {count}"
+        )
     array = np.empty(count, dtype=object)
     array[:] = elements
     return array
 
 
-def decode_typed(contents: pb.InferTensorContents, datatype: str, shape: Iterable[int],
-                 what: str = "tensor", max_bytes_elements: int | None = None) -> np.ndarray:
+def decode_typed(
+    contents: pb.InferTensorContents,
+    datatype: str,
+    shape: Iterable[int],
+    what: str = "tensor",
+    max_bytes_elements: int | None = None,
+) -> np.ndarray:
     """Array of `shape` from the typed contents field that matches `datatype`.
 
     Narrow integer types travel in 32-bit fields, so values outside the datatype's range are
@@ -158,16 +170,15 @@ def decode_typed(contents: pb.InferTensorContents, datatype: str, shape: Iterabl
     count = element_count(dims, what)
     field = _TYPED_FIELD.get(datatype)
     if field is None:
-        raise InvalidArgument(f"{what}: {datatype} has no typed contents field; "
-                              "send it in raw_input_contents")
+        raise InvalidArgument(f"{what}: {datatype} has no typed contents field; send it in raw_input_contents")
     others = [f.name for f, _ in contents.ListFields() if f.name != field]
     if others:
-        raise InvalidArgument(f"{what}: datatype {datatype} carries its elements in {field}, "
-                              f"but {', '.join(others)} is set")
+        raise InvalidArgument(
+            f"{what}: datatype {datatype} carries its elements in {field}, but {', '.join(others)} is set"
+        )
     values = getattr(contents, field)
     if len(values) != count:
-        raise InvalidArgument(f"{what}: {field} holds {len(values)} elements but {datatype} "
-                              f"{dims} needs {count}")
+        raise InvalidArgument(f"{what}: {field} holds {len(values)} elements but {datatype} {dims} needs {count}")
     if datatype == "BYTES":
         check_bytes_count(count, max_bytes_elements, what)
         array = np.empty(count, dtype=object)
@@ -178,20 +189,22 @@ def decode_typed(contents: pb.InferTensorContents, datatype: str, shape: Iterabl
     if narrow and count:
         info = np.iinfo(dtype)
         if array.min() < info.min or array.max() > info.max:
-            raise InvalidArgument(f"{what}: {field} has values outside the {datatype} range "
-                                  f"[{info.min}, {info.max}]")
+            raise InvalidArgument(f"{what}: {field} has values outside the {datatype} range [{info.min}, {info.max}]")
     return array.astype(dtype, copy=False).reshape(dims)
 
 
-def input_to_numpy(tensor: pb.ModelInferRequest.InferInputTensor,
-                   raw: bytes | None = None, max_bytes_elements: int | None = None) -> np.ndarray:
+def input_to_numpy(
+    tensor: pb.ModelInferRequest.InferInputTensor, raw: bytes | None = None, max_bytes_elements: int | None = None
+) -> np.ndarray:
     """One input as an array: from `raw` (its raw_input_contents entry) or its typed contents."""
     what = f"input '{bounded(tensor.name, 100)}'"
     if raw is None:
         return decode_typed(tensor.contents, tensor.datatype, tensor.shape, what, max_bytes_elements)
     if tensor.HasField("contents") and tensor.contents.ListFields():
-        raise InvalidArgument(f"{what} has typed contents but the request also uses "
-                              "raw_input_contents; use one form for all inputs of a request")
+        raise InvalidArgument(
+            f"{what} has typed contents but the request also uses "
+            "raw_input_contents; use one form for all inputs of a request"
+        )
     return decode_raw(raw, tensor.datatype, tensor.shape, what, max_bytes_elements)
 
 
@@ -200,8 +213,10 @@ def request_inputs(request: pb.ModelInferRequest, max_bytes_elements: int | None
     most `max_bytes_elements` elements each (the server passes its images-per-request limit)."""
     raw = request.raw_input_contents
     if raw and len(raw) != len(request.inputs):
-        raise InvalidArgument(f"request has {len(raw)} raw_input_contents entries for "
-                              f"{len(request.inputs)} inputs; send one per input, in input order")
+        raise InvalidArgument(
+            f"request has {len(raw)} raw_input_contents entries for "
+            f"{len(request.inputs)} inputs; send one per input, in input order"
+        )
     arrays: dict[str, np.ndarray] = {}
     for index, tensor in enumerate(request.inputs):
         if tensor.name in arrays:
@@ -232,8 +247,7 @@ def _join_length_prefixed(array: np.ndarray, what: str) -> bytes:
         elif isinstance(item, (bytes, bytearray, memoryview)):
             item = bytes(item)
         else:
-            raise InternalError(f"{what}: BYTES element {index} is a {type(item).__name__}, "
-                                "not bytes or str")
+            raise InternalError(f"{what}: BYTES element {index} is a {type(item).__name__}, not bytes or str")
         if len(item) > 0xFFFFFFFF:
             raise InternalError(f"{what}: BYTES element {index} exceeds 4 GiB")
         parts.append(_LENGTH.pack(len(item)))
@@ -244,8 +258,9 @@ def _join_length_prefixed(array: np.ndarray, what: str) -> bytes:
 def append_output(response: pb.ModelInferResponse, name: str, array: np.ndarray) -> None:
     """Add one output to `response`: its InferOutputTensor and its raw_output_contents entry."""
     if len(response.raw_output_contents) != len(response.outputs):
-        raise InternalError("response already holds outputs without raw contents; "
-                            "raw and typed outputs cannot be mixed")
+        raise InternalError(
+            "response already holds outputs without raw contents; raw and typed outputs cannot be mixed"
+        )
     array = np.asarray(array)
     datatype, raw = encode_raw(array, f"output '{name}'")
     response.outputs.add(name=name, datatype=datatype, shape=array.shape)
@@ -255,8 +270,7 @@ def append_output(response: pb.ModelInferResponse, name: str, array: np.ndarray)
 def append_input(request: pb.ModelInferRequest, name: str, array: np.ndarray) -> None:
     """Add one input to `request` in raw form (as tritonclient sends it); for clients and tests."""
     if request.inputs and len(request.raw_input_contents) != len(request.inputs):
-        raise InvalidArgument("request already holds inputs without raw contents; "
-                              "raw and typed inputs cannot be mixed")
+        raise InvalidArgument("request already holds inputs without raw contents; raw and typed inputs cannot be mixed")
     array = np.asarray(array)
     datatype, raw = encode_raw(array, f"input '{name}'")
     request.inputs.add(name=name, datatype=datatype, shape=array.shape)

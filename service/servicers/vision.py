@@ -36,34 +36,64 @@ class VisionServicer(vpb_grpc.VisionServiceServicer):
             else:
                 results = await classify(self.stages, ctx, model, images, request.top_k)
                 maps = [None] * len(results)
-            return vpb.ClassifyResponse(model_name=ctx.model, model_version=ctx.version,
-                                        results=[convert.classify_result_to_proto(r, m) for r, m in zip(results, maps)])
+            return vpb.ClassifyResponse(
+                model_name=ctx.model,
+                model_version=ctx.version,
+                results=[convert.classify_result_to_proto(r, m) for r, m in zip(results, maps)],
+            )
+
         return await self.calls.unary("Classify", request.model.name, context, body)
 
     async def Explain(self, request, context):
         async def body(ctx):
             options = convert.explain_options_from_proto(request.options)
-            maps = await explain(self.stages, ctx, convert.model_from_proto(request.model),
-                                 convert.images_from_proto(request.images), options)
-            return vpb.ExplainResponse(model_name=ctx.model, model_version=ctx.version,
-                                       maps=[convert.activation_map_to_proto(m) for m in maps])
+            maps = await explain(
+                self.stages,
+                ctx,
+                convert.model_from_proto(request.model),
+                convert.images_from_proto(request.images),
+                options,
+            )
+            return vpb.ExplainResponse(
+                model_name=ctx.model, model_version=ctx.version, maps=[convert.activation_map_to_proto(m) for m in maps]
+            )
+
         return await self.calls.unary("Explain", request.model.name, context, body)
 
     async def Detect(self, request, context):
         async def body(ctx):
             options = convert.detect_options_from_proto(request.params)
-            results = await detect(self.stages, ctx, convert.model_from_proto(request.model),
-                                   convert.images_from_proto(request.images), options)
-            return vpb.DetectResponse(model_name=ctx.model, model_version=ctx.version,
-                                      results=[convert.detect_result_to_proto(r) for r in results])
+            results = await detect(
+                self.stages,
+                ctx,
+                convert.model_from_proto(request.model),
+                convert.images_from_proto(request.images),
+                options,
+            )
+            return vpb.DetectResponse(
+                model_name=ctx.model,
+                model_version=ctx.version,
+                results=[convert.detect_result_to_proto(r) for r in results],
+            )
+
         return await self.calls.unary("Detect", request.model.name, context, body)
 
     async def Segment(self, request, context):
         async def body(ctx):
-            results = await segment(self.stages, ctx, convert.model_from_proto(request.model),
-                                    convert.images_from_proto(request.images), request.overlay, request.probabilities)
-            return vpb.SegmentResponse(model_name=ctx.model, model_version=ctx.version,
-                                       results=[convert.segment_result_to_proto(r) for r in results])
+            results = await segment(
+                self.stages,
+                ctx,
+                convert.model_from_proto(request.model),
+                convert.images_from_proto(request.images),
+                request.overlay,
+                request.probabilities,
+            )
+            return vpb.SegmentResponse(
+                model_name=ctx.model,
+                model_version=ctx.version,
+                results=[convert.segment_result_to_proto(r) for r in results],
+            )
+
         return await self.calls.unary("Segment", request.model.name, context, body)
 
     async def StreamDetect(self, request_iterator, context):
@@ -77,8 +107,9 @@ class VisionServicer(vpb_grpc.VisionServiceServicer):
             tracking = stream_tracking_from_proto(first_frame)
             return None if tracking is None else (lambda result: track_result(tracking, result, model.labels))
 
-        async for result in self._stream("StreamDetect", "detection", request_iterator, context, answer,
-                                         vpb.DetectFrameResult, follow):
+        async for result in self._stream(
+            "StreamDetect", "detection", request_iterator, context, answer, vpb.DetectFrameResult, follow
+        ):
             yield result
 
     async def StreamClassify(self, request_iterator, context):
@@ -86,8 +117,9 @@ class VisionServicer(vpb_grpc.VisionServiceServicer):
             (result,) = await classify(self.stages, ctx, model, [convert.image_from_proto(frame.image, 0)], frame.top_k)
             return vpb.ClassifyFrameResult(result=convert.classify_result_to_proto(result))
 
-        async for result in self._stream("StreamClassify", "classification", request_iterator, context, answer,
-                                         vpb.ClassifyFrameResult):
+        async for result in self._stream(
+            "StreamClassify", "classification", request_iterator, context, answer, vpb.ClassifyFrameResult
+        ):
             yield result
 
     async def _stream(self, method, task, request_iterator, context, answer, result_type, follow=None):
@@ -96,8 +128,9 @@ class VisionServicer(vpb_grpc.VisionServiceServicer):
         `follow(first_frame, model)` may return a function that sees every result in frame order
         (dropped ones included) before it is sent: per-stream state such as tracking."""
         async with self.calls.stream_slot(context) as slot:
-            frames = self._stream_frames(method, task, slot.frames(request_iterator), context, answer, result_type,
-                                         follow)
+            frames = self._stream_frames(
+                method, task, slot.frames(request_iterator), context, answer, result_type, follow
+            )
             async for result in frames:
                 yield result
 
@@ -128,7 +161,7 @@ class VisionServicer(vpb_grpc.VisionServiceServicer):
 
             result, failure = await run_frame(self.calls, ctx, model.name, work)
             if isinstance(failure, Unavailable):  # model unloading / server shutting down: end the stream,
-                raise failure                     # so the client reconnects instead of collecting errors
+                raise failure  # so the client reconnects instead of collecting errors
             if failure is not None:
                 code, message = status_of(failure)
                 result = result_type(error=vpb.FrameError(code=code.value[0], message=message))
@@ -141,9 +174,14 @@ class VisionServicer(vpb_grpc.VisionServiceServicer):
         def on_dropped(frame, dropped_so_far):
             model = state["model"]
             self.calls.metrics.stream_frames_dropped.labels(model.name).inc()
-            return result_type(frame_id=frame.frame_id, capture_timestamp_us=frame.capture_timestamp_us,
-                               model_name=model.name, model_version=str(model.version),
-                               dropped=True, frames_dropped=dropped_so_far)
+            return result_type(
+                frame_id=frame.frame_id,
+                capture_timestamp_us=frame.capture_timestamp_us,
+                model_name=model.name,
+                model_version=str(model.version),
+                dropped=True,
+                frames_dropped=dropped_so_far,
+            )
 
         stream = OrderedStream(request_iterator, process, on_dropped, policy_of_first)
         try:

@@ -56,12 +56,16 @@ def render_variant(kubectl: str, variant: str, workdir: Path, k8s_dir: Path = K8
         return kustomize(kubectl, k8s_dir / overlay)
     # kustomize only accepts relative paths to other kustomizations.
     relative = lambda target: os.path.relpath(k8s_dir / target, workdir)  # noqa: E731
-    (workdir / "kustomization.yaml").write_text(yaml.safe_dump({
-        "apiVersion": "kustomize.config.k8s.io/v1beta1",
-        "kind": "Kustomization",
-        "resources": [relative(overlay)],
-        "components": [relative(c) for c in components],
-    }))
+    (workdir / "kustomization.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "kustomize.config.k8s.io/v1beta1",
+                "kind": "Kustomization",
+                "resources": [relative(overlay)],
+                "components": [relative(c) for c in components],
+            }
+        )
+    )
     return kustomize(kubectl, workdir)
 
 
@@ -89,7 +93,9 @@ def validate(manifest: Manifest) -> None:
     try:
         kubernetes_validate.validate(manifest, KUBERNETES_VERSION, strict=True)
     except kubernetes_validate.utils.SchemaNotFoundError as error:
-        raise AssertionError(f"{manifest['kind']} has no schema: add one under tests/deploy/schemas ({error.message})") from error
+        raise AssertionError(
+            f"{manifest['kind']} has no schema: add one under tests/deploy/schemas ({error.message})"
+        ) from error
 
 
 def validation_errors(manifests: list[Manifest]) -> list[str]:

@@ -15,7 +15,13 @@ from onnx import numpy_helper
 from export.cam_export import ADDED_WEIGHTS, locate_class_weights, prepare_cam_version
 from export.data.scenes import SCENE_CLASSES
 from export.evaluate.cam import (
-    HELDOUT_COUNT, argmax_inside, box_iou, cam_box, evaluate_localisation, heldout_scenes, open_model,
+    HELDOUT_COUNT,
+    argmax_inside,
+    box_iou,
+    cam_box,
+    evaluate_localisation,
+    heldout_scenes,
+    open_model,
 )
 from export.models import build_model
 from export.parity import cpu_session
@@ -103,9 +109,16 @@ def test_gap_cnn_cam_matches_the_torch_reference():
 
 def test_score_cam_export_for_a_network_without_gap():
     torch.manual_seed(0)
-    prepared = prepare_cam_version(build_model("lenet5", num_classes=10), "lenet5", name="lenet5", num_classes=10, max_maps=8)
+    prepared = prepare_cam_version(
+        build_model("lenet5", num_classes=10), "lenet5", name="lenet5", num_classes=10, max_maps=8
+    )
     cam = prepared.config.postprocessing.cam
-    assert (cam.method, cam.features_output, cam.weights_initializer, cam.max_maps) == ("score_cam", "features", None, 8)
+    assert (cam.method, cam.features_output, cam.weights_initializer, cam.max_maps) == (
+        "score_cam",
+        "features",
+        None,
+        8,
+    )
     assert [o.dims for o in prepared.config.outputs] == [(-1, 10), (-1, 16, 10, 10)]
 
 

@@ -66,9 +66,19 @@ def test_exported_layout_decodes_like_training(tmp_path):
     torch.manual_seed(1)
     model = build_yolo_grid(grid=4, input_size=64, width=4).eval()
     x = torch.rand(2, 3, 64, 64)
-    torch.onnx.export(model, (x,), str(tmp_path / "m.onnx"), input_names=["images"],
-                      output_names=["grid"], dynamic_axes={"images": {0: "batch"}}, opset_version=17, dynamo=False)
-    out = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"]).run(None, {"images": x.numpy()})[0]
+    torch.onnx.export(
+        model,
+        (x,),
+        str(tmp_path / "m.onnx"),
+        input_names=["images"],
+        output_names=["grid"],
+        dynamic_axes={"images": {0: "batch"}},
+        opset_version=17,
+        dynamo=False,
+    )
+    out = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"]).run(
+        None, {"images": x.numpy()}
+    )[0]
     with torch.no_grad():
         raw = model.raw(x)
         expected_boxes = predicted_boxes(model, raw).numpy()

@@ -30,8 +30,19 @@ def _export(repo, *args) -> int:
 
 def test_export_writes_config_labels_card_and_a_checked_graph(tmp_path, labels_file):
     repo = tmp_path / "repo"
-    rc = _export(repo, "lenet5", "--name", "digits", "--num-classes", "10", "--labels", str(labels_file),
-                 "--input-size", "32", "32")
+    rc = _export(
+        repo,
+        "lenet5",
+        "--name",
+        "digits",
+        "--num-classes",
+        "10",
+        "--labels",
+        str(labels_file),
+        "--input-size",
+        "32",
+        "32",
+    )
     assert rc == 0
     model_dir = repo / "digits"
     assert sorted(p.name for p in model_dir.iterdir()) == ["1", "README.md", "config.yaml", "labels.txt"]

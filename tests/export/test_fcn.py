@@ -42,7 +42,12 @@ def test_logits_have_the_input_size(name, hw):
 
 def test_variants_differ_only_in_skips():
     names = {n: {k for k in build_model(n).state_dict()} for n in ("fcn8s", "fcn16s", "fcn32s")}
-    assert {k.split(".")[0] for k in names["fcn8s"] - names["fcn32s"]} == {"score_pool4", "score_pool3", "upscore2", "upscore_pool4"}
+    assert {k.split(".")[0] for k in names["fcn8s"] - names["fcn32s"]} == {
+        "score_pool4",
+        "score_pool3",
+        "upscore2",
+        "upscore_pool4",
+    }
     assert {k.split(".")[0] for k in names["fcn16s"] - names["fcn32s"]} == {"score_pool4", "upscore2"}
     assert get_model_spec("fcn8s").task == "segmentation"
 
@@ -98,7 +103,9 @@ def test_fcn_resnet50_exports_out_only_and_loads_torchvision_checkpoints(tmp_pat
     from export.checkpoints import load_checkpoint
 
     torch.manual_seed(0)
-    original = torchvision.models.segmentation.fcn_resnet50(weights=None, weights_backbone=None, num_classes=3, aux_loss=True).eval()
+    original = torchvision.models.segmentation.fcn_resnet50(
+        weights=None, weights_backbone=None, num_classes=3, aux_loss=True
+    ).eval()
     torch.save(original.state_dict(), tmp_path / "fcn.pt")
     spec = get_model_spec("fcn_resnet50")
     model = spec.build(num_classes=3)
@@ -214,7 +221,9 @@ def test_colour_jitter_changes_the_content_and_never_the_padding():
     image[:, :8] = 60
     content = np.zeros((16, 16), bool)
     content[:10, :12] = True
-    jittered = [Augment(scale=1.0, colour=0.4).colours(np.random.default_rng(seed), image, content) for seed in range(8)]
+    jittered = [
+        Augment(scale=1.0, colour=0.4).colours(np.random.default_rng(seed), image, content) for seed in range(8)
+    ]
     assert all((j[~content] == image[~content]).all() for j in jittered)
     assert sum(not np.array_equal(j[content], image[content]) for j in jittered) >= 7
     assert Augment(scale=1.0, colour=0.0).colours(np.random.default_rng(0), image, content) is image
@@ -229,21 +238,33 @@ def test_a_runs_reproduce_line_names_only_the_options_that_differ_from_the_defau
 
     parser = _parser()
     assert recipe_flags(parser.parse_args(["--variant", "fcn16s", "--threads", "2"])) == ""
-    assert recipe_flags(parser.parse_args(["--scale-jitter", "1.25", "--ema", "0.999"])) == " --scale-jitter 1.25 --ema 0.999"
-    switch = {dest: f" --{dest.replace('_', '-')}" if not parser.get_default(dest) else f" --no-{dest.replace('_', '-')}"
-              for dest in ("patch_jitter", "hold_out_identities")}  # whichever form differs from the default
+    assert (
+        recipe_flags(parser.parse_args(["--scale-jitter", "1.25", "--ema", "0.999"]))
+        == " --scale-jitter 1.25 --ema 0.999"
+    )
+    switch = {
+        dest: f" --{dest.replace('_', '-')}" if not parser.get_default(dest) else f" --no-{dest.replace('_', '-')}"
+        for dest in ("patch_jitter", "hold_out_identities")
+    }  # whichever form differs from the default
     named = switch["patch_jitter"] + switch["hold_out_identities"] + " --widths 4,8,16,16,24 --convs 1,1,1,2,1"
     args = parser.parse_args(named.split())
     assert recipe_flags(args) == named
     assert recipe_flags(parser.parse_args(recipe_flags(args).split())) == named  # the line reproduces itself
     assert recipe_flags(parser.parse_args(["--widths", ",".join(map(str, parser.get_default("widths")))])) == ""
-    for dest, flag in switch.items():  # switches name themselves either way from their default
+    for flag in switch.values():  # switches name themselves either way from their default
         assert recipe_flags(parser.parse_args([flag.strip()])) == flag
 
 
 def test_scale_sweep_scores_the_bundled_model_on_validation_scenes_only():
     from export.data.scenes import make_scenes
-    from export.evaluate.segmenter import HELDOUT_SEED, VALIDATION_SEED, bundled_validation_split, predict_onnx, scale_sweep, score
+    from export.evaluate.segmenter import (
+        HELDOUT_SEED,
+        VALIDATION_SEED,
+        bundled_validation_split,
+        predict_onnx,
+        scale_sweep,
+        score,
+    )
     from export.models.fcn import SCENE_PREPROCESSING
     from export.train.segmenter import LABELS, SEGMENTER_SPEC
 
@@ -268,12 +289,17 @@ def test_a_short_training_run_with_every_option_saves_what_it_validated(tmp_path
 
     monkeypatch.chdir(tmp_path)  # scene caches go to runs/segmenter/ under the working directory
     saved = {}
-    recipe = "--scale-jitter 1.25 --colour-jitter 0.3 --patch-jitter --hold-out-identities --widths 4,8,16,16,24 --convs 1,1,1,2,1"
+    recipe = (
+        "--scale-jitter 1.25 --colour-jitter 0.3 --patch-jitter --hold-out-identities "
+        "--widths 4,8,16,16,24 --convs 1,1,1,2,1"
+    )
     defaults = _parser()
     for ema in (0.9, 0.0):
         run_dir = tmp_path / "runs" / "segmenter" / f"fcn32s_ema{ema:g}"
         run_dir.mkdir(parents=True)
-        command = f"--variant fcn32s --pool 24 --val 4 --batch 4 --crop 64 --steps 12 --minutes 5 {recipe} --ema {ema:g}"
+        command = (
+            f"--variant fcn32s --pool 24 --val 4 --batch 4 --crop 64 --steps 12 --minutes 5 {recipe} --ema {ema:g}"
+        )
         kept, _ = train(_parser().parse_args(command.split()), run_dir)
         saved[ema] = load_variant("fcn32s", run_dir).state_dict()
         for name, value in kept.state_dict().items():
@@ -285,8 +311,11 @@ def test_a_short_training_run_with_every_option_saves_what_it_validated(tmp_path
         assert training["validation_split"] == "validation" and training["scene_spec"]["patch_jitter"] is True
         assert training["data"].startswith("export/data/scenes.py split 'fit' (faces 0-71, distractors 100-171")
         jitter, rest = recipe.split(" --patch-jitter --hold-out-identities")
-        switches = "".join(f" --{name}" for name in ("patch-jitter", "hold-out-identities")
-                           if not defaults.get_default(name.replace("-", "_")))  # named only when not the default
+        switches = "".join(
+            f" --{name}"
+            for name in ("patch-jitter", "hold-out-identities")
+            if not defaults.get_default(name.replace("-", "_"))
+        )  # named only when not the default
         flags = jitter + (f" --ema {ema:g}" if ema else "") + switches + rest
         assert training["reproduce"] == f"python -m export.train.segmenter --variant fcn32s {flags}"
     assert not torch.allclose(saved[0.9]["score_fr.weight"], saved[0.0]["score_fr.weight"])

@@ -66,7 +66,8 @@ def test_int8_version_keeps_the_accuracy_promise_on_this_machine(name, version_d
     assert drop <= data.max_drop + 1e-9, (
         f"{name} v{card['version']}: {int8.metric} fp32 {fp32.value:.4f} -> int8 {int8.value:.4f} on this CPU "
         f"({machine_description()['int8_extensions']}), drop {drop:.4f} > {data.max_drop}; the card recorded "
-        f"{card['evaluation']['test_subset']['drop']:.4f} on {card['throughput']['machine']}")
+        f"{card['evaluation']['test_subset']['drop']:.4f} on {card['throughput']['machine']}"
+    )
 
 
 @pytest.mark.parametrize("name, version_dir, card", CARDS, ids=IDS)
@@ -74,7 +75,8 @@ def test_int8_card_matches_the_repository(name, version_dir, card):
     source = scan_model(version_dir.parent)
     fp32_file = source.model_path(card["derived_from"]["version"])
     assert hashlib.sha256(fp32_file.read_bytes()).hexdigest() == card["derived_from"]["sha256"], (
-        f"{fp32_file} changed since version {card['version']} was quantised from it: rerun `{card['reproduce']}`")
+        f"{fp32_file} changed since version {card['version']} was quantised from it: rerun `{card['reproduce']}`"
+    )
     assert hashlib.sha256((version_dir / "model.onnx").read_bytes()).hexdigest() == card["onnx"]["sha256"]
     evaluation = card["evaluation"]
     judged = evaluation.get("full", evaluation["test_subset"])
@@ -116,8 +118,22 @@ def _digit_model_copy(tmp_path: Path) -> Path:
 
 def test_optimize_cli_writes_a_pinned_int8_version(tmp_path, capsys):
     model_dir = _digit_model_copy(tmp_path)
-    argv = ["--repo", str(model_dir.parent), "--model", model_dir.name, "--quantize", "int8", "--calibration-size", "32",
-            "--batch-sizes", "1,4", "--rounds", "2", "--min-seconds", "0"]
+    argv = [
+        "--repo",
+        str(model_dir.parent),
+        "--model",
+        model_dir.name,
+        "--quantize",
+        "int8",
+        "--calibration-size",
+        "32",
+        "--batch-sizes",
+        "1,4",
+        "--rounds",
+        "2",
+        "--min-seconds",
+        "0",
+    ]
     assert optimize_main(argv) == 0
     card = json.loads((model_dir / "2" / "model_card.json").read_text())
     assert card["precision"] == "int8" and card["derived_from"]["version"] == 1
@@ -137,8 +153,24 @@ def test_float_first_conv_keeps_that_convolution_in_float32(tmp_path):
     """--float-first-conv: the first Conv reads float32 weights and input (no DequantizeLinear feeds it),
     the others are quantised, and the card and reproduce line say so."""
     model_dir = _digit_model_copy(tmp_path)
-    argv = ["--repo", str(model_dir.parent), "--model", model_dir.name, "--quantize", "int8", "--float-first-conv",
-            "--calibration-size", "16", "--batch-sizes", "1", "--rounds", "2", "--min-seconds", "0", "--skip-full-evaluation"]
+    argv = [
+        "--repo",
+        str(model_dir.parent),
+        "--model",
+        model_dir.name,
+        "--quantize",
+        "int8",
+        "--float-first-conv",
+        "--calibration-size",
+        "16",
+        "--batch-sizes",
+        "1",
+        "--rounds",
+        "2",
+        "--min-seconds",
+        "0",
+        "--skip-full-evaluation",
+    ]
     assert optimize_main(argv) == 0
     graph = onnx.load(str(model_dir / "2" / "model.onnx")).graph
     dequantized = {o for n in graph.node if n.op_type == "DequantizeLinear" for o in n.output}
@@ -169,8 +201,13 @@ def test_first_convs_finds_the_first_layer_of_every_pass_over_the_input(tmp_path
         helper.make_node("Add", ["b", "d"], ["y"], name="fuse"),
     ]
     tensor = helper.make_tensor_value_info
-    graph = helper.make_graph(nodes, "two_passes", [tensor("x", TensorProto.FLOAT, [1, 1, 4, 4])],
-                              [tensor("y", TensorProto.FLOAT, [1, 1, 4, 4])], [weight])
+    graph = helper.make_graph(
+        nodes,
+        "two_passes",
+        [tensor("x", TensorProto.FLOAT, [1, 1, 4, 4])],
+        [tensor("y", TensorProto.FLOAT, [1, 1, 4, 4])],
+        [weight],
+    )
     onnx.save(helper.make_model(graph), tmp_path / "two_passes.onnx")
     assert first_convs(tmp_path / "two_passes.onnx") == ("plain_first", "mirror_first")
     bundled = onnx.load(str(REPO / "fcn8s" / "1" / "model.onnx")).graph

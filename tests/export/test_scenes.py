@@ -8,7 +8,13 @@ import numpy as np
 import pytest
 
 from export.data.scenes import (
-    BACKGROUNDS, DISTRACTOR_IDS, FACE_IDS, SCENE_CLASSES, SceneSpec, make_scene, make_scenes,
+    BACKGROUNDS,
+    DISTRACTOR_IDS,
+    FACE_IDS,
+    SCENE_CLASSES,
+    SceneSpec,
+    make_scene,
+    make_scenes,
 )
 
 SPEC = SceneSpec(height=(96, 160), width=(96, 160), objects=(2, 6), object_size=(12, 48), distractors=(1, 3))
@@ -43,7 +49,11 @@ def test_scene_arrays_are_consistent(split, patch_jitter):
         assert scene.masks.shape == (n, height, width) and scene.masks.dtype == bool
         assert scene.label_map.shape == (height, width) and scene.label_map.dtype == np.uint8
         assert np.all((scene.labels >= 0) & (scene.labels < len(SCENE_CLASSES)))
-        assert np.all(scene.boxes[:, :2] >= 0) and np.all(scene.boxes[:, 2] <= width) and np.all(scene.boxes[:, 3] <= height)
+        assert (
+            np.all(scene.boxes[:, :2] >= 0)
+            and np.all(scene.boxes[:, 2] <= width)
+            and np.all(scene.boxes[:, 3] <= height)
+        )
         assert np.all(scene.boxes[:, 2:] > scene.boxes[:, :2])
         assert not np.any(scene.masks.sum(axis=0) > 1), "visible masks must not overlap"
         for box, label, mask in zip(scene.boxes.astype(int), scene.labels, scene.masks):

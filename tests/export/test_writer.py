@@ -65,8 +65,15 @@ def test_a_version_over_its_parity_tolerance_is_refused_before_anything_is_writt
 def test_the_segmenter_is_written_through_the_common_writer(tmp_path):
     torch.manual_seed(0)
     model = build_model("fcn32s", num_classes=len(LABELS), widths=(4, 8, 8, 8, 8), convs=(1, 1, 1, 1, 1)).eval()
-    model_dir = write_segmenter(model, name="tiny_fcn", architecture="fcn32s", labels=LABELS,
-                                preprocessing=SCENE_PREPROCESSING, repo=tmp_path, card={"weights": {"source": "test"}})
+    model_dir = write_segmenter(
+        model,
+        name="tiny_fcn",
+        architecture="fcn32s",
+        labels=LABELS,
+        preprocessing=SCENE_PREPROCESSING,
+        repo=tmp_path,
+        card={"weights": {"source": "test"}},
+    )
     card = _serves(model_dir)
     assert set(card["parity_max_abs_diff"]) == {"96x96", "64x160"}
     assert card["test_time"] == {"flip_average": False} and card["onnx"]["opset"] == 17

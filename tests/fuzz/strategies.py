@@ -26,6 +26,7 @@ seeds = st.integers(0, 2**32 - 1)
 
 # --- preprocessing configs -----------------------------------------------------------------------
 
+
 @st.composite
 def preprocessing_specs(draw) -> PreprocessingConfig:
     """Every policy of PreprocessingConfig, with sizes small enough to run hundreds of examples."""
@@ -38,9 +39,15 @@ def preprocessing_specs(draw) -> PreprocessingConfig:
     count = draw(st.sampled_from([1, channels]))
     sign = st.sampled_from([1.0, -1.0])
     return PreprocessingConfig(
-        color_order=color, resize=resize, size=size, resize_shorter=shorter, native_scale=native_scale,
+        color_order=color,
+        resize=resize,
+        size=size,
+        resize_shorter=shorter,
+        native_scale=native_scale,
         interpolation=draw(st.sampled_from(["linear", "area", "nearest", "cubic"])),
-        padding=draw(st.integers(0, 4)), pad_value=draw(st.floats(0, 255)), stride=draw(st.integers(1, 16)),
+        padding=draw(st.integers(0, 4)),
+        pad_value=draw(st.floats(0, 255)),
+        stride=draw(st.integers(1, 16)),
         scale=draw(st.floats(1e-4, 10.0)),
         mean=tuple(draw(st.floats(-1e3, 1e3)) for _ in range(count)),
         std=tuple(draw(st.floats(1e-3, 1e3)) * draw(sign) for _ in range(count)),
@@ -57,6 +64,7 @@ def expected_input_hw(spec: PreprocessingConfig, original_hw: tuple[int, int]) -
 
 
 # --- arrays --------------------------------------------------------------------------------------
+
 
 @st.composite
 def odd_arrays(draw) -> np.ndarray:
@@ -80,6 +88,7 @@ def odd_arrays(draw) -> np.ndarray:
 
 
 # --- encoded images ------------------------------------------------------------------------------
+
 
 @st.composite
 def valid_images(draw) -> bytes:
@@ -119,13 +128,13 @@ def _tiff_size_fields(data: bytes) -> list[tuple[int, str]]:
     (offset,) = struct.unpack(order + "I", data[4:8])
     if offset + 2 > len(data):
         return []
-    (count,) = struct.unpack(order + "H", data[offset:offset + 2])
+    (count,) = struct.unpack(order + "H", data[offset : offset + 2])
     fields = []
     for index in range(count):
         entry = offset + 2 + 12 * index
         if entry + 12 > len(data):
             break
-        tag, kind = struct.unpack(order + "HH", data[entry:entry + 4])
+        tag, kind = struct.unpack(order + "HH", data[entry : entry + 4])
         if tag in (256, 257):
             fields.append((entry + 8, order + ("H" if kind == 3 else "I")))
     return fields
@@ -136,16 +145,18 @@ def mutations(draw, data: bytes) -> bytes:
     """`data` after 1-4 random edits."""
     buffer = bytearray(data)
     for _ in range(draw(st.integers(1, 4))):
-        kind = draw(st.sampled_from(["flip", "flip", "truncate", "insert", "delete", "splice", "huge", "huge", "field"]))
+        kind = draw(
+            st.sampled_from(["flip", "flip", "truncate", "insert", "delete", "splice", "huge", "huge", "field"])
+        )
         position = draw(st.integers(0, max(0, len(buffer) - 1)))
         if kind == "flip" and buffer:
             buffer[position] ^= draw(st.integers(1, 255))
         elif kind == "truncate":
-            del buffer[draw(st.integers(0, len(buffer))):]
+            del buffer[draw(st.integers(0, len(buffer))) :]
         elif kind == "insert":
             buffer[position:position] = draw(st.binary(min_size=1, max_size=16))
         elif kind == "delete":
-            del buffer[position:position + draw(st.integers(1, 16))]
+            del buffer[position : position + draw(st.integers(1, 16))]
         elif kind == "splice":  # another format's header over this file's
             other = draw(valid_images())
             cut = draw(st.integers(1, 64))
@@ -214,18 +225,33 @@ def raw_for(draw, datatype: str, shape: list[int]) -> bytes:
     if datatype == "BYTES" and count <= 64 and draw(st.booleans()):
         elements = draw(st.lists(st.binary(max_size=6), min_size=count, max_size=count))
         return b"".join(struct.pack("<I", len(e)) + e for e in elements)
-    itemsize = {"BOOL": 1, "UINT8": 1, "INT8": 1, "UINT16": 2, "INT16": 2, "FP16": 2, "UINT32": 4, "INT32": 4,
-                "FP32": 4, "UINT64": 8, "INT64": 8, "FP64": 8}.get(datatype, 4)
+    itemsize = {
+        "BOOL": 1,
+        "UINT8": 1,
+        "INT8": 1,
+        "UINT16": 2,
+        "INT16": 2,
+        "FP16": 2,
+        "UINT32": 4,
+        "INT32": 4,
+        "FP32": 4,
+        "UINT64": 8,
+        "INT64": 8,
+        "FP64": 8,
+    }.get(datatype, 4)
     if count <= 256 and draw(st.booleans()):
         return draw(st.binary(min_size=count * itemsize, max_size=count * itemsize))
     return draw(st.binary(max_size=64))
 
 
 @st.composite
-def infer_requests(draw, model_names=st.text(max_size=8)) -> pb.ModelInferRequest:
+def infer_requests(draw, model_names=st.text(max_size=8)) -> pb.ModelInferRequest:  # noqa: B008 (immutable)
     """ModelInferRequests of any datatype/shape/contents/raw combination, mostly almost right."""
-    request = pb.ModelInferRequest(model_name=draw(model_names), model_version=draw(st.sampled_from(["", "1", "2", "x", "-1"])),
-                                   id=draw(st.text(max_size=4)))
+    request = pb.ModelInferRequest(
+        model_name=draw(model_names),
+        model_version=draw(st.sampled_from(["", "1", "2", "x", "-1"])),
+        id=draw(st.text(max_size=4)),
+    )
     raw_mode = draw(st.sampled_from(["raw", "typed", "mixed"]))
     names = draw(st.lists(st.sampled_from(["input", "input", "x", "", "logits"]), min_size=0, max_size=3))
     raws = []
@@ -245,11 +271,23 @@ def infer_requests(draw, model_names=st.text(max_size=8)) -> pb.ModelInferReques
             output.parameters["classification"].int64_param = draw(st.integers(-3, 10))
     if draw(st.booleans()):
         parameter = request.parameters[draw(st.sampled_from(["priority", "timeout", "x"]))]
-        choice = draw(st.sampled_from(["bool_param", "int64_param", "string_param", "double_param", "uint64_param", None]))
+        choice = draw(
+            st.sampled_from(["bool_param", "int64_param", "string_param", "double_param", "uint64_param", None])
+        )
         if choice is not None:
-            setattr(parameter, choice, draw({"bool_param": st.booleans(), "int64_param": st.integers(-(2**63), 2**63 - 1),
-                                             "string_param": st.text(max_size=4), "double_param": st.floats(),
-                                             "uint64_param": st.integers(0, 2**64 - 1)}[choice]))
+            setattr(
+                parameter,
+                choice,
+                draw(
+                    {
+                        "bool_param": st.booleans(),
+                        "int64_param": st.integers(-(2**63), 2**63 - 1),
+                        "string_param": st.text(max_size=4),
+                        "double_param": st.floats(),
+                        "uint64_param": st.integers(0, 2**64 - 1),
+                    }[choice]
+                ),
+            )
     return request
 
 

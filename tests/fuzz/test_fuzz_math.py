@@ -85,7 +85,9 @@ def check_greedy_nms(kept, boxes, scores, classes, threshold) -> None:
 @given(case=detections())
 @example(case=(np.zeros((0, 4), F32), np.zeros(0, F32), np.zeros(0, np.int64), 0.5))
 @example(case=(np.array([[0, 0, 0, 0], [0, 0, 0, 0]], F32), np.array([1, 1], F32), np.zeros(2, np.int64), 0.0))
-@example(case=((np.full((3, 4), 3e38) * [-1, -1, 1, 1]).astype(F32), np.array([3, 2, 1], F32), np.zeros(3, np.int64), 0.5))
+@example(
+    case=((np.full((3, 4), 3e38) * [-1, -1, 1, 1]).astype(F32), np.array([3, 2, 1], F32), np.zeros(3, np.int64), 0.5)
+)
 def test_batched_nms_keeps_exactly_the_greedy_set(case):
     boxes, scores, classes, threshold = case
     kept = batched_nms(boxes, scores, classes, threshold)
@@ -150,7 +152,11 @@ def test_upsampled_map_covers_the_original_image(spec, height, width, data):
         _, info = preprocess_image(image, spec, "bgr")
     except InvalidArgument:  # a centre crop larger than the resized image; preprocess fuzzing covers it
         return
-    raw = data.draw(hnp.arrays(F32, (data.draw(st.integers(1, 8)), data.draw(st.integers(1, 8))), elements=st.floats(0, 1e6, width=32)))
+    raw = data.draw(
+        hnp.arrays(
+            F32, (data.draw(st.integers(1, 8)), data.draw(st.integers(1, 8))), elements=st.floats(0, 1e6, width=32)
+        )
+    )
     heat = upsample_map(raw, info)
     assert heat.shape == (height, width) and np.isfinite(heat).all()
     assert (heat >= 0).all() and (heat <= raw.max() * (1 + 1e-5) + 1e-30).all()  # bilinear weights are convex
@@ -158,8 +164,13 @@ def test_upsampled_map_covers_the_original_image(spec, height, width, data):
     assert (unit >= 0).all() and (unit <= 1).all()
 
 
-@given(out_size=st.integers(1, 50), in_size=st.integers(1, 12), input_size=st.integers(1, 60),
-       scale=st.floats(1e-3, 1e3), offset=st.floats(-100, 100))
+@given(
+    out_size=st.integers(1, 50),
+    in_size=st.integers(1, 12),
+    input_size=st.integers(1, 60),
+    scale=st.floats(1e-3, 1e3),
+    offset=st.floats(-100, 100),
+)
 def test_bilinear_taps_stay_on_the_map_with_convex_weights(out_size, in_size, input_size, scale, offset):
     taps = sample_axis(out_size, scale, offset, input_size, in_size)
     assert ((0 <= taps.first) & (taps.first <= taps.second) & (taps.second < in_size)).all()
@@ -170,7 +181,10 @@ def test_bilinear_taps_stay_on_the_map_with_convex_weights(out_size, in_size, in
 
 # --- classification ------------------------------------------------------------------------------
 
-@given(logits=hnp.arrays(F32, st.tuples(st.integers(1, 4), st.integers(1, 12)), elements=finite32), k=st.integers(1, 15))
+
+@given(
+    logits=hnp.arrays(F32, st.tuples(st.integers(1, 4), st.integers(1, 12)), elements=finite32), k=st.integers(1, 15)
+)
 @example(logits=np.array([[-3.4e38, 3.4e38, 0.0]], F32), k=3)
 def test_softmax_and_top_k(logits, k):
     probabilities = softmax(logits)

@@ -36,6 +36,7 @@ JPEG_FILL = b"\xff\xd8" + b"\xff" * 200_000  # fill bytes: seconds of Python per
 
 def _pil_tiff(byte_order: str) -> bytes:
     from PIL import Image
+
     buffer = io.BytesIO()
     Image.new("RGB", (7, 5)).save(buffer, format="TIFF", tiffinfo={}, byteorder=byte_order)
     return buffer.getvalue()
@@ -51,8 +52,12 @@ def check_tensor(tensor: np.ndarray, info, spec: PreprocessingConfig, original_h
 
 
 def well_formed(image: np.ndarray) -> bool:
-    return (image.dtype == np.uint8 and image.ndim in (2, 3) and min(image.shape[:2]) >= 1
-            and (image.ndim == 2 or image.shape[2] in (3, 4)))
+    return (
+        image.dtype == np.uint8
+        and image.ndim in (2, 3)
+        and min(image.shape[:2]) >= 1
+        and (image.ndim == 2 or image.shape[2] in (3, 4))
+    )
 
 
 @given(data=st.binary(max_size=256))
@@ -133,7 +138,9 @@ def test_preprocess_image_on_any_array(image, spec, source):
     except ServiceError as error:
         assert isinstance(error, InvalidArgument)
         # A well-formed image is only refused by a centre crop larger than the resized image.
-        assert not well_formed(image) or (spec.resize == "center_crop" and "center_crop" in error.message), error.message
+        assert not well_formed(image) or (spec.resize == "center_crop" and "center_crop" in error.message), (
+            error.message
+        )
         return
     assert well_formed(image)
     check_tensor(tensor, info, spec, image.shape[:2])

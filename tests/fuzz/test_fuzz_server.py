@@ -56,12 +56,17 @@ def still_serving(vision) -> None:
 
 # --- vision API ----------------------------------------------------------------------------------
 
+
 @st.composite
 def tensors(draw) -> vpb.Tensor:
     """Image.tensor messages: right or wrong dtype, shape and data length, including huge shapes."""
-    dtype = draw(st.sampled_from(["float32"] * 4 + ["float16", "float64", "uint8", "int32", "int64", "bool", "", "complex64"]))
-    shape = draw(st.sampled_from([[1, 8, 8], [3, 8, 8], [1, 4, 4], [8, 8], [], [0, 8, 8]])
-                 | st.lists(st.sampled_from([0, 1, 8, 2**31, 2**32, 2**62, -1]), max_size=4))
+    dtype = draw(
+        st.sampled_from(["float32"] * 4 + ["float16", "float64", "uint8", "int32", "int64", "bool", "", "complex64"])
+    )
+    shape = draw(
+        st.sampled_from([[1, 8, 8], [3, 8, 8], [1, 4, 4], [8, 8], [], [0, 8, 8]])
+        | st.lists(st.sampled_from([0, 1, 8, 2**31, 2**32, 2**62, -1]), max_size=4)
+    )
     itemsize = {"float16": 2, "float64": 8, "uint8": 1, "int64": 8, "bool": 1}.get(dtype, 4)
     sizes = [d for d in shape if 0 <= d <= 64]
     exact = int(np.prod(sizes)) * itemsize if len(sizes) == len(shape) else 0
@@ -69,11 +74,17 @@ def tensors(draw) -> vpb.Tensor:
     return vpb.Tensor(dtype=dtype, shape=shape, data=data)
 
 
-image_messages = st.builds(lambda data: vpb.Image(encoded=data), encoded_images()) | st.builds(lambda t: vpb.Image(tensor=t), tensors())
+image_messages = st.builds(lambda data: vpb.Image(encoded=data), encoded_images()) | st.builds(
+    lambda t: vpb.Image(tensor=t), tensors()
+)
 
 
 @SERVER
-@given(model=MODEL_NAMES, images=st.lists(image_messages, max_size=3), top_k=st.sampled_from([0, 1, 2, 3, 100, -1, 2**31 - 1]))
+@given(
+    model=MODEL_NAMES,
+    images=st.lists(image_messages, max_size=3),
+    top_k=st.sampled_from([0, 1, 2, 3, 100, -1, 2**31 - 1]),
+)
 # Image.tensor shapes whose int64 element count wraps to 0: numpy's ValueError came back as INTERNAL.
 @example(model="tiny", images=[vpb.Image(tensor=vpb.Tensor(dtype="float32", shape=[2**32, 2**32], data=b""))], top_k=0)
 @example(model="tiny", images=[vpb.Image(tensor=vpb.Tensor(dtype="uint8", shape=[0, 2**62], data=b""))], top_k=0)
@@ -85,15 +96,25 @@ def test_classify_arbitrary_images(stubs, model, images, top_k):
 
 
 @SERVER
-@given(frames=st.lists(st.tuples(MODEL_NAMES, image_messages, st.integers(-1, 3)), min_size=1, max_size=4),
-       drop=st.booleans(), max_pending=st.sampled_from([0, 1, 2, -1]))
-@example(frames=[("tiny", vpb.Image(tensor=vpb.Tensor(dtype="float32", shape=[0, 2**31, 2**31])), 0)], drop=False, max_pending=0)
+@given(
+    frames=st.lists(st.tuples(MODEL_NAMES, image_messages, st.integers(-1, 3)), min_size=1, max_size=4),
+    drop=st.booleans(),
+    max_pending=st.sampled_from([0, 1, 2, -1]),
+)
+@example(
+    frames=[("tiny", vpb.Image(tensor=vpb.Tensor(dtype="float32", shape=[0, 2**31, 2**31])), 0)],
+    drop=False,
+    max_pending=0,
+)
 def test_stream_classify_arbitrary_frames(stubs, frames, drop, max_pending):
     vision, _ = stubs
     options = vpb.StreamOptions(drop_frames=drop, max_pending=max_pending)
-    requests = [vpb.ClassifyFrame(model=vpb.ModelRef(name=name), frame_id=i, image=image, top_k=top_k,
-                                  options=options if i == 0 else None)
-                for i, (name, image, top_k) in enumerate(frames)]
+    requests = [
+        vpb.ClassifyFrame(
+            model=vpb.ModelRef(name=name), frame_id=i, image=image, top_k=top_k, options=options if i == 0 else None
+        )
+        for i, (name, image, top_k) in enumerate(frames)
+    ]
     try:
         for result in vision.StreamClassify(iter(requests), timeout=TIMEOUT_S):
             if result.HasField("error"):
@@ -108,6 +129,7 @@ def _code(number: int) -> tuple:
 
 
 # --- Open Inference Protocol ---------------------------------------------------------------------
+
 
 @st.composite
 def near_valid_requests(draw) -> pb.ModelInferRequest:
@@ -135,7 +157,9 @@ def test_model_infer_arbitrary_requests(stubs, request):
 
 # --- repository API ------------------------------------------------------------------------------
 
-REPOSITORY_NAMES = st.sampled_from(["tiny", "..", ".", "../repo", "./tiny", ".hidden", "_private", "tiny/..", ""]) | st.text(max_size=8)
+REPOSITORY_NAMES = st.sampled_from(
+    ["tiny", "..", ".", "../repo", "./tiny", ".hidden", "_private", "tiny/..", ""]
+) | st.text(max_size=8)
 
 
 @SERVER

@@ -64,7 +64,11 @@ def test_mutated_serialized_requests(request):
 @settings(max_examples=examples(0.3))
 @given(request=infer_requests())
 def test_parameters_give_values_or_invalid_argument(request):
-    for parameters in [request.parameters, *(t.parameters for t in request.inputs), *(o.parameters for o in request.outputs)]:
+    for parameters in [
+        request.parameters,
+        *(t.parameters for t in request.inputs),
+        *(o.parameters for o in request.outputs),
+    ]:
         try:
             values = parameters_to_python(parameters)
         except InvalidArgument:

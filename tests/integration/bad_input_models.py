@@ -37,11 +37,14 @@ postprocessing:
 """
 
 # Three anchors (cx, cy, w, h, objectness, p(class0), p(class1)) in 32x32 input pixels.
-DETECTOR_OUTPUT = np.array([
-    [8, 8, 8, 8, 0.9, 0.9, 0.1],
-    [9, 8, 8, 8, 0.8, 0.8, 0.2],
-    [24, 24, 6, 6, 0.7, 0.1, 0.9],
-], dtype=np.float32)
+DETECTOR_OUTPUT = np.array(
+    [
+        [8, 8, 8, 8, 0.9, 0.9, 0.1],
+        [9, 8, 8, 8, 0.8, 0.8, 0.2],
+        [24, 24, 6, 6, 0.7, 0.1, 0.9],
+    ],
+    dtype=np.float32,
+)
 
 
 def constant_detector_onnx(path: Path) -> None:
@@ -55,9 +58,13 @@ def constant_detector_onnx(path: Path) -> None:
         helper.make_node("Mul", ["mean3", "zero"], ["nothing"]),
         helper.make_node("Add", ["nothing", "anchors"], ["predictions"]),
     ]
-    graph = helper.make_graph(nodes, "det", [helper.make_tensor_value_info("images", TensorProto.FLOAT, ["N", 3, 32, 32])],
-                              [helper.make_tensor_value_info("predictions", TensorProto.FLOAT, ["N", 3, 7])],
-                              initializer=[const, zero, shape])
+    graph = helper.make_graph(
+        nodes,
+        "det",
+        [helper.make_tensor_value_info("images", TensorProto.FLOAT, ["N", 3, 32, 32])],
+        [helper.make_tensor_value_info("predictions", TensorProto.FLOAT, ["N", 3, 7])],
+        initializer=[const, zero, shape],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     onnx.checker.check_model(model, full_check=True)

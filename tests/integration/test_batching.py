@@ -85,8 +85,11 @@ def sample(server, name: str, model: str, **labels) -> float:
 
 def batch_stats(server, model: str) -> tuple[float, float, float]:
     """(executions, images run by the model, executions of exactly one image)."""
-    return (sample(server, "convserve_batch_size_count", model), sample(server, "convserve_batch_size_sum", model),
-            sample(server, "convserve_batch_size_bucket", model, le="1.0"))
+    return (
+        sample(server, "convserve_batch_size_count", model),
+        sample(server, "convserve_batch_size_sum", model),
+        sample(server, "convserve_batch_size_bucket", model, le="1.0"),
+    )
 
 
 async def call(stub, request, timeout: float = 30.0):
@@ -109,6 +112,7 @@ def with_stub(server, scenario):
     async def main():
         async with grpc.aio.insecure_channel(server.address) as channel:
             return await scenario(pb_grpc.GRPCInferenceServiceStub(channel))
+
     return asyncio.run(main())
 
 
@@ -137,6 +141,7 @@ def test_results_under_batching_equal_results_one_by_one_and_batches_form(server
 
 def test_batches_form_under_plain_concurrent_load(server):
     """No hold: 32 concurrent clients; the batch-size histogram must show batches of more than one."""
+
     async def scenario(stub):
         before = batch_stats(server, "tiny")
 
@@ -210,6 +215,7 @@ def test_server_side_deadline_is_checked_before_the_run(tmp_path):
     write_tiny_model(tmp_path / "repo", "tiny", max_batch=16)
     capped = ServerThread(test_settings(tmp_path / "repo", limits=Limits(max_deadline_s=0.2))).start()
     try:
+
         async def scenario(stub):
             hold = ModelHold(capped, "tiny")
             first = asyncio.ensure_future(call(stub, tensor_request("tiny", 0)))
@@ -266,7 +272,9 @@ def test_a_bad_image_fails_alone_while_its_batch_mates_succeed(server):
         hold.release.set()
         return reference, (await good_call, bad_result, await other), await first, before
 
-    (ref_code, reference), ((good_code, good_out), (bad_code, _), (other_code, _)), _, before = with_stub(server, scenario)
+    (ref_code, reference), ((good_code, good_out), (bad_code, _), (other_code, _)), _, before = with_stub(
+        server, scenario
+    )
     executions, images, _ = (a - b for a, b in zip(batch_stats(server, "tiny"), before))
     assert ref_code == good_code == other_code == "OK"
     assert bad_code == "INVALID_ARGUMENT"

@@ -58,15 +58,20 @@ def truth(name: str) -> dict:
     return json.loads((VIDEOS / f"{name}.json").read_text())
 
 
-def run_example(module: str, *args: str, blocked_dir: Path | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
+def run_example(
+    module: str, *args: str, blocked_dir: Path | None = None, timeout: float = 120
+) -> subprocess.CompletedProcess:
     env = dict(os.environ)
     if blocked_dir is not None:  # the examples must run with only the serving dependencies
         for name in BLOCKED:
             (blocked_dir / name).mkdir(parents=True, exist_ok=True)
-            (blocked_dir / name / "__init__.py").write_text(f"raise ImportError('{name} is not a serving dependency')\n")
+            (blocked_dir / name / "__init__.py").write_text(
+                f"raise ImportError('{name} is not a serving dependency')\n"
+            )
         env["PYTHONPATH"] = os.pathsep.join([str(blocked_dir), str(REPO_ROOT)])
-    return subprocess.run([sys.executable, "-m", module, *args], cwd=REPO_ROOT, env=env, capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", module, *args], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=timeout
+    )
 
 
 def scrape(process: ServerProcess) -> str:
@@ -89,6 +94,7 @@ def read_rows(path: Path) -> list[dict]:
 
 
 # --- the bundled clips ---------------------------------------------------------------------------
+
 
 def test_sample_clips_are_small_readable_and_what_the_generator_draws():
     from examples.make_sample_videos import build_clips, truth_json
@@ -130,19 +136,35 @@ def test_count_smoother_and_attendance_windows():
 
 # --- the examples on the bundled clips ---------------------------------------------------------
 
+
 def test_inventory_counts_match_ground_truth(server, tmp_path):
     out = tmp_path / "counts.csv"
-    done = run_example("examples.inventory_camera", "--host", server.address, "--csv", str(out), "--quiet",
-                       "--output", str(tmp_path / "annotated.avi"), "--truth", str(VIDEOS / "inventory.json"),
-                       blocked_dir=tmp_path / "blocked")
+    done = run_example(
+        "examples.inventory_camera",
+        "--host",
+        server.address,
+        "--csv",
+        str(out),
+        "--quiet",
+        "--output",
+        str(tmp_path / "annotated.avi"),
+        "--truth",
+        str(VIDEOS / "inventory.json"),
+        blocked_dir=tmp_path / "blocked",
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     rows, frames = read_rows(out), truth("inventory")["frames"]
     assert [int(r["frame_id"]) for r in rows] == list(range(len(frames))), "one row per frame, in frame order"
     assert {r["status"] for r in rows} == {"ok"}
-    assert [float(r["capture_s"]) for r in rows] == [round(i / 15, 3) for i in range(len(frames))], "capture times echoed"
+    assert [float(r["capture_s"]) for r in rows] == [round(i / 15, 3) for i in range(len(frames))], (
+        "capture times echoed"
+    )
     assert all(float(r["server_ms"]) > 0 for r in rows)
     matches = sum(all(int(row[c]) == entry["counts"].get(c, 0) for c in ITEMS) for row, entry in zip(rows, frames))
-    print(f"inventory counts match ground truth on {matches}/{len(frames)} frames; example says: {done.stdout.splitlines()[-1]}")
+    print(
+        f"inventory counts match ground truth on {matches}/{len(frames)} frames; "
+        f"example says: {done.stdout.splitlines()[-1]}"
+    )
     assert f"counts match on {matches}/{len(frames)} frames" in done.stdout
     assert cv2.VideoCapture(str(tmp_path / "annotated.avi")).get(cv2.CAP_PROP_FRAME_COUNT) == len(frames)
     assert matches >= 0.9 * len(frames), f"counts match ground truth on only {matches}/{len(frames)} frames"
@@ -158,15 +180,29 @@ def shelf_truth(frames: list[dict], max_age: int) -> dict[str, tuple[int, int, i
         for label, identity in zip(entry["labels"], entry["ids"]):
             spans.setdefault(identity, [label, entry["frame"], entry["frame"]])[2] = entry["frame"]
     last = len(frames) - 1
-    return {name: (sum(1 for lbl, first, _ in spans.values() if lbl == name and first > 0),
-                   sum(1 for lbl, _, end in spans.values() if lbl == name and end + max_age + 1 <= last),
-                   sum(1 for lbl, _, end in spans.values() if lbl == name and end == last)) for name in ITEMS}
+    return {
+        name: (
+            sum(1 for lbl, first, _ in spans.values() if lbl == name and first > 0),
+            sum(1 for lbl, _, end in spans.values() if lbl == name and end + max_age + 1 <= last),
+            sum(1 for lbl, _, end in spans.values() if lbl == name and end == last),
+        )
+        for name in ITEMS
+    }
 
 
 def test_attendance_reports_windows(server, tmp_path):
     out = tmp_path / "windows.csv"
-    done = run_example("examples.attendance_camera", "--host", server.address, "--csv", str(out), "--quiet",
-                       "--crops-dir", str(tmp_path / "crops"), blocked_dir=tmp_path / "blocked")
+    done = run_example(
+        "examples.attendance_camera",
+        "--host",
+        server.address,
+        "--csv",
+        str(out),
+        "--quiet",
+        "--crops-dir",
+        str(tmp_path / "crops"),
+        blocked_dir=tmp_path / "blocked",
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     rows = read_rows(out)
     seconds = len(truth("attendance")["frames"]) / truth("attendance")["fps"]
@@ -202,6 +238,7 @@ def test_attendance_saves_face_crops_with_cam_overlays(server, tmp_path):
 
 # --- reconnecting across server restarts -------------------------------------------------------
 
+
 def wait_for_frames(process: ServerProcess, count: int, timeout: float = 60) -> None:
     give_up = time.monotonic() + timeout
     while metric(process, "convserve_requests_total", method="StreamDetect", code="OK") < count:
@@ -219,10 +256,29 @@ def test_inventory_survives_a_graceful_restart_and_a_crash(tmp_path):
     first = ServerProcess(repo, *QUICK_STOP)
     first.wait_serving()
     servers, port, out = [first], str(first.port), tmp_path / "counts.csv"
-    example = subprocess.Popen([sys.executable, "-m", "examples.inventory_camera", "--host", first.address, "--realtime",
-                                "--fps", "10", "--max-pending", "2", "--max-in-flight", str(IN_FLIGHT), "--quiet",
-                                "--csv", str(out)],
-                               cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    example = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "examples.inventory_camera",
+            "--host",
+            first.address,
+            "--realtime",
+            "--fps",
+            "10",
+            "--max-pending",
+            "2",
+            "--max-in-flight",
+            str(IN_FLIGHT),
+            "--quiet",
+            "--csv",
+            str(out),
+        ],
+        cwd=REPO_ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         wait_for_frames(first, 15)
         assert first.terminate() == 0  # graceful: the server ends the stream with UNAVAILABLE
@@ -254,8 +310,12 @@ def test_inventory_survives_a_graceful_restart_and_a_crash(tmp_path):
 def test_reconnecting_stream_gives_up_in_time_and_passes_other_failures_through(server):
     frames = [np.zeros((32, 32, 3), np.uint8)] * 5
     with VisionClient("127.0.0.1:1", retries=0) as client:  # nothing listens on port 1
-        stream = ReconnectingStream(client, lambda batch: client.stream_detect(batch, "yolo_grid"), frames,
-                                    ReconnectPolicy(max_attempts=2, backoff_initial_s=0.05, backoff_max_s=0.1, probe_timeout_s=0.5))
+        stream = ReconnectingStream(
+            client,
+            lambda batch: client.stream_detect(batch, "yolo_grid"),
+            frames,
+            ReconnectPolicy(max_attempts=2, backoff_initial_s=0.05, backoff_max_s=0.1, probe_timeout_s=0.5),
+        )
         with pytest.raises(Unavailable):
             list(stream)
     (event,) = stream.interruptions
@@ -271,13 +331,17 @@ def test_reconnecting_stream_gives_up_in_time_and_passes_other_failures_through(
             yield from frames[:3]
             raise OSError("camera unplugged")
 
-        stream, answered = ReconnectingStream(client, lambda batch: client.stream_detect(batch, "yolo_grid"), camera()), []
+        stream, answered = (
+            ReconnectingStream(client, lambda batch: client.stream_detect(batch, "yolo_grid"), camera()),
+            [],
+        )
         with pytest.raises(OSError, match="unplugged"):
             answered.extend(result.frame_id for _, result in stream)
         assert answered == [0, 1, 2] and stream.interruptions == []
 
 
 # --- back-pressure -----------------------------------------------------------------------------
+
 
 def rss_mb(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -296,9 +360,13 @@ class Sampler:
     def _run(self) -> None:
         while not self._stop.is_set():
             text = scrape(self.process)
-            self.samples.append((metric(text, "convserve_queue_depth", model="yolo_grid"),
-                                 metric(text, "convserve_inflight_requests", model="yolo_grid"),
-                                 rss_mb(self.process.proc.pid)))
+            self.samples.append(
+                (
+                    metric(text, "convserve_queue_depth", model="yolo_grid"),
+                    metric(text, "convserve_inflight_requests", model="yolo_grid"),
+                    rss_mb(self.process.proc.pid),
+                )
+            )
             time.sleep(0.005)
 
     def __enter__(self) -> "Sampler":
@@ -329,8 +397,15 @@ def test_a_fast_producer_keeps_the_server_bounded(server, drop_frames, count):
         baseline = rss_mb(server.proc.pid)
         dropped_before = metric(server, "convserve_stream_frames_dropped_total", model="yolo_grid")
         with Sampler(server) as sampler:
-            results = list(client.stream_detect((Frame(data, i) for i in range(count)), "yolo_grid",
-                                                drop_frames=drop_frames, max_pending=bound, timeout=120))
+            results = list(
+                client.stream_detect(
+                    (Frame(data, i) for i in range(count)),
+                    "yolo_grid",
+                    drop_frames=drop_frames,
+                    max_pending=bound,
+                    timeout=120,
+                )
+            )
     assert [r.frame_id for r in results] == list(range(count)), "every frame answered once, in order"
     dropped = [r.frame_id for r in results if r.dropped]
     assert all(r.result is not None for r in results if not r.dropped), [r.error for r in results if r.error][:3]
@@ -342,9 +417,11 @@ def test_a_fast_producer_keeps_the_server_bounded(server, drop_frames, count):
     else:
         assert not dropped
     growth = sampler.peak(2) - baseline
-    print(f"drop_frames={drop_frames}: {len(dropped)}/{count} dropped, {len(data) * count / 2**20:.0f} MB sent, "
-          f"peak queue {sampler.peak(0):.0f}, peak in flight {sampler.peak(1):.0f}, RSS growth {growth:.1f} MB "
-          f"over {len(sampler.samples)} samples")
+    print(
+        f"drop_frames={drop_frames}: {len(dropped)}/{count} dropped, {len(data) * count / 2**20:.0f} MB sent, "
+        f"peak queue {sampler.peak(0):.0f}, peak in flight {sampler.peak(1):.0f}, RSS growth {growth:.1f} MB "
+        f"over {len(sampler.samples)} samples"
+    )
     assert len(sampler.samples) >= 5
     assert sampler.peak(0) <= bound and sampler.peak(1) <= bound
     assert growth < 48, f"server RSS grew {growth:.0f} MB while {len(data) * count / 2**20:.0f} MB were streamed"

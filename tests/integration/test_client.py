@@ -53,7 +53,9 @@ def png(image: np.ndarray) -> bytes:
 
 def requests_counted(server: ServerThread) -> float:
     text = urllib.request.urlopen(server.metrics_url, timeout=5).read().decode()
-    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith("convserve_requests_total{"))
+    return sum(
+        float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith("convserve_requests_total{")
+    )
 
 
 class DelayInterceptor(grpc.aio.ServerInterceptor):
@@ -226,7 +228,12 @@ def test_v2_infer_matches_onnxruntime(tiny_server, tiny_repo):
     expected = session.run(["logits"], {"input": batch})[0]
     np.testing.assert_allclose(result.outputs["logits"], expected, rtol=1e-5, atol=1e-6)
     assert metadata.inputs[0].name == "input" and metadata.outputs[0].name == "logits"
-    assert top.outputs["logits"].reshape(-1)[0].decode().endswith(f":{expected[0].argmax()}:{LABELS[expected[0].argmax()]}")
+    assert (
+        top.outputs["logits"]
+        .reshape(-1)[0]
+        .decode()
+        .endswith(f":{expected[0].argmax()}:{LABELS[expected[0].argmax()]}")
+    )
 
 
 def test_retry_delays_grow_and_stay_within_bounds():
@@ -242,14 +249,28 @@ def test_retry_delays_grow_and_stay_within_bounds():
 
 # --- the command line ----------------------------------------------------------------------------
 
+
 def test_cli_json_matches_the_client(tiny_server, tmp_path, capsys):
     images = digits(3, seed=9)
     paths = []
     for index, image in enumerate(images):
         paths.append(tmp_path / f"img{index}.png")
         paths[-1].write_bytes(png(image))
-    code = convserve(["classify", *map(str, paths), "--model", "tiny", "--host", tiny_server.address, "--top-k", "2",
-                      "--json", "--batch-size", "2"])
+    code = convserve(
+        [
+            "classify",
+            *map(str, paths),
+            "--model",
+            "tiny",
+            "--host",
+            tiny_server.address,
+            "--top-k",
+            "2",
+            "--json",
+            "--batch-size",
+            "2",
+        ]
+    )
     document = json.loads(capsys.readouterr().out)
     with VisionClient(tiny_server.address) as client:
         reply = client.classify(paths, "tiny", top_k=2)
@@ -257,7 +278,9 @@ def test_cli_json_matches_the_client(tiny_server, tmp_path, capsys):
     assert [r["image"] for r in document["results"]] == [str(p) for p in paths]
     for row, result in zip(document["results"], reply.results):
         assert [p["class_index"] for p in row["predictions"]] == [p.class_index for p in result.predictions]
-        np.testing.assert_allclose([p["score"] for p in row["predictions"]], [p.score for p in result.predictions], rtol=1e-6)
+        np.testing.assert_allclose(
+            [p["score"] for p in row["predictions"]], [p.score for p in result.predictions], rtol=1e-6
+        )
 
 
 def test_cli_prints_a_table(tiny_server, tmp_path, capsys):
@@ -272,8 +295,13 @@ def test_cli_prints_a_table(tiny_server, tmp_path, capsys):
 def test_cli_unknown_model_exits_1_with_not_found(tiny_server, tmp_path):
     path = tmp_path / "one.png"
     path.write_bytes(png(digits(1)[0]))
-    done = subprocess.run([sys.executable, "entrypoint.py", "classify", str(path), "--model", "nope", "--host", tiny_server.address],
-                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [sys.executable, "entrypoint.py", "classify", str(path), "--model", "nope", "--host", tiny_server.address],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.returncode == 1, done.stderr
     assert "NOT_FOUND" in done.stderr and "nope" in done.stderr and done.stdout == ""
 
@@ -314,7 +342,19 @@ def test_bundled_yolo_grid_detect_and_cli_overlays(bundled_server, tmp_path, cap
             assert 0 <= d.box.x1 <= d.box.x2 <= width and 0 <= d.box.y1 <= d.box.y2 <= height and 0 <= d.score <= 1
     assert sum(len(r.detections) for r in reply.results) > 0
     out = tmp_path / "out"
-    code = convserve(["detect", *map(str, scenes), "--model", "yolo_grid", "--host", bundled_server.address, "--out", str(out), "--json"])
+    code = convserve(
+        [
+            "detect",
+            *map(str, scenes),
+            "--model",
+            "yolo_grid",
+            "--host",
+            bundled_server.address,
+            "--out",
+            str(out),
+            "--json",
+        ]
+    )
     document = json.loads(capsys.readouterr().out)
     assert code == 0 and sorted(p.name for p in out.iterdir()) == sorted(f"{p.stem}.detect.jpg" for p in scenes)
     assert [len(r["detections"]) for r in document["results"]] == [len(r.detections) for r in reply.results]
@@ -326,24 +366,75 @@ def _openssl(*args: str, cwd) -> None:
 
 def make_certificates(directory) -> None:
     """A CA, a server certificate for the name `convserve.test` and a client certificate, by openssl."""
-    _openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-days", "1", "-subj", "/CN=test-ca",
-             "-keyout", "ca.key", "-out", "ca.pem", cwd=directory)
+    _openssl(
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+        "-days",
+        "1",
+        "-subj",
+        "/CN=test-ca",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        cwd=directory,
+    )
     for name, extension in (("server", "subjectAltName=DNS:convserve.test"), ("client", "extendedKeyUsage=clientAuth")):
-        _openssl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-subj", f"/CN={name}", "-keyout", f"{name}.key", "-out", f"{name}.csr", cwd=directory)
+        _openssl(
+            "req",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-subj",
+            f"/CN={name}",
+            "-keyout",
+            f"{name}.key",
+            "-out",
+            f"{name}.csr",
+            cwd=directory,
+        )
         (directory / f"{name}.ext").write_text(extension + "\n")
-        _openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial", "-days", "1",
-                 "-extfile", f"{name}.ext", "-out", f"{name}.pem", cwd=directory)
+        _openssl(
+            "x509",
+            "-req",
+            "-in",
+            f"{name}.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "1",
+            "-extfile",
+            f"{name}.ext",
+            "-out",
+            f"{name}.pem",
+            cwd=directory,
+        )
 
 
 @pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command to make test certificates")
 def test_mutual_tls(tmp_path, tiny_repo):
     make_certificates(tmp_path)
-    settings = settings_for(tiny_repo, tls_cert=tmp_path / "server.pem", tls_key=tmp_path / "server.key",
-                            tls_client_ca=tmp_path / "ca.pem")
+    settings = settings_for(
+        tiny_repo, tls_cert=tmp_path / "server.pem", tls_key=tmp_path / "server.key", tls_client_ca=tmp_path / "ca.pem"
+    )
     server = ServerThread(settings).start()
     try:
-        tls = TlsConfig(root_ca=tmp_path / "ca.pem", client_cert=tmp_path / "client.pem", client_key=tmp_path / "client.key",
-                        server_name="convserve.test")
+        tls = TlsConfig(
+            root_ca=tmp_path / "ca.pem",
+            client_cert=tmp_path / "client.pem",
+            client_key=tmp_path / "client.key",
+            server_name="convserve.test",
+        )
         with VisionClient(server.address, tls=tls) as client:
             assert client.classify(digits(1), "tiny").results[0].predictions
         without_client_cert = TlsConfig(root_ca=(tmp_path / "ca.pem").read_bytes(), server_name="convserve.test")
@@ -356,6 +447,7 @@ def test_mutual_tls(tmp_path, tiny_repo):
 
 # --- conversions of the other RPCs' replies (their servers are tested on the bundled models) --------
 
+
 def test_segment_and_explain_replies_become_dataclasses_tables_and_files(tmp_path):
     from service.api.convserve.v1 import vision_pb2 as vpb
     from service.client.render import overlay_files, result_json, results_table, write_overlays
@@ -364,17 +456,29 @@ def test_segment_and_explain_replies_become_dataclasses_tables_and_files(tmp_pat
     label_map = np.zeros((6, 5), np.uint8)
     label_map[2:4, 1:3] = 2
     probabilities = np.random.default_rng(0).random((3, 4, 4)).astype(np.float32)
-    segment = vpb.SegmentResult(label_map_png=png(label_map), width=5, height=6, overlay_png=png(np.zeros((6, 5, 3), np.uint8)),
-                                classes=[vpb.ClassPixels(class_index=2, label="square", pixels=4, fraction=4 / 30)],
-                                probabilities=vpb.Tensor(shape=[3, 4, 4], dtype="float32", data=probabilities.tobytes()))
+    segment = vpb.SegmentResult(
+        label_map_png=png(label_map),
+        width=5,
+        height=6,
+        overlay_png=png(np.zeros((6, 5, 3), np.uint8)),
+        classes=[vpb.ClassPixels(class_index=2, label="square", pixels=4, fraction=4 / 30)],
+        probabilities=vpb.Tensor(shape=[3, 4, 4], dtype="float32", data=probabilities.tobytes()),
+    )
     seg = segmentation_from_proto(segment)
     np.testing.assert_array_equal(seg.label_map(), label_map)
     np.testing.assert_array_equal(seg.probabilities, probabilities)
     raw = np.arange(12, dtype=np.float32).reshape(3, 4)
-    cam = activation_map_from_proto(vpb.ActivationMap(
-        method="cam", class_index=1, label="dog", score=0.75, overlay=png(np.zeros((6, 8, 3), np.uint8)),
-        raw=vpb.Tensor(shape=[3, 4], dtype="float32", data=raw.tobytes()),
-        upsampled=vpb.Tensor(shape=[6, 8], dtype="float32", data=np.zeros((6, 8), np.float32).tobytes())))
+    cam = activation_map_from_proto(
+        vpb.ActivationMap(
+            method="cam",
+            class_index=1,
+            label="dog",
+            score=0.75,
+            overlay=png(np.zeros((6, 8, 3), np.uint8)),
+            raw=vpb.Tensor(shape=[3, 4], dtype="float32", data=raw.tobytes()),
+            upsampled=vpb.Tensor(shape=[6, 8], dtype="float32", data=np.zeros((6, 8), np.float32).tobytes()),
+        )
+    )
     np.testing.assert_array_equal(cam.raw, raw)
     assert cam.upsampled.shape == (6, 8) and tensor_from_proto(vpb.Tensor(shape=[0], dtype="float32")).shape == (0,)
     assert "square" in results_table(["a.png"], [seg]) and "3x4" in results_table(["a.png"], [cam])

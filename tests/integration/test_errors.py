@@ -118,17 +118,37 @@ V2_CASES = {
     "no inputs": (pb.ModelInferRequest(model_name="tiny"), INVALID, ["missing input(s) ['input']"]),
     "wrong datatype FP64": (infer(input=GOOD.astype(np.float64)), INVALID, ["input 'input'", "FP64", "FP32"]),
     "wrong datatype INT32": (infer(input=GOOD.astype(np.int32)), INVALID, ["input 'input'", "INT32"]),
-    "wrong shape": (infer(input=np.zeros((2, 1, 8, 9), np.float32)), INVALID, ["input 'input'", "[2, 1, 8, 9]", "[-1, 1, 8, 8]"]),
+    "wrong shape": (
+        infer(input=np.zeros((2, 1, 8, 9), np.float32)),
+        INVALID,
+        ["input 'input'", "[2, 1, 8, 9]", "[-1, 1, 8, 8]"],
+    ),
     "wrong rank": (infer(input=np.zeros((2, 64), np.float32)), INVALID, ["input 'input'", "[2, 64]"]),
     "empty batch": (infer(input=np.zeros((0, 1, 8, 8), np.float32)), INVALID, ["input 'input'", "empty batch"]),
     "batch over max": (infer(input=np.zeros((9, 1, 8, 8), np.float32)), INVALID, ["max_batch_size 8"]),
     "NaN values": (infer(input=np.full((1, 1, 8, 8), np.nan, np.float32)), INVALID, ["input 'input'", "NaN"]),
-    "raw size mismatch": (typed("FP32", [1, 1, 8, 8], fp32_contents=[0.0] * 10), INVALID, ["input 'input'", "fp32_contents holds 10"]),
+    "raw size mismatch": (
+        typed("FP32", [1, 1, 8, 8], fp32_contents=[0.0] * 10),
+        INVALID,
+        ["input 'input'", "fp32_contents holds 10"],
+    ),
     "unknown datatype": (typed("FP8", [1, 1, 8, 8]), INVALID, ["input 'input'", "'FP8'"]),
-    "undecodable image": (infer(input=np.array([b"definitely not an image"], dtype=object)), INVALID, ["images[0]", "decode"]),
+    "undecodable image": (
+        infer(input=np.array([b"definitely not an image"], dtype=object)),
+        INVALID,
+        ["images[0]", "decode"],
+    ),
     "empty image": (infer(input=np.array([png(), b""], dtype=object)), INVALID, ["images[1]", "empty"]),
-    "truncated JPEG": (infer(input=np.array([cv2.imencode(".jpg", np.zeros((16, 16), np.uint8))[1].tobytes()[:-40]], dtype=object)), INVALID, ["images[0]", "truncated"]),
-    "PNG over pixel limit": (infer(input=np.array([png_header(100_000, 100_000)], dtype=object)), INVALID, ["images[0]", "100000x100000", "limit"]),
+    "truncated JPEG": (
+        infer(input=np.array([cv2.imencode(".jpg", np.zeros((16, 16), np.uint8))[1].tobytes()[:-40]], dtype=object)),
+        INVALID,
+        ["images[0]", "truncated"],
+    ),
+    "PNG over pixel limit": (
+        infer(input=np.array([png_header(100_000, 100_000)], dtype=object)),
+        INVALID,
+        ["images[0]", "100000x100000", "limit"],
+    ),
     "unknown output": (None, INVALID, ["unknown output 'scores'", "['logits']"]),
     "bad classification": (None, INVALID, ["output 'logits'", "classification"]),
 }
@@ -166,15 +186,35 @@ VISION_CASES = {
     "no images": (classify(), INVALID, ["no images"]),
     "image without source": (classify(vpb.Image(encoded=png()), vpb.Image()), INVALID, ["images[1]", "neither"]),
     "empty image": (classify(vpb.Image(encoded=b"")), INVALID, ["images[0]", "empty"]),
-    "undecodable image": (classify(vpb.Image(encoded=png()), vpb.Image(encoded=b"\x89PNG\r\n\x1a\n garbage")), INVALID, ["images[1]"]),
+    "undecodable image": (
+        classify(vpb.Image(encoded=png()), vpb.Image(encoded=b"\x89PNG\r\n\x1a\n garbage")),
+        INVALID,
+        ["images[1]"],
+    ),
     "tensor wrong shape": (classify(tensor(np.zeros((1, 8, 7), np.float32))), INVALID, ["images[0]", "[1, 8, 7]"]),
     "tensor wrong dtype": (classify(tensor(np.zeros((1, 8, 8), np.float64))), INVALID, ["images[0]", "float32"]),
-    "tensor data size": (classify(vpb.Image(tensor=vpb.Tensor(shape=[1, 8, 8], dtype="float32", data=b"\x00" * 12))), INVALID, ["images[0].tensor", "12 data bytes"]),
-    "tensor dtype name": (classify(vpb.Image(tensor=vpb.Tensor(shape=[1], dtype="complex64", data=b"\x00" * 8))), INVALID, ["images[0].tensor", "complex64"]),
+    "tensor data size": (
+        classify(vpb.Image(tensor=vpb.Tensor(shape=[1, 8, 8], dtype="float32", data=b"\x00" * 12))),
+        INVALID,
+        ["images[0].tensor", "12 data bytes"],
+    ),
+    "tensor dtype name": (
+        classify(vpb.Image(tensor=vpb.Tensor(shape=[1], dtype="complex64", data=b"\x00" * 8))),
+        INVALID,
+        ["images[0].tensor", "complex64"],
+    ),
     "negative top_k": (classify(vpb.Image(encoded=png()), top_k=-1), INVALID, ["top_k", "-1"]),
     "too many images": (classify(*[vpb.Image(encoded=png())] * 9), INVALID, ["9 images", "max_batch_size 8"]),
-    "PNG over pixel limit": (classify(vpb.Image(encoded=png_header(100_000, 100_000))), INVALID, ["images[0]", "100000x100000", "limit"]),
-    "JPEG over pixel limit": (classify(vpb.Image(encoded=jpeg_header(65_000, 65_000))), INVALID, ["images[0]", "65000x65000", "limit"]),
+    "PNG over pixel limit": (
+        classify(vpb.Image(encoded=png_header(100_000, 100_000))),
+        INVALID,
+        ["images[0]", "100000x100000", "limit"],
+    ),
+    "JPEG over pixel limit": (
+        classify(vpb.Image(encoded=jpeg_header(65_000, 65_000))),
+        INVALID,
+        ["images[0]", "65000x65000", "limit"],
+    ),
 }
 
 

@@ -48,14 +48,25 @@ def models(tmp_path_factory):
     copy_bundled_model("gap_cnn", repo)
     write_tiny_model(repo)
     torch.manual_seed(0)
-    modules = {"resnet18_cam": build_model("resnet18", num_classes=10).eval(),
-               "gap_cnn_random": build_model("gap_cnn", num_classes=5).eval(),
-               "lenet5_cam": build_model("lenet5", num_classes=10).eval()}
-    _write(prepare_cam_version(modules["resnet18_cam"], "resnet18", name="resnet18_cam", num_classes=10, input_hw=(64, 64)), repo)
+    modules = {
+        "resnet18_cam": build_model("resnet18", num_classes=10).eval(),
+        "gap_cnn_random": build_model("gap_cnn", num_classes=5).eval(),
+        "lenet5_cam": build_model("lenet5", num_classes=10).eval(),
+    }
+    _write(
+        prepare_cam_version(
+            modules["resnet18_cam"], "resnet18", name="resnet18_cam", num_classes=10, input_hw=(64, 64)
+        ),
+        repo,
+    )
     _write(prepare_cam_version(modules["gap_cnn_random"], "gap_cnn", name="gap_cnn_random", num_classes=5), repo)
     # 12 maps in chunks of at most 5: the Score-CAM passes must be split for the batcher.
-    _write(prepare_cam_version(modules["lenet5_cam"], "lenet5", name="lenet5_cam", num_classes=10, max_maps=12), repo,
-           max_batch_size=5, preferred_batch_sizes=[])
+    _write(
+        prepare_cam_version(modules["lenet5_cam"], "lenet5", name="lenet5_cam", num_classes=10, max_maps=12),
+        repo,
+        max_batch_size=5,
+        preferred_batch_sizes=[],
+    )
     return repo, modules
 
 
@@ -133,8 +144,11 @@ def test_gap_cnn_points_at_the_objects_and_draws_overlays(vision):
     """Eight held-out scenes in one request (one batch): maps in request order, on each image."""
     scenes = [make_scene(np.random.default_rng([99, i]), CAM_SCENE_SPEC, "heldout") for i in range(8)]
     images = [vpb.Image(encoded=encode(np.ascontiguousarray(s.image[:, :, ::-1]))) for s in scenes]
-    request = vpb.ExplainRequest(model=vpb.ModelRef(name="gap_cnn"), images=images,
-                                 options=vpb.ExplainOptions(overlay=True, overlay_format="png"))
+    request = vpb.ExplainRequest(
+        model=vpb.ModelRef(name="gap_cnn"),
+        images=images,
+        options=vpb.ExplainOptions(overlay=True, overlay_format="png"),
+    )
     maps = vision.Explain(request, timeout=60).maps
     assert len(maps) == len(scenes)
     inside = 0
@@ -154,15 +168,24 @@ def test_gap_cnn_points_at_the_objects_and_draws_overlays(vision):
 def test_classify_with_explain_returns_the_same_map(vision):
     data = astronaut_png()
     alone = explain(vision, "gap_cnn", data, class_index=2)
-    request = vpb.ClassifyRequest(model=vpb.ModelRef(name="gap_cnn"), images=[vpb.Image(encoded=data)] * 2, top_k=3,
-                                  explain=True, explain_options=vpb.ExplainOptions(class_index=2))
+    request = vpb.ClassifyRequest(
+        model=vpb.ModelRef(name="gap_cnn"),
+        images=[vpb.Image(encoded=data)] * 2,
+        top_k=3,
+        explain=True,
+        explain_options=vpb.ExplainOptions(class_index=2),
+    )
     response = vision.Classify(request, timeout=60)
     assert len(response.results) == 2
     for result in response.results:
         assert len(result.predictions) == 3
         assert result.activation_map.class_index == 2 and result.activation_map.method == "cam"
-        np.testing.assert_array_equal(tensor_from_proto(result.activation_map.raw, "raw"), tensor_from_proto(alone.raw, "raw"))
-    plain = vision.Classify(vpb.ClassifyRequest(model=vpb.ModelRef(name="gap_cnn"), images=[vpb.Image(encoded=data)]), timeout=60)
+        np.testing.assert_array_equal(
+            tensor_from_proto(result.activation_map.raw, "raw"), tensor_from_proto(alone.raw, "raw")
+        )
+    plain = vision.Classify(
+        vpb.ClassifyRequest(model=vpb.ModelRef(name="gap_cnn"), images=[vpb.Image(encoded=data)]), timeout=60
+    )
     assert not plain.results[0].HasField("activation_map")
 
 
@@ -180,7 +203,10 @@ def test_v2_features_output_gives_the_same_cam(channel, vision, models):
     response = ipb_grpc.GRPCInferenceServiceStub(channel).ModelInfer(request, timeout=60)
     shapes = {o.name: tuple(o.shape) for o in response.outputs}
     assert shapes == {"logits": (1, 5), "features": (1, 64, 16, 16)}
-    values = {o.name: np.frombuffer(raw, "<f4").reshape(o.shape) for o, raw in zip(response.outputs, response.raw_output_contents)}
+    values = {
+        o.name: np.frombuffer(raw, "<f4").reshape(o.shape)
+        for o, raw in zip(response.outputs, response.raw_output_contents)
+    }
     weights = read_class_weights(repo / "gap_cnn" / "1" / "model.onnx", config.postprocessing.cam.weights_initializer)
     top1 = int(np.argmax(values["logits"][0]))
     v2_cam = np.maximum(np.einsum("k,khw->hw", weights[top1], values["features"][0]), 0)
@@ -239,5 +265,8 @@ def test_explain_errors(vision):
             explain(vision, model, data, **options)
         assert info.value.code() == code and text in info.value.details(), (model, options)
     with pytest.raises(grpc.RpcError) as info:
-        vision.Classify(vpb.ClassifyRequest(model=vpb.ModelRef(name="tiny"), images=[vpb.Image(encoded=data)], explain=True), timeout=60)
+        vision.Classify(
+            vpb.ClassifyRequest(model=vpb.ModelRef(name="tiny"), images=[vpb.Image(encoded=data)], explain=True),
+            timeout=60,
+        )
     assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION

@@ -33,9 +33,17 @@ def batch_one_only_onnx(path):
     """Runs at batch 1 but fails at any larger batch: a model that breaks its warm-up at max batch."""
     weight = numpy_helper.from_array(np.ones((64, 3), np.float32), "weight")
     shape = numpy_helper.from_array(np.array([1, 64], np.int64), "shape")
-    nodes = [helper.make_node("Reshape", ["input", "shape"], ["flat"]), helper.make_node("MatMul", ["flat", "weight"], ["logits"])]
-    graph = helper.make_graph(nodes, "batch_one", [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 1, 8, 8])],
-                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 3])], initializer=[weight, shape])
+    nodes = [
+        helper.make_node("Reshape", ["input", "shape"], ["flat"]),
+        helper.make_node("MatMul", ["flat", "weight"], ["logits"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "batch_one",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 1, 8, 8])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 3])],
+        initializer=[weight, shape],
+    )
     _save(graph, path)
 
 
@@ -56,7 +64,10 @@ def test_broken_models_are_unavailable_with_reasons_and_others_serve(tmp_path):
             stub = pb_grpc.GRPCInferenceServiceStub(channel)
             index = {m.name: m for m in stub.RepositoryIndex(pb.RepositoryIndexRequest(), timeout=10).models}
             expected_reasons = {
-                "corrupt": "model.onnx", "badconfig": "colour: unknown field", "warmup": "Reshape", "noversion": "no model.onnx",
+                "corrupt": "model.onnx",
+                "badconfig": "colour: unknown field",
+                "warmup": "Reshape",
+                "noversion": "no model.onnx",
             }
             for name, fragment in expected_reasons.items():
                 assert index[name].state == "UNAVAILABLE", (name, index[name])

@@ -38,8 +38,10 @@ from testkit import test_settings as settings_for
 
 SERVING, NOT_SERVING = health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING
 GRPCURL = Path(sys.executable).parent / "grpcurl"
-CPU_ONLY = pytest.mark.skipif("CUDAExecutionProvider" in onnxruntime.get_available_providers(),
-                              reason="checks the fallback of a CPU-only ONNX Runtime build; a GPU build may really run on CUDA")
+CPU_ONLY = pytest.mark.skipif(
+    "CUDAExecutionProvider" in onnxruntime.get_available_providers(),
+    reason="checks the fallback of a CPU-only ONNX Runtime build; a GPU build may really run on CUDA",
+)
 TINY_MODELS = [f"tiny{i}" for i in range(6)]
 SLOW_WARMUP_CONFIG = """\
 name: slow
@@ -56,7 +58,8 @@ batching:
 def write_slow_warmup_model(repo: Path) -> None:
     """Warm-up runs at max batch: 16 x 3 x 640 x 640 floats make loading take a visible while."""
     graph = helper.make_graph(
-        [helper.make_node("ReduceMean", ["image"], ["mean"], axes=[2, 3], keepdims=0)], "slow",
+        [helper.make_node("ReduceMean", ["image"], ["mean"], axes=[2, 3], keepdims=0)],
+        "slow",
         [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 3, 640, 640])],
         [helper.make_tensor_value_info("mean", TensorProto.FLOAT, ["N", 3])],
     )
@@ -128,7 +131,7 @@ def test_health_not_serving_until_every_model_is_warm(started):
 def test_one_structured_log_line_per_model(started):
     ready = {e["model"]: e for e in started.events("model_ready")}
     assert sorted(ready) == sorted([*TINY_MODELS, "slow"])
-    for name, event in ready.items():
+    for event in ready.values():
         assert event["level"] == "info" and event["version"] == "1"
         assert event["provider"] == "cpu"
         assert event["warmup_s"] >= 0 and event["load_s"] > 0
@@ -162,7 +165,7 @@ def _samples(text: str, metric: str) -> dict[str, float]:
     for line in text.splitlines():
         if line.startswith(metric + "{"):
             labels, value = line.rsplit(" ", 1)
-            values[labels[len(metric):]] = float(value)
+            values[labels[len(metric) :]] = float(value)
     return values
 
 
@@ -202,10 +205,16 @@ def test_reflection_lists_and_calls_services(started):
     assert {"inference.GRPCInferenceService", "convserve.v1.VisionService", "grpc.health.v1.Health"} <= set(services)
     described = grpcurl(address, "describe", "inference.GRPCInferenceService")
     assert "rpc ModelInfer ( .inference.ModelInferRequest ) returns ( .inference.ModelInferResponse )" in described
-    assert json.loads(grpcurl(address, "inference.GRPCInferenceService/ModelReady", data={"name": "tiny1"})) == {"ready": True}
+    assert json.loads(grpcurl(address, "inference.GRPCInferenceService/ModelReady", data={"name": "tiny1"})) == {
+        "ready": True
+    }
     assert json.loads(grpcurl(address, "grpc.health.v1.Health/Check")) == {"status": "SERVING"}
     ok, png = cv2.imencode(".png", np.full((8, 8), 200, np.uint8))
-    request = {"model": {"name": "tiny2"}, "images": [{"encoded": base64.b64encode(png.tobytes()).decode()}], "top_k": 3}
+    request = {
+        "model": {"name": "tiny2"},
+        "images": [{"encoded": base64.b64encode(png.tobytes()).decode()}],
+        "top_k": 3,
+    }
     reply = json.loads(grpcurl(address, "convserve.v1.VisionService/Classify", data=request))
     assert (reply["model_name"], reply["model_version"]) == ("tiny2", "1")  # grpcurl keeps proto field names
     predictions = reply["results"][0]["predictions"]

@@ -77,8 +77,11 @@ class Attack:
     """Channel and stubs of one attacking client; `expect` times a call and checks its status."""
 
     def __init__(self, address: str):
-        options = [("grpc.max_send_message_length", 128 * MIB), ("grpc.max_receive_message_length", 128 * MIB),
-                   ("grpc.use_local_subchannel_pool", 1)]  # a connection of its own: its own peer address
+        options = [
+            ("grpc.max_send_message_length", 128 * MIB),
+            ("grpc.max_receive_message_length", 128 * MIB),
+            ("grpc.use_local_subchannel_pool", 1),
+        ]  # a connection of its own: its own peer address
         self.channel = grpc.insecure_channel(address, options=options)
         self.v2 = pb_grpc.GRPCInferenceServiceStub(self.channel)
         self.vision = vpb_grpc.VisionServiceStub(self.channel)
@@ -101,8 +104,17 @@ class Attack:
 def hostile_server(tmp_path_factory):
     repo = tmp_path_factory.mktemp("hostile") / "repo"
     _write_repo(repo)
-    server = ServerProcess(repo, "--max-concurrent-streams", "6", "--max-streams-per-peer", "2",
-                           "--stream-idle-timeout-s", "0.5", "--drain-timeout-s", "5")
+    server = ServerProcess(
+        repo,
+        "--max-concurrent-streams",
+        "6",
+        "--max-streams-per-peer",
+        "2",
+        "--stream-idle-timeout-s",
+        "0.5",
+        "--drain-timeout-s",
+        "5",
+    )
     monitor = None
     try:
         server.wait_serving()
@@ -142,16 +154,21 @@ def test_segmenter_images_are_bounded_by_the_request_budget(hostile_server):
 def test_overlay_originals_are_bounded_before_decoding(hostile_server):
     """Overlays keep every decoded original: 16 headers of 40 megapixels are refused from the headers."""
     attack = hostile_server["attack"]
-    request = vpb.SegmentRequest(model=vpb.ModelRef(name="fcn8s"), overlay=True,
-                                 images=[vpb.Image(encoded=hostile.png_header(6324, 6324))] * 16)
+    request = vpb.SegmentRequest(
+        model=vpb.ModelRef(name="fcn8s"), overlay=True, images=[vpb.Image(encoded=hostile.png_header(6324, 6324))] * 16
+    )
     assert "overlays" in attack.expect(INVALID, attack.vision.Segment, request)
 
 
 def test_segmenter_tensors_over_budget_or_off_stride_are_invalid(hostile_server):
     attack = hostile_server["attack"]
-    for shape, fragment in (((1, 3, 1, 1048576), "max_request_bytes"), ((1, 3, 1, 2048), "stride 32"),
-                            ((1, 3, 40, 40), "stride 32"), ((1, 3, 0, 0), "at least 1"),
-                            ((1, 3, 1024, 1024), "max_request_bytes")):
+    for shape, fragment in (
+        ((1, 3, 1, 1048576), "max_request_bytes"),
+        ((1, 3, 1, 2048), "stride 32"),
+        ((1, 3, 40, 40), "stride 32"),
+        ((1, 3, 0, 0), "at least 1"),
+        ((1, 3, 1024, 1024), "max_request_bytes"),
+    ):
         assert fragment in attack.expect(INVALID, attack.v2.ModelInfer, hostile.v2_tensor("fcn8s", shape))
 
 
@@ -215,8 +232,9 @@ def test_alias_bomb_and_oversized_configs_fail_their_load_with_a_short_reason(ho
     for name, text in (("laughs", hostile.billion_laughs_yaml()), ("huge", "description: '" + "x" * 300_000 + "'\n")):
         (repo / name / "1").mkdir(parents=True)
         (repo / name / "config.yaml").write_text(text)
-        details = attack.expect(grpc.StatusCode.UNAVAILABLE, attack.v2.RepositoryModelLoad,
-                                pb.RepositoryModelLoadRequest(model_name=name))
+        details = attack.expect(
+            grpc.StatusCode.UNAVAILABLE, attack.v2.RepositoryModelLoad, pb.RepositoryModelLoadRequest(model_name=name)
+        )
         assert ("YAML aliases" if name == "laughs" else "over the limit") in details
     index = attack.v2.RepositoryIndex(pb.RepositoryIndexRequest(), timeout=5)
     reasons = {model.name: model.reason for model in index.models}
@@ -312,8 +330,10 @@ def test_server_stayed_responsive_and_bounded_throughout(hostile_server):
     out, _ = monitor.communicate("", timeout=30)
     samples = json.loads(out)
     assert not samples["failures"], samples["failures"][:5]
-    slowest = [f"{key} {ms:.0f} ms during {next((n for w, n in reversed(STARTED) if w <= t), '-')}"
-               for key, t, ms in sorted(samples["timeline"], key=lambda item: -item[2])[:4]]
+    slowest = [
+        f"{key} {ms:.0f} ms during {next((n for w, n in reversed(STARTED) if w <= t), '-')}"
+        for key, t, ms in sorted(samples["timeline"], key=lambda item: -item[2])[:4]
+    ]
     print("slowest samples:", slowest)
     for key in ("health_ms", "infer_ms"):
         assert len(samples[key]) > 50
@@ -333,8 +353,16 @@ def test_bad_token_file_is_a_clean_exit_2(tmp_path):
     empty = tmp_path / "empty"
     empty.write_text("\n")
     for path in (tmp_path / "missing", empty):
-        command = [sys.executable, "-m", "entrypoint", "serve", "--model-repo", str(tmp_path),
-                   "--auth-token-file", str(path)]
+        command = [
+            sys.executable,
+            "-m",
+            "entrypoint",
+            "serve",
+            "--model-repo",
+            str(tmp_path),
+            "--auth-token-file",
+            str(path),
+        ]
         result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)
         assert result.returncode == 2, result.stderr[-500:]
         assert "auth_token_file" in result.stderr and "Traceback" not in result.stderr

@@ -80,6 +80,7 @@ def test_poll_mode_picks_up_a_new_version(tmp_path):
     try:
         # serve_forever runs the poller in production; tests start it the same way.
         from service.server import _poll_repository
+
         poller = server.call(_start_task(_poll_repository(server.running)))
         tiny_classifier_onnx(repo / "tiny" / "3" / "model.onnx", seed=3)
         with grpc.insecure_channel(server.address) as channel:
@@ -97,6 +98,7 @@ def test_poll_mode_picks_up_a_new_version(tmp_path):
 
 async def _start_task(coroutine):
     import asyncio
+
     return asyncio.get_running_loop().create_task(coroutine)
 
 

@@ -53,8 +53,25 @@ def test_closed_loop_tensor_requests_against_our_server(tiny_server, capsys):
 
 def test_open_loop_jpeg_over_the_vision_api_with_plot(tiny_server, capsys, tmp_path):
     plot = tmp_path / "latency.png"
-    report = run_json(capsys, "--host", tiny_server.address, "--model", "tiny", "--rate", "40", "--arrival", "constant",
-                      "--api", "vision", "--payload", "jpeg", "--batch", "2", "--plot", str(plot))
+    report = run_json(
+        capsys,
+        "--host",
+        tiny_server.address,
+        "--model",
+        "tiny",
+        "--rate",
+        "40",
+        "--arrival",
+        "constant",
+        "--api",
+        "vision",
+        "--payload",
+        "jpeg",
+        "--batch",
+        "2",
+        "--plot",
+        str(plot),
+    )
     assert report["mode"] == "open" and report["arrival"] == "constant"
     assert report["request"].startswith("vision Classify, jpeg x2")
     assert 30 <= report["requests_ok"] <= 42, "constant arrivals at 40/s for 1 s"
@@ -63,7 +80,9 @@ def test_open_loop_jpeg_over_the_vision_api_with_plot(tiny_server, capsys, tmp_p
 
 
 def test_v2_jpeg_payload_uses_server_side_preprocessing(tiny_server, capsys):
-    report = run_json(capsys, "--host", tiny_server.address, "--model", "tiny", "--payload", "jpeg", "--concurrency", "2")
+    report = run_json(
+        capsys, "--host", tiny_server.address, "--model", "tiny", "--payload", "jpeg", "--concurrency", "2"
+    )
     assert report["requests_ok"] > 0 and report["errors"] == {}
     preprocessed = metric_sum(tiny_server, "convserve_request_duration_seconds_count", model="tiny", stage="preprocess")
     assert preprocessed >= report["requests_ok"]
@@ -71,8 +90,21 @@ def test_v2_jpeg_payload_uses_server_side_preprocessing(tiny_server, capsys):
 
 def test_errors_are_counted_by_grpc_status(tiny_server, capsys):
     # A wrong shape: every request fails with INVALID_ARGUMENT (no probe, so the run goes on).
-    code = main(["--host", tiny_server.address, "--model", "tiny", "--shape", "input:1,8,9", "--no-probe",
-                 "--concurrency", "2", *SHORT, "--json"])
+    code = main(
+        [
+            "--host",
+            tiny_server.address,
+            "--model",
+            "tiny",
+            "--shape",
+            "input:1,8,9",
+            "--no-probe",
+            "--concurrency",
+            "2",
+            *SHORT,
+            "--json",
+        ]
+    )
     report = json.loads(capsys.readouterr().out)
     assert code == 1, "no request succeeded"
     assert report["requests_ok"] == 0 and set(report["errors"]) == {"INVALID_ARGUMENT"}
@@ -87,7 +119,9 @@ def test_probe_failure_stops_the_run_with_a_clear_message(tiny_server, capsys):
 
 
 def test_processes_split_the_load_and_merge_the_results(tiny_server, capsys):
-    report = run_json(capsys, "--host", tiny_server.address, "--model", "tiny", "--concurrency", "3", "--processes", "2")
+    report = run_json(
+        capsys, "--host", tiny_server.address, "--model", "tiny", "--concurrency", "3", "--processes", "2"
+    )
     assert report["processes"] == 2 and report["requests_ok"] > 0 and report["errors"] == {}
     assert report["client_cpu_s"] > 0
 
@@ -101,18 +135,39 @@ def test_streaming_closed_loop_sends_every_request_over_model_stream_infer(tiny_
 
 
 def test_streaming_open_loop_keeps_the_schedule(tiny_server, capsys):
-    report = run_json(capsys, "--host", tiny_server.address, "--model", "tiny", "--rate", "40", "--arrival", "constant", "--streaming")
+    report = run_json(
+        capsys, "--host", tiny_server.address, "--model", "tiny", "--rate", "40", "--arrival", "constant", "--streaming"
+    )
     assert report["mode"] == "open" and report["errors"] == {}
     assert 30 <= report["requests_ok"] <= 42, "constant arrivals at 40/s for 1 s"
 
 
 def test_streaming_counts_in_band_errors_and_probes_through_a_stream(tiny_server, capsys):
-    code = main(["--host", tiny_server.address, "--model", "tiny", "--shape", "input:1,8,9", "--no-probe", "--streaming",
-                 "--concurrency", "2", *SHORT, "--json"])
+    code = main(
+        [
+            "--host",
+            tiny_server.address,
+            "--model",
+            "tiny",
+            "--shape",
+            "input:1,8,9",
+            "--no-probe",
+            "--streaming",
+            "--concurrency",
+            "2",
+            *SHORT,
+            "--json",
+        ]
+    )
     report = json.loads(capsys.readouterr().out)
     assert code == 1 and report["requests_ok"] == 0
-    assert set(report["errors"]) == {"STREAM_ERROR_MESSAGE"} and report["errors"]["STREAM_ERROR_MESSAGE"] == report["requests_failed"] > 0
-    assert main(["--host", tiny_server.address, "--model", "tiny", "--shape", "input:1,8,9", "--streaming", *SHORT]) == 2
+    assert (
+        set(report["errors"]) == {"STREAM_ERROR_MESSAGE"}
+        and report["errors"]["STREAM_ERROR_MESSAGE"] == report["requests_failed"] > 0
+    )
+    assert (
+        main(["--host", tiny_server.address, "--model", "tiny", "--shape", "input:1,8,9", "--streaming", *SHORT]) == 2
+    )
     assert "probe request (V2 ModelStreamInfer" in capsys.readouterr().err
     assert main(["--host", tiny_server.address, "--model", "tiny", "--api", "vision", "--streaming", *SHORT]) == 2
     assert "--streaming needs --api v2" in capsys.readouterr().err
@@ -136,7 +191,9 @@ class MinimalV2Server(pb_grpc.GRPCInferenceServiceServicer):
     def ModelInfer(self, request, context):
         tensor = request.inputs[0]
         if tensor.name != "numbers" or tensor.datatype != "INT32" or list(tensor.shape)[1:] != [5]:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"bad input {tensor.name} {tensor.datatype} {list(tensor.shape)}")
+            context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT, f"bad input {tensor.name} {tensor.datatype} {list(tensor.shape)}"
+            )
         values = np.frombuffer(request.raw_input_contents[0], dtype="<i4").reshape(list(tensor.shape))
         self.rows += len(values)
         response = pb.ModelInferResponse(model_name="summer")
@@ -188,8 +245,18 @@ def test_report_statistics_match_numpy():
     for k, latency in enumerate(latencies):
         raw.add(k * 0.01, float(latency), 0 if k % 10 else 14)  # every tenth: UNAVAILABLE
     raw.add(-0.5, 0.01, 0)  # a warm-up request
-    summary = summarise(raw, target="t", model="m", request="r", concurrency=1, rate=0.0, arrival="poisson",
-                        processes=1, warmup=0.5, images_per_request=1)
+    summary = summarise(
+        raw,
+        target="t",
+        model="m",
+        request="r",
+        concurrency=1,
+        rate=0.0,
+        arrival="poisson",
+        processes=1,
+        warmup=0.5,
+        images_per_request=1,
+    )
     ok = np.array([lat for k, lat in enumerate(latencies) if k % 10])
     assert summary.latency_ms["p99"] == pytest.approx(np.percentile(ok * 1000, 99), abs=1e-3)
     assert summary.latency_ms["max"] == pytest.approx(ok.max() * 1000, abs=1e-3)

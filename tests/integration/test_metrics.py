@@ -36,6 +36,7 @@ STAGES = ("queue", "preprocess", "inference", "postprocess", "total")
 
 # ---- helpers -----------------------------------------------------------------------------------
 
+
 def scrape(url: str) -> dict[str, list]:
     """sample name -> [(labels, value)], parsed by prometheus_client's own text parser."""
     with urllib.request.urlopen(url, timeout=10) as reply:
@@ -80,23 +81,25 @@ def expect_code(call, request, code: grpc.StatusCode) -> None:
 # ---- the traffic -------------------------------------------------------------------------------
 
 # (model label, method, code) -> count, for everything `traffic` sends; the scrape must equal it.
-EXPECTED_REQUESTS = Counter({
-    ("tiny", "Classify", "OK"): 3,
-    ("tiny", "ModelInfer", "OK"): 4,
-    ("tiny", "ModelStreamInfer", "OK"): 2,
-    ("tiny", "StreamClassify", "OK"): 2,
-    ("tiny2", "ModelInfer", "OK"): 3,
-    ("tiny", "ModelMetadata", "OK"): 2,
-    ("_unknown", "Classify", "NOT_FOUND"): 2,
-    ("_unknown", "ModelInfer", "NOT_FOUND"): 1,
-    ("_unknown", "ModelStreamInfer", "NOT_FOUND"): 1,
-    ("tiny", "ModelInfer", "INVALID_ARGUMENT"): 2,
-    ("tiny", "ModelInfer", "NOT_FOUND"): 1,
-    ("tiny", "Classify", "INVALID_ARGUMENT"): 1,
-    ("tiny", "StreamClassify", "INVALID_ARGUMENT"): 1,
-    ("tiny", "Detect", "FAILED_PRECONDITION"): 1,
-})
-TINY_GOOD = 3 + 4 + 2 + 2        # inference requests (and stream frames) that ran the model
+EXPECTED_REQUESTS = Counter(
+    {
+        ("tiny", "Classify", "OK"): 3,
+        ("tiny", "ModelInfer", "OK"): 4,
+        ("tiny", "ModelStreamInfer", "OK"): 2,
+        ("tiny", "StreamClassify", "OK"): 2,
+        ("tiny2", "ModelInfer", "OK"): 3,
+        ("tiny", "ModelMetadata", "OK"): 2,
+        ("_unknown", "Classify", "NOT_FOUND"): 2,
+        ("_unknown", "ModelInfer", "NOT_FOUND"): 1,
+        ("_unknown", "ModelStreamInfer", "NOT_FOUND"): 1,
+        ("tiny", "ModelInfer", "INVALID_ARGUMENT"): 2,
+        ("tiny", "ModelInfer", "NOT_FOUND"): 1,
+        ("tiny", "Classify", "INVALID_ARGUMENT"): 1,
+        ("tiny", "StreamClassify", "INVALID_ARGUMENT"): 1,
+        ("tiny", "Detect", "FAILED_PRECONDITION"): 1,
+    }
+)
+TINY_GOOD = 3 + 4 + 2 + 2  # inference requests (and stream frames) that ran the model
 TINY_IMAGES = 3 * 2 + (1 + 1 + 2 + 3) + 2 + 2
 TINY_FAILED = 2 + 1 + 1 + 1 + 1  # inference calls naming tiny that failed
 
@@ -117,8 +120,10 @@ def traffic(address: str) -> None:
         v2.ModelMetadata(pb.ModelMetadataRequest(name="tiny"))
         stream = list(v2.ModelStreamInfer(iter([v2_request("tiny", 1), v2_request("nope", 1), v2_request("tiny", 1)])))
         assert [bool(r.error_message) for r in stream] == [False, True, False]
-        frames = [vpb.ClassifyFrame(model=vpb.ModelRef(name="tiny"), frame_id=i, image=vpb.Image(encoded=data))
-                  for i, data in enumerate([png(1), b"not an image", png(2)])]
+        frames = [
+            vpb.ClassifyFrame(model=vpb.ModelRef(name="tiny"), frame_id=i, image=vpb.Image(encoded=data))
+            for i, data in enumerate([png(1), b"not an image", png(2)])
+        ]
         results = list(vision.StreamClassify(iter(frames)))
         assert [r.error.code for r in results] == [0, grpc.StatusCode.INVALID_ARGUMENT.value[0], 0]
         expect_code(vision.Classify, classify_request("nope", [png(0)]), grpc.StatusCode.NOT_FOUND)
@@ -128,8 +133,11 @@ def traffic(address: str) -> None:
         expect_code(v2.ModelInfer, v2_request("tiny", 9), grpc.StatusCode.INVALID_ARGUMENT)  # over max_batch_size 8
         expect_code(v2.ModelInfer, v2_request("tiny", 1, version="7"), grpc.StatusCode.NOT_FOUND)
         expect_code(vision.Classify, classify_request("tiny", [b"\x89PNG broken"]), grpc.StatusCode.INVALID_ARGUMENT)
-        expect_code(vision.Detect, vpb.DetectRequest(model=vpb.ModelRef(name="tiny"), images=[vpb.Image(encoded=png(0))]),
-                    grpc.StatusCode.FAILED_PRECONDITION)
+        expect_code(
+            vision.Detect,
+            vpb.DetectRequest(model=vpb.ModelRef(name="tiny"), images=[vpb.Image(encoded=png(0))]),
+            grpc.StatusCode.FAILED_PRECONDITION,
+        )
 
 
 @pytest.fixture(scope="module")
@@ -150,6 +158,7 @@ def scraped(server) -> dict:
 
 # ---- the checks --------------------------------------------------------------------------------
 
+
 def test_requests_by_method_and_code(scraped):
     seen = Counter()
     for labels, value in scraped["convserve_requests_total"]:
@@ -169,7 +178,9 @@ def test_one_latency_observation_per_stage_per_good_request(scraped):
         assert total(scraped, "convserve_request_duration_seconds_count", model="tiny", stage=stage) == TINY_GOOD, stage
         assert total(scraped, "convserve_request_duration_seconds_count", model="tiny2", stage=stage) == 3, stage
     assert total(scraped, "convserve_request_duration_seconds_count", stage="total", model="tiny2", version="2") == 1
-    assert not [labels for labels, _ in scraped["convserve_request_duration_seconds_count"] if labels["model"] == "_unknown"]
+    assert not [
+        labels for labels, _ in scraped["convserve_request_duration_seconds_count"] if labels["model"] == "_unknown"
+    ]
 
 
 def test_stage_durations_add_up(scraped):
@@ -205,8 +216,10 @@ def test_gauges_at_rest(scraped):
         assert total(scraped, "convserve_queue_depth", model=model) == 0
         assert total(scraped, "convserve_inflight_requests", model=model) == 0
         for reason in ("queue_full", "deadline"):
-            assert ("convserve_rejected_requests_total" in scraped
-                    and any(l == {"model": model, "reason": reason} and v == 0 for l, v in scraped["convserve_rejected_requests_total"]))
+            assert "convserve_rejected_requests_total" in scraped and any(
+                labels == {"model": model, "reason": reason} and v == 0
+                for labels, v in scraped["convserve_rejected_requests_total"]
+            )
 
 
 def test_model_state_metrics(scraped):
@@ -218,8 +231,14 @@ def test_model_state_metrics(scraped):
 
 
 def test_process_metrics(scraped):
-    for name in ("process_cpu_seconds_total", "process_resident_memory_bytes", "process_open_fds",
-                 "process_max_fds", "process_start_time_seconds", "python_info"):
+    for name in (
+        "process_cpu_seconds_total",
+        "process_resident_memory_bytes",
+        "process_open_fds",
+        "process_max_fds",
+        "process_start_time_seconds",
+        "python_info",
+    ):
         assert name in scraped, name
     assert total(scraped, "process_resident_memory_bytes") > 10 * 2**20
     assert total(scraped, "process_open_fds") > 0
@@ -241,8 +260,13 @@ def test_model_statistics_agree_with_the_scrape(server, scraped):
     assert int(inference["fail"]["count"]) == TINY_FAILED
     assert int(stats["inference_count"]) == total(scraped, "convserve_images_total", model="tiny")
     assert int(stats["execution_count"]) == total(scraped, "convserve_model_executions_total", model="tiny")
-    for field, stage in (("success", "total"), ("queue", "queue"), ("compute_input", "preprocess"),
-                         ("compute_infer", "inference"), ("compute_output", "postprocess")):
+    for field, stage in (
+        ("success", "total"),
+        ("queue", "queue"),
+        ("compute_input", "preprocess"),
+        ("compute_infer", "inference"),
+        ("compute_output", "postprocess"),
+    ):
         count = total(scraped, "convserve_request_duration_seconds_count", model="tiny", stage=stage)
         seconds = total(scraped, "convserve_request_duration_seconds_sum", model="tiny", stage=stage)
         assert int(inference[field]["count"]) == count, field
@@ -254,9 +278,14 @@ def test_model_statistics_agree_with_the_scrape(server, scraped):
     counts = {int(b["batch_size"]): int(b["compute_infer"]["count"]) for b in batches}
     assert sum(counts.values()) == int(stats["execution_count"])
     assert sum(size * count for size, count in counts.items()) == int(stats["inference_count"])
-    assert all(int(b["compute_input"]["count"]) == int(b["compute_output"]["count"]) == counts[int(b["batch_size"])] for b in batches)
+    assert all(
+        int(b["compute_input"]["count"]) == int(b["compute_output"]["count"]) == counts[int(b["batch_size"])]
+        for b in batches
+    )
     run_ns = sum(int(b["compute_infer"]["ns"]) for b in batches)
-    assert abs(run_ns - total(scraped, "convserve_model_execution_seconds_total", model="tiny") * 1e9) <= 1000 * len(batches)
+    assert abs(run_ns - total(scraped, "convserve_model_execution_seconds_total", model="tiny") * 1e9) <= 1000 * len(
+        batches
+    )
 
 
 def test_rejections_are_counted(tmp_path):
@@ -286,6 +315,7 @@ def test_rejections_are_counted(tmp_path):
 
 # ---- the dashboard only queries what the server exports ----------------------------------------
 
+
 def dashboard_expressions(path: Path = DASHBOARD) -> list[str]:
     """Every PromQL expression of the dashboard: panel targets and template-variable queries."""
     dashboard = json.loads(path.read_text())
@@ -313,8 +343,13 @@ def test_every_dashboard_metric_is_exported(scraped):
     expressions = dashboard_expressions()
     assert len(expressions) >= 15
     names = set().union(*(metric_names(e) for e in expressions))
-    assert {"convserve_requests_total", "convserve_request_duration_seconds_bucket", "convserve_batch_size_bucket",
-            "convserve_queue_depth", "process_resident_memory_bytes"} <= names
+    assert {
+        "convserve_requests_total",
+        "convserve_request_duration_seconds_bucket",
+        "convserve_batch_size_bucket",
+        "convserve_queue_depth",
+        "process_resident_memory_bytes",
+    } <= names
     missing = sorted(n for n in names if n not in scraped)
     assert not missing, f"the dashboard queries metrics the server does not export: {missing}"
 
@@ -334,7 +369,10 @@ def test_queue_depth_sums_the_batchers_of_a_model():
 
     metrics = Metrics(process_metrics=False)
     v1, v2 = metrics.batch_observer("m"), metrics.batch_observer("m")
-    depth = lambda: metrics.registry.get_sample_value("convserve_queue_depth", {"model": "m"})
+
+    def depth():
+        return metrics.registry.get_sample_value("convserve_queue_depth", {"model": "m"})
+
     v1.queue_depth(3)
     v2.queue_depth(5)
     assert depth() == 8

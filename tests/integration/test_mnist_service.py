@@ -67,6 +67,7 @@ def references(digits):
         if name not in cache:
             cache[name] = Reference(name, digits[0])
         return cache[name]
+
     return get
 
 
@@ -88,8 +89,9 @@ def test_classify_matches_onnxruntime(channel, digits, references, name):
     stub = vpb_grpc.VisionServiceStub(channel)
     labels, scores = [], []
     for part in chunks(len(images), reference.batch):
-        request = vpb.ClassifyRequest(model=vpb.ModelRef(name=name), top_k=1,
-                                      images=[vpb.Image(encoded=data) for data in encoded[part]])
+        request = vpb.ClassifyRequest(
+            model=vpb.ModelRef(name=name), top_k=1, images=[vpb.Image(encoded=data) for data in encoded[part]]
+        )
         reply = stub.Classify(request, timeout=120)
         assert (reply.model_name, reply.model_version) == (name, str(reference.version))
         assert len(reply.results) == part.stop - part.start

@@ -19,7 +19,9 @@ import pytest
 from testkit import ServerThread, copy_bundled_model
 from testkit import test_settings as settings_for
 
-BIN = Path(os.environ.get("PERF_ANALYZER_BIN", Path.home() / ".cache" / "convserve" / "perf_analyzer" / "perf_analyzer"))
+BIN = Path(
+    os.environ.get("PERF_ANALYZER_BIN", Path.home() / ".cache" / "convserve" / "perf_analyzer" / "perf_analyzer")
+)
 
 
 @pytest.fixture(scope="module")
@@ -32,14 +34,21 @@ def server(tmp_path_factory):
 
 
 def requests_served(server, method: str) -> float:
-    return sum(sample.value for metric in server.running.metrics.registry.collect() for sample in metric.samples
-               if sample.name == "convserve_requests_total" and sample.labels.get("method") == method
-               and sample.labels.get("code") == "OK")
+    return sum(
+        sample.value
+        for metric in server.running.metrics.registry.collect()
+        for sample in metric.samples
+        if sample.name == "convserve_requests_total"
+        and sample.labels.get("method") == method
+        and sample.labels.get("code") == "OK"
+    )
 
 
 def shared_memory_requests(server) -> float:
-    return server.running.metrics.registry.get_sample_value(
-        "convserve_shared_memory_requests_total", {"model": "lenet5"}) or 0.0
+    return (
+        server.running.metrics.registry.get_sample_value("convserve_shared_memory_requests_total", {"model": "lenet5"})
+        or 0.0
+    )
 
 
 @pytest.mark.parametrize("method", ["ModelInfer", "ModelStreamInfer", "shared-memory"])
@@ -48,9 +57,25 @@ def test_perf_analyzer_measures_the_server_unchanged(server, method, tmp_path):
     creates, registers, writes and unregisters the regions itself)."""
     assert BIN.exists(), f"{BIN} is missing: run scripts/ensure_perf_analyzer.sh (make test does)"
     report = tmp_path / "perf.csv"
-    command = [str(BIN), "-m", "lenet5", "-i", "grpc", "-u", server.address, "--concurrency-range", "2",
-               "--measurement-interval", "1000", "--stability-percentage", "1000", "--max-trials", "3",
-               "-f", str(report)]
+    command = [
+        str(BIN),
+        "-m",
+        "lenet5",
+        "-i",
+        "grpc",
+        "-u",
+        server.address,
+        "--concurrency-range",
+        "2",
+        "--measurement-interval",
+        "1000",
+        "--stability-percentage",
+        "1000",
+        "--max-trials",
+        "3",
+        "-f",
+        str(report),
+    ]
     # 1000 %: the test checks compatibility, not stability; on a busy machine a stricter
     # percentage makes perf_analyzer give up ("Failed to obtain stable measurement")
     if method == "ModelStreamInfer":

@@ -45,18 +45,30 @@ JOB = "convserve"
 # What Grafana substitutes: $__rate_interval is max(4 x scrape interval, $__interval + scrape interval).
 SUBSTITUTIONS = {"$__rate_interval": "4s", "$__interval": "1s", "$job": JOB, "$model": "tiny"}
 # Queries that must return at least one finite value > 0 while traffic flows.
-MUST_BE_POSITIVE = ("Request rate by method and code", "Error ratio", "Images per second", "p50 latency by stage",
-                    "p95 latency by stage", "p99 latency by stage", "Total latency p50 / p95 / p99 by model",
-                    "Batch size distribution", "Mean batch size and requests per batch", "Model ready",
-                    "Resident memory")
+MUST_BE_POSITIVE = (
+    "Request rate by method and code",
+    "Error ratio",
+    "Images per second",
+    "p50 latency by stage",
+    "p95 latency by stage",
+    "p99 latency by stage",
+    "Total latency p50 / p95 / p99 by model",
+    "Batch size distribution",
+    "Mean batch size and requests per batch",
+    "Model ready",
+    "Resident memory",
+)
 pytestmark = pytest.mark.slow
 
 
 def prometheus_binary() -> str:
     path = os.environ.get("PROMETHEUS_BIN") or shutil.which("prometheus") or "/usr/bin/prometheus"
     if not Path(path).is_file():
-        pytest.fail("the prometheus binary is missing: run scripts/ensure_prometheus.sh "
-                    "(apt-get install prometheus) or set PROMETHEUS_BIN", pytrace=False)
+        pytest.fail(
+            "the prometheus binary is missing: run scripts/ensure_prometheus.sh "
+            "(apt-get install prometheus) or set PROMETHEUS_BIN",
+            pytrace=False,
+        )
     return path
 
 
@@ -97,10 +109,18 @@ class Prometheus:
     def _start(self) -> bool:
         with self.log.open("ab") as log:
             self.proc = subprocess.Popen(
-                [self.binary, f"--config.file={self.config}", f"--storage.tsdb.path={self.storage}",
-                 f"--web.listen-address=127.0.0.1:{self.port}", "--log.level=warn",
-                 "--storage.tsdb.retention.time=1h", "--web.enable-lifecycle"],
-                stdout=log, stderr=subprocess.STDOUT)
+                [
+                    self.binary,
+                    f"--config.file={self.config}",
+                    f"--storage.tsdb.path={self.storage}",
+                    f"--web.listen-address=127.0.0.1:{self.port}",
+                    "--log.level=warn",
+                    "--storage.tsdb.retention.time=1h",
+                    "--web.enable-lifecycle",
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
         give_up = time.monotonic() + 60
         while time.monotonic() < give_up:
             if self.proc.poll() is not None:
@@ -202,8 +222,11 @@ def stack(tmp_path_factory):
         assert prometheus.wait_for(f'up{{job="{JOB}"}} == 1'), "prometheus never scraped the server"
         traffic = Traffic(server.address)
         # Enough scrapes with traffic for every rate() window of the dashboard.
-        assert prometheus.wait_for('sum(rate(convserve_request_duration_seconds_count{stage="total"}[4s])) > 0'
-                                   ' and sum(rate(convserve_requests_total{code!="OK"}[4s])) > 0', timeout=60)
+        assert prometheus.wait_for(
+            'sum(rate(convserve_request_duration_seconds_count{stage="total"}[4s])) > 0'
+            ' and sum(rate(convserve_requests_total{code!="OK"}[4s])) > 0',
+            timeout=60,
+        )
         yield server, prometheus, traffic
     finally:
         if traffic is not None:
@@ -253,8 +276,10 @@ def test_every_dashboard_query_evaluates(stack):
 
 def test_latency_quantiles_are_plausible(stack):
     _, prometheus, _ = stack
-    p99 = prometheus.query('histogram_quantile(0.99, sum by (le, stage) (rate('
-                           'convserve_request_duration_seconds_bucket{job="convserve", model="tiny"}[4s])))')
+    p99 = prometheus.query(
+        "histogram_quantile(0.99, sum by (le, stage) (rate("
+        'convserve_request_duration_seconds_bucket{job="convserve", model="tiny"}[4s])))'
+    )
     by_stage = {r["metric"]["stage"]: float(r["value"][1]) for r in p99}
     assert set(by_stage) == {"queue", "preprocess", "inference", "postprocess", "total"}
     assert 0 < by_stage["total"] < 5, by_stage
@@ -285,7 +310,9 @@ def test_shipped_config_and_rules_pass_promtool():
     promtool = Path(prometheus_binary()).with_name("promtool")
     if not promtool.is_file():
         pytest.fail("promtool (shipped with prometheus) is missing: run scripts/ensure_prometheus.sh", pytrace=False)
-    for command in (["check", "config", str(PROMETHEUS_DIR / "prometheus.yml")],
-                    ["check", "rules", str(PROMETHEUS_DIR / "convserve-rules.yml")]):
+    for command in (
+        ["check", "config", str(PROMETHEUS_DIR / "prometheus.yml")],
+        ["check", "rules", str(PROMETHEUS_DIR / "convserve-rules.yml")],
+    ):
         result = subprocess.run([str(promtool), *command], capture_output=True, text=True, timeout=60)
         assert result.returncode == 0, result.stdout + result.stderr

@@ -17,8 +17,11 @@ def _classify_count(metrics_port: int) -> float:
     text = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).read().decode()
     for family in text_string_to_metric_families(text):
         if family.name == "convserve_requests":
-            return sum(s.value for s in family.samples
-                       if s.name.endswith("_total") and s.labels["method"] == "Classify" and s.labels["code"] == "OK")
+            return sum(
+                s.value
+                for s in family.samples
+                if s.name.endswith("_total") and s.labels["method"] == "Classify" and s.labels["code"] == "OK"
+            )
     return 0.0
 
 
@@ -36,6 +39,7 @@ def test_round_robin_spreads_load_and_survives_a_replica_kill(tmp_path):
         phase_deadline = {"end": time.monotonic() + 4.0}
 
         with VisionClient(target, load_balancing="round_robin", retries=6, backoff=(0.05, 0.5), timeout=10) as client:
+
             def worker():
                 while time.monotonic() < phase_deadline["end"]:
                     try:

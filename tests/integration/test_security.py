@@ -50,8 +50,14 @@ def test_tokens_are_required_and_checked(auth_server):
         vision = vpb_grpc.VisionServiceStub(channel)
         request = _tensor_request()
         assert _code(lambda: vision.Classify(request, timeout=10)) == grpc.StatusCode.UNAUTHENTICATED
-        assert _code(lambda: vision.Classify(request, timeout=10, metadata=[("authorization", "Bearer wrong")])) == grpc.StatusCode.UNAUTHENTICATED
-        assert _code(lambda: vision.Classify(request, timeout=10, metadata=[("authorization", "Basic reader-token")])) == grpc.StatusCode.UNAUTHENTICATED
+        assert (
+            _code(lambda: vision.Classify(request, timeout=10, metadata=[("authorization", "Bearer wrong")]))
+            == grpc.StatusCode.UNAUTHENTICATED
+        )
+        assert (
+            _code(lambda: vision.Classify(request, timeout=10, metadata=[("authorization", "Basic reader-token")]))
+            == grpc.StatusCode.UNAUTHENTICATED
+        )
         for token in ("reader-token", "second-token"):
             reply = vision.Classify(request, timeout=10, metadata=[("authorization", f"Bearer {token}")])
             assert reply.model_name == "tiny"
@@ -62,11 +68,16 @@ def test_tokens_are_required_and_checked(auth_server):
 def test_health_stays_open_and_admin_rpcs_need_the_admin_token(auth_server):
     with grpc.insecure_channel(auth_server.address) as channel:
         health = health_pb2_grpc.HealthStub(channel)
-        assert health.Check(health_pb2.HealthCheckRequest(), timeout=10).status == health_pb2.HealthCheckResponse.SERVING
+        assert (
+            health.Check(health_pb2.HealthCheckRequest(), timeout=10).status == health_pb2.HealthCheckResponse.SERVING
+        )
         v2 = pb_grpc.GRPCInferenceServiceStub(channel)
         unload = pb.RepositoryModelUnloadRequest(model_name="tiny")
         reader = [("authorization", "Bearer reader-token")]
-        assert _code(lambda: v2.RepositoryModelUnload(unload, timeout=10, metadata=reader)) == grpc.StatusCode.PERMISSION_DENIED
+        assert (
+            _code(lambda: v2.RepositoryModelUnload(unload, timeout=10, metadata=reader))
+            == grpc.StatusCode.PERMISSION_DENIED
+        )
         assert _code(lambda: v2.RepositoryModelUnload(unload, timeout=10)) == grpc.StatusCode.UNAUTHENTICATED
         assert v2.ModelReady(pb.ModelReadyRequest(name="tiny"), timeout=10, metadata=reader).ready
         v2.RepositoryModelUnload(unload, timeout=30, metadata=[("authorization", "Bearer admin-token")])
@@ -78,7 +89,9 @@ def _key():
 
 
 def _pem(key) -> bytes:
-    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
 
 
 def _certificate(subject: str, key, issuer_name, issuer_key, ca: bool, sans=()):
@@ -104,7 +117,10 @@ def pki(tmp_path):
     ca_key = _key()
     ca = _certificate("convserve test CA", ca_key, None, ca_key, ca=True)
     files = {"ca.pem": ca.public_bytes(serialization.Encoding.PEM)}
-    for name, sans in (("server", [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), ("client", [])):
+    for name, sans in (
+        ("server", [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+        ("client", []),
+    ):
         key = _key()
         cert = _certificate(f"convserve {name}", key, ca.subject, ca_key, ca=False, sans=sans)
         files[f"{name}.pem"] = cert.public_bytes(serialization.Encoding.PEM)
@@ -122,21 +138,32 @@ def test_tls_handshake_with_a_test_ca(tiny_repo, pki):
             reply = vpb_grpc.VisionServiceStub(channel).Classify(_tensor_request(), timeout=10)
             assert len(reply.results[0].predictions) == 2
         with grpc.insecure_channel(server.address) as channel:
-            assert _code(lambda: vpb_grpc.VisionServiceStub(channel).Classify(_tensor_request(), timeout=5)) == grpc.StatusCode.UNAVAILABLE
+            assert (
+                _code(lambda: vpb_grpc.VisionServiceStub(channel).Classify(_tensor_request(), timeout=5))
+                == grpc.StatusCode.UNAVAILABLE
+            )
     finally:
         server.stop()
 
 
 def test_mutual_tls_requires_a_client_certificate(tiny_repo, pki):
-    settings = test_settings(tiny_repo, tls_cert=pki / "server.pem", tls_key=pki / "server.key", tls_client_ca=pki / "ca.pem")
+    settings = test_settings(
+        tiny_repo, tls_cert=pki / "server.pem", tls_key=pki / "server.key", tls_client_ca=pki / "ca.pem"
+    )
     server = ServerThread(settings).start()
     try:
         ca = (pki / "ca.pem").read_bytes()
         without = grpc.ssl_channel_credentials(root_certificates=ca)
         with grpc.secure_channel(server.address, without) as channel:
-            assert _code(lambda: vpb_grpc.VisionServiceStub(channel).Classify(_tensor_request(), timeout=5)) == grpc.StatusCode.UNAVAILABLE
-        with_cert = grpc.ssl_channel_credentials(root_certificates=ca, private_key=(pki / "client.key").read_bytes(),
-                                                 certificate_chain=(pki / "client.pem").read_bytes())
+            assert (
+                _code(lambda: vpb_grpc.VisionServiceStub(channel).Classify(_tensor_request(), timeout=5))
+                == grpc.StatusCode.UNAVAILABLE
+            )
+        with_cert = grpc.ssl_channel_credentials(
+            root_certificates=ca,
+            private_key=(pki / "client.key").read_bytes(),
+            certificate_chain=(pki / "client.pem").read_bytes(),
+        )
         with grpc.secure_channel(server.address, with_cert) as channel:
             assert vpb_grpc.VisionServiceStub(channel).Classify(_tensor_request(), timeout=10).model_name == "tiny"
     finally:

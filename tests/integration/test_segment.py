@@ -50,7 +50,9 @@ def repo(tmp_path_factory):
         shutil.copytree(BUNDLED_REPO / "fcn8s", repo / name)
         config = load_model_config(repo / name / "config.yaml")
         preprocessing = config.preprocessing.model_copy(update=update)
-        dump_model_config(config.model_copy(update={"name": name, "preprocessing": preprocessing}), repo / name / "config.yaml")
+        dump_model_config(
+            config.model_copy(update={"name": name, "preprocessing": preprocessing}), repo / name / "config.yaml"
+        )
     write_tiny_model(repo)
     return repo
 
@@ -83,7 +85,9 @@ def scene_image(height: int, width: int, seed: int = 0) -> np.ndarray:
     from export.data.scenes import SceneSpec, make_scene
 
     side = min(height, width)
-    spec = SceneSpec(height=(height, height), width=(width, width), objects=(2, 4), object_size=(min(14, side), min(40, side)))
+    spec = SceneSpec(
+        height=(height, height), width=(width, width), objects=(2, 4), object_size=(min(14, side), min(40, side))
+    )
     return make_scene(np.random.default_rng(seed), spec, "heldout").image
 
 
@@ -108,7 +112,9 @@ def reference_labels(session, repo, model: str, rgb: np.ndarray) -> tuple[np.nda
     tensor, info = preprocess_image(rgb, spec, source_order="rgb")
     logits = torch.from_numpy(session.run(None, {"input": tensor[None]})[0]).double()
     top, left, bottom, right = info.content_window()
-    resized = F.interpolate(logits[:, :, top:bottom, left:right], size=rgb.shape[:2], mode="bilinear", align_corners=False)[0]
+    resized = F.interpolate(
+        logits[:, :, top:bottom, left:right], size=rgb.shape[:2], mode="bilinear", align_corners=False
+    )[0]
     top2 = resized.topk(2, dim=0).values
     return resized.argmax(0).numpy(), (top2[0] - top2[1]).numpy()
 

@@ -58,8 +58,15 @@ def plain_logits(client, data: np.ndarray) -> np.ndarray:
     return client.infer("tiny", [tensor]).as_numpy("logits")
 
 
-def shm_infer(client, input_region, output_region, input_bytes=INPUT_BYTES, output_bytes=OUTPUT_BYTES,
-              input_offset=0, output_offset=0):
+def shm_infer(
+    client,
+    input_region,
+    output_region,
+    input_bytes=INPUT_BYTES,
+    output_bytes=OUTPUT_BYTES,
+    input_offset=0,
+    output_offset=0,
+):
     tensor = triton.InferInput("input", [BATCH, 1, 8, 8], "FP32")
     tensor.set_shared_memory(input_region, input_bytes, input_offset)
     outputs = []
@@ -85,7 +92,9 @@ def test_register_status_unregister(client, region):
     client.register_system_shared_memory(name_b, key_b, 4096)
     status = client.get_system_shared_memory_status()
     assert {r.name: (r.key, r.offset, r.byte_size) for r in status.regions.values()} == {
-        name_a: (key_a, 512, 1024), name_b: (key_b, 0, 4096)}
+        name_a: (key_a, 512, 1024),
+        name_b: (key_b, 0, 4096),
+    }
     (only,) = client.get_system_shared_memory_status(name_a).regions.values()
     assert only.byte_size == 1024
     client.unregister_system_shared_memory(name_a)
@@ -113,10 +122,13 @@ def test_inference_through_shared_memory_equals_the_plain_path(client, region, t
     raw_out = shm_infer(client, in_name, None)  # input from shared memory, output over gRPC
     np.testing.assert_array_equal(raw_out.as_numpy("logits"), plain_logits(client, data))
     served = tiny_server.running.metrics.registry.get_sample_value(
-        "convserve_shared_memory_requests_total", {"model": "tiny"})
+        "convserve_shared_memory_requests_total", {"model": "tiny"}
+    )
     assert served >= 2
-    assert tiny_server.running.metrics.registry.get_sample_value(
-        "convserve_shared_memory_regions", {"kind": "system"}) == 2
+    assert (
+        tiny_server.running.metrics.registry.get_sample_value("convserve_shared_memory_regions", {"kind": "system"})
+        == 2
+    )
 
 
 def test_offsets_within_one_region(client, region):
@@ -134,26 +146,50 @@ def test_offsets_within_one_region(client, region):
 
 def test_bad_registrations_are_refused_precisely(client, region):
     name, key, _ = region(1024)
-    refused(lambda: client.register_system_shared_memory(name, key, 1024, offset=1),
-            grpc.StatusCode.INVALID_ARGUMENT, "past the end", "holds 1024 bytes")
-    refused(lambda: client.register_system_shared_memory(name, key, 2048),
-            grpc.StatusCode.INVALID_ARGUMENT, "past the end")
-    refused(lambda: client.register_system_shared_memory(name, key, 0),
-            grpc.StatusCode.INVALID_ARGUMENT, "byte_size must be > 0")
-    refused(lambda: client.register_system_shared_memory("", key, 16),
-            grpc.StatusCode.INVALID_ARGUMENT, "name is empty")
-    refused(lambda: client.register_system_shared_memory("x" * 300, key, 16),
-            grpc.StatusCode.INVALID_ARGUMENT, "at most 256")
+    refused(
+        lambda: client.register_system_shared_memory(name, key, 1024, offset=1),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "past the end",
+        "holds 1024 bytes",
+    )
+    refused(
+        lambda: client.register_system_shared_memory(name, key, 2048), grpc.StatusCode.INVALID_ARGUMENT, "past the end"
+    )
+    refused(
+        lambda: client.register_system_shared_memory(name, key, 0),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "byte_size must be > 0",
+    )
+    refused(
+        lambda: client.register_system_shared_memory("", key, 16), grpc.StatusCode.INVALID_ARGUMENT, "name is empty"
+    )
+    refused(
+        lambda: client.register_system_shared_memory("x" * 300, key, 16),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "at most 256",
+    )
     for bad_key in ("/../etc/passwd", "/a/b", "..", "/", ""):
-        refused(lambda: client.register_system_shared_memory(name, bad_key, 16),
-                grpc.StatusCode.INVALID_ARGUMENT, "shared-memory key")
-    refused(lambda: client.register_system_shared_memory(name, "/convserve_no_such_object", 16),
-            grpc.StatusCode.INVALID_ARGUMENT, "no shared-memory object")
+        refused(
+            lambda bad_key=bad_key: client.register_system_shared_memory(name, bad_key, 16),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "shared-memory key",
+        )
+    refused(
+        lambda: client.register_system_shared_memory(name, "/convserve_no_such_object", 16),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "no shared-memory object",
+    )
     client.register_system_shared_memory(name, key, 1024)
-    refused(lambda: client.register_system_shared_memory(name, key, 512),
-            grpc.StatusCode.ALREADY_EXISTS, f"'{name}' is already registered")
-    refused(lambda: client.get_system_shared_memory_status("nope"),
-            grpc.StatusCode.INVALID_ARGUMENT, "no system shared-memory region 'nope'")
+    refused(
+        lambda: client.register_system_shared_memory(name, key, 512),
+        grpc.StatusCode.ALREADY_EXISTS,
+        f"'{name}' is already registered",
+    )
+    refused(
+        lambda: client.get_system_shared_memory_status("nope"),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "no system shared-memory region 'nope'",
+    )
 
 
 def test_symlink_in_shm_dir_is_not_followed(client, tmp_path):
@@ -162,8 +198,11 @@ def test_symlink_in_shm_dir_is_not_followed(client, tmp_path):
     link = SHM_DIR / f"convserve_link_{uuid.uuid4().hex[:12]}"
     os.symlink(target, link)
     try:
-        refused(lambda: client.register_system_shared_memory("link", "/" + link.name, 64),
-                grpc.StatusCode.INVALID_ARGUMENT, "cannot open")
+        refused(
+            lambda: client.register_system_shared_memory("link", "/" + link.name, 64),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "cannot open",
+        )
     finally:
         link.unlink()
 
@@ -176,15 +215,32 @@ def test_bad_tensor_regions_are_refused_precisely(client, region):
     client.register_system_shared_memory(in_name, in_key, INPUT_BYTES + 128)
     client.register_system_shared_memory(out_name, out_key, OUTPUT_BYTES)
     invalid = grpc.StatusCode.INVALID_ARGUMENT
-    refused(lambda: shm_infer(client, "unregistered", None), invalid, "input 'input'",
-            "no shared-memory region 'unregistered' is registered")
+    refused(
+        lambda: shm_infer(client, "unregistered", None),
+        invalid,
+        "input 'input'",
+        "no shared-memory region 'unregistered' is registered",
+    )
     refused(lambda: shm_infer(client, in_name, None, input_offset=256), invalid, "past the end of region")
-    refused(lambda: shm_infer(client, in_name, None, input_bytes=INPUT_BYTES - 4), invalid,
-            f"shared_memory_byte_size is {INPUT_BYTES - 4}", f"needs {INPUT_BYTES} bytes")
-    refused(lambda: shm_infer(client, in_name, "unregistered-out"), invalid, "output 'logits'",
-            "no shared-memory region 'unregistered-out'")
-    refused(lambda: shm_infer(client, in_name, out_name, output_bytes=OUTPUT_BYTES - 4), invalid,
-            "output 'logits'", f"needs {OUTPUT_BYTES} bytes", f"is {OUTPUT_BYTES - 4}")
+    refused(
+        lambda: shm_infer(client, in_name, None, input_bytes=INPUT_BYTES - 4),
+        invalid,
+        f"shared_memory_byte_size is {INPUT_BYTES - 4}",
+        f"needs {INPUT_BYTES} bytes",
+    )
+    refused(
+        lambda: shm_infer(client, in_name, "unregistered-out"),
+        invalid,
+        "output 'logits'",
+        "no shared-memory region 'unregistered-out'",
+    )
+    refused(
+        lambda: shm_infer(client, in_name, out_name, output_bytes=OUTPUT_BYTES - 4),
+        invalid,
+        "output 'logits'",
+        f"needs {OUTPUT_BYTES} bytes",
+        f"is {OUTPUT_BYTES - 4}",
+    )
     refused(lambda: shm_infer(client, in_name, out_name, output_offset=8), invalid, "past the end of region")
     # and the server still serves both paths afterwards
     np.testing.assert_array_equal(shm_infer(client, in_name, None).as_numpy("logits"), plain_logits(client, data))
@@ -200,8 +256,11 @@ def test_truncated_object_is_refused_not_a_crash(client, region):
 
 def test_cuda_shared_memory_is_refused_clearly(client):
     assert not client.get_cuda_shared_memory_status().regions
-    refused(lambda: client.register_cuda_shared_memory("gpu", b"\0" * 64, 0, 64),
-            grpc.StatusCode.UNIMPLEMENTED, "CUDA shared memory needs a GPU build")
+    refused(
+        lambda: client.register_cuda_shared_memory("gpu", b"\0" * 64, 0, 64),
+        grpc.StatusCode.UNIMPLEMENTED,
+        "CUDA shared memory needs a GPU build",
+    )
     client.unregister_cuda_shared_memory()
 
 
@@ -228,8 +287,11 @@ def test_encoded_images_as_a_bytes_input_in_shared_memory(client, region):
     output.set_shared_memory(name, 24, offset=len(payload))
     client.infer("tiny", [tensor], outputs=[output])
     np.testing.assert_array_equal(shm.get_contents_as_numpy(handle, np.float32, [2, 3], offset=len(payload)), expected)
-    refused(lambda: client.infer("tiny", [tensor.set_shared_memory(name, len(payload) - 3)]),
-            grpc.StatusCode.INVALID_ARGUMENT, "BYTES element 1 declares")
+    refused(
+        lambda: client.infer("tiny", [tensor.set_shared_memory(name, len(payload) - 3)]),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "BYTES element 1 declares",
+    )
 
 
 def test_stream_requests_read_and_write_shared_memory(client, region):
@@ -270,6 +332,8 @@ def test_shutdown_unmaps_every_region(tiny_repo, region):
     own.close()
     server.stop()
     assert mapped.closed and not server.running.shared_memory
-    assert server.running.metrics.registry.get_sample_value(
-        "convserve_shared_memory_mapped_bytes", {"kind": "system"}) == 0
+    assert (
+        server.running.metrics.registry.get_sample_value("convserve_shared_memory_mapped_bytes", {"kind": "system"})
+        == 0
+    )
     assert os.path.exists(SHM_DIR / key[1:])  # the client's object is the client's: never unlinked

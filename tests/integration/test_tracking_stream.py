@@ -46,7 +46,10 @@ def frames_of(name: str, keep=None) -> list[Frame]:
     return [Frame(f.image, f.frame_id, f.capture_timestamp_us) for f in frames if keep is None or keep[f.frame_id]]
 
 
-def stream(address: str, frames, track=TrackOptions(lines=(DOOR,), zones=(TOP,)), **options) -> list:
+DOOR_AND_TOP = TrackOptions(lines=(DOOR,), zones=(TOP,))
+
+
+def stream(address: str, frames, track=DOOR_AND_TOP, **options) -> list:
     with VisionClient(address) as client:
         return list(client.stream_detect(frames, "yolo_grid", score_threshold=0.1, track=track, timeout=120, **options))
 
@@ -153,12 +156,15 @@ def test_server_dropped_frames_keep_counts_and_carry_no_events(server):
             assert result.tracking.tracks == before.tracking.tracks
 
 
-@pytest.mark.parametrize("track, field", [
-    (TrackOptions(tracker="deepsort"), "track.tracker"),
-    (TrackOptions(max_age=0), "track.max_age"),
-    (TrackOptions(zones=(CountZone("z", ((0.0, 0.0), (1.0, 1.0))),)), r"track.zones\[0\].polygon"),
-    (TrackOptions(lines=tuple(CountLine(str(i), (0.0, 0.0), (1.0, 1.0)) for i in range(17))), "track.lines"),
-])
+@pytest.mark.parametrize(
+    "track, field",
+    [
+        (TrackOptions(tracker="deepsort"), "track.tracker"),
+        (TrackOptions(max_age=0), "track.max_age"),
+        (TrackOptions(zones=(CountZone("z", ((0.0, 0.0), (1.0, 1.0))),)), r"track.zones\[0\].polygon"),
+        (TrackOptions(lines=tuple(CountLine(str(i), (0.0, 0.0), (1.0, 1.0)) for i in range(17))), "track.lines"),
+    ],
+)
 def test_bad_track_options_end_the_call(server, track, field):
     with pytest.raises(RpcFailed, match=field) as failure:
         stream(server.address, frames_of("inventory")[:2], track)
@@ -180,8 +186,23 @@ def test_attendance_counts_the_door_line_crossings(server, tmp_path):
     # drawn upwards at x = 80: "in" (its right-hand side) is to the right, so left -> right crossings
     expected = crossings.get("face", (0, 0))[1]
     assert expected > 0, "the clip should have a face crossing the middle line"
-    done = subprocess.run([sys.executable, "-m", "examples.attendance_camera", "--host", server.address, "--quiet",
-                           "--door-line", "80,160,80,0", "--crops-dir", str(tmp_path / "crops")],
-                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "examples.attendance_camera",
+            "--host",
+            server.address,
+            "--quiet",
+            "--door-line",
+            "80,160,80,0",
+            "--crops-dir",
+            str(tmp_path / "crops"),
+        ],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     assert f"entered: {expected} people crossed the door line inwards" in done.stdout, done.stdout

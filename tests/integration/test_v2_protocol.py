@@ -54,11 +54,14 @@ def write_means_model(repo):
         helper.make_node("Identity", ["image"], ["same"]),
     ]
     graph = helper.make_graph(
-        nodes, "means",
+        nodes,
+        "means",
         [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 3, 640, 640])],
-        [helper.make_tensor_value_info("mean", TensorProto.FLOAT, ["N", 3]),
-         helper.make_tensor_value_info("max", TensorProto.FLOAT, ["N", 3]),
-         helper.make_tensor_value_info("same", TensorProto.FLOAT, ["N", 3, 640, 640])],
+        [
+            helper.make_tensor_value_info("mean", TensorProto.FLOAT, ["N", 3]),
+            helper.make_tensor_value_info("max", TensorProto.FLOAT, ["N", 3]),
+            helper.make_tensor_value_info("same", TensorProto.FLOAT, ["N", 3, 640, 640]),
+        ],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
@@ -115,6 +118,7 @@ def infer_raw(model, array, name="input", version=""):
 
 # ---- health and metadata ---------------------------------------------------------------------
 
+
 def test_server_live_and_ready(stub):
     assert stub.ServerLive(pb.ServerLiveRequest()).live is True
     assert stub.ServerReady(pb.ServerReadyRequest()).ready is True
@@ -160,6 +164,7 @@ def test_model_config(stub):
 
 # ---- inference -------------------------------------------------------------------------------
 
+
 def test_infer_raw_contents_matches_onnxruntime(stub, repo):
     x = digits(1, count=3)
     reply = stub.ModelInfer(infer_raw("tiny", x))
@@ -173,11 +178,17 @@ def test_infer_raw_contents_matches_onnxruntime(stub, repo):
 def test_infer_typed_contents_matches_onnxruntime(stub, repo):
     x = digits(2)
     request = pb.ModelInferRequest(model_name="tiny", model_version="1")
-    request.inputs.add(name="input", datatype="FP32", shape=list(x.shape),
-                       contents=pb.InferTensorContents(fp32_contents=x.ravel().tolist()))
+    request.inputs.add(
+        name="input",
+        datatype="FP32",
+        shape=list(x.shape),
+        contents=pb.InferTensorContents(fp32_contents=x.ravel().tolist()),
+    )
     reply = stub.ModelInfer(request)
     assert reply.model_version == "1"
-    np.testing.assert_allclose(response_outputs(reply)["logits"], reference(repo, "tiny", 1, {"input": x})["logits"], rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(
+        response_outputs(reply)["logits"], reference(repo, "tiny", 1, {"input": x})["logits"], rtol=1e-6, atol=1e-6
+    )
 
 
 def test_versions_serve_their_own_weights(stub, repo):
@@ -207,7 +218,9 @@ def test_large_http2_frames_and_window_carry_full_size_tensors_unchanged(repo):
     try:
         with grpc.insecure_channel(server.address, options=CHANNEL_OPTIONS) as channel:
             image = np.random.default_rng(5).random((2, 3, 640, 640), dtype=np.float32)
-            got = response_outputs(pb_grpc.GRPCInferenceServiceStub(channel).ModelInfer(infer_raw("means", image, name="image")))
+            got = response_outputs(
+                pb_grpc.GRPCInferenceServiceStub(channel).ModelInfer(infer_raw("means", image, name="image"))
+            )
         np.testing.assert_array_equal(got["same"], image)
         np.testing.assert_array_equal(got["max"], reference(repo, "means", 1, {"image": image})["max"])
     finally:
@@ -234,7 +247,9 @@ def test_bytes_image_input_runs_server_preprocessing(stub, repo):
     raw = stub.ModelInfer(infer_raw("tiny", np.array(images, dtype=object)))  # length-prefixed raw
     np.testing.assert_allclose(response_outputs(raw)["logits"], want, rtol=1e-6, atol=1e-6)
     typed = pb.ModelInferRequest(model_name="tiny")
-    typed.inputs.add(name="input", datatype="BYTES", shape=[2, 1], contents=pb.InferTensorContents(bytes_contents=images))
+    typed.inputs.add(
+        name="input", datatype="BYTES", shape=[2, 1], contents=pb.InferTensorContents(bytes_contents=images)
+    )
     np.testing.assert_allclose(response_outputs(stub.ModelInfer(typed))["logits"], want, rtol=1e-6, atol=1e-6)
 
 
@@ -284,6 +299,7 @@ def test_stream_infer_in_order_and_survives_a_bad_request(stub, repo):
 
 # ---- statistics and repository ---------------------------------------------------------------
 
+
 def _stats(stub, name):
     (stats,) = stub.ModelStatistics(pb.ModelStatisticsRequest(name=name)).model_stats
     return stats
@@ -328,8 +344,12 @@ def test_a_cancelled_stream_leaves_nothing_in_flight(tmp_path):
     server = ServerThread(settings_for(repo, limits=Limits(stream_max_pending=4))).start()
 
     def inflight() -> float:
-        return sum(sample.value for metric in server.running.metrics.registry.collect() for sample in metric.samples
-                   if sample.name == "convserve_inflight_requests" and sample.labels.get("model") == "slow")
+        return sum(
+            sample.value
+            for metric in server.running.metrics.registry.collect()
+            for sample in metric.samples
+            if sample.name == "convserve_inflight_requests" and sample.labels.get("model") == "slow"
+        )
 
     try:
         with grpc.insecure_channel(server.address) as channel:
@@ -379,7 +399,10 @@ def test_statistics_of_every_model(stub):
 def test_repository_index(stub):
     index = stub.RepositoryIndex(pb.RepositoryIndexRequest())
     assert [(m.name, m.version, m.state) for m in index.models] == [
-        ("means", "1", "READY"), ("tiny", "1", "READY"), ("tiny", "2", "READY")]
+        ("means", "1", "READY"),
+        ("tiny", "1", "READY"),
+        ("tiny", "2", "READY"),
+    ]
 
 
 def test_repository_unload_and_load(tiny_server, tiny_repo):
@@ -397,7 +420,9 @@ def test_repository_unload_and_load(tiny_server, tiny_repo):
         assert stub.RepositoryIndex(pb.RepositoryIndexRequest(ready=True)).models == []
         stub.RepositoryModelLoad(pb.RepositoryModelLoadRequest(model_name="tiny"))
         assert stub.ModelReady(pb.ModelReadyRequest(name="tiny")).ready is True
-        np.testing.assert_allclose(response_outputs(stub.ModelInfer(infer_raw("tiny", x)))["logits"], want, rtol=1e-6, atol=1e-6)
+        np.testing.assert_allclose(
+            response_outputs(stub.ModelInfer(infer_raw("tiny", x)))["logits"], want, rtol=1e-6, atol=1e-6
+        )
         with pytest.raises(grpc.RpcError) as error:
             stub.RepositoryModelLoad(pb.RepositoryModelLoadRequest(model_name="missing"))
         assert error.value.code() == grpc.StatusCode.NOT_FOUND

@@ -129,7 +129,9 @@ def test_classify_applies_exif_orientation(stub, repo, spec, orientation):
     ignored = np.asarray(Image.open(io.BytesIO(data)).convert("L"))  # the stored, un-rotated pixels
     wrong = probabilities(repo, preprocess_image(ignored, spec, source_order="rgb")[0][None])[0]
     assert np.abs(want - wrong).max() > 0.01  # the test could tell a missed rotation apart
-    reply = stub.Classify(vpb.ClassifyRequest(model=vpb.ModelRef(name="tiny"), images=[vpb.Image(encoded=data)], top_k=3))
+    reply = stub.Classify(
+        vpb.ClassifyRequest(model=vpb.ModelRef(name="tiny"), images=[vpb.Image(encoded=data)], top_k=3)
+    )
     scores = np.zeros(3)
     for p in reply.results[0].predictions:
         scores[p.class_index] = p.score
@@ -138,8 +140,9 @@ def test_classify_applies_exif_orientation(stub, repo, spec, orientation):
 
 def frames(datas, first_options=None, top_k=2):
     for index, data in enumerate(datas):
-        frame = vpb.ClassifyFrame(frame_id=100 + index, capture_timestamp_us=5000 + index, top_k=top_k,
-                                  image=vpb.Image(encoded=data))
+        frame = vpb.ClassifyFrame(
+            frame_id=100 + index, capture_timestamp_us=5000 + index, top_k=top_k, image=vpb.Image(encoded=data)
+        )
         if index == 0:
             frame.model.name = "tiny"
             if first_options is not None:

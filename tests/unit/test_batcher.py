@@ -67,6 +67,7 @@ class Recorder:
 
 def run(coroutine_fn, model: GatedModel, policy: BatchPolicy | None = None, observer: Recorder | None = None):
     """Run `coroutine_fn(batcher)` on a fresh loop with a started batcher; closes everything."""
+
     async def main():
         with ThreadPoolExecutor(max_workers=(policy or BatchPolicy()).instances) as pool:
             batcher = DynamicBatcher(model, pool, policy or BatchPolicy(max_queue_delay_s=0.0), observer)
@@ -76,6 +77,7 @@ def run(coroutine_fn, model: GatedModel, policy: BatchPolicy | None = None, obse
             finally:
                 model.gate.set()
                 await batcher.close(drain_timeout=2.0)
+
     return asyncio.run(main())
 
 
@@ -96,7 +98,9 @@ def rows(n: int, width: int = 3, start: float = 0.0) -> dict[str, np.ndarray]:
     return {"x": (start + np.arange(n * width, dtype=np.float32)).reshape(n, width)}
 
 
-async def queued_behind_a_held_run(batcher, model: GatedModel, queued: list[dict[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:
+async def queued_behind_a_held_run(
+    batcher, model: GatedModel, queued: list[dict[str, np.ndarray]]
+) -> list[dict[str, np.ndarray]]:
     """Hold the model with a first request, queue `queued` meanwhile, release: their outputs.
 
     Everything queued is there when the next batch is taken, so the batches are deterministic."""
@@ -160,6 +164,7 @@ def test_a_failed_batch_fails_only_its_own_requests():
         good = asyncio.create_task(batcher.submit(rows(2, width=3, start=7)))
         await settle()
         model.gate.set()
+        await first
         return await asyncio.gather(*bad, return_exceptions=True), await good
 
     failures, (out, _) = run(scenario, model)
@@ -346,7 +351,9 @@ def test_a_preferred_cut_keeps_the_queue_order_across_shapes():
     model = GatedModel()
 
     async def scenario(batcher):
-        await queued_behind_a_held_run(batcher, model, [rows(1, width=w, start=i) for i, w in enumerate([3, 5, 3, 3, 5])])
+        await queued_behind_a_held_run(
+            batcher, model, [rows(1, width=w, start=i) for i, w in enumerate([3, 5, 3, 3, 5])]
+        )
 
     run(scenario, model, BatchPolicy(max_batch_size=8, max_queue_delay_s=0.0, preferred_batch_sizes=(2,)))
     # width 3 first: the 1st and 3rd requests make 2 (cut); then the oldest left is width 5 (2nd and 5th), then the 4th

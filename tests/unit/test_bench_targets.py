@@ -8,13 +8,26 @@ from bench.results import GRPC, SHM, evaluate_targets, to_json, to_markdown
 
 
 def point(model, payload, concurrency, rps, p50=1.0):
-    return ServedPoint(model=model, payload=payload, concurrency=concurrency, throughput_rps=rps, images_per_s=rps,
-                       latency_ms={"p50": p50, "p90": p50, "p99": p50}, errors={}, requests_total=100,
-                       server_cpu_us_per_request=500.0, client_cpu_us_per_request=100.0, others_cpu_s=0.0, wall_s=1.0)
+    return ServedPoint(
+        model=model,
+        payload=payload,
+        concurrency=concurrency,
+        throughput_rps=rps,
+        images_per_s=rps,
+        latency_ms={"p50": p50, "p90": p50, "p99": p50},
+        errors={},
+        requests_total=100,
+        server_cpu_us_per_request=500.0,
+        client_cpu_us_per_request=100.0,
+        others_cpu_s=0.0,
+        wall_s=1.0,
+    )
 
 
-RAW = {"resnet18": [RawPoint(1, 50, 96.0, 10.4), RawPoint(16, 10, 100.0, 160.0)],
-       "lenet5": [RawPoint(16, 100, 9e4, 0.2)]}
+RAW = {
+    "resnet18": [RawPoint(1, 50, 96.0, 10.4), RawPoint(16, 10, 100.0, 160.0)],
+    "lenet5": [RawPoint(16, 100, 9e4, 0.2)],
+}
 JPEG = {"resnet18": RawJpegPoint((224, 224), 9000, 1.0, 100.0, 90.9)}
 
 
@@ -24,10 +37,16 @@ def verdicts(served):
 
 
 def test_each_issue_target_passes_and_fails_on_its_own_threshold():
-    served = [point("resnet18", SHM, 1, 90, p50=11.3), point("resnet18", GRPC, 1, 80, p50=12.5),
-              point("resnet18", SHM, 16, 96), point("resnet18", GRPC, 16, 89),
-              point("resnet18", "jpeg", 16, 78), point("lenet5", GRPC, 16, 2100), point("lenet5", GRPC, 64, 2050),
-              point("lenet5", STREAMED_TENSOR, 64, 2500)]
+    served = [
+        point("resnet18", SHM, 1, 90, p50=11.3),
+        point("resnet18", GRPC, 1, 80, p50=12.5),
+        point("resnet18", SHM, 16, 96),
+        point("resnet18", GRPC, 16, 89),
+        point("resnet18", "jpeg", 16, 78),
+        point("lenet5", GRPC, 16, 2100),
+        point("lenet5", GRPC, 64, 2050),
+        point("lenet5", STREAMED_TENSOR, 64, 2500),
+    ]
     got = verdicts(served)
     assert got["resnet18 perf_analyzer shm c1 p50 <= raw batch-1 p50 + 1.0 ms"] is True  # +0.9 ms
     assert got["resnet18 perf_analyzer grpc c1 p50 <= raw batch-1 p50 + 2.0 ms"] is False  # +2.1 ms over 10.4
@@ -40,8 +59,15 @@ def test_each_issue_target_passes_and_fails_on_its_own_threshold():
 
 def test_report_renders_the_jpeg_reference_and_every_point():
     served = [point("resnet18", SHM, 1, 90), point("resnet18", "jpeg", 16, 70)]
-    meta = {"mode": "quick", "date": "d", "machine": "m", "loadavg_before": "0", "loadavg_after": "0",
-            "versions": "v", "notes": []}
+    meta = {
+        "mode": "quick",
+        "date": "d",
+        "machine": "m",
+        "loadavg_before": "0",
+        "loadavg_after": "0",
+        "versions": "v",
+        "notes": [],
+    }
     targets = evaluate_targets(RAW, served, "lenet5", None, 1.0, {}, JPEG)
     data = to_json(meta, RAW, served, targets, {"available": False}, None, {}, JPEG)
     text = to_markdown(data)

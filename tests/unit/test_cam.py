@@ -36,7 +36,9 @@ def test_cam_matches_torch_gap_network():
         assert unrectified.mean() == pytest.approx(float((logits[c] - fc.bias[c]).detach()), abs=1e-5)
 
 
-@pytest.mark.parametrize("raw_hw, out_hw", [((16, 16), (97, 61)), ((2, 2), (64, 64)), ((7, 5), (3, 4)), ((1, 3), (5, 9))])
+@pytest.mark.parametrize(
+    "raw_hw, out_hw", [((16, 16), (97, 61)), ((2, 2), (64, 64)), ((7, 5), (3, 4)), ((1, 3), (5, 9))]
+)
 def test_upsample_matches_torch_bilinear_for_a_stretched_image(raw_hw, out_hw):
     rng = np.random.default_rng(1)
     raw = rng.random(raw_hw).astype(np.float32)
@@ -53,8 +55,9 @@ def _grid_sample_reference(raw: np.ndarray, info: ResizeInfo) -> np.ndarray:
     xs = (np.arange(width) + 0.5) * info.scale_yx[1] + info.offset_yx[1]
     gy, gx = np.meshgrid(2 * ys / info.input_hw[0] - 1, 2 * xs / info.input_hw[1] - 1, indexing="ij")
     grid = torch.from_numpy(np.stack([gx, gy], axis=-1)[None].astype(np.float32))
-    sampled = F.grid_sample(torch.from_numpy(raw)[None, None], grid, mode="bilinear", padding_mode="border",
-                            align_corners=False)[0, 0].numpy()
+    sampled = F.grid_sample(
+        torch.from_numpy(raw)[None, None], grid, mode="bilinear", padding_mode="border", align_corners=False
+    )[0, 0].numpy()
     inside = ((ys >= 0) & (ys < info.input_hw[0]))[:, None] & ((xs >= 0) & (xs < info.input_hw[1]))[None, :]
     return np.where(inside, sampled, 0.0)
 
@@ -106,7 +109,9 @@ def test_score_cam_masks_are_normalised_upsampled_maps():
     masks = cam.score_cam_masks(activations, np.array([3, 1]), (16, 16))
     assert masks.shape == (2, 16, 16) and masks.dtype == np.float32
     for mask, k in zip(masks, (3, 1)):
-        up = F.interpolate(torch.from_numpy(activations[k])[None, None], size=(16, 16), mode="bilinear", align_corners=False)[0, 0].numpy()
+        up = F.interpolate(
+            torch.from_numpy(activations[k])[None, None], size=(16, 16), mode="bilinear", align_corners=False
+        )[0, 0].numpy()
         np.testing.assert_allclose(mask, (up - up.min()) / (up.max() - up.min()), atol=1e-5)
     tensor = np.random.default_rng(4).standard_normal((3, 16, 16)).astype(np.float32)
     batch = cam.masked_inputs(tensor, masks)

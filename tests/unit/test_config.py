@@ -38,11 +38,22 @@ def test_defaults():
     assert config.platform == "onnx" and config.labels is None and config.default_version is None
     assert config.inputs[0].dtype == "float32"
     pre = config.preprocessing
-    assert (pre.color_order, pre.resize, pre.interpolation, pre.padding, pre.stride) == ("rgb", "stretch", "linear", 0, 1)
+    assert (pre.color_order, pre.resize, pre.interpolation, pre.padding, pre.stride) == (
+        "rgb",
+        "stretch",
+        "linear",
+        0,
+        1,
+    )
     assert pre.scale == pytest.approx(1 / 255) and pre.mean == (0.0,) and pre.std == (1.0,)
     assert pre.channels == 3 and pre.input_hw == (8, 8)
     batching = config.batching
-    assert (batching.max_batch_size, batching.max_queue_delay_us, batching.instances, batching.max_queue_size) == (32, 500, 1, 1024)
+    assert (batching.max_batch_size, batching.max_queue_delay_us, batching.instances, batching.max_queue_size) == (
+        32,
+        500,
+        1,
+        1024,
+    )
     assert config.postprocessing.top_k == 5 and config.postprocessing.scores == "logits"
     assert config.runtime.providers is None and config.runtime.graph_optimization_level == "all"
     assert config.answer_output == "y"
@@ -64,14 +75,42 @@ FIELD_ERRORS = {
     "mean length": (lambda d: d["preprocessing"].update(mean=[0.1, 0.2]), "preprocessing", "mean has 2 values"),
     "zero std": (lambda d: d["preprocessing"].update(std=[0.0]), "preprocessing", "std"),
     "size with native": (lambda d: d["preprocessing"].update(resize="native"), "preprocessing", "size must be omitted"),
-    "native_scale without native": (lambda d: d["preprocessing"].update(native_scale=2.0), "preprocessing", "native_scale only applies"),
-    "native_scale zero": (lambda d: d["preprocessing"].update(resize="native", size=None, native_scale=0), "preprocessing.native_scale", "greater than 0"),
-    "resize_shorter without crop": (lambda d: d["preprocessing"].update(resize_shorter=10), "preprocessing", "center_crop"),
-    "negative padding": (lambda d: d["preprocessing"].update(padding=-1), "preprocessing.padding", "greater than or equal"),
-    "max batch 0": (lambda d: d.update(batching={"max_batch_size": 0}), "batching.max_batch_size", "greater than or equal to 1"),
-    "preferred over max": (lambda d: d.update(batching={"max_batch_size": 4, "preferred_batch_sizes": [8]}), "batching", "preferred batch size 8"),
+    "native_scale without native": (
+        lambda d: d["preprocessing"].update(native_scale=2.0),
+        "preprocessing",
+        "native_scale only applies",
+    ),
+    "native_scale zero": (
+        lambda d: d["preprocessing"].update(resize="native", size=None, native_scale=0),
+        "preprocessing.native_scale",
+        "greater than 0",
+    ),
+    "resize_shorter without crop": (
+        lambda d: d["preprocessing"].update(resize_shorter=10),
+        "preprocessing",
+        "center_crop",
+    ),
+    "negative padding": (
+        lambda d: d["preprocessing"].update(padding=-1),
+        "preprocessing.padding",
+        "greater than or equal",
+    ),
+    "max batch 0": (
+        lambda d: d.update(batching={"max_batch_size": 0}),
+        "batching.max_batch_size",
+        "greater than or equal to 1",
+    ),
+    "preferred over max": (
+        lambda d: d.update(batching={"max_batch_size": 4, "preferred_batch_sizes": [8]}),
+        "batching",
+        "preferred batch size 8",
+    ),
     "unknown provider": (lambda d: d.update(runtime={"providers": ["tpu"]}), "runtime.providers[0]", "'tpu'"),
-    "bad threshold": (lambda d: d.update(postprocessing={"detection": {"grid": 7, "boxes_per_cell": 2, "iou_threshold": 1.5}}), "postprocessing.detection.iou_threshold", "less than or equal to 1"),
+    "bad threshold": (
+        lambda d: d.update(postprocessing={"detection": {"grid": 7, "boxes_per_cell": 2, "iou_threshold": 1.5}}),
+        "postprocessing.detection.iou_threshold",
+        "less than or equal to 1",
+    ),
     "version 0": (lambda d: d.update(default_version=0), "default_version", "greater than or equal to 1"),
 }
 
@@ -88,15 +127,30 @@ def test_errors_name_the_field(case):
 
 # Cross-field checks: pydantic reports them on the model, so the message itself names the fields.
 CROSS_ERRORS = {
-    "duplicate input names": (lambda d: d.update(inputs=[d["inputs"][0], d["inputs"][0]]), ["inputs", "duplicate", "'x'"]),
+    "duplicate input names": (
+        lambda d: d.update(inputs=[d["inputs"][0], d["inputs"][0]]),
+        ["inputs", "duplicate", "'x'"],
+    ),
     "answer output unknown": (lambda d: d.update(postprocessing={"output": "z"}), ["postprocessing.output", "'z'"]),
-    "cam output unknown": (lambda d: d.update(postprocessing={"cam": {"features_output": "f"}}), ["postprocessing.cam.features_output", "'f'"]),
+    "cam output unknown": (
+        lambda d: d.update(postprocessing={"cam": {"features_output": "f"}}),
+        ["postprocessing.cam.features_output", "'f'"],
+    ),
     "detection without params": (lambda d: d.update(task="detection"), ["postprocessing.detection"]),
-    "channels vs color order": (lambda d: d["preprocessing"].update(color_order="gray"), ["inputs[0]", "3 channels", "color_order 'gray'"]),
-    "dims vs size": (lambda d: d["preprocessing"].update(size=[9, 9]), ["inputs[0]", "(8, 8)", "preprocessing size (9, 9)"]),
+    "channels vs color order": (
+        lambda d: d["preprocessing"].update(color_order="gray"),
+        ["inputs[0]", "3 channels", "color_order 'gray'"],
+    ),
+    "dims vs size": (
+        lambda d: d["preprocessing"].update(size=[9, 9]),
+        ["inputs[0]", "(8, 8)", "preprocessing size (9, 9)"],
+    ),
     "dims vs padding": (lambda d: d["preprocessing"].update(padding=2), ["inputs[0]", "(12, 12)"]),
     "preprocessing on a 2-D input": (lambda d: d["inputs"][0].update(dims=[-1, 64]), ["inputs[0]", "NCHW"]),
-    "grid without sizes": (lambda d: d.update(postprocessing={"detection": {"layout": "yolo_grid"}}), ["grid", "boxes_per_cell"]),
+    "grid without sizes": (
+        lambda d: d.update(postprocessing={"detection": {"layout": "yolo_grid"}}),
+        ["grid", "boxes_per_cell"],
+    ),
 }
 
 
@@ -111,7 +165,12 @@ def test_cross_field_errors_name_the_fields(case):
 def test_free_spatial_axes_accept_any_preprocessing_size():
     data = with_changes(lambda d: d["inputs"][0].update(dims=[-1, 3, -1, -1]))
     assert parse_model_config(data, PATH).inputs[0].dims == (-1, 3, -1, -1)
-    data = with_changes(lambda d: (d["inputs"][0].update(dims=[-1, 1, 32, 32]), d["preprocessing"].update(color_order="gray", size=[28, 28], padding=2)))
+    data = with_changes(
+        lambda d: (
+            d["inputs"][0].update(dims=[-1, 1, 32, 32]),
+            d["preprocessing"].update(color_order="gray", size=[28, 28], padding=2),
+        )
+    )
     assert parse_model_config(data, PATH).preprocessing.input_hw == (32, 32)
 
 
@@ -154,8 +213,13 @@ def test_yaml_is_parsed_safely(tmp_path):
 
 
 def test_dump_then_load_round_trips_and_leaves_out_defaults(tmp_path):
-    data = with_changes(lambda d: d.update(labels="labels.txt", batching={"max_batch_size": 4, "preferred_batch_sizes": [2, 4]},
-                                           postprocessing={"top_k": 3}))
+    data = with_changes(
+        lambda d: d.update(
+            labels="labels.txt",
+            batching={"max_batch_size": 4, "preferred_batch_sizes": [2, 4]},
+            postprocessing={"top_k": 3},
+        )
+    )
     config = parse_model_config(data, PATH)
     path = tmp_path / "config.yaml"
     dump_model_config(config, path)

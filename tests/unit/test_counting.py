@@ -40,14 +40,21 @@ def test_points_in_polygon_convex_and_concave():
     assert points_in_polygon(np.zeros((0, 2)), square).tolist() == []
 
 
-def moves(classes, before, after, new=None, ended_classes=(), ended_centres=(), present_classes=(),
-          present_centres=()) -> FrameMoves:
+def moves(
+    classes, before, after, new=None, ended_classes=(), ended_centres=(), present_classes=(), present_centres=()
+) -> FrameMoves:
     """A FrameMoves from plain lists (new defaults to none just confirmed)."""
     classes = np.array(classes, np.int64)
-    return FrameMoves(classes, np.array(before, float).reshape(-1, 2), np.array(after, float).reshape(-1, 2),
-                      np.zeros(len(classes), bool) if new is None else np.array(new, bool),
-                      np.array(ended_classes, np.int64), np.array(ended_centres, float).reshape(-1, 2),
-                      np.array(present_classes, np.int64), np.array(present_centres, float).reshape(-1, 2))
+    return FrameMoves(
+        classes,
+        np.array(before, float).reshape(-1, 2),
+        np.array(after, float).reshape(-1, 2),
+        np.zeros(len(classes), bool) if new is None else np.array(new, bool),
+        np.array(ended_classes, np.int64),
+        np.array(ended_centres, float).reshape(-1, 2),
+        np.array(present_classes, np.int64),
+        np.array(present_centres, float).reshape(-1, 2),
+    )
 
 
 def test_zone_entered_left_and_ended_inside():
@@ -55,16 +62,36 @@ def test_zone_entered_left_and_ended_inside():
     tallies = Tallies((DOOR,), (zone,))
     # a class-3 track walks in, another is confirmed inside (enters), a class-1 track stays outside
     after = [[50, 50], [40, 40], [160, 150]]
-    tallies.add_frame(moves([3, 3, 1], [[150, 50], [40, 40], [150, 150]], after, [False, True, False],
-                            present_classes=[3, 3, 1], present_centres=after))
+    tallies.add_frame(
+        moves(
+            [3, 3, 1],
+            [[150, 50], [40, 40], [150, 150]],
+            after,
+            [False, True, False],
+            present_classes=[3, 3, 1],
+            present_centres=after,
+        )
+    )
     assert tallies.zone_moves[0] == {3: [2, 0]}
     assert (tallies.inside_count(0, 3), tallies.inside_count(0, 1), tallies.inside_count(0, 7)) == (2, 0, 0)
     # the first walks out again, then the one confirmed inside and the class-1 track end
-    tallies.add_frame(moves([3], [[50, 50]], [[150, 50]], present_classes=[3, 3, 1],
-                            present_centres=[[150, 50], [40, 40], [160, 150]]))
+    tallies.add_frame(
+        moves(
+            [3], [[50, 50]], [[150, 50]], present_classes=[3, 3, 1], present_centres=[[150, 50], [40, 40], [160, 150]]
+        )
+    )
     assert tallies.zone_moves[0] == {3: [2, 1]} and tallies.inside_count(0, 3) == 1
-    tallies.add_frame(moves([], [], [], ended_classes=[3, 1], ended_centres=[[40, 40], [160, 150]],
-                            present_classes=[3], present_centres=[[150, 50]]))
+    tallies.add_frame(
+        moves(
+            [],
+            [],
+            [],
+            ended_classes=[3, 1],
+            ended_centres=[[40, 40], [160, 150]],
+            present_classes=[3],
+            present_centres=[[150, 50]],
+        )
+    )
     assert tallies.zone_moves[0] == {3: [2, 2]} and tallies.inside_count(0, 3) == 0
     assert tallies.crossed[0] == {}
 
@@ -77,14 +104,19 @@ def track_stream(settings, frames):
             reports.append(tracking.skipped())
             continue
         boxes = np.array([[x, y, x + 20, y + 20] for x, y, _ in objects], np.float32).reshape(-1, 4)
-        reports.append(tracking.answered(frame_id, timestamp, boxes, np.full(len(objects), 0.9),
-                                         np.array([c for _, _, c in objects], np.int64)))
+        reports.append(
+            tracking.answered(
+                frame_id, timestamp, boxes, np.full(len(objects), 0.9), np.array([c for _, _, c in objects], np.int64)
+            )
+        )
     return reports
 
 
 def test_stream_counts_crossings_zones_and_unique_tracks():
-    settings = track_settings(lines=[CountLine("door", (0, 50), (200, 50))],
-                              zones=[CountZone("left", ((0, 0), (100, 0), (100, 200), (0, 200)))])
+    settings = track_settings(
+        lines=[CountLine("door", (0, 50), (200, 50))],
+        zones=[CountZone("left", ((0, 0), (100, 0), (100, 200), (0, 200)))],
+    )
     # a class-0 object walks down through the door; a class-2 object walks right out of the zone
     frames = [(t, t * 66_000, [(10, 10 + 8 * t, 0), (60 + 8 * t, 120, 2)]) for t in range(12)]
     reports = track_stream(settings, frames)
@@ -128,23 +160,26 @@ def test_ended_events_carry_the_last_match():
     assert reports[-1].counts.tracks == ((0, 1, 0),)
 
 
-@pytest.mark.parametrize("options, field", [
-    ({"tracker": "sort"}, "track.tracker"),
-    ({"high_score": 1.5}, "track.high_score_threshold"),
-    ({"high_score": 0.4, "low_score": 0.6}, "track.low_score_threshold"),
-    ({"match_iou": 0.0}, "track.match_iou_threshold"),
-    ({"match_iou": float("nan")}, "track.match_iou_threshold"),
-    ({"min_hits": 0}, "track.min_hits"),
-    ({"max_age": 301}, "track.max_age"),
-    ({"max_tracks": 5000}, "track.max_tracks"),
-    ({"frame_interval_us": -1}, "track.frame_interval_us"),
-    ({"lines": [CountLine("a", (0, 0), (0, 0))]}, "track.lines[0]"),
-    ({"lines": [CountLine("", (0, 0), (1, 0))]}, "track.lines[0].name"),
-    ({"lines": [CountLine("a", (0, 0), (1, 0))] * 2}, "track.lines: names must be unique"),
-    ({"lines": [CountLine(str(i), (0, 0), (1, 0)) for i in range(17)]}, "track.lines: at most 16"),
-    ({"zones": [CountZone("z", ((0, 0), (1, 1)))]}, "track.zones[0].polygon"),
-    ({"zones": [CountZone("z", ((0, 0), (1, 1), (float("inf"), 0)))]}, "track.zones[0].polygon"),
-])
+@pytest.mark.parametrize(
+    "options, field",
+    [
+        ({"tracker": "sort"}, "track.tracker"),
+        ({"high_score": 1.5}, "track.high_score_threshold"),
+        ({"high_score": 0.4, "low_score": 0.6}, "track.low_score_threshold"),
+        ({"match_iou": 0.0}, "track.match_iou_threshold"),
+        ({"match_iou": float("nan")}, "track.match_iou_threshold"),
+        ({"min_hits": 0}, "track.min_hits"),
+        ({"max_age": 301}, "track.max_age"),
+        ({"max_tracks": 5000}, "track.max_tracks"),
+        ({"frame_interval_us": -1}, "track.frame_interval_us"),
+        ({"lines": [CountLine("a", (0, 0), (0, 0))]}, "track.lines[0]"),
+        ({"lines": [CountLine("", (0, 0), (1, 0))]}, "track.lines[0].name"),
+        ({"lines": [CountLine("a", (0, 0), (1, 0))] * 2}, "track.lines: names must be unique"),
+        ({"lines": [CountLine(str(i), (0, 0), (1, 0)) for i in range(17)]}, "track.lines: at most 16"),
+        ({"zones": [CountZone("z", ((0, 0), (1, 1)))]}, "track.zones[0].polygon"),
+        ({"zones": [CountZone("z", ((0, 0), (1, 1), (float("inf"), 0)))]}, "track.zones[0].polygon"),
+    ],
+)
 def test_invalid_track_options_name_the_field(options, field):
     with pytest.raises(InvalidArgument, match=field.replace("[", r"\[").replace("]", r"\]")):
         track_settings(**options)
@@ -156,12 +191,19 @@ def test_every_tracked_result_carries_tracking_and_counts_even_when_empty():
     track_result(tracking, empty, ["face"])
     assert empty.HasField("tracking") and empty.tracking.HasField("counts")
     for frame_id in (1, 2):  # a new track after the first frame waits min_hits (2) frames for its id
-        one = vpb.DetectFrameResult(frame_id=frame_id, result=vpb.DetectResult(detections=[
-            vpb.Detection(box=vpb.Box(x1=10, y1=10, x2=30, y2=30), class_index=0, label="face", score=0.9)]))
+        one = vpb.DetectFrameResult(
+            frame_id=frame_id,
+            result=vpb.DetectResult(
+                detections=[
+                    vpb.Detection(box=vpb.Box(x1=10, y1=10, x2=30, y2=30), class_index=0, label="face", score=0.9)
+                ]
+            ),
+        )
         track_result(tracking, one, ["face"])
     assert one.result.detections[0].track_id == 1
     assert [(e.track_id, e.label, e.first_frame_id, e.last_frame_id) for e in one.tracking.confirmed] == [
-        (1, "face", 1, 2)]
+        (1, "face", 1, 2)
+    ]
     assert [(c.label, c.unique, c.active) for c in one.tracking.counts.tracks] == [("face", 1, 1)]
     dropped = vpb.DetectFrameResult(frame_id=3)
     track_result(tracking, dropped, ["face"])

@@ -61,34 +61,49 @@ def test_letterbox_inverse_maps_back_to_the_original_box(original_hw):
 
 def test_boxes_are_clipped_to_the_original_image_and_empty_ones_dropped():
     _, info = preprocess_image(np.zeros((32, 64, 3), np.uint8), LETTERBOX, source_order="rgb")  # pads 16 rows top
-    out = grid_output([
-        (1, 0, 0, 0.0, 0.5, 0.5, 0.5, 0.9, 0, 1.0),  # spills over the left and top edges
-        (0, 3, 0, 0.5, 0.2, 0.1, 0.1, 0.9, 1, 1.0),  # entirely inside the top padding band
-    ])
+    out = grid_output(
+        [
+            (1, 0, 0, 0.0, 0.5, 0.5, 0.5, 0.9, 0, 1.0),  # spills over the left and top edges
+            (0, 3, 0, 0.5, 0.2, 0.1, 0.1, 0.9, 1, 1.0),  # entirely inside the top padding band
+        ]
+    )
     found = detections_from_output(out, GRID, info)
     assert len(found) == 1
     np.testing.assert_allclose(found.boxes[0], [0, 0, 16, 24], atol=1e-4)  # input [-16, 8, 16, 40]
 
 
 def test_score_threshold_class_filter_max_detections_and_agnostic_nms():
-    out = grid_output([
-        (0, 0, 0, 0.5, 0.5, 0.2, 0.2, 0.9, 0, 1.0),
-        (0, 0, 1, 0.5, 0.5, 0.2, 0.2, 0.6, 0, 1.0),   # duplicate of the first, same class
-        (3, 3, 0, 0.5, 0.5, 0.2, 0.2, 0.5, 1, 1.0),
-        (0, 1, 0, 0.0, 0.5, 0.2, 0.2, 0.4, 2, 1.0),   # overlaps the first, other class
-        (2, 2, 0, 0.5, 0.5, 0.2, 0.2, 0.2, 1, 1.0),
-    ])
+    out = grid_output(
+        [
+            (0, 0, 0, 0.5, 0.5, 0.2, 0.2, 0.9, 0, 1.0),
+            (0, 0, 1, 0.5, 0.5, 0.2, 0.2, 0.6, 0, 1.0),  # duplicate of the first, same class
+            (3, 3, 0, 0.5, 0.5, 0.2, 0.2, 0.5, 1, 1.0),
+            (0, 1, 0, 0.0, 0.5, 0.2, 0.2, 0.4, 2, 1.0),  # overlaps the first, other class
+            (2, 2, 0, 0.5, 0.5, 0.2, 0.2, 0.2, 1, 1.0),
+        ]
+    )
     info = identity_info()
     defaults = detections_from_output(out, GRID, info)
     assert defaults.scores.tolist() == pytest.approx([0.9, 0.5, 0.4])
-    assert detections_from_output(out, GRID, info, NmsParams(score_threshold=0.45)).scores.tolist() == pytest.approx([0.9, 0.5])
-    assert detections_from_output(out, GRID, info, NmsParams(score_threshold=0.5)).scores.tolist() == pytest.approx([0.9, 0.5])
-    assert detections_from_output(out, GRID, info, NmsParams(score_threshold=0.1)).scores.tolist() == pytest.approx([0.9, 0.5, 0.4, 0.2])
-    assert detections_from_output(out, GRID, info, NmsParams(classes=(1,), score_threshold=0.1)).classes.tolist() == [1, 1]
+    assert detections_from_output(out, GRID, info, NmsParams(score_threshold=0.45)).scores.tolist() == pytest.approx(
+        [0.9, 0.5]
+    )
+    assert detections_from_output(out, GRID, info, NmsParams(score_threshold=0.5)).scores.tolist() == pytest.approx(
+        [0.9, 0.5]
+    )
+    assert detections_from_output(out, GRID, info, NmsParams(score_threshold=0.1)).scores.tolist() == pytest.approx(
+        [0.9, 0.5, 0.4, 0.2]
+    )
+    assert detections_from_output(out, GRID, info, NmsParams(classes=(1,), score_threshold=0.1)).classes.tolist() == [
+        1,
+        1,
+    ]
     assert len(detections_from_output(out, GRID, info, NmsParams(max_detections=2))) == 2
     agnostic = detections_from_output(out, GRID, info, NmsParams(class_agnostic=True, iou_threshold=0.2))
     assert agnostic.classes.tolist() == [0, 1]
-    assert detections_from_output(out, GRID, info, NmsParams(iou_threshold=1.0)).scores.tolist() == pytest.approx([0.9, 0.6, 0.5, 0.4])
+    assert detections_from_output(out, GRID, info, NmsParams(iou_threshold=1.0)).scores.tolist() == pytest.approx(
+        [0.9, 0.6, 0.5, 0.4]
+    )
 
 
 def test_params_from_config_and_validation():
@@ -114,7 +129,9 @@ def constant_model(path, value: np.ndarray) -> None:
         helper.make_node("Add", ["value", "nothing"], ["output"]),
     ]
     graph = helper.make_graph(
-        nodes, "constant", [helper.make_tensor_value_info("images", TensorProto.FLOAT, [1, 3, 32, 48])],
+        nodes,
+        "constant",
+        [helper.make_tensor_value_info("images", TensorProto.FLOAT, [1, 3, 32, 48])],
         [helper.make_tensor_value_info("output", TensorProto.FLOAT, list(value[None].shape))],
         initializer=[const, numpy_helper.from_array(np.zeros((), np.float32), "zero")],
     )

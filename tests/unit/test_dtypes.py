@@ -30,6 +30,16 @@ def test_fixed_size_types_round_trip_between_numpy_v2_and_onnx(kind):
 
 def test_vision_tensors_and_configs_take_what_they_took_before():
     assert set(dtypes.VISION_DTYPES) == {"float32", "float16", "float64", "uint8", "int32", "int64", "bool"}
-    assert set(dtypes.CONFIG_DTYPES) == {"float32", "float16", "float64", "int8", "uint8", "int16", "int32",
-                                         "int64", "bool", "bytes"}
+    assert set(dtypes.CONFIG_DTYPES) == {
+        "float32",
+        "float16",
+        "float64",
+        "int8",
+        "uint8",
+        "int16",
+        "int32",
+        "int64",
+        "bool",
+        "bytes",
+    }
     assert dtypes.v2_of_numpy(np.dtype(np.complex64)) == "complex64"  # named as numpy does when V2 has no name

@@ -53,8 +53,14 @@ def test_gpu_build_without_cuda_libraries_is_named():
 @pytest.mark.slow
 def test_cpu_smoke_runs_end_to_end_and_reports_gpu_items_not_tested(tmp_path):
     env = dict(os.environ, PYTHON=sys.executable)
-    done = subprocess.run(["bash", str(REPO_ROOT / "bench" / "gpu_check.sh"), "--cpu-smoke", "--out", str(tmp_path)],
-                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=280)
+    done = subprocess.run(
+        ["bash", str(REPO_ROOT / "bench" / "gpu_check.sh"), "--cpu-smoke", "--out", str(tmp_path)],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=280,
+    )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "providers: [" in done.stdout and "| check | result | detail |" in done.stdout
     report = json.loads((tmp_path / "gpu_check.json").read_text())
@@ -63,7 +69,10 @@ def test_cpu_smoke_runs_end_to_end_and_reports_gpu_items_not_tested(tmp_path):
     assert len(cuda_items) >= 3
     assert all(item["status"] == "not tested" and item["detail"] for item in cuda_items)
     if CUDA not in report["providers"]:
-        assert items["onnxruntime build"]["status"] == "not tested" and "--ort-gpu-wheel" in items["onnxruntime build"]["detail"]
+        assert (
+            items["onnxruntime build"]["status"] == "not tested"
+            and "--ort-gpu-wheel" in items["onnxruntime build"]["detail"]
+        )
     assert items["tiny: fp16 on CPU vs fp32 on CPU"]["status"] == "ok"
     assert items["served path on cpu"]["status"] == "ok"
     paths = {(row["path"], row["batch"]) for row in report["timings"]}

@@ -59,15 +59,26 @@ def test_tiff_first_of_duplicated_tags_wins_whatever_its_integer_type():
 def test_tiff_byte_and_signed_size_tags_are_read(kind, fmt):
     def entry(tag, value):
         return struct.pack("<HHI", tag, kind, 1) + struct.pack(fmt, value).ljust(4, b"\x00")
+
     data = b"II*\x00" + struct.pack("<IH", 8, 2) + entry(256, 100) + entry(257, 50) + b"\x00" * 16
     assert image_size(data) == (100, 50)
 
 
 def test_tiff_negative_or_multi_valued_size_is_unreadable():
-    negative = b"II*\x00" + struct.pack("<IH", 8, 2) + struct.pack("<HHIi", 256, 9, 1, -5) \
-        + struct.pack("<HHII", 257, 4, 1, 10) + b"\x00" * 16
-    counted = b"II*\x00" + struct.pack("<IH", 8, 2) + struct.pack("<HHII", 256, 4, 2, 10) \
-        + struct.pack("<HHII", 257, 4, 1, 10) + b"\x00" * 16
+    negative = (
+        b"II*\x00"
+        + struct.pack("<IH", 8, 2)
+        + struct.pack("<HHIi", 256, 9, 1, -5)
+        + struct.pack("<HHII", 257, 4, 1, 10)
+        + b"\x00" * 16
+    )
+    counted = (
+        b"II*\x00"
+        + struct.pack("<IH", 8, 2)
+        + struct.pack("<HHII", 256, 4, 2, 10)
+        + struct.pack("<HHII", 257, 4, 1, 10)
+        + b"\x00" * 16
+    )
     assert image_size(negative) is None and image_size(counted) is None
 
 
@@ -98,8 +109,14 @@ print(json.dumps(out))
 
 def test_opencv_refuses_a_lying_header_itself_once_the_limit_is_set():
     """Without the server's header check: OpenCV's own limit refuses 30000 x 30000 from the header."""
-    result = subprocess.run([sys.executable, "-c", CHILD], capture_output=True, text=True, timeout=60, cwd=REPO_ROOT,
-                            env={"PYTHONPATH": str(REPO_ROOT), "PATH": "/usr/bin:/bin"})
+    result = subprocess.run(
+        [sys.executable, "-c", CHILD],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO_ROOT,
+        env={"PYTHONPATH": str(REPO_ROOT), "PATH": "/usr/bin:/bin"},
+    )
     out = json.loads(result.stdout.strip().splitlines()[-1])
     assert out["took_effect"] is True
     for name in ("jpeg", "tiff"):
@@ -123,21 +140,29 @@ def test_native_model_images_are_downscaled_into_their_budget():
 
 
 def test_fixed_size_models_are_priced_from_the_image_count():
-    config = ModelConfig.model_validate({
-        "name": "m", "task": "classification", "inputs": [{"name": "x", "dims": [-1, 3, 224, 224]}],
-        "outputs": [{"name": "y", "dims": [-1, 3]}], "preprocessing": {"size": [224, 224]},
-        "batching": {"max_request_bytes": 2 * 3 * 224 * 224 * 4, "max_queue_bytes": 2**30},
-    })
+    config = ModelConfig.model_validate(
+        {
+            "name": "m",
+            "task": "classification",
+            "inputs": [{"name": "x", "dims": [-1, 3, 224, 224]}],
+            "outputs": [{"name": "y", "dims": [-1, 3]}],
+            "preprocessing": {"size": [224, 224]},
+            "batching": {"max_request_bytes": 2 * 3 * 224 * 224 * 4, "max_queue_bytes": 2**30},
+        }
+    )
     assert image_budget(config, 2) == 3 * 224 * 224 * 4
     with pytest.raises(InvalidArgument, match="max_request_bytes"):
         image_budget(config, 3)
 
 
-@pytest.mark.parametrize("shape, fragment", [
-    ((1, 3, 40, 40), "multiples of its stride 32"),
-    ((1, 3, 0, 0), "at least 1"),
-    ((1, 3, 1024, 1376), "max_request_bytes"),
-])
+@pytest.mark.parametrize(
+    "shape, fragment",
+    [
+        ((1, 3, 40, 40), "multiples of its stride 32"),
+        ((1, 3, 0, 0), "at least 1"),
+        ((1, 3, 1024, 1376), "max_request_bytes"),
+    ],
+)
 def test_tensors_the_graph_cannot_take_are_refused_naming_the_constraint(shape, fragment):
     with pytest.raises(InvalidArgument, match=fragment):
         check_model_inputs(FCN8S, {"input": np.zeros(shape, np.float32)})
@@ -178,7 +203,8 @@ def test_billion_laughs_and_oversized_configs_are_refused_with_a_short_error(tmp
 
 def test_aliased_literal_values_are_sketched_not_printed(tmp_path):
     lines = ["x0: &x0 [a, a, a, a, a, a, a, a]"] + [
-        f"x{i}: &x{i} [" + ", ".join([f"*x{i - 1}"] * 8) + "]" for i in range(1, 7)]
+        f"x{i}: &x{i} [" + ", ".join([f"*x{i - 1}"] * 8) + "]" for i in range(1, 7)
+    ]
     path = tmp_path / "config.yaml"
     path.write_text("\n".join(lines) + "\nname: m\ntask: *x6\n")
     with pytest.raises(ConfigError) as error:
@@ -202,10 +228,15 @@ def test_class_filter_longer_than_the_classes_is_refused_from_its_length():
 
 
 def test_variable_shape_models_give_their_arena_back_by_default():
-    fixed = ModelConfig.model_validate({
-        "name": "m", "task": "classification", "inputs": [{"name": "x", "dims": [-1, 3, 8, 8]}],
-        "outputs": [{"name": "y", "dims": [-1, 3]}], "preprocessing": {"size": [8, 8]},
-    })
+    fixed = ModelConfig.model_validate(
+        {
+            "name": "m",
+            "task": "classification",
+            "inputs": [{"name": "x", "dims": [-1, 3, 8, 8]}],
+            "outputs": [{"name": "y", "dims": [-1, 3]}],
+            "preprocessing": {"size": [8, 8]},
+        }
+    )
     assert cpu_memory_mode(FCN8S) == "shrink" and cpu_memory_mode(fixed) == "arena"
     forced = FCN8S.model_copy(update={"runtime": FCN8S.runtime.model_copy(update={"cpu_memory": "no_arena"})})
     assert cpu_memory_mode(forced) == "no_arena"

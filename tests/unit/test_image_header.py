@@ -47,17 +47,20 @@ def test_opencv_encoded_sizes(extension, width, height):
 
 
 @pytest.mark.parametrize("width, height", SIZES)
-@pytest.mark.parametrize("fmt, options, mode", [
-    ("JPEG", {"progressive": True}, "RGB"),  # SOF2
-    ("JPEG", {"exif": b"Exif\x00\x00" + b"\x00" * 64}, "L"),  # an APP1 segment before the frame
-    ("PNG", {}, "RGBA"),
-    ("PNG", {}, "I;16"),
-    ("BMP", {}, "L"),
-    ("GIF", {}, "P"),
-    ("WEBP", {"lossless": True}, "RGB"),  # VP8L
-    ("WEBP", {"quality": 80}, "RGB"),  # VP8
-    ("WEBP", {"quality": 80}, "RGBA"),  # VP8X (alpha)
-])
+@pytest.mark.parametrize(
+    "fmt, options, mode",
+    [
+        ("JPEG", {"progressive": True}, "RGB"),  # SOF2
+        ("JPEG", {"exif": b"Exif\x00\x00" + b"\x00" * 64}, "L"),  # an APP1 segment before the frame
+        ("PNG", {}, "RGBA"),
+        ("PNG", {}, "I;16"),
+        ("BMP", {}, "L"),
+        ("GIF", {}, "P"),
+        ("WEBP", {"lossless": True}, "RGB"),  # VP8L
+        ("WEBP", {"quality": 80}, "RGB"),  # VP8
+        ("WEBP", {"quality": 80}, "RGBA"),  # VP8X (alpha)
+    ],
+)
 def test_pillow_encoded_sizes(fmt, options, mode, width, height):
     image = Image.fromarray(pixels(width, height)).convert(mode)
     assert image_size(pillow_bytes(image, fmt, **options)) == (width, height)
@@ -101,8 +104,10 @@ def test_huge_dimensions_come_from_the_header_alone():
 
 
 @settings(max_examples=300, deadline=None)
-@given(prefix=st.sampled_from([b"\x89PNG\r\n\x1a\n", b"\xff\xd8", b"BM", b"RIFF\x00\x00\x00\x00WEBP", b"GIF89a", b""]),
-       body=st.binary(max_size=80))
+@given(
+    prefix=st.sampled_from([b"\x89PNG\r\n\x1a\n", b"\xff\xd8", b"BM", b"RIFF\x00\x00\x00\x00WEBP", b"GIF89a", b""]),
+    body=st.binary(max_size=80),
+)
 def test_arbitrary_bytes_never_raise(prefix, body):
     size = image_size(prefix + body)
     assert size is None or (len(size) == 2 and all(isinstance(v, int) and v >= 0 for v in size))

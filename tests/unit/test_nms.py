@@ -30,7 +30,9 @@ def random_case(rng: np.random.Generator, trial: int):
 
 
 def reference(boxes, scores, classes, threshold):
-    return ops.batched_nms(torch.from_numpy(boxes), torch.from_numpy(scores), torch.from_numpy(classes), threshold).numpy()
+    return ops.batched_nms(
+        torch.from_numpy(boxes), torch.from_numpy(scores), torch.from_numpy(classes), threshold
+    ).numpy()
 
 
 def test_batched_nms_matches_torchvision_on_thousands_of_random_sets():
@@ -72,7 +74,10 @@ def test_tied_scores_keep_equivalent_boxes():
         expected = reference(boxes, scores, classes, 0.5)
         assert len(kept) == len(expected)
         np.testing.assert_array_equal(scores[kept], scores[expected])
-        order = lambda idx: np.lexsort(np.column_stack([boxes[idx], classes[idx]]).T)  # noqa: E731
+
+        def order(idx, boxes=boxes, classes=classes):
+            return np.lexsort(np.column_stack([boxes[idx], classes[idx]]).T)
+
         np.testing.assert_array_equal(boxes[kept][order(kept)], boxes[expected][order(expected)])
 
 

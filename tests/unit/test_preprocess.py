@@ -78,6 +78,7 @@ def spec(**fields) -> PreprocessingConfig:
 
 # ---- resize policies against torchvision -----------------------------------------------------
 
+
 @pytest.mark.parametrize("size", [(224, 224), (64, 96), (300, 200)])
 def test_stretch_matches_torchvision(photo, size):
     ours, info = preprocess_image(photo, spec(resize="stretch", size=size), source_order="rgb")
@@ -101,14 +102,18 @@ def test_letterbox_matches_torchvision(photo, size):
 
 @pytest.mark.parametrize("shorter, crop", [(256, 224), (None, 224), (100, 96)])
 def test_center_crop_matches_torchvision(photo, shorter, crop):
-    ours, info = preprocess_image(photo, spec(resize="center_crop", size=(crop, crop), resize_shorter=shorter), source_order="rgb")
+    ours, info = preprocess_image(
+        photo, spec(resize="center_crop", size=(crop, crop), resize_shorter=shorter), source_order="rgb"
+    )
     reference = torch_pipeline(photo, bilinear(shorter or crop), T.CenterCrop(crop))
     assert_within_one_level(ours, reference)
     assert info.input_hw == (crop, crop)
 
 
 def test_nearest_matches_torchvision_exactly(photo):
-    ours, _ = preprocess_image(photo, spec(resize="stretch", size=(97, 131), interpolation="nearest"), source_order="rgb")
+    ours, _ = preprocess_image(
+        photo, spec(resize="stretch", size=(97, 131), interpolation="nearest"), source_order="rgb"
+    )
     reference = torch_pipeline(photo, T.Resize((97, 131), interpolation=InterpolationMode.NEAREST))
     np.testing.assert_allclose(ours, reference, atol=1e-6)
 
@@ -132,6 +137,7 @@ def test_batch_equals_single_images(photo):
 
 
 # ---- exact coordinate mapping (ResizeInfo) ---------------------------------------------------
+
 
 def block_image(height, width, box, channels=3) -> np.ndarray:
     """Black image with a white block covering x1 <= x < x2, y1 <= y < y2."""
@@ -216,12 +222,15 @@ def test_native_scale_lowers_the_pixel_limit_by_its_square():
 
 
 def test_inverse_mapping_clips_to_the_image():
-    _, info = preprocess_image(block_image(40, 80, [0, 0, 1, 1]), plain(resize="letterbox", size=(20, 20)), source_order="rgb")
+    _, info = preprocess_image(
+        block_image(40, 80, [0, 0, 1, 1]), plain(resize="letterbox", size=(20, 20)), source_order="rgb"
+    )
     mapped = to_original_pixels(np.array([[-3.0, 0.0, 25.0, 20.0]], np.float32), info)[0]
     np.testing.assert_array_equal(mapped, [0.0, 0.0, 80.0, 40.0])
 
 
 # ---- colour orders ---------------------------------------------------------------------------
+
 
 def test_color_order_conversions(photo):
     bgr = np.ascontiguousarray(photo[:, :, ::-1])
@@ -264,8 +273,9 @@ def test_mnist_style_padding_28_to_32():
     """LeNet-5 takes 32 x 32: a 28 x 28 digit is padded by 2 on every side, like transforms.Pad(2)."""
     rng = np.random.default_rng(0)
     digit = rng.integers(0, 256, (28, 28), dtype=np.uint8)
-    config = PreprocessingConfig(color_order="gray", resize="stretch", size=(28, 28), padding=2,
-                                 mean=(0.1307,), std=(0.3081,))
+    config = PreprocessingConfig(
+        color_order="gray", resize="stretch", size=(28, 28), padding=2, mean=(0.1307,), std=(0.3081,)
+    )
     ours, info = preprocess_image(digit, config, source_order="rgb")
     assert ours.shape == (1, 32, 32) and config.input_hw == (32, 32)
     transform = T.Compose([T.Pad(2, fill=0), T.ToDtype(torch.float32, scale=True), T.Normalize((0.1307,), (0.3081,))])
@@ -276,6 +286,7 @@ def test_mnist_style_padding_28_to_32():
 
 
 # ---- decoding --------------------------------------------------------------------------------
+
 
 def jpeg_with_orientation(upright: np.ndarray, orientation: int) -> bytes:
     stored = {3: np.rot90(upright, 2), 6: np.rot90(upright, 1), 8: np.rot90(upright, -1)}[orientation]
@@ -291,7 +302,9 @@ def jpeg_with_orientation(upright: np.ndarray, orientation: int) -> bytes:
 def test_decode_applies_exif_orientation(orientation, color_order):
     upright = np.zeros((48, 32, 3), np.uint8)
     upright[:12, :16] = (250, 40, 40)  # a red block in the top-left corner of the upright image
-    decoded = decode_image(jpeg_with_orientation(upright, orientation), plain(color_order=color_order, resize="stretch", size=(8, 8)))
+    decoded = decode_image(
+        jpeg_with_orientation(upright, orientation), plain(color_order=color_order, resize="stretch", size=(8, 8))
+    )
     assert decoded.shape[:2] == (48, 32)
     assert decoded.ndim == (2 if color_order == "gray" else 3)
     bright = decoded if decoded.ndim == 2 else decoded[:, :, 2]  # BGR: red is channel 2
@@ -312,7 +325,9 @@ def test_decode_formats_give_the_same_pixels(photo):
 
 def test_decode_16_bit_and_alpha():
     deep = (np.arange(64, dtype=np.uint16).reshape(8, 8) * 1000).astype(np.uint16)
-    decoded = decode_image(cv2.imencode(".png", deep)[1].tobytes(), plain(color_order="gray", resize="stretch", size=(8, 8)))
+    decoded = decode_image(
+        cv2.imencode(".png", deep)[1].tobytes(), plain(color_order="gray", resize="stretch", size=(8, 8))
+    )
     assert decoded.dtype == np.uint8 and decoded.shape == (8, 8)
     np.testing.assert_array_equal(decoded, (deep >> 8).astype(np.uint8))
     bgra = np.dstack([np.full((5, 6, 3), 77, np.uint8), np.zeros((5, 6), np.uint8)])

@@ -12,11 +12,17 @@ from service.runtime import ModelRuntime, ProviderUnavailable, _cgroup_cpu_quota
 
 
 def _config(**runtime) -> ModelConfig:
-    return parse_model_config({
-        "name": "tiny", "task": "classification",
-        "inputs": [{"name": "input", "dims": [-1, 1, 8, 8]}], "outputs": [{"name": "logits", "dims": [-1, 3]}],
-        "batching": {"max_batch_size": 4, "preferred_batch_sizes": [2]}, "runtime": runtime,
-    }, "tiny/config.yaml")
+    return parse_model_config(
+        {
+            "name": "tiny",
+            "task": "classification",
+            "inputs": [{"name": "input", "dims": [-1, 1, 8, 8]}],
+            "outputs": [{"name": "logits", "dims": [-1, 3]}],
+            "batching": {"max_batch_size": 4, "preferred_batch_sizes": [2]},
+            "runtime": runtime,
+        },
+        "tiny/config.yaml",
+    )
 
 
 @pytest.fixture
@@ -57,16 +63,24 @@ def test_cuda_options_reach_the_provider_list():
     providers = resolve_providers(("cuda", "cpu"), config.runtime)
     name, options = providers[0]
     assert name == "CUDAExecutionProvider" and providers[1] == "CPUExecutionProvider"
-    assert options == {"device_id": 1, "arena_extend_strategy": "kNextPowerOfTwo", "cudnn_conv_algo_search": "HEURISTIC",
-                       "do_copy_in_default_stream": 1, "gpu_mem_limit": 2**30}
+    assert options == {
+        "device_id": 1,
+        "arena_extend_strategy": "kNextPowerOfTwo",
+        "cudnn_conv_algo_search": "HEURISTIC",
+        "do_copy_in_default_stream": 1,
+        "gpu_mem_limit": 2**30,
+    }
 
 
-@pytest.mark.parametrize("cuda,field", [
-    ({"cudnn_conv_algo_search": "FASTEST"}, "runtime.cuda.cudnn_conv_algo_search"),
-    ({"device_id": -1}, "runtime.cuda.device_id"),
-    ({"gpu_mem_limit": 0}, "runtime.cuda.gpu_mem_limit"),
-    ({"arena": "big"}, "runtime.cuda.arena"),
-])
+@pytest.mark.parametrize(
+    "cuda,field",
+    [
+        ({"cudnn_conv_algo_search": "FASTEST"}, "runtime.cuda.cudnn_conv_algo_search"),
+        ({"device_id": -1}, "runtime.cuda.device_id"),
+        ({"gpu_mem_limit": 0}, "runtime.cuda.gpu_mem_limit"),
+        ({"arena": "big"}, "runtime.cuda.arena"),
+    ],
+)
 def test_cuda_option_errors_name_the_field(cuda, field):
     with pytest.raises(ConfigError, match=f"tiny/config.yaml: {field.replace('.', '[.]')}"):
         _config(cuda=cuda)
@@ -85,7 +99,9 @@ def test_intra_op_spinning_reaches_every_session(model_path, runtime, expected):
     config = _config(**runtime).model_copy(update={"batching": _config().batching.model_copy(update={"instances": 2})})
     sessions = ModelRuntime(model_path, config, providers=("cpu",))._sessions
     assert len(sessions) == 2
-    assert {s.get_session_options().get_session_config_entry("session.intra_op.allow_spinning") for s in sessions} == {expected}
+    assert {s.get_session_options().get_session_config_entry("session.intra_op.allow_spinning") for s in sessions} == {
+        expected
+    }
 
 
 def test_intra_op_spinning_must_be_a_boolean():

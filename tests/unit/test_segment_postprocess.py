@@ -11,7 +11,13 @@ from torch.nn import functional as F
 from service.config import PreprocessingConfig
 from service.postprocess import segment
 from service.postprocess.segment import (
-    class_pixel_counts, content_cells, encode_label_map, label_map_from_logits, overlay_png, palette, probability_maps,
+    class_pixel_counts,
+    content_cells,
+    encode_label_map,
+    label_map_from_logits,
+    overlay_png,
+    palette,
+    probability_maps,
 )
 from service.preprocess import ResizeInfo, resize_image
 

@@ -24,13 +24,16 @@ def test_http2_options_default_to_grpcs_own_and_can_be_raised(monkeypatch):
     assert (raised.http2_max_frame_bytes, raised.http2_lookahead_bytes) == (1 << 20, 4 << 20)
 
 
-@pytest.mark.parametrize("argv, named", [
-    (["--http2-max-frame-bytes", "1000"], "http2_max_frame_bytes"),  # below HTTP/2's 16384 minimum
-    (["--http2-max-frame-bytes", str(1 << 24)], "http2_max_frame_bytes"),  # above 2^24 - 1
-    (["--http2-lookahead-bytes", "-1"], "http2_lookahead_bytes"),
-    (["--max-connection-age-s", "-5"], "max_connection_age_s"),
-    (["--tls-cert", "/tmp/cert.pem"], "tls_cert and tls_key"),
-])
+@pytest.mark.parametrize(
+    "argv, named",
+    [
+        (["--http2-max-frame-bytes", "1000"], "http2_max_frame_bytes"),  # below HTTP/2's 16384 minimum
+        (["--http2-max-frame-bytes", str(1 << 24)], "http2_max_frame_bytes"),  # above 2^24 - 1
+        (["--http2-lookahead-bytes", "-1"], "http2_lookahead_bytes"),
+        (["--max-connection-age-s", "-5"], "max_connection_age_s"),
+        (["--tls-cert", "/tmp/cert.pem"], "tls_cert and tls_key"),
+    ],
+)
 def test_bad_settings_stop_the_server_naming_the_setting(argv, named, monkeypatch):
     with pytest.raises(ValueError, match=named):
         parse(argv, monkeypatch)

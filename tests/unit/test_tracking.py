@@ -76,8 +76,9 @@ def test_without_prediction_a_fast_object_would_be_lost():
 
 def test_birth_needs_min_hits_and_a_one_frame_false_positive_gets_no_id():
     params = TrackerParams(min_hits=3)
-    frames = ([[(10, 10, 0.9, 0)]] + [[(10, 10, 0.9, 0), (100, 100, 0.9, 0)]] * 3
-              + [[(10, 10, 0.9, 0), (60, 60, 0.9, 0)]])
+    frames = (
+        [[(10, 10, 0.9, 0)]] + [[(10, 10, 0.9, 0), (100, 100, 0.9, 0)]] * 3 + [[(10, 10, 0.9, 0), (60, 60, 0.9, 0)]]
+    )
     state, found = run(frames, params)
     assert found[0].track_ids.tolist() == [1] and found[0].confirmed.tolist() == [1]  # first frame: at once
     assert found[1].track_ids.tolist() == [1, 0] and found[2].track_ids.tolist() == [1, 0]

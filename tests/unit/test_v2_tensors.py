@@ -19,14 +19,22 @@ from service.errors import InternalError, InvalidArgument
 from service.servicers import v2_parameters as v2p
 from service.servicers import v2_tensors as v2
 
-NUMERIC = ["BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64",
-           "FP16", "FP32", "FP64"]
-TYPED_FIELD = {"BOOL": "bool_contents", "UINT8": "uint_contents", "UINT16": "uint_contents",
-               "UINT32": "uint_contents", "UINT64": "uint64_contents", "INT8": "int_contents",
-               "INT16": "int_contents", "INT32": "int_contents", "INT64": "int64_contents",
-               "FP32": "fp32_contents", "FP64": "fp64_contents", "BYTES": "bytes_contents"}
-BYTES_SAMPLE = np.array([[b"", b"a\x00b", "h\u00e9llo"], [b"\xff" * 300, b"x", "\u2603"]],
-                        dtype=object)
+NUMERIC = ["BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64", "FP16", "FP32", "FP64"]
+TYPED_FIELD = {
+    "BOOL": "bool_contents",
+    "UINT8": "uint_contents",
+    "UINT16": "uint_contents",
+    "UINT32": "uint_contents",
+    "UINT64": "uint64_contents",
+    "INT8": "int_contents",
+    "INT16": "int_contents",
+    "INT32": "int_contents",
+    "INT64": "int64_contents",
+    "FP32": "fp32_contents",
+    "FP64": "fp64_contents",
+    "BYTES": "bytes_contents",
+}
+BYTES_SAMPLE = np.array([[b"", b"a\x00b", "h\u00e9llo"], [b"\xff" * 300, b"x", "\u2603"]], dtype=object)
 
 
 def sample(datatype: str, shape=(2, 3), seed: int = 0) -> np.ndarray:
@@ -66,7 +74,8 @@ def raised(call, *args) -> str:
 
 def input_tensor(name="x", datatype="FP32", shape=(2, 3), **contents):
     return pb.ModelInferRequest.InferInputTensor(
-        name=name, datatype=datatype, shape=shape, contents=pb.InferTensorContents(**contents))
+        name=name, datatype=datatype, shape=shape, contents=pb.InferTensorContents(**contents)
+    )
 
 
 def triton_request(arrays: dict[str, np.ndarray]) -> pb.ModelInferRequest:
@@ -77,9 +86,18 @@ def triton_request(arrays: dict[str, np.ndarray]) -> pb.ModelInferRequest:
         infer_input.set_data_from_numpy(array)
         inputs.append(infer_input)
     request = _get_inference_request(
-        model_name="m", inputs=inputs, model_version="", request_id="", outputs=None,
-        sequence_id=0, sequence_start=False, sequence_end=False, priority=0, timeout=None,
-        parameters=None)
+        model_name="m",
+        inputs=inputs,
+        model_version="",
+        request_id="",
+        outputs=None,
+        sequence_id=0,
+        sequence_start=False,
+        sequence_end=False,
+        priority=0,
+        timeout=None,
+        parameters=None,
+    )
     return pb.ModelInferRequest.FromString(request.SerializeToString())
 
 
@@ -104,8 +122,7 @@ def test_typed_contents_decode_like_raw(datatype):
     values = [v.encode() if isinstance(v, str) else v for v in array.ravel().tolist()]
     tensor = input_tensor(datatype=datatype, **{TYPED_FIELD[datatype]: values})
     typed = v2.input_to_numpy(tensor)
-    raw = v2.input_to_numpy(tensor.__class__(name="x", datatype=datatype, shape=(2, 3)),
-                            v2.encode_raw(array)[1])
+    raw = v2.input_to_numpy(tensor.__class__(name="x", datatype=datatype, shape=(2, 3)), v2.encode_raw(array)[1])
     assert typed.dtype == raw.dtype == v2.numpy_dtype(datatype)
     np.testing.assert_array_equal(typed, raw)
 
@@ -169,8 +186,13 @@ def test_response_outputs_reads_raw_and_typed():
     response = pb.ModelInferResponse()
     v2.append_output(response, "a", np.array([[1, 2]], dtype=np.int16))
     assert v2.response_outputs(response)["a"].tolist() == [[1, 2]]
-    typed = pb.ModelInferResponse(outputs=[pb.ModelInferResponse.InferOutputTensor(
-        name="b", datatype="FP64", shape=[2], contents=pb.InferTensorContents(fp64_contents=[1, 2]))])
+    typed = pb.ModelInferResponse(
+        outputs=[
+            pb.ModelInferResponse.InferOutputTensor(
+                name="b", datatype="FP64", shape=[2], contents=pb.InferTensorContents(fp64_contents=[1, 2])
+            )
+        ]
+    )
     assert v2.response_outputs(typed)["b"].tolist() == [1.0, 2.0]
 
 
@@ -214,8 +236,7 @@ def test_raw_byte_length_must_match_dtype_and_shape():
 
 def test_negative_dimensions_are_refused():
     tensor = pb.ModelInferRequest.InferInputTensor(name="x", datatype="FP32", shape=[-1, 3])
-    assert "input 'x': shape [-1, 3] has a negative dimension" in raised(
-        v2.input_to_numpy, tensor, b"")
+    assert "input 'x': shape [-1, 3] has a negative dimension" in raised(v2.input_to_numpy, tensor, b"")
 
 
 def test_mixing_raw_and_typed_contents_is_refused():
@@ -249,9 +270,15 @@ def test_fp16_has_no_typed_field():
     assert "input 'x': FP16 has no typed contents field; send it in raw_input_contents" == message
 
 
-@pytest.mark.parametrize("datatype,field,value", [
-    ("INT8", "int_contents", 128), ("INT16", "int_contents", -32769),
-    ("UINT8", "uint_contents", 256), ("UINT16", "uint_contents", 70000)])
+@pytest.mark.parametrize(
+    "datatype,field,value",
+    [
+        ("INT8", "int_contents", 128),
+        ("INT16", "int_contents", -32769),
+        ("UINT8", "uint_contents", 256),
+        ("UINT16", "uint_contents", 70000),
+    ],
+)
 def test_narrow_integers_out_of_range_are_refused_not_wrapped(datatype, field, value):
     message = raised(v2.input_to_numpy, input_tensor(datatype=datatype, shape=[1], **{field: [value]}))
     assert f"outside the {datatype} range" in message
@@ -259,16 +286,18 @@ def test_narrow_integers_out_of_range_are_refused_not_wrapped(datatype, field, v
 
 def test_raw_bool_must_be_zero_or_one():
     tensor = pb.ModelInferRequest.InferInputTensor(name="m", datatype="BOOL", shape=[3])
-    assert "input 'm': raw BOOL contents must be bytes 0 or 1" == raised(
-        v2.input_to_numpy, tensor, b"\x00\x01\x02")
+    assert "input 'm': raw BOOL contents must be bytes 0 or 1" == raised(v2.input_to_numpy, tensor, b"\x00\x01\x02")
 
 
-@pytest.mark.parametrize("raw,fragment", [
-    (struct.pack("<I", 1) + b"a" + b"\x02\x00", "end inside the 4-byte length prefix of element 1"),
-    (struct.pack("<I", 9) + b"abc", "element 0 declares 9 bytes but only 3 remain"),
-    (struct.pack("<I", 1) + b"a", "hold 1 elements but shape [2] needs 2"),
-    (struct.pack("<I", 0) * 3, "hold more than the 2 elements shape [2] needs (4 bytes left over)"),
-])
+@pytest.mark.parametrize(
+    "raw,fragment",
+    [
+        (struct.pack("<I", 1) + b"a" + b"\x02\x00", "end inside the 4-byte length prefix of element 1"),
+        (struct.pack("<I", 9) + b"abc", "element 0 declares 9 bytes but only 3 remain"),
+        (struct.pack("<I", 1) + b"a", "hold 1 elements but shape [2] needs 2"),
+        (struct.pack("<I", 0) * 3, "hold more than the 2 elements shape [2] needs (4 bytes left over)"),
+    ],
+)
 def test_malformed_bytes_framing_is_refused(raw, fragment):
     tensor = pb.ModelInferRequest.InferInputTensor(name="s", datatype="BYTES", shape=[2])
     message = raised(v2.input_to_numpy, tensor, raw)
@@ -298,7 +327,12 @@ def test_parameters_become_plain_values():
     request.parameters["ratio"].double_param = 0.25
     request.parameters["priority"].uint64_param = 2**64 - 1
     assert v2p.parameters_to_python(request.parameters) == {
-        "flag": True, "n": -7, "name": "cam", "priority": 2**64 - 1, "ratio": 0.25}
+        "flag": True,
+        "n": -7,
+        "name": "cam",
+        "priority": 2**64 - 1,
+        "ratio": 0.25,
+    }
     assert list(v2p.parameters_to_python(request.parameters)) == sorted(request.parameters)
     load = pb.RepositoryModelLoadRequest()
     load.parameters["config"].bytes_param = b"{}"
@@ -311,9 +345,18 @@ def test_unset_parameter_is_refused():
     assert "parameter 'empty' has no value" == raised(v2p.parameters_to_python, request.parameters)
 
 
-@pytest.mark.parametrize("value,field", [
-    (True, "bool_param"), (-3, "int64_param"), (2**63, "uint64_param"), (1.5, "double_param"),
-    ("x", "string_param"), (np.float32(0.5), "double_param"), (np.int64(4), "int64_param")])
+@pytest.mark.parametrize(
+    "value,field",
+    [
+        (True, "bool_param"),
+        (-3, "int64_param"),
+        (2**63, "uint64_param"),
+        (1.5, "double_param"),
+        ("x", "string_param"),
+        (np.float32(0.5), "double_param"),
+        (np.int64(4), "int64_param"),
+    ],
+)
 def test_parameter_from_python_round_trips(value, field):
     parameter = v2p.parameter_from_python(value)
     assert parameter.WhichOneof("parameter_choice") == field
