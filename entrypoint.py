@@ -13,8 +13,11 @@ import sys
 # Subcommands served by other modules, imported only when asked for (export/ needs torch):
 # command -> (module with main(argv), whether main expects the command word itself in argv).
 DELEGATED = {
-    "export": ("export.cli", True), "models": ("export.cli", True), "train": ("export.cli", True),
-    "optimize": ("export.optimize_cli", False), "loadtest": ("loadtest.cli", False),
+    "export": ("export.cli", True),
+    "models": ("export.cli", True),
+    "train": ("export.cli", True),
+    "optimize": ("export.optimize_cli", False),
+    "loadtest": ("loadtest.cli", False),
 }
 
 
@@ -26,15 +29,22 @@ def main(argv: list[str] | None = None) -> int:
             module = importlib.import_module(module_name)
         except ImportError as exc:
             extra = "export" if module_name.startswith("export") else "cpu"
-            print(f"convserve {argv[0]}: needs the {extra} extra (pip install 'convserve[{extra}]'): {exc}", file=sys.stderr)
+            print(
+                f"convserve {argv[0]}: needs the {extra} extra (pip install 'convserve[{extra}]'): {exc}",
+                file=sys.stderr,
+            )
             return 2
         return int(module.main(argv if keeps_command else argv[1:]) or 0)
     parser = argparse.ArgumentParser(
-        prog="convserve", description="Vision inference server on ONNX Runtime.",
-        epilog="model-side commands (each takes --help): " + ", ".join(DELEGATED)
-        + " (train classifier: fine-tune a bundled model on a folder of images)")
+        prog="convserve",
+        description="Vision inference server on ONNX Runtime.",
+        epilog="model-side commands (each takes --help): "
+        + ", ".join(DELEGATED)
+        + " (train classifier: fine-tune a bundled model on a folder of images)",
+    )
     subparsers = parser.add_subparsers(dest="command", required=True)
     from service.cli import add_serve_parser
+
     add_serve_parser(subparsers)
     add_client_parsers = None
     if argv[:1] != ["serve"]:  # the client imports OpenCV; the server sets its pixel limit first

@@ -30,13 +30,44 @@ class ServerProcess:
     `keep_log=False` drops log lines after start-up (a long soak must not hold every line).
     """
 
-    def __init__(self, repo: Path, *args: str, env: dict | None = None, wait_for: str = "server_started",
-                 keep_log: bool = True, timeout: float = 120):
-        command = [sys.executable, "-m", "entrypoint", "serve", "--model-repo", str(repo), "--host", "127.0.0.1",
-                   "--port", "0", "--metrics-port", "0", "--http-port", "-1", "--providers", "cpu",
-                   "--log-format", "json", *args]
-        self.proc = subprocess.Popen(command, cwd=REPO_ROOT, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL,
-                                     text=True, env={**os.environ, **(env or {})})
+    def __init__(
+        self,
+        repo: Path,
+        *args: str,
+        env: dict | None = None,
+        wait_for: str = "server_started",
+        keep_log: bool = True,
+        timeout: float = 120,
+    ):
+        command = [
+            sys.executable,
+            "-m",
+            "entrypoint",
+            "serve",
+            "--model-repo",
+            str(repo),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--metrics-port",
+            "0",
+            "--http-port",
+            "-1",
+            "--providers",
+            "cpu",
+            "--log-format",
+            "json",
+            *args,
+        ]
+        self.proc = subprocess.Popen(
+            command,
+            cwd=REPO_ROOT,
+            stderr=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            text=True,
+            env={**os.environ, **(env or {})},
+        )
         self.log_lines: list[str] = []
         self.port: int | None = None
         self.metrics_port: int | None = None
@@ -54,8 +85,9 @@ class ServerProcess:
         while True:
             line = self.proc.stderr.readline()
             if not line:
-                raise RuntimeError(f"server exited before {wanted} (code {self.proc.wait()}): "
-                                   f"{''.join(self.log_lines)[-3000:]}")
+                raise RuntimeError(
+                    f"server exited before {wanted} (code {self.proc.wait()}): {''.join(self.log_lines)[-3000:]}"
+                )
             self.log_lines.append(line)
             try:
                 event = json.loads(line)

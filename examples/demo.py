@@ -52,8 +52,10 @@ def confusion_table(model: str, version: int = 1) -> str:
     card = json.loads((MODEL_REPO / model / str(version) / "model_card.json").read_text(encoding="utf-8"))
     matrix = card["training"]["metrics"]["confusion_matrix"]
     rows = [[f"pred {label}", *counts] for label, counts in zip(matrix["labels"], matrix["counts"])]
-    title = (f"\n== {model} v{version}: held-out confusion matrix from its model card "
-             f"(rows = {matrix['rows']}, columns = {matrix['columns']} class)")
+    title = (
+        f"\n== {model} v{version}: held-out confusion matrix from its model card "
+        f"(rows = {matrix['rows']}, columns = {matrix['columns']} class)"
+    )
     return title + "\n" + format_table(["", *(f"true {label}" for label in matrix["labels"])], rows)
 
 
@@ -69,12 +71,35 @@ class ServerProcess:
         self.process: subprocess.Popen | None = None
 
     def start(self) -> None:
-        command = [sys.executable, str(REPO / "entrypoint.py"), "serve", "--model-repo", str(MODEL_REPO),
-                   "--host", "127.0.0.1", "--port", "0", "--metrics-port", "0",
-                   "--http-port", str(self.http_port), "--providers", "cpu",
-                   "--log-format", "json", "--log-level", "info", "--shutdown-grace-s", "0", "--poll-interval-s", "0"]
+        command = [
+            sys.executable,
+            str(REPO / "entrypoint.py"),
+            "serve",
+            "--model-repo",
+            str(MODEL_REPO),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--metrics-port",
+            "0",
+            "--http-port",
+            str(self.http_port),
+            "--providers",
+            "cpu",
+            "--log-format",
+            "json",
+            "--log-level",
+            "info",
+            "--shutdown-grace-s",
+            "0",
+            "--poll-interval-s",
+            "0",
+        ]
         print(f"$ convserve {' '.join(command[2:])}".replace(str(REPO) + "/", ""))
-        self.process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
+        self.process = subprocess.Popen(
+            command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
+        )
         threading.Thread(target=self._read_log, daemon=True).start()
 
     def _read_log(self) -> None:
@@ -85,8 +110,11 @@ class ServerProcess:
                 self.tail.append(line.rstrip())
                 event = _json_event(line)
                 if event.get("event") == "server_started":
-                    self.ports = {"port": event["port"], "metrics_port": event.get("metrics_port"),
-                                  "http_port": event.get("http_port")}
+                    self.ports = {
+                        "port": event["port"],
+                        "metrics_port": event.get("metrics_port"),
+                        "http_port": event.get("http_port"),
+                    }
                     self._started.set()
         self._started.set()  # the process ended: wake the waiter
 
@@ -104,7 +132,9 @@ class ServerProcess:
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait()
-            raise DemoError(f"the server did not exit within {STOP_TIMEOUT_S:.0f} s of SIGTERM", self.log_tail()) from None
+            raise DemoError(
+                f"the server did not exit within {STOP_TIMEOUT_S:.0f} s of SIGTERM", self.log_tail()
+            ) from None
 
     def log_tail(self) -> str:
         return "\n".join(self.tail)
@@ -129,7 +159,9 @@ def wait_serving(client: VisionClient, server: ServerProcess, timeout: float) ->
     status = "no answer"
     while time.monotonic() < deadline:
         if server.process.poll() is not None:
-            raise DemoError(f"the server exited with code {server.process.returncode} while starting", server.log_tail())
+            raise DemoError(
+                f"the server exited with code {server.process.returncode} while starting", server.log_tail()
+            )
         try:
             status = client.health(timeout=2.0)
         except RpcFailed as exc:
@@ -156,7 +188,9 @@ class Demo:
             print(f"note: {rpc} on '{model}' skipped: the model is not in model_repo/ yet")
             return False
         if model not in self.ready:
-            self.failures.append(f"{rpc} on '{model}': the model is in model_repo/ but not ready (see demo-output/server.log)")
+            self.failures.append(
+                f"{rpc} on '{model}': the model is in model_repo/ but not ready (see demo-output/server.log)"
+            )
             print(f"FAILED: {self.failures[-1]}")
             return False
         return True
@@ -196,7 +230,10 @@ class Demo:
     def explain(self) -> None:
         """CAM overlays from gap_cnn (top-1 class) on the object scene and the multi-object scenes."""
         if (MODEL_REPO / "gap_cnn" / "config.yaml").is_file():
-            model, images = "gap_cnn", [IMAGES / "object_scene.jpg", *(p for p in self.images("scene") if p.name.startswith("scene_"))]
+            model, images = (
+                "gap_cnn",
+                [IMAGES / "object_scene.jpg", *(p for p in self.images("scene") if p.name.startswith("scene_"))],
+            )
         else:
             print("note: gap_cnn is not in model_repo/ yet; explaining lenet5 instead")
             model, images = "lenet5", self.images("digit")[:2]
@@ -264,8 +301,9 @@ def http_steps(http_port: int) -> None:
     with urllib.request.urlopen(base + "/v2/health/ready", timeout=10) as response:
         print(f"\n== HTTP/REST on port {http_port}: GET /v2/health/ready -> {response.status}")
     image = IMAGES / "digit_7.png"
-    request = urllib.request.Request(base + "/v1/models/lenet5/classify?top_k=3", data=image.read_bytes(),
-                                     method="POST")
+    request = urllib.request.Request(
+        base + "/v1/models/lenet5/classify?top_k=3", data=image.read_bytes(), method="POST"
+    )
     if (MODEL_REPO / "lenet5").is_dir():
         with urllib.request.urlopen(request, timeout=30) as response:
             answer = json.loads(response.read())
@@ -292,7 +330,10 @@ def run_steps(ports: dict, server: ServerProcess, serving_deadline: float) -> li
         http_steps(ports["http_port"])
     if ports.get("metrics_port"):  # an OSError here (no /metrics) is reported by main()
         total, by_method = request_count(ports["metrics_port"])
-        print(f"\n/metrics: convserve_requests_total = {total:.0f} ({', '.join(f'{k} {v:.0f}' for k, v in sorted(by_method.items()))})")
+        print(
+            f"\n/metrics: convserve_requests_total = {total:.0f} "
+            f"({', '.join(f'{k} {v:.0f}' for k, v in sorted(by_method.items()))})"
+        )
     return demo.failures
 
 

@@ -44,17 +44,27 @@ def _parser() -> argparse.ArgumentParser:
     export.add_argument("--input-size", type=int, nargs=2, metavar=("H", "W"), help="model input height width")
     export.add_argument("--overwrite", action="store_true", help="replace an existing version directory")
     export.add_argument("--tolerance", type=float, default=DEFAULT_TOLERANCE, help="parity max abs diff allowed")
-    export.add_argument("--cam", action="store_true",
-                        help="classifiers: add the `features` output class activation maps need (as export.cam_export)")
+    export.add_argument(
+        "--cam",
+        action="store_true",
+        help="classifiers: add the `features` output class activation maps need (as export.cam_export)",
+    )
     models = commands.add_parser("models", help="rebuild the bundled models of model_repo/ (export/train/bundled.py)")
     models.add_argument("--repo", type=Path, default=Path("model_repo"))
     models.add_argument("--runs", type=Path, default=Path("runs"), help="training reports (figures, metrics)")
     models.add_argument("--only", action="append", help="only this model, whatever its cost (repeatable)")
-    models.add_argument("--max-minutes", type=float, default=30.0,
-                        help="without --only: skip (and say so) models whose training takes longer (default 30)")
-    models.add_argument("--list", action="store_true",
-                        help="print what would be rebuilt or skipped, and why; run nothing")
-    train = commands.add_parser("train", help="train a model on your own data (train classifier: fine-tune on a folder)")
+    models.add_argument(
+        "--max-minutes",
+        type=float,
+        default=30.0,
+        help="without --only: skip (and say so) models whose training takes longer (default 30)",
+    )
+    models.add_argument(
+        "--list", action="store_true", help="print what would be rebuilt or skipped, and why; run nothing"
+    )
+    train = commands.add_parser(
+        "train", help="train a model on your own data (train classifier: fine-tune on a folder)"
+    )
     tasks = train.add_subparsers(dest="task", required=True)
     from export.train.finetune import add_arguments
 
@@ -95,9 +105,14 @@ def run_export(args: argparse.Namespace) -> Path:
         load_checkpoint(model, args.checkpoint, spec.training_only_prefixes)
     if spec.task != "classification":
         return _export_dense(args, spec, model.eval(), labels)
-    described = dict(name=args.name or spec.name, num_classes=num_classes, labels=labels,
-                     input_hw=tuple(args.input_size) if args.input_size else None,
-                     weights=_weights_info(args.checkpoint), tolerance=args.tolerance)
+    described = dict(
+        name=args.name or spec.name,
+        num_classes=num_classes,
+        labels=labels,
+        input_hw=tuple(args.input_size) if args.input_size else None,
+        weights=_weights_info(args.checkpoint),
+        tolerance=args.tolerance,
+    )
     if args.cam:
         from export.cam_export import prepare_cam_version
 
@@ -120,9 +135,15 @@ def _export_dense(args: argparse.Namespace, spec, model, labels: list[str] | Non
             raise ExportError("segmenters are exported with free height and width; --input-size does not apply")
         from export.train.segmenter import ANY_SIZE_PARITY, segmenter_files
 
-        files = segmenter_files(model, name=name, architecture=spec.name, labels=labels,
-                                preprocessing=spec.preprocessing, card={"weights": _weights_info(args.checkpoint)},
-                                parity_sizes=ANY_SIZE_PARITY)
+        files = segmenter_files(
+            model,
+            name=name,
+            architecture=spec.name,
+            labels=labels,
+            preprocessing=spec.preprocessing,
+            card={"weights": _weights_info(args.checkpoint)},
+            parity_sizes=ANY_SIZE_PARITY,
+        )
     else:
         from export.train.detector import detector_files
 

@@ -85,8 +85,11 @@ class TokenAuthInterceptor(grpc.aio.ServerInterceptor):
 
     async def intercept_service(self, continuation, details):
         method = details.method
-        refusal = self.policy.refusal(_bearer(details.invocation_metadata), open_call=method.startswith(OPEN_PREFIXES),
-                                      admin_call=method in ADMIN_METHODS)
+        refusal = self.policy.refusal(
+            _bearer(details.invocation_metadata),
+            open_call=method.startswith(OPEN_PREFIXES),
+            admin_call=method in ADMIN_METHODS,
+        )
         if refusal is not None:
             return refusal_handler(refusal.code, refusal.message, method)
         return await continuation(details)
@@ -98,6 +101,7 @@ _UNARY_STREAM = ("/grpc.health.v1.Health/Watch",)
 
 def refusal_handler(code: grpc.StatusCode, message: str, method: str) -> grpc.RpcMethodHandler:
     """A handler of the method's streaming shape that aborts at once with `code` (used by interceptors)."""
+
     async def unary(request, context):
         await context.abort(code, message)
 

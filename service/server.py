@@ -54,7 +54,11 @@ class AdmissionInterceptor(grpc.aio.ServerInterceptor):
 
     async def intercept_service(self, continuation, handler_call_details):
         if not self.lifecycle.accepting and not handler_call_details.method.startswith("/grpc.health"):
-            return refusal_handler(grpc.StatusCode.UNAVAILABLE, "server is shutting down; retry on another replica", handler_call_details.method)
+            return refusal_handler(
+                grpc.StatusCode.UNAVAILABLE,
+                "server is shutting down; retry on another replica",
+                handler_call_details.method,
+            )
         return await continuation(handler_call_details)
 
 
@@ -109,7 +113,9 @@ def _server_credentials(settings: ServerSettings) -> grpc.ServerCredentials | No
     chain = settings.tls_cert.read_bytes()
     key = settings.tls_key.read_bytes()
     client_ca = settings.tls_client_ca.read_bytes() if settings.tls_client_ca else None
-    return grpc.ssl_server_credentials([(key, chain)], root_certificates=client_ca, require_client_auth=client_ca is not None)
+    return grpc.ssl_server_credentials(
+        [(key, chain)], root_certificates=client_ca, require_client_auth=client_ca is not None
+    )
 
 
 async def start_server(settings: ServerSettings, interceptors: list | None = None) -> RunningServer:
@@ -118,14 +124,17 @@ async def start_server(settings: ServerSettings, interceptors: list | None = Non
     return_freed_memory()
     metrics = Metrics()
     lifecycle = Lifecycle()
-    registry = ModelRegistry(settings.model_repo, metrics, LoadOptions(settings.providers, settings.require_gpu, settings.drain_timeout_s))
+    registry = ModelRegistry(
+        settings.model_repo, metrics, LoadOptions(settings.providers, settings.require_gpu, settings.drain_timeout_s)
+    )
     stages = Stages(registry, metrics, settings.limits, settings.preprocess_threads or cpu_count())
     calls = CallRunner(metrics, registry, settings.limits)
     shared_memory = SharedMemoryRegistry(SharedMemoryMetrics(metrics.registry))
     policy = token_policy(settings)
     chain = [AdmissionInterceptor(lifecycle), auth_interceptor(policy), *(interceptors or [])]
     server = grpc.aio.server(
-        interceptors=[i for i in chain if i is not None], options=_grpc_options(settings),
+        interceptors=[i for i in chain if i is not None],
+        options=_grpc_options(settings),
         maximum_concurrent_rpcs=None,
     )
     v2 = InferenceServicer(stages, calls, lifecycle, settings.repository_api, shared_memory=shared_memory)
@@ -148,19 +157,46 @@ async def start_server(settings: ServerSettings, interceptors: list | None = Non
     http = None
     if settings.http_port >= 0:
         http = await start_http(settings, RequestPath(stages, v2, shared_memory, lifecycle), calls, lifecycle, policy)
-    log.info("server started", extra={"event": "server_started", "port": port, "metrics_port": metrics_port,
-                                        "http_port": http.port if http else None,
-                                        "providers": ",".join(settings.providers), "model_repo": str(settings.model_repo)})
+    log.info(
+        "server started",
+        extra={
+            "event": "server_started",
+            "port": port,
+            "metrics_port": metrics_port,
+            "http_port": http.port if http else None,
+            "providers": ",".join(settings.providers),
+            "model_repo": str(settings.model_repo),
+        },
+    )
     trimmer = asyncio.get_running_loop().create_task(trim_periodically())
-    running = RunningServer(server, port, metrics_port, registry, metrics, lifecycle, health_servicer, stages,
-                            settings, shared_memory, calls, trimmer, http)
+    running = RunningServer(
+        server,
+        port,
+        metrics_port,
+        registry,
+        metrics,
+        lifecycle,
+        health_servicer,
+        stages,
+        settings,
+        shared_memory,
+        calls,
+        trimmer,
+        http,
+    )
     started = time.perf_counter()
     _warn_cuda_once(settings)
     await registry.load_all()
     lifecycle.serving = True
     await _set_health(health_servicer, health_pb2.HealthCheckResponse.SERVING)
-    log.info("server ready", extra={"event": "server_ready", "load_s": round(time.perf_counter() - started, 3),
-                                      "models": {n: e.state for n, e in registry.entries.items()}})
+    log.info(
+        "server ready",
+        extra={
+            "event": "server_ready",
+            "load_s": round(time.perf_counter() - started, 3),
+            "models": {n: e.state for n, e in registry.entries.items()},
+        },
+    )
     return running
 
 
@@ -177,8 +213,10 @@ def _enable_reflection(server: grpc.aio.Server) -> None:
 def _warn_cuda_once(settings: ServerSettings) -> None:
     ort = import_onnxruntime()
     if "cuda" in settings.providers and "CUDAExecutionProvider" not in ort.get_available_providers():
-        log.warning("CUDA was requested but this ONNX Runtime build has no CUDA provider; every model runs on the CPU",
-                    extra={"event": "cuda_unavailable", "available": ort.get_available_providers()})
+        log.warning(
+            "CUDA was requested but this ONNX Runtime build has no CUDA provider; every model runs on the CPU",
+            extra={"event": "cuda_unavailable", "available": ort.get_available_providers()},
+        )
 
 
 async def _set_health(servicer, status) -> None:
@@ -188,7 +226,10 @@ async def _set_health(servicer, status) -> None:
 
 async def shutdown(running: RunningServer) -> None:
     settings = running.settings
-    log.info("shutting down", extra={"event": "shutdown_started", "grace_s": settings.shutdown_grace_s, "drain_s": settings.drain_timeout_s})
+    log.info(
+        "shutting down",
+        extra={"event": "shutdown_started", "grace_s": settings.shutdown_grace_s, "drain_s": settings.drain_timeout_s},
+    )
     running.lifecycle.serving = False
     await _set_health(running.health, health_pb2.HealthCheckResponse.NOT_SERVING)
     await asyncio.sleep(settings.shutdown_grace_s)
@@ -229,6 +270,7 @@ async def serve_forever(settings: ServerSettings) -> int:
 async def _poll_repository(running: RunningServer) -> None:
     """Poll mode: load new models and swap in changed version sets after their warm-up."""
     from service.repository import list_versions, model_directories
+
     while True:
         await asyncio.sleep(running.settings.poll_interval_s)
         try:

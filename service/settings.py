@@ -66,7 +66,7 @@ _HELP = {
     "port": "gRPC port (0 picks a free one; the chosen port is logged)",
     "metrics_port": "Prometheus /metrics HTTP port (0 picks a free one, -1 disables)",
     "http_port": "Open Inference Protocol REST, vision JSON API and browser console port "
-                 "(0 picks a free one, -1 disables)",
+    "(0 picks a free one, -1 disables)",
     "providers": "ordered execution providers, comma separated: cuda,cpu",
     "require_gpu": "fail a model's load when CUDA was asked for but its session does not run on CUDA",
     "log_format": "json or kv (key=value)",
@@ -74,10 +74,10 @@ _HELP = {
     "drain_timeout_s": "after SIGTERM, seconds that queued and in-flight requests get to finish",
     "shutdown_grace_s": "after SIGTERM, seconds health reports NOT_SERVING before new calls are refused",
     "max_connection_age_s": "close client connections after this age so clients re-balance across replicas (0: never)",
-    "http2_max_frame_bytes": "largest HTTP/2 frame the server accepts, 16384..16777215 (0: gRPC's default, 16384); "
-                             "larger frames cut per-frame work for big tensor requests",
-    "http2_lookahead_bytes": "per-stream receive window gRPC starts from (0: gRPC's default); larger lets a big request "
-                             "arrive without waiting for window updates",
+    "http2_max_frame_bytes": "largest HTTP/2 frame the server accepts, 16384..16777215 "
+    "(0: gRPC's default, 16384); larger frames cut per-frame work for big tensor requests",
+    "http2_lookahead_bytes": "per-stream receive window gRPC starts from (0: gRPC's default); "
+    "larger lets a big request arrive without waiting for window updates",
     "preprocess_threads": "decode/preprocess threads (0: the machine's cores)",
     "poll_interval_s": "re-scan the model repository every N seconds and swap in new versions (0: off)",
     "auth_token_file": "file of accepted bearer tokens, one per line (unset: no authentication)",
@@ -89,18 +89,18 @@ _HELP = {
     "tls_client_ca": "PEM CA bundle: require client certificates signed by it (mutual TLS)",
     "max_message_bytes": "largest gRPC message or HTTP request body accepted (or gRPC message sent)",
     "max_json_elements": "most values (numbers, strings) one HTTP JSON body may hold, checked before parsing; "
-                         "larger tensors go as binary data (Inference-Header-Content-Length)",
+    "larger tensors go as binary data (Inference-Header-Content-Length)",
     "max_images_per_request": "most images in one request",
     "max_pixels": "largest image, in pixels, checked from the header before decoding",
     "max_concurrent_streams": "most concurrent streaming calls",
     "max_streams_per_peer": "most concurrent streaming calls of one client connection (peer address), so one client "
-                            "cannot hold every slot",
+    "cannot hold every slot",
     "stream_idle_timeout_s": "close a streaming call (DEADLINE_EXCEEDED) when its client sends no frame for this long",
     "max_deadline_s": "cap on a request's deadline (also the deadline of requests without one)",
-    "v2_reject_non_finite": "refuse V2 float inputs holding NaN or Inf with INVALID_ARGUMENT (off: like Triton, the tensor "
-                            "goes to the model as sent; perf_analyzer's default random data holds such values)",
-    "stream_max_pending": "frames a stream may have waiting before flow control or dropping (default and ceiling of StreamOptions.max_pending); "
-                          "requests of one ModelStreamInfer stream in progress at once",
+    "v2_reject_non_finite": "refuse V2 float inputs holding NaN or Inf with INVALID_ARGUMENT "
+    "(off: like Triton, the tensor goes to the model as sent; perf_analyzer's default random data holds such values)",
+    "stream_max_pending": "frames a stream may have waiting before flow control or dropping "
+    "(default and ceiling of StreamOptions.max_pending); requests of one ModelStreamInfer stream in progress at once",
 }
 
 
@@ -133,8 +133,10 @@ def _parser_type(default):
 
 def add_server_arguments(parser: argparse.ArgumentParser) -> None:
     """One flag per setting, each defaulting to CONVSERVE_<NAME> from the environment."""
-    defaults = {**{f.name: f.default for f in fields(ServerSettings) if f.name != "limits"},
-                **{f.name: f.default for f in fields(Limits)}}
+    defaults = {
+        **{f.name: f.default for f in fields(ServerSettings) if f.name != "limits"},
+        **{f.name: f.default for f in fields(Limits)},
+    }
     for name, default in defaults.items():
         kind = _parser_type(default)
         if name in ("host", "log_format", "log_level"):
@@ -145,14 +147,21 @@ def add_server_arguments(parser: argparse.ArgumentParser) -> None:
             value = kind(env_value) if env_value is not None else default
         except (ValueError, argparse.ArgumentTypeError) as exc:
             parser.error(f"{env_name}={env_value!r}: {exc}")
-        parser.add_argument(f"--{name.replace('_', '-')}", dest=name, type=kind, default=value,
-                            help=f"{_HELP.get(name, name)} [env {env_name}, default {default}]")
+        parser.add_argument(
+            f"--{name.replace('_', '-')}",
+            dest=name,
+            type=kind,
+            default=value,
+            help=f"{_HELP.get(name, name)} [env {env_name}, default {default}]",
+        )
 
 
 def settings_from_args(args: argparse.Namespace) -> ServerSettings:
     values = vars(args)
     limits = Limits(**{f.name: values[f.name] for f in fields(Limits)})
-    settings = ServerSettings(**{f.name: values[f.name] for f in fields(ServerSettings) if f.name != "limits"}, limits=limits)
+    settings = ServerSettings(
+        **{f.name: values[f.name] for f in fields(ServerSettings) if f.name != "limits"}, limits=limits
+    )
     validate(settings)
     return settings
 
@@ -191,12 +200,22 @@ def validate(settings: ServerSettings) -> None:
         if getattr(settings, name) < 0:
             problems.append(f"{name} must be >= 0")
     if settings.http2_max_frame_bytes and not HTTP2_MIN_FRAME <= settings.http2_max_frame_bytes <= HTTP2_MAX_FRAME:
-        problems.append(f"http2_max_frame_bytes must be 0 or {HTTP2_MIN_FRAME}..{HTTP2_MAX_FRAME} (RFC 9113), "
-                        f"got {settings.http2_max_frame_bytes}")
+        problems.append(
+            f"http2_max_frame_bytes must be 0 or {HTTP2_MIN_FRAME}..{HTTP2_MAX_FRAME} (RFC 9113), "
+            f"got {settings.http2_max_frame_bytes}"
+        )
     if settings.http2_lookahead_bytes < 0:
         problems.append("http2_lookahead_bytes must be >= 0")
-    for name in ("max_message_bytes", "max_images_per_request", "max_pixels", "max_concurrent_streams",
-                 "stream_max_pending", "max_streams_per_peer", "stream_idle_timeout_s", "max_json_elements"):
+    for name in (
+        "max_message_bytes",
+        "max_images_per_request",
+        "max_pixels",
+        "max_concurrent_streams",
+        "stream_max_pending",
+        "max_streams_per_peer",
+        "stream_idle_timeout_s",
+        "max_json_elements",
+    ):
         if getattr(settings.limits, name) <= 0:
             problems.append(f"{name} must be > 0")
     if settings.limits.max_streams_per_peer > settings.limits.max_concurrent_streams:

@@ -36,7 +36,8 @@ def tiny_classifier_onnx(path: Path, classes: int = 3, channels: int = 1, size: 
         helper.make_node("Gemm", ["flat", "weight", "bias"], ["logits"]),
     ]
     graph = helper.make_graph(
-        nodes, "tiny",
+        nodes,
+        "tiny",
         [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", channels, size, size])],
         [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", classes])],
         initializer=[weight, bias],
@@ -70,10 +71,14 @@ postprocessing:
 """
 
 
-def write_tiny_model(repo: Path, name: str = "tiny", versions=(1,), max_batch: int = 8, delay_us: int = 2000, queue: int = 64) -> Path:
+def write_tiny_model(
+    repo: Path, name: str = "tiny", versions=(1,), max_batch: int = 8, delay_us: int = 2000, queue: int = 64
+) -> Path:
     directory = repo / name
     directory.mkdir(parents=True, exist_ok=True)
-    (directory / "config.yaml").write_text(TINY_CONFIG.format(name=name, max_batch=max_batch, delay_us=delay_us, queue=queue))
+    (directory / "config.yaml").write_text(
+        TINY_CONFIG.format(name=name, max_batch=max_batch, delay_us=delay_us, queue=queue)
+    )
     (directory / "labels.txt").write_text("cat\ndog\nbird\n")
     for version in versions:
         tiny_classifier_onnx(directory / str(version) / "model.onnx", seed=version)
@@ -83,15 +88,22 @@ def write_tiny_model(repo: Path, name: str = "tiny", versions=(1,), max_batch: i
 def slow_classifier_onnx(path, layers: int = 48, width: int = 1024):
     """A deliberately slow model (a chain of width x width MatMuls) to create a backlog."""
     rng = np.random.default_rng(0)
-    inits = [numpy_helper.from_array(rng.normal(0, 0.03, (64, width)).astype(np.float32), "w_in"),
-             numpy_helper.from_array(rng.normal(0, 0.03, (width, 3)).astype(np.float32), "w_out")]
+    inits = [
+        numpy_helper.from_array(rng.normal(0, 0.03, (64, width)).astype(np.float32), "w_in"),
+        numpy_helper.from_array(rng.normal(0, 0.03, (width, 3)).astype(np.float32), "w_out"),
+    ]
     nodes = [helper.make_node("Flatten", ["input"], ["h0"], axis=1), helper.make_node("MatMul", ["h0", "w_in"], ["h1"])]
     for i in range(layers):
         inits.append(numpy_helper.from_array(rng.normal(0, 0.03, (width, width)).astype(np.float32), f"w{i}"))
         nodes.append(helper.make_node("MatMul", [f"h{i + 1}", f"w{i}"], [f"h{i + 2}"]))
     nodes.append(helper.make_node("MatMul", [f"h{layers + 1}", "w_out"], ["logits"]))
-    graph = helper.make_graph(nodes, "slow", [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 1, 8, 8])],
-                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 3])], initializer=inits)
+    graph = helper.make_graph(
+        nodes,
+        "slow",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 1, 8, 8])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 3])],
+        initializer=inits,
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -109,6 +121,7 @@ class ServerThread:
 
     def start(self) -> "ServerThread":
         from service.server import start_server
+
         self.thread.start()
         self.running = self.call(start_server(self.settings), timeout=300)
         return self
@@ -137,8 +150,18 @@ class ServerThread:
 
 def test_settings(repo: Path, **overrides) -> ServerSettings:
     limits = overrides.pop("limits", Limits())
-    base = dict(model_repo=repo, host="127.0.0.1", port=0, metrics_port=0, http_port=-1, providers=("cpu",),
-                drain_timeout_s=5.0, shutdown_grace_s=0.0, log_level="warning", limits=limits)
+    base = dict(
+        model_repo=repo,
+        host="127.0.0.1",
+        port=0,
+        metrics_port=0,
+        http_port=-1,
+        providers=("cpu",),
+        drain_timeout_s=5.0,
+        shutdown_grace_s=0.0,
+        log_level="warning",
+        limits=limits,
+    )
     base.update(overrides)
     return ServerSettings(**base)
 
@@ -150,5 +173,3 @@ def copy_bundled_model(name: str, repo: Path) -> Path:
     target = repo / name
     shutil.copytree(BUNDLED_REPO / name, target)
     return target
-
-

@@ -54,7 +54,9 @@ def checked_matrix(name: str, card: dict, report: ClassificationReport) -> dict:
         raise ValueError(f"{name}: recomputed accuracy {report.accuracy} != card's {metrics['heldout_accuracy']}")
     for label, stats in report.per_class(labels).items() if "heldout_per_class" in metrics else ():
         if stats != metrics["heldout_per_class"][label]:
-            raise ValueError(f"{name}: class {label}: recomputed {stats} != card's {metrics['heldout_per_class'][label]}")
+            raise ValueError(
+                f"{name}: class {label}: recomputed {stats} != card's {metrics['heldout_per_class'][label]}"
+            )
     return report.confusion_card(labels)
 
 

@@ -24,18 +24,29 @@ class AlexNetLRN(nn.Module):
         super().__init__()
         lrn = dict(size=5, alpha=1e-4, beta=0.75, k=2.0)
         self.features = nn.Sequential(
-            nn.Conv2d(3, 96, kernel_size=11, stride=4), nn.ReLU(inplace=True), nn.LocalResponseNorm(**lrn),
+            nn.Conv2d(3, 96, kernel_size=11, stride=4),
+            nn.ReLU(inplace=True),
+            nn.LocalResponseNorm(**lrn),
             nn.MaxPool2d(kernel_size=3, stride=2),
-            nn.Conv2d(96, 256, kernel_size=5, padding=2, groups=groups), nn.ReLU(inplace=True),
-            nn.LocalResponseNorm(**lrn), nn.MaxPool2d(kernel_size=3, stride=2),
-            nn.Conv2d(256, 384, kernel_size=3, padding=1), nn.ReLU(inplace=True),
-            nn.Conv2d(384, 384, kernel_size=3, padding=1, groups=groups), nn.ReLU(inplace=True),
-            nn.Conv2d(384, 256, kernel_size=3, padding=1, groups=groups), nn.ReLU(inplace=True),
+            nn.Conv2d(96, 256, kernel_size=5, padding=2, groups=groups),
+            nn.ReLU(inplace=True),
+            nn.LocalResponseNorm(**lrn),
+            nn.MaxPool2d(kernel_size=3, stride=2),
+            nn.Conv2d(256, 384, kernel_size=3, padding=1),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(384, 384, kernel_size=3, padding=1, groups=groups),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(384, 256, kernel_size=3, padding=1, groups=groups),
+            nn.ReLU(inplace=True),
             nn.MaxPool2d(kernel_size=3, stride=2),
         )
         self.classifier = nn.Sequential(
-            nn.Dropout(dropout), nn.Linear(256 * 6 * 6, 4096), nn.ReLU(inplace=True),
-            nn.Dropout(dropout), nn.Linear(4096, 4096), nn.ReLU(inplace=True),
+            nn.Dropout(dropout),
+            nn.Linear(256 * 6 * 6, 4096),
+            nn.ReLU(inplace=True),
+            nn.Dropout(dropout),
+            nn.Linear(4096, 4096),
+            nn.ReLU(inplace=True),
             nn.Linear(4096, num_classes),
         )
 
@@ -43,8 +54,9 @@ class AlexNetLRN(nn.Module):
         return self.classifier(torch.flatten(self.features(x), 1))
 
 
-@register_model(input=InputSpec(3, 227, 227, fixed_size=True), preprocessing=imagenet_preprocessing(227),
-                default_num_classes=1000)
+@register_model(
+    input=InputSpec(3, 227, 227, fixed_size=True), preprocessing=imagenet_preprocessing(227), default_num_classes=1000
+)
 def alexnet_lrn(*, num_classes: int = 1000, groups: int = 2) -> nn.Module:
     """AlexNet as in the 2012 paper (LRN, two-GPU grouped convs; 61.0M parameters, 0.72 G multiply-adds)."""
     return AlexNetLRN(num_classes=num_classes, groups=groups)

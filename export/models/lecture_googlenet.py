@@ -40,8 +40,9 @@ AUX_LOSS_WEIGHT = 0.3
 
 def conv_relu(in_channels: int, out_channels: int, kernel: int, stride: int = 1) -> nn.Sequential:
     """A convolution with 'same' padding followed by ReLU (no BatchNorm, as in 2014)."""
-    return nn.Sequential(nn.Conv2d(in_channels, out_channels, kernel, stride=stride, padding=kernel // 2),
-                         nn.ReLU(inplace=True))
+    return nn.Sequential(
+        nn.Conv2d(in_channels, out_channels, kernel, stride=stride, padding=kernel // 2), nn.ReLU(inplace=True)
+    )
 
 
 class Inception(nn.Module):
@@ -85,13 +86,19 @@ class GoogLeNetTrainingOutputs(NamedTuple):
 class GoogLeNetV1(nn.Module):
     """The 22-layer network of Table 1; `lrn` adds the two LocalResponseNorm layers of the paper."""
 
-    def __init__(self, num_classes: int = 1000, lrn: bool = True, aux_classifiers: bool = True,
-                 dropout: float = 0.4) -> None:
+    def __init__(
+        self, num_classes: int = 1000, lrn: bool = True, aux_classifiers: bool = True, dropout: float = 0.4
+    ) -> None:
         super().__init__()
         norm = (lambda: nn.LocalResponseNorm(5, alpha=1e-4, beta=0.75, k=2.0)) if lrn else nn.Identity
         self.stem = nn.Sequential(
-            conv_relu(3, 64, 7, stride=2), nn.MaxPool2d(3, stride=2, ceil_mode=True), norm(),
-            conv_relu(64, 64, 1), conv_relu(64, 192, 3), norm(), nn.MaxPool2d(3, stride=2, ceil_mode=True),
+            conv_relu(3, 64, 7, stride=2),
+            nn.MaxPool2d(3, stride=2, ceil_mode=True),
+            norm(),
+            conv_relu(64, 64, 1),
+            conv_relu(64, 192, 3),
+            norm(),
+            nn.MaxPool2d(3, stride=2, ceil_mode=True),
         )
         channels = 192
         modules = {}
@@ -129,8 +136,13 @@ def googlenet_loss(outputs, target: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(outputs, target)
 
 
-@register_model(input=InputSpec(3, 224, 224), preprocessing=imagenet_preprocessing(224), default_num_classes=1000,
-                training_only_prefixes=("aux1.", "aux2."))
+@register_model(
+    input=InputSpec(3, 224, 224),
+    preprocessing=imagenet_preprocessing(224),
+    default_num_classes=1000,
+    training_only_prefixes=("aux1.", "aux2."),
+)
 def googlenet_v1(*, num_classes: int = 1000, lrn: bool = True) -> nn.Module:
-    """GoogLeNet v1 as in the 2014 paper (true 5×5 branches, no BatchNorm, dropout 0.4; 7.0M parameters, paper ~6.8M)."""
+    """GoogLeNet v1 as in the 2014 paper (true 5×5 branches, no BatchNorm, dropout 0.4; 7.0M parameters, \
+paper ~6.8M)."""
     return GoogLeNetV1(num_classes=num_classes, lrn=lrn)

@@ -22,8 +22,17 @@ _IMAGENET = dict(input=InputSpec(3, 224, 224), preprocessing=imagenet_preprocess
 class BottleneckV1(Bottleneck):
     """The paper's bottleneck: 1×1 (stride s) → 3×3 (stride 1) → 1×1, BatchNorm after each."""
 
-    def __init__(self, inplanes: int, planes: int, stride: int = 1, downsample: nn.Module | None = None,
-                 groups: int = 1, base_width: int = 64, dilation: int = 1, norm_layer=None) -> None:
+    def __init__(
+        self,
+        inplanes: int,
+        planes: int,
+        stride: int = 1,
+        downsample: nn.Module | None = None,
+        groups: int = 1,
+        base_width: int = 64,
+        dilation: int = 1,
+        norm_layer=None,
+    ) -> None:
         super().__init__(inplanes, planes, stride, downsample, groups, base_width, dilation, norm_layer)
         width = int(planes * (base_width / 64.0)) * groups
         self.conv1 = conv1x1(inplanes, width, stride)

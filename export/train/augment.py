@@ -35,7 +35,8 @@ class Augmenter:
         out = out.reshape(h, w, -1)
         pad_h, pad_w = max(1, h // 8), max(1, w // 8)
         padded = cv2.copyMakeBorder(out, pad_h, pad_h, pad_w, pad_w, cv2.BORDER_REFLECT).reshape(
-            h + 2 * pad_h, w + 2 * pad_w, -1)
+            h + 2 * pad_h, w + 2 * pad_w, -1
+        )
         top, left = rng.integers(0, 2 * pad_h + 1), rng.integers(0, 2 * pad_w + 1)
         out = padded[top : top + h, left : left + w]
         mean = out.mean()

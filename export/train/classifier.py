@@ -155,8 +155,9 @@ def train_and_export(name: str, repo: Path, runs: Path, progress: bool = True) -
     return {"model": name, "heldout_accuracy": heldout.accuracy, "sklearn_digits_accuracy": digits.accuracy}
 
 
-def _training_section(name: str, settings: TrainSettings, history, heldout: ClassificationReport,
-                      digits: ClassificationReport):
+def _training_section(
+    name: str, settings: TrainSettings, history, heldout: ClassificationReport, digits: ClassificationReport
+):
     return {
         "data": MNIST_DESCRIPTION,
         "split": {"description": SPLIT_DESCRIPTION, "seed": SPLIT_SEED, "train": 4000, "heldout": 1000},

@@ -60,8 +60,10 @@ class FineTuneSettings:
 def bundled_source(repo: Path, name: str) -> tuple[str, Path]:
     """(architecture, ONNX file) of the float version of bundled model `name` (the lowest-numbered
     version whose card names an architecture; INT8 versions record `derived_from` instead)."""
-    versions = sorted((p for p in (repo / name).glob("*/model_card.json") if p.parent.name.isdigit()),
-                      key=lambda p: int(p.parent.name))
+    versions = sorted(
+        (p for p in (repo / name).glob("*/model_card.json") if p.parent.name.isdigit()),
+        key=lambda p: int(p.parent.name),
+    )
     for card_path in versions:
         card = json.loads(card_path.read_text(encoding="utf-8"))
         if card.get("architecture") and "quantization" not in card:
@@ -94,8 +96,10 @@ def load_onnx_weights(model: nn.Module, onnx_path: Path, input_shape: tuple[int,
                 continue
             filled[key] = torch.from_numpy(anonymous.pop(same_shape[0]).copy())
     if missing:
-        raise FineTuneError(f"{onnx_path}: graph lacks weights {', '.join(missing[:5])} (folded at export); "
-                            "pass the training checkpoint with --from FILE --arch ARCH instead")
+        raise FineTuneError(
+            f"{onnx_path}: graph lacks weights {', '.join(missing[:5])} (folded at export); "
+            "pass the training checkpoint with --from FILE --arch ARCH instead"
+        )
     model.load_state_dict(filled, strict=True)
     _check_reproduces(model, onnx_path, graph)
 
@@ -160,8 +164,9 @@ def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 256) -> np.ndar
         return np.concatenate([model(x[i : i + batch_size]).argmax(1).numpy() for i in range(0, len(x), batch_size)])
 
 
-def fit(model: nn.Module, train: FolderData, heldout: FolderData, settings: FineTuneSettings,
-        progress: bool = True) -> list[dict]:
+def fit(
+    model: nn.Module, train: FolderData, heldout: FolderData, settings: FineTuneSettings, progress: bool = True
+) -> list[dict]:
     """Adam over the trainable parameters; returns one dict per epoch (loss, accuracies)."""
     torch.manual_seed(settings.seed)
     generator = torch.Generator().manual_seed(settings.seed)
@@ -184,9 +189,12 @@ def fit(model: nn.Module, train: FolderData, heldout: FolderData, settings: Fine
                 optimizer.step()
                 total += float(loss.detach()) * len(index)
                 bar.update(1)
-            row = {"epoch": epoch, "loss": total / len(y),
-                   "train_accuracy": float((predict(model, clean) == train.labels).mean()),
-                   "heldout_accuracy": float((predict(model, x_held) == heldout.labels).mean())}
+            row = {
+                "epoch": epoch,
+                "loss": total / len(y),
+                "train_accuracy": float((predict(model, clean) == train.labels).mean()),
+                "heldout_accuracy": float((predict(model, x_held) == heldout.labels).mean()),
+            }
             history.append(row)
             bar.set_postfix(loss=f"{row['loss']:.3f}", heldout=f"{row['heldout_accuracy']:.3f}")
     return history
@@ -210,10 +218,20 @@ def source_model(source: str, arch: str | None, repo: Path) -> tuple[str, nn.Mod
     return arch_name, model, {"source": f"fine-tuned from bundled model {source} ({onnx_path.parent})"}
 
 
-def fine_tune(data_dir: Path, source: str, *, arch: str | None = None, name: str | None = None,
-              repo: Path = Path("model_repo"), source_repo: Path = Path("model_repo"), runs: Path = Path("runs"),
-              settings: FineTuneSettings | None = None,
-              version: int | None = None, overwrite: bool = False, progress: bool = True) -> Path:
+def fine_tune(
+    data_dir: Path,
+    source: str,
+    *,
+    arch: str | None = None,
+    name: str | None = None,
+    repo: Path = Path("model_repo"),
+    source_repo: Path = Path("model_repo"),
+    runs: Path = Path("runs"),
+    settings: FineTuneSettings | None = None,
+    version: int | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> Path:
     """The whole command: data, source, head, training, report files, export. Returns the version dir."""
     settings = settings or FineTuneSettings()
     arch, model, weights = source_model(source, arch, source_repo)
@@ -231,17 +249,22 @@ def fine_tune(data_dir: Path, source: str, *, arch: str | None = None, name: str
     run_dir.mkdir(parents=True, exist_ok=True)
     save_training_curve(history, run_dir / "training_curve.png", title=name)
     save_confusion_matrix(report.confusion, list(data.classes), run_dir / "confusion_matrix.png", title=name)
-    prepared = prepare_version(model.eval(), spec, name=name, num_classes=len(data.classes),
-                               labels=list(data.classes), weights=weights)
+    prepared = prepare_version(
+        model.eval(), spec, name=name, num_classes=len(data.classes), labels=list(data.classes), weights=weights
+    )
     training = {
         "data": f"image folder {Path(data_dir).name}: {len(data.labels)} images, {len(data.classes)} classes",
-        "split": {"description": f"stratified, {settings.heldout_fraction:.0%} held out, seed {settings.seed}",
-                  "train": len(train.labels), "heldout": len(heldout.labels)},
+        "split": {
+            "description": f"stratified, {settings.heldout_fraction:.0%} held out, seed {settings.seed}",
+            "train": len(train.labels),
+            "heldout": len(heldout.labels),
+        },
         "settings": {**settings.__dict__, "optimizer": "Adam", "loss": "cross-entropy"},
         "final_epoch": history[-1],
         "metrics": {"heldout_accuracy": report.accuracy, "confusion_matrix": report.confusion_card(data.classes)},
         "reproduce": f"convserve train classifier --data {data_dir} --from {source}"
-                     + (" --freeze" if settings.freeze else "") + f" --epochs {settings.epochs}",
+        + (" --freeze" if settings.freeze else "")
+        + f" --epochs {settings.epochs}",
     }
     (run_dir / "metrics.json").write_text(json.dumps(training, indent=2) + "\n", encoding="utf-8")
     return write_version(prepared, repo, version=version, overwrite=overwrite, training=training)
@@ -249,17 +272,29 @@ def fine_tune(data_dir: Path, source: str, *, arch: str | None = None, name: str
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", type=Path, required=True, help="folder with one sub-folder of images per class")
-    parser.add_argument("--from", dest="source", default="simple_cnn",
-                        help="bundled model name in --repo, or a state-dict file (with --arch); default simple_cnn")
-    parser.add_argument("--source-repo", type=Path, default=Path("model_repo"),
-                        help="repository holding the bundled --from model (default model_repo)")
+    parser.add_argument(
+        "--from",
+        dest="source",
+        default="simple_cnn",
+        help="bundled model name in --repo, or a state-dict file (with --arch); default simple_cnn",
+    )
+    parser.add_argument(
+        "--source-repo",
+        type=Path,
+        default=Path("model_repo"),
+        help="repository holding the bundled --from model (default model_repo)",
+    )
     parser.add_argument("--arch", help="architecture of a --from checkpoint file")
     parser.add_argument("--freeze", action="store_true", help="train only the new head")
     parser.add_argument("--epochs", type=int, default=FineTuneSettings.epochs)
     parser.add_argument("--batch-size", type=int, default=FineTuneSettings.batch_size)
     parser.add_argument("--lr", type=float, default=FineTuneSettings.learning_rate)
-    parser.add_argument("--heldout", type=float, default=FineTuneSettings.heldout_fraction,
-                        help="share of each class held out (default 0.2)")
+    parser.add_argument(
+        "--heldout",
+        type=float,
+        default=FineTuneSettings.heldout_fraction,
+        help="share of each class held out (default 0.2)",
+    )
     parser.add_argument("--flips", choices=["", "h", "v", "hv"], default="h", help="flips the task tolerates")
     parser.add_argument("--no-augment", action="store_true")
     parser.add_argument("--seed", type=int, default=0)
@@ -271,11 +306,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> Path:
-    settings = FineTuneSettings(epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.lr,
-                                freeze=args.freeze, heldout_fraction=args.heldout, seed=args.seed,
-                                augment=not args.no_augment, flips=args.flips)
-    version_dir = fine_tune(args.data, args.source, arch=args.arch, name=args.name, repo=args.repo,
-                            source_repo=args.source_repo, runs=args.runs,
-                            settings=settings, version=args.version, overwrite=args.overwrite)
+    settings = FineTuneSettings(
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        learning_rate=args.lr,
+        freeze=args.freeze,
+        heldout_fraction=args.heldout,
+        seed=args.seed,
+        augment=not args.no_augment,
+        flips=args.flips,
+    )
+    version_dir = fine_tune(
+        args.data,
+        args.source,
+        arch=args.arch,
+        name=args.name,
+        repo=args.repo,
+        source_repo=args.source_repo,
+        runs=args.runs,
+        settings=settings,
+        version=args.version,
+        overwrite=args.overwrite,
+    )
     print(f"wrote {version_dir}")
     return version_dir

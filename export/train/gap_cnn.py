@@ -71,8 +71,9 @@ def cutout(images: np.ndarray, rng: np.random.Generator, probability: float = 0.
     return images
 
 
-def to_tensor(images: np.ndarray, rng: np.random.Generator | None, cutout_share: float = 0.5,
-              cutout_max: int = 24) -> torch.Tensor:
+def to_tensor(
+    images: np.ndarray, rng: np.random.Generator | None, cutout_share: float = 0.5, cutout_max: int = 24
+) -> torch.Tensor:
     """uint8 [N, H, W, 3] -> normalised float NCHW; with `rng`, random horizontal flips and cutout."""
     if rng is not None:
         flip = rng.random(len(images)) < 0.5
@@ -90,7 +91,9 @@ def cosine_lr(step: int, total: int, base: float, warmup: int = 100) -> float:
 def accuracy(model, images: np.ndarray, labels: np.ndarray) -> float:
     model.eval()
     with torch.no_grad():
-        predicted = torch.cat([model(to_tensor(images[s : s + 256], None)).argmax(1) for s in range(0, len(images), 256)])
+        predicted = torch.cat(
+            [model(to_tensor(images[s : s + 256], None)).argmax(1) for s in range(0, len(images), 256)]
+        )
     model.train()
     return float((predicted.numpy() == labels).mean())
 
@@ -130,10 +133,14 @@ def selection_score(val_accuracy: float, report) -> float:
 # What evaluate_localisation reads of a serving config (names, preprocessing, CAM source), for the
 # torch model during training; the exported config is written by export.cam_export.
 MONITOR_CONFIG = ModelConfig(
-    name="gap_cnn", task="classification", inputs=(TensorSpec(name="input", dims=(-1, 3, 64, 64)),),
+    name="gap_cnn",
+    task="classification",
+    inputs=(TensorSpec(name="input", dims=(-1, 3, 64, 64)),),
     outputs=(TensorSpec(name="logits", dims=(-1, 5)), TensorSpec(name="features", dims=(-1, 64, 16, 16))),
     preprocessing=PREPROCESSING,
-    postprocessing=PostprocessingConfig(output="logits", cam=CamConfig(features_output="features", weights_initializer="fc")),
+    postprocessing=PostprocessingConfig(
+        output="logits", cam=CamConfig(features_output="features", weights_initializer="fc")
+    ),
 )
 
 
@@ -170,27 +177,47 @@ def train(args) -> tuple[torch.nn.Module, dict]:
     total, step = args.epochs * (len(images) // args.batch), 0
     with open(args.run_dir / "epochs.csv", "w", newline="") as log_file:
         log = csv.writer(log_file)
-        log.writerow(["epoch", "train_loss", "train_accuracy", "val_accuracy", "val_argmax_in_box",
-                      "val_box_iou_at_least_half", "seconds"])
+        log.writerow(
+            [
+                "epoch",
+                "train_loss",
+                "train_accuracy",
+                "val_accuracy",
+                "val_argmax_in_box",
+                "val_box_iou_at_least_half",
+                "seconds",
+            ]
+        )
         best_score, best_epoch, best_accuracy = -1.0, 0, 0.0
         for epoch in range(args.epochs):
             loss, train_accuracy, step = train_epoch(model, optimizer, images, labels, rng, args, step, total)
             val_accuracy, report = accuracy(model, val_images, val_labels), localisation(model, monitor)
-            row = [epoch + 1, f"{loss:.4f}", f"{train_accuracy:.4f}", f"{val_accuracy:.4f}",
-                   f"{report.argmax_in_box:.4f}", f"{report.box_iou_at_least_half:.4f}", f"{time.monotonic() - started:.0f}"]
+            row = [
+                epoch + 1,
+                f"{loss:.4f}",
+                f"{train_accuracy:.4f}",
+                f"{val_accuracy:.4f}",
+                f"{report.argmax_in_box:.4f}",
+                f"{report.box_iou_at_least_half:.4f}",
+                f"{time.monotonic() - started:.0f}",
+            ]
             log.writerow(row)
             log_file.flush()
-            print("epoch {} loss {} train acc {} val acc {} val argmax-in-box {} val box-iou>=0.5 {} ({} s)".format(*row),
-                  flush=True)
+            print(
+                "epoch {} loss {} train acc {} val acc {} val argmax-in-box {} val box-iou>=0.5 {} ({} s)".format(*row),
+                flush=True,
+            )
             score = selection_score(val_accuracy, report)
             if score > best_score:
                 best_score, best_epoch, best_accuracy = score, epoch + 1, val_accuracy
                 torch.save({"state_dict": model.state_dict(), "epoch": epoch + 1}, args.run_dir / "checkpoint.pt")
     model.load_state_dict(torch.load(args.run_dir / "checkpoint.pt")["state_dict"])
     training = training_record(args, total, generated, time.monotonic() - started)
-    training.update(validation_accuracy=best_accuracy, selected_epoch=best_epoch,
-                    selection="epoch with the highest val accuracy + argmax-in-box + box-IoU rate "
-                              "(300 train-split monitor scenes)")
+    training.update(
+        validation_accuracy=best_accuracy,
+        selected_epoch=best_epoch,
+        selection="epoch with the highest val accuracy + argmax-in-box + box-IoU rate (300 train-split monitor scenes)",
+    )
     (args.run_dir / "training.json").write_text(json.dumps(training, indent=2))
     return model, training
 
@@ -199,21 +226,34 @@ def training_record(args, steps: int, generation_seconds: float, wall_seconds: f
     """How the weights were made, for the model card."""
     return {
         "data": "synthetic single-object scenes (export/data/scenes.py, split 'train'): "
-                f"{args.scenes} scenes, seed {args.seed}, spec {asdict(CAM_SCENE_SPEC)}",
-        "split": {"description": "train split (faces 0-79, distractors 100-179, 9 backgrounds); "
-                                 "held-out split: faces 80-99 and backgrounds gravel, immunohistochemistry"},
-        "epochs": args.epochs, "steps": steps, "batch_size": args.batch, "learning_rate": args.lr,
+        f"{args.scenes} scenes, seed {args.seed}, spec {asdict(CAM_SCENE_SPEC)}",
+        "split": {
+            "description": "train split (faces 0-79, distractors 100-179, 9 backgrounds); "
+            "held-out split: faces 80-99 and backgrounds gravel, immunohistochemistry"
+        },
+        "epochs": args.epochs,
+        "steps": steps,
+        "batch_size": args.batch,
+        "learning_rate": args.lr,
         "optimizer": "AdamW (weight decay 1e-4), cosine schedule, label smoothing 0.05",
         "augmentation": f"random h-flip; cutout of a 12-{args.cutout_max} px square in {args.cutout:.0%} of the images",
-        "seed": args.seed, "torch_threads": torch.get_num_threads(),
-        "scene_generation_seconds": round(generation_seconds), "wall_seconds": round(wall_seconds),
+        "seed": args.seed,
+        "torch_threads": torch.get_num_threads(),
+        "scene_generation_seconds": round(generation_seconds),
+        "wall_seconds": round(wall_seconds),
     }
 
 
 def export(model: torch.nn.Module, training: dict, repo: Path = REPO) -> Path:
     """Export with the features output, measure localisation on the exact ONNX bytes, write."""
-    prepared = prepare_cam_version(model, "gap_cnn", name="gap_cnn", num_classes=len(SCENE_CLASSES),
-                                   labels=list(SCENE_CLASSES), weights={"source": "trained by export/train/gap_cnn.py"})
+    prepared = prepare_cam_version(
+        model,
+        "gap_cnn",
+        name="gap_cnn",
+        num_classes=len(SCENE_CLASSES),
+        labels=list(SCENE_CLASSES),
+        weights={"source": "trained by export/train/gap_cnn.py"},
+    )
     session = cpu_session(prepared.graph.onnx_bytes)
     class_weights = model.fc.weight.detach().numpy().astype(np.float32)
     report = evaluate_localisation(session, prepared.config, class_weights, heldout_scenes(HELDOUT_COUNT))

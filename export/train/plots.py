@@ -49,8 +49,9 @@ def save_confusion_matrix(confusion: np.ndarray, labels: list[str], path: Path, 
     axis.set_ylabel("predicted")
     threshold = shown.max() / 2 if shown.size else 0
     for (row, col), count in np.ndenumerate(shown):
-        axis.text(col, row, str(count), ha="center", va="center", fontsize=7,
-                  color="white" if count > threshold else "black")
+        axis.text(
+            col, row, str(count), ha="center", va="center", fontsize=7, color="white" if count > threshold else "black"
+        )
     axis.set_title(title)
     fig.tight_layout()
     fig.savefig(path)

@@ -180,8 +180,9 @@ async def infer(request: web.Request) -> web.Response:
     limits = request.app[CALLS].limits
 
     async def call(ctx):  # decoding is part of the request, as over gRPC: its refusals are counted and logged
-        parsed = parse_infer_request(body, request.headers.get(HEADER_LENGTH), limits.max_json_elements,
-                                     limits.max_images_per_request)
+        parsed = parse_infer_request(
+            body, request.headers.get(HEADER_LENGTH), limits.max_json_elements, limits.max_images_per_request
+        )
         if parsed.timeout_s is not None:  # the client's timeout, within the server's cap
             ctx.deadline = min(ctx.deadline, time.monotonic() + parsed.timeout_s)
         answer = await request.app[PATH].infer(ctx, name, version, parsed)

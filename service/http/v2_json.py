@@ -22,7 +22,12 @@ import numpy as np
 from service.errors import InvalidArgument, ResourceExhausted
 from service.http.binary import join_body, split_body, take_blobs
 from service.servicers.v2_tensors import (
-    check_bytes_count, decode_raw, element_count, encode_raw, numpy_dtype, v2_datatype,
+    check_bytes_count,
+    decode_raw,
+    element_count,
+    encode_raw,
+    numpy_dtype,
+    v2_datatype,
 )
 
 _SCALARS = (bool, int, float, str)
@@ -100,8 +105,9 @@ def _optional_bool(parameters: dict, key: str, what: str) -> bool | None:
     return value
 
 
-def parse_infer_request(body: bytes, header_length: str | None, max_elements: int,
-                        max_bytes_elements: int | None = None) -> InferRequest:
+def parse_infer_request(
+    body: bytes, header_length: str | None, max_elements: int, max_bytes_elements: int | None = None
+) -> InferRequest:
     """`max_elements` bounds the JSON values; `max_bytes_elements` each BYTES input's element count
     (the server passes its images-per-request limit, as for gRPC), checked from the shape."""
     header, binary = split_body(body, header_length)
@@ -149,8 +155,9 @@ def _binary_size(spec: dict, index: int) -> int | None:
     return size
 
 
-def _input_array(spec: dict, blob: memoryview | None, index: int,
-                 max_bytes_elements: int | None) -> tuple[str, np.ndarray | SharedInput]:
+def _input_array(
+    spec: dict, blob: memoryview | None, index: int, max_bytes_elements: int | None
+) -> tuple[str, np.ndarray | SharedInput]:
     name = _string(spec.get("name"), f"inputs[{index}].name")
     what = f"input '{name}'"
     datatype = _string(spec.get("datatype"), f"{what}: datatype")
@@ -173,8 +180,7 @@ def _input_array(spec: dict, blob: memoryview | None, index: int,
     return name, json_tensor(spec["data"], datatype, shape, what, max_bytes_elements)
 
 
-def json_tensor(data, datatype: str, shape: list[int], what: str,
-                max_bytes_elements: int | None = None) -> np.ndarray:
+def json_tensor(data, datatype: str, shape: list[int], what: str, max_bytes_elements: int | None = None) -> np.ndarray:
     """A JSON `data` list (flat or nested, row-major) as an array of `datatype` and `shape`."""
     dtype = numpy_dtype(datatype, what)
     count = element_count(shape, what)
@@ -227,7 +233,10 @@ def _requested_output(output, index: int) -> RequestedOutput:
 
 
 def infer_response(
-    request: InferRequest, model_name: str, model_version: str, outputs: list[tuple[str, np.ndarray]],
+    request: InferRequest,
+    model_name: str,
+    model_version: str,
+    outputs: list[tuple[str, np.ndarray]],
     in_shared_memory: frozenset[str] = frozenset(),
 ) -> tuple[bytes, int | None]:
     """(body, JSON header length or None): outputs asked for as binary go after the JSON header;

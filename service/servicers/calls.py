@@ -104,7 +104,8 @@ class StreamSlot:
                 await self.context.abort(
                     grpc.StatusCode.DEADLINE_EXCEEDED,
                     f"stream sent no frame for {self.idle_timeout_s:g} s: closed to free its slot "
-                    "(--stream-idle-timeout-s)")
+                    "(--stream-idle-timeout-s)",
+                )
             yield frame
 
 
@@ -133,7 +134,9 @@ class CallRunner:
         return name if name in self.registry.entries else UNKNOWN_MODEL
 
     def new_context(self, method: str, context: grpc.aio.ServicerContext) -> RequestContext:
-        ctx = RequestContext(method=method, deadline=deadline_of(context, self.limits), request_id=request_id_of(context))
+        ctx = RequestContext(
+            method=method, deadline=deadline_of(context, self.limits), request_id=request_id_of(context)
+        )
         context.set_trailing_metadata(((REQUEST_ID_KEY, ctx.request_id),))
         return ctx
 
@@ -142,8 +145,9 @@ class CallRunner:
 
         The call's own deadline bounds the whole stream, so each frame gets the server's cap instead.
         """
-        ctx = RequestContext(method=method, deadline=time.monotonic() + self.limits.max_deadline_s,
-                             request_id=request_id_of(context))
+        ctx = RequestContext(
+            method=method, deadline=time.monotonic() + self.limits.max_deadline_s, request_id=request_id_of(context)
+        )
         context.set_trailing_metadata(((REQUEST_ID_KEY, ctx.request_id),))
         ctx.model, ctx.version = model.name, str(model.version)
         return ctx
@@ -161,12 +165,16 @@ class CallRunner:
         limits = self.limits
         peer = context.peer() or ""
         if self._open_streams >= limits.max_concurrent_streams:
-            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                                f"too many concurrent streams (limit {limits.max_concurrent_streams})")
+            await context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"too many concurrent streams (limit {limits.max_concurrent_streams})",
+            )
         if self._peer_streams.get(peer, 0) >= limits.max_streams_per_peer:
-            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                                f"too many concurrent streams on this connection (limit {limits.max_streams_per_peer} "
-                                "per client connection, --max-streams-per-peer)")
+            await context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"too many concurrent streams on this connection (limit {limits.max_streams_per_peer} "
+                "per client connection, --max-streams-per-peer)",
+            )
         self._open_streams += 1
         self._peer_streams[peer] = self._peer_streams.get(peer, 0) + 1
         try:
@@ -187,8 +195,13 @@ class CallRunner:
         finally:
             gauge.dec()
 
-    async def unary(self, method: str, model_name: str, context: grpc.aio.ServicerContext,
-                    body: Callable[[RequestContext], Awaitable[T]]) -> T:
+    async def unary(
+        self,
+        method: str,
+        model_name: str,
+        context: grpc.aio.ServicerContext,
+        body: Callable[[RequestContext], Awaitable[T]],
+    ) -> T:
         ctx = self.new_context(method, context)
         try:
             return await self.run(ctx, model_name, body)
@@ -208,8 +221,11 @@ class CallRunner:
         """A request context for a front end without gRPC metadata (HTTP): the client's request id
         (bounded) or a new one, and its timeout capped by max_deadline_s as gRPC deadlines are."""
         budget = self.limits.max_deadline_s if timeout_s is None else min(timeout_s, self.limits.max_deadline_s)
-        return RequestContext(method=method, deadline=time.monotonic() + budget,
-                              request_id=request_id[:MAX_REQUEST_ID] if request_id else new_request_id())
+        return RequestContext(
+            method=method,
+            deadline=time.monotonic() + budget,
+            request_id=request_id[:MAX_REQUEST_ID] if request_id else new_request_id(),
+        )
 
     async def run(self, ctx: RequestContext, model_name: str, body: Callable[[RequestContext], Awaitable[T]]) -> T:
         """Run one request's body, counted in flight and as an active call (what a shutdown drains),
@@ -234,7 +250,9 @@ class CallRunner:
             inflight.dec()
             self._active_calls -= 1
 
-    def finish(self, ctx: RequestContext, code: grpc.StatusCode, message: str, unexpected: BaseException | None = None) -> None:
+    def finish(
+        self, ctx: RequestContext, code: grpc.StatusCode, message: str, unexpected: BaseException | None = None
+    ) -> None:
         """Record one finished request (or stream frame): counters, stage latencies, logs.
 
         Stage latencies are observed only for successful requests that ran the model, so the
@@ -253,9 +271,16 @@ class CallRunner:
             self._children.get(latency, model, version, "total").observe(total)
         if ok and unexpected is None and not log.isEnabledFor(logging.DEBUG):
             return  # the common case: no access-log line, so no fields to build
-        fields = {"event": "request", "method": ctx.method, "model": ctx.model, "version": ctx.version,
-                  "code": code.name, "request_id": ctx.request_id, "images": ctx.images,
-                  "duration_ms": round(total * 1000, 3)}
+        fields = {
+            "event": "request",
+            "method": ctx.method,
+            "model": ctx.model,
+            "version": ctx.version,
+            "code": code.name,
+            "request_id": ctx.request_id,
+            "images": ctx.images,
+            "duration_ms": round(total * 1000, 3),
+        }
         if unexpected is not None:
             log.error("request failed unexpectedly", exc_info=unexpected, extra=fields)
         elif code != grpc.StatusCode.OK:

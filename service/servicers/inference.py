@@ -25,13 +25,27 @@ from service.servicers.v2_parameters import parameters_to_python
 from service.shared_memory import SharedMemoryRegistry
 from service.shared_memory_tensors import SharedMemoryBinding
 
-EXTENSIONS = ("classification", "model_repository", "model_configuration", "statistics", "binary_tensor_data",
-              "parameters", "system_shared_memory")
+EXTENSIONS = (
+    "classification",
+    "model_repository",
+    "model_configuration",
+    "statistics",
+    "binary_tensor_data",
+    "parameters",
+    "system_shared_memory",
+)
 
 
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
-    def __init__(self, stages: Stages, calls: CallRunner, lifecycle: Lifecycle, repository_api: bool = True, *,
-                 shared_memory: SharedMemoryRegistry):
+    def __init__(
+        self,
+        stages: Stages,
+        calls: CallRunner,
+        lifecycle: Lifecycle,
+        repository_api: bool = True,
+        *,
+        shared_memory: SharedMemoryRegistry,
+    ):
         self.stages = stages
         self.shared_memory = shared_memory
         self.calls = calls
@@ -57,27 +71,32 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         return pb.ServerMetadataResponse(name="convserve", version=__version__, extensions=list(EXTENSIONS))
 
     async def ModelMetadata(self, request, context):
-        return await self.calls.unary("ModelMetadata", request.name, context,
-                                      lambda ctx: self.metadata(ctx, request.name, request.version))
+        return await self.calls.unary(
+            "ModelMetadata", request.name, context, lambda ctx: self.metadata(ctx, request.name, request.version)
+        )
 
     async def ModelConfig(self, request, context):
-        return await self.calls.unary("ModelConfig", request.name, context,
-                                      lambda ctx: self.config(ctx, request.name, request.version))
+        return await self.calls.unary(
+            "ModelConfig", request.name, context, lambda ctx: self.config(ctx, request.name, request.version)
+        )
 
     async def ModelStatistics(self, request, context):
-        return await self.calls.unary("ModelStatistics", request.name, context,
-                                      lambda ctx: self.statistics(ctx, request.name, request.version))
+        return await self.calls.unary(
+            "ModelStatistics", request.name, context, lambda ctx: self.statistics(ctx, request.name, request.version)
+        )
 
     async def RepositoryIndex(self, request, context):
         return info.repository_index(self.registry.entries, request.ready)
 
     async def RepositoryModelLoad(self, request, context):
-        return await self.calls.unary("RepositoryModelLoad", request.model_name, context,
-                                      lambda ctx: self.load(request.model_name))
+        return await self.calls.unary(
+            "RepositoryModelLoad", request.model_name, context, lambda ctx: self.load(request.model_name)
+        )
 
     async def RepositoryModelUnload(self, request, context):
-        return await self.calls.unary("RepositoryModelUnload", request.model_name, context,
-                                      lambda ctx: self.unload(request.model_name))
+        return await self.calls.unary(
+            "RepositoryModelUnload", request.model_name, context, lambda ctx: self.unload(request.model_name)
+        )
 
     # Plain-valued bodies, shared with the HTTP front end (service/http/calls.py).
 
@@ -123,39 +142,50 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         async def body(ctx):
             response = pb.SystemSharedMemoryStatusResponse()
             for region in self.shared_memory.status(request.name):
-                response.regions[region.name].CopyFrom(pb.SystemSharedMemoryStatusResponse.RegionStatus(
-                    name=region.name, key=region.key, offset=region.offset, byte_size=region.byte_size))
+                response.regions[region.name].CopyFrom(
+                    pb.SystemSharedMemoryStatusResponse.RegionStatus(
+                        name=region.name, key=region.key, offset=region.offset, byte_size=region.byte_size
+                    )
+                )
             return response
+
         return await self.calls.unary("SystemSharedMemoryStatus", "", context, body)
 
     async def SystemSharedMemoryRegister(self, request, context):
         async def body(ctx):
             self.shared_memory.register_system(request.name, request.key, request.offset, request.byte_size)
             return pb.SystemSharedMemoryRegisterResponse()
+
         return await self.calls.unary("SystemSharedMemoryRegister", "", context, body)
 
     async def SystemSharedMemoryUnregister(self, request, context):
         async def body(ctx):
             self.shared_memory.unregister(request.name)
             return pb.SystemSharedMemoryUnregisterResponse()
+
         return await self.calls.unary("SystemSharedMemoryUnregister", "", context, body)
 
     async def CudaSharedMemoryStatus(self, request, context):
         async def body(ctx):  # no CUDA region can be registered on this build: an empty list, or the name refused
             self.shared_memory.status(request.name, kind="cuda")
             return pb.CudaSharedMemoryStatusResponse()
+
         return await self.calls.unary("CudaSharedMemoryStatus", "", context, body)
 
     async def CudaSharedMemoryRegister(self, request, context):
         async def body(ctx):
-            raise Unimplemented("CUDA shared memory needs a GPU build; this server offers system shared memory "
-                                "(SystemSharedMemoryRegister)")
+            raise Unimplemented(
+                "CUDA shared memory needs a GPU build; this server offers system shared memory "
+                "(SystemSharedMemoryRegister)"
+            )
+
         return await self.calls.unary("CudaSharedMemoryRegister", "", context, body)
 
     async def CudaSharedMemoryUnregister(self, request, context):
         async def body(ctx):
             self.shared_memory.unregister(request.name, kind="cuda")
             return pb.CudaSharedMemoryUnregisterResponse()
+
         return await self.calls.unary("CudaSharedMemoryUnregister", "", context, body)
 
     async def ModelInfer(self, request, context):
@@ -187,12 +217,14 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 yield answer
 
     async def _infer(self, ctx: RequestContext, request: pb.ModelInferRequest) -> pb.ModelInferResponse:
-        outputs = [OutputRequest(o.name, parameters_to_python(o.parameters).get("classification", 0))
-                   for o in request.outputs]
+        outputs = [
+            OutputRequest(o.name, parameters_to_python(o.parameters).get("classification", 0)) for o in request.outputs
+        ]
         # arrays, from raw contents or shared memory; BYTES inputs bounded by the images-per-request limit
         tensors = SharedMemoryBinding(request, self.shared_memory, self.stages.limits.max_images_per_request)
-        result = await infer(self.stages, ctx, ModelRef(request.model_name, request.model_version),
-                             tensors.inputs, outputs)
+        result = await infer(
+            self.stages, ctx, ModelRef(request.model_name, request.model_version), tensors.inputs, outputs
+        )
         loaded = result.model
         response = pb.ModelInferResponse(model_name=loaded.name, model_version=str(loaded.version), id=request.id)
         for name, value in result.outputs:

@@ -27,7 +27,11 @@ BOTH = pytest.mark.parametrize("dockerfile", [CPU, GPU], ids=["cpu", "gpu"])
 # What each image must install and how its server is configured.
 EXPECTED = {
     CPU: {"extra": "cpu", "providers": "cpu", "base": r"python:3\.11-slim(-[a-z]+)?"},
-    GPU: {"extra": "gpu", "providers": "cuda,cpu", "base": r"nvidia/cuda:12\.\d+\.\d+-cudnn[0-9]*-runtime-ubuntu\d+\.\d+"},
+    GPU: {
+        "extra": "gpu",
+        "providers": "cuda,cpu",
+        "base": r"nvidia/cuda:12\.\d+\.\d+-cudnn[0-9]*-runtime-ubuntu\d+\.\d+",
+    },
 }
 
 
@@ -39,7 +43,10 @@ def run_hadolint(hadolint: str, dockerfile: Path) -> subprocess.CompletedProcess
     # --failure-threshold style: every finding fails, down to the lowest severity.
     return subprocess.run(
         [hadolint, "--no-color", "--failure-threshold", "style", str(dockerfile)],
-        capture_output=True, text=True, timeout=60, cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO_ROOT,
     )
 
 
@@ -171,5 +178,7 @@ def test_copied_paths_exist_in_the_repository(dockerfile: Path) -> None:
     for stage in read_stages(dockerfile):
         for copy in stage.all("COPY"):
             if "--from=" not in copy.args:
-                missing += [w for w in copy.args.split()[:-1] if not w.startswith("--") and not (REPO_ROOT / w).exists()]
+                missing += [
+                    w for w in copy.args.split()[:-1] if not w.startswith("--") and not (REPO_ROOT / w).exists()
+                ]
     assert not missing, f"{dockerfile.name} copies paths that do not exist at the repository root: {missing}"

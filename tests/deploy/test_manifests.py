@@ -75,8 +75,19 @@ def test_kubernetes_validate_cli_agrees(rendered: dict[str, list[Manifest]], tmp
     path = tmp_path / "gpu.yaml"
     path.write_text(yaml.safe_dump_all(rendered["gpu+keda+volume"]))
     result = subprocess.run(
-        [sys.executable, "-m", "kubernetes_validate", "--strict", "-k", f"{KUBERNETES_VERSION}.0", "--quiet", str(path)],
-        capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "kubernetes_validate",
+            "--strict",
+            "-k",
+            f"{KUBERNETES_VERSION}.0",
+            "--quiet",
+            str(path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert result.returncode == 0, result.stdout + result.stderr
     warned = set(re.findall(r"schema for kind (\w+)", result.stdout))
@@ -87,21 +98,47 @@ POD = "spec.template.spec"
 TYPOS: dict[str, tuple[str, Callable[[Manifest], Manifest]]] = {
     "Deployment replicass": ("Deployment", lambda m: set_path(m, "spec.replicass", 2)),
     "Deployment replicas wrong type": ("Deployment", lambda m: set_path(m, "spec.replicas", "two")),
-    "containerPortt": ("Deployment", lambda m: rename_key(m, f"{POD}.containers.0.ports.0.containerPort", "containerPortt")),
-    "probe grpc.portt": ("Deployment", lambda m: rename_key(m, f"{POD}.containers.0.readinessProbe.grpc.port", "portt")),
-    "preStop sleep.second": ("Deployment", lambda m: rename_key(m, f"{POD}.containers.0.lifecycle.preStop.sleep.seconds", "second")),
-    "terminationGracePeriod": ("Deployment", lambda m: rename_key(m, f"{POD}.terminationGracePeriodSeconds", "terminationGracePeriod")),
+    "containerPortt": (
+        "Deployment",
+        lambda m: rename_key(m, f"{POD}.containers.0.ports.0.containerPort", "containerPortt"),
+    ),
+    "probe grpc.portt": (
+        "Deployment",
+        lambda m: rename_key(m, f"{POD}.containers.0.readinessProbe.grpc.port", "portt"),
+    ),
+    "preStop sleep.second": (
+        "Deployment",
+        lambda m: rename_key(m, f"{POD}.containers.0.lifecycle.preStop.sleep.seconds", "second"),
+    ),
+    "terminationGracePeriod": (
+        "Deployment",
+        lambda m: rename_key(m, f"{POD}.terminationGracePeriodSeconds", "terminationGracePeriod"),
+    ),
     "Service clusterIp": ("Service", lambda m: rename_key(m, "spec.clusterIP", "clusterIp")),
     "HPA minReplica": ("HorizontalPodAutoscaler", lambda m: rename_key(m, "spec.minReplicas", "minReplica")),
     "PDB maxUnavailible": ("PodDisruptionBudget", lambda m: rename_key(m, "spec.maxUnavailable", "maxUnavailible")),
     "ServiceMonitor intervall": ("ServiceMonitor", lambda m: rename_key(m, "spec.endpoints.0.interval", "intervall")),
     "ServiceMonitor bad duration": ("ServiceMonitor", lambda m: set_path(m, "spec.endpoints.0.interval", "15 seconds")),
-    "ServiceMonitor selector typo": ("ServiceMonitor", lambda m: rename_key(m, "spec.selector.matchLabels", "matchLabel")),
-    "ScaledObject minReplicaCountt": ("ScaledObject", lambda m: rename_key(m, "spec.minReplicaCount", "minReplicaCountt")),
-    "ScaledObject threshold not a string": ("ScaledObject", lambda m: set_path(m, "spec.triggers.0.metadata.threshold", 4)),
-    "ScaledObject prometheus querry": ("ScaledObject", lambda m: rename_key(m, "spec.triggers.0.metadata.query", "querry")),
-    "ScaledObject behavior typo": ("ScaledObject", lambda m: rename_key(
-        m, "spec.advanced.horizontalPodAutoscalerConfig.behavior.scaleDown", "scaleDwn")),
+    "ServiceMonitor selector typo": (
+        "ServiceMonitor",
+        lambda m: rename_key(m, "spec.selector.matchLabels", "matchLabel"),
+    ),
+    "ScaledObject minReplicaCountt": (
+        "ScaledObject",
+        lambda m: rename_key(m, "spec.minReplicaCount", "minReplicaCountt"),
+    ),
+    "ScaledObject threshold not a string": (
+        "ScaledObject",
+        lambda m: set_path(m, "spec.triggers.0.metadata.threshold", 4),
+    ),
+    "ScaledObject prometheus querry": (
+        "ScaledObject",
+        lambda m: rename_key(m, "spec.triggers.0.metadata.query", "querry"),
+    ),
+    "ScaledObject behavior typo": (
+        "ScaledObject",
+        lambda m: rename_key(m, "spec.advanced.horizontalPodAutoscalerConfig.behavior.scaleDown", "scaleDwn"),
+    ),
 }
 
 
@@ -114,20 +151,28 @@ def test_a_misspelled_field_fails_validation(rendered: dict[str, list[Manifest]]
     assert validation_errors([corrupt(original)]) != [], f"{typo} was accepted"
 
 
-@pytest.mark.parametrize("corrupt", [
-    lambda m: rename_key(m, "spec.predictor.containers.0.ports", "portss"),
-    lambda m: rename_key(m, "spec.predictor.minReplicas", "minReplica"),
-    lambda m: set_path(m, "spec.predictor.terminationGracePeriodSeconds", 35),  # Knative rejects it
-    lambda m: set_path(m, "spec.predictor.scaleMetric", "queue"),
-], ids=["containers.ports", "minReplicas", "knative-forbidden-field", "scaleMetric-enum"])
+@pytest.mark.parametrize(
+    "corrupt",
+    [
+        lambda m: rename_key(m, "spec.predictor.containers.0.ports", "portss"),
+        lambda m: rename_key(m, "spec.predictor.minReplicas", "minReplica"),
+        lambda m: set_path(m, "spec.predictor.terminationGracePeriodSeconds", 35),  # Knative rejects it
+        lambda m: set_path(m, "spec.predictor.scaleMetric", "queue"),
+    ],
+    ids=["containers.ports", "minReplicas", "knative-forbidden-field", "scaleMetric-enum"],
+)
 def test_a_misspelled_inference_service_fails_validation(inference_service: Manifest, corrupt: Callable) -> None:
     assert validation_errors([corrupt(inference_service)]) != []
 
 
-@pytest.mark.parametrize(("original", "typo", "reported"), [
-    ("containerPort: 8001", "containerPortt: 8001", "containers.0.ports.0"),
-    ("  revisionHistoryLimit:", "  replicass: 2\n  revisionHistoryLimit:", "replicass"),
-], ids=["containerPortt", "replicass"])
+@pytest.mark.parametrize(
+    ("original", "typo", "reported"),
+    [
+        ("containerPort: 8001", "containerPortt: 8001", "containers.0.ports.0"),
+        ("  revisionHistoryLimit:", "  replicass: 2\n  revisionHistoryLimit:", "replicass"),
+    ],
+    ids=["containerPortt", "replicass"],
+)
 def test_a_typo_in_the_base_files_fails_end_to_end(
     kubectl: str, tmp_path: Path, original: str, typo: str, reported: str
 ) -> None:
@@ -151,8 +196,11 @@ def test_probes_use_the_grpc_health_port(rendered: dict[str, list[Manifest]], va
     server = container(manifests)
     ports = {p["name"]: p["containerPort"] for p in server["ports"]}
     config = server_config(manifests)
-    assert ports == {"grpc": int(config["CONVSERVE_PORT"]), "metrics": int(config["CONVSERVE_METRICS_PORT"]),
-                     "http": int(config["CONVSERVE_HTTP_PORT"])}
+    assert ports == {
+        "grpc": int(config["CONVSERVE_PORT"]),
+        "metrics": int(config["CONVSERVE_METRICS_PORT"]),
+        "http": int(config["CONVSERVE_HTTP_PORT"]),
+    }
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
         assert server[probe]["grpc"] == {"port": ports["grpc"], "service": ""}, probe
     # Startup must allow longer than readiness/liveness would: that is its whole point.
@@ -178,7 +226,11 @@ def test_exactly_one_autoscaler_targets_the_deployment(rendered: dict[str, list[
     scalers = [m for m in manifests if m["kind"] in ("HorizontalPodAutoscaler", "ScaledObject")]
     assert len(scalers) == 1, [s["kind"] for s in scalers]
     target = scalers[0]["spec"]["scaleTargetRef"]
-    assert (target["apiVersion"], target["kind"], target["name"]) == ("apps/v1", "Deployment", deployment["metadata"]["name"])
+    assert (target["apiVersion"], target["kind"], target["name"]) == (
+        "apps/v1",
+        "Deployment",
+        deployment["metadata"]["name"],
+    )
     assert "replicas" not in deployment["spec"], "the autoscaler owns the replica count"
     assert ("keda" in variant) == (scalers[0]["kind"] == "ScaledObject")
     if scalers[0]["kind"] == "HorizontalPodAutoscaler":
@@ -208,7 +260,11 @@ def test_selectors_match_the_pods(rendered: dict[str, list[Manifest]], variant: 
     assert one(manifests, "Service", "convserve-grpc")["spec"]["clusterIP"] == "None"
 
     monitor = one(manifests, "ServiceMonitor")
-    matched = [s for s in manifests if s["kind"] == "Service" and selects(monitor["spec"]["selector"]["matchLabels"], s["metadata"]["labels"])]
+    matched = [
+        s
+        for s in manifests
+        if s["kind"] == "Service" and selects(monitor["spec"]["selector"]["matchLabels"], s["metadata"]["labels"])
+    ]
     assert [s["metadata"]["name"] for s in matched] == ["convserve-metrics"]
     assert {e["port"] for e in monitor["spec"]["endpoints"]} == {p["name"] for p in matched[0]["spec"]["ports"]}
     annotations = deployment["spec"]["template"]["metadata"]["annotations"]
@@ -230,7 +286,9 @@ def test_pods_are_locked_down_and_sized(rendered: dict[str, list[Manifest]], var
     for bound in ("requests", "limits"):
         assert {"cpu", "memory"} <= set(server["resources"][bound]), bound
     # The server's default thread count sees the node's cores, not the container's CPU limit.
-    assert 1 <= int(server_config(manifests)["CONVSERVE_PREPROCESS_THREADS"]) <= int(server["resources"]["limits"]["cpu"])
+    assert (
+        1 <= int(server_config(manifests)["CONVSERVE_PREPROCESS_THREADS"]) <= int(server["resources"]["limits"]["cpu"])
+    )
     mounts = {m["mountPath"]: m for m in server["volumeMounts"]}
     assert "/tmp" in mounts
     if "volume" in variant:

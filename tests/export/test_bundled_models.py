@@ -48,7 +48,8 @@ def test_bundled_model_reaches_the_target_and_its_card_up_to_rounding(name, held
     undecided = int(np.sum(top_two[:, 1] - top_two[:, 0] < ROUNDING_MARGIN))
     recorded = card["training"]["metrics"]["heldout_accuracy"]
     assert abs(accuracy - recorded) <= undecided / len(labels) + 1e-9, (
-        f"{name}: {accuracy:.4f} here vs {recorded:.4f} recorded; only {undecided} digits are within rounding")
+        f"{name}: {accuracy:.4f} here vs {recorded:.4f} recorded; only {undecided} digits are within rounding"
+    )
 
 
 @pytest.mark.parametrize("name", BUNDLED)

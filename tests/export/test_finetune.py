@@ -56,10 +56,33 @@ def _initializers(path: Path) -> dict[str, np.ndarray]:
 def fine_tuned(tmp_path_factory):
     root = tmp_path_factory.mktemp("finetune")
     files = write_folder(root / "shapes")
-    status = cli_main(["train", "classifier", "--data", str(root / "shapes"), "--from", "simple_cnn",
-                       "--source-repo", str(BUNDLED_REPO), "--freeze", "--epochs", "4", "--lr", "0.01",
-                       "--flips", "", "--heldout", "0.3", "--repo", str(root / "repo"), "--runs", str(root / "runs"),
-                       "--name", "shapes"])
+    status = cli_main(
+        [
+            "train",
+            "classifier",
+            "--data",
+            str(root / "shapes"),
+            "--from",
+            "simple_cnn",
+            "--source-repo",
+            str(BUNDLED_REPO),
+            "--freeze",
+            "--epochs",
+            "4",
+            "--lr",
+            "0.01",
+            "--flips",
+            "",
+            "--heldout",
+            "0.3",
+            "--repo",
+            str(root / "repo"),
+            "--runs",
+            str(root / "runs"),
+            "--name",
+            "shapes",
+        ]
+    )
     assert status == 0
     return root, files
 
@@ -96,8 +119,9 @@ def test_a_real_server_classifies_with_the_fine_tuned_version(fine_tuned):
     server = ServerThread(test_settings(repo)).start()
     try:
         with grpc.insecure_channel(server.address) as channel:
-            request = vpb.ClassifyRequest(model=vpb.ModelRef(name="shapes"), top_k=1,
-                                          images=[vpb.Image(encoded=data) for _, data in files])
+            request = vpb.ClassifyRequest(
+                model=vpb.ModelRef(name="shapes"), top_k=1, images=[vpb.Image(encoded=data) for _, data in files]
+            )
             reply = vpb_grpc.VisionServiceStub(channel).Classify(request, timeout=120)
     finally:
         server.stop()
@@ -116,8 +140,9 @@ def test_bundled_weights_are_read_back_exactly_from_the_onnx_graph(name):
     x = np.random.default_rng(1).random((4, *model_input(path)), dtype=np.float32)
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     with torch.no_grad():
-        np.testing.assert_allclose(model.eval()(torch.from_numpy(x)).numpy(), session.run(None, {"input": x})[0],
-                                   atol=1e-4)
+        np.testing.assert_allclose(
+            model.eval()(torch.from_numpy(x)).numpy(), session.run(None, {"input": x})[0], atol=1e-4
+        )
 
 
 def model_input(path: Path) -> list[int]:

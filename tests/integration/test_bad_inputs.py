@@ -63,8 +63,11 @@ def _encoded(data: bytes) -> vpb.Image:
 
 
 def _tensor(array: np.ndarray, dtype: str | None = None, data: bytes | None = None) -> vpb.Image:
-    return vpb.Image(tensor=vpb.Tensor(shape=list(array.shape), dtype=dtype or array.dtype.name,
-                                       data=array.tobytes() if data is None else data))
+    return vpb.Image(
+        tensor=vpb.Tensor(
+            shape=list(array.shape), dtype=dtype or array.dtype.name, data=array.tobytes() if data is None else data
+        )
+    )
 
 
 def _v2(model="tiny", arrays=None, outputs=(), raw=True):
@@ -113,48 +116,174 @@ def _wrong_byte_length():
 # (case id, RPC name, request factory, expected code, message fragment)
 CASES = [
     ("empty image bytes", "Classify", lambda: _classify(images=[_encoded(b"")]), INVALID, "empty"),
-    ("random bytes", "Classify", lambda: _classify(images=[_encoded(np.random.default_rng(0).bytes(500))]), INVALID, "could not be decoded"),
+    (
+        "random bytes",
+        "Classify",
+        lambda: _classify(images=[_encoded(np.random.default_rng(0).bytes(500))]),
+        INVALID,
+        "could not be decoded",
+    ),
     ("truncated JPEG", "Classify", lambda: _classify(images=[_encoded(_jpeg(PHOTO)[:300])]), INVALID, "truncated"),
     ("truncated PNG", "Classify", lambda: _classify(images=[_encoded(_png(PHOTO)[:200])]), INVALID, "decode"),
-    ("PNG header claiming 100k x 100k", "Classify", lambda: _classify(images=[_encoded(_huge_png_header())]), INVALID, "over the limit"),
+    (
+        "PNG header claiming 100k x 100k",
+        "Classify",
+        lambda: _classify(images=[_encoded(_huge_png_header())]),
+        INVALID,
+        "over the limit",
+    ),
     ("no image in the request", "Classify", lambda: _classify(images=[]), INVALID, "no images"),
     ("image with neither bytes nor tensor", "Classify", lambda: _classify(images=[vpb.Image()]), INVALID, "neither"),
     ("1x1 image is accepted", "Classify", lambda: _classify(images=[_encoded(_png(PHOTO[:1, :1]))]), OK, ""),
-    ("16-bit PNG is accepted", "Classify", lambda: _classify(images=[_encoded(_png((PHOTO.astype(np.uint16) * 257)))]), OK, ""),
-    ("4-channel PNG is accepted", "Classify", lambda: _classify(images=[_encoded(_png(cv2.cvtColor(PHOTO, cv2.COLOR_BGR2BGRA)))]), OK, ""),
+    (
+        "16-bit PNG is accepted",
+        "Classify",
+        lambda: _classify(images=[_encoded(_png((PHOTO.astype(np.uint16) * 257)))]),
+        OK,
+        "",
+    ),
+    (
+        "4-channel PNG is accepted",
+        "Classify",
+        lambda: _classify(images=[_encoded(_png(cv2.cvtColor(PHOTO, cv2.COLOR_BGR2BGRA)))]),
+        OK,
+        "",
+    ),
     ("grayscale into an RGB model", "Classify", lambda: _classify("rgb", [_encoded(_png(PHOTO[:, :, 0]))]), OK, ""),
     ("CMYK JPEG is accepted", "Classify", lambda: _classify("rgb", [_encoded(_cmyk_jpeg())]), OK, ""),
-    ("tensor of the wrong dtype", "Classify", lambda: _classify(images=[_tensor(GOOD_TENSOR.astype(np.float64))]), INVALID, "float32"),
+    (
+        "tensor of the wrong dtype",
+        "Classify",
+        lambda: _classify(images=[_tensor(GOOD_TENSOR.astype(np.float64))]),
+        INVALID,
+        "float32",
+    ),
     ("tensor of the wrong rank", "Classify", lambda: _classify(images=[_tensor(GOOD_TENSOR[0])]), INVALID, "shape"),
-    ("tensor of the wrong shape", "Classify", lambda: _classify(images=[_tensor(np.zeros((1, 9, 8), np.float32))]), INVALID, "shape"),
-    ("tensor bytes do not match its shape", "Classify", lambda: _classify(images=[_tensor(GOOD_TENSOR, data=b"\x00" * 12)]), INVALID, "bytes"),
-    ("NaN tensor", "Classify", lambda: _classify(images=[_tensor(np.full((1, 8, 8), np.nan, np.float32))]), INVALID, "NaN"),
-    ("Inf V2 tensor", "ModelInfer", lambda: _v2(arrays={"input": np.full((1, 1, 8, 8), np.inf, np.float32)}), INVALID, "NaN or Inf"),
-    ("batch larger than max_batch_size", "Classify", lambda: _classify("rgb", [_tensor(np.zeros((3, 8, 8), np.float32))] * 5), INVALID, "max_batch_size"),
-    ("V2 batch larger than max_batch_size", "ModelInfer", lambda: _v2(arrays={"input": np.zeros((9, 1, 8, 8), np.float32)}), INVALID, "max_batch_size"),
+    (
+        "tensor of the wrong shape",
+        "Classify",
+        lambda: _classify(images=[_tensor(np.zeros((1, 9, 8), np.float32))]),
+        INVALID,
+        "shape",
+    ),
+    (
+        "tensor bytes do not match its shape",
+        "Classify",
+        lambda: _classify(images=[_tensor(GOOD_TENSOR, data=b"\x00" * 12)]),
+        INVALID,
+        "bytes",
+    ),
+    (
+        "NaN tensor",
+        "Classify",
+        lambda: _classify(images=[_tensor(np.full((1, 8, 8), np.nan, np.float32))]),
+        INVALID,
+        "NaN",
+    ),
+    (
+        "Inf V2 tensor",
+        "ModelInfer",
+        lambda: _v2(arrays={"input": np.full((1, 1, 8, 8), np.inf, np.float32)}),
+        INVALID,
+        "NaN or Inf",
+    ),
+    (
+        "batch larger than max_batch_size",
+        "Classify",
+        lambda: _classify("rgb", [_tensor(np.zeros((3, 8, 8), np.float32))] * 5),
+        INVALID,
+        "max_batch_size",
+    ),
+    (
+        "V2 batch larger than max_batch_size",
+        "ModelInfer",
+        lambda: _v2(arrays={"input": np.zeros((9, 1, 8, 8), np.float32)}),
+        INVALID,
+        "max_batch_size",
+    ),
     ("negative top_k", "Classify", lambda: _classify(images=[_tensor(GOOD_TENSOR)], top_k=-1), INVALID, "top_k"),
-    ("huge top_k returns every class", "Classify", lambda: _classify(images=[_tensor(GOOD_TENSOR)], top_k=2**31 - 1), OK, ""),
+    (
+        "huge top_k returns every class",
+        "Classify",
+        lambda: _classify(images=[_tensor(GOOD_TENSOR)], top_k=2**31 - 1),
+        OK,
+        "",
+    ),
     ("IoU threshold above 1", "Detect", lambda: _detect(iou=1.5), INVALID, "iou_threshold"),
     ("score threshold below 0", "Detect", lambda: _detect(score=-0.1), INVALID, "score_threshold"),
     ("max_detections of 0", "Detect", lambda: _detect(max_det=0), INVALID, "max_detections"),
     ("class filter beyond the classes", "Detect", lambda: _detect(classes=[7]), INVALID, "class"),
-    ("Detect on a classification model", "Detect", lambda: vpb.DetectRequest(model=vpb.ModelRef(name="tiny"), images=[_tensor(GOOD_TENSOR)]), grpc.StatusCode.FAILED_PRECONDITION, "classification model"),
-    ("unknown model", "Classify", lambda: _classify("nosuchmodel", [_tensor(GOOD_TENSOR)]), grpc.StatusCode.NOT_FOUND, "unknown model"),
-    ("unknown version", "Classify", lambda: _classify(images=[_tensor(GOOD_TENSOR)], version="7"), grpc.StatusCode.NOT_FOUND, "no version 7"),
-    ("non-numeric version", "ModelInfer", lambda: pb.ModelInferRequest(model_name="tiny", model_version="latest"), grpc.StatusCode.NOT_FOUND, "version"),
+    (
+        "Detect on a classification model",
+        "Detect",
+        lambda: vpb.DetectRequest(model=vpb.ModelRef(name="tiny"), images=[_tensor(GOOD_TENSOR)]),
+        grpc.StatusCode.FAILED_PRECONDITION,
+        "classification model",
+    ),
+    (
+        "unknown model",
+        "Classify",
+        lambda: _classify("nosuchmodel", [_tensor(GOOD_TENSOR)]),
+        grpc.StatusCode.NOT_FOUND,
+        "unknown model",
+    ),
+    (
+        "unknown version",
+        "Classify",
+        lambda: _classify(images=[_tensor(GOOD_TENSOR)], version="7"),
+        grpc.StatusCode.NOT_FOUND,
+        "no version 7",
+    ),
+    (
+        "non-numeric version",
+        "ModelInfer",
+        lambda: pb.ModelInferRequest(model_name="tiny", model_version="latest"),
+        grpc.StatusCode.NOT_FOUND,
+        "version",
+    ),
     ("empty model name", "Classify", lambda: _classify("", [_tensor(GOOD_TENSOR)]), INVALID, "model name"),
-    ("unknown input name", "ModelInfer", lambda: _v2(arrays={"pixels": np.zeros((1, 1, 8, 8), np.float32)}), INVALID, "unknown input"),
+    (
+        "unknown input name",
+        "ModelInfer",
+        lambda: _v2(arrays={"pixels": np.zeros((1, 1, 8, 8), np.float32)}),
+        INVALID,
+        "unknown input",
+    ),
     ("missing input", "ModelInfer", lambda: pb.ModelInferRequest(model_name="tiny"), INVALID, "missing input"),
     ("unknown output name", "ModelInfer", lambda: _v2(outputs=[("probs", {})]), INVALID, "unknown output"),
-    ("negative classification count", "ModelInfer", lambda: _v2(outputs=[("logits", {"classification": -2})]), INVALID, "classification"),
+    (
+        "negative classification count",
+        "ModelInfer",
+        lambda: _v2(outputs=[("logits", {"classification": -2})]),
+        INVALID,
+        "classification",
+    ),
     ("duplicate input names", "ModelInfer", _duplicate_inputs, INVALID, "more than once"),
-    ("wrong V2 dtype", "ModelInfer", lambda: _v2(arrays={"input": np.zeros((1, 1, 8, 8), np.float64)}), INVALID, "FP64"),
+    (
+        "wrong V2 dtype",
+        "ModelInfer",
+        lambda: _v2(arrays={"input": np.zeros((1, 1, 8, 8), np.float64)}),
+        INVALID,
+        "FP64",
+    ),
     ("wrong V2 shape", "ModelInfer", lambda: _v2(arrays={"input": np.zeros((1, 8, 8), np.float32)}), INVALID, "shape"),
     ("raw byte length wrong", "ModelInfer", _wrong_byte_length, INVALID, "input"),
     ("mixing typed and raw contents", "ModelInfer", _mixed_v2, INVALID, "raw"),
-    ("BYTES input that is not an image", "ModelInfer", lambda: _v2(arrays={"input": np.array([b"not an image"], dtype=object)}), INVALID, "could not be decoded"),
+    (
+        "BYTES input that is not an image",
+        "ModelInfer",
+        lambda: _v2(arrays={"input": np.array([b"not an image"], dtype=object)}),
+        INVALID,
+        "could not be decoded",
+    ),
     ("message over the size limit", "ModelInfer", lambda: _oversized(), grpc.StatusCode.RESOURCE_EXHAUSTED, ""),
-    ("too many images per request", "Classify", lambda: _classify(images=[_tensor(GOOD_TENSOR)] * 7), INVALID, "limit of 6"),
+    (
+        "too many images per request",
+        "Classify",
+        lambda: _classify(images=[_tensor(GOOD_TENSOR)] * 7),
+        INVALID,
+        "limit of 6",
+    ),
 ]
 
 
@@ -226,8 +355,9 @@ def test_stream_with_garbage_between_good_frames(matrix_server):
 
     def frames():
         for index, data in enumerate(payloads):
-            yield vpb.ClassifyFrame(model=vpb.ModelRef(name="tiny") if index == 0 else None, frame_id=index,
-                                    image=vpb.Image(encoded=data))
+            yield vpb.ClassifyFrame(
+                model=vpb.ModelRef(name="tiny") if index == 0 else None, frame_id=index, image=vpb.Image(encoded=data)
+            )
 
     results = list(vision.StreamClassify(frames(), timeout=60))
     assert [r.frame_id for r in results] == list(range(len(payloads)))

@@ -127,9 +127,13 @@ def test_bad_input_over_http(matrix_server, name, rpc, factory, code, fragment):
 
 
 HTTP_ONLY = [
-    ("BYTES elements over the image limit", "/v2/models/tiny/infer", json.dumps({"inputs": [
-        {"name": "input", "datatype": "BYTES", "shape": [7], "data": ["x"] * 7}]}).encode(), 400,
-     "over the limit of 6"),
+    (
+        "BYTES elements over the image limit",
+        "/v2/models/tiny/infer",
+        json.dumps({"inputs": [{"name": "input", "datatype": "BYTES", "shape": [7], "data": ["x"] * 7}]}).encode(),
+        400,
+        "over the limit of 6",
+    ),
     ("not JSON", "/v2/models/tiny/infer", b"{not json", 400, "not valid JSON"),
     ("JSON nested too deeply", "/v2/models/tiny/infer", b"[" * 100_000 + b"]" * 100_000, 400, "nested too deeply"),
     (

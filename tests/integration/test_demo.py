@@ -19,19 +19,30 @@ import cv2
 from testkit import REPO_ROOT
 
 BLOCKED = ("torch", "torchvision", "skimage", "mlxtend", "sklearn")
-SECTIONS = ("== Classify", "held-out confusion matrix from its model card (rows = predicted, columns = true class)",
-            "== Detect", "== Segment", "== Explain", "== StreamClassify", "== StreamDetect", "== V2 ModelInfer")
+SECTIONS = (
+    "== Classify",
+    "held-out confusion matrix from its model card (rows = predicted, columns = true class)",
+    "== Detect",
+    "== Segment",
+    "== Explain",
+    "== StreamClassify",
+    "== StreamDetect",
+    "== V2 ModelInfer",
+)
 
 
 def test_demo_runs_every_rpc_on_the_bundled_models(tmp_path):
     for name in BLOCKED:
         package = tmp_path / "blocked" / name
         package.mkdir(parents=True)
-        (package / "__init__.py").write_text(f"raise ImportError('{name} is not a serving dependency (blocked by test_demo)')\n")
+        (package / "__init__.py").write_text(
+            f"raise ImportError('{name} is not a serving dependency (blocked by test_demo)')\n"
+        )
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path / "blocked"), str(REPO_ROOT)])}
     started = time.time() - 1.0  # file modification times can be a little coarse
-    done = subprocess.run([sys.executable, "-m", "examples.demo"], cwd=REPO_ROOT, env=env,
-                          capture_output=True, text=True, timeout=180)
+    done = subprocess.run(
+        [sys.executable, "-m", "examples.demo"], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=180
+    )
     out = done.stdout
     assert done.returncode == 0, f"demo failed:\n{out[-4000:]}\n{done.stderr[-4000:]}"
     missing = [section for section in SECTIONS if section not in out]

@@ -25,8 +25,9 @@ def secured(tmp_path_factory):
     write_tiny_model(root / "repo")
     (root / "tokens").write_text("user-token\n")
     (root / "admin").write_text("admin-token\n")
-    settings = test_settings(root / "repo", http_port=0, auth_token_file=root / "tokens",
-                             admin_token_file=root / "admin")
+    settings = test_settings(
+        root / "repo", http_port=0, auth_token_file=root / "tokens", admin_token_file=root / "admin"
+    )
     server = ServerThread(settings).start()
     yield server
     server.stop()
@@ -121,7 +122,7 @@ def test_inference_through_shared_memory_over_http(tiny_repo):
     try:
         client = _client(server)
         shm.set_shared_memory_region(handles[0], [data])
-        for key, handle, size in zip(keys, handles, (data.nbytes, 24)):
+        for key, size in zip(keys, (data.nbytes, 24)):
             client.register_system_shared_memory(key[1:], key, size)
         tensor = InferInput("input", list(data.shape), "FP32")
         tensor.set_shared_memory(keys[0][1:], data.nbytes)

@@ -55,15 +55,29 @@ def test_kv_values_round_trip():
 
     from service.logs import KeyValueFormatter
 
-    fields = {"event": "x", "plain": "abc", "spaced": 'a b="c" \\ d', "newline": "one\ntwo\r",
-              "empty": "", "number": 1.5, "flag": True, "nothing": None, "mapping": {"a": [1, "b c"]}}
+    fields = {
+        "event": "x",
+        "plain": "abc",
+        "spaced": 'a b="c" \\ d',
+        "newline": "one\ntwo\r",
+        "empty": "",
+        "number": 1.5,
+        "flag": True,
+        "nothing": None,
+        "mapping": {"a": [1, "b c"]},
+    }
     record = logging.LogRecord("convserve.t", logging.WARNING, __file__, 1, "hello world", None, None)
     record.__dict__.update(fields)
     line = KeyValueFormatter().format(record)
     assert "\n" not in line and "\r" not in line
     event = parse_kv(line)
     assert event["msg"] == "hello world" and event["level"] == "warning"
-    assert (event["plain"], event["spaced"], event["newline"], event["empty"]) == ("abc", 'a b="c" \\ d', "one\ntwo\r", "")
+    assert (event["plain"], event["spaced"], event["newline"], event["empty"]) == (
+        "abc",
+        'a b="c" \\ d',
+        "one\ntwo\r",
+        "",
+    )
     assert (event["number"], event["flag"], event["nothing"]) == ("1.5", "true", "null")
     assert json.loads(event["mapping"]) == {"a": [1, "b c"]}
 
@@ -80,12 +94,34 @@ class ServeProcess:
         self.log_format = log_format
         self.lines: list[str] = []
         self._changed = threading.Condition()
-        args = ["serve", "--model-repo", str(repo), "--host", "127.0.0.1", "--port", "0", "--metrics-port", "-1",
-                "--http-port", "-1",
-                "--providers", "cpu", "--log-format", log_format, "--log-level", log_level,
-                "--shutdown-grace-s", "0", "--drain-timeout-s", "2", "--preprocess-threads", "1"]
-        self.proc = subprocess.Popen(convserve_command() + args, cwd=REPO_ROOT, stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.PIPE, text=True)
+        args = [
+            "serve",
+            "--model-repo",
+            str(repo),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--metrics-port",
+            "-1",
+            "--http-port",
+            "-1",
+            "--providers",
+            "cpu",
+            "--log-format",
+            log_format,
+            "--log-level",
+            log_level,
+            "--shutdown-grace-s",
+            "0",
+            "--drain-timeout-s",
+            "2",
+            "--preprocess-threads",
+            "1",
+        ]
+        self.proc = subprocess.Popen(
+            convserve_command() + args, cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+        )
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
         started = self.wait_for(lambda e: e.get("event") == "server_started", timeout=120)
@@ -112,7 +148,7 @@ class ServeProcess:
             with self._changed:
                 remaining = give_up - time.monotonic()
                 if remaining <= 0 or self.proc.poll() is not None and not self._reader.is_alive():
-                    raise AssertionError(f"no such log line; got:\n" + "\n".join(self.lines[-30:]))
+                    raise AssertionError("no such log line; got:\n" + "\n".join(self.lines[-30:]))
                 self._changed.wait(min(remaining, 0.5))
 
     def stop(self) -> int:
@@ -147,8 +183,11 @@ def trailer_id(metadata) -> str:
 
 
 def is_request(event: dict, request_id: str, code: str | None = None) -> bool:
-    return (event.get("event") == "request" and event.get("request_id") == request_id
-            and (code is None or event.get("code") == code))
+    return (
+        event.get("event") == "request"
+        and event.get("request_id") == request_id
+        and (code is None or event.get("code") == code)
+    )
 
 
 @pytest.fixture(scope="module", params=[("json", "debug"), ("kv", "info")], ids=["json", "kv"])
@@ -183,7 +222,8 @@ def test_failed_request_logs_the_client_request_id(served):
     with pytest.raises(grpc.RpcError) as info:
         vpb_grpc.VisionServiceStub(channel).Classify(
             vpb.ClassifyRequest(model=vpb.ModelRef(name="nope"), images=[vpb.Image(encoded=png())]),
-            metadata=[("x-request-id", request_id)])
+            metadata=[("x-request-id", request_id)],
+        )
     assert info.value.code() == grpc.StatusCode.NOT_FOUND
     assert trailer_id(info.value.trailing_metadata()) == request_id
     line = process.wait_for(lambda e: is_request(e, request_id))
@@ -205,7 +245,9 @@ def test_hostile_request_id_stays_one_parseable_line(served):
     process, channel = served
     request_id = 'a b="c" d=e \\ {"x": 1}'
     with pytest.raises(grpc.RpcError) as info:
-        pb_grpc.GRPCInferenceServiceStub(channel).ModelInfer(v2_request("nope"), metadata=[("x-request-id", request_id)])
+        pb_grpc.GRPCInferenceServiceStub(channel).ModelInfer(
+            v2_request("nope"), metadata=[("x-request-id", request_id)]
+        )
     assert trailer_id(info.value.trailing_metadata()) == request_id
     process.wait_for(lambda e: is_request(e, request_id, "NOT_FOUND"))
 
@@ -215,7 +257,8 @@ def test_access_log_only_at_debug(served):
     request_id = f"good-{process.log_format}"
     reply, call = vpb_grpc.VisionServiceStub(channel).Classify.with_call(
         vpb.ClassifyRequest(model=vpb.ModelRef(name="tiny"), images=[vpb.Image(encoded=png())]),
-        metadata=[("x-request-id", request_id)])
+        metadata=[("x-request-id", request_id)],
+    )
     assert len(reply.results) == 1 and trailer_id(call.trailing_metadata()) == request_id
     if process.log_format == "json":  # this server runs at debug level
         line = process.wait_for(lambda e: is_request(e, request_id, "OK"))
@@ -224,7 +267,9 @@ def test_access_log_only_at_debug(served):
     else:  # info level: a successful request is not logged
         marker = f"marker-{time.monotonic_ns()}"
         with pytest.raises(grpc.RpcError):
-            pb_grpc.GRPCInferenceServiceStub(channel).ModelInfer(v2_request("nope"), metadata=[("x-request-id", marker)])
+            pb_grpc.GRPCInferenceServiceStub(channel).ModelInfer(
+                v2_request("nope"), metadata=[("x-request-id", marker)]
+            )
         process.wait_for(lambda e: is_request(e, marker))  # logged after the good request
         assert not [e for e in process.events() if e.get("request_id") == request_id]
 
@@ -233,7 +278,8 @@ def test_v2_stream_frames_share_the_call_request_id(served):
     process, channel = served
     request_id = f"v2-stream-{process.log_format}"
     replies = pb_grpc.GRPCInferenceServiceStub(channel).ModelStreamInfer(
-        iter([v2_request("tiny"), v2_request("nope"), v2_request("tiny")]), metadata=[("x-request-id", request_id)])
+        iter([v2_request("tiny"), v2_request("nope"), v2_request("tiny")]), metadata=[("x-request-id", request_id)]
+    )
     assert [bool(r.error_message) for r in replies] == [False, True, False]
     assert trailer_id(replies.trailing_metadata()) == request_id
     line = process.wait_for(lambda e: is_request(e, request_id, "NOT_FOUND"))
@@ -242,8 +288,10 @@ def test_v2_stream_frames_share_the_call_request_id(served):
 
 def test_vision_stream_frame_errors_carry_the_generated_id(served):
     process, channel = served
-    frames = [vpb.ClassifyFrame(model=vpb.ModelRef(name="tiny"), frame_id=i, image=vpb.Image(encoded=data))
-              for i, data in enumerate([png(1), b"not an image", png(2)])]
+    frames = [
+        vpb.ClassifyFrame(model=vpb.ModelRef(name="tiny"), frame_id=i, image=vpb.Image(encoded=data))
+        for i, data in enumerate([png(1), b"not an image", png(2)])
+    ]
     replies = vpb_grpc.VisionServiceStub(channel).StreamClassify(iter(frames))
     assert [r.error.code for r in replies] == [0, grpc.StatusCode.INVALID_ARGUMENT.value[0], 0]
     request_id = trailer_id(replies.trailing_metadata())
@@ -263,5 +311,8 @@ def test_unload_and_shutdown_are_logged_and_every_line_parses(served):
     assert process.stop() == 0
     events = process.events()  # parses every line: nothing unstructured on stderr
     assert len(events) == len(process.lines) >= 8
-    assert [e["event"] for e in events if e.get("event", "").startswith("shutdown")] == ["shutdown_started", "shutdown_done"]
+    assert [e["event"] for e in events if e.get("event", "").startswith("shutdown")] == [
+        "shutdown_started",
+        "shutdown_done",
+    ]
     assert all({"ts", "level", "logger", "msg"} <= set(e) for e in events)

@@ -247,10 +247,15 @@ def test_googlenet_v1_follows_the_papers_table():
 # GoogLeNet paper, Table 1: each inception module's input (channels, height, width) in the 224x224
 # network and its "ops" column (multiply-adds, printed to 1M).
 GOOGLENET_TABLE_OPS = [
-    ("3a", (192, 28, 28), 128), ("3b", (256, 28, 28), 304),
-    ("4a", (480, 14, 14), 73), ("4b", (512, 14, 14), 88), ("4c", (512, 14, 14), 100),
-    ("4d", (512, 14, 14), 119), ("4e", (528, 14, 14), 170),
-    ("5a", (832, 7, 7), 54), ("5b", (832, 7, 7), 71),
+    ("3a", (192, 28, 28), 128),
+    ("3b", (256, 28, 28), 304),
+    ("4a", (480, 14, 14), 73),
+    ("4b", (512, 14, 14), 88),
+    ("4c", (512, 14, 14), 100),
+    ("4d", (512, 14, 14), 119),
+    ("4e", (528, 14, 14), 170),
+    ("5a", (832, 7, 7), 54),
+    ("5b", (832, 7, 7), 71),
 ]
 # Rows whose printed ops disagree with the table's own channel columns (the paper's arithmetic):
 # 5a's columns give 1,042,432 weights x 7x7 = 51.1M, not 54M (its params column likewise says 1072K).
@@ -287,8 +292,11 @@ def test_googlenets_total_is_the_tables_sum_with_its_misprinted_rows_recounted()
     from export.models.lecture_googlenet import INCEPTION_TABLE
 
     printed = {module: ops for module, _, ops in GOOGLENET_TABLE_OPS}
-    recounted = {module: _inception_macs_from_columns(shape[0], shape[1] * shape[2], INCEPTION_TABLE[module])
-                 for module, shape, _ in GOOGLENET_TABLE_OPS if module in TABLE_ROWS_MISPRINTED}
+    recounted = {
+        module: _inception_macs_from_columns(shape[0], shape[1] * shape[2], INCEPTION_TABLE[module])
+        for module, shape, _ in GOOGLENET_TABLE_OPS
+        if module in TABLE_ROWS_MISPRINTED
+    }
     conv1 = 7 * 7 * 3 * 64 * 112 * 112 / 1e6  # the 7x7/2 stem convolution at 112x112x64 (34M printed)
     expected = conv1 + 360 + sum({**printed, **recounted}.values()) + 1  # conv1, conv2, modules, fc
     model, shape = _meta("googlenet_v1")
@@ -299,8 +307,9 @@ def test_googlenets_total_is_the_tables_sum_with_its_misprinted_rows_recounted()
 def test_vgg_configurations_have_the_tables_layers():
     from export.models.lecture_vgg import CONFIGS
 
-    weight_layers = {k: len(_layers(_meta(f"vgg_{k.lower().replace('-', '_')}")[0], (nn.Conv2d, nn.Linear)))
-                     for k in CONFIGS}
+    weight_layers = {
+        k: len(_layers(_meta(f"vgg_{k.lower().replace('-', '_')}")[0], (nn.Conv2d, nn.Linear))) for k in CONFIGS
+    }
     assert weight_layers == {"A": 11, "A-LRN": 11, "B": 13, "C": 16, "D": 16, "E": 19}
     one_by_one = [m for m in _layers(_meta("vgg_c")[0], nn.Conv2d) if m.kernel_size == (1, 1)]
     assert [m.out_channels for m in one_by_one] == [256, 512, 512]
