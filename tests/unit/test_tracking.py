@@ -6,16 +6,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from service.postprocess.kalman import cxcywh_to_xyxy, kalman_initiate, kalman_predict, kalman_update, xyxy_to_cxcywh
 from service.postprocess.tracking import (
     TrackerParams,
     TrackerState,
-    cxcywh_to_xyxy,
     greedy_match,
-    kalman_initiate,
-    kalman_predict,
-    kalman_update,
     update,
-    xyxy_to_cxcywh,
 )
 
 SIZE = 20.0
