@@ -23,10 +23,12 @@ import collections
 import time
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
-from typing import Callable, Protocol
+from typing import Callable
 
 import numpy as np
 
+from service.batch_policy import BatchObserver, BatchPolicy, NullObserver
+from service.batch_selection import take_batch
 from service.errors import (
     DeadlineExceeded,
     InternalError,
@@ -37,37 +39,6 @@ from service.errors import (
 )
 
 RunFn = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
-
-
-class BatchObserver(Protocol):
-    """What the batcher reports (service/metrics.py implements it)."""
-
-    def batch_done(
-        self, images: int, requests: int, seconds: float, merge_seconds: float, split_seconds: float
-    ) -> None: ...
-    def rejected(self, reason: str) -> None: ...
-    def queue_depth(self, images: int) -> None: ...
-
-
-class _NullObserver:
-    def batch_done(self, images, requests, seconds, merge_seconds, split_seconds):
-        pass
-
-    def rejected(self, reason):
-        pass
-
-    def queue_depth(self, images):
-        pass
-
-
-@dataclass(frozen=True)
-class BatchPolicy:
-    max_batch_size: int = 32
-    max_queue_delay_s: float = 0.0005
-    preferred_batch_sizes: tuple[int, ...] = ()
-    instances: int = 1
-    max_queue_size: int = 1024  # images
-    max_queue_bytes: int = 256 * 2**20  # input bytes of every queued request together
 
 
 @dataclass(eq=False)
@@ -89,7 +60,7 @@ class DynamicBatcher:
         self._run = run
         self._executor = executor
         self.policy = policy
-        self._observer = observer or _NullObserver()
+        self._observer = observer or NullObserver()
         self._queue: collections.deque[_Pending] = collections.deque()
         self._queued_images = 0
         self._queued_bytes = 0
@@ -207,38 +178,10 @@ class DynamicBatcher:
                 return
 
     def _take_batch(self) -> list[_Pending]:
-        """The oldest live request plus every queued request of the same shape that still fits, cut back
-        to the largest preferred batch size reached on the way if there is one (Triton's rule), for
-        models whose larger batches run slower per image (e.g. a CNN whose activations outgrow the
-        CPU's caches)."""
-        batch: list[_Pending] = []
-        seen: list[_Pending] = []  # every live request taken off the queue, in queue order
-        total, key, preferred_cut = 0, None, 0
-        largest_preferred = max(self.policy.preferred_batch_sizes, default=0)
-        while self._queue:
-            pending = self._queue.popleft()
-            if pending.future.done():
-                self._queued_images -= pending.count
-                self._queued_bytes -= pending.nbytes
-                continue
-            seen.append(pending)
-            if key is None:
-                key = pending.key
-            if pending.key == key and total + pending.count <= self.policy.max_batch_size:
-                batch.append(pending)
-                total += pending.count
-                if total in self.policy.preferred_batch_sizes:
-                    preferred_cut = len(batch)
-                    if total == largest_preferred:
-                        break  # nothing further can make a larger preferred batch
-            elif total >= self.policy.max_batch_size:
-                break
-        if preferred_cut:
-            batch = batch[:preferred_cut]
-        chosen = set(batch)
-        self._queue.extendleft(reversed([p for p in seen if p not in chosen]))
-        self._queued_images -= sum(p.count for p in batch)
-        self._queued_bytes -= sum(p.nbytes for p in batch)
+        """The next batch off the queue (service/batch_selection.py), with the queue's counts kept."""
+        batch, taken = take_batch(self._queue, self.policy.max_batch_size, self.policy.preferred_batch_sizes)
+        self._queued_images -= sum(p.count for p in taken)
+        self._queued_bytes -= sum(p.nbytes for p in taken)
         self._observer.queue_depth(self._queued_images)
         return batch
 
