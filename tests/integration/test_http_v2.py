@@ -162,8 +162,10 @@ def test_perf_analyzer_over_http(server, shared_memory, tmp_path):
     report = tmp_path / "perf.csv"
     url = server.http_url.removeprefix("http://")
     command = [str(BIN), "-m", "lenet5", "-i", "http", "-u", url, "--concurrency-range", "2",
-               "--measurement-interval", "1000", "--stability-percentage", "100", "--max-trials", "3",
+               "--measurement-interval", "1000", "--stability-percentage", "1000", "--max-trials", "3",
                "--shared-memory", shared_memory, "-f", str(report)]  # fmt: skip
+    # 1000 %: the test checks compatibility, not stability (as tests/integration/test_perf_analyzer.py);
+    # on a busy machine a stricter percentage makes perf_analyzer give up ("Failed to obtain stable measurement")
     before = requests_served(server, "ModelInfer")
     done = subprocess.run(command, capture_output=True, text=True, timeout=180)
     assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
