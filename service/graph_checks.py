@@ -18,9 +18,9 @@ def _fixed(axis) -> bool:
     return isinstance(axis, int) and axis > 0
 
 
-def _shown(shape: tuple) -> list:
-    """A graph shape for messages: free axes as their symbolic name or '?'."""
-    return [a if _fixed(a) else (a or "?") for a in shape]
+def _shown(shape: tuple) -> str:
+    """A graph shape for messages, "[N, 256, 8]": free axes as their symbolic name or '?'."""
+    return "[" + ", ".join(str(a if _fixed(a) else (a or "?")) for a in shape) + "]"
 
 
 def check_tensors(path: str, config: ModelConfig, signature, version: int) -> None:
@@ -52,14 +52,28 @@ def check_tensors(path: str, config: ModelConfig, signature, version: int) -> No
                     f"shape {_shown(shape)} has rank {len(shape)}",
                 )
             for axis, (want, have) in enumerate(zip(spec.dims[1:], shape[1:]), start=1):
-                if _fixed(have) and want != have:
+                if _fixed(have) and want != have and want != -1:
                     raise ConfigError(
                         path,
                         f"{field}.dims",
-                        f"{list(spec.dims)} disagree with the graph's shape "
-                        f"{_shown(shape)} at axis {axis} (the graph fixes it at "
-                        f"{have})",
+                        f"{list(spec.dims)} disagree with the graph's shape {_shown(shape)} at axis {axis}",
                     )
+
+
+def check_free_input_axes(path: str, config: ModelConfig, signature) -> None:
+    """An input axis the config leaves free (-1) but the graph fixes would let requests of other
+    sizes through to fail inside ONNX Runtime; the config must say the size."""
+    shapes = {name: shape for name, _, shape in signature.inputs}
+    for index, spec in enumerate(config.inputs):
+        shape = shapes[spec.name]
+        for axis, (want, have) in enumerate(zip(spec.dims[1:], shape[1:]), start=1):
+            if want == -1 and _fixed(have):
+                raise ConfigError(
+                    path,
+                    f"inputs[{index}].dims",
+                    f"{list(spec.dims)} leave axis {axis} free but the graph's input '{spec.name}' fixes it at "
+                    f"{have} (shape {_shown(shape)}): write {have}",
+                )
 
 
 def check_batch_axis(path: str, config: ModelConfig, signature) -> None:
@@ -194,6 +208,7 @@ def check_graph(path: str, config: ModelConfig, labels: tuple[str, ...], signatu
     check_tensors(path, config, signature, version)
     check_batch_axis(path, config, signature)
     check_image_input(path, config, signature)
+    check_free_input_axes(path, config, signature)
     graph_shape = next(s for n, _, s in signature.outputs if n == config.answer_output)
     configured = next(s.dims for s in config.outputs if s.name == config.answer_output)
     merged = tuple(g if _fixed(g) else (c if c > 0 else g) for g, c in zip(graph_shape, configured))
