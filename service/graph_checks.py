@@ -87,7 +87,7 @@ def check_batch_axis(path: str, config: ModelConfig, signature) -> None:
             raise ConfigError(
                 path,
                 f"inputs[{index}].dims",
-                f"the graph fixes input '{name}''s batch axis at {batch}; "
+                f"the graph fixes the batch axis of input '{name}' at {batch}; "
                 "the server runs batches of 1..max_batch_size: re-export "
                 "with a dynamic batch axis",
             )
@@ -95,7 +95,7 @@ def check_batch_axis(path: str, config: ModelConfig, signature) -> None:
             raise ConfigError(
                 path,
                 "batching.max_batch_size",
-                f"{config.batching.max_batch_size} but the graph fixes input '{name}''s batch axis at 1: "
+                f"{config.batching.max_batch_size} but the graph fixes the batch axis of input '{name}' at 1: "
                 "set batching.max_batch_size: 1, or re-export the model with a dynamic batch axis",
             )
 

@@ -188,7 +188,7 @@ def test_a_batch_axis_fixed_at_one_needs_max_batch_size_one(tmp_path):
 
 def test_a_batch_axis_fixed_above_one_is_refused(tmp_path):
     path = write_model(tmp_path, "m", classifier(max_batch=4), LABELS3, lambda p: classifier_fixed_batch(p, 4))
-    assert "batch axis at 4" in refused(tmp_path, "m", path, "inputs[0].dims")
+    assert "batch axis of input 'input' at 4" in refused(tmp_path, "m", path, "inputs[0].dims")
 
 
 def test_a_fixed_graph_size_against_preprocessing_size(tmp_path):
@@ -306,3 +306,28 @@ def test_segmentation_channels_against_labels():
     assert "5 channels" in segmentation_problem(6, ("N", 5, "H", "W"))
     assert "one channel" in segmentation_problem(None, ("N", 1, "H", "W"))
     assert "[N, C, H, W]" in segmentation_problem(2, ("N", 2, "H"))
+
+
+def test_color_order_against_the_graph_channels(tmp_path):
+    config = classifier(dims=(-1, -1, 8, 8))
+    config["preprocessing"]["color_order"] = "rgb"
+    path = write_model(tmp_path, "m", config, LABELS3, tiny_classifier_onnx)
+    assert refused(tmp_path, "m", path, "preprocessing.color_order") == (
+        "'rgb' gives 3 channels, the graph's input 'input' has 1"
+    )
+
+
+def test_native_resize_on_a_fixed_size_graph_is_refused(tmp_path):
+    config = classifier(dims=(-1, 1, -1, -1))
+    config["preprocessing"] = {"color_order": "gray", "resize": "native"}
+    path = write_model(tmp_path, "m", config, LABELS3, tiny_classifier_onnx)
+    assert "'native' keeps each image's size" in refused(tmp_path, "m", path, "preprocessing.resize")
+
+
+def test_a_config_output_rank_other_than_the_graphs(tmp_path):
+    config = classifier()
+    config["outputs"][0]["dims"] = [-1, 3, 1]
+    path = write_model(tmp_path, "m", config, LABELS3, tiny_classifier_onnx)
+    assert (
+        refused(tmp_path, "m", path, "outputs[0].dims") == "[-1, 3, 1] has rank 3, the graph's shape [N, 3] has rank 2"
+    )
