@@ -19,7 +19,12 @@ from service.errors import ConfigError, NotFound, Unavailable
 from service.metrics import Metrics
 from service.graph_checks import warm_up_checked
 from service.repository import (
-    ModelSource, check_external_data, check_signature, find_config, model_directories, scan_model,
+    ModelSource,
+    check_external_data,
+    check_signature,
+    find_config,
+    model_directories,
+    scan_model,
 )
 from service.runtime import ModelRuntime
 
@@ -108,8 +113,10 @@ class ModelRegistry:
         return entry.versions[number]
 
     def all_ready(self) -> bool:
-        return bool(self.entries) and all(e.state in (READY, UNAVAILABLE) for e in self.entries.values()) and any(
-            e.state == READY for e in self.entries.values()
+        return (
+            bool(self.entries)
+            and all(e.state in (READY, UNAVAILABLE) for e in self.entries.values())
+            and any(e.state == READY for e in self.entries.values())
         )
 
     async def load_all(self) -> None:
@@ -128,7 +135,9 @@ class ModelRegistry:
                 source = scan_model(self.repo / name)
                 loaded = {}
                 for version in source.versions:
-                    loaded[version] = await asyncio.get_running_loop().run_in_executor(None, self._load_version, source, version)
+                    loaded[version] = await asyncio.get_running_loop().run_in_executor(
+                        None, self._load_version, source, version
+                    )
             except Exception as exc:  # a model that cannot load is UNAVAILABLE; the others keep serving
                 reason = str(exc) if isinstance(exc, ConfigError) else f"{type(exc).__name__}: {exc}"
                 log.error("model load failed", extra={"event": "model_load_failed", "model": name, "reason": reason})
@@ -164,9 +173,12 @@ class ModelRegistry:
         batching = source.config.batching
         warmup_seconds = warm_up_checked(str(find_config(source.directory)), runtime, source.labels)
         policy = BatchPolicy(
-            max_batch_size=batching.max_batch_size, max_queue_delay_s=batching.max_queue_delay_us / 1e6,
-            preferred_batch_sizes=batching.preferred_batch_sizes, instances=batching.instances,
-            max_queue_size=batching.max_queue_size, max_queue_bytes=batching.max_queue_bytes,
+            max_batch_size=batching.max_batch_size,
+            max_queue_delay_s=batching.max_queue_delay_us / 1e6,
+            preferred_batch_sizes=batching.preferred_batch_sizes,
+            instances=batching.instances,
+            max_queue_size=batching.max_queue_size,
+            max_queue_bytes=batching.max_queue_bytes,
         )
         executor = ThreadPoolExecutor(max_workers=batching.instances, thread_name_prefix=f"ort-{source.name}")
         batcher = DynamicBatcher(runtime.run, executor, policy, self.metrics.batch_observer(source.name))
@@ -181,15 +193,24 @@ class ModelRegistry:
         m.model_warmup_seconds.labels(name, version).set(loaded.warmup_seconds)
         if loaded.runtime.cuda_fallback and "cuda" not in loaded.runtime.missing_providers:
             # A build without CUDA at all is warned about once by the server, not once per model.
-            warning = (f"model {name} v{version}: CUDA was requested but the session runs on "
-                       f"{loaded.runtime.provider}; check onnxruntime-gpu and the CUDA libraries")
+            warning = (
+                f"model {name} v{version}: CUDA was requested but the session runs on "
+                f"{loaded.runtime.provider}; check onnxruntime-gpu and the CUDA libraries"
+            )
             self.cuda_warnings.append(warning)
             log.warning(warning, extra={"event": "provider_fallback", "model": name, "version": version})
-        log.info("model ready", extra={
-            "event": "model_ready", "model": name, "version": version, "provider": loaded.runtime.provider,
-            "signature": loaded.runtime.signature.describe(), "load_s": round(loaded.load_seconds, 4),
-            "warmup_s": round(loaded.warmup_seconds, 4),
-        })
+        log.info(
+            "model ready",
+            extra={
+                "event": "model_ready",
+                "model": name,
+                "version": version,
+                "provider": loaded.runtime.provider,
+                "signature": loaded.runtime.signature.describe(),
+                "load_s": round(loaded.load_seconds, 4),
+                "warmup_s": round(loaded.warmup_seconds, 4),
+            },
+        )
 
     async def unload(self, name: str) -> None:
         """Stop taking requests for `name`, let queued ones finish, release the sessions."""

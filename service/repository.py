@@ -109,11 +109,15 @@ def scan_model(directory: Path) -> ModelSource:
         raise ConfigError(str(directory), "config.yaml", "missing model configuration")
     config = load_model_config(config_path)
     if config.name != directory.name:
-        raise ConfigError(str(config_path), "name", f"'{config.name}' differs from the directory name '{directory.name}'")
+        raise ConfigError(
+            str(config_path), "name", f"'{config.name}' differs from the directory name '{directory.name}'"
+        )
     labels = read_labels(directory, config, config_path)
     versions = list_versions(directory)
     if config.default_version is not None and config.default_version not in versions:
-        raise ConfigError(str(config_path), "default_version", f"version {config.default_version} not in {list(versions)}")
+        raise ConfigError(
+            str(config_path), "default_version", f"version {config.default_version} not in {list(versions)}"
+        )
     return ModelSource(directory.name, directory, config, labels, versions)
 
 
@@ -154,7 +158,8 @@ def check_external_data(model_path: Path) -> None:
         target = (model_path.parent / location).resolve()
         if location.startswith("/") or root not in target.parents:
             raise ConfigError(
-                str(model_path), f"initializer {tensor.name}",
+                str(model_path),
+                f"initializer {tensor.name}",
                 f"external data location '{location}' points outside the model directory {model_path.parent}",
             )
 

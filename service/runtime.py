@@ -25,7 +25,12 @@ log = logging.getLogger("convserve.runtime")
 
 PROVIDER_NAMES = {"cuda": "CUDAExecutionProvider", "cpu": "CPUExecutionProvider"}
 _SHORT_NAMES = {v: k for k, v in PROVIDER_NAMES.items()}
-_OPT_LEVELS = {"disable": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC", "extended": "ORT_ENABLE_EXTENDED", "all": "ORT_ENABLE_ALL"}
+_OPT_LEVELS = {
+    "disable": "ORT_DISABLE_ALL",
+    "basic": "ORT_ENABLE_BASIC",
+    "extended": "ORT_ENABLE_EXTENDED",
+    "all": "ORT_ENABLE_ALL",
+}
 
 
 def import_onnxruntime():
@@ -54,6 +59,7 @@ class GraphSignature:
     def describe(self) -> str:
         def one(items):
             return ", ".join(f"{n}:{t.removeprefix('tensor(').rstrip(')')}{list(s)}" for n, t, s in items)
+
         return f"inputs[{one(self.inputs)}] outputs[{one(self.outputs)}]"
 
 
@@ -126,10 +132,14 @@ class ModelRuntime:
         requested = config.runtime.providers or providers
         instances = config.batching.instances
         options = ort.SessionOptions()
-        options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, _OPT_LEVELS[config.runtime.graph_optimization_level])
+        options.graph_optimization_level = getattr(
+            ort.GraphOptimizationLevel, _OPT_LEVELS[config.runtime.graph_optimization_level]
+        )
         options.intra_op_num_threads = config.runtime.intra_op_threads or max(1, cpu_count() // instances)
         options.inter_op_num_threads = config.runtime.inter_op_threads
-        options.add_session_config_entry("session.intra_op.allow_spinning", "1" if config.runtime.intra_op_spinning else "0")
+        options.add_session_config_entry(
+            "session.intra_op.allow_spinning", "1" if config.runtime.intra_op_spinning else "0"
+        )
         options.log_severity_level = 3
         self.cpu_memory = cpu_memory_mode(config)
         options.enable_cpu_mem_arena = self.cpu_memory != "no_arena"
@@ -143,7 +153,8 @@ class ModelRuntime:
             wanted = ["cpu"]
         provider_list = resolve_providers(tuple(wanted), config.runtime)
         self._sessions = [
-            ort.InferenceSession(str(model_path), sess_options=options, providers=provider_list) for _ in range(instances)
+            ort.InferenceSession(str(model_path), sess_options=options, providers=provider_list)
+            for _ in range(instances)
         ]
         self._free = list(range(instances))
         self._lock = threading.Lock()

@@ -98,8 +98,9 @@ def _check_layout(config: DetectionConfig, output: np.ndarray) -> None:
         raise InternalError(f"detection output: {problem}")
 
 
-def decode_yolo_grid(output: np.ndarray, grid: int, boxes_per_cell: int,
-                     input_hw: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+def decode_yolo_grid(
+    output: np.ndarray, grid: int, boxes_per_cell: int, input_hw: tuple[int, int]
+) -> tuple[np.ndarray, np.ndarray]:
     """[S, S, B*5 + C] -> boxes [S*S*B, 4] x1y1x2y2 input pixels, scores [S*S*B, C].
 
     Box k = (i * S + j) * B + b for cell row i, column j, slot b.
@@ -177,8 +178,9 @@ def select_detections(boxes: np.ndarray, scores: np.ndarray, params: NmsParams):
     return kept, classes[kept].astype(np.int64), best[kept].astype(np.float32)
 
 
-def detections_from_output(output: np.ndarray, config: DetectionConfig, resize: ResizeInfo,
-                           params: NmsParams | None = None) -> Detections:
+def detections_from_output(
+    output: np.ndarray, config: DetectionConfig, resize: ResizeInfo, params: NmsParams | None = None
+) -> Detections:
     """One image's raw output (a layout of the module docstring, no batch axis) -> Detections: boxes
     [K, 4] x1y1x2y2 in original-image pixels, scores [K], classes [K], K <= max_detections."""
     params = params or NmsParams.from_config(config)

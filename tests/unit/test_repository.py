@@ -37,6 +37,7 @@ def load_registry(repo) -> ModelRegistry:
         await registry.load_all()
         await registry.close(1.0)
         return registry
+
     return asyncio.run(load())
 
 
@@ -83,7 +84,11 @@ def test_missing_onnx_file(tmp_path):
 
 def test_unknown_task_names_file_and_field(tmp_path):
     directory = write_tiny_model(tmp_path)
-    (directory / "config.yaml").write_text(TINY_CONFIG.format(name="tiny", max_batch=8, delay_us=0, queue=8).replace("task: classification", "task: captioning"))
+    (directory / "config.yaml").write_text(
+        TINY_CONFIG.format(name="tiny", max_batch=8, delay_us=0, queue=8).replace(
+            "task: classification", "task: captioning"
+        )
+    )
     error = scan_error(directory)
     assert (error.path, error.field) == (str(directory / "config.yaml"), "task")
     assert "'captioning'" in error.problem
@@ -94,7 +99,11 @@ def test_unknown_field_names_file_and_field(tmp_path):
     text = (directory / "config.yaml").read_text().replace("  top_k: 2", "  top_k: 2\n  topk: 3")
     (directory / "config.yaml").write_text(text)
     error = scan_error(directory)
-    assert (error.path, error.field, error.problem) == (str(directory / "config.yaml"), "postprocessing.topk", "unknown field")
+    assert (error.path, error.field, error.problem) == (
+        str(directory / "config.yaml"),
+        "postprocessing.topk",
+        "unknown field",
+    )
 
 
 def test_name_must_match_directory(tmp_path):
@@ -135,10 +144,16 @@ def test_list_versions_ignores_non_positive_and_non_integer(tmp_path):
 
 # ---- checks against the ONNX graph, through the registry ------------------------------------
 
+
 def test_graph_disagreements_make_models_unavailable(tmp_path):
     write_tiny_model(tmp_path, name="good")
     dims = write_tiny_model(tmp_path, name="dims")  # graph takes [N, 1, 8, 8]
-    text = (dims / "config.yaml").read_text().replace("dims: [-1, 1, 8, 8]", "dims: [-1, 1, 16, 16]").replace("size: [8, 8]", "size: [16, 16]")
+    text = (
+        (dims / "config.yaml")
+        .read_text()
+        .replace("dims: [-1, 1, 8, 8]", "dims: [-1, 1, 16, 16]")
+        .replace("size: [8, 8]", "size: [16, 16]")
+    )
     (dims / "config.yaml").write_text(text)
     name = write_tiny_model(tmp_path, name="inputname")
     (name / "config.yaml").write_text((name / "config.yaml").read_text().replace("{name: input,", "{name: image,"))
@@ -147,7 +162,9 @@ def test_graph_disagreements_make_models_unavailable(tmp_path):
     labels = write_tiny_model(tmp_path, name="labels")
     (labels / "labels.txt").write_text("cat\ndog\n")
     classes = write_tiny_model(tmp_path, name="classes")
-    (classes / "config.yaml").write_text((classes / "config.yaml").read_text().replace("dims: [-1, 3]", "dims: [-1, 4]"))
+    (classes / "config.yaml").write_text(
+        (classes / "config.yaml").read_text().replace("dims: [-1, 3]", "dims: [-1, 4]")
+    )
     (classes / "labels.txt").write_text("a\nb\nc\nd\n")
 
     registry = load_registry(tmp_path)
@@ -177,6 +194,7 @@ def test_corrupt_onnx_names_the_file(tmp_path):
 
 
 # ---- external data must stay inside the model file's (version) directory, as ONNX Runtime wants --
+
 
 def _external(tensor: onnx.TensorProto, location: str) -> onnx.TensorProto:
     """Point `tensor` at external data in `location` (relative to the model file's directory)."""
@@ -210,12 +228,21 @@ def external_model(path, location: str, where: str = "initializer") -> None:
         nodes += [helper.make_node("Constant", [], ["bias"], value=bias), helper.make_node("Add", ["x", "bias"], ["y"])]
     else:
         branch_out = helper.make_tensor_value_info("b", TensorProto.FLOAT, [3])
-        then_graph = helper.make_graph([helper.make_node("Identity", ["bias"], ["b"])], "then", [], [branch_out], initializer=[bias])
-        else_graph = helper.make_graph([helper.make_node("Constant", [], ["b"], value=numpy_helper.from_array(np.zeros(3, np.float32)))], "else", [], [branch_out])
+        then_graph = helper.make_graph(
+            [helper.make_node("Identity", ["bias"], ["b"])], "then", [], [branch_out], initializer=[bias]
+        )
+        else_graph = helper.make_graph(
+            [helper.make_node("Constant", [], ["b"], value=numpy_helper.from_array(np.zeros(3, np.float32)))],
+            "else",
+            [],
+            [branch_out],
+        )
         cond = numpy_helper.from_array(np.array(True), "cond")
         initializers.append(cond)
-        nodes += [helper.make_node("If", ["cond"], ["picked"], then_branch=then_graph, else_branch=else_graph),
-                  helper.make_node("Add", ["x", "picked"], ["y"])]
+        nodes += [
+            helper.make_node("If", ["cond"], ["picked"], then_branch=then_graph, else_branch=else_graph),
+            helper.make_node("Add", ["x", "picked"], ["y"]),
+        ]
     graph = helper.make_graph(nodes, "ext", [x], [y], initializer=initializers)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
@@ -248,7 +275,9 @@ def test_external_data_path_traversal_is_refused(tmp_path, where):
     assert entry.state == "UNAVAILABLE" and "../../evil.bin" in entry.reason
 
 
-@pytest.mark.parametrize("location", ["/etc/passwd", "../../../../../../etc/passwd", "link/bias.bin", "../shared/bias.bin"])
+@pytest.mark.parametrize(
+    "location", ["/etc/passwd", "../../../../../../etc/passwd", "link/bias.bin", "../shared/bias.bin"]
+)
 def test_absolute_paths_and_escaping_links_are_refused(tmp_path, location):
     model_path = tmp_path / "repo" / "ext" / "1" / "model.onnx"
     _write_bias_file(tmp_path / "elsewhere" / "bias.bin")
