@@ -9,7 +9,7 @@ None or a string for free axes), so they cost nothing at load.
 
 from __future__ import annotations
 
-from service.config import DetectionConfig, ModelConfig
+from service.config import DetectionConfig, ModelConfig, SegmentationConfig
 from service.dtypes import config_of_onnx
 from service.errors import ConfigError
 
@@ -165,21 +165,28 @@ def detection_problem(detection: DetectionConfig, classes: int | None, shape: tu
     return f"layout {layout} needs {need} for {labels}, the graph gives {_shown(shape)}"
 
 
-def segmentation_problem(classes: int | None, shape: tuple) -> str | None:
-    """Why an output of `shape` cannot be per-class scores [N, C, H, W] for `classes` labels."""
+def segmentation_problem(classes: int | None, shape: tuple, one_channel: SegmentationConfig | None):
+    """Why an output of `shape` cannot be the segmentation answer for `classes` labels, as
+    (field, problem), or None: per-class scores [N, C, H, W] with C = labels, or, with
+    `postprocessing.segmentation`, a one-channel map [N, 1, H, W] thresholded into two classes."""
     if len(shape) != 4:
-        return f"segmentation needs per-class scores [N, C, H, W], the graph gives {_shown(shape)}"
+        return "dims", f"segmentation needs per-class scores [N, C, H, W], the graph gives {_shown(shape)}"
     channels = shape[1]
     if not _fixed(channels):
         return None
-    if channels == 1:
+    if channels == 1 and one_channel is None:
         wanted = f"{classes} labels" if classes else "a label map"
-        return (
+        return "labels" if classes else "dims", (
             f"{wanted} but the output has one channel [N, 1, H, W]: the label map is the argmax over channels, "
-            "so every pixel would be class 0; export one score channel per label (background included)"
+            "so every pixel would be class 0; set postprocessing.segmentation (activation, threshold) to threshold "
+            "a one-channel map, or export one score channel per label (background included)"
         )
-    if classes and channels != classes:
-        return f"{classes} labels but the output has {channels} channels {_shown(shape)}"
+    if channels == 1 and classes not in (None, 2):
+        return "labels", f"{classes} labels but a thresholded one-channel map has two classes (background, foreground)"
+    if channels > 1 and one_channel is not None:
+        return "postprocessing.segmentation", f"applies to one-channel maps, the output has {channels} channels"
+    if channels > 1 and classes and channels != classes:
+        return "labels", f"{classes} labels but the output has {channels} channels {_shown(shape)}"
     return None
 
 
@@ -193,11 +200,10 @@ def check_answer_shape(path: str, config: ModelConfig, labels: tuple[str, ...], 
         if problem:
             raise ConfigError(path, "postprocessing.detection.layout", f"output '{config.answer_output}': {problem}")
     elif config.task == "segmentation":
-        problem = segmentation_problem(classes, shape)
-        if problem:
-            raise ConfigError(
-                path, "labels" if classes else f"outputs[{index}].dims", f"output '{config.answer_output}': {problem}"
-            )
+        found = segmentation_problem(classes, shape, config.postprocessing.segmentation)
+        if found:
+            field = f"outputs[{index}].dims" if found[0] == "dims" else found[0]
+            raise ConfigError(path, field, f"output '{config.answer_output}': {found[1]}")
     elif config.task == "classification" and classes and len(shape) >= 2:
         if _fixed(shape[-1]) and shape[-1] != classes:
             raise ConfigError(path, "labels", f"{classes} labels but the model has {shape[-1]} classes")

@@ -2,7 +2,8 @@
 
 The model's answer output is per-class logits [N, C, h, w] over the model input. Each image's
 logits are resized bilinearly to the original image (padding removed), then arg-maxed; see
-service/postprocess/segment.py for the geometry.
+service/postprocess/segment.py for the geometry. A one-channel map [N, 1, h, w] with
+`postprocessing.segmentation` is thresholded instead (background 0, foreground 1).
 """
 
 from __future__ import annotations
@@ -17,7 +18,12 @@ from service.models import LoadedVersion
 from service.pipelines.core import Stages, label_of
 from service.pipelines.request import ImageInput, ModelRef, PreparedImage, RequestContext
 from service.postprocess.segment import (
-    class_pixel_counts, encode_label_map, label_map_from_logits, overlay_png, probability_maps,
+    class_pixel_counts,
+    encode_label_map,
+    label_map_from_logits,
+    one_channel_planes,
+    overlay_png,
+    probability_maps,
 )
 
 
@@ -49,18 +55,29 @@ class SegmentationResult:
 
 
 def _check_logits(model: LoadedVersion, logits: np.ndarray) -> np.ndarray:
-    if logits.ndim != 3 or logits.shape[0] < 1:
+    """The load-time rule (service/graph_checks.py) again on the real output: never argmax one channel."""
+    one_channel = model.config.postprocessing.segmentation is not None
+    if logits.ndim != 3 or (logits.shape[0] != 1 if one_channel else logits.shape[0] < 2):
+        need = "a one-channel map [1, H, W]" if one_channel else "class logits [C, H, W] with C >= 2"
         raise FailedPrecondition(
             f"model '{model.name}' output '{model.config.answer_output}' has per-image shape {list(logits.shape)}; "
-            "segmentation needs class logits [C, H, W]"
+            f"segmentation needs {need}"
         )
     return logits
 
 
-def segment_one(model: LoadedVersion, prepared: PreparedImage, logits: np.ndarray, overlay: bool,
-                probabilities: bool) -> SegmentationResult:
+def segment_one(
+    model: LoadedVersion, prepared: PreparedImage, logits: np.ndarray, overlay: bool, probabilities: bool
+) -> SegmentationResult:
     """One image's logits [C, h, w] -> its SegmentationResult (pure; runs in a worker thread)."""
     logits = _check_logits(model, logits)
+    apply_softmax = model.config.postprocessing.scores == "logits"
+    one_channel = model.config.postprocessing.segmentation
+    if one_channel is not None:  # thresholded into background (0) and foreground (1)
+        logits, scores = one_channel_planes(logits, one_channel.threshold, one_channel.activation == "sigmoid")
+        apply_softmax = False
+    else:
+        scores = logits
     num_classes = logits.shape[0]
     label_map = label_map_from_logits(logits, prepared.info)
     counts = class_pixel_counts(label_map, num_classes)
@@ -69,18 +86,23 @@ def segment_one(model: LoadedVersion, prepared: PreparedImage, logits: np.ndarra
         ClassCoverage(int(c), label_of(model, int(c)), int(counts[c]), float(counts[c] / total))
         for c in np.flatnonzero(counts)
     )
-    apply_softmax = model.config.postprocessing.scores == "logits"
     return SegmentationResult(
         label_map=label_map,
         label_map_png=encode_label_map(label_map),
         classes=classes,
         overlay_png=overlay_png(prepared.original, label_map, num_classes) if overlay else b"",
-        probabilities=probability_maps(logits, prepared.info, apply_softmax) if probabilities else None,
+        probabilities=probability_maps(scores, prepared.info, apply_softmax) if probabilities else None,
     )
 
 
-async def segment(stages: Stages, ctx: RequestContext, model: ModelRef | LoadedVersion, images: Sequence[ImageInput],
-                  overlay: bool, probabilities: bool) -> list[SegmentationResult]:
+async def segment(
+    stages: Stages,
+    ctx: RequestContext,
+    model: ModelRef | LoadedVersion,
+    images: Sequence[ImageInput],
+    overlay: bool,
+    probabilities: bool,
+) -> list[SegmentationResult]:
     loaded = stages.resolve(ctx, model, task="segmentation")
     if overlay and any(image.tensor is not None for image in images):
         raise InvalidArgument("overlay needs encoded images (a tensor image has no original pixels to draw on)")
@@ -88,7 +110,10 @@ async def segment(stages: Stages, ctx: RequestContext, model: ModelRef | LoadedV
     outputs = await stages.run_images(ctx, loaded, prepared)
     answer = loaded.config.answer_output
     # Resizing C full-size planes is real work for large images: off the event loop, one job per image.
-    return await stages.off_loop(ctx, [
-        lambda item=item, output=output: segment_one(loaded, item, output[answer], overlay, probabilities)
-        for item, output in zip(prepared, outputs)
-    ])
+    return await stages.off_loop(
+        ctx,
+        [
+            lambda item=item, output=output: segment_one(loaded, item, output[answer], overlay, probabilities)
+            for item, output in zip(prepared, outputs)
+        ],
+    )

@@ -11,16 +11,19 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+import cv2
 import numpy as np
 import onnx
 import pytest
 import yaml
 from onnx import TensorProto, helper, numpy_helper
 
-from service.config import DetectionConfig
+from service.config import DetectionConfig, SegmentationConfig
 from service.graph_checks import detection_problem, segmentation_problem
 from service.metrics import Metrics
 from service.models import READY, UNAVAILABLE, LoadOptions, ModelRegistry
+from service.postprocess.segment import label_map_from_logits, one_channel_planes
+from service.preprocess import ResizeInfo
 
 from testkit import tiny_classifier_onnx
 
@@ -301,11 +304,60 @@ def test_yolo_grid_layout_checks_the_grid_and_the_channels():
 
 
 def test_segmentation_channels_against_labels():
-    assert segmentation_problem(6, ("N", 6, "H", "W")) is None
-    assert segmentation_problem(6, ("N", "C", "H", "W")) is None  # checked again on the warm-up output
-    assert "5 channels" in segmentation_problem(6, ("N", 5, "H", "W"))
-    assert "one channel" in segmentation_problem(None, ("N", 1, "H", "W"))
-    assert "[N, C, H, W]" in segmentation_problem(2, ("N", 2, "H"))
+    threshold = SegmentationConfig(activation="none")
+    assert segmentation_problem(6, ("N", 6, "H", "W"), None) is None
+    assert segmentation_problem(6, ("N", "C", "H", "W"), None) is None  # checked again on the warm-up output
+    assert segmentation_problem(6, ("N", 5, "H", "W"), None)[0] == "labels"
+    assert segmentation_problem(None, ("N", 1, "H", "W"), None)[0] == "dims"
+    assert segmentation_problem(2, ("N", 2, "H"), None)[0] == "dims"
+    assert segmentation_problem(2, ("N", 1, "H", "W"), threshold) is None
+    assert segmentation_problem(None, ("N", 1, "H", "W"), threshold) is None
+    assert segmentation_problem(3, ("N", 1, "H", "W"), threshold)[0] == "labels"
+    assert segmentation_problem(2, ("N", 2, "H", "W"), threshold)[0] == "postprocessing.segmentation"
+
+
+def one_channel_config(**segmentation) -> dict:
+    config = {
+        "task": "segmentation",
+        "inputs": [{"name": "input", "dims": [-1, 3, -1, -1]}],
+        "outputs": [{"name": "prob", "dims": [-1, 1, -1, -1]}],
+        "preprocessing": {"color_order": "rgb", "resize": "native", "stride": 8},
+    }
+    if segmentation:
+        config["postprocessing"] = {"scores": "probabilities", "segmentation": segmentation}
+    return config
+
+
+def test_a_thresholded_one_channel_segmenter_loads_with_two_labels_and_not_three(tmp_path):
+    path = write_model(tmp_path, "m", one_channel_config(activation="none"), ["bg", "text", "x"], one_channel_segmenter)
+    assert "3 labels but a thresholded one-channel map has two classes" in refused(tmp_path, "m", path, "labels")
+    write_model(
+        tmp_path, "m", one_channel_config(activation="none", threshold=0.3), ["bg", "text"], one_channel_segmenter
+    )
+    assert verdict(tmp_path, "m") == (READY, "")
+
+
+def test_the_one_channel_threshold_on_a_many_channel_segmenter_is_refused(tmp_path):
+    config = segmenter((16, 16))
+    config["postprocessing"] = {"segmentation": {"activation": "sigmoid"}}
+    path = write_model(tmp_path, "m", config, ["bg", "fg"], skip_segmenter)
+    assert "applies to one-channel maps" in refused(tmp_path, "m", path, "postprocessing.segmentation")
+
+
+@pytest.mark.parametrize("sigmoid", [False, True])
+def test_one_channel_planes_threshold_at_the_original_size_like_numpy(sigmoid):
+    rng = np.random.default_rng(3)
+    scores = rng.normal(0, 2, (1, 12, 20)).astype(np.float32) if sigmoid else rng.random((1, 12, 20), np.float32)
+    decision, probabilities = one_channel_planes(scores, 0.4, sigmoid)
+    p = 1 / (1 + np.exp(-scores[0].astype(np.float64))) if sigmoid else scores[0]
+    identity = ResizeInfo(original_hw=(12, 20), scale_yx=(1.0, 1.0), offset_yx=(0.0, 0.0), input_hw=(12, 20))
+    np.testing.assert_array_equal(label_map_from_logits(decision, identity), (p > 0.4).astype(np.uint8))
+    np.testing.assert_allclose(probabilities, np.stack([1 - p, p]), atol=1e-6)
+    doubled = ResizeInfo(original_hw=(24, 40), scale_yx=(0.5, 0.5), offset_yx=(0.0, 0.0), input_hw=(12, 20))
+    resized = cv2.resize(p.astype(np.float32), (40, 24), interpolation=cv2.INTER_LINEAR)  # half-pixel centres
+    labels = label_map_from_logits(decision, doubled)
+    near = np.abs(resized - 0.4) < 1e-4  # a rounding difference may flip pixels exactly at the threshold
+    np.testing.assert_array_equal(labels[~near], (resized > 0.4)[~near].astype(np.uint8))
 
 
 def test_color_order_against_the_graph_channels(tmp_path):
