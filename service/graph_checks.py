@@ -3,8 +3,9 @@
 Why a module of its own: a config written for another graph must be refused when it loads, with
 `<file>: <field>: <problem>` saying what to change, never loaded READY to fail every request (a
 float16 config on a float32 graph) or to answer garbage (a detector output that cannot be the
-configured layout). The checks read only the graph's signature (names, ONNX types, shapes with
-None or a string for free axes), so they cost nothing at load.
+configured layout). The static checks read the graph's signature (names, ONNX types, shapes with
+None or a string for free axes); `warm_up_checked` adds what only a run shows: the answer
+output's real shape, and the config fields behind a run ONNX Runtime refuses.
 """
 
 from __future__ import annotations
