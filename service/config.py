@@ -139,12 +139,22 @@ class DetectionConfig(_Frozen):
         return self
 
 
+class SegmentationConfig(_Frozen):
+    """One-channel maps [N, 1, H, W] (a foreground probability or logit, e.g. text detectors): the
+    label map is 1 where the score is above `threshold`, else 0. `activation` has no default: a
+    sigmoid applied to what already is a probability would mark almost every pixel foreground."""
+
+    activation: Literal["sigmoid", "none"]  # sigmoid: the output is a logit; none: already a probability
+    threshold: float = Field(default=0.5, gt=0.0, lt=1.0)  # on the probability
+
+
 class PostprocessingConfig(_Frozen):
     output: str | None = None  # the output that carries the answer; default: the first output
     scores: Literal["logits", "probabilities"] = "logits"  # classification: softmax applied if logits
     top_k: int = Field(default=5, ge=1)
     cam: CamConfig | None = None
     detection: DetectionConfig | None = None
+    segmentation: SegmentationConfig | None = None  # only for one-channel segmentation outputs
 
 
 class CudaOptions(_Frozen):
@@ -203,6 +213,8 @@ class ModelConfig(_Frozen):
             raise ValueError(f"postprocessing.output '{post.output}' is not among outputs {output_names}")
         if post.cam and post.cam.features_output and post.cam.features_output not in output_names:
             raise ValueError(f"postprocessing.cam.features_output '{post.cam.features_output}' is not among outputs")
+        if post.segmentation is not None and self.task != "segmentation":
+            raise ValueError("postprocessing.segmentation only applies to task segmentation")
         if self.task == "detection" and post.detection is None:
             raise ValueError("task detection needs postprocessing.detection")
         if self.preprocessing is not None:

@@ -59,6 +59,11 @@ def v2_of_config(name: str) -> str:
     return _BY_NAME[name].v2
 
 
+def config_of_onnx(onnx_type: str) -> str | None:
+    """The config `dtype` name of an ONNX Runtime type string ("tensor(float)" -> "float32"); None if unknown."""
+    return next((t.name for t in TYPES if t.onnx == onnx_type), None)
+
+
 def v2_of_numpy(dtype: np.dtype) -> str:
     """The V2 datatype of a numpy dtype for messages; numpy's own name when V2 has none."""
     known = _BY_NAME.get(np.dtype(dtype).name)

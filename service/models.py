@@ -17,7 +17,15 @@ from pathlib import Path
 from service.batching import BatchPolicy, DynamicBatcher
 from service.errors import ConfigError, NotFound, Unavailable
 from service.metrics import Metrics
-from service.repository import ModelSource, check_external_data, check_signature, model_directories, scan_model
+from service.graph_checks import warm_up_checked
+from service.repository import (
+    ModelSource,
+    check_external_data,
+    check_signature,
+    find_config,
+    model_directories,
+    scan_model,
+)
 from service.runtime import ModelRuntime
 
 log = logging.getLogger("convserve.models")
@@ -163,7 +171,7 @@ class ModelRegistry:
         check_signature(source, version, runtime.signature)
         load_seconds = time.perf_counter() - started
         batching = source.config.batching
-        warmup_seconds = sum(runtime.warm_up(size) for size in runtime.warmup_batch_sizes())
+        warmup_seconds = warm_up_checked(str(find_config(source.directory)), runtime, source.labels)
         policy = BatchPolicy(
             max_batch_size=batching.max_batch_size,
             max_queue_delay_s=batching.max_queue_delay_us / 1e6,

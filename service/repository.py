@@ -19,6 +19,7 @@ import onnx
 
 from service.config import MAX_MODEL_NAME, MODEL_NAME_PATTERN, ModelConfig, load_model_config
 from service.errors import ConfigError, InvalidArgument, NotFound
+from service.graph_checks import check_graph
 
 CONFIG_NAMES = ("config.yaml", "config.yml", "config.json")
 MODEL_FILE = "model.onnx"
@@ -163,39 +164,6 @@ def check_external_data(model_path: Path) -> None:
             )
 
 
-def _shape_matches(config_dims: tuple[int, ...], graph_shape: tuple) -> bool:
-    if len(config_dims) != len(graph_shape):
-        return False
-    for want, have in zip(config_dims[1:], graph_shape[1:]):
-        if isinstance(have, int) and want != -1 and want != have:
-            return False
-    return True
-
-
 def check_signature(source: ModelSource, version: int, signature) -> None:
-    """Config inputs/outputs must exist in the graph with the same rank and fixed sizes."""
-    config_path = find_config(source.directory)
-    graph = {"inputs": {n: s for n, _, s in signature.inputs}, "outputs": {n: s for n, _, s in signature.outputs}}
-    for kind in ("inputs", "outputs"):
-        for index, spec in enumerate(getattr(source.config, kind)):
-            field = f"{kind}[{index}]"
-            if spec.name not in graph[kind]:
-                raise ConfigError(
-                    str(config_path),
-                    f"{field}.name",
-                    f"'{spec.name}' is not a graph {kind[:-1]} of version {version} (graph has {sorted(graph[kind])})",
-                )
-            shape = graph[kind][spec.name]
-            if not _shape_matches(spec.dims, shape):
-                raise ConfigError(
-                    str(config_path),
-                    f"{field}.dims",
-                    f"{list(spec.dims)} disagree with the ONNX graph's shape {list(shape)}",
-                )
-    config = source.config
-    if config.task == "classification" and source.labels:
-        classes = next(s for s in config.outputs if s.name == config.answer_output).dims[-1]
-        if classes != -1 and classes != len(source.labels):
-            raise ConfigError(
-                str(config_path), "labels", f"{len(source.labels)} labels but the model has {classes} classes"
-            )
+    """The config against the graph of `version`: names, dtypes, shapes, batch axis, preprocessing, layout."""
+    check_graph(str(find_config(source.directory)), source.config, source.labels, signature, version)

@@ -204,18 +204,29 @@ class ModelRuntime:
             return list(range(1, min(batching.max_batch_size, 64) + 1))
         return sorted({1, *batching.preferred_batch_sizes, batching.max_batch_size})
 
-    def warm_up(self, batch_size: int) -> float:
-        """Run once at `batch_size` with zero inputs of the configured shapes; returns seconds."""
+    def warmup_inputs(self, batch_size: int) -> dict[str, np.ndarray]:
+        """Zero inputs of the configured shapes: free axes 32 (a multiple of preprocessing.stride
+        with resize native), the image axes from preprocessing's size."""
+        pre = self.config.preprocessing
+        free = -(-32 // pre.stride) * pre.stride if pre is not None and pre.input_hw is None else 32
         inputs = {}
         for spec in self.config.inputs:
-            shape = [batch_size] + [d if d > 0 else 32 for d in spec.dims[1:]]
-            hw = self.config.preprocessing.input_hw if self.config.preprocessing else None
-            if hw is not None and len(shape) == 4:
-                shape[2:] = hw
+            shape = [batch_size] + [d if d > 0 else free for d in spec.dims[1:]]
+            if pre is not None and pre.input_hw is not None and len(shape) == 4:
+                shape[2:] = pre.input_hw
             inputs[spec.name] = np.zeros(shape, dtype=self.input_dtypes.get(spec.name, np.float32))
+        return inputs
+
+    def warm_up_run(self, batch_size: int) -> tuple[float, dict[str, np.ndarray]]:
+        """Run once at `batch_size` on `warmup_inputs`; returns (seconds, outputs)."""
+        inputs = self.warmup_inputs(batch_size)
         started = time.perf_counter()
-        self.run(inputs)
-        return time.perf_counter() - started
+        outputs = self.run(inputs)
+        return time.perf_counter() - started, outputs
+
+    def warm_up(self, batch_size: int) -> float:
+        """Run once at `batch_size` with zero inputs of the configured shapes; returns seconds."""
+        return self.warm_up_run(batch_size)[0]
 
 
 def _run_bound(session, names: list[str], inputs: dict[str, np.ndarray], run_options) -> list[np.ndarray]:

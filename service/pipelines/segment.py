@@ -2,7 +2,8 @@
 
 The model's answer output is per-class logits [N, C, h, w] over the model input. Each image's
 logits are resized bilinearly to the original image (padding removed), then arg-maxed; see
-service/postprocess/segment.py for the geometry.
+service/postprocess/segment.py for the geometry. A one-channel map [N, 1, h, w] with
+`postprocessing.segmentation` is thresholded instead (background 0, foreground 1).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from service.postprocess.segment import (
     class_pixel_counts,
     encode_label_map,
     label_map_from_logits,
+    one_channel_planes,
     overlay_png,
     probability_maps,
 )
@@ -53,10 +55,13 @@ class SegmentationResult:
 
 
 def _check_logits(model: LoadedVersion, logits: np.ndarray) -> np.ndarray:
-    if logits.ndim != 3 or logits.shape[0] < 1:
+    """The load-time rule (service/graph_checks.py) again on the real output: never argmax one channel."""
+    one_channel = model.config.postprocessing.segmentation is not None
+    if logits.ndim != 3 or (logits.shape[0] != 1 if one_channel else logits.shape[0] < 2):
+        need = "a one-channel map [1, H, W]" if one_channel else "class logits [C, H, W] with C >= 2"
         raise FailedPrecondition(
             f"model '{model.name}' output '{model.config.answer_output}' has per-image shape {list(logits.shape)}; "
-            "segmentation needs class logits [C, H, W]"
+            f"segmentation needs {need}"
         )
     return logits
 
@@ -66,6 +71,13 @@ def segment_one(
 ) -> SegmentationResult:
     """One image's logits [C, h, w] -> its SegmentationResult (pure; runs in a worker thread)."""
     logits = _check_logits(model, logits)
+    apply_softmax = model.config.postprocessing.scores == "logits"
+    one_channel = model.config.postprocessing.segmentation
+    if one_channel is not None:  # thresholded into background (0) and foreground (1)
+        logits, scores = one_channel_planes(logits, one_channel.threshold, one_channel.activation == "sigmoid")
+        apply_softmax = False
+    else:
+        scores = logits
     num_classes = logits.shape[0]
     label_map = label_map_from_logits(logits, prepared.info)
     counts = class_pixel_counts(label_map, num_classes)
@@ -74,13 +86,12 @@ def segment_one(
         ClassCoverage(int(c), label_of(model, int(c)), int(counts[c]), float(counts[c] / total))
         for c in np.flatnonzero(counts)
     )
-    apply_softmax = model.config.postprocessing.scores == "logits"
     return SegmentationResult(
         label_map=label_map,
         label_map_png=encode_label_map(label_map),
         classes=classes,
         overlay_png=overlay_png(prepared.original, label_map, num_classes) if overlay else b"",
-        probabilities=probability_maps(logits, prepared.info, apply_softmax) if probabilities else None,
+        probabilities=probability_maps(scores, prepared.info, apply_softmax) if probabilities else None,
     )
 
 

@@ -14,7 +14,9 @@ Every layout expects activations already applied (probabilities). Each box keeps
 (argmax of its scores), then: score >= score_threshold, optional class filter, NMS per class (or
 class-agnostic), map through the letterbox (`ResizeInfo`: original = (input - offset) / scale),
 clip to the image, drop boxes left with no area, keep the best max_detections. Inputs are one
-image's output (no batch axis); the caller splits the batch.
+image's output (no batch axis); the caller splits the batch. An output that cannot be its layout
+(rank, grid, channels against the labels) is refused when the model loads, by the same rule
+(`service.graph_checks.detection_problem`) the decoders apply before decoding anything.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import numpy as np
 
 from service.config import DetectionConfig
 from service.errors import InternalError, InvalidArgument
+from service.graph_checks import detection_problem
 from service.postprocess.nms import batched_nms
 from service.preprocess import ResizeInfo
 
@@ -84,6 +87,17 @@ class Detections:
         return len(self.scores)
 
 
+_YOLOV5, _YOLOV8 = DetectionConfig(layout="yolov5"), DetectionConfig(layout="yolov8")
+
+
+def _check_layout(config: DetectionConfig, output: np.ndarray) -> None:
+    """Never decode an array that cannot be the layout: the rule is the one the load-time check uses
+    (service/graph_checks.py), here on one image's output (no batch axis)."""
+    problem = detection_problem(config, None, (1, *output.shape))
+    if problem:
+        raise InternalError(f"detection output: {problem}")
+
+
 def decode_yolo_grid(
     output: np.ndarray, grid: int, boxes_per_cell: int, input_hw: tuple[int, int]
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -92,8 +106,7 @@ def decode_yolo_grid(
     Box k = (i * S + j) * B + b for cell row i, column j, slot b.
     """
     s, nb = grid, boxes_per_cell
-    if output.ndim != 3 or output.shape[:2] != (s, s) or output.shape[2] <= 5 * nb:
-        raise InternalError(f"yolo_grid output must be [{s}, {s}, {5 * nb} + C], got {list(output.shape)}")
+    _check_layout(DetectionConfig(layout="yolo_grid", grid=s, boxes_per_cell=nb), output)
     out = output.astype(np.float32, copy=False)
     cells = out[:, :, : 5 * nb].reshape(s, s, nb, 5)
     height, width = input_hw
@@ -109,16 +122,14 @@ def decode_yolo_grid(
 
 def decode_yolov5(output: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """[A, 5 + C] (cx, cy, w, h input pixels, objectness, class scores) -> boxes [A, 4], scores [A, C]."""
-    if output.ndim != 2 or output.shape[1] < 6:
-        raise InternalError(f"yolov5 output must be [A, 5 + C], got {list(output.shape)}")
+    _check_layout(_YOLOV5, output)
     out = output.astype(np.float32, copy=False)
     return _cxcywh_to_xyxy(out[:, :4]), out[:, 4:5] * out[:, 5:]
 
 
 def decode_yolov8(output: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """[4 + C, A] (cx, cy, w, h input pixels, class scores) -> boxes [A, 4], scores [A, C]."""
-    if output.ndim != 2 or output.shape[0] < 5:
-        raise InternalError(f"yolov8 output must be [4 + C, A], got {list(output.shape)}")
+    _check_layout(_YOLOV8, output)
     out = output.astype(np.float32, copy=False).T
     return _cxcywh_to_xyxy(out[:, :4]), np.ascontiguousarray(out[:, 4:])
 

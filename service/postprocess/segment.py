@@ -85,6 +85,21 @@ def probability_maps(logits: np.ndarray, info: ResizeInfo, apply_softmax: bool =
     return exp / exp.sum(axis=0, keepdims=True)
 
 
+def one_channel_planes(scores: np.ndarray, threshold: float, sigmoid: bool) -> tuple[np.ndarray, np.ndarray]:
+    """A one-channel map [1, h, w] -> (decision [2, h, w], probabilities [2, h, w]).
+
+    The foreground probability p is sigmoid(scores) or the scores as they are. `decision` stacks a
+    constant plane `threshold` before p: a bilinear resize keeps the constant, so its argmax is 1
+    exactly where the resized p exceeds the threshold, and `label_map_from_logits` thresholds at
+    the original resolution like it arg-maxes many classes. `probabilities` is (1 - p, p).
+    """
+    p = scores[0].astype(np.float32)
+    if sigmoid:
+        p = 1.0 / (1.0 + np.exp(-p))
+    decision = np.stack([np.full_like(p, np.float32(threshold)), p])
+    return decision, np.stack([1.0 - p, p])
+
+
 def class_pixel_counts(label_map: np.ndarray, num_classes: int) -> np.ndarray:
     """label_map [H, W] -> pixels per class, int64 [num_classes]."""
     return np.bincount(label_map.ravel(), minlength=num_classes)[:num_classes].astype(np.int64)

@@ -172,7 +172,7 @@ def test_graph_disagreements_make_models_unavailable(tmp_path):
     assert states["good"] == ("READY", "")
     config = lambda model: str(tmp_path / model / "config.yaml")  # noqa: E731
     expected = {
-        "dims": [config("dims"), "inputs[0].dims", "[-1, 1, 16, 16]", "'N', 1, 8, 8"],
+        "dims": [config("dims"), "inputs[0].dims", "[-1, 1, 16, 16]", "[N, 1, 8, 8]"],
         "inputname": [config("inputname"), "inputs[0].name", "'image'", "['input']"],
         "outrank": [config("outrank"), "outputs[0].dims", "[-1, 3, 1]"],
         "labels": [config("labels"), "labels", "2 labels", "3 classes"],
