@@ -10,8 +10,10 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import yaml
 from onnx import TensorProto, helper, numpy_helper
 
+INPUT_HW = (64, 96)  # strides 8, 16, 32: A = 8*12 + 4*6 + 2*3 = 126
 ONNX_TYPES = {np.dtype(np.float32): TensorProto.FLOAT, np.dtype(np.int64): TensorProto.INT64}
 
 
@@ -65,3 +67,25 @@ def yolox_head(objects, input_hw: tuple[int, int], strides=(8, 16, 32), classes:
         head[anchor, 4] = score
         head[anchor, 5 + label] = 1.0
     return head
+
+
+def write_detector(repo: Path, name: str, detection: dict, outputs: dict[str, np.ndarray], labels) -> Path:
+    """A repository entry: the constant graph, labels and a letterbox config; the config's path."""
+    directory = repo / name
+    constant_outputs(directory / "1" / "model.onnx", outputs, INPUT_HW)
+    (directory / "labels.txt").write_text("\n".join(labels) + "\n")
+    config = {
+        "name": name,
+        "task": "detection",
+        "labels": "labels.txt",
+        "inputs": [{"name": "images", "dims": [-1, 3, *INPUT_HW]}],
+        "outputs": [
+            {"name": n, "dtype": "float32" if v.dtype == np.float32 else "int64", "dims": [-1] * (v.ndim + 1)}
+            for n, v in outputs.items()
+        ],
+        "preprocessing": {"color_order": "rgb", "resize": "letterbox", "size": list(INPUT_HW)},
+        "batching": {"max_batch_size": 2},
+        "postprocessing": {"detection": detection},
+    }
+    (directory / "config.yaml").write_text(yaml.safe_dump(config))
+    return directory / "config.yaml"

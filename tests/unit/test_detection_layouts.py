@@ -23,9 +23,8 @@ from service.models import READY, UNAVAILABLE, LoadOptions, ModelRegistry
 from service.postprocess.detect import NmsParams, detection_output, detections_from_output
 from service.preprocess import ResizeInfo
 
-from layout_graphs import constant_outputs, yolox_head
+from layout_graphs import INPUT_HW, constant_outputs, write_detector, yolox_head
 
-INPUT_HW = (64, 96)  # strides 8, 16, 32: A = 8*12 + 4*6 + 2*3 = 126
 # letterbox of a 100 x 192 image into 64 x 96: scale 0.5, content 50 rows high, 7 rows of padding above
 LETTERBOX = ResizeInfo(original_hw=(100, 192), scale_yx=(0.5, 0.5), offset_yx=(7.0, 0.0), input_hw=INPUT_HW)
 OBJECTS = [  # (stride, row, column, (cx, cy, w, h) input pixels, class, score)
@@ -109,27 +108,6 @@ def test_yolox_anchor_count_follows_input_size_and_strides():
         detections_from_output(np.zeros((120, 8), np.float32), yolox, LETTERBOX)
 
 
-def write_model(repo: Path, name: str, detection: dict, outputs: dict[str, np.ndarray], labels) -> Path:
-    directory = repo / name
-    constant_outputs(directory / "1" / "model.onnx", outputs, INPUT_HW)
-    (directory / "labels.txt").write_text("\n".join(labels) + "\n")
-    config = {
-        "name": name,
-        "task": "detection",
-        "labels": "labels.txt",
-        "inputs": [{"name": "images", "dims": [-1, 3, *INPUT_HW]}],
-        "outputs": [
-            {"name": n, "dtype": "float32" if v.dtype == np.float32 else "int64", "dims": [-1] * (v.ndim + 1)}
-            for n, v in outputs.items()
-        ],
-        "preprocessing": {"color_order": "rgb", "resize": "letterbox", "size": list(INPUT_HW)},
-        "batching": {"max_batch_size": 2},
-        "postprocessing": {"detection": detection},
-    }
-    (directory / "config.yaml").write_text(yaml.safe_dump(config))
-    return directory / "config.yaml"
-
-
 def verdict(repo: Path, name: str) -> tuple[str, str]:
     async def load():
         registry = ModelRegistry(repo, Metrics(process_metrics=False), LoadOptions(providers=("cpu",)))
@@ -149,12 +127,12 @@ def refused(repo: Path, name: str, config_path: Path, field: str) -> str:
 
 def test_a_yolox_model_loads_and_a_wrong_stride_or_label_count_is_refused(tmp_path):
     outputs = {"output": yolox_head(OBJECTS, INPUT_HW)}
-    write_model(tmp_path, "m", {"layout": "yolox"}, outputs, ["a", "b", "c"])
+    write_detector(tmp_path, "m", {"layout": "yolox"}, outputs, ["a", "b", "c"])
     assert verdict(tmp_path, "m") == (READY, "")
-    path = write_model(tmp_path, "m", {"layout": "yolox", "strides": [8, 16]}, outputs, ["a", "b", "c"])
+    path = write_detector(tmp_path, "m", {"layout": "yolox", "strides": [8, 16]}, outputs, ["a", "b", "c"])
     reason = refused(tmp_path, "m", path, "postprocessing.detection.layout")
     assert "layout yolox needs [N, 120, 5 + 3]" in reason and "the graph gives [N, 126, 8]" in reason
-    path = write_model(tmp_path, "m", {"layout": "yolox"}, outputs, ["a", "b", "c", "d"])
+    path = write_detector(tmp_path, "m", {"layout": "yolox"}, outputs, ["a", "b", "c", "d"])
     assert "[N, A, 5 + 4] for 4 labels" in refused(tmp_path, "m", path, "postprocessing.detection.layout")
 
 
@@ -200,9 +178,9 @@ def test_decoded_rows_skip_nms_and_keep_threshold_class_filter_and_max(tmp_path,
 
 
 def test_a_decoded_output_with_the_wrong_row_width_is_refused(tmp_path):
-    write_model(tmp_path, "m", {"layout": "decoded"}, {"detections": ROWS}, ["a", "b", "c"])
+    write_detector(tmp_path, "m", {"layout": "decoded"}, {"detections": ROWS}, ["a", "b", "c"])
     assert verdict(tmp_path, "m") == (READY, "")
-    path = write_model(tmp_path, "m", {"layout": "decoded"}, {"detections": ROWS[:, :5]}, ["a", "b", "c"])
+    path = write_detector(tmp_path, "m", {"layout": "decoded"}, {"detections": ROWS[:, :5]}, ["a", "b", "c"])
     assert "needs [N, K, 6]" in refused(tmp_path, "m", path, "postprocessing.detection.layout")
 
 
@@ -214,7 +192,7 @@ def split_outputs(rows: np.ndarray = ROWS) -> dict[str, np.ndarray]:
 
 
 def test_separate_boxes_scores_labels_tensors_decode_like_their_rows(tmp_path):
-    path = write_model(tmp_path, "m", SPLIT, split_outputs(), ["a", "b", "c"])
+    path = write_detector(tmp_path, "m", SPLIT, split_outputs(), ["a", "b", "c"])
     assert verdict(tmp_path, "m") == (READY, "")
     outputs = run_graph(path.parent / "1" / "model.onnx")
     config = parse_model_config(yaml.safe_load(path.read_text()), path)
@@ -225,7 +203,7 @@ def test_separate_boxes_scores_labels_tensors_decode_like_their_rows(tmp_path):
 
 def test_separate_tensors_of_the_wrong_shape_or_unnamed_are_refused(tmp_path):
     wrong = {**split_outputs(), "boxes": ROWS[:, :5]}
-    path = write_model(tmp_path, "m", SPLIT, wrong, ["a", "b", "c"])
+    path = write_detector(tmp_path, "m", SPLIT, wrong, ["a", "b", "c"])
     reason = refused(tmp_path, "m", path, "postprocessing.detection.boxes_output")
     assert "output 'boxes' must be [N, K, 4]" in reason
     with pytest.raises(ConfigError, match="needs boxes_output, scores_output and labels_output"):
