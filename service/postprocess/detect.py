@@ -192,9 +192,7 @@ def detection_output(config: ModelConfig, outputs: dict[str, np.ndarray]) -> np.
         return outputs[config.answer_output]
     boxes, scores, labels = (np.asarray(outputs[name]) for name in detection.split_outputs)
     shapes = {name: (1, *outputs[name].shape) for name in detection.split_outputs}
-    found = split_problem(detection, shapes) or (
-        None if len(boxes) == len(scores) == len(labels) else ("boxes_output", f"K differs: {shapes}")
-    )
+    found = split_problem(detection, shapes)  # at run time every axis is fixed: one K is checked too
     if found:
         raise InternalError(f"detection output: postprocessing.detection.{found[0]}: {found[1]}")
     return np.concatenate([boxes, scores[:, None], labels[:, None]], axis=1, dtype=np.float32)

@@ -214,3 +214,11 @@ def test_separate_tensors_of_the_wrong_shape_or_unnamed_are_refused(tmp_path):
     data["postprocessing"]["detection"]["labels_output"] = "classes"
     with pytest.raises(ConfigError, match="labels_output 'classes' is not among outputs"):
         parse_model_config(data, path)
+
+
+def test_separate_tensors_disagreeing_on_k_at_run_time_are_refused_not_decoded(tmp_path):
+    path = write_detector(tmp_path, "m", SPLIT, split_outputs(), ["a", "b", "c"])
+    config = parse_model_config(yaml.safe_load(path.read_text()), path)
+    one_image = {**split_outputs(), "scores": ROWS[:4, 4]}  # 4 scores for 6 boxes
+    with pytest.raises(InternalError, match="disagree on K"):
+        detection_output(config, one_image)
