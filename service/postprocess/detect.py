@@ -5,7 +5,7 @@ Three output layouts are understood, chosen by the model's `postprocessing.detec
 - "yolo_grid" [S, S, B*5 + C] (our zoo, YOLO v1 style): per cell (row i, column j) B boxes
   (x, y, w, h, confidence) then C class probabilities; x, y in [0, 1] locate the centre inside the
   cell, w, h are fractions of the input width / height. Score = confidence x class probability.
-- "yolov5" [A, 5 + C] (YOLOv5 / YOLOX exports): cx, cy, w, h in input pixels, objectness, class
+- "yolov5" [A, 5 + C] (YOLOv5, decoded YOLOX exports): cx, cy, w, h in input pixels, objectness, class
   scores. Score = objectness x class score.
 - "yolov8" [4 + C, A] (YOLOv8 exports): cx, cy, w, h in input pixels, class scores (no
   objectness). Score = class score.
