@@ -12,16 +12,20 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
-from service.errors import ConfigError
+from service.config_postprocessing import (  # noqa: F401 - re-exported: importers use service.config
+    DECODED_LAYOUTS,
+    CamConfig,
+    DetectionConfig,
+    PostprocessingConfig,
+    SegmentationConfig,
+    _Frozen,
+)
 from service.dtypes import CONFIG_DTYPES
+from service.errors import ConfigError
 
 DTYPES = CONFIG_DTYPES
-
-
-class _Frozen(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class TensorSpec(_Frozen):
@@ -115,48 +119,6 @@ class BatchingConfig(_Frozen):
         return self
 
 
-class CamConfig(_Frozen):
-    """Where class activation maps come from (see docs/cam.md)."""
-
-    method: Literal["cam", "score_cam"] = "cam"
-    features_output: str | None = None  # last conv feature maps [N, K, h, w] (method "cam")
-    weights_initializer: str | None = None  # ONNX initializer holding the classifier weights [C, K]
-    max_maps: int = Field(default=32, ge=1)  # score_cam: activation maps (forward passes) per request
-
-
-class DetectionConfig(_Frozen):
-    layout: Literal["yolo_grid", "yolov5", "yolov8"] = "yolo_grid"
-    grid: int | None = Field(default=None, ge=1)  # yolo_grid: S
-    boxes_per_cell: int | None = Field(default=None, ge=1)  # yolo_grid: B
-    score_threshold: float = Field(default=0.25, ge=0.0, le=1.0)
-    iou_threshold: float = Field(default=0.45, ge=0.0, le=1.0)
-    max_detections: int = Field(default=100, ge=1)
-
-    @model_validator(mode="after")
-    def _grid_needs_sizes(self) -> "DetectionConfig":
-        if self.layout == "yolo_grid" and (self.grid is None or self.boxes_per_cell is None):
-            raise ValueError("layout yolo_grid needs grid (S) and boxes_per_cell (B)")
-        return self
-
-
-class SegmentationConfig(_Frozen):
-    """One-channel maps [N, 1, H, W] (a foreground probability or logit, e.g. text detectors): the
-    label map is 1 where the score is above `threshold`, else 0. `activation` has no default: a
-    sigmoid applied to what already is a probability would mark almost every pixel foreground."""
-
-    activation: Literal["sigmoid", "none"]  # sigmoid: the output is a logit; none: already a probability
-    threshold: float = Field(default=0.5, gt=0.0, lt=1.0)  # on the probability
-
-
-class PostprocessingConfig(_Frozen):
-    output: str | None = None  # the output that carries the answer; default: the first output
-    scores: Literal["logits", "probabilities"] = "logits"  # classification: softmax applied if logits
-    top_k: int = Field(default=5, ge=1)
-    cam: CamConfig | None = None
-    detection: DetectionConfig | None = None
-    segmentation: SegmentationConfig | None = None  # only for one-channel segmentation outputs
-
-
 class CudaOptions(_Frozen):
     device_id: int = Field(default=0, ge=0)
     gpu_mem_limit: int | None = Field(default=None, ge=1)  # bytes
@@ -217,6 +179,10 @@ class ModelConfig(_Frozen):
             raise ValueError("postprocessing.segmentation only applies to task segmentation")
         if self.task == "detection" and post.detection is None:
             raise ValueError("task detection needs postprocessing.detection")
+        if post.detection is not None and post.detection.layout == "decoded_split":
+            for field, name in zip(("boxes_output", "scores_output", "labels_output"), post.detection.split_outputs):
+                if name not in output_names:
+                    raise ValueError(f"postprocessing.detection.{field} '{name}' is not among outputs {output_names}")
         if self.preprocessing is not None:
             image_input = self.inputs[0]
             if len(image_input.dims) != 4:

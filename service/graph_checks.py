@@ -10,18 +10,12 @@ output's real shape, and the config fields behind a run ONNX Runtime refuses.
 
 from __future__ import annotations
 
-from service.config import DetectionConfig, ModelConfig, SegmentationConfig
+from service.config import ModelConfig, SegmentationConfig
+from service.detection_shapes import detection_problem, split_problem
 from service.dtypes import config_of_onnx
 from service.errors import ConfigError
-
-
-def _fixed(axis) -> bool:
-    return isinstance(axis, int) and axis > 0
-
-
-def _shown(shape: tuple) -> str:
-    """A graph shape for messages, "[N, 256, 8]": free axes as their symbolic name or '?'."""
-    return "[" + ", ".join(str(a if _fixed(a) else (a or "?")) for a in shape) + "]"
+from service.graph_shapes import fixed as _fixed
+from service.graph_shapes import shown as _shown
 
 
 def check_tensors(path: str, config: ModelConfig, signature, version: int) -> None:
@@ -141,31 +135,6 @@ def check_image_input(path: str, config: ModelConfig, signature) -> None:
             )
 
 
-def detection_problem(detection: DetectionConfig, classes: int | None, shape: tuple) -> str | None:
-    """Why an output of `shape` (batch axis included) cannot be `detection.layout`; None if it can.
-
-    `classes` is the label count, or None without labels (then only "at least one class" is known).
-    """
-    layout, rank = detection.layout, len(shape)
-    count = f"{classes}" if classes else "C"
-    if layout == "yolo_grid":
-        s, boxes = detection.grid, detection.boxes_per_cell
-        need, last = f"[N, {s}, {s}, {5 * boxes} + {count}]", 5 * boxes
-        ok = rank == 4 and all(not _fixed(a) or a == s for a in shape[1:3])
-        channels = shape[3] if rank == 4 else None
-    else:
-        last = 5 if layout == "yolov5" else 4
-        need = f"[N, A, {last} + {count}]" if layout == "yolov5" else f"[N, {last} + {count}, A]"
-        ok = rank == 3
-        channels = (shape[2] if layout == "yolov5" else shape[1]) if rank == 3 else None
-    if ok and _fixed(channels):
-        ok = channels == last + classes if classes else channels > last
-    if ok:
-        return None
-    labels = f"{classes} labels" if classes else "no labels file (at least one class)"
-    return f"layout {layout} needs {need} for {labels}, the graph gives {_shown(shape)}"
-
-
 def segmentation_problem(classes: int | None, shape: tuple, one_channel: SegmentationConfig | None):
     """Why an output of `shape` cannot be the segmentation answer for `classes` labels, as
     (field, problem), or None: per-class scores [N, C, H, W] with C = labels, or, with
@@ -197,7 +166,8 @@ def check_answer_shape(path: str, config: ModelConfig, labels: tuple[str, ...], 
     index = next(i for i, s in enumerate(config.outputs) if s.name == config.answer_output)
     detection = config.postprocessing.detection
     if config.task == "detection" and detection is not None:
-        problem = detection_problem(detection, classes, shape)
+        input_hw = config.preprocessing.input_hw if config.preprocessing is not None else None
+        problem = detection_problem(detection, classes, shape, input_hw)
         if problem:
             raise ConfigError(path, "postprocessing.detection.layout", f"output '{config.answer_output}': {problem}")
     elif config.task == "segmentation":
@@ -220,6 +190,11 @@ def check_graph(path: str, config: ModelConfig, labels: tuple[str, ...], signatu
     configured = next(s.dims for s in config.outputs if s.name == config.answer_output)
     merged = tuple(g if _fixed(g) else (c if c > 0 else g) for g, c in zip(graph_shape, configured))
     check_answer_shape(path, config, labels, merged)
+    detection = config.postprocessing.detection
+    if config.task == "detection" and detection is not None and detection.layout == "decoded_split":
+        found = split_problem(detection, {n: s for n, _, s in signature.outputs})
+        if found:
+            raise ConfigError(path, f"postprocessing.detection.{found[0]}", found[1])
 
 
 def _warmup_fields(config: ModelConfig, batch_size: int) -> str:

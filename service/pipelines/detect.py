@@ -10,7 +10,7 @@ import numpy as np
 from service.models import LoadedVersion
 from service.pipelines.core import Stages, label_of
 from service.pipelines.request import ImageInput, ModelRef, PreparedImage, RequestContext
-from service.postprocess.detect import NmsParams, detections_from_output
+from service.postprocess.detect import NmsParams, detection_output, detections_from_output
 from service.postprocess.draw import draw_boxes, encode_image
 
 
@@ -86,11 +86,13 @@ async def detect(
     params = nms_params(loaded, options)
     prepared = await stages.prepare(ctx, loaded, images, keep_original=options.draw_overlay)
     outputs = await stages.run_images(ctx, loaded, prepared)
-    answer = loaded.config.answer_output
+    config = loaded.config
     return await stages.off_loop(
         ctx,
         [
-            lambda item=item, output=output: detect_one(loaded, item, output[answer], params, options.draw_overlay)
+            lambda item=item, output=output: detect_one(
+                loaded, item, detection_output(config, output), params, options.draw_overlay
+            )
             for item, output in zip(prepared, outputs)
         ],
     )

@@ -5,12 +5,20 @@ Three output layouts are understood, chosen by the model's `postprocessing.detec
 - "yolo_grid" [S, S, B*5 + C] (our zoo, YOLO v1 style): per cell (row i, column j) B boxes
   (x, y, w, h, confidence) then C class probabilities; x, y in [0, 1] locate the centre inside the
   cell, w, h are fractions of the input width / height. Score = confidence x class probability.
-- "yolov5" [A, 5 + C] (YOLOv5 / YOLOX exports): cx, cy, w, h in input pixels, objectness, class
+- "yolov5" [A, 5 + C] (YOLOv5, decoded YOLOX exports): cx, cy, w, h in input pixels, objectness, class
   scores. Score = objectness x class score.
 - "yolov8" [4 + C, A] (YOLOv8 exports): cx, cy, w, h in input pixels, class scores (no
   objectness). Score = class score.
 
-Every layout expects activations already applied (probabilities). Each box keeps its best class
+- "yolox" [A, 5 + C] (the raw anchor-free YOLOX head): anchors level by level for `strides`, each
+  level row-major over its (H/s) x (W/s) grid; x, y are offsets in the cell (centre = (offset +
+  cell index) x stride), w, h log sizes (size = exp(value) x stride). Score = objectness x class.
+- "decoded" [K, 6] and "decoded_split" (boxes [K, 4], scores [K], labels [K] stacked into those
+  rows by `detection_output`): NMS already ran in the graph, so ours is skipped; rows with a score
+  <= 0 (padding), a negative class or a non-finite value are ignored.
+
+Every layout expects activations already applied (probabilities) unless `scores: logits` asks for a
+sigmoid (yolox, decoded). Each box keeps its best class
 (argmax of its scores), then: score >= score_threshold, optional class filter, NMS per class (or
 class-agnostic), map through the letterbox (`ResizeInfo`: original = (input - offset) / scale),
 clip to the image, drop boxes left with no area, keep the best max_detections. Inputs are one
@@ -25,9 +33,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from service.config import DetectionConfig
+from service.config import DECODED_LAYOUTS, DetectionConfig, ModelConfig
+from service.detection_shapes import detection_problem, split_problem
 from service.errors import InternalError, InvalidArgument
-from service.graph_checks import detection_problem
 from service.postprocess.nms import batched_nms
 from service.preprocess import ResizeInfo
 
@@ -90,10 +98,10 @@ class Detections:
 _YOLOV5, _YOLOV8 = DetectionConfig(layout="yolov5"), DetectionConfig(layout="yolov8")
 
 
-def _check_layout(config: DetectionConfig, output: np.ndarray) -> None:
+def _check_layout(config: DetectionConfig, output: np.ndarray, input_hw: tuple[int, int] | None = None) -> None:
     """Never decode an array that cannot be the layout: the rule is the one the load-time check uses
-    (service/graph_checks.py), here on one image's output (no batch axis)."""
-    problem = detection_problem(config, None, (1, *output.shape))
+    (service/detection_shapes.py), here on one image's output (no batch axis)."""
+    problem = detection_problem(config, None, (1, *output.shape), input_hw)
     if problem:
         raise InternalError(f"detection output: {problem}")
 
@@ -134,6 +142,62 @@ def decode_yolov8(output: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return _cxcywh_to_xyxy(out[:, :4]), np.ascontiguousarray(out[:, 4:])
 
 
+MAX_LOG_SIZE = 20.0  # yolox: exp() of a larger log size overflows float32 into inf - inf = NaN boxes
+
+
+def _sigmoid(values: np.ndarray) -> np.ndarray:
+    return (0.5 * (1.0 + np.tanh(0.5 * values))).astype(np.float32)  # tanh form: no overflow warnings
+
+
+def yolox_grid(strides: tuple[int, ...], input_hw: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """Cell indices (column, row) [A, 2] and strides [A, 1] of every anchor, level by level."""
+    height, width = input_hw
+    cells, steps = [], []
+    for stride in strides:
+        rows, cols = np.meshgrid(np.arange(height // stride), np.arange(width // stride), indexing="ij")
+        cells.append(np.stack([cols.ravel(), rows.ravel()], axis=1))
+        steps.append(np.full(rows.size, stride))
+    return np.concatenate(cells).astype(np.float32), np.concatenate(steps).astype(np.float32)[:, None]
+
+
+def decode_yolox(
+    output: np.ndarray, config: DetectionConfig, input_hw: tuple[int, int]
+) -> tuple[np.ndarray, np.ndarray]:
+    """[A, 5 + C] raw YOLOX head -> boxes [A, 4] x1y1x2y2 input pixels, scores [A, C]."""
+    _check_layout(config, output, input_hw)
+    out = output.astype(np.float32, copy=False)
+    cells, strides = yolox_grid(config.strides, input_hw)
+    centre = (out[:, :2] + cells) * strides
+    size = np.exp(np.minimum(out[:, 2:4], MAX_LOG_SIZE)) * strides
+    confidence = _sigmoid(out[:, 4:]) if config.scores == "logits" else out[:, 4:]
+    return _cxcywh_to_xyxy(np.concatenate([centre, size], axis=1)), confidence[:, :1] * confidence[:, 1:]
+
+
+def decode_decoded(output: np.ndarray, config: DetectionConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """[K, 6] rows (box, score, class) -> boxes [K', 4] x1y1x2y2 input pixels, scores [K'], classes [K'],
+    padding rows dropped."""
+    _check_layout(config, output)
+    out = output.astype(np.float32, copy=False)
+    scores = _sigmoid(out[:, 4]) if config.scores == "logits" else out[:, 4]
+    valid = np.isfinite(out).all(axis=1) & (scores > 0) & (out[:, 5] >= 0)
+    boxes = out[valid, :4] if config.box_format == "xyxy" else _cxcywh_to_xyxy(out[valid, :4])
+    return boxes, scores[valid], out[valid, 5].astype(np.int64)
+
+
+def detection_output(config: ModelConfig, outputs: dict[str, np.ndarray]) -> np.ndarray:
+    """One image's outputs -> the array `detections_from_output` reads: the answer output, or for
+    decoded_split the boxes, scores and labels outputs as [K, 6] rows (shapes checked first)."""
+    detection = config.postprocessing.detection
+    if detection.layout != "decoded_split":
+        return outputs[config.answer_output]
+    boxes, scores, labels = (np.asarray(outputs[name]) for name in detection.split_outputs)
+    shapes = {name: (1, *outputs[name].shape) for name in detection.split_outputs}
+    found = split_problem(detection, shapes)  # at run time every axis is fixed: one K is checked too
+    if found:
+        raise InternalError(f"detection output: postprocessing.detection.{found[0]}: {found[1]}")
+    return np.concatenate([boxes, scores[:, None], labels[:, None]], axis=1, dtype=np.float32)
+
+
 def _cxcywh_to_xyxy(boxes: np.ndarray) -> np.ndarray:
     """boxes [A, 4] centre x, centre y, width, height -> [A, 4] x1y1x2y2."""
     half = boxes[:, 2:4] / 2
@@ -159,6 +223,8 @@ def decode_output(output: np.ndarray, config: DetectionConfig, input_hw: tuple[i
         return decode_yolo_grid(output, config.grid, config.boxes_per_cell, input_hw)
     if config.layout == "yolov5":
         return decode_yolov5(output)
+    if config.layout == "yolox":
+        return decode_yolox(output, config, input_hw)
     return decode_yolov8(output)
 
 
@@ -178,14 +244,27 @@ def select_detections(boxes: np.ndarray, scores: np.ndarray, params: NmsParams):
     return kept, classes[kept].astype(np.int64), best[kept].astype(np.float32)
 
 
+def select_decoded(scores: np.ndarray, classes: np.ndarray, params: NmsParams) -> np.ndarray:
+    """Already-suppressed rows: score threshold and class filter only, best first (stable)."""
+    keep = np.flatnonzero(scores >= params.score_threshold)
+    if params.classes is not None:
+        keep = keep[np.isin(classes[keep], np.asarray(params.classes, dtype=np.int64))]
+    return keep[np.argsort(-scores[keep], kind="stable")]
+
+
 def detections_from_output(
     output: np.ndarray, config: DetectionConfig, resize: ResizeInfo, params: NmsParams | None = None
 ) -> Detections:
     """One image's raw output (a layout of the module docstring, no batch axis) -> Detections: boxes
     [K, 4] x1y1x2y2 in original-image pixels, scores [K], classes [K], K <= max_detections."""
     params = params or NmsParams.from_config(config)
-    boxes, scores = decode_output(np.asarray(output), config, resize.input_hw)
-    kept, classes, best = select_detections(boxes, scores, params)
+    if config.layout in DECODED_LAYOUTS:
+        boxes, best, classes = decode_decoded(np.asarray(output), config)
+        kept = select_decoded(best, classes, params)
+        classes, best = classes[kept], best[kept]
+    else:
+        boxes, scores = decode_output(np.asarray(output), config, resize.input_hw)
+        kept, classes, best = select_detections(boxes, scores, params)
     original = to_original_pixels(boxes[kept], resize)
     has_area = (original[:, 2] > original[:, 0]) & (original[:, 3] > original[:, 1])
     cut = np.flatnonzero(has_area)[: params.max_detections]
