@@ -76,10 +76,11 @@ async def detect(stages: Stages, ctx: RequestContext, model: ModelRef | LoadedVe
                  options: DetectOptions) -> list[DetectionResult]:
     loaded = stages.resolve(ctx, model, task="detection")
     params = nms_params(loaded, options)
-    prepared = await stages.prepare(ctx, loaded, images, keep_original=options.draw_overlay)
-    outputs = await stages.run_images(ctx, loaded, prepared)
-    answer = loaded.config.answer_output
-    return await stages.off_loop(ctx, [
-        lambda item=item, output=output: detect_one(loaded, item, output[answer], params, options.draw_overlay)
-        for item, output in zip(prepared, outputs)
-    ])
+    async with stages.holding_originals(ctx, images, options.draw_overlay):
+        prepared = await stages.prepare(ctx, loaded, images, keep_original=options.draw_overlay)
+        outputs = await stages.run_images(ctx, loaded, prepared)
+        answer = loaded.config.answer_output
+        return await stages.off_loop(ctx, [
+            lambda item=item, output=output: detect_one(loaded, item, output[answer], params, options.draw_overlay)
+            for item, output in zip(prepared, outputs)
+        ])

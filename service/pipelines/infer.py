@@ -95,7 +95,8 @@ async def preprocess_bytes(stages: Stages, ctx: RequestContext, loaded: LoadedVe
         raise InvalidArgument(f"BYTES input '{name}' must have shape [N] or [N, 1] (one encoded image per "
                               f"batch item), got {list(array.shape)}")
     images = [ImageInput(encoded=bytes(item)) for item in array.reshape(-1)]
-    prepared = await stages.prepare(ctx, loaded, images)
+    async with stages.holding_originals(ctx, images):
+        prepared = await stages.prepare(ctx, loaded, images)
     shapes = {p.tensor.shape for p in prepared}
     if len(shapes) != 1:
         raise InvalidArgument(f"images of BYTES input '{name}' preprocess to different sizes {sorted(shapes)}; "
