@@ -26,13 +26,15 @@ from service.image_header import image_size
 DECODED_BYTES_PER_PIXEL = 3  # what OpenCV decodes every image to (BGR uint8)
 
 
-def original_size_bytes(encoded: Sequence[bytes], keep_original: bool, mask_bytes_per_pixel: int) -> int:
+def original_size_bytes(encoded: Sequence[bytes], keep_original: bool, mask_bytes_per_pixel: int,
+                        max_pixels: int) -> int:
     """Bytes a request holds at its images' original size, from their headers: the decoded
     originals it keeps (overlays, explanations), or else the largest one being decoded (the
     others wait for a preprocessing thread or are already reduced to the model's input), plus
     a mask of `mask_bytes_per_pixel` for each image (segmentation). An image without a readable
-    header is priced 0: decoding refuses it."""
-    pixels = [width * height for width, height in filter(None, (image_size(data) for data in encoded))]
+    header, or over `max_pixels`, is priced 0: decoding refuses it (INVALID_ARGUMENT, as ever)."""
+    sizes = filter(None, (image_size(data) for data in encoded))
+    pixels = [width * height for width, height in sizes if width * height <= max_pixels]
     if not pixels:
         return 0
     decoded = sum(pixels) if keep_original else max(pixels)

@@ -73,8 +73,10 @@ class Stages:
         if len(images) > self.limits.max_images_per_request:  # counted before any header is read
             raise InvalidArgument(f"request has {len(images)} images, over the limit of "
                                   f"{self.limits.max_images_per_request}")
-        nbytes = original_size_bytes([image.encoded for image in images if image.encoded], keep_original,
-                                     mask_bytes_per_pixel)
+        encoded = [image.encoded for image in images if image.encoded]
+        if keep_original:  # over the pixel limit is INVALID_ARGUMENT, whatever room there is
+            check_kept_pixels(encoded, self.limits.max_pixels)
+        nbytes = original_size_bytes(encoded, keep_original, mask_bytes_per_pixel, self.limits.max_pixels)
         async with self.originals.reserve(nbytes, ctx.deadline):
             ctx.holds_originals = True
             try:

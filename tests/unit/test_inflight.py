@@ -113,7 +113,9 @@ def png(width: int, height: int) -> bytes:
 
 def test_prices_from_the_headers():
     images = [png(40, 30), png(20, 10)]
-    assert original_size_bytes(images, keep_original=False, mask_bytes_per_pixel=0) == 40 * 30 * 3
-    assert original_size_bytes(images, keep_original=True, mask_bytes_per_pixel=0) == (1200 + 200) * 3
-    assert original_size_bytes(images, keep_original=False, mask_bytes_per_pixel=1) == 1200 * 3 + 1400
-    assert original_size_bytes([b"not an image"], keep_original=True, mask_bytes_per_pixel=1) == 0
+    assert original_size_bytes(images, False, 0, max_pixels=10_000) == 40 * 30 * 3
+    assert original_size_bytes(images, True, 0, max_pixels=10_000) == (1200 + 200) * 3
+    assert original_size_bytes(images, False, 1, max_pixels=10_000) == 1200 * 3 + 1400
+    assert original_size_bytes([b"not an image"], True, 1, max_pixels=10_000) == 0
+    # over the pixel limit: decoding refuses it (INVALID_ARGUMENT), so it reserves nothing
+    assert original_size_bytes(images, True, 1, max_pixels=1000) == 200 * 3 + 200
