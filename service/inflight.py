@@ -26,8 +26,9 @@ from service.image_header import image_size
 DECODED_BYTES_PER_PIXEL = 3  # what OpenCV decodes every image to (BGR uint8)
 
 
-def original_size_bytes(encoded: Sequence[bytes], keep_original: bool, mask_bytes_per_pixel: int,
-                        max_pixels: int) -> int:
+def original_size_bytes(
+    encoded: Sequence[bytes], keep_original: bool, mask_bytes_per_pixel: int, max_pixels: int
+) -> int:
     """Bytes a request holds at its images' original size, from their headers: the decoded
     originals it keeps (overlays, explanations), or else the largest one being decoded (the
     others wait for a preprocessing thread or are already reduced to the model's input), plus
@@ -62,7 +63,8 @@ class InflightBudget:
         if nbytes > self.limit:
             raise ResourceExhausted(
                 f"the request's images need {nbytes} bytes at their original size, over the server's "
-                f"--max-decoded-bytes {self.limit}: send fewer or smaller images per request")
+                f"--max-decoded-bytes {self.limit}: send fewer or smaller images per request"
+            )
         if not self._waiting and self.used + nbytes <= self.limit:
             self.used += nbytes
             return
@@ -80,8 +82,10 @@ class InflightBudget:
                 self._waiting.remove(entry)
                 self._grant()  # a large request leaving the head of the line may let smaller ones in
             if isinstance(exc, asyncio.TimeoutError):
-                raise DeadlineExceeded(f"deadline passed waiting for {nbytes} bytes of room for decoded images "
-                                       f"(--max-decoded-bytes {self.limit} in use by other requests)") from None
+                raise DeadlineExceeded(
+                    f"deadline passed waiting for {nbytes} bytes of room for decoded images "
+                    f"(--max-decoded-bytes {self.limit} in use by other requests)"
+                ) from None
             raise
 
     def _release(self, nbytes: int) -> None:

@@ -203,7 +203,8 @@ def validate(settings: ServerSettings) -> None:
         if getattr(settings.limits, name) <= 0:
             problems.append(f"{name} must be > 0")
     if settings.limits.max_decoded_bytes < 4 * settings.limits.max_pixels:
-        problems.append("max_decoded_bytes must be >= 4 x max_pixels (one image at the pixel limit, decoded and its mask)")
+        problems.append("max_decoded_bytes must be >= 4 x max_pixels "
+                        "(one image at the pixel limit, decoded, and its mask)")
     if settings.limits.max_streams_per_peer > settings.limits.max_concurrent_streams:
         problems.append("max_streams_per_peer must be <= max_concurrent_streams")
     problems += _token_file_problems(settings)
