@@ -23,7 +23,7 @@ class Limits:
     max_message_bytes: int = 64 * 1024 * 1024
     max_images_per_request: int = 64
     max_pixels: int = 40_000_000
-    max_decoded_bytes: int = 512 * 1024 * 1024  # original-size image data all requests hold at once
+    max_decoded_bytes: int = 320 * 1024 * 1024  # original-size image data all requests hold at once (2 of 40 MP)
     max_concurrent_streams: int = 64
     max_streams_per_peer: int = 16  # one client connection may hold at most this many of them
     stream_idle_timeout_s: float = 60.0  # a stream that sends no frame for this long is closed
