@@ -4,9 +4,9 @@ Why: docs/security.md claims the default budgets keep `convserve serve` on the b
 repository well inside a 2 GiB pod. This serves model_repo with default settings as a child
 process and, while sampling its VmRSS from /proc every 10 ms, sends what costs the most memory
 within the limits: many concurrent fcn8s tensors at the per-request budget (16 MiB), 40-megapixel
-images to fcn8s (decoded at full size, downscaled into the budget, masks made at full size), and
-both at once. Prints the server's peak and final VmRSS per phase (tensors: fcn8s tensors at the request budget;
-images: 40-megapixel images to fcn8s; both: the two at once).
+images to fcn8s (decoded at full size, downscaled into the budget, masks made at full size), the
+same with overlays (every decoded original kept until its answer), and tensors and images at
+once. Prints the server's peak VmRSS and its VmRSS after the next memory trim, per phase.
 """
 
 from __future__ import annotations
@@ -55,10 +55,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--concurrency", type=int, default=24)
     parser.add_argument("--repo", type=Path, default=REPO_ROOT / "model_repo")
-    parser.add_argument("--phases", default="tensors,images,both", help="comma list of tensors, images, both")
+    parser.add_argument(
+        "--phases", default="tensors,images,overlays,both", help="comma list of tensors, images, overlays, both"
+    )
     args = parser.parse_args(argv)
     tensor = hostile.v2_tensor("fcn8s", (1, 3, 1152, 1152))  # 15.2 MiB: just inside fcn8s's 16 MiB
     photo = hostile.segment("fcn8s", hostile.encoded_png(6324, 6324))  # 39,992,976 pixels: inside --max-pixels
+    with_overlay = hostile.segment("fcn8s", photo.images[0].encoded)
+    with_overlay.overlay = True
     server = served_models(args.repo)
     try:
         options = [("grpc.max_send_message_length", 128 * 2**20), ("grpc.max_receive_message_length", 128 * 2**20)]
@@ -68,6 +72,7 @@ def main(argv: list[str] | None = None) -> int:
             phases = {
                 "tensors": [(v2.ModelInfer, tensor)] * (3 * args.concurrency),
                 "images": [(vision.Segment, photo)] * 8,
+                "overlays": [(vision.Segment, with_overlay)] * 8,
                 "both": [(v2.ModelInfer, tensor)] * (2 * args.concurrency) + [(vision.Segment, photo)] * 8,
             }
             for name in args.phases.split(","):

@@ -199,17 +199,23 @@ def _scale_and_pad(image, native_scale, stride, pad_value, interpolation):
     return image, scale, (0.0, 0.0)
 
 
-def normalize(image: np.ndarray, spec: PreprocessingConfig) -> np.ndarray:
-    """uint8 HxW[xC] -> float32 CHW: (pixel * scale - mean) / std, one fused pass."""
+def normalize(image: np.ndarray, spec: PreprocessingConfig, reverse_channels: bool = False) -> np.ndarray:
+    """uint8 HxW[xC] -> float32 CHW: (pixel * scale - mean) / std, one fused pass.
+
+    `reverse_channels`: the image is in the opposite channel order (BGR for an RGB model): the
+    reorder is done by the CHW copy this makes anyway, instead of a copy of its own."""
     channels = spec.channels
     std = np.asarray(spec.std, dtype=np.float32)
     mean = np.asarray(spec.mean, dtype=np.float32)
     gain = np.broadcast_to(spec.scale / std, (channels,)).astype(np.float32)
     bias = np.broadcast_to(-mean / std, (channels,)).astype(np.float32)
+    if reverse_channels:
+        gain, bias = gain[::-1], bias[::-1]
     pixels = image.reshape(image.shape[0], image.shape[1], channels).astype(np.float32)
     pixels *= gain
     pixels += bias
-    return np.ascontiguousarray(pixels.transpose(2, 0, 1))
+    chw = pixels.transpose(2, 0, 1)
+    return np.ascontiguousarray(chw[::-1] if reverse_channels else chw)
 
 
 def preprocess_image(
@@ -220,6 +226,11 @@ def preprocess_image(
         raise InvalidArgument(f"image must be uint8, got {image.dtype}")
     if image.ndim not in (2, 3) or min(image.shape[:2]) < 1:  # OpenCV asserts, and ratios divide by 0
         raise InvalidArgument(f"image must be HxW or HxWx3 with H, W >= 1, got shape {tuple(image.shape)}")
+    if image.ndim == 3 and image.shape[2] == 3 and spec.color_order not in ("gray", source_order):
+        # BGR <-> RGB only: resize first (per channel, so the same pixels) and reorder in normalize,
+        # never a full-size copy of a large photo just to swap its channels.
+        resized, info = resize_image(image, spec)
+        return normalize(resized, spec, reverse_channels=True), info
     converted = convert_color(image, source_order, spec.color_order)
     resized, info = resize_image(converted, spec)
     return normalize(resized, spec), info

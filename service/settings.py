@@ -23,6 +23,7 @@ class Limits:
     max_message_bytes: int = 64 * 1024 * 1024
     max_images_per_request: int = 64
     max_pixels: int = 40_000_000
+    max_decoded_bytes: int = 320 * 1024 * 1024  # original-size image data all requests hold at once (2 of 40 MP)
     max_concurrent_streams: int = 64
     max_streams_per_peer: int = 16  # one client connection may hold at most this many of them
     stream_idle_timeout_s: float = 60.0  # a stream that sends no frame for this long is closed
@@ -92,6 +93,8 @@ _HELP = {
     "larger tensors go as binary data (Inference-Header-Content-Length)",
     "max_images_per_request": "most images in one request",
     "max_pixels": "largest image, in pixels, checked from the header before decoding",
+    "max_decoded_bytes": "most bytes of original-size image data (decoded originals kept, masks, a decode in progress) "
+    "all requests hold at once; a request waits for room, or alone over it is RESOURCE_EXHAUSTED",
     "max_concurrent_streams": "most concurrent streaming calls",
     "max_streams_per_peer": "most concurrent streaming calls of one client connection (peer address), so one client "
     "cannot hold every slot",
@@ -218,6 +221,10 @@ def validate(settings: ServerSettings) -> None:
     ):
         if getattr(settings.limits, name) <= 0:
             problems.append(f"{name} must be > 0")
+    if settings.limits.max_decoded_bytes < 4 * settings.limits.max_pixels:
+        problems.append(
+            "max_decoded_bytes must be >= 4 x max_pixels (one image at the pixel limit, decoded, and its mask)"
+        )
     if settings.limits.max_streams_per_peer > settings.limits.max_concurrent_streams:
         problems.append("max_streams_per_peer must be <= max_concurrent_streams")
     problems += _token_file_problems(settings)

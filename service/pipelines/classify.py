@@ -51,17 +51,18 @@ async def classify(
     this post-processing alone stays on the event loop.
     """
     loaded = stages.resolve(ctx, model, task="classification")
-    prepared = await stages.prepare(ctx, loaded, images, keep_original=keep_original)
-    outputs = await stages.run_images(ctx, loaded, prepared)
-    started = time.perf_counter()
-    probabilities = probabilities_of(loaded, np.stack([o[loaded.config.answer_output] for o in outputs]))
-    k = resolve_top_k(requested_top_k, loaded.config.postprocessing.top_k, probabilities.shape[1])
-    indices, scores = top_k(probabilities, k)
-    results = []
-    for row in range(len(prepared)):
-        predictions = tuple(
-            ClassScore(label_of(loaded, int(i)), int(i), float(s)) for i, s in zip(indices[row], scores[row])
-        )
-        results.append(Classification(predictions, probabilities[row], outputs[row], prepared[row]))
-    ctx.add_stage("postprocess", time.perf_counter() - started)
-    return results
+    async with stages.holding_originals(ctx, images, keep_original):
+        prepared = await stages.prepare(ctx, loaded, images, keep_original=keep_original)
+        outputs = await stages.run_images(ctx, loaded, prepared)
+        started = time.perf_counter()
+        probabilities = probabilities_of(loaded, np.stack([o[loaded.config.answer_output] for o in outputs]))
+        k = resolve_top_k(requested_top_k, loaded.config.postprocessing.top_k, probabilities.shape[1])
+        indices, scores = top_k(probabilities, k)
+        results = []
+        for row in range(len(prepared)):
+            predictions = tuple(
+                ClassScore(label_of(loaded, int(i)), int(i), float(s)) for i, s in zip(indices[row], scores[row])
+            )
+            results.append(Classification(predictions, probabilities[row], outputs[row], prepared[row]))
+        ctx.add_stage("postprocess", time.perf_counter() - started)
+        return results

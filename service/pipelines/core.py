@@ -9,14 +9,16 @@ service/pipelines/ compose these; nothing here knows a task.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable, Sequence, TypeVar
+from typing import AsyncIterator, Callable, Sequence, TypeVar
 
 import numpy as np
 
 from service.budget import check_kept_pixels, check_model_inputs, fit_to_budget, image_budget
 from service.errors import FailedPrecondition, InvalidArgument, ServiceError
+from service.inflight import InflightBudget, original_size_bytes
 from service.metrics import Metrics
 from service.models import LoadedVersion, ModelRegistry
 from service.pipelines.request import ImageInput, ModelRef, PreparedImage, RequestContext
@@ -41,6 +43,7 @@ class Stages:
         self.limits = limits
         self._pool = ThreadPoolExecutor(max_workers=preprocess_threads, thread_name_prefix="preprocess")
         self._image_counters: dict[str, object] = {}  # memoised metrics.images.labels(model): per-request hot path
+        self.originals = InflightBudget(limits.max_decoded_bytes)
 
     def resolve(self, ctx: RequestContext, model: ModelRef | LoadedVersion, task: str | None = None) -> LoadedVersion:
         """The serving version; NOT_FOUND/UNAVAILABLE, or FAILED_PRECONDITION for the wrong task.
@@ -58,6 +61,35 @@ class Stages:
                 f"model '{model.name}' is a {model.config.task} model; this call needs a {task} model"
             )
         return model
+
+    @contextlib.asynccontextmanager
+    async def holding_originals(
+        self,
+        ctx: RequestContext,
+        images: Sequence[ImageInput],
+        keep_original: bool = False,
+        mask_bytes_per_pixel: int = 0,
+    ) -> AsyncIterator[None]:
+        """Reserve what the request will hold at its images' original size in the server-wide
+        budget (service/inflight.py) for the body: a pipeline wraps everything from decoding to its
+        answer in it. A nested call (explain around classify) holds nothing more."""
+        if ctx.holds_originals:
+            yield
+            return
+        if len(images) > self.limits.max_images_per_request:  # counted before any header is read
+            raise InvalidArgument(
+                f"request has {len(images)} images, over the limit of {self.limits.max_images_per_request}"
+            )
+        encoded = [image.encoded for image in images if image.encoded]
+        if keep_original:  # over the pixel limit is INVALID_ARGUMENT, whatever room there is
+            check_kept_pixels(encoded, self.limits.max_pixels)
+        nbytes = original_size_bytes(encoded, keep_original, mask_bytes_per_pixel, self.limits.max_pixels)
+        async with self.originals.reserve(nbytes, ctx.deadline):
+            ctx.holds_originals = True
+            try:
+                yield
+            finally:
+                ctx.holds_originals = False
 
     async def prepare(
         self, ctx: RequestContext, model: LoadedVersion, images: Sequence[ImageInput], keep_original: bool = False

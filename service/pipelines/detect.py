@@ -84,15 +84,16 @@ async def detect(
 ) -> list[DetectionResult]:
     loaded = stages.resolve(ctx, model, task="detection")
     params = nms_params(loaded, options)
-    prepared = await stages.prepare(ctx, loaded, images, keep_original=options.draw_overlay)
-    outputs = await stages.run_images(ctx, loaded, prepared)
     config = loaded.config
-    return await stages.off_loop(
-        ctx,
-        [
-            lambda item=item, output=output: detect_one(
-                loaded, item, detection_output(config, output), params, options.draw_overlay
-            )
-            for item, output in zip(prepared, outputs)
-        ],
-    )
+    async with stages.holding_originals(ctx, images, options.draw_overlay):
+        prepared = await stages.prepare(ctx, loaded, images, keep_original=options.draw_overlay)
+        outputs = await stages.run_images(ctx, loaded, prepared)
+        return await stages.off_loop(
+            ctx,
+            [
+                lambda item=item, output=output: detect_one(
+                    loaded, item, detection_output(config, output), params, options.draw_overlay
+                )
+                for item, output in zip(prepared, outputs)
+            ],
+        )

@@ -85,34 +85,35 @@ async def classify_and_explain(
     """Classify with `explain`: the classifications and a map per image, from one forward pass."""
     loaded = stages.resolve(ctx, model, task="classification")
     cam = cam_config(loaded)
-    classifications = await classify(stages, ctx, loaded, images, top_k, keep_original=True)
-    num_classes = len(classifications[0].probabilities)
-    check_options(options, num_classes)
-    indices = [
-        options.class_index if options.class_index is not None else c.predictions[0].class_index
-        for c in classifications
-    ]
-    if cam.method == "cam":
-        channels = classifications[0].outputs[cam.features_output].shape[0]
-        weights = await asyncio.get_running_loop().run_in_executor(
-            None, checked_weights, loaded, cam, num_classes, channels
-        )
-        raws = [
-            cam_math.class_activation_map(c.outputs[cam.features_output], weights, i)
-            for c, i in zip(classifications, indices)
+    async with stages.holding_originals(ctx, images, keep_original=True):  # the originals, until the maps
+        classifications = await classify(stages, ctx, loaded, images, top_k, keep_original=True)
+        num_classes = len(classifications[0].probabilities)
+        check_options(options, num_classes)
+        indices = [
+            options.class_index if options.class_index is not None else c.predictions[0].class_index
+            for c in classifications
         ]
-    else:
-        raws = await asyncio.gather(
-            *(score_cam(stages, ctx, loaded, cam, c, i) for c, i in zip(classifications, indices))
+        if cam.method == "cam":
+            channels = classifications[0].outputs[cam.features_output].shape[0]
+            weights = await asyncio.get_running_loop().run_in_executor(
+                None, checked_weights, loaded, cam, num_classes, channels
+            )
+            raws = [
+                cam_math.class_activation_map(c.outputs[cam.features_output], weights, i)
+                for c, i in zip(classifications, indices)
+            ]
+        else:
+            raws = await asyncio.gather(
+                *(score_cam(stages, ctx, loaded, cam, c, i) for c, i in zip(classifications, indices))
+            )
+        maps = await stages.off_loop(
+            ctx,
+            [
+                lambda c=c, i=i, raw=raw: finish_map(loaded, cam.method, c, i, raw, options)
+                for c, i, raw in zip(classifications, indices, raws)
+            ],
         )
-    maps = await stages.off_loop(
-        ctx,
-        [
-            lambda c=c, i=i, raw=raw: finish_map(loaded, cam.method, c, i, raw, options)
-            for c, i, raw in zip(classifications, indices, raws)
-        ],
-    )
-    return classifications, maps
+        return classifications, maps
 
 
 async def score_cam(

@@ -106,7 +106,8 @@ async def preprocess_bytes(
             f"batch item), got {list(array.shape)}"
         )
     images = [ImageInput(encoded=bytes(item)) for item in array.reshape(-1)]
-    prepared = await stages.prepare(ctx, loaded, images)
+    async with stages.holding_originals(ctx, images):
+        prepared = await stages.prepare(ctx, loaded, images)
     shapes = {p.tensor.shape for p in prepared}
     if len(shapes) != 1:
         raise InvalidArgument(

@@ -37,6 +37,7 @@ class RequestContext:
     model: str = ""
     version: str = ""
     images: int = 0
+    holds_originals: bool = False  # has its reservation of the server's --max-decoded-bytes (service/inflight.py)
     stages: dict[str, float] = field(default_factory=dict)
     started: float = field(default_factory=time.perf_counter)
 

@@ -106,14 +106,17 @@ async def segment(
     loaded = stages.resolve(ctx, model, task="segmentation")
     if overlay and any(image.tensor is not None for image in images):
         raise InvalidArgument("overlay needs encoded images (a tensor image has no original pixels to draw on)")
-    prepared = await stages.prepare(ctx, loaded, images, keep_original=overlay)
-    outputs = await stages.run_images(ctx, loaded, prepared)
     answer = loaded.config.answer_output
-    # Resizing C full-size planes is real work for large images: off the event loop, one job per image.
-    return await stages.off_loop(
-        ctx,
-        [
-            lambda item=item, output=output: segment_one(loaded, item, output[answer], overlay, probabilities)
-            for item, output in zip(prepared, outputs)
-        ],
-    )
+    classes = next(output.dims for output in loaded.config.outputs if output.name == answer)[1]
+    mask_bytes = 1 if 1 <= classes <= 256 else 2  # the label map's dtype (uint8, or uint16: label_map_from_logits)
+    async with stages.holding_originals(ctx, images, overlay, mask_bytes):
+        prepared = await stages.prepare(ctx, loaded, images, keep_original=overlay)
+        outputs = await stages.run_images(ctx, loaded, prepared)
+        # Resizing C full-size planes is real work for large images: off the event loop, one job per image.
+        return await stages.off_loop(
+            ctx,
+            [
+                lambda item=item, output=output: segment_one(loaded, item, output[answer], overlay, probabilities)
+                for item, output in zip(prepared, outputs)
+            ],
+        )

@@ -101,8 +101,16 @@ def one_channel_planes(scores: np.ndarray, threshold: float, sigmoid: bool) -> t
 
 
 def class_pixel_counts(label_map: np.ndarray, num_classes: int) -> np.ndarray:
-    """label_map [H, W] -> pixels per class, int64 [num_classes]."""
-    return np.bincount(label_map.ravel(), minlength=num_classes)[:num_classes].astype(np.int64)
+    """label_map [H, W] -> pixels per class, int64 [num_classes].
+
+    Counted in strips of rows: np.bincount casts its input to int64, 8 bytes a pixel (320 MB for a
+    40-megapixel mask), so one call over the whole map would cost more than the mask itself.
+    """
+    counts = np.zeros(num_classes, dtype=np.int64)
+    step = max(1, STRIP_ELEMENTS // max(1, label_map.shape[1]))
+    for start in range(0, label_map.shape[0], step):
+        counts += np.bincount(label_map[start : start + step].ravel(), minlength=num_classes)[:num_classes]
+    return counts
 
 
 def encode_label_map(label_map: np.ndarray) -> bytes:
@@ -122,9 +130,17 @@ def palette(num_classes: int) -> np.ndarray:
 def overlay_png(original: np.ndarray, label_map: np.ndarray, num_classes: int, alpha: float = 0.5) -> bytes:
     """original uint8 BGR [H, W, 3] (or gray [H, W]) with every non-background class blended in its
     palette colour -> RGB PNG bytes of the same size."""
-    image = cv2.cvtColor(original, cv2.COLOR_GRAY2BGR) if original.ndim == 2 else original[:, :, :3]
     colours = palette(max(num_classes, int(label_map.max()) + 1))[:, ::-1].astype(np.float32)  # RGB -> BGR
-    painted = label_map > 0
-    blended = image.astype(np.float32)
-    blended[painted] = blended[painted] * (1.0 - alpha) + colours[label_map[painted]] * alpha
-    return encode_image(np.clip(np.rint(blended), 0, 255).astype(np.uint8), "png")
+    height, width = label_map.shape
+    out = np.empty((height, width, 3), dtype=np.uint8)
+    step = max(1, STRIP_ELEMENTS // max(1, 3 * width))  # float32 work in strips, never 12 bytes a pixel whole
+    for start in range(0, height, step):
+        rows = slice(start, min(height, start + step))
+        part = original[rows]
+        part = cv2.cvtColor(part, cv2.COLOR_GRAY2BGR) if part.ndim == 2 else part[:, :, :3]
+        labels = label_map[rows]
+        painted = labels > 0
+        blended = part.astype(np.float32)
+        blended[painted] = blended[painted] * (1.0 - alpha) + colours[labels[painted]] * alpha
+        out[rows] = np.clip(np.rint(blended), 0, 255).astype(np.uint8)
+    return encode_image(out, "png")

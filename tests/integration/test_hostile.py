@@ -160,6 +160,17 @@ def test_overlay_originals_are_bounded_before_decoding(hostile_server):
     assert "overlays" in attack.expect(INVALID, attack.vision.Segment, request)
 
 
+def test_masks_over_the_servers_decoded_bytes_are_refused_from_the_headers(hostile_server):
+    """12 headers of 40 megapixels (each inside --max-pixels) would hold 12 full-size masks and a
+    decode, 600 MB, over the default --max-decoded-bytes (320 MiB): RESOURCE_EXHAUSTED at once."""
+    attack = hostile_server["attack"]
+    request = vpb.SegmentRequest(
+        model=vpb.ModelRef(name="fcn8s"), images=[vpb.Image(encoded=hostile.png_header(6324, 6324))] * 12
+    )
+    details = attack.expect(grpc.StatusCode.RESOURCE_EXHAUSTED, attack.vision.Segment, request)
+    assert "--max-decoded-bytes 335544320" in details
+
+
 def test_segmenter_tensors_over_budget_or_off_stride_are_invalid(hostile_server):
     attack = hostile_server["attack"]
     for shape, fragment in (

@@ -24,7 +24,15 @@ from torchvision.transforms import v2 as T
 
 from service.config import PreprocessingConfig
 from service.errors import InvalidArgument
-from service.preprocess import convert_color, decode_image, preprocess_batch, preprocess_encoded, preprocess_image
+from service.preprocess import (
+    convert_color,
+    decode_image,
+    normalize,
+    preprocess_batch,
+    preprocess_encoded,
+    preprocess_image,
+    resize_image,
+)
 from service.postprocess.detect import to_original_pixels
 
 torch.set_num_threads(1)
@@ -361,3 +369,21 @@ def test_preprocess_encoded_is_decode_then_preprocess(photo):
 def test_non_uint8_images_are_refused():
     with pytest.raises(InvalidArgument, match="uint8"):
         preprocess_image(np.zeros((4, 4, 3), np.float32), plain(resize="stretch", size=(4, 4)))
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        dict(resize="letterbox", size=(97, 131), pad_value=114),
+        dict(resize="native", native_scale=0.37, stride=32),
+        dict(resize="center_crop", size=(64, 64)),
+    ],
+)
+def test_channel_swap_after_resize_is_the_same_tensor(photo, fields):
+    """A BGR photo for an RGB model is resized first and reordered by normalize (no full-size swap
+    copy): bit for bit what converting first gives, since the resize works per channel."""
+    bgr = np.ascontiguousarray(photo[:, :, ::-1])
+    config = spec(**fields)
+    swapped_first, _ = resize_image(convert_color(bgr, "bgr", "rgb"), config)
+    ours, _ = preprocess_image(bgr, config, source_order="bgr")
+    np.testing.assert_array_equal(ours, normalize(swapped_first, config))

@@ -60,3 +60,11 @@ def test_token_files_are_checked_at_start(monkeypatch, tmp_path):
     with pytest.raises(ValueError, match="admin_token_file needs auth_token_file"):
         parse(["--admin-token-file", str(tokens)], monkeypatch)
     assert parse(["--auth-token-file", str(tokens)], monkeypatch).auth_token_file == tokens
+
+
+def test_decoded_bytes_budget_holds_one_image_at_the_pixel_limit(monkeypatch):
+    defaults = parse([], monkeypatch).limits
+    assert defaults.max_decoded_bytes >= 4 * defaults.max_pixels
+    assert parse(["--max-pixels", "1000", "--max-decoded-bytes", "4000"], monkeypatch).limits.max_decoded_bytes == 4000
+    with pytest.raises(ValueError, match="max_decoded_bytes must be >= 4 x max_pixels"):
+        parse(["--max-pixels", "1000", "--max-decoded-bytes", "3999"], monkeypatch)
