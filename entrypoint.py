@@ -19,6 +19,13 @@ DELEGATED = {
     "optimize": ("export.optimize_cli", False),
     "loadtest": ("loadtest.cli", False),
 }
+DELEGATED_HELP = {
+    "export": "export a zoo architecture, your own nn.Module or a TorchScript file to a model version",
+    "models": "rebuild the bundled models of model_repo/",
+    "train": "train a model on your own data (train classifier: fine-tune on a folder of images)",
+    "optimize": "write an INT8, FP16 or pre-optimised copy of a model version as a new version",
+    "loadtest": "load-test a running server",
+}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -38,14 +45,16 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="convserve",
         description="Vision inference server on ONNX Runtime.",
-        epilog="model-side commands (each takes --help): "
-        + ", ".join(DELEGATED)
-        + " (train classifier: fine-tune a bundled model on a folder of images)",
+        epilog="every command takes --help",
     )
     subparsers = parser.add_subparsers(dest="command", required=True)
     from service.cli import add_serve_parser
+    from service.config_init import add_config_parser
 
     add_serve_parser(subparsers)
+    add_config_parser(subparsers)
+    for command, text in DELEGATED_HELP.items():  # listed here, parsed by their own modules (above)
+        subparsers.add_parser(command, help=text, add_help=False)
     add_client_parsers = None
     if argv[:1] != ["serve"]:  # the client imports OpenCV; the server sets its pixel limit first
         try:

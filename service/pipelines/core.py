@@ -22,6 +22,7 @@ from service.inflight import InflightBudget, original_size_bytes
 from service.metrics import Metrics
 from service.models import LoadedVersion, ModelRegistry
 from service.pipelines.request import ImageInput, ModelRef, PreparedImage, RequestContext
+from service.dtypes import numpy_of_config
 from service.preprocess import ResizeInfo, decode_image, preprocess_image
 from service.settings import Limits
 
@@ -157,8 +158,15 @@ class Stages:
         for index, item in enumerate(prepared):
             groups.setdefault(item.tensor.shape, []).append(index)
         input_name = model.config.inputs[0].name
+        # preprocessing yields float32; a float16 (or float64) graph gets its own type, as its config says
+        dtype = numpy_of_config(model.config.inputs[0].dtype)
         runs = [
-            self.submit(ctx, model, {input_name: np.stack([prepared[i].tensor for i in idx])}, output_names)
+            self.submit(
+                ctx,
+                model,
+                {input_name: np.stack([prepared[i].tensor for i in idx]).astype(dtype, copy=False)},
+                output_names,
+            )
             for idx in groups.values()
         ]
         per_image: list[dict[str, np.ndarray]] = [{} for _ in prepared]
