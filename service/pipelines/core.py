@@ -95,8 +95,10 @@ class Stages:
     async def prepare(
         self, ctx: RequestContext, model: LoadedVersion, images: Sequence[ImageInput], keep_original: bool = False
     ) -> list[PreparedImage]:
-        """Decode + preprocess every image off the event loop; a bad image names its index."""
-        budget = self._check_budget(model, images, keep_original)
+        """Decode + preprocess every image off the event loop; a bad image names its index. Runs
+        inside `holding_originals` (every pipeline wraps it), which has already counted the images
+        and checked the pixels kept."""
+        budget = self._check_budget(model, images)
         ctx.images = len(images)
         started = time.perf_counter()
         loop = asyncio.get_running_loop()
@@ -114,21 +116,18 @@ class Stages:
             prepared.append(result)
         return prepared
 
-    def _check_budget(self, model: LoadedVersion, images: Sequence[ImageInput], keep_original: bool) -> int:
-        """What an image request may bring, checked before anything is decoded: the one place for its
-        budgets (image count, decoded originals kept, input bytes). Returns each image's share of the
-        model's input-byte budget (service/budget.py), which native-resolution models downscale to."""
+    def _check_budget(self, model: LoadedVersion, images: Sequence[ImageInput]) -> int:
+        """What the model allows an image request, checked before anything is decoded (the count
+        against the server's limit and the kept pixels are holding_originals' checks). Returns each
+        image's share of the model's input-byte budget (service/budget.py), which native-resolution
+        models downscale to."""
         count = len(images)
         if count == 0:
             raise InvalidArgument("request has no images")
-        if count > self.limits.max_images_per_request:
-            raise InvalidArgument(f"request has {count} images, over the limit of {self.limits.max_images_per_request}")
         if count > model.config.batching.max_batch_size:
             raise InvalidArgument(
                 f"request has {count} images, over the model's max_batch_size {model.config.batching.max_batch_size}"
             )
-        if keep_original:
-            check_kept_pixels([image.encoded for image in images if image.encoded], self.limits.max_pixels)
         return image_budget(model.config, count)
 
     def _prepare_one(self, model: LoadedVersion, image: ImageInput, keep_original: bool, budget: int) -> PreparedImage:
