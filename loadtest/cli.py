@@ -13,6 +13,7 @@ from loadtest.engine import LoadPlan, run_load, stream_answer
 from loadtest.generators import ARRIVALS
 from loadtest.payloads import PayloadSpec, Payloads, SetupError, build_payloads, describe_model
 from loadtest.report import format_table, summarise
+from service.settings import Limits
 
 
 def add_loadtest_parser(subparsers) -> None:
@@ -87,7 +88,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="open loop: most outstanding requests before the client drops arrivals",
     )
     parser.add_argument("--processes", type=int, default=1, help="client processes (the load is split between them)")
-    parser.add_argument("--channels", type=int, default=1, help="gRPC connections per process")
+    parser.add_argument(
+        "--channels",
+        type=int,
+        default=0,
+        help="gRPC connections per process (default: 1; closed-loop --streaming: one per "
+        f"{Limits.max_streams_per_peer} streams, the server's default --max-streams-per-peer)",
+    )
     parser.add_argument("--token", default="", help="bearer token sent as 'authorization: Bearer TOKEN'")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
@@ -149,12 +156,21 @@ def run_loadtest(args: argparse.Namespace) -> int:
     return 0 if summary.requests_ok else 1
 
 
+def _default_channels(streaming: bool, concurrency: int) -> int:
+    """Connections a run needs by default: a server refuses streams past its per-connection cap
+    (RESOURCE_EXHAUSTED), so closed-loop streams are spread over enough connections for its default."""
+    if streaming and concurrency > 0:
+        return -(-concurrency // Limits.max_streams_per_peer)
+    return 1
+
+
 def _plan_and_spec(args: argparse.Namespace) -> tuple[LoadPlan, PayloadSpec]:
     if args.duration <= 0 or args.warmup < 0 or args.timeout <= 0:
         raise SetupError("--duration and --timeout must be > 0, --warmup >= 0")
-    if args.concurrency < 0 or args.rate < 0 or args.processes < 1 or args.channels < 1:
-        raise SetupError("--concurrency, --rate must be >= 0; --processes, --channels >= 1")
+    if args.concurrency < 0 or args.rate < 0 or args.processes < 1 or args.channels < 0:
+        raise SetupError("--concurrency, --rate, --channels must be >= 0; --processes >= 1")
     concurrency = args.concurrency or (0 if args.rate > 0 else 1)
+    channels = args.channels or _default_channels(args.streaming, concurrency)
     metadata = (("authorization", f"Bearer {args.token}"),) if args.token else ()
     plan = LoadPlan(
         target=args.host,
@@ -165,7 +181,7 @@ def _plan_and_spec(args: argparse.Namespace) -> tuple[LoadPlan, PayloadSpec]:
         warmup=args.warmup,
         timeout=args.timeout,
         max_inflight=args.max_inflight,
-        channels=args.channels,
+        channels=channels,
         seed=args.seed,
         metadata=metadata,
     )

@@ -134,6 +134,13 @@ def test_streaming_closed_loop_sends_every_request_over_model_stream_infer(tiny_
     assert streamed == report["requests_ok"] + report["warmup_requests"] + 1  # + the probe
 
 
+def test_streaming_past_the_per_connection_stream_cap_spreads_over_connections(tiny_server, capsys):
+    """40 streams against the server's default cap of 16 per connection: the tool opens 3
+    connections by default, so no stream is refused (on one connection 24 would be)."""
+    report = run_json(capsys, "--host", tiny_server.address, "--model", "tiny", "--concurrency", "40", "--streaming")
+    assert report["requests_ok"] > 40 and report["errors"] == {}
+
+
 def test_streaming_open_loop_keeps_the_schedule(tiny_server, capsys):
     report = run_json(
         capsys, "--host", tiny_server.address, "--model", "tiny", "--rate", "40", "--arrival", "constant", "--streaming"
