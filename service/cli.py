@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 import sys
 
@@ -12,6 +11,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from service.decoder_limits import set_decoder_pixel_limit
 from service.errors import RuntimeMissing
+from service.event_loop import EventLoopUnavailable, chosen_loop, run_on
 from service.logs import configure_logging
 from service.settings import add_server_arguments, settings_from_args
 
@@ -39,10 +39,15 @@ def run_serve(args: argparse.Namespace) -> int:
             "OpenCV was loaded before the server set its pixel limit; only the header check applies",
             extra={"event": "decoder_limit_not_set"},
         )
+    try:
+        loop_name = chosen_loop(settings.event_loop)
+    except EventLoopUnavailable as exc:
+        print(f"convserve serve: {exc}", file=sys.stderr)
+        return 2
     from service.server import serve_forever  # after logging is configured
 
     try:
-        return asyncio.run(serve_forever(settings))
+        return run_on(loop_name, serve_forever(settings))
     except RuntimeMissing as exc:
         print(f"convserve serve: {exc}", file=sys.stderr)
         return 2

@@ -166,6 +166,7 @@ async def start_server(settings: ServerSettings, interceptors: list | None = Non
             "http_port": http.port if http else None,
             "providers": ",".join(settings.providers),
             "model_repo": str(settings.model_repo),
+            "event_loop": type(asyncio.get_running_loop()).__module__.split(".")[0],  # uvloop or asyncio
         },
     )
     trimmer = asyncio.get_running_loop().create_task(trim_periodically())

@@ -140,6 +140,7 @@ def test_one_structured_log_line_per_model(started):
     assert ready["slow"]["warmup_s"] > 0  # a 16-image batch was really run
     (server_started,) = started.events("server_started")
     assert server_started["providers"] == "cuda,cpu"
+    assert server_started["event_loop"] == "uvloop"  # the default (auto) where uvloop is installed, as here
 
 
 @CPU_ONLY

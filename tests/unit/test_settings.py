@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 
 import pytest
 
@@ -68,3 +69,22 @@ def test_decoded_bytes_budget_holds_one_image_at_the_pixel_limit(monkeypatch):
     assert parse(["--max-pixels", "1000", "--max-decoded-bytes", "4000"], monkeypatch).limits.max_decoded_bytes == 4000
     with pytest.raises(ValueError, match="max_decoded_bytes must be >= 4 x max_pixels"):
         parse(["--max-pixels", "1000", "--max-decoded-bytes", "3999"], monkeypatch)
+
+
+def test_event_loop_setting_is_validated_and_auto_means_uvloop_where_installed(monkeypatch):
+    from service.event_loop import EventLoopUnavailable, chosen_loop, run_on
+
+    assert parse([], monkeypatch).event_loop == "auto"
+    with pytest.raises(ValueError, match="event_loop must be one of auto, uvloop, asyncio"):
+        parse(["--event-loop", "trio"], monkeypatch)
+    assert chosen_loop("auto") == "uvloop" and chosen_loop("asyncio") == "asyncio"  # uvloop is a serving dependency
+
+    async def loop_module() -> str:
+        return type(asyncio.get_running_loop()).__module__
+
+    assert run_on("uvloop", loop_module()).startswith("uvloop")
+    assert run_on("asyncio", loop_module()).startswith("asyncio")
+    monkeypatch.setattr("importlib.util.find_spec", lambda name: None)  # a platform without uvloop
+    assert chosen_loop("auto") == "asyncio"
+    with pytest.raises(EventLoopUnavailable, match="uvloop is not installed"):
+        chosen_loop("uvloop")

@@ -1,0 +1,58 @@
+"""`python -m bench.experiments.event_loop_ab`: the server on uvloop vs the standard asyncio loop, A/B.
+
+Why: with small requests the server's event-loop thread is its bottleneck (gRPC's per-call
+work runs there; the model runs in a worker thread), so the loop implementation shows in
+requests/s. Both servers serve the bundled lenet5; perf_analyzer (V2 over gRPC) drives each at
+concurrency 16 and 64, the two servers alternating round by round so the machine's drifting
+background load moves them alike. Prints each round and the medians.
+
+    python -m bench.experiments.event_loop_ab                  # 3 rounds, 6 s per point
+    python -m bench.experiments.event_loop_ab --rounds 5 --seconds 10
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+
+from bench.perf import run_perf_analyzer
+from bench.server import REPO_ROOT, served_models
+
+LOOPS = ("asyncio", "uvloop")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.experiments.event_loop_ab", description=__doc__)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--seconds", type=float, default=6.0, help="perf_analyzer time per point")
+    parser.add_argument("--model", default="lenet5", help="a model of model_repo/")
+    parser.add_argument("--concurrency", default="16,64", help="comma-separated perf_analyzer concurrencies")
+    args = parser.parse_args(argv)
+    levels = [int(c) for c in args.concurrency.split(",")]
+    results: dict[tuple[str, int], list[tuple[float, float]]] = {}
+    for round_index in range(args.rounds):
+        for loop in LOOPS:
+            server = served_models(REPO_ROOT / "model_repo", "--event-loop", loop)
+            try:
+                for concurrency in levels:
+                    point = run_perf_analyzer(server, args.model, "grpc", concurrency, args.seconds)
+                    results.setdefault((loop, concurrency), []).append(
+                        (point.throughput_rps, point.server_cpu_us_per_request)
+                    )
+                    print(
+                        f"round {round_index + 1} {loop:8s} c{concurrency}: {point.throughput_rps:,.0f} req/s, "
+                        f"server {point.server_cpu_us_per_request:.0f} us CPU/request",
+                        flush=True,
+                    )
+            finally:
+                server.stop()
+    print("\n| loop | concurrency | req/s (median) | server CPU us/request (median) |\n|---|---:|---:|---:|")
+    for (loop, concurrency), points in sorted(results.items(), key=lambda kv: (kv[0][1], kv[0][0])):
+        rps = statistics.median(p[0] for p in points)
+        cpu = statistics.median(p[1] for p in points)
+        print(f"| {loop} | {concurrency} | {rps:,.0f} | {cpu:.0f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
