@@ -21,6 +21,9 @@ _THREAD = re.compile(r"thread \((\w+)\): (.*)")
 _CATEGORIES = (  # (category, substring of the innermost frame), first match wins
     ("event loop waiting in epoll", "selectors.py"),
     ("gRPC aio core (Cython, under Handle._run)", "Handle._run (asyncio/events.py"),
+    # uvloop runs the loop in C: below asyncio.Runner.run no Python frame separates its epoll wait
+    # from gRPC's aio callbacks (Cython), so they are one category on uvloop
+    ("uvloop in C (epoll wait and gRPC aio callbacks, not separable)", "asyncio/runners.py"),
     ("asyncio scheduling", "asyncio/"),
     ("metrics (prometheus_client)", "prometheus_client/"),
     ("logging", "logging/"),
