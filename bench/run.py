@@ -19,6 +19,7 @@ import platform
 import sys
 import tempfile
 import time
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,7 +29,7 @@ from bench.models import REPO_ROOT, digits_model, export_resnet18
 from bench.perf import ensure_perf_analyzer, run_perf_analyzer
 from bench.profiling import profile_during
 from bench.raw import RawJpegPoint, RawPoint, measure_raw, measure_raw_jpeg
-from bench.results import evaluate_targets, to_json, to_markdown
+from bench.results import GRPC_REPEAT, evaluate_targets, to_json, to_markdown
 from bench.server import ServerProcess, served_models
 from service.config import dump_model_config, load_model_config
 
@@ -51,11 +52,16 @@ class Plan:
     warmup: float
     profile_seconds: float
     memory_seconds: float
+    decline_rounds: int  # digits c16/c64 pairs over plain gRPC, the first included (the decline check)
 
 
 PLANS = {
-    "full": Plan("full", raw_seconds=3.0, duration=10.0, warmup=2.0, profile_seconds=12.0, memory_seconds=60.0),
-    "quick": Plan("quick", raw_seconds=1.0, duration=3.0, warmup=1.0, profile_seconds=6.0, memory_seconds=20.0),
+    "full": Plan(
+        "full", raw_seconds=3.0, duration=10.0, warmup=2.0, profile_seconds=12.0, memory_seconds=60.0, decline_rounds=3
+    ),
+    "quick": Plan(
+        "quick", raw_seconds=1.0, duration=3.0, warmup=1.0, profile_seconds=6.0, memory_seconds=20.0, decline_rounds=1
+    ),
 }
 
 
@@ -223,6 +229,11 @@ def _perf_points(
             _record(run, point)
         if model.name == "resnet18":
             run.adjacent_raw[f"resnet18 c{concurrency}"] = _raw_again(repo, model, raw["resnet18"], concurrency, plan)
+    if model.name != "resnet18":
+        for _ in range(plan.decline_rounds - 1):  # c16 and c64 again, alternating (bench/results.py says why)
+            for concurrency in (16, 64):
+                point = run_perf_analyzer(server, model.name, "grpc", concurrency, plan.duration)
+                _record(run, dataclasses.replace(point, payload=GRPC_REPEAT))
 
 
 def _record(run: ServedRun, point: ServedPoint) -> None:

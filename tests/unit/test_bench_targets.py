@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from bench.load import STREAMED_TENSOR, ServedPoint
 from bench.raw import RawJpegPoint, RawPoint
-from bench.results import GRPC, SHM, evaluate_targets, to_json, to_markdown
+from bench.results import GRPC, GRPC_REPEAT, SHM, evaluate_targets, to_json, to_markdown
 
 
 def point(model, payload, concurrency, rps, p50=1.0):
@@ -55,6 +55,20 @@ def test_each_issue_target_passes_and_fails_on_its_own_threshold():
     assert got["resnet18 JPEG 224x224 via Classify c16 >= 0.85 x in-process decode+preprocess+raw run"] is True
     assert got["lenet5 perf_analyzer grpc: c64 >= c16"] is False  # 2050 < 2100
     assert got["lenet5 perf_analyzer grpc: the better of c16 and c64 >= 2,000 req/s"] is True
+
+
+def test_decline_check_compares_medians_of_the_alternating_rounds():
+    first = [point("lenet5", GRPC, 16, 2100), point("lenet5", GRPC, 64, 2050)]  # one pair alone: a decline
+    repeats = [
+        point("lenet5", GRPC_REPEAT, 16, 2000),
+        point("lenet5", GRPC_REPEAT, 64, 2150),
+        point("lenet5", GRPC_REPEAT, 16, 2020),
+        point("lenet5", GRPC_REPEAT, 64, 2080),
+    ]
+    assert verdicts(first)["lenet5 perf_analyzer grpc: c64 >= c16"] is False
+    assert verdicts(first + repeats)["lenet5 perf_analyzer grpc: c64 >= c16"] is True  # medians 2020 vs 2080
+    slower = [point("lenet5", GRPC_REPEAT, 16, 2200), point("lenet5", GRPC_REPEAT, 64, 1900)] * 2
+    assert verdicts(first + slower)["lenet5 perf_analyzer grpc: c64 >= c16"] is False  # 2200 vs 1900
 
 
 def test_report_renders_the_jpeg_reference_and_every_point():
