@@ -2,6 +2,8 @@
 
     convserve export ARCH --repo model_repo --name NAME [--version N] [--checkpoint FILE]
                      [--num-classes C] [--labels FILE] [--input-size H W] [--overwrite] [--cam]
+    convserve export --module FILE.py:FACTORY --input-shape C,H,W [--labels FILE] [--task T] [--name NAME] ...
+    convserve export --torchscript FILE.pt | --exported-program FILE.pt2 --input-shape C,H,W ...
     convserve export --list
     convserve train classifier --data DIR [--from MODEL|FILE --arch ARCH] [--freeze] [--epochs N] ...
     convserve models [--list] [--only NAME] [--max-minutes M] [--repo model_repo] [--runs runs]
@@ -25,6 +27,7 @@ from export.exporter import ExportError
 from export.model_version import prepare_version, write_version
 from export.models import get_model_spec, list_models
 from export.parity import DEFAULT_TOLERANCE, ParityError
+from service.errors import ConfigError
 
 INIT_SEED = 0  # weights of an export without --checkpoint are torch's init under this seed
 
@@ -32,9 +35,23 @@ INIT_SEED = 0  # weights of an export without --checkpoint are torch's init unde
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="convserve", description="Export and build models for convserve.")
     commands = parser.add_subparsers(dest="command", required=True)
-    export = commands.add_parser("export", help="export a zoo architecture to an ONNX model version")
+    export = commands.add_parser("export", help="export a zoo architecture or your own model to an ONNX model version")
     export.add_argument("arch", nargs="?", help=f"architecture: {', '.join(list_models())}")
     export.add_argument("--list", action="store_true", help="list the architectures and exit")
+    own = export.add_mutually_exclusive_group()
+    own.add_argument(
+        "--module",
+        help="your own nn.Module: FILE.py:FACTORY or package.module:FACTORY (a class or "
+        "a function returning the model)",
+    )
+    own.add_argument("--torchscript", type=Path, help="a TorchScript file (torch.jit.save)")
+    own.add_argument("--exported-program", type=Path, help="a torch.export file (torch.export.save, .pt2)")
+    export.add_argument("--input-shape", help="with --module/--torchscript/--exported-program: C,H,W per sample")
+    export.add_argument(
+        "--task", choices=("classification", "detection", "segmentation"), help="default: guessed from the output"
+    )
+    export.add_argument("--mean", type=float, nargs="+", help="own models: preprocessing mean (after scaling to 0..1)")
+    export.add_argument("--std", type=float, nargs="+", help="own models: preprocessing std")
     export.add_argument("--repo", type=Path, default=Path("model_repo"), help="model repository (default model_repo)")
     export.add_argument("--name", help="model name in the repository (default: the architecture)")
     export.add_argument("--version", type=int, help="version number (default: the next free one)")
@@ -188,10 +205,23 @@ def main(argv: list[str] | None = None) -> int:
     if args.list:
         list_zoo()
         return 0
-    if not args.arch:
-        parser.error("export needs an architecture (or --list)")
+    own_model = args.module or args.torchscript or args.exported_program
+    if own_model and args.arch:
+        parser.error("give an architecture or --module/--torchscript/--exported-program, not both")
+    if own_model and not args.input_shape:
+        parser.error("--module, --torchscript and --exported-program need --input-shape C,H,W")
+    if not args.arch and not own_model:
+        parser.error("export needs an architecture, --module, --torchscript or --exported-program (or --list)")
     try:
-        run_export(args)
+        if own_model:
+            from export.custom_export import run_user_export
+
+            run_user_export(args, read_labels(args.labels) if args.labels else None)
+        else:
+            run_export(args)
+    except ConfigError as exc:
+        print(f"convserve export: refused: {exc}", file=sys.stderr)
+        return 1
     except KeyError as exc:
         print(f"convserve export: error: {exc.args[0]}", file=sys.stderr)
         return 2

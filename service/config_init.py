@@ -54,11 +54,16 @@ def _shape(value_info: onnx.ValueInfoProto) -> tuple[int | str | None, ...]:
     return tuple(d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in dims)
 
 
-def read_graph(model_path: Path) -> tuple[list[tuple[str, str, tuple]], list[tuple[str, str, tuple]]]:
-    """(name, config dtype, shape) of each real input (initializers excluded) and output."""
-    model = onnx.load(str(model_path), load_external_data=False)
+def read_graph(source: Path | onnx.ModelProto) -> tuple[list[tuple[str, str, tuple]], list[tuple[str, str, tuple]]]:
+    """(name, config dtype, shape) of each real input (initializers excluded) and output.
+
+    `source` is an ONNX file or an already-loaded graph (an exporter's, before it is written).
+    """
+    if isinstance(source, onnx.ModelProto):
+        model, where = source, "the exported graph"
+    else:
+        model, where = onnx.load(str(source), load_external_data=False), str(source)
     initializers = {i.name for i in model.graph.initializer}
-    where = str(model_path)
     inputs = [(v.name, _dtype_name(v, where), _shape(v)) for v in model.graph.input if v.name not in initializers]
     outputs = [(v.name, _dtype_name(v, where), _shape(v)) for v in model.graph.output]
     for name, _, shape in inputs + outputs:
@@ -107,8 +112,8 @@ def _preprocessing(dims: list[int], task: str, draft: Draft) -> dict | None:
     return section
 
 
-def draft_config(model_path: Path, name: str, task: str | None, labels: list[str] | None) -> Draft:
-    """The config for `model_path` as a mapping, with what was guessed and what to check."""
+def draft_config(model_path: Path | onnx.ModelProto, name: str, task: str | None, labels: list[str] | None) -> Draft:
+    """The config for an ONNX file or graph as a mapping, with what was guessed and what to check."""
     inputs, outputs = read_graph(model_path)
     draft = Draft(data={})
     if task is None:
@@ -124,7 +129,8 @@ def draft_config(model_path: Path, name: str, task: str | None, labels: list[str
         data["labels"] = LABELS_FILE
     fixed_batch = [n for n, _, s in inputs if isinstance(s[0], int) and s[0] > 0]
     if any(s[0] not in (1, None) and isinstance(s[0], int) and s[0] > 0 for _, _, s in inputs):
-        raise ConfigError(str(model_path), "inputs", "a batch axis fixed above 1 cannot serve single images")
+        where = str(model_path) if isinstance(model_path, Path) else name
+        raise ConfigError(where, "inputs", "a batch axis fixed above 1 cannot serve single images")
     if fixed_batch:
         data["batching"] = {"max_batch_size": 1}
         draft.guesses.append(f"batching.max_batch_size: 1 (the batch axis of {fixed_batch} is fixed)")
