@@ -58,10 +58,15 @@ def _import_target(target: str):
         sys.path.insert(0, str(path.resolve().parent))  # the file may import its neighbours
         try:
             spec.loader.exec_module(module)
+        except Exception as exc:  # the user's code: say where it failed, not a traceback into ours
+            raise ExportError(f"--module: importing {path} failed: {type(exc).__name__}: {exc}") from exc
         finally:
             sys.path.remove(str(path.resolve().parent))
     else:
-        module = importlib.import_module(module_part)
+        try:
+            module = importlib.import_module(module_part)
+        except Exception as exc:
+            raise ExportError(f"--module: importing {module_part} failed: {type(exc).__name__}: {exc}") from exc
     if not hasattr(module, attribute):
         raise ExportError(f"--module: {module_part} has no {attribute!r}")
     return getattr(module, attribute)
@@ -89,7 +94,10 @@ def load_user_model(args: argparse.Namespace) -> tuple[nn.Module, dict]:
     torch.manual_seed(SEED)
     if args.module:
         built = _import_target(args.module)
-        model = built if isinstance(built, nn.Module) else built()
+        try:
+            model = built if isinstance(built, nn.Module) else built()
+        except Exception as exc:
+            raise ExportError(f"--module {args.module}: the factory raised {type(exc).__name__}: {exc}") from exc
         if not isinstance(model, nn.Module):
             raise ExportError(f"--module {args.module} returned {type(model).__name__}, not a torch.nn.Module")
         source = {"source": "module", "factory": args.module}

@@ -134,4 +134,9 @@ def test_refusals_write_nothing(tmp_path, user_module, capsys):
     assert "has no 'missing'" in capsys.readouterr().err
     assert main(["export", "--module", f"{path}:build", "--input-shape", "3,20,16", "--repo", str(repo)]) == 1
     assert "does not accept input" in capsys.readouterr().err
+    broken = tmp_path / "broken.py"
+    broken.write_text("import torch\nraise RuntimeError('no GPU here')\n")
+    assert main(["export", "--module", f"{broken}:build", "--input-shape", "3,16,16", "--repo", str(repo)]) == 1
+    assert "importing" in (err := capsys.readouterr().err) and "RuntimeError: no GPU here" in err
+    assert "Traceback" not in err
     assert not repo.exists()
