@@ -86,7 +86,15 @@ class _ExportedProgramModule(nn.Module):
         object.__setattr__(self, "program_module", program_module)
 
     def forward(self, *inputs):
-        return self.program_module(*inputs)
+        try:
+            return self.program_module(*inputs)
+        except AssertionError as exc:  # torch.export's shape guards: the program was captured at fixed sizes
+            shape = list(inputs[0].shape) if inputs else []
+            raise ExportError(
+                f"--exported-program does not take input {shape} ({exc}); the server batches requests, so "
+                "capture the program with a dynamic batch axis: torch.export.export(model, (example,), "
+                "dynamic_shapes=({0: torch.export.Dim.DYNAMIC},))"
+            ) from None
 
 
 def load_user_model(args: argparse.Namespace) -> tuple[nn.Module, dict]:

@@ -139,4 +139,13 @@ def test_refusals_write_nothing(tmp_path, user_module, capsys):
     assert main(["export", "--module", f"{broken}:build", "--input-shape", "3,16,16", "--repo", str(repo)]) == 1
     assert "importing" in (err := capsys.readouterr().err) and "RuntimeError: no GPU here" in err
     assert "Traceback" not in err
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("user_net_fixed", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    fixed = tmp_path / "fixed.pt2"  # captured without a dynamic batch axis: only batch 1 passes its guards
+    torch.export.save(torch.export.export(module.build().eval(), (torch.zeros(1, 3, 16, 16),)), fixed)
+    assert main(["export", "--exported-program", str(fixed), "--input-shape", "3,16,16", "--repo", str(repo)]) == 1
+    assert "capture the program with a dynamic batch axis" in capsys.readouterr().err
     assert not repo.exists()
