@@ -8,7 +8,7 @@ import time
 import grpc
 import numpy as np
 
-from testkit import ServerThread, test_settings, tiny_classifier_onnx, write_tiny_model
+from testkit import ServerThread, slow_classifier_onnx, test_settings, tiny_classifier_onnx, write_tiny_model
 from service.api.inference import grpc_service_pb2 as pb
 from service.api.inference import grpc_service_pb2_grpc as pb_grpc
 from service.servicers.v2_tensors import append_input
@@ -105,12 +105,19 @@ async def _start_task(coroutine):
 def test_unload_drains_queued_requests_then_refuses(tmp_path):
     repo = tmp_path / "repo"
     write_tiny_model(repo, max_batch=1, queue=256)
+    # A slow graph keeps a backlog queued, so the unload is sure to meet admitted requests.
+    slow_classifier_onnx(repo / "tiny" / "1" / "model.onnx")
     server = ServerThread(test_settings(repo)).start()
     try:
         with grpc.insecure_channel(server.address) as channel:
             stub = pb_grpc.GRPCInferenceServiceStub(channel)
             request = _infer_request()
-            futures = [stub.ModelInfer.future(request, timeout=30) for _ in range(64)]
+            futures = [stub.ModelInfer.future(request, timeout=60) for _ in range(64)]
+            registry = server.running.metrics.registry
+            deadline = time.monotonic() + 30
+            while (registry.get_sample_value("convserve_queue_depth", {"model": "tiny"}) or 0) < 4:
+                assert time.monotonic() < deadline, "no backlog formed before the unload"
+                time.sleep(0.005)
             stub.RepositoryModelUnload(pb.RepositoryModelUnloadRequest(model_name="tiny"), timeout=60)
             outcomes = []
             for future in futures:
