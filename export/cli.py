@@ -27,6 +27,7 @@ from export.exporter import ExportError
 from export.model_version import prepare_version, write_version
 from export.models import get_model_spec, list_models
 from export.parity import DEFAULT_TOLERANCE, ParityError
+from service.cli_help import DefaultsHelpFormatter
 from service.errors import ConfigError
 
 INIT_SEED = 0  # weights of an export without --checkpoint are torch's init under this seed
@@ -35,7 +36,11 @@ INIT_SEED = 0  # weights of an export without --checkpoint are torch's init unde
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="convserve", description="Export and build models for convserve.")
     commands = parser.add_subparsers(dest="command", required=True)
-    export = commands.add_parser("export", help="export a zoo architecture or your own model to an ONNX model version")
+    export = commands.add_parser(
+        "export",
+        help="export a zoo architecture or your own model to an ONNX model version",
+        formatter_class=DefaultsHelpFormatter,
+    )
     export.add_argument("arch", nargs="?", help=f"architecture: {', '.join(list_models())}")
     export.add_argument("--list", action="store_true", help="list the architectures and exit")
     own = export.add_mutually_exclusive_group()
@@ -66,8 +71,12 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="classifiers: add the `features` output class activation maps need (as export.cam_export)",
     )
-    models = commands.add_parser("models", help="rebuild the bundled models of model_repo/ (export/train/bundled.py)")
-    models.add_argument("--repo", type=Path, default=Path("model_repo"))
+    models = commands.add_parser(
+        "models",
+        help="rebuild the bundled models of model_repo/ (export/train/bundled.py)",
+        formatter_class=DefaultsHelpFormatter,
+    )
+    models.add_argument("--repo", type=Path, default=Path("model_repo"), help="repository to write into")
     models.add_argument("--runs", type=Path, default=Path("runs"), help="training reports (figures, metrics)")
     models.add_argument("--only", action="append", help="only this model, whatever its cost (repeatable)")
     models.add_argument(
@@ -85,7 +94,13 @@ def _parser() -> argparse.ArgumentParser:
     tasks = train.add_subparsers(dest="task", required=True)
     from export.train.finetune import add_arguments
 
-    add_arguments(tasks.add_parser("classifier", help="fine-tune a bundled model or checkpoint on DIR/<class>/*"))
+    add_arguments(
+        tasks.add_parser(
+            "classifier",
+            help="fine-tune a bundled model or checkpoint on DIR/<class>/*",
+            formatter_class=DefaultsHelpFormatter,
+        )
+    )
     return parser
 
 

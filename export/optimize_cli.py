@@ -28,6 +28,7 @@ import tempfile
 from pathlib import Path
 
 from export.optimize_version import OptimizeRequest, build_variant, install_version, measure_variant
+from service.cli_help import DefaultsHelpFormatter
 from service.errors import ConfigError
 
 DEFAULT_BATCH_SIZES = (1, 8, 32)
@@ -37,7 +38,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="convserve optimize",
         description=__doc__.splitlines()[0],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=DefaultsHelpFormatter,
         epilog=__doc__.split("\n\n", 1)[1],
     )
     parser.add_argument("--repo", type=Path, default=Path("model_repo"), help="model repository (default model_repo)")

@@ -13,13 +13,16 @@ from loadtest.engine import LoadPlan, run_load, stream_answer
 from loadtest.generators import ARRIVALS
 from loadtest.payloads import PayloadSpec, Payloads, SetupError, build_payloads, describe_model
 from loadtest.report import format_table, summarise
+from service.cli_help import DefaultsHelpFormatter
 from service.settings import Limits
 
 
 def add_loadtest_parser(subparsers) -> None:
     """Register `loadtest` on the `convserve` command."""
     parser = subparsers.add_parser(
-        "loadtest", help="load-test a V2 (or convserve vision API) server: throughput, latency percentiles, errors"
+        "loadtest",
+        help="load-test a V2 (or convserve vision API) server: throughput, latency percentiles, errors",
+        formatter_class=DefaultsHelpFormatter,
     )
     add_arguments(parser)
     parser.set_defaults(func=run_loadtest)
@@ -96,7 +99,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         f"{Limits.max_streams_per_peer} streams, the server's default --max-streams-per-peer)",
     )
     parser.add_argument("--token", default="", help="bearer token sent as 'authorization: Bearer TOKEN'")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="seeds the random tensors and the arrival schedule")
     parser.add_argument(
         "--json",
         nargs="?",
@@ -117,7 +120,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="convserve loadtest", description="Load-test a KServe V2 / convserve gRPC server."
+        prog="convserve loadtest",
+        description="Load-test a KServe V2 / convserve gRPC server.",
+        formatter_class=DefaultsHelpFormatter,
     )
     add_arguments(parser)
     return run_loadtest(parser.parse_args(argv))

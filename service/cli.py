@@ -12,17 +12,26 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from service.decoder_limits import set_decoder_pixel_limit
 from service.errors import RuntimeMissing
 from service.event_loop import EventLoopUnavailable, chosen_loop, run_on
+from service.cli_help import DefaultsHelpFormatter
 from service.logs import configure_logging
 from service.settings import add_server_arguments, settings_from_args
 
 
 def add_serve_parser(subparsers) -> None:
-    parser = subparsers.add_parser("serve", help="serve a model repository over gRPC (KServe V2 + vision API)")
+    parser = subparsers.add_parser(
+        "serve",
+        help="serve a model repository over gRPC (KServe V2 + vision API)",
+        formatter_class=DefaultsHelpFormatter,
+    )
     add_server_arguments(parser)
     parser.set_defaults(func=run_serve)
-    health = subparsers.add_parser("health", help="exit 0 if the server at --host reports SERVING (for probes)")
-    health.add_argument("--host", default="127.0.0.1:8001")
-    health.add_argument("--timeout", type=float, default=3.0)
+    health = subparsers.add_parser(
+        "health",
+        help="exit 0 if the server at --host reports SERVING (for probes)",
+        formatter_class=DefaultsHelpFormatter,
+    )
+    health.add_argument("--host", default="127.0.0.1:8001", help="server address HOST:PORT")
+    health.add_argument("--timeout", type=float, default=3.0, help="seconds before the check counts as failed")
     health.add_argument("--service", default="", help="health service name ('' = the whole server)")
     health.set_defaults(func=run_health)
 

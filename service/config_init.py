@@ -19,6 +19,7 @@ import onnx
 
 from google.protobuf.message import DecodeError
 
+from service.cli_help import DefaultsHelpFormatter
 from service.config import ModelConfig, dump_model_config, load_model_config, parse_model_config
 from service.dtypes import CONFIG_DTYPES, TYPES
 from service.errors import ConfigError
@@ -191,7 +192,11 @@ def init_config(model_path: Path, *, task=None, labels_path=None, out_dir=None, 
 def add_config_parser(subparsers) -> None:
     parser = subparsers.add_parser("config", help="write a model config.yaml from an ONNX graph (config init)")
     actions = parser.add_subparsers(dest="action", required=True)
-    init = actions.add_parser("init", help="write a validated config.yaml from MODEL.onnx's inputs and outputs")
+    init = actions.add_parser(
+        "init",
+        help="write a validated config.yaml from MODEL.onnx's inputs and outputs",
+        formatter_class=DefaultsHelpFormatter,
+    )
     init.add_argument("model", type=Path, help="the ONNX file")
     init.add_argument("--task", choices=TASKS, help="default: guessed from the first output's shape")
     init.add_argument("--labels", type=Path, help="text file, one class label per line (copied as labels.txt)")

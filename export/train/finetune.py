@@ -286,23 +286,31 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--arch", help="architecture of a --from checkpoint file")
     parser.add_argument("--freeze", action="store_true", help="train only the new head")
-    parser.add_argument("--epochs", type=int, default=FineTuneSettings.epochs)
-    parser.add_argument("--batch-size", type=int, default=FineTuneSettings.batch_size)
-    parser.add_argument("--lr", type=float, default=FineTuneSettings.learning_rate)
+    parser.add_argument("--epochs", type=int, default=FineTuneSettings.epochs, help="passes over the training share")
+    parser.add_argument("--batch-size", type=int, default=FineTuneSettings.batch_size, help="images per step")
+    parser.add_argument("--lr", type=float, default=FineTuneSettings.learning_rate, help="Adam learning rate")
     parser.add_argument(
         "--heldout",
         type=float,
         default=FineTuneSettings.heldout_fraction,
-        help="share of each class held out (default 0.2)",
+        help="share of each class held out",
     )
-    parser.add_argument("--flips", choices=["", "h", "v", "hv"], default="h", help="flips the task tolerates")
-    parser.add_argument("--no-augment", action="store_true")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--flips", choices=["", "h", "v", "hv"], default=FineTuneSettings.flips, help="flips the task tolerates"
+    )
+    parser.add_argument(
+        "--no-augment",
+        action="store_true",
+        help="train on the images as they are (no flips, rotations, crops, contrast or noise)",
+    )
+    parser.add_argument(
+        "--seed", type=int, default=FineTuneSettings.seed, help="seeds the split, the augmentation and the new head"
+    )
     parser.add_argument("--name", help="model name in the repository (default DIR_ARCH)")
-    parser.add_argument("--repo", type=Path, default=Path("model_repo"))
+    parser.add_argument("--repo", type=Path, default=Path("model_repo"), help="repository the new model goes into")
     parser.add_argument("--runs", type=Path, default=Path("runs"), help="where curves and the confusion matrix go")
-    parser.add_argument("--version", type=int)
-    parser.add_argument("--overwrite", action="store_true")
+    parser.add_argument("--version", type=int, help="version number (default: the next free one)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing version directory")
 
 
 def run(args: argparse.Namespace) -> Path:

@@ -13,9 +13,10 @@ import os
 import sys
 from pathlib import Path
 
+from service.cli_help import DefaultsHelpFormatter
 from service.client.connection import TlsConfig
 from service.client.errors import RpcFailed
-from service.client.render import result_json, results_table, write_overlays
+from service.client.render import result_json, results_table, write_results
 from service.client.vision_client import VisionClient
 
 COMMANDS = {
@@ -32,7 +33,7 @@ def add_client_parsers(subparsers) -> None:
             command,
             help=f"{summary} (vision API client)",
             description=__doc__,
-            formatter_class=argparse.RawDescriptionHelpFormatter,
+            formatter_class=DefaultsHelpFormatter,
         )
         _add_common_arguments(parser)
         _ADD_OPTIONS[command](parser)
@@ -52,8 +53,14 @@ def _add_common_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--retries", type=int, default=3, help="retries of a request that got UNAVAILABLE")
     parser.add_argument("--batch-size", type=int, default=8, help="images per request")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    parser.add_argument("--out", type=Path, help="folder for overlay images (detect, segment, explain)")
-    parser.add_argument("--token", default=os.environ.get("CONVSERVE_TOKEN"), help="bearer token [env CONVSERVE_TOKEN]")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        help="folder for each image's result as <image>.<command>.json and the overlay images the server "
+        "draws (detect, segment, explain)",
+    )
+    # read at run time, so that --help never prints a token taken from the environment
+    parser.add_argument("--token", help="bearer token (default: the CONVSERVE_TOKEN environment variable)")
     parser.add_argument("--tls-ca", type=Path, help="PEM CA that signed the server certificate (enables TLS)")
     parser.add_argument("--tls-cert", type=Path, help="PEM client certificate (mutual TLS)")
     parser.add_argument("--tls-key", type=Path, help="PEM client key (mutual TLS)")
@@ -78,7 +85,7 @@ def _segment_options(parser: argparse.ArgumentParser) -> None:
 
 def _explain_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--class-index", type=int, help="class to explain (default: each image's top-1)")
-    parser.add_argument("--overlay-format", choices=("jpeg", "png"), default="jpeg")
+    parser.add_argument("--overlay-format", choices=("jpeg", "png"), default="jpeg", help="encoding of the overlay")
 
 
 _ADD_OPTIONS = {
@@ -125,7 +132,8 @@ def run_client_command(args: argparse.Namespace) -> int:
     prog = f"convserve {args.client_command}"
     try:
         images = [path.read_bytes() for path in args.images]
-        client = VisionClient(args.host, timeout=args.timeout, retries=args.retries, token=args.token, tls=_tls(args))
+        token = args.token or os.environ.get("CONVSERVE_TOKEN")
+        client = VisionClient(args.host, timeout=args.timeout, retries=args.retries, token=token, tls=_tls(args))
     except (OSError, ValueError) as exc:
         print(f"{prog}: {exc}", file=sys.stderr)
         return 2
@@ -143,7 +151,7 @@ def run_client_command(args: argparse.Namespace) -> int:
         return 1
     results = [result for reply in replies for result in reply.results]
     request_ids = [reply.request_id for reply in replies for _ in reply.results]
-    written = write_overlays(args.out, names, results) if args.out else [[] for _ in results]
+    written = write_results(args.out, names, results, args.client_command) if args.out else [[] for _ in results]
     if args.json:
         print(json.dumps(_json_document(replies[0], names, results, request_ids, written), indent=2))
     else:

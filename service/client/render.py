@@ -6,6 +6,7 @@ Dispatch is on the result's type, so one set of functions serves every RPC.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Sequence
 
@@ -95,7 +96,10 @@ def result_json(result) -> dict:
 
 def overlay_files(name: str, result) -> dict[str, bytes]:
     """{file name: bytes} of the images a result carries (overlays, label maps); may be empty."""
-    stem = Path(name).stem
+    return _overlays(Path(name).stem, result)
+
+
+def _overlays(stem: str, result) -> dict[str, bytes]:
     if isinstance(result, Detections):
         files = {f"{stem}.detect.jpg": result.overlay_jpeg}
     elif isinstance(result, Segmentation):
@@ -104,7 +108,7 @@ def overlay_files(name: str, result) -> dict[str, bytes]:
         extension = "png" if result.overlay[:4] == b"\x89PNG" else "jpg"
         files = {f"{stem}.cam.{extension}": result.overlay}
     elif isinstance(result, Classification) and result.activation_map is not None:
-        files = overlay_files(name, result.activation_map)
+        files = _overlays(stem, result.activation_map)
     else:
         files = {}
     return {file: data for file, data in files.items() if data}
@@ -112,11 +116,28 @@ def overlay_files(name: str, result) -> dict[str, bytes]:
 
 def write_overlays(out_dir: Path, names: Sequence[str], results: Sequence) -> list[list[Path]]:
     """Write every result's overlay files into out_dir; returns the paths written, per image."""
+    return _write(out_dir, names, results, _overlays)
+
+
+def write_results(out_dir: Path, names: Sequence[str], results: Sequence, command: str) -> list[list[Path]]:
+    """What a client command's --out writes: per image its result as JSON (`<stem>.<command>.json`,
+    what --json prints for it) and its overlay files; returns the paths written, per image."""
+
+    def files(stem: str, result) -> dict[str, bytes]:
+        return {f"{stem}.{command}.json": json.dumps(result_json(result), indent=2).encode()} | _overlays(stem, result)
+
+    return _write(out_dir, names, results, files)
+
+
+def _write(out_dir: Path, names: Sequence[str], results: Sequence, files_of) -> list[list[Path]]:
+    """Images whose names share a stem get `-2`, `-3`... so that no result overwrites another's."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    written = []
+    written, seen = [], {}
     for name, result in zip(names, results):
+        stem = Path(name).stem
+        seen[stem] = seen.get(stem, 0) + 1
         paths = []
-        for file, data in overlay_files(name, result).items():
+        for file, data in files_of(stem if seen[stem] == 1 else f"{stem}-{seen[stem]}", result).items():
             path = out_dir / file
             path.write_bytes(data)
             paths.append(path)

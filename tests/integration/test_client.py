@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+import re
 import shutil
 import subprocess
 import sys
@@ -283,6 +284,36 @@ def test_cli_json_matches_the_client(tiny_server, tmp_path, capsys):
         )
 
 
+def test_cli_out_writes_each_result_as_json_and_same_named_images_do_not_collide(tiny_server, tmp_path, capsys):
+    first, second = tmp_path / "a", tmp_path / "b"
+    images = digits(3, seed=4)
+    paths = [first / "frame.png", second / "frame.png", first / "other.png"]
+    for path, image in zip(paths, images):
+        path.parent.mkdir(exist_ok=True)
+        path.write_bytes(png(image))
+    out = tmp_path / "out"
+    arguments = ["classify", *map(str, paths), "--model", "tiny", "--host", tiny_server.address, "--out", str(out)]
+    assert convserve([*arguments, "--json"]) == 0
+    document = json.loads(capsys.readouterr().out)
+    names = ["frame.classify.json", "frame-2.classify.json", "other.classify.json"]
+    assert sorted(p.name for p in out.iterdir()) == sorted(names)
+    for name, row in zip(names, document["results"]):
+        assert json.loads((out / name).read_text())["predictions"] == row["predictions"]
+    assert [row["files"] for row in document["results"]] == [[str(out / name)] for name in names]
+
+
+def test_cli_help_shows_every_default(capsys):
+    """A user learns the timeout, retries and batch size from --help, not from the source."""
+    with pytest.raises(SystemExit):
+        convserve(["classify", "--help"])
+    options = " ".join(capsys.readouterr().out.split()).split(" options: ", 1)[1]
+    entries = {entry.split()[0]: entry for entry in re.split(r" (?=--[a-z])", options)}
+    for option, default in (("--timeout", "10.0"), ("--retries", "3"), ("--batch-size", "8")):
+        assert entries[option].endswith(f"(default: {default})"), entries[option]
+    assert "(0: the model's default)" in entries["--top-k"] and "(default: 0)" not in entries["--top-k"]
+    assert "default: None" not in options and "CONVSERVE_TOKEN" in entries["--token"]
+
+
 def test_cli_prints_a_table(tiny_server, tmp_path, capsys):
     path = tmp_path / "one.png"
     path.write_bytes(png(digits(1)[0]))
@@ -356,8 +387,12 @@ def test_bundled_yolo_grid_detect_and_cli_overlays(bundled_server, tmp_path, cap
         ]
     )
     document = json.loads(capsys.readouterr().out)
-    assert code == 0 and sorted(p.name for p in out.iterdir()) == sorted(f"{p.stem}.detect.jpg" for p in scenes)
+    expected = [f"{p.stem}.detect.{extension}" for p in scenes for extension in ("jpg", "json")]
+    assert code == 0 and sorted(p.name for p in out.iterdir()) == sorted(expected)
     assert [len(r["detections"]) for r in document["results"]] == [len(r.detections) for r in reply.results]
+    for path, row in zip(scenes, document["results"]):
+        saved = json.loads((out / f"{path.stem}.detect.json").read_text())
+        assert saved["detections"] == row["detections"] and saved["detections"]
 
 
 def _openssl(*args: str, cwd) -> None:

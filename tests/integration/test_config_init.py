@@ -98,3 +98,16 @@ def test_fixed_batch_above_one_is_refused_naming_the_inputs(tmp_path):
     with pytest.raises(ConfigError, match="inputs: a batch axis fixed above 1"):
         init_config(model, out_dir=tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_cli_out_and_name_place_the_config_for_a_graph_kept_elsewhere(tmp_path, capsys):
+    model = foreign_classifier(tmp_path / "downloads" / "orientation.onnx")
+    labels = tmp_path / "classes.txt"
+    labels.write_text("up\nleft\nright\n")
+    out = tmp_path / "repo" / "orient"
+    arguments = ["config", "init", str(model), "--labels", str(labels), "--out", str(out), "--name", "orientation"]
+    assert main(arguments) == 0
+    assert f"wrote {out / 'config.yaml'}" in capsys.readouterr().out
+    assert sorted(p.name for p in out.iterdir()) == ["config.yaml", "labels.txt"]
+    assert load_model_config(out / "config.yaml").name == "orientation"
+    assert (out / "labels.txt").read_text().split() == ["up", "left", "right"]
