@@ -52,9 +52,15 @@ def _output_hw(module: nn.AdaptiveAvgPool2d, in_hw: tuple[int, int]) -> tuple[in
 
 
 def _needs_swap(in_hw: tuple[int, int], out_hw: tuple[int, int]) -> bool:
-    if out_hw == (1, 1):
-        return False  # exported as GlobalAveragePool
-    return any(i % o != 0 for i, o in zip(in_hw, out_hw))
+    """Every adaptive pool but the global one (exported as GlobalAveragePool). Even when the output
+    divides the input, the exporter needs the input size in the traced graph, which some layers
+    upstream hide (LocalResponseNorm does: VGG A-LRN failed with "input size not accessible")."""
+    return out_hw != (1, 1)
+
+
+def _exportable_pool(in_hw: tuple[int, int], out_hw: tuple[int, int]) -> nn.Module:
+    """At a fixed input size: the identity when it keeps the size (VGG's 7x7 at 224), else the matrix form."""
+    return nn.Identity() if in_hw == out_hw else MatmulAdaptiveAvgPool2d(in_hw, out_hw)
 
 
 def _pool_input_sizes(model: nn.Module, example: torch.Tensor) -> dict[str, tuple[int, int]]:
@@ -88,15 +94,15 @@ def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
 
 @contextmanager
 def exportable_adaptive_pools(model: nn.Module, example: torch.Tensor) -> Iterator[list[str]]:
-    """Within the block, adaptive pools the exporter cannot handle at `example`'s size are
-    matrix-product equivalents; yields the names of the swapped layers."""
+    """Within the block, adaptive pools other than the global one are their fixed-size equivalents
+    at `example`'s size (identity or matrix product); yields the names of the swapped layers."""
     swapped: dict[str, nn.Module] = {}
     for name, in_hw in _pool_input_sizes(model, example).items():
         original = model.get_submodule(name)
         out_hw = _output_hw(original, in_hw)
         if _needs_swap(in_hw, out_hw):
             swapped[name] = original
-            _set_submodule(model, name, MatmulAdaptiveAvgPool2d(in_hw, out_hw))
+            _set_submodule(model, name, _exportable_pool(in_hw, out_hw))
     try:
         yield sorted(swapped)
     finally:
