@@ -112,9 +112,10 @@ def _batch_axis_is_dynamic(value_info: onnx.ValueInfoProto) -> bool:
     return bool(dims) and dims[0].dim_param != "" and not dims[0].HasField("dim_value")
 
 
-def verify_onnx(onnx_bytes: bytes, min_opset: int = OPSET) -> onnx.ModelProto:
+def verify_onnx(onnx_bytes: bytes, min_opset: int = OPSET, dynamic_batch: bool = True) -> onnx.ModelProto:
     """Full ONNX checker (with shape inference), opset ≥ `min_opset`, dynamic batch on every
-    graph input and output. Returns the parsed model."""
+    graph input and output (unless `dynamic_batch` is False: a graph from elsewhere whose batch
+    axis is fixed, served with max_batch_size 1). Returns the parsed model."""
     try:
         # Checking the serialized bytes lets the C++ checker parse them itself: ~3× faster than
         # handing it a ModelProto for VGG-16's 550 MB, which it would re-serialize first.
@@ -126,7 +127,7 @@ def verify_onnx(onnx_bytes: bytes, min_opset: int = OPSET) -> onnx.ModelProto:
     if opset < min_opset:
         raise ExportError(f"exported graph has opset {opset}; at least {min_opset} is required")
     static = [v.name for v in (*model.graph.input, *model.graph.output) if not _batch_axis_is_dynamic(v)]
-    if static:
+    if static and dynamic_batch:
         raise ExportError(f"batch axis is not dynamic for: {', '.join(static)}")
     return model
 

@@ -3,6 +3,7 @@
     convserve optimize --repo model_repo --model yolo_grid [--version 1] --quantize int8
     convserve optimize --repo model_repo --model lenet5 --precision fp16
     convserve optimize --repo model_repo --model lenet5 --optimized-graph
+    convserve optimize --repo model_repo --model lenet5 --expose-features   # writes model lenet5_cam
 
 The new version (next integer) gets a model card with the calibration set, the held-out metric of
 the source (fp32) and of the new file, measured here with the model's own evaluator, their
@@ -27,7 +28,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-from export.optimize_version import OptimizeRequest, build_variant, install_version, measure_variant
+from export.exporter import ExportError
+from export.expose_features import AUTO, ExposeRequest, expose_features
+from export.optimize_version import OptimizeRequest, build_variant, install_version, measure_variant, sample_inputs
 from service.cli_help import DefaultsHelpFormatter
 from service.errors import ConfigError
 
@@ -49,6 +52,15 @@ def _parser() -> argparse.ArgumentParser:
         "--quantize", choices=["int8"], help="static INT8 quantisation (QDQ; weight scales: see --weights)"
     )
     kind.add_argument("--precision", choices=["fp16"], help="half precision inside, float32 inputs/outputs")
+    kind.add_argument(
+        "--expose-features",
+        nargs="?",
+        const=AUTO,
+        metavar="TENSOR",
+        help="write a copy with the last convolutional feature map as output `features` and "
+        "postprocessing.cam set, as a new model (--name), so Explain works on it; the map is found "
+        "before global pooling where there is one, else after the last convolution (or name TENSOR)",
+    )
     kind.add_argument(
         "--optimized-graph",
         action="store_true",
@@ -74,6 +86,9 @@ def _parser() -> argparse.ArgumentParser:
         "(it sees the raw pixels through a few filters "
         "that one int8 scale fits badly; it costs little time)",
     )
+    parser.add_argument("--name", help="with --expose-features: the new model's name (default: <model>_cam)")
+    parser.add_argument("--max-maps", type=int, help="with --expose-features, score_cam: maps per image (default: 32)")
+    parser.add_argument("--overwrite", action="store_true", help="with --expose-features: replace that version")
     parser.add_argument("--calibration-size", type=int, default=256, help="calibration samples (default 256)")
     parser.add_argument("--threads", type=int, default=1, help="intra-op threads for the timings (default 1)")
     parser.add_argument(
@@ -128,8 +143,40 @@ def _request(args: argparse.Namespace) -> OptimizeRequest:
     )
 
 
+def _expose(args: argparse.Namespace) -> int:
+    """--expose-features: a new model with the feature output (export/expose_features.py)."""
+    if args.max_maps is not None and args.max_maps < 1:
+        print("convserve optimize: --max-maps must be positive", file=sys.stderr)
+        return 2
+    request = ExposeRequest(
+        repo=args.repo,
+        model=args.model,
+        source_version=args.version,
+        tensor=args.expose_features,
+        name=args.name,
+        max_maps=args.max_maps,
+        overwrite=args.overwrite,
+    )
+    try:
+        version_dir, choice = expose_features(request, sample_inputs(args.repo, args.model, args.version))
+    except (ConfigError, ExportError, FileNotFoundError, ValueError) as exc:
+        print(f"convserve optimize: {exc.args[0] if exc.args else exc}", file=sys.stderr)
+        return 1
+    summary = {
+        "version_dir": str(version_dir),
+        "method": choice.method,
+        "features": choice.tensor,
+        "dims": [-1, choice.channels, *choice.spatial],
+        "why": choice.reason,
+    }
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.expose_features is not None:
+        return _expose(args)
     try:
         request = _request(args)
     except SystemExit as exc:

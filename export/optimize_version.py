@@ -135,6 +135,16 @@ def build_variant(request: OptimizeRequest, scratch: Path) -> BuiltVariant:
     return BuiltVariant(source, version, target, data, samples, method)
 
 
+def sample_inputs(repo: Path, model: str, version: int | None, count: int = 16) -> np.ndarray:
+    """float32 inputs [n, C, H, W] for parity checks: the model's own data where it is a bundled
+    model, seeded noise of its input shape otherwise."""
+    source = scan_model(Path(repo) / model)
+    data = _optional_data(model)
+    if data is None:
+        return _random_inputs(source.config, count)
+    return next(iter(calibration_batches(data, source.config, count)[0].values()))
+
+
 def _optional_data(name: str) -> ModelData | None:
     try:
         return model_data(name)
@@ -297,7 +307,7 @@ def install_version(request: OptimizeRequest, built: BuiltVariant, measured: dic
     temporary = config_path.with_name(".config.yaml.tmp")
     dump_model_config(updated, temporary)
     os.replace(temporary, config_path)
-    _check_serves(source.directory, version)
+    check_serves(source.directory, version)
     return source.directory / str(version)
 
 
@@ -373,7 +383,7 @@ def _card(
     }
 
 
-def _check_serves(model_dir: Path, version: int) -> None:
+def check_serves(model_dir: Path, version: int) -> None:
     """Load the new version exactly as the server would (config, signature, one warm-up run)."""
     from service.runtime import ModelRuntime
 

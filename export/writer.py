@@ -40,11 +40,12 @@ LABELS_FILE = "labels.txt"
 class VersionFiles:
     """One model version, verified by its exporter and held in memory until written.
 
-    `card` holds the exporter's model-card fields (training, evaluation, architecture; the writer adds
-    `version`, `onnx` and `written_on`); `readme(version)` the model's README.md text, or None to leave
-    an existing README alone (the detector's and segmenter's READMEs are written by their evaluation
-    scripts). `metadata` holds
-    extra ONNX metadata_props. `min_opset` is the opset the graph must at least use.
+        `card` holds the exporter's model-card fields (training, evaluation, architecture; the writer adds
+        `version`, `onnx` and `written_on`); `readme(version)` the model's README.md text, or None to leave
+        an existing README alone (the detector's and segmenter's READMEs are written by their evaluation
+        scripts). `metadata` holds
+        extra ONNX metadata_props. `min_opset` is the opset the graph must at least use; `dynamic_batch`
+    False accepts a fixed batch axis (a graph from elsewhere rewritten, never one exported here).
     """
 
     config: ModelConfig
@@ -55,6 +56,7 @@ class VersionFiles:
     readme: Callable[[int], str] | None = None
     metadata: dict[str, str] = field(default_factory=dict)
     min_opset: int = OPSET
+    dynamic_batch: bool = True
 
 
 def next_version(model_dir: Path) -> int:
@@ -74,7 +76,7 @@ def write_model_version(
     if version is not None and version < 1:
         raise ExportError(f"version must be a positive integer, got {version}")
     files.parity.check()
-    verify_onnx(files.onnx_bytes, files.min_opset)
+    verify_onnx(files.onnx_bytes, files.min_opset, files.dynamic_batch)
     model_dir = Path(repo) / files.config.name
     created = not model_dir.exists()
     model_dir.mkdir(parents=True, exist_ok=True)

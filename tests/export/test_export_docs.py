@@ -21,7 +21,7 @@ from testkit import REPO_ROOT, ServerThread, test_settings
 
 DOC = REPO_ROOT / "docs" / "export.md"
 # block name -> models it must leave in my_repo/
-EXPECTED_MODELS = {"zoo": ("pets",), "module": ("mynet", "mynet_ts", "mynet_ep"), "onnx": ("theirs",)}
+EXPECTED_MODELS = {"zoo": ("pets",), "module": ("mynet", "mynet_ts", "mynet_ep"), "onnx": ("theirs", "theirs_cam")}
 
 
 def doc_blocks() -> dict[str, str]:
@@ -56,5 +56,8 @@ def test_doc_block_runs_as_written_and_its_models_classify(name, tmp_path):
                 result = client.classify([image], model).results[0]
                 assert result.top.label in {"cat", "dog", "bird"}, (model, result)
                 assert abs(sum(p.score for p in result.predictions) - 1.0) < 1e-4
+                if model.endswith("_cam"):  # GAP + one linear layer: the weighted CAM of the graph's own weights
+                    explained = client.explain([image], model).results[0]
+                    assert explained.method == "cam" and explained.class_index == result.top.class_index
     finally:
         server.stop()
