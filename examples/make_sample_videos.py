@@ -6,19 +6,20 @@ Two short camera clips for the camera-app examples, their tests and `make demo`,
 MJPG AVI (OpenCV writes and reads it with no extra codec) plus a ground-truth JSON:
 - inventory.avi: shape items (circle, square, triangle, star) sliding along shelf lanes; items
   are restocked and picked during the clip, so the per-class counts change;
-- attendance.avi: faces drifting about a room; people arrive late and leave early, so the number
-  present changes against a roster.
+- attendance.avi: faces drifting about a room; people arrive late and leave early, walking in and
+  out through the side borders (the doors), so the number present changes against a roster.
 Objects are cut from `export.data.scenes` scenes of the held-out split only (held-out faces,
 backgrounds the detector never trained on), through its public `make_scene`: a one-object scene as
 large as the object gives the sprite and its mask, an empty scene gives the background. Each
-object owns one horizontal lane, so objects never overlap and every object is whole in every frame
-it is in: the ground-truth count of a frame is exact. Seeded: a rerun draws the same pixels (the
-JPEG bytes may differ across OpenCV versions).
+object owns one horizontal lane, so objects never overlap; an item is whole in every frame it is
+in, a person walking through a border is cut by it (its box is the visible part). Seeded: a rerun
+draws the same pixels (the JPEG bytes may differ across OpenCV versions).
 
 Ground truth, `<name>.json`: {"video", "fps", "width", "height", "classes", "frames": [{"frame",
-"labels", "boxes" (x1, y1, x2, y2 in pixel-edge coordinates), "ids" (each object's identity, the
-same in every frame it is in: ground-truth tracks), "counts" ({class: n})}, ...]}, plus "roster"
-for the attendance clip.
+"labels", "boxes" (x1, y1, x2, y2 in pixel-edge coordinates, the visible part), "ids" (each
+object's identity, the same in every frame it is in: ground-truth tracks), "visible" (the share of
+each object inside the picture, 1.0 unless it is walking through a border), "counts" ({class: n})},
+...]}, plus "roster" for the attendance clip.
 
 `python -m examples.make_sample_videos --heldout DIR` writes the same two scenes drawn from another
 seed (HELDOUT_SEED) into DIR instead: the held-out clips of `python -m examples.evaluate_tracking`,
@@ -48,9 +49,20 @@ BACKGROUND_BLUR = 1.2
 ROSTER = 7  # people expected in the attendance clip: six show up at some point, one never does
 
 
+WALK_SPEED = 2.5  # pixels per frame of a person walking in or out through a side border
+
+
 @dataclass(frozen=True)
 class Track:
-    """One object's life in the clip: its sprite, lane, path and the frames [start, stop) it is in."""
+    """One object's life in the clip: its sprite, lane, path and the frames [start, stop) it is in.
+
+    An item (`walks` False) is placed at `x0` on frame `start` and taken on frame `stop`, sliding
+    between the side walls meanwhile. A person (`walks` True) present from frame 0 starts at `x0`;
+    one arriving later walks in through the border behind its direction of travel from frame
+    `start`, at WALK_SPEED, to its seat at `x0`; in the room it drifts at `speed`, turning at the
+    walls; from frame `stop` (unless that is the clip's end) it walks out through the nearer side
+    border, and is gone once wholly outside.
+    """
 
     label: int
     sprite: np.ndarray  # uint8 RGB [s, s, 3]
@@ -60,16 +72,51 @@ class Track:
     speed: float  # pixels per frame, sign = direction; bounces off the frame's sides
     start: int
     stop: int
+    walks: bool = False
 
-    def top_left(self, frame: int) -> tuple[int, int]:
-        """Where the sprite's top-left corner is at `frame`: a bounce between the side walls."""
-        span = SIZE - self.alpha.shape[1]
-        travelled = (self.x0 + self.speed * frame) % (2 * span)
-        x = travelled if travelled <= span else 2 * span - travelled
+    def top_left(self, frame: int) -> tuple[int, int] | None:
+        """Where the sprite's top-left corner is at `frame` (x may lie outside the picture), or None
+        when the object is not in the clip at that frame."""
+        x = self._walk_x(frame) if self.walks else self._bounce_x(frame)
+        if x is None:
+            return None
         lane_height = SIZE // LANES
         y = self.lane * lane_height + (lane_height - self.alpha.shape[0]) // 2
         wobble = round(1.5 * np.sin(frame / 5.0 + self.lane))
         return int(np.clip(y + wobble, 0, SIZE - self.alpha.shape[0])), int(round(x))
+
+    def _bounce_x(self, frame: int) -> float | None:
+        if not self.start <= frame < self.stop:
+            return None
+        span = SIZE - self.alpha.shape[1]
+        travelled = (self.x0 + self.speed * frame) % (2 * span)
+        return travelled if travelled <= span else 2 * span - travelled
+
+    def _walk_x(self, frame: int) -> float | None:
+        return self._walk_path().get(frame)
+
+    def _walk_path(self) -> dict[int, float]:
+        """{frame: left x} of a person: in through a border, drifting, out through the nearer one."""
+        width = self.alpha.shape[1]
+        span = SIZE - width
+        velocity = self.speed
+        x = self.x0 if self.start == 0 else (-width + 1.0 if velocity > 0 else SIZE - 1.0)
+        phase = "room" if self.start == 0 else "in"
+        path = {}
+        for frame in range(self.start, FRAMES):
+            if phase == "out" and (x <= -width or x >= SIZE):
+                break
+            path[frame] = x
+            if phase == "room" and frame + 1 >= self.stop:
+                phase = "out"
+                velocity = -WALK_SPEED if x + width / 2 < SIZE / 2 else WALK_SPEED
+            step = np.sign(velocity) * WALK_SPEED if phase == "in" else velocity
+            x += step
+            if phase == "in" and (x - self.x0) * np.sign(velocity) >= 0:  # reached its seat
+                x, phase = self.x0, "room"
+            elif phase == "room" and not 0 <= x <= span:
+                x, velocity = (-x, -velocity) if x < 0 else (2 * span - x, -velocity)
+        return path
 
 
 def background(seed: int, clip_seed: int = SEED) -> np.ndarray:
@@ -144,23 +191,33 @@ def render(back: np.ndarray, tracks: list[Track], rng: np.random.Generator) -> t
     for index in range(FRAMES):
         image = back.copy()
         labels, boxes, ids = [], [], []
+        visible = []
         for identity, track in enumerate(tracks, start=1):
-            if not track.start <= index < track.stop:
+            corner = track.top_left(index)
+            if corner is None:
                 continue
-            top, left = track.top_left(index)
+            top, left = corner
             height, width = track.alpha.shape
-            region = image[top : top + height, left : left + width]
-            region[track.alpha] = track.sprite[track.alpha]
-            rows, cols = np.nonzero(track.alpha)
+            first, last = max(0, -left), min(width, SIZE - left)  # the sprite's columns inside the picture
+            alpha = np.zeros_like(track.alpha)
+            alpha[:, first:last] = track.alpha[:, first:last]
+            if not alpha.any():
+                continue
+            region = image[top : top + height, left + first : left + last]
+            region[alpha[:, first:last]] = track.sprite[:, first:last][alpha[:, first:last]]
+            rows, cols = np.nonzero(alpha)
             labels.append(SCENE_CLASSES[track.label])
             ids.append(identity)
+            visible.append(round(float(alpha.sum() / track.alpha.sum()), 3))
             boxes.append(
                 [int(left + cols.min()), int(top + rows.min()), int(left + cols.max() + 1), int(top + rows.max() + 1)]
             )
         noisy = image.astype(np.float32) + rng.standard_normal(image.shape, dtype=np.float32) * np.float32(NOISE_STD)
         frames.append(np.clip(noisy, 0, 255).astype(np.uint8))
         counts = {name: labels.count(name) for name in SCENE_CLASSES if name in labels}
-        truth.append({"frame": index, "labels": labels, "boxes": boxes, "ids": ids, "counts": counts})
+        truth.append(
+            {"frame": index, "labels": labels, "boxes": boxes, "ids": ids, "visible": visible, "counts": counts}
+        )
     return frames, truth
 
 
@@ -196,15 +253,18 @@ def inventory_tracks(back: np.ndarray, rng: np.random.Generator, clip_seed: int 
 
 
 def attendance_tracks(rng: np.random.Generator, clip_seed: int = SEED) -> list[Track]:
-    """Six people over four lanes: some arrive late, some leave early, a seat is taken again."""
+    """Six people over four lanes: some arrive late, some leave early, a seat is taken again.
+
+    Everyone walks in and out through the side borders. A leaver is gone (at WALK_SPEED, from the
+    middle of the room at worst) within 39 frames, before the next person of its lane arrives."""
     plan = [
         (0, 0, FRAMES),
-        (1, 0, 40),
+        (1, 0, 10),
         (2, 10, FRAMES),
-        (3, 0, 30),
-        (1, 48, FRAMES),
-        (3, 62, FRAMES),
-    ]  # (lane, start, stop)
+        (3, 0, 5),
+        (1, 50, FRAMES),
+        (3, 46, FRAMES),
+    ]  # (lane, arrives, starts to leave)
     tracks = []
     for index, (lane, start, stop) in enumerate(plan):
         size = int(rng.integers(32, 37))
@@ -219,6 +279,7 @@ def attendance_tracks(rng: np.random.Generator, clip_seed: int = SEED) -> list[T
                 float(rng.choice([-1, 1]) * rng.uniform(0.6, 1.4)),
                 start,
                 stop,
+                walks=True,
             )
         )
     return tracks

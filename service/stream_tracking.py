@@ -164,14 +164,21 @@ class StreamTracking:
         return int(min(max(delta, self._skipped + 1), self.settings.params.max_age + 1))
 
     def answered(
-        self, frame_id: int, timestamp_us: int, boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray
+        self,
+        frame_id: int,
+        timestamp_us: int,
+        boxes: np.ndarray,
+        scores: np.ndarray,
+        classes: np.ndarray,
+        view: tuple[float, float] | None = None,
     ) -> TrackReport:
-        """An answered frame's detections (boxes [M, 4] x1y1x2y2, scores [M], classes [M])."""
+        """An answered frame's detections (boxes [M, 4] x1y1x2y2, scores [M], classes [M]) on an image
+        of `view` (width, height) pixels: tracks predicted outside it end."""
         steps = self._steps(frame_id, timestamp_us)
         self._last, self._skipped = (frame_id, timestamp_us), 0
         self._recent.append(self._last)
         first_frame = self._recent[0] if self._state.frames else self._last
-        self._state, found = update(self._state, boxes, scores, classes, steps, self.settings.params)
+        self._state, found = update(self._state, boxes, scores, classes, steps, self.settings.params, view)
         ended = tuple(self._end(track_id) for track_id in found.ended.tolist())
         for track_id, cls in zip(found.confirmed.tolist(), found.confirmed_classes.tolist()):
             self._alive[track_id] = [cls, *first_frame, *self._last]

@@ -12,7 +12,10 @@ answered frame:
 3. the weak detections (low_score <= score < high_score) are matched to the confirmed tracks still
    unmatched, with the stricter IoU >= max(match_iou, LOW_PASS_IOU): a weak box only extends a track
    (an occluded, blurred object) and never starts one;
-4. unmatched confident detections start tentative tracks (up to max_tracks alive); a tentative
+4. a confirmed track left unmatched whose predicted box centre is outside the image (`view`) ends
+   now: the object walked out of the picture, and waiting `max_age` frames would only let the next
+   object entering through the same border take its id;
+5. unmatched confident detections start tentative tracks (up to max_tracks alive); a tentative
    track matched on `min_hits` frames is confirmed and gets the next id. On the stream's first
    frame tracks are confirmed at once (there is no earlier frame to wait for).
 State size is bounded by max_tracks rows; ids are never reused within a stream.
@@ -145,10 +148,17 @@ def _associate(state: TrackerState, boxes, scores, classes, params: TrackerParam
 
 
 def update(
-    state: TrackerState, boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray, steps: int, params: TrackerParams
+    state: TrackerState,
+    boxes: np.ndarray,
+    scores: np.ndarray,
+    classes: np.ndarray,
+    steps: int,
+    params: TrackerParams,
+    view: tuple[float, float] | None = None,
 ) -> tuple[TrackerState, FrameTracks]:
     """One answered frame: detections boxes [M, 4] x1y1x2y2, scores [M], classes [M], `steps` >= 1
-    frames after the previous answered frame -> (new state, what happened on this frame)."""
+    frames after the previous answered frame, `view` the image's (width, height) (None: unknown,
+    tracks then end by max_age only) -> (new state, what happened on this frame)."""
     boxes = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
     scores, classes = np.asarray(scores, dtype=np.float64), np.asarray(classes, dtype=np.int64)
     steps = min(steps, params.max_age + 1)  # by then every track has ended: predicting further changes nothing
@@ -178,8 +188,18 @@ def update(
     tracks.centre[rows] = measured[:, :2]
     tracks.hits[rows] += 1
     tracks.misses[rows] = 0
-    # tentative tracks not matched now are dropped, confirmed ones wait up to max_age frames
+    # tentative tracks not matched now are dropped, confirmed ones wait up to max_age frames unless
+    # their prediction has left the picture
     keep = (tracks.ids > 0) | (tracks.misses == 0)
+    if view is not None:
+        centre = tracks.mean[:, :2]
+        outside = (centre[:, 0] < 0) | (centre[:, 0] >= view[0]) | (centre[:, 1] < 0) | (centre[:, 1] >= view[1])
+        left = outside & (tracks.misses > 0) & (tracks.ids > 0)
+        if left.any():
+            ended = tuple(
+                np.concatenate([e, x[left]]) for e, x in zip(ended, (tracks.ids, tracks.classes, tracks.centre))
+            )
+            keep &= ~left
     if not keep.all():
         rows = (np.cumsum(keep) - 1)[rows]
         tracks = tracks.take(keep)

@@ -60,6 +60,7 @@ def track_result(tracking: StreamTracking, result: vpb.DetectFrameResult, labels
             rows[:, :4].astype(np.float32),
             rows[:, 4],
             rows[:, 5].astype(np.int64),
+            (result.result.image_width, result.result.image_height) if result.result.image_width else None,
         )
         for detection, track_id in zip(detections, report.track_ids):
             detection.track_id = track_id

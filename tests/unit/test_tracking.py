@@ -21,7 +21,7 @@ def box(x: float, y: float, size: float = SIZE) -> list[float]:
     return [x, y, x + size, y + size]
 
 
-def run(frames, params=None, steps=None):
+def run(frames, params=None, steps=None, view=None):
     """frames: per frame a list of (x, y, score, class); returns (state, [FrameTracks])."""
     params = TrackerParams() if params is None else params
     state, found = TrackerState.empty(), []
@@ -29,7 +29,7 @@ def run(frames, params=None, steps=None):
         boxes = np.array([box(x, y) for x, y, _, _ in objects], np.float32).reshape(-1, 4)
         scores = np.array([s for _, _, s, _ in objects])
         classes = np.array([c for _, _, _, c in objects], np.int64)
-        state, tracks = update(state, boxes, scores, classes, 1 if steps is None else steps[index], params)
+        state, tracks = update(state, boxes, scores, classes, 1 if steps is None else steps[index], params, view)
         found.append(tracks)
     return state, found
 
@@ -94,6 +94,24 @@ def test_death_after_max_age_and_ids_never_reused():
     for _ in range(params.min_hits):
         state, tracks = update(state, np.array([box(10, 10)], np.float32), np.array([0.9]), np.array([0]), 1, params)
     assert tracks.track_ids.tolist() == [2]
+
+
+def test_a_track_that_walked_out_of_the_picture_ends_and_the_next_one_in_gets_a_new_id():
+    """An object leaves through the right border at 4 px per frame (the detector loses it when about
+    half is outside); another enters through the same border soon after, moving the other way."""
+    leaving = [[(60 + 4 * i, 40, 0.9, 0)] for i in range(8)]  # last seen at x 88..108: centre 98 < 100
+    gone = [[]] * 3
+    entering = [[(100 - 2 * i, 40, 0.9, 0)] for i in range(4)]
+    _, found = run(leaving + gone + entering, view=(100.0, 100.0))
+    ended_on = [index for index, t in enumerate(found) if len(t.ended)]
+    assert ended_on == [8] and found[8].ended.tolist() == [1]  # the first frame its prediction is outside
+    assert found[-1].track_ids.tolist() == [2]
+    # without the view the track lingers (max_age 30) and nothing ends within the clip
+    _, blind = run(leaving + gone + entering)
+    assert not any(len(t.ended) for t in blind)
+    # a track predicted inside the picture, and one matched at the border, stay
+    _, inside = run([[(40, 40, 0.9, 0)]] * 3 + [[]] * 3, view=(100.0, 100.0))
+    assert not any(len(t.ended) for t in inside)
 
 
 def test_long_gap_ends_every_track_and_prediction_is_capped():
