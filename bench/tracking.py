@@ -5,7 +5,7 @@
 
 Two timings per frame, both single-threaded on one stream, as the server runs them:
 - `update`: the pure tracker step (service.postprocess.tracking.update: predict, two IoU passes,
-  Kalman updates, births/deaths);
+  Kalman updates, births/deaths, the end of tracks predicted outside the picture);
 - `stream`: what StreamDetect adds to a result, the tracker step plus counting (one line, one zone),
   the events and the protobuf fields (service.servicers.track_convert.track_result).
 The objects bounce around a 640x480 frame with 2 px of box noise; each frame 5 % of them are missed
@@ -51,7 +51,7 @@ def time_update(frames: list, params: TrackerParams) -> list[float]:
     state, times = TrackerState.empty(), []
     for boxes, scores, classes in frames:
         started = time.perf_counter()
-        state, _ = update(state, boxes, scores, classes, 1, params)
+        state, _ = update(state, boxes, scores, classes, 1, params, view=(640.0, 480.0))
         times.append(time.perf_counter() - started)
     return times
 
@@ -68,7 +68,9 @@ def time_stream(frames: list, labels: list[str]) -> list[float]:
             for b, s, c in zip(boxes.tolist(), scores.tolist(), classes.tolist())
         ]
         result = vpb.DetectFrameResult(
-            frame_id=index, capture_timestamp_us=index * 33_333, result=vpb.DetectResult(detections=detections)
+            frame_id=index,
+            capture_timestamp_us=index * 33_333,
+            result=vpb.DetectResult(detections=detections, image_width=640, image_height=480),
         )
         started = time.perf_counter()
         track_result(tracking, result, labels)
