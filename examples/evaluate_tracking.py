@@ -70,7 +70,7 @@ def present_error(truth: dict, alive: dict[int, int]) -> float:
     """Mean |tracks alive - objects at least MIN_VISIBLE inside the picture| over the answered frames:
     how far "who is here now" is off (a track lingering after its object left counts)."""
     errors = [
-        abs(alive[e["frame"]] - sum(v >= MIN_VISIBLE for v in e.get("visible", [1.0] * len(e["ids"]))))
+        abs(alive[e["frame"]] - int(np.sum(visible_share(e) >= MIN_VISIBLE)))
         for e in truth["frames"]
         if e["frame"] in alive
     ]
@@ -82,6 +82,11 @@ def iou_distances(true_boxes: np.ndarray, found_boxes: np.ndarray, min_iou: floa
     `motmetrics.distances.iou_matrix(max_iou=0.5)` computes (it calls np.asfarray, gone in numpy 2)."""
     distance = 1.0 - np.nan_to_num(box_iou(true_boxes, found_boxes).astype(np.float64))
     return np.where(distance <= 1.0 - min_iou, distance, np.nan)
+
+
+def visible_share(entry: dict) -> np.ndarray:
+    """Each ground-truth object's share inside the picture (clips written before the field: all 1)."""
+    return np.asarray(entry.get("visible", [1.0] * len(entry["ids"])), dtype=np.float64)
 
 
 def dont_care(true_boxes: np.ndarray, visible: np.ndarray, found_boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -108,7 +113,7 @@ def score(truth: dict, answered: dict) -> tuple[float, float, int]:
         true_boxes = np.array(entry["boxes"], np.float32).reshape(-1, 4)
         found = answered[entry["frame"]]
         found_boxes = np.array([[b.x1, b.y1, b.x2, b.y2] for _, b in found], np.float32).reshape(-1, 4)
-        kept, counted = dont_care(true_boxes, np.array(entry.get("visible", [1.0] * len(true_boxes))), found_boxes)
+        kept, counted = dont_care(true_boxes, visible_share(entry), found_boxes)
         distances = iou_distances(true_boxes[kept], found_boxes[counted])
         ids = [identity for identity, keep in zip(entry["ids"], kept) if keep]
         accumulator.update(ids, [track_id for (track_id, _), count in zip(found, counted) if count], distances)

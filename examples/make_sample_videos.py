@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import cv2
@@ -77,7 +78,7 @@ class Track:
     def top_left(self, frame: int) -> tuple[int, int] | None:
         """Where the sprite's top-left corner is at `frame` (x may lie outside the picture), or None
         when the object is not in the clip at that frame."""
-        x = self._walk_x(frame) if self.walks else self._bounce_x(frame)
+        x = self._walk_path.get(frame) if self.walks else self._bounce_x(frame)
         if x is None:
             return None
         lane_height = SIZE // LANES
@@ -92,9 +93,7 @@ class Track:
         travelled = (self.x0 + self.speed * frame) % (2 * span)
         return travelled if travelled <= span else 2 * span - travelled
 
-    def _walk_x(self, frame: int) -> float | None:
-        return self._walk_path().get(frame)
-
+    @cached_property
     def _walk_path(self) -> dict[int, float]:
         """{frame: left x} of a person: in through a border, drifting, out through the nearer one."""
         width = self.alpha.shape[1]
@@ -199,16 +198,15 @@ def render(back: np.ndarray, tracks: list[Track], rng: np.random.Generator) -> t
             top, left = corner
             height, width = track.alpha.shape
             first, last = max(0, -left), min(width, SIZE - left)  # the sprite's columns inside the picture
-            alpha = np.zeros_like(track.alpha)
-            alpha[:, first:last] = track.alpha[:, first:last]
-            if not alpha.any():
+            inside = track.alpha[:, first:last]
+            if not inside.any():
                 continue
-            region = image[top : top + height, left + first : left + last]
-            region[alpha[:, first:last]] = track.sprite[:, first:last][alpha[:, first:last]]
-            rows, cols = np.nonzero(alpha)
+            image[top : top + height, left + first : left + last][inside] = track.sprite[:, first:last][inside]
+            rows, cols = np.nonzero(inside)
+            cols = cols + first
             labels.append(SCENE_CLASSES[track.label])
             ids.append(identity)
-            visible.append(round(float(alpha.sum() / track.alpha.sum()), 3))
+            visible.append(round(float(inside.sum() / track.alpha.sum()), 3))
             boxes.append(
                 [int(left + cols.min()), int(top + rows.min()), int(left + cols.max() + 1), int(top + rows.max() + 1)]
             )

@@ -112,6 +112,11 @@ def _batch_axis_is_dynamic(value_info: onnx.ValueInfoProto) -> bool:
     return bool(dims) and dims[0].dim_param != "" and not dims[0].HasField("dim_value")
 
 
+def graph_opset(model: onnx.ModelProto) -> int:
+    """The default-domain opset the graph declares (0 when it declares none)."""
+    return max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=0)
+
+
 def verify_onnx(onnx_bytes: bytes, min_opset: int = OPSET, dynamic_batch: bool = True) -> onnx.ModelProto:
     """Full ONNX checker (with shape inference), opset ≥ `min_opset`, dynamic batch on every
     graph input and output (unless `dynamic_batch` is False: a graph from elsewhere whose batch
@@ -123,7 +128,7 @@ def verify_onnx(onnx_bytes: bytes, min_opset: int = OPSET, dynamic_batch: bool =
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
         raise ExportError(f"exported graph fails onnx.checker: {exc}") from None
     model = onnx.load_from_string(onnx_bytes)
-    opset = max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=0)
+    opset = graph_opset(model)
     if opset < min_opset:
         raise ExportError(f"exported graph has opset {opset}; at least {min_opset} is required")
     static = [v.name for v in (*model.graph.input, *model.graph.output) if not _batch_axis_is_dynamic(v)]

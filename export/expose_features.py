@@ -32,11 +32,11 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from export.exporter import ExportError
-from export.parity import ParityReport
+from export.exporter import ExportError, graph_opset
+from export.optimize_version import check_serves, find_source, sample_inputs
+from export.parity import ParityReport, cpu_session
 from export.writer import VersionFiles, write_model_version
 from service.config import CamConfig, TensorSpec
-from service.repository import ModelSource, scan_model
 
 FEATURES_OUTPUT = "features"
 ADDED_WEIGHTS = "cam_class_weights"
@@ -82,6 +82,11 @@ class FeatureChoice:
     reason: str  # why this tensor, in words (printed and kept in the model card)
     weights: np.ndarray | None = None  # method cam: [C, K]
     weights_initializer: str | None = None  # an existing initializer holding exactly `weights`
+
+    @property
+    def dims(self) -> tuple[int, ...]:
+        """The output's config dims: [-1 (batch), K, h, w]."""
+        return (-1, self.channels, *self.spatial)
 
 
 class _Graph:
@@ -285,41 +290,42 @@ class ExposeRequest:
     max_maps: int | None = None  # score_cam: maps per image (default CamConfig's)
     overwrite: bool = False
 
+    @property
+    def new_name(self) -> str:
+        return self.name or f"{self.model}_cam"
 
-def expose_features(request: ExposeRequest, samples: np.ndarray) -> tuple[Path, FeatureChoice]:
-    """Write `<repo>/<name>/<N>/` with the feature output; `samples` are inputs [n, C, H, W] for the
-    parity check. Returns the version directory and the choice made."""
-    import onnxruntime as ort
 
-    source = scan_model(Path(request.repo) / request.model)
-    version = request.source_version or source.default_version
-    if version not in source.versions:
-        raise ExportError(f"model '{request.model}' has no version {version} (versions: {list(source.versions)})")
+def expose_features(request: ExposeRequest, samples: np.ndarray | None = None) -> tuple[Path, FeatureChoice]:
+    """Write `<repo>/<new name>/<N>/` with the feature output; `samples` are inputs [n, C, H, W] for
+    the parity check (default: the model's own data, or seeded noise). Returns the version
+    directory and the choice made."""
+    source, version = find_source(request.repo, request.model, request.source_version)
     config = source.config
     if config.task != "classification":
         raise ExportError(f"model '{request.model}' is a {config.task} model; class activation maps need a classifier")
     if config.postprocessing.cam is not None:
         raise ExportError(
-            f"model '{request.model}' already has postprocessing.cam (features output '{_cam_output(config)}')"
+            f"model '{request.model}' already has postprocessing.cam "
+            f"(features output '{config.postprocessing.cam.features_output}')"
         )
-    path = source.model_path(version)
-    model = onnx.load(str(path))
+    source_bytes = source.model_path(version).read_bytes()
+    model = onnx.load_from_string(source_bytes)
     choice = find_features(model, config.answer_output, request.tensor)
     exposed, output, weights_name = with_features(model, choice)
     onnx_bytes = exposed.SerializeToString()
-    parity = _parity(ort, path, onnx_bytes, config, samples)
-    name = request.name or f"{request.model}_cam"
+    if samples is None:
+        samples = sample_inputs(request.model, config)
+    parity = _parity(source_bytes, onnx_bytes, config, samples)
     cam = CamConfig(
         method=choice.method,
         features_output=output,
         weights_initializer=weights_name,
         **({"max_maps": request.max_maps} if request.max_maps else {}),
     )
-    features_spec = TensorSpec(name=output, dims=(-1, choice.channels, *choice.spatial))
     new_config = config.model_copy(
         update={
-            "name": name,
-            "outputs": (*config.outputs, features_spec),
+            "name": request.new_name,
+            "outputs": (*config.outputs, TensorSpec(name=output, dims=choice.dims)),
             "postprocessing": config.postprocessing.model_copy(update={"cam": cam}),
             "default_version": None,
             "description": f"{request.model} version {version} with its feature map exposed for {choice.method}"
@@ -327,41 +333,26 @@ def expose_features(request: ExposeRequest, samples: np.ndarray) -> tuple[Path, 
         }
     )
     new_config = type(config).model_validate(new_config.model_dump())  # re-validated: outputs and cam agree
-    card = _card(request, source, version, path, choice, output, parity)
     files = VersionFiles(
         new_config,
         onnx_bytes,
         parity,
-        card,
+        _card(request, source.name, version, source_bytes, choice, output, parity),
         labels=source.labels or None,
-        min_opset=_opset(model),
+        min_opset=graph_opset(model),
         dynamic_batch=config.batching.max_batch_size > 1,
     )
     version_dir = write_model_version(files, Path(request.repo), overwrite=request.overwrite)
-    from export.optimize_version import check_serves
-
     check_serves(version_dir.parent, int(version_dir.name))
     return version_dir, choice
 
 
-def _opset(model: onnx.ModelProto) -> int:
-    return max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=0)
-
-
-def _cam_output(config) -> str:
-    return config.postprocessing.cam.features_output or "?"
-
-
-def _parity(ort, source_path: Path, onnx_bytes: bytes, config, samples: np.ndarray) -> ParityReport:
+def _parity(source_bytes: bytes, onnx_bytes: bytes, config, samples: np.ndarray) -> ParityReport:
     """Largest |source − exposed| of the answer output at batch 1 and at the sample count."""
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    before = ort.InferenceSession(str(source_path), options, providers=["CPUExecutionProvider"])
-    after = ort.InferenceSession(onnx_bytes, options, providers=["CPUExecutionProvider"])
+    before, after = cpu_session(source_bytes), cpu_session(onnx_bytes)
     input_name, answer = config.inputs[0].name, config.answer_output
-    limit = config.batching.max_batch_size
     diffs = {}
-    for batch in sorted({1, min(len(samples), limit)}):
+    for batch in sorted({1, min(len(samples), config.batching.max_batch_size)}):
         feed = {input_name: samples[:batch]}
         expected = before.run([answer], feed)[0]
         got = after.run([answer], feed)[0]
@@ -369,22 +360,18 @@ def _parity(ort, source_path: Path, onnx_bytes: bytes, config, samples: np.ndarr
     return ParityReport(diffs, PARITY_TOLERANCE, seed=0, reference="the source graph")
 
 
-def _card(request, source: ModelSource, version: int, path: Path, choice, output, parity) -> dict:
+def _card(request: ExposeRequest, source: str, version: int, source_bytes: bytes, choice, output, parity) -> dict:
     tensor = "" if request.tensor == AUTO else f" {request.tensor}"
     return {
-        "derived_from": {
-            "model": source.name,
-            "version": version,
-            "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
-        },
+        "derived_from": {"model": source, "version": version, "sha256": hashlib.sha256(source_bytes).hexdigest()},
         "features": {
             "output": output,
             "tensor": choice.tensor,
-            "dims": [-1, choice.channels, *choice.spatial],
+            "dims": list(choice.dims),
             "method": choice.method,
             "why": choice.reason,
         },
         "parity": {**parity.as_dict(), "compared": "answer output of this graph vs the source graph"},
         "reproduce": f"convserve optimize --repo {request.repo} --model {request.model} --version {version} "
-        f"--expose-features{tensor} --name {request.name or f'{request.model}_cam'}",
+        f"--expose-features{tensor} --name {request.new_name}",
     }

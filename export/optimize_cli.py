@@ -30,7 +30,7 @@ from pathlib import Path
 
 from export.exporter import ExportError
 from export.expose_features import AUTO, ExposeRequest, expose_features
-from export.optimize_version import OptimizeRequest, build_variant, install_version, measure_variant, sample_inputs
+from export.optimize_version import OptimizeRequest, build_variant, install_version, measure_variant
 from service.cli_help import DefaultsHelpFormatter
 from service.errors import ConfigError
 
@@ -158,7 +158,7 @@ def _expose(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
     )
     try:
-        version_dir, choice = expose_features(request, sample_inputs(args.repo, args.model, args.version))
+        version_dir, choice = expose_features(request)
     except (ConfigError, ExportError, FileNotFoundError, ValueError) as exc:
         print(f"convserve optimize: {exc.args[0] if exc.args else exc}", file=sys.stderr)
         return 1
@@ -166,7 +166,7 @@ def _expose(args: argparse.Namespace) -> int:
         "version_dir": str(version_dir),
         "method": choice.method,
         "features": choice.tensor,
-        "dims": [-1, choice.channels, *choice.spatial],
+        "dims": list(choice.dims),
         "why": choice.reason,
     }
     print(json.dumps(summary, indent=2))

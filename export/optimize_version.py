@@ -70,11 +70,17 @@ class BuiltVariant:
     method: dict
 
 
-def _resolve_source(request: OptimizeRequest) -> tuple[ModelSource, int]:
-    source = scan_model(Path(request.repo) / request.model)
-    version = request.source_version or source.default_version
+def find_source(repo: Path, model: str, version: int | None) -> tuple[ModelSource, int]:
+    """The model directory and the version asked for (default: the model's default version)."""
+    source = scan_model(Path(repo) / model)
+    version = version or source.default_version
     if version not in source.versions:
-        raise ValueError(f"model '{request.model}' has no version {version} (versions: {list(source.versions)})")
+        raise ValueError(f"model '{model}' has no version {version} (versions: {list(source.versions)})")
+    return source, version
+
+
+def _resolve_source(request: OptimizeRequest) -> tuple[ModelSource, int]:
+    source, version = find_source(request.repo, request.model, request.source_version)
     card_path = source.directory / str(version) / "model_card.json"
     card = json.loads(card_path.read_text()) if card_path.is_file() else {}
     if card.get("precision", "fp32") != "fp32" or "derived_from" in card:
@@ -135,14 +141,13 @@ def build_variant(request: OptimizeRequest, scratch: Path) -> BuiltVariant:
     return BuiltVariant(source, version, target, data, samples, method)
 
 
-def sample_inputs(repo: Path, model: str, version: int | None, count: int = 16) -> np.ndarray:
+def sample_inputs(model: str, config: ModelConfig, count: int = 16) -> np.ndarray:
     """float32 inputs [n, C, H, W] for parity checks: the model's own data where it is a bundled
     model, seeded noise of its input shape otherwise."""
-    source = scan_model(Path(repo) / model)
     data = _optional_data(model)
     if data is None:
-        return _random_inputs(source.config, count)
-    return next(iter(calibration_batches(data, source.config, count)[0].values()))
+        return _random_inputs(config, count)
+    return next(iter(calibration_batches(data, config, count)[0].values()))
 
 
 def _optional_data(name: str) -> ModelData | None:

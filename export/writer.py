@@ -40,12 +40,12 @@ LABELS_FILE = "labels.txt"
 class VersionFiles:
     """One model version, verified by its exporter and held in memory until written.
 
-        `card` holds the exporter's model-card fields (training, evaluation, architecture; the writer adds
-        `version`, `onnx` and `written_on`); `readme(version)` the model's README.md text, or None to leave
-        an existing README alone (the detector's and segmenter's READMEs are written by their evaluation
-        scripts). `metadata` holds
-        extra ONNX metadata_props. `min_opset` is the opset the graph must at least use; `dynamic_batch`
-    False accepts a fixed batch axis (a graph from elsewhere rewritten, never one exported here).
+    `card` holds the exporter's model-card fields (training, evaluation, architecture; the writer adds
+    `version`, `onnx` and `written_on`); `readme(version)` the model's README.md text, or None to leave
+    an existing README alone (the detector's and segmenter's READMEs are written by their evaluation
+    scripts). `metadata` holds extra ONNX metadata_props. `min_opset` is the opset the graph must at
+    least use; `dynamic_batch` False accepts a fixed batch axis (a graph from elsewhere rewritten,
+    never one exported here).
     """
 
     config: ModelConfig

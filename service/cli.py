@@ -9,10 +9,10 @@ import sys
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from service.cli_help import DefaultsHelpFormatter
 from service.decoder_limits import set_decoder_pixel_limit
 from service.errors import RuntimeMissing
 from service.event_loop import EventLoopUnavailable, chosen_loop, run_on
-from service.cli_help import DefaultsHelpFormatter
 from service.logs import configure_logging
 from service.settings import add_server_arguments, settings_from_args
 

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import argparse
 
-_NOT_SHOWN = (None, False, (), "", [])
-
 
 class DefaultsHelpFormatter(argparse.RawDescriptionHelpFormatter):
     """Appends "(default: X)" to an option's help unless its help already names its default."""
@@ -21,6 +19,6 @@ class DefaultsHelpFormatter(argparse.RawDescriptionHelpFormatter):
         default = action.default
         if default is argparse.SUPPRESS or not action.option_strings or "default" in text.lower():
             return text
-        if any(default is empty or default == empty for empty in _NOT_SHOWN if type(default) is type(empty)):
-            return text
+        if default is None or default is False or (isinstance(default, (str, tuple, list)) and not default):
+            return text  # flags, "ask the server", empty: nothing worth saying
         return f"{text} (default: %(default)s)"

@@ -139,8 +139,8 @@ class Metrics:
         Summed over the model's versions (the batcher-side series carry no version label). Why it
         reads the four metric objects it needs, each once: it runs on the event loop, and perf_analyzer
         asks for it around every measurement window; walking the whole registry once per stage and
-        per value (the process collectors and every histogram bucket of every model) took 15 ms a
-        call for one model and 90 ms for all of them, with every other request waiting.
+        per value (the process collectors and every histogram bucket of every model) kept every
+        other request waiting several times longer (bench/experiments/statistics_cost.py).
         """
         stages: dict[str, list[float]] = {}
         for sample in _model_samples(self.latency, model):
