@@ -42,28 +42,52 @@ def original_size_bytes(
     return decoded * DECODED_BYTES_PER_PIXEL + sum(pixels) * mask_bytes_per_pixel
 
 
-class InflightBudget:
-    """At most `limit` bytes reserved at once; reservations are served first come, first served."""
+class Reservation:
+    """What one holder has of an InflightBudget; `shrink` hands back what it turned out not to need."""
 
-    def __init__(self, limit: int):
+    def __init__(self, budget: "InflightBudget", nbytes: int):
+        self.budget = budget
+        self.nbytes = nbytes
+
+    def shrink(self, nbytes: int) -> None:
+        """Keep only `nbytes` (no more than held); the rest goes to whoever waits."""
+        nbytes = max(0, min(nbytes, self.nbytes))
+        freed, self.nbytes = self.nbytes - nbytes, nbytes
+        if freed:
+            self.budget.release(freed)
+
+
+class InflightBudget:
+    """At most `limit` bytes reserved at once; reservations are served first come, first served.
+
+    `setting` (the flag that sets the limit) and `holding` (what the bytes are) name the budget
+    in the errors a request gets, so one class serves every server-wide byte budget.
+    """
+
+    def __init__(self, limit: int, setting: str = "--max-decoded-bytes", holding: str = "decoded images"):
         self.limit = limit
         self.used = 0
+        self.setting = setting
+        self.holding = holding
         self._waiting: deque[tuple[int, asyncio.Future]] = deque()
 
     @contextlib.asynccontextmanager
-    async def reserve(self, nbytes: int, deadline: float | None) -> AsyncIterator[None]:
+    async def reserve(self, nbytes: int, deadline: float | None) -> AsyncIterator[Reservation]:
         """Hold `nbytes` for the body of the `async with`; released however the body ends."""
-        await self._acquire(nbytes, deadline)
+        await self.acquire(nbytes, deadline)
+        reservation = Reservation(self, nbytes)
         try:
-            yield
+            yield reservation
         finally:
-            self._release(nbytes)
+            reservation.shrink(0)
 
-    async def _acquire(self, nbytes: int, deadline: float | None) -> None:
+    async def acquire(self, nbytes: int, deadline: float | None) -> None:
+        """Take `nbytes` (waiting for room up to `deadline`, time.monotonic); give them back with
+        `release`. For a per-call hot path: `reserve` is the same as an `async with`."""
         if nbytes > self.limit:
             raise ResourceExhausted(
-                f"the request's images need {nbytes} bytes at their original size, over the server's "
-                f"--max-decoded-bytes {self.limit}: send fewer or smaller images per request"
+                f"the request needs {nbytes} bytes of {self.holding}, over the server's "
+                f"{self.setting} {self.limit}: send fewer or smaller images or tensors per request"
             )
         if not self._waiting and self.used + nbytes <= self.limit:
             self.used += nbytes
@@ -76,19 +100,19 @@ class InflightBudget:
             await asyncio.wait_for(asyncio.shield(granted), timeout)
         except (asyncio.TimeoutError, asyncio.CancelledError) as exc:
             if granted.done() and not granted.cancelled():
-                self._release(nbytes)  # granted just as the wait ended: hand it on
+                self.release(nbytes)  # granted just as the wait ended: hand it on
             else:
                 granted.cancel()
                 self._waiting.remove(entry)
                 self._grant()  # a large request leaving the head of the line may let smaller ones in
             if isinstance(exc, asyncio.TimeoutError):
                 raise DeadlineExceeded(
-                    f"deadline passed waiting for {nbytes} bytes of room for decoded images "
-                    f"(--max-decoded-bytes {self.limit} in use by other requests)"
+                    f"deadline passed waiting for {nbytes} bytes of room for {self.holding} "
+                    f"({self.setting} {self.limit} in use by other requests)"
                 ) from None
             raise
 
-    def _release(self, nbytes: int) -> None:
+    def release(self, nbytes: int) -> None:
         self.used -= nbytes
         self._grant()
 
