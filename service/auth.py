@@ -100,9 +100,12 @@ _UNARY_STREAM = ("/grpc.health.v1.Health/Watch",)
 
 
 def refusal_handler(code: grpc.StatusCode, message: str, method: str) -> grpc.RpcMethodHandler:
-    """A handler of the method's streaming shape that aborts at once with `code` (used by interceptors)."""
+    """A handler that aborts at once with `code` (used by interceptors), of the method's shape as
+    far as the response goes. A unary call is answered as client-streaming so that its request
+    message is never read: a refused call costs no more than its headers
+    (service/receive_gate.py)."""
 
-    async def unary(request, context):
+    async def unread(request_iterator, context):
         await context.abort(code, message)
 
     async def streaming(request, context):
@@ -113,7 +116,7 @@ def refusal_handler(code: grpc.StatusCode, message: str, method: str) -> grpc.Rp
         return grpc.stream_stream_rpc_method_handler(streaming)
     if method.endswith(_UNARY_STREAM):
         return grpc.unary_stream_rpc_method_handler(streaming)
-    return grpc.unary_unary_rpc_method_handler(unary)
+    return grpc.stream_unary_rpc_method_handler(unread)
 
 
 def token_policy(settings) -> TokenPolicy | None:

@@ -42,6 +42,9 @@ INFERENCE_METHODS = frozenset(
 )
 
 
+RECEIVE_REFUSALS = ("no_room", "no_turn", "read_timeout", "unparseable")  # service/receive_gate.py
+
+
 class Metrics:
     """All convserve metrics, registered on `registry` (a fresh one per server)."""
 
@@ -123,6 +126,19 @@ class Metrics:
         )
         # per model, per batch size: [executions, merge seconds, run seconds, split seconds] (V2 batch_stats)
         self.batch_stats: dict[str, dict[int, list[float]]] = {}
+        self.received_bytes = Gauge(
+            "convserve_received_bytes",
+            "Bytes of the --max-received-bytes budget held: request messages being read or held by their calls.",
+            registry=r,
+        )
+        self.received_refusals = Counter(
+            "convserve_received_refusals",
+            "Unary calls and HTTP bodies ended by the received-bytes gate before their handler, by reason.",
+            ["reason"],
+            registry=r,
+        )
+        for reason in RECEIVE_REFUSALS:
+            self.received_refusals.labels(reason)
         self.stream_frames_dropped = Counter(
             "convserve_stream_frames_dropped",
             "Stream frames skipped under the client's drop_frames policy.",

@@ -35,6 +35,8 @@ from service.servicers.calls import CallRunner
 from service.servicers.inference import InferenceServicer
 from service.servicers.lifecycle import Lifecycle
 from service.servicers.vision import VisionServicer
+from service.receive_gate import ReceiveGate, ReceiveGateInterceptor
+from service.servicers.infer_wire import split_infer_request
 from service.settings import ServerSettings
 from service.shared_memory import SharedMemoryMetrics, SharedMemoryRegistry
 
@@ -44,6 +46,7 @@ SERVICE_NAMES = (
     grpc_service_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name,
     vision_pb2.DESCRIPTOR.services_by_name["VisionService"].full_name,
 )
+MODEL_INFER_METHOD = f"/{SERVICE_NAMES[0]}/ModelInfer"
 
 
 class AdmissionInterceptor(grpc.aio.ServerInterceptor):
@@ -94,6 +97,9 @@ def _grpc_options(settings: ServerSettings) -> list[tuple[str, int]]:
         ("grpc.max_receive_message_length", size),
         ("grpc.max_send_message_length", size),
         ("grpc.so_reuseport", 0),
+        # BDP probing grows every stream's receive window to megabytes, so gRPC would take in that
+        # much of each call's message before the call has room to read it (service/receive_gate.py)
+        ("grpc.http2.bdp_probe", 0),
     ]
     if settings.http2_max_frame_bytes:
         options.append(("grpc.http2.max_frame_size", settings.http2_max_frame_bytes))
@@ -131,7 +137,11 @@ async def start_server(settings: ServerSettings, interceptors: list | None = Non
     calls = CallRunner(metrics, registry, settings.limits)
     shared_memory = SharedMemoryRegistry(SharedMemoryMetrics(metrics.registry))
     policy = token_policy(settings)
-    chain = [AdmissionInterceptor(lifecycle), auth_interceptor(policy), *(interceptors or [])]
+    # every unary call reads its message under the server's received-bytes budget (HTTP bodies too);
+    # ModelInfer's tensor bytes stay views of the message they arrived in
+    gate = ReceiveGate.from_limits(settings.limits, metrics)
+    reads = ReceiveGateInterceptor(gate, {MODEL_INFER_METHOD: split_infer_request})
+    chain = [reads, AdmissionInterceptor(lifecycle), auth_interceptor(policy), *(interceptors or [])]
     server = grpc.aio.server(
         interceptors=[i for i in chain if i is not None],
         options=_grpc_options(settings),
@@ -156,7 +166,8 @@ async def start_server(settings: ServerSettings, interceptors: list | None = Non
     await server.start()
     http = None
     if settings.http_port >= 0:
-        http = await start_http(settings, RequestPath(stages, v2, shared_memory, lifecycle), calls, lifecycle, policy)
+        path = RequestPath(stages, v2, shared_memory, lifecycle)
+        http = await start_http(settings, path, calls, lifecycle, policy, gate)
     log.info(
         "server started",
         extra={

@@ -25,6 +25,9 @@ class Limits:
     max_images_per_request: int = 64
     max_pixels: int = 40_000_000
     max_decoded_bytes: int = 320 * 1024 * 1024  # original-size image data all requests hold at once (2 of 40 MP)
+    max_received_bytes: int = 256 * 1024 * 1024  # request messages being read or held (service/receive_gate.py)
+    max_reads_per_peer: int = 2  # messages one client connection may be sending at once
+    message_read_timeout_s: float = 30.0  # a message must arrive within this long of its read starting
     max_concurrent_streams: int = 64
     max_streams_per_peer: int = 16  # one client connection may hold at most this many of them
     stream_idle_timeout_s: float = 60.0  # a stream that sends no frame for this long is closed
@@ -82,7 +85,8 @@ _HELP = {
     "http2_max_frame_bytes": "largest HTTP/2 frame the server accepts, 16384..16777215 "
     "(0: gRPC's default, 16384); larger frames cut per-frame work for big tensor requests",
     "http2_lookahead_bytes": "per-stream receive window gRPC starts from (0: gRPC's default); "
-    "larger lets a big request arrive without waiting for window updates",
+    "larger lets a big request arrive without waiting for window updates, but each call waiting "
+    "to be read may then hold that much of its message",
     "preprocess_threads": "decode/preprocess threads (0: the machine's cores)",
     "poll_interval_s": "re-scan the model repository every N seconds and swap in new versions (0: off)",
     "auth_token_file": "file of accepted bearer tokens, one per line (unset: no authentication)",
@@ -99,6 +103,13 @@ _HELP = {
     "max_pixels": "largest image, in pixels, checked from the header before decoding",
     "max_decoded_bytes": "most bytes of original-size image data (decoded originals kept, masks, a decode in progress) "
     "all requests hold at once; a request waits for room, or alone over it is RESOURCE_EXHAUSTED",
+    "max_received_bytes": "most bytes of unary request messages the server reads and holds at once; each read "
+    "first reserves max_message_bytes (so this / max_message_bytes messages are read at once), then keeps its real "
+    "size until the call answers; a call waits for room up to its deadline",
+    "max_reads_per_peer": "most request messages one client connection may be sending to the server at once "
+    "(the others wait), so one client cannot hold every read",
+    "message_read_timeout_s": "a unary request's message must have arrived this long after its read started, "
+    "else DEADLINE_EXCEEDED (slow senders cannot keep a read)",
     "max_concurrent_streams": "most concurrent streaming calls",
     "max_streams_per_peer": "most concurrent streaming calls of one client connection (peer address), so one client "
     "cannot hold every slot",
@@ -224,12 +235,18 @@ def validate(settings: ServerSettings) -> None:
         "max_streams_per_peer",
         "stream_idle_timeout_s",
         "max_json_elements",
+        "max_reads_per_peer",
+        "message_read_timeout_s",
     ):
         if getattr(settings.limits, name) <= 0:
             problems.append(f"{name} must be > 0")
     if settings.limits.max_decoded_bytes < 4 * settings.limits.max_pixels:
         problems.append(
             "max_decoded_bytes must be >= 4 x max_pixels (one image at the pixel limit, decoded, and its mask)"
+        )
+    if settings.limits.max_received_bytes < settings.limits.max_message_bytes:
+        problems.append(
+            "max_received_bytes must be >= max_message_bytes (room to read one message of the largest size)"
         )
     if settings.limits.max_streams_per_peer > settings.limits.max_concurrent_streams:
         problems.append("max_streams_per_peer must be <= max_concurrent_streams")

@@ -19,7 +19,7 @@ indexes the entries by output position and crashes when they are missing).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -114,20 +114,26 @@ class SharedMemoryBinding:
     """One request's tensors: its inputs as arrays and where its shared-memory outputs go."""
 
     def __init__(
-        self, request: pb.ModelInferRequest, regions: SharedMemoryRegistry, max_bytes_elements: int | None = None
+        self,
+        request: pb.ModelInferRequest,
+        regions: SharedMemoryRegistry,
+        max_bytes_elements: int | None = None,
+        raw_contents: Sequence[bytes | memoryview] | None = None,
     ):
-        """`max_bytes_elements` bounds each BYTES input's element count (v2_tensors.request_inputs)."""
+        """`max_bytes_elements` bounds each BYTES input's element count; `raw_contents` stands in
+        for the message's raw_input_contents (both as in v2_tensors.request_inputs)."""
         self.outputs: dict[str, TensorSlot] = {}
         self.used = False
+        raw = request.raw_input_contents if raw_contents is None else raw_contents
         if not regions:  # nothing registered: only the plain path is possible (or a precise refusal)
             self._refuse_named_regions(request, regions)
-            self.inputs = request_inputs(request, max_bytes_elements)
+            self.inputs = request_inputs(request, max_bytes_elements, raw)
             return
         slots = [tensor_slot(t.parameters, regions, f"input '{t.name}'") for t in request.inputs]
         self.inputs = (
-            request_inputs(request, max_bytes_elements)
+            request_inputs(request, max_bytes_elements, raw)
             if not any(slots)
-            else self._mixed_inputs(request, slots, max_bytes_elements)
+            else self._mixed_inputs(request, raw, slots, max_bytes_elements)
         )
         for output in request.outputs:
             slot = tensor_slot(output.parameters, regions, f"output '{output.name}'")
@@ -146,10 +152,12 @@ class SharedMemoryBinding:
 
     @staticmethod
     def _mixed_inputs(
-        request: pb.ModelInferRequest, slots: list[TensorSlot | None], max_bytes_elements: int | None
+        request: pb.ModelInferRequest,
+        raw: Sequence[bytes | memoryview],
+        slots: list[TensorSlot | None],
+        max_bytes_elements: int | None,
     ) -> dict[str, np.ndarray]:
         """Shared-memory inputs read from their regions; the others take raw entries in order."""
-        raw = request.raw_input_contents
         plain = sum(slot is None for slot in slots)
         if raw and len(raw) != plain:
             raise InvalidArgument(

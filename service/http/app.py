@@ -7,8 +7,9 @@ own SIGINT/SIGTERM handlers, which would bypass convserve's graceful shutdown.
 
 The front door (one middleware) does, for every request and in this order: fix the request id
 (the client's `x-request-id` or a new one, echoed back), refuse new calls while shutting down
-(503), check the bearer token with the same policy as gRPC (service/auth.py), then run the handler
-and turn any error into its status from the one table (service/http/status.py) with a JSON
+(503), check the bearer token with the same policy as gRPC (service/auth.py), reserve room for the
+body in the server's received-bytes budget (service/receive_gate.py), then run the handler and
+turn any error into its status from the one table (service/http/status.py) with a JSON
 `{"error": ...}` body.
 """
 
@@ -27,6 +28,7 @@ from service.errors import Unavailable, status_of
 from service.http.calls import RequestPath
 from service.http.routes import CALLS, PATH, REQUEST_ID, add_routes
 from service.http.status import error_body, http_status_of
+from service.receive_gate import ReceiveGate
 from service.servicers.calls import MAX_REQUEST_ID, REQUEST_ID_KEY, CallRunner, new_request_id
 from service.servicers.lifecycle import Lifecycle
 
@@ -55,7 +57,7 @@ def _is_admin(path: str) -> bool:
     return path.startswith("/v2/repository/models/") and path.endswith(ADMIN_SUFFIXES)
 
 
-def front_door(lifecycle: Lifecycle, policy: TokenPolicy | None):
+def front_door(lifecycle: Lifecycle, policy: TokenPolicy | None, gate: ReceiveGate):
     @web.middleware
     async def middleware(request: web.Request, handler):
         request_id = (request.headers.get(REQUEST_ID_KEY) or "")[:MAX_REQUEST_ID] or new_request_id()
@@ -72,7 +74,11 @@ def front_door(lifecycle: Lifecycle, policy: TokenPolicy | None):
                 )
                 if refusal is not None:
                     raise refusal
-            response = await handler(request)
+            if request.body_exists:  # bodies count against --max-received-bytes like gRPC messages
+                async with gate.body_reservation(request.content_length):
+                    response = await handler(request)
+            else:
+                response = await handler(request)
         except web.HTTPException as exc:  # aiohttp's own answers (unknown path, wrong method)
             response = web.Response(status=exc.status, body=error_body(exc.reason), content_type="application/json")
         except Exception as exc:
@@ -95,10 +101,12 @@ async def console_page(request: web.Request) -> web.FileResponse:
 
 
 def build_app(
-    path: RequestPath, calls: CallRunner, lifecycle: Lifecycle, policy: TokenPolicy | None
+    path: RequestPath, calls: CallRunner, lifecycle: Lifecycle, policy: TokenPolicy | None, gate: ReceiveGate
 ) -> web.Application:
     # client_max_size bounds bodies sent without Content-Length (chunked); read_body checks the header first
-    app = web.Application(middlewares=[front_door(lifecycle, policy)], client_max_size=calls.limits.max_message_bytes)
+    app = web.Application(
+        middlewares=[front_door(lifecycle, policy, gate)], client_max_size=calls.limits.max_message_bytes
+    )
     app[PATH] = path
     app[CALLS] = calls
     add_routes(app)
@@ -131,9 +139,15 @@ def _ssl_context(settings) -> ssl.SSLContext | None:
 
 
 async def start_http(
-    settings, path: RequestPath, calls: CallRunner, lifecycle: Lifecycle, policy: TokenPolicy | None
+    settings,
+    path: RequestPath,
+    calls: CallRunner,
+    lifecycle: Lifecycle,
+    policy: TokenPolicy | None,
+    gate: ReceiveGate,
 ) -> HttpServer:
-    app = build_app(path, calls, lifecycle, policy)
+    """`gate`: the gRPC port's received-bytes budget, which request bodies share."""
+    app = build_app(path, calls, lifecycle, policy, gate)
     runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=settings.drain_timeout_s)
     await runner.setup()
     sock = _listening_socket(settings.host, settings.http_port)

@@ -19,6 +19,7 @@ from service.pipelines.request import ModelRef, RequestContext
 from service.servicers import v2_model_info as info
 from service.repository import find_model_directory
 from service.servicers.calls import CallRunner
+from service.servicers.infer_wire import InferRequestWire
 from service.servicers.lifecycle import Lifecycle
 from service.servicers.streams import OrderedStream, StreamPolicy, run_frame
 from service.servicers.v2_parameters import parameters_to_python
@@ -188,8 +189,13 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
         return await self.calls.unary("CudaSharedMemoryUnregister", "", context, body)
 
-    async def ModelInfer(self, request, context):
-        return await self.calls.unary("ModelInfer", request.model_name, context, lambda ctx: self._infer(ctx, request))
+    async def ModelInfer(self, request: InferRequestWire, context):
+        """`request` arrives split from its wire bytes (the server registers split_infer_request as
+        this method's deserializer), its tensor bytes still where gRPC put them."""
+        message, raw = request.message, request.raw_input_contents
+        return await self.calls.unary(
+            "ModelInfer", message.model_name, context, lambda ctx: self._infer(ctx, message, raw)
+        )
 
     async def ModelStreamInfer(self, request_iterator, context):
         """Requests are answered in the order they came; a failed request yields an error_message and
@@ -216,12 +222,16 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             async for answer in OrderedStream(requests, process, None, lambda _: policy).results():
                 yield answer
 
-    async def _infer(self, ctx: RequestContext, request: pb.ModelInferRequest) -> pb.ModelInferResponse:
+    async def _infer(
+        self, ctx: RequestContext, request: pb.ModelInferRequest, raw_contents: list[memoryview] | None = None
+    ) -> pb.ModelInferResponse:
         outputs = [
             OutputRequest(o.name, parameters_to_python(o.parameters).get("classification", 0)) for o in request.outputs
         ]
         # arrays, from raw contents or shared memory; BYTES inputs bounded by the images-per-request limit
-        tensors = SharedMemoryBinding(request, self.shared_memory, self.stages.limits.max_images_per_request)
+        tensors = SharedMemoryBinding(
+            request, self.shared_memory, self.stages.limits.max_images_per_request, raw_contents
+        )
         result = await infer(
             self.stages, ctx, ModelRef(request.model_name, request.model_version), tensors.inputs, outputs
         )

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 import struct
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 
@@ -103,8 +103,9 @@ def decode_raw(
 ) -> np.ndarray:
     """Array of `shape` from raw V2 bytes.
 
-    Fixed-size types return a read-only view of `data` (no copy); BYTES returns an object array
-    of `bytes`, of at most `max_bytes_elements` elements (checked before splitting).
+    Fixed-size types return a read-only view of `data` (no copy) when it is aligned to the
+    element size, else an aligned copy; BYTES returns an object array of `bytes`, of at most
+    `max_bytes_elements` elements (checked before splitting).
     """
     dtype = numpy_dtype(datatype, what)
     dims = list(shape)
@@ -120,7 +121,11 @@ def decode_raw(
         )
     if datatype == "BOOL" and np.frombuffer(data, dtype=np.uint8).max(initial=0) > 1:
         raise InvalidArgument(f"{what}: raw BOOL contents must be bytes 0 or 1")
-    return np.frombuffer(data, dtype=dtype).reshape(dims)
+    array = np.frombuffer(data, dtype=dtype).reshape(dims)
+    # Contents left inside the received message (service/servicers/infer_wire.py) or at a client's
+    # shared-memory offset can start at any byte; ONNX Runtime's kernels give other last digits on
+    # elements not aligned to their size, so such contents are copied to an aligned array.
+    return array if array.flags.aligned else array.copy()
 
 
 def _split_length_prefixed(data: bytes, count: int, dims: list[int], what: str) -> np.ndarray:
@@ -194,7 +199,9 @@ def decode_typed(
 
 
 def input_to_numpy(
-    tensor: pb.ModelInferRequest.InferInputTensor, raw: bytes | None = None, max_bytes_elements: int | None = None
+    tensor: pb.ModelInferRequest.InferInputTensor,
+    raw: bytes | memoryview | None = None,
+    max_bytes_elements: int | None = None,
 ) -> np.ndarray:
     """One input as an array: from `raw` (its raw_input_contents entry) or its typed contents."""
     what = f"input '{bounded(tensor.name, 100)}'"
@@ -208,10 +215,16 @@ def input_to_numpy(
     return decode_raw(raw, tensor.datatype, tensor.shape, what, max_bytes_elements)
 
 
-def request_inputs(request: pb.ModelInferRequest, max_bytes_elements: int | None = None) -> dict[str, np.ndarray]:
+def request_inputs(
+    request: pb.ModelInferRequest,
+    max_bytes_elements: int | None = None,
+    raw_contents: Sequence[bytes | memoryview] | None = None,
+) -> dict[str, np.ndarray]:
     """Every input of a ModelInferRequest as {name: array}, in request order; BYTES inputs hold at
-    most `max_bytes_elements` elements each (the server passes its images-per-request limit)."""
-    raw = request.raw_input_contents
+    most `max_bytes_elements` elements each (the server passes its images-per-request limit).
+    `raw_contents` stands in for the message's raw_input_contents when the server kept them as
+    views of the received bytes (service/servicers/infer_wire.py)."""
+    raw = request.raw_input_contents if raw_contents is None else raw_contents
     if raw and len(raw) != len(request.inputs):
         raise InvalidArgument(
             f"request has {len(raw)} raw_input_contents entries for "

@@ -292,10 +292,16 @@ def infer_requests(draw, model_names=st.text(max_size=8)) -> pb.ModelInferReques
 
 
 @st.composite
+def mutated_request_bytes(draw) -> bytes:
+    """A serialized request after byte mutations (or a few random bytes)."""
+    data = draw(infer_requests()).SerializeToString()
+    return draw(mutations(data)) if data else draw(st.binary(max_size=64))
+
+
+@st.composite
 def reparsed_requests(draw) -> pb.ModelInferRequest | None:
     """A serialized request after byte mutations, parsed back with FromString (None if it no longer parses)."""
-    data = draw(infer_requests()).SerializeToString()
-    mutated = draw(mutations(data)) if data else draw(st.binary(max_size=64))
+    mutated = draw(mutated_request_bytes())
     try:
         return pb.ModelInferRequest.FromString(mutated)
     except Exception:  # protobuf's DecodeError; the property only concerns messages that parse

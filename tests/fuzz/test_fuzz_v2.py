@@ -13,11 +13,12 @@ from hypothesis import example, given, settings
 
 from service.api.inference import grpc_service_pb2 as pb
 from service.errors import InvalidArgument
+from service.servicers.infer_wire import split_infer_request
 from service.servicers.v2_parameters import parameters_to_python
 from service.servicers.v2_tensors import numpy_dtype, request_inputs
 
 from .conftest import examples
-from .strategies import infer_requests, reparsed_requests
+from .strategies import infer_requests, mutated_request_bytes, reparsed_requests
 
 
 def check_parsed(request: pb.ModelInferRequest) -> None:
@@ -59,6 +60,25 @@ def test_request_inputs_gives_arrays_or_invalid_argument(request):
 def test_mutated_serialized_requests(request):
     if request is not None:
         check_parsed(request)
+
+
+@given(data=mutated_request_bytes())
+def test_split_requests_parse_as_protobuf_does(data):
+    """The server's ModelInfer reads requests with split_infer_request: on any bytes it must
+    refuse what protobuf refuses (InvalidArgument) and otherwise give protobuf's request."""
+    try:
+        reference = pb.ModelInferRequest.FromString(data)
+    except Exception:  # protobuf's DecodeError
+        reference = None
+    try:
+        wire = split_infer_request(data)
+    except InvalidArgument:
+        assert reference is None
+        return
+    assert reference is not None
+    assert [bytes(view) for view in wire.raw_input_contents] == list(reference.raw_input_contents)
+    del reference.raw_input_contents[:]
+    assert wire.message == reference
 
 
 @settings(max_examples=examples(0.3))

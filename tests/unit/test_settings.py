@@ -49,6 +49,23 @@ def test_stream_fairness_settings_are_validated(monkeypatch):
         parse(["--stream-idle-timeout-s", "0"], monkeypatch)
 
 
+def test_received_bytes_budget_holds_one_message_of_the_largest_size(monkeypatch):
+    defaults = parse([], monkeypatch).limits
+    assert defaults.max_received_bytes >= defaults.max_message_bytes
+    raised = parse(
+        ["--max-message-bytes", "1024", "--max-received-bytes", "1024"], monkeypatch, CONVSERVE_MAX_READS_PER_PEER="3"
+    )
+    assert (raised.limits.max_received_bytes, raised.limits.max_reads_per_peer) == (1024, 3)
+    with pytest.raises(ValueError, match="max_received_bytes must be >= max_message_bytes"):
+        parse(["--max-message-bytes", "1024", "--max-received-bytes", "1023"], monkeypatch)
+    for flag, name in (
+        ("--max-reads-per-peer", "max_reads_per_peer"),
+        ("--message-read-timeout-s", "message_read_timeout_s"),
+    ):
+        with pytest.raises(ValueError, match=f"{name} must be > 0"):
+            parse([flag, "0"], monkeypatch)
+
+
 def test_token_files_are_checked_at_start(monkeypatch, tmp_path):
     empty = tmp_path / "empty"
     empty.write_text("\n\n")
