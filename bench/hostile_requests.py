@@ -86,6 +86,12 @@ def v2_tensor(model: str, shape: tuple[int, ...], name: str = "input") -> pb.Mod
     return request
 
 
+def oversized_tensor(model: str, width: int = 1_850_000) -> pb.ModelInferRequest:
+    """A [1, 1, 8, width] FP32 tensor, 59 MB at the default width (inside --max-message-bytes), of a
+    shape no bundled model takes: refused as soon as it is read, so what it costs is the reading."""
+    return v2_tensor(model, (1, 1, 8, width))
+
+
 def empty_bytes_elements(model: str, count: int = 16_000_000) -> pb.ModelInferRequest:
     """A BYTES input of `count` empty elements (4 zero bytes each): 61 MiB for 16 million."""
     request = pb.ModelInferRequest(model_name=model)

@@ -3,10 +3,13 @@
 Why: docs/security.md claims the default budgets keep `convserve serve` on the bundled model
 repository well inside a 2 GiB pod. This serves model_repo with default settings as a child
 process and, while sampling its VmRSS from /proc every 10 ms, sends what costs the most memory
-within the limits: many concurrent fcn8s tensors at the per-request budget (16 MiB), 40-megapixel
-images to fcn8s (decoded at full size, downscaled into the budget, masks made at full size), the
-same with overlays (every decoded original kept until its answer), and tensors and images at
-once. Prints the server's peak VmRSS and its VmRSS after the next memory trim, per phase.
+within the limits, from `--connections` client connections at once (one connection is held to
+its own share of reads, so an attacker uses many): 59 MB tensors of a shape no model takes
+(refused once read, so they cost only the reading), many concurrent fcn8s tensors at the
+per-request budget (16 MiB), 40-megapixel images to fcn8s (decoded at full size, downscaled
+into the budget, masks made at full size), the same with overlays (every decoded original kept
+until its answer), and tensors and images at once. Prints the server's peak VmRSS and its VmRSS
+after the next memory trim, per phase.
 """
 
 from __future__ import annotations
@@ -33,65 +36,84 @@ def sample(server: ServerProcess, stop: threading.Event, out: list[float]) -> No
         time.sleep(0.01)
 
 
-def fire(calls, concurrency: int) -> dict[str, int]:
-    """Run every (rpc, request) at `concurrency`; count the statuses."""
+def fire(calls, concurrency: int, stubs: list) -> dict[str, int]:
+    """Run every (method, request) at `concurrency`, call i on connection i % len(stubs); count the statuses."""
     counts: dict[str, int] = {}
 
-    def one(call):
-        rpc, request = call
+    def one(indexed):
+        index, (method, request) = indexed
         try:
-            rpc(request, timeout=120)
+            getattr(stubs[index % len(stubs)], method)(request, timeout=120)
             code = "OK"
         except grpc.RpcError as exc:
             code = exc.code().name
         counts[code] = counts.get(code, 0) + 1
 
     with ThreadPoolExecutor(concurrency) as pool:
-        list(pool.map(one, calls))
+        list(pool.map(one, enumerate(calls)))
     return dict(sorted(counts.items()))
+
+
+class Stubs:
+    """The two services on one client connection of its own."""
+
+    def __init__(self, address: str):
+        options = [
+            ("grpc.max_send_message_length", 128 * 2**20),
+            ("grpc.max_receive_message_length", 128 * 2**20),
+            ("grpc.use_local_subchannel_pool", 1),  # its own connection, its own peer address
+        ]
+        self.channel = grpc.insecure_channel(address, options=options)
+        v2, vision = pb_grpc.GRPCInferenceServiceStub(self.channel), vpb_grpc.VisionServiceStub(self.channel)
+        self.ModelInfer, self.Segment = v2.ModelInfer, vision.Segment
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--concurrency", type=int, default=24)
+    parser.add_argument("--connections", type=int, default=8, help="client connections the calls are spread over")
     parser.add_argument("--repo", type=Path, default=REPO_ROOT / "model_repo")
     parser.add_argument(
-        "--phases", default="tensors,images,overlays,both", help="comma list of tensors, images, overlays, both"
+        "--phases",
+        default="oversized,tensors,images,overlays,both",
+        help="comma list of oversized, tensors, images, overlays, both",
     )
     args = parser.parse_args(argv)
+    oversized = hostile.oversized_tensor("lenet5")  # 59 MB
     tensor = hostile.v2_tensor("fcn8s", (1, 3, 1152, 1152))  # 15.2 MiB: just inside fcn8s's 16 MiB
     photo = hostile.segment("fcn8s", hostile.encoded_png(6324, 6324))  # 39,992,976 pixels: inside --max-pixels
     with_overlay = hostile.segment("fcn8s", photo.images[0].encoded)
     with_overlay.overlay = True
     server = served_models(args.repo)
+    stubs = [Stubs(server.address) for _ in range(args.connections)]
     try:
-        options = [("grpc.max_send_message_length", 128 * 2**20), ("grpc.max_receive_message_length", 128 * 2**20)]
-        with grpc.insecure_channel(server.address, options=options) as channel:
-            v2, vision = pb_grpc.GRPCInferenceServiceStub(channel), vpb_grpc.VisionServiceStub(channel)
-            print(f"at rest: {server.rss_mb():.0f} MB")
-            phases = {
-                "tensors": [(v2.ModelInfer, tensor)] * (3 * args.concurrency),
-                "images": [(vision.Segment, photo)] * 8,
-                "overlays": [(vision.Segment, with_overlay)] * 8,
-                "both": [(v2.ModelInfer, tensor)] * (2 * args.concurrency) + [(vision.Segment, photo)] * 8,
-            }
-            for name in args.phases.split(","):
-                calls = phases[name]
-                rss: list[float] = []
-                stop = threading.Event()
-                sampler = threading.Thread(target=sample, args=(server, stop, rss))
-                sampler.start()
-                started = time.perf_counter()
-                counts = fire(calls, args.concurrency)
-                seconds = time.perf_counter() - started
-                time.sleep(TRIM_INTERVAL_S + 1)  # the server hands free pages back every TRIM_INTERVAL_S
-                stop.set()
-                sampler.join()
-                print(
-                    f"{name}: {counts} in {seconds:.1f} s; server VmRSS peak {max(rss):.0f} MB, "
-                    f"{TRIM_INTERVAL_S + 1:g} s later {server.rss_mb():.0f} MB"
-                )
+        print(f"at rest: {server.rss_mb():.0f} MB")
+        phases = {
+            "oversized": [("ModelInfer", oversized)] * (3 * args.concurrency),
+            "tensors": [("ModelInfer", tensor)] * (3 * args.concurrency),
+            "images": [("Segment", photo)] * 8,
+            "overlays": [("Segment", with_overlay)] * 8,
+            "both": [("ModelInfer", tensor)] * (2 * args.concurrency) + [("Segment", photo)] * 8,
+        }
+        for name in args.phases.split(","):
+            calls = phases[name]
+            rss: list[float] = []
+            stop = threading.Event()
+            sampler = threading.Thread(target=sample, args=(server, stop, rss))
+            sampler.start()
+            started = time.perf_counter()
+            counts = fire(calls, args.concurrency, stubs)
+            seconds = time.perf_counter() - started
+            time.sleep(TRIM_INTERVAL_S + 1)  # the server hands free pages back every TRIM_INTERVAL_S
+            stop.set()
+            sampler.join()
+            print(
+                f"{name}: {counts} in {seconds:.1f} s; server VmRSS peak {max(rss):.0f} MB, "
+                f"{TRIM_INTERVAL_S + 1:g} s later {server.rss_mb():.0f} MB"
+            )
     finally:
+        for stub in stubs:
+            stub.channel.close()
         server.stop()
     return 0
 

@@ -7,10 +7,11 @@ it is missing, which the report then says) and, for N minutes, sends a paced mix
 client threads: Classify with a JPEG, ModelInfer with a preprocessed FP32 tensor, StreamClassify
 calls of several frames, and bad requests that must be refused with their proper status. The last
 `--hostile-minutes` (default 3) add the attacks of tests/integration/test_hostile.py to the mix
-(bench/hostile_requests.py: lying image headers, 16 million empty BYTES elements, fcn8s tensors off
-its stride or empty, a 10-megapixel image for the native-resolution segmenter, a 10^6-entry class
-filter, a 300-character model name, a connection opening one stream more than its share), each
-of which must get its precise status while the good requests keep succeeding.
+(bench/hostile_requests.py: lying image headers, 16 million empty BYTES elements, 59 MB tensors
+of a shape no model takes, fcn8s tensors off its stride or empty, a 10-megapixel image for the
+native-resolution segmenter, a 10^6-entry class filter, a 300-character model name, a connection
+opening one stream more than its share), each of which must get its precise status while the
+good requests keep succeeding.
 
 Verdict: PASS when no good request failed, every bad or hostile request got its expected status,
 the server's resident memory (VmRSS from /proc, median of the last minute of the normal phase vs
@@ -183,6 +184,7 @@ class HostileClient:
             "lying_jpeg": (classify, hostile.classify(work.model, hostile.lying_jpeg()), invalid),
             "lying_tiff": (classify, hostile.classify(work.model, hostile.lying_tiff()), invalid),
             "empty_bytes": (infer, hostile.empty_bytes_elements(work.model), invalid),
+            "oversized": (infer, hostile.oversized_tensor(work.model), invalid),
             "long_name": (self.v2.RepositoryModelLoad, pb.RepositoryModelLoadRequest(model_name="m" * 300), invalid),
             "stream_flood": (self.stream_flood, None, "RESOURCE_EXHAUSTED"),
         }

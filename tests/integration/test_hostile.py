@@ -33,6 +33,8 @@ from service.api.inference import grpc_service_pb2_grpc as pb_grpc
 
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
 FAST_S = 1.0
+RECEIVED_MIB = 128  # the server's --max-received-bytes: two messages of the largest size read at once
+RECEIVE_WAVE_S = 4 * FAST_S  # 16 messages of 59 MB, two at a time: the last waits for seven pairs
 MIB = 2**20
 FCN8S_REQUEST, FCN8S_QUEUE = 4 * MIB, 8 * MIB  # the test repository's fcn8s budgets
 ACTIVATION_FACTOR = 20  # fcn8s activations per input byte (`python -m bench.ort_memory`: ~17-19)
@@ -114,6 +116,8 @@ def hostile_server(tmp_path_factory):
         "0.5",
         "--drain-timeout-s",
         "5",
+        "--max-received-bytes",
+        str(RECEIVED_MIB * MIB),
     )
     monitor = None
     try:
@@ -220,6 +224,25 @@ def test_million_empty_bytes_elements_are_refused_without_splitting(hostile_serv
     request = hostile.empty_bytes_elements("tiny")
     assert request.ByteSize() > 60 * MIB
     assert "over the limit of 64" in attack.expect(INVALID, attack.v2.ModelInfer, request)
+
+
+def test_concurrent_oversized_messages_are_read_a_few_at_a_time(hostile_server):
+    """Eight clients send two 59 MB tensors each at once to the tiny classifier (the wrong shape,
+    so each is refused as soon as it is read). gRPC read every such message as it came: before the
+    received-bytes gate, 72 of them at 24 at a time took a server to 2.8 GB. Now at most
+    --max-received-bytes / --max-message-bytes are read at once, and each answer still comes fast."""
+    attackers = [Attack(hostile_server["server"].address) for _ in range(8)]
+    request = hostile.oversized_tensor("tiny")
+    assert request.ByteSize() > 59e6
+    try:
+        with ThreadPoolExecutor(16) as pool:
+            details = list(
+                pool.map(lambda a: a.expect(INVALID, a.v2.ModelInfer, request, within=RECEIVE_WAVE_S), attackers * 2)
+            )
+    finally:
+        for attacker in attackers:
+            attacker.channel.close()
+    assert all("shape" in text for text in details), details[:2]
 
 
 def test_huge_class_filter_is_invalid_with_a_short_message(hostile_server):
@@ -354,7 +377,8 @@ def test_server_stayed_responsive_and_bounded_throughout(hostile_server):
         assert p99 < 100, f"{key} p99 {p99:.1f} ms; slowest: {slowest}"
     start, end = hostile_server["start_rss"], _rss_mib(server.proc.pid)
     peak = max(samples["rss_mib"])
-    budget = start + (FCN8S_QUEUE * (1 + ACTIVATION_FACTOR) + 16 * MIB) / MIB  # fcn8s + yolo_grid queues
+    # fcn8s's and yolo_grid's queues (fcn8s's activations with them), and the request messages read or held
+    budget = start + (FCN8S_QUEUE * (1 + ACTIVATION_FACTOR) + 16 * MIB) / MIB + RECEIVED_MIB
     print(f"server VmRSS: start {start:.0f} MiB, peak {peak:.0f} MiB, end {end:.0f} MiB, budget {budget:.0f} MiB")
     assert end - start < ALLOWANCE_MIB, f"RSS grew {end - start:.0f} MiB over the suite"
     assert peak < budget + ALLOWANCE_MIB, f"RSS peaked at {peak:.0f} MiB, budget {budget:.0f} + {ALLOWANCE_MIB} MiB"
