@@ -124,8 +124,9 @@ class Metrics:
         self.model_warmup_seconds = Gauge(
             "convserve_model_warmup_seconds", "Seconds the warm-up run took.", ["model", "version"], registry=r
         )
-        # per model, per batch size: [executions, merge seconds, run seconds, split seconds] (V2 batch_stats)
-        self.batch_stats: dict[str, dict[int, list[float]]] = {}
+        # per (model, version), per batch size: [executions, merge s, run s, split s] (V2 batch_stats)
+        self.batch_stats: dict[tuple[str, str], dict[int, list[float]]] = {}
+        self._version_images: dict[tuple[str, str], VersionImages] = {}
         self.received_bytes = Gauge(
             "convserve_received_bytes",
             "Bytes of the --max-received-bytes budget held: request messages being read or held by their calls.",
@@ -146,25 +147,33 @@ class Metrics:
             registry=r,
         )
 
-    def batch_observer(self, model: str) -> "BatchMetrics":
-        return BatchMetrics(self, model)
+    def batch_observer(self, model: str, version: str) -> "BatchMetrics":
+        return BatchMetrics(self, model, version)
 
-    def model_statistics(self, model: str) -> "ModelStats":
-        """Counts and cumulative durations for V2 ModelStatistics, read from this registry.
+    def images_run(self, model: str, version: str) -> "VersionImages":
+        """The images counter of one model version (memoised: it is on every request's path)."""
+        counter = self._version_images.get((model, version))
+        if counter is None:
+            counter = self._version_images[(model, version)] = VersionImages(self.images.labels(model))
+        return counter
 
-        Summed over the model's versions (the batcher-side series carry no version label). Why it
-        reads the four metric objects it needs, each once: it runs on the event loop, and perf_analyzer
-        asks for it around every measurement window; walking the whole registry once per stage and
-        per value (the process collectors and every histogram bucket of every model) kept every
-        other request waiting several times longer (bench/experiments/statistics_cost.py).
+    def model_statistics(self, model: str, version: str) -> "ModelStats":
+        """Counts and cumulative durations of one model version for V2 ModelStatistics, read from
+        this registry (request series by their version label) and from the version's own batch
+        and image tallies (the batcher-side series are per model, summed over its versions).
+
+        Why it reads the metric objects it needs, each once: it runs on the event loop, and
+        perf_analyzer asks for it around every measurement window; walking the whole registry once
+        per stage and per value (the process collectors and every histogram bucket of every model)
+        kept every other request waiting several times longer (bench/experiments/statistics_cost.py).
         """
         stages: dict[str, list[float]] = {}
-        for sample in _model_samples(self.latency, model):
+        for sample in _version_samples(self.latency, model, version):
             if sample.name.endswith(("_count", "_sum")):
                 pair = stages.setdefault(sample.labels.get("stage", ""), [0.0, 0.0])
                 pair[0 if sample.name.endswith("_count") else 1] += sample.value
         ok = failed = 0.0
-        for sample in _model_samples(self.requests, model):
+        for sample in _version_samples(self.requests, model, version):
             if sample.name.endswith("_total") and sample.labels.get("method") in INFERENCE_METHODS:
                 if sample.labels["code"] == "OK":
                     ok += sample.value
@@ -175,6 +184,8 @@ class Metrics:
             count, total = stages.get(name, (0.0, 0.0))
             return int(count), total
 
+        by_size = self.batch_stats.get((model, version), {})
+        images = self._version_images.get((model, version))
         return ModelStats(
             success_count=int(ok),
             fail_count=int(failed),
@@ -183,23 +194,31 @@ class Metrics:
             compute_input=stage("preprocess"),
             compute_infer=stage("inference"),
             compute_output=stage("postprocess"),
-            inference_count=int(_model_total(self.images, model)),
-            execution_count=int(_model_total(self.executions, model)),
+            inference_count=images.total if images else 0,
+            execution_count=int(sum(totals[0] for totals in by_size.values())),
             batch_stats=tuple(
-                (size, int(count), merge, run, split)
-                for size, (count, merge, run, split) in sorted(self.batch_stats.get(model, {}).items())
+                (size, int(count), merge, run, split) for size, (count, merge, run, split) in sorted(by_size.items())
             ),
         )
 
 
-def _model_samples(metric, model: str):
-    """The samples of one metric (all its label values) that belong to `model`."""
+def _version_samples(metric, model: str, version: str):
+    """The samples of one metric (all its other label values) that belong to one model version."""
     for family in metric.collect():
-        yield from (s for s in family.samples if s.labels.get("model") == model)
+        yield from (s for s in family.samples if s.labels.get("model") == model and s.labels.get("version") == version)
 
 
-def _model_total(counter: Counter, model: str) -> float:
-    return sum(s.value for s in _model_samples(counter, model) if s.name.endswith("_total"))
+class VersionImages:
+    """Images run through one model version: counted into the per-model `convserve_images_total`
+    and kept as the version's own total for ModelStatistics' inference_count."""
+
+    def __init__(self, child):
+        self._child = child
+        self.total = 0
+
+    def inc(self, count: int) -> None:
+        self._child.inc(count)
+        self.total += count
 
 
 @dataclass(frozen=True)
@@ -225,9 +244,10 @@ class BatchMetrics:
 
     Why queue depth moves by deltas: every loaded version of a model has its own batcher, and the
     gauge is per model, so each batcher adds its change instead of overwriting the others' share.
+    The per-batch-size tallies are the version's own (ModelStatistics reports versions apart).
     """
 
-    def __init__(self, metrics: Metrics, model: str):
+    def __init__(self, metrics: Metrics, model: str, version: str):
         self._batch_size = metrics.batch_size.labels(model)
         self._batch_requests = metrics.batch_requests.labels(model)
         self._executions = metrics.executions.labels(model)
@@ -235,7 +255,7 @@ class BatchMetrics:
         self._queue_depth = metrics.queue_depth.labels(model)
         self._rejected = {reason: metrics.rejected.labels(model, reason) for reason in ("queue_full", "deadline")}
         self._queued = 0
-        self._by_size = metrics.batch_stats.setdefault(model, {})
+        self._by_size = metrics.batch_stats.setdefault((model, version), {})
 
     def batch_done(
         self, images: int, requests: int, seconds: float, merge_seconds: float, split_seconds: float

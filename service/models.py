@@ -181,7 +181,7 @@ class ModelRegistry:
             max_queue_bytes=batching.max_queue_bytes,
         )
         executor = ThreadPoolExecutor(max_workers=batching.instances, thread_name_prefix=f"ort-{source.name}")
-        batcher = DynamicBatcher(runtime.run, executor, policy, self.metrics.batch_observer(source.name))
+        batcher = DynamicBatcher(runtime.run, executor, policy, self.metrics.batch_observer(source.name, str(version)))
         return LoadedVersion(source, version, runtime, batcher, executor, load_seconds, warmup_seconds)
 
     def _report_loaded(self, loaded: LoadedVersion) -> None:

@@ -111,7 +111,7 @@ class RequestPath:
             written = frozenset(binding.outputs)
             if binding.used:
                 self.shared_memory.served(result.model.name)
-        self.v2.inference_done(result.model.name)
+        self.v2.inference_done(result.model.name, result.model.version)
         return Answer(result.model.name, str(result.model.version), (result.outputs, written))
 
     def _shared_memory_binding(self, request: InferRequest) -> SharedMemoryBinding:

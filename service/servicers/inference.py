@@ -53,7 +53,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         self.lifecycle = lifecycle
         self.registry = stages.registry
         self.repository_api = repository_api
-        self._last_inference_ms: dict[str, int] = {}
+        self._last_inference_ms: dict[tuple[str, str], int] = {}
 
     async def ServerLive(self, request, context):
         return pb.ServerLiveResponse(live=True)
@@ -109,13 +109,15 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         return info.model_config(self.stages.resolve(ctx, ModelRef(name, version)))
 
     async def statistics(self, ctx: RequestContext, name: str, version: str) -> pb.ModelStatisticsResponse:
+        """The named version's own statistics (an empty version: the one requests without a version
+        get); an empty name: every model's."""
         names = [name] if name else sorted(self.registry.entries)
         response = pb.ModelStatisticsResponse()
         for each in names:
-            loaded = self.stages.resolve(ctx, ModelRef(each, version))
-            stats = self.calls.metrics.model_statistics(each)
-            last_ms = self._last_inference_ms.get(each, 0)
-            response.model_stats.append(info.model_statistics(each, str(loaded.version), stats, last_ms))
+            chosen = str(self.stages.resolve(ctx, ModelRef(each, version)).version)
+            stats = self.calls.metrics.model_statistics(each, chosen)
+            last_ms = self._last_inference_ms.get((each, chosen), 0)
+            response.model_stats.append(info.model_statistics(each, chosen, stats, last_ms))
         return response
 
     async def load(self, name: str) -> pb.RepositoryModelLoadResponse:
@@ -131,9 +133,9 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         await self.registry.unload(name)
         return pb.RepositoryModelUnloadResponse()
 
-    def inference_done(self, model_name: str) -> None:
-        """ModelStatistics' last_inference, for inferences of either front end."""
-        self._last_inference_ms[model_name] = int(time.time() * 1000)
+    def inference_done(self, model_name: str, version: int) -> None:
+        """ModelStatistics' last_inference of the version that answered, for either front end."""
+        self._last_inference_ms[(model_name, str(version))] = int(time.time() * 1000)
 
     def _require_repository_api(self) -> None:
         if not self.repository_api:
@@ -241,5 +243,5 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             tensors.append_output(response, name, value)
         if tensors.used:
             self.shared_memory.served(loaded.name)
-        self.inference_done(loaded.name)
+        self.inference_done(loaded.name, loaded.version)
         return response

@@ -305,6 +305,40 @@ def _stats(stub, name):
     return stats
 
 
+def test_model_statistics_are_each_versions_own(tmp_path):
+    """Two loaded versions: each version's ModelStatistics counts only the requests it served (a
+    client comparing versions, or perf_analyzer -x, must not read one version's traffic as the
+    other's); no version asked means the version plain requests go to (the newest)."""
+    repo = tmp_path / "repo"
+    write_tiny_model(repo, "two", versions=(1, 2), delay_us=0)
+    server = ServerThread(settings_for(repo)).start()
+    try:
+        with grpc.insecure_channel(server.address) as channel:
+            stub = pb_grpc.GRPCInferenceServiceStub(channel)
+            for seed in range(3):
+                assert stub.ModelInfer(infer_raw("two", digits(seed, count=2), version="1")).model_version == "1"
+            assert stub.ModelInfer(infer_raw("two", digits(9, count=1))).model_version == "2"
+
+            def stats(version: str) -> pb.ModelStatistics:
+                request = pb.ModelStatisticsRequest(name="two", version=version)
+                (entry,) = stub.ModelStatistics(request).model_stats
+                return entry
+
+            first, second, plain = stats("1"), stats("2"), stats("")
+    finally:
+        server.stop()
+    assert (first.version, second.version, plain.version) == ("1", "2", "2")
+    assert first.inference_stats.success.count == 3 and first.inference_count == 6
+    assert second.inference_stats.success.count == 1 and second.inference_count == 1
+    for entry in (first, second):
+        sizes = {b.batch_size: b.compute_infer.count for b in entry.batch_stats}
+        assert entry.execution_count == sum(sizes.values()) >= 1
+        assert sum(size * count for size, count in sizes.items()) == entry.inference_count
+        assert entry.inference_stats.compute_infer.count == entry.inference_stats.success.count
+        assert entry.last_inference > 0
+    assert plain.inference_stats.success.count == 1 and plain.inference_count == 1
+
+
 def test_a_stream_runs_its_requests_together_within_its_window_and_answers_in_order(tmp_path):
     """A client that writes 12 requests without waiting: the server runs up to stream_max_pending (4)
     of them at once, so they batch (fewer executions than requests), never more than 4 in a batch
