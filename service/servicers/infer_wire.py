@@ -11,7 +11,9 @@ parses only the rest (names, shapes, parameters: a few hundred bytes) with proto
 The walk is bounded: at most `MAX_TOP_LEVEL_FIELDS` fields are looked at; a message with more,
 or with anything the walk does not take apart (a group, a truncated field), is parsed whole by
 protobuf instead, which then decides whether it is valid. Either way the caller gets the same
-request.
+request. A message of at most `WHOLE_PARSE_MAX_BYTES` is parsed whole from the start: there the
+copies cost less than the walk (a 4 kB digits request: 3.4 us whole vs 13 us split; a 602 kB
+ResNet request: 37 us whole vs 12 us split; AMD EPYC Zen 4, Python 3.11, protobuf's upb parser).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from service.errors import InvalidArgument
 
 RAW_INPUT_CONTENTS = pb.ModelInferRequest.DESCRIPTOR.fields_by_name["raw_input_contents"].number
 MAX_TOP_LEVEL_FIELDS = 1024  # a request has a handful (names, inputs, outputs, parameters, contents)
+WHOLE_PARSE_MAX_BYTES = 64 * 1024  # smaller messages: protobuf's C parser, copies and all, is faster
 _LENGTH_DELIMITED, _VARINT, _FIXED64, _FIXED32 = 2, 0, 1, 5
 
 
@@ -88,11 +91,11 @@ def _contents_spans(data: memoryview) -> tuple[list[tuple[int, int]], list[tuple
     return None if offset != size else (contents, others)
 
 
-def split_infer_request(data: bytes) -> InferRequestWire:
-    """The request in `data` (its serialized form), tensor bytes as views; INVALID_ARGUMENT when
-    protobuf cannot parse it."""
+def split_infer_request(data: bytes, whole_parse_max_bytes: int = WHOLE_PARSE_MAX_BYTES) -> InferRequestWire:
+    """The request in `data` (its serialized form), tensor bytes as views (protobuf's copies for a
+    message of at most `whole_parse_max_bytes`); INVALID_ARGUMENT when protobuf cannot parse it."""
     view = memoryview(data)
-    spans = _contents_spans(view)
+    spans = None if len(data) <= whole_parse_max_bytes else _contents_spans(view)
     try:
         if spans is None:
             message = pb.ModelInferRequest.FromString(data)

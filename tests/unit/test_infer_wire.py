@@ -10,7 +10,13 @@ from google.protobuf.message import DecodeError
 from service.api.inference import grpc_service_pb2 as pb
 from service.errors import InvalidArgument
 from service.servicers import infer_wire
-from service.servicers.infer_wire import split_infer_request
+from service.servicers.infer_wire import WHOLE_PARSE_MAX_BYTES
+from service.servicers.infer_wire import split_infer_request as split_as_served
+
+
+def split_infer_request(data: bytes) -> infer_wire.InferRequestWire:
+    """The walk itself, whatever the message's size (the server parses small messages whole)."""
+    return split_as_served(data, whole_parse_max_bytes=0)
 
 
 def _request(contents: list[bytes]) -> pb.ModelInferRequest:
@@ -98,6 +104,21 @@ def test_more_fields_than_the_walk_looks_at_are_parsed_whole(monkeypatch):
     wire = split_infer_request(data)
     _same(wire, request)
     assert wire.raw_input_contents[0].obj is not data  # protobuf's copies: the bounded fallback ran
+
+
+def test_small_messages_are_parsed_whole_and_large_ones_keep_views():
+    """Below the threshold protobuf's copies are cheaper than the walk; the request is the same."""
+    small = _request([b"\x01" * 64])
+    data = small.SerializeToString()
+    assert len(data) <= WHOLE_PARSE_MAX_BYTES
+    wire = split_as_served(data)
+    _same(wire, small)
+    assert wire.raw_input_contents[0].obj is not data
+    large = _request([np.zeros(WHOLE_PARSE_MAX_BYTES // 4 + 1, np.float32).tobytes()])
+    data = large.SerializeToString()
+    wire = split_as_served(data)
+    _same(wire, large)
+    assert wire.raw_input_contents[0].obj is data
 
 
 @pytest.mark.parametrize("offset", range(4))
