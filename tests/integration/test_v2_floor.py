@@ -24,8 +24,9 @@ def test_the_bare_server_answers_what_convserve_answered(tiny_server):
                 append_input(request, "input", np.ones((1, 1, 8, 8), np.float32))
                 for _ in range(3):
                     assert stub.ModelInfer(request).SerializeToString() == answers["ModelInfer"], variant
-                assert stub.ModelMetadata(pb.ModelMetadataRequest(name="tiny")).SerializeToString() == (
-                    answers["ModelMetadata"]
+                assert (
+                    stub.ModelMetadata(pb.ModelMetadataRequest(name="tiny")).SerializeToString()
+                    == (answers["ModelMetadata"])
                 )
                 (stats,) = stub.ModelStatistics(pb.ModelStatisticsRequest(name="tiny", version="7")).model_stats
         finally:
