@@ -40,3 +40,4 @@ class BatchPolicy:
     instances: int = 1
     max_queue_size: int = 1024  # images
     max_queue_bytes: int = 256 * 2**20  # input bytes of every queued request together
+    inline_run_max_s: float = 0.0  # batches expected to run this fast run on the event loop (0: never)

@@ -8,8 +8,14 @@ back by offsets.
 Latency rules: a request never waits for a batch to fill when the model is idle. The queue delay
 (`max_queue_delay_us`) is spent only when recent traffic says more requests are about to arrive
 (the last batch held more requests than are queued now), which is what closed-loop clients under
-load look like. With `preferred_batch_sizes` a batch is cut back to the largest preferred size its
-requests reach, and no delay is spent once one can be formed (Triton's rule). The queue is bounded
+load look like. Model runs go to the model's thread pool, off the event loop, unless the model
+opts in (`batching.inline_run_max_us`): then a batch of a size whose recent runs took at most
+`inline_run_max_s` runs on the loop itself, because handing it to the thread and back costs two
+thread wake-ups (a few tenths of a millisecond on a 2-core VM), more than a tiny model's whole run.
+A size not run yet, or one that ran slower, still goes to the thread, so the loop is never held
+longer than about a run already measured to be short. With `preferred_batch_sizes` a batch is cut
+back to the largest preferred size its requests reach, and no delay is spent once one can be
+formed (Triton's rule). The queue is bounded
 in images and in input bytes (RESOURCE_EXHAUSTED when full; a batch comes from the queue, so the
 bytes bound one run's input too), deadlines are checked before a request reaches the model, a
 cancelled call's queued work is removed, and a failed run fails every request of that batch and
@@ -69,6 +75,7 @@ class DynamicBatcher:
         self._running: set[asyncio.Task] = set()
         self._expected_requests = 1
         self._last_done = 0.0
+        self._run_estimates: dict[int, float] = {}  # batch size -> moving average of its run seconds
         self._closing = False
         self._dispatcher: asyncio.Task | None = None
 
@@ -214,9 +221,13 @@ class DynamicBatcher:
             merged = {name: np.concatenate([p.inputs[name] for p in live]) for name in live[0].inputs}
         merge_seconds = time.perf_counter() - started
         try:
-            outputs, run_seconds = await asyncio.get_running_loop().run_in_executor(
-                self._executor, _timed, self._run, merged
-            )
+            if self._runs_inline(total):
+                outputs, run_seconds = _timed(self._run, merged)
+            else:
+                outputs, run_seconds = await asyncio.get_running_loop().run_in_executor(
+                    self._executor, _timed, self._run, merged
+                )
+            self._note_run(total, run_seconds)
             for name, value in outputs.items():
                 if value.shape[:1] != (total,):
                     raise InternalError(
@@ -240,6 +251,17 @@ class DynamicBatcher:
             if not pending.future.done():
                 pending.future.set_result(part)
         self._observer.batch_done(total, len(live), run_seconds, merge_seconds, time.perf_counter() - started)
+
+    def _runs_inline(self, images: int) -> bool:
+        """Whether a batch of `images` is expected to run in at most the policy's inline budget."""
+        estimate = self._run_estimates.get(images)
+        return estimate is not None and estimate <= self.policy.inline_run_max_s
+
+    def _note_run(self, images: int, seconds: float) -> None:
+        """Fold one run into its batch size's estimate (a quarter weight: one slow run moves a short
+        estimate above the budget at once, and a few fast ones bring it back)."""
+        previous = self._run_estimates.get(images)
+        self._run_estimates[images] = seconds if previous is None else previous + 0.25 * (seconds - previous)
 
     async def close(self, drain_timeout: float) -> None:
         """Refuse new requests, let queued and running ones finish (up to the timeout), fail the rest."""

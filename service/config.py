@@ -105,6 +105,10 @@ class BatchingConfig(_Frozen):
     # whole queue; the running batch comes from the queue, so the model's activations are bounded too
     max_request_bytes: int = Field(default=64 * 2**20, ge=1)
     max_queue_bytes: int = Field(default=256 * 2**20, ge=1)
+    # opt-in: a batch whose size has recently run in at most this long runs on the event loop instead
+    # of the model's thread (the hand-off there and back costs more than a tiny model's whole run);
+    # 0, the default, keeps every model run off the loop
+    inline_run_max_us: int = Field(default=0, ge=0, le=2000)
 
     @model_validator(mode="after")
     def _preferred_within_max(self) -> "BatchingConfig":

@@ -179,6 +179,7 @@ class ModelRegistry:
             instances=batching.instances,
             max_queue_size=batching.max_queue_size,
             max_queue_bytes=batching.max_queue_bytes,
+            inline_run_max_s=batching.inline_run_max_us / 1e6,
         )
         executor = ThreadPoolExecutor(max_workers=batching.instances, thread_name_prefix=f"ort-{source.name}")
         batcher = DynamicBatcher(runtime.run, executor, policy, self.metrics.batch_observer(source.name, str(version)))

@@ -400,3 +400,76 @@ def test_execution_time_is_the_models_own_not_the_wait_for_a_worker_thread():
     waited = asyncio.run(main())
     assert waited >= 0.5 and len(observer.seconds) == 1
     assert 0.02 <= observer.seconds[0] < 0.25, observer.seconds
+
+
+class ThreadNotingModel:
+    """y = x; records the thread each batch ran on; sleeps `seconds[batch size]` (default none)."""
+
+    def __init__(self, seconds: dict[int, float] | None = None):
+        self.seconds = dict(seconds or {})
+        self.threads: list[tuple[int, int]] = []  # (batch size, thread id)
+
+    def __call__(self, inputs):
+        x = inputs["x"]
+        self.threads.append((len(x), threading.get_ident()))
+        time.sleep(self.seconds.get(len(x), 0.0))
+        return {"y": x.copy()}
+
+
+def run_one_by_one(model: ThreadNotingModel, policy: BatchPolicy, sizes: list[int]) -> int:
+    """Submit batches of `sizes` one after another (each answered before the next); the loop's thread id."""
+
+    async def main():
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            batcher = DynamicBatcher(model, pool, policy)
+            batcher.start()
+            try:
+                for size in sizes:
+                    outputs, _ = await batcher.submit(rows(size))
+                    np.testing.assert_array_equal(outputs["y"], rows(size)["x"])
+            finally:
+                await batcher.close(drain_timeout=2.0)
+        return threading.get_ident()
+
+    return asyncio.run(main())
+
+
+def test_a_batch_size_measured_to_run_fast_runs_on_the_event_loop():
+    """The first run of each size goes to the model's thread (nothing is known of it); once a size
+    has run within the inline budget, its next batches run on the loop: no thread hand-off."""
+    model = ThreadNotingModel()
+    loop_thread = run_one_by_one(model, BatchPolicy(max_queue_delay_s=0.0, inline_run_max_s=0.05), [1, 1, 1, 2, 2])
+    on_loop = [(size, thread == loop_thread) for size, thread in model.threads]
+    assert on_loop == [(1, False), (1, True), (1, True), (2, False), (2, True)]
+
+
+def test_slow_sizes_and_an_inline_budget_of_zero_keep_every_run_off_the_loop():
+    slow = ThreadNotingModel({1: 0.03})
+    loop_thread = run_one_by_one(slow, BatchPolicy(max_queue_delay_s=0.0, inline_run_max_s=0.01), [1, 1, 1])
+    assert all(thread != loop_thread for _, thread in slow.threads)
+    off = ThreadNotingModel()
+    loop_thread = run_one_by_one(off, BatchPolicy(max_queue_delay_s=0.0), [1, 1, 1])
+    assert all(thread != loop_thread for _, thread in off.threads)
+
+
+def test_a_size_that_ran_slow_on_the_loop_goes_back_to_the_thread():
+    """One slow run lifts its size's estimate over the budget at once; fast runs bring it back."""
+    model = ThreadNotingModel()
+    policy = BatchPolicy(max_queue_delay_s=0.0, inline_run_max_s=0.01)
+
+    async def main():
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            batcher = DynamicBatcher(model, pool, policy)
+            batcher.start()
+            try:
+                for step in range(12):
+                    model.seconds[1] = 0.08 if step == 2 else 0.0
+                    await batcher.submit(rows(1))
+            finally:
+                await batcher.close(drain_timeout=2.0)
+        return threading.get_ident()
+
+    loop_thread = asyncio.run(main())
+    on_loop = [thread == loop_thread for _, thread in model.threads]
+    assert on_loop[:4] == [False, True, True, False]  # measured, fast, slow (it ran inline), then off
+    assert on_loop[-1] is True  # the fast runs since brought the estimate back under the budget
