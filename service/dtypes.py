@@ -68,3 +68,14 @@ def v2_of_numpy(dtype: np.dtype) -> str:
     """The V2 datatype of a numpy dtype for messages; numpy's own name when V2 has none."""
     known = _BY_NAME.get(np.dtype(dtype).name)
     return known.v2 if known else np.dtype(dtype).name
+
+
+def aligned(array: np.ndarray) -> np.ndarray:
+    """`array`, or an aligned copy of it when its elements are not aligned to their size.
+
+    Why: contents left inside the received message (service/servicers/infer_wire.py) or at a
+    client's shared-memory offset can start at any byte, and ONNX Runtime's kernels give other last
+    digits on unaligned elements. The copy is made only for inputs that passed the model's checks
+    (service/pipelines/infer.py), so a request refused for its shape costs no copy of its tensor.
+    """
+    return array if array.flags.aligned else array.copy()

@@ -14,7 +14,7 @@ from typing import Sequence
 
 import numpy as np
 
-from service.dtypes import numpy_of_config, v2_of_numpy
+from service.dtypes import aligned, numpy_of_config, v2_of_numpy
 from service.errors import InvalidArgument
 from service.models import LoadedVersion
 from service.pipelines.core import Stages
@@ -93,7 +93,7 @@ async def model_inputs(
         raise InvalidArgument(f"inputs disagree on the batch size: {sorted(batch_sizes)}")
     if batch_sizes.pop() > loaded.config.batching.max_batch_size:
         raise InvalidArgument(f"batch exceeds the model's max_batch_size {loaded.config.batching.max_batch_size}")
-    return inputs
+    return {name: aligned(array) for name, array in inputs.items()}  # checked first: a refusal copies nothing
 
 
 async def preprocess_bytes(

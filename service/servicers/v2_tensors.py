@@ -103,9 +103,9 @@ def decode_raw(
 ) -> np.ndarray:
     """Array of `shape` from raw V2 bytes.
 
-    Fixed-size types return a read-only view of `data` (no copy) when it is aligned to the
-    element size, else an aligned copy; BYTES returns an object array of `bytes`, of at most
-    `max_bytes_elements` elements (checked before splitting).
+    Fixed-size types return a read-only view of `data` (no copy), which is unaligned when the
+    contents start at an odd offset (service.dtypes.aligned); BYTES returns an object array of `bytes`, of at
+    most `max_bytes_elements` elements (checked before splitting).
     """
     dtype = numpy_dtype(datatype, what)
     dims = list(shape)
@@ -121,11 +121,7 @@ def decode_raw(
         )
     if datatype == "BOOL" and np.frombuffer(data, dtype=np.uint8).max(initial=0) > 1:
         raise InvalidArgument(f"{what}: raw BOOL contents must be bytes 0 or 1")
-    array = np.frombuffer(data, dtype=dtype).reshape(dims)
-    # Contents left inside the received message (service/servicers/infer_wire.py) or at a client's
-    # shared-memory offset can start at any byte; ONNX Runtime's kernels give other last digits on
-    # elements not aligned to their size, so such contents are copied to an aligned array.
-    return array if array.flags.aligned else array.copy()
+    return np.frombuffer(data, dtype=dtype).reshape(dims)
 
 
 def _split_length_prefixed(data: bytes, count: int, dims: list[int], what: str) -> np.ndarray:
