@@ -227,7 +227,8 @@ class DynamicBatcher:
                 outputs, run_seconds = await asyncio.get_running_loop().run_in_executor(
                     self._executor, _timed, self._run, merged
                 )
-            self._note_run(total, run_seconds)
+            if self.policy.inline_run_max_s:
+                self._note_run(total, run_seconds)
             for name, value in outputs.items():
                 if value.shape[:1] != (total,):
                     raise InternalError(
@@ -254,6 +255,8 @@ class DynamicBatcher:
 
     def _runs_inline(self, images: int) -> bool:
         """Whether a batch of `images` is expected to run in at most the policy's inline budget."""
+        if not self.policy.inline_run_max_s:
+            return False
         estimate = self._run_estimates.get(images)
         return estimate is not None and estimate <= self.policy.inline_run_max_s
 

@@ -126,7 +126,6 @@ class Metrics:
         )
         # per (model, version), per batch size: [executions, merge s, run s, split s] (V2 batch_stats)
         self.batch_stats: dict[tuple[str, str], dict[int, list[float]]] = {}
-        self._version_images: dict[tuple[str, str], VersionImages] = {}
         self.received_bytes = Gauge(
             "convserve_received_bytes",
             "Bytes of the --max-received-bytes budget held: request messages being read or held by their calls.",
@@ -150,17 +149,11 @@ class Metrics:
     def batch_observer(self, model: str, version: str) -> "BatchMetrics":
         return BatchMetrics(self, model, version)
 
-    def images_run(self, model: str, version: str) -> "VersionImages":
-        """The images counter of one model version (memoised: it is on every request's path)."""
-        counter = self._version_images.get((model, version))
-        if counter is None:
-            counter = self._version_images[(model, version)] = VersionImages(self.images.labels(model))
-        return counter
-
     def model_statistics(self, model: str, version: str) -> "ModelStats":
         """Counts and cumulative durations of one model version for V2 ModelStatistics, read from
         this registry (request series by their version label) and from the version's own batch
-        and image tallies (the batcher-side series are per model, summed over its versions).
+        tallies (the batcher-side series are per model, summed over its versions): executions and
+        images run are what its batches add up to.
 
         Why it reads the metric objects it needs, each once: it runs on the event loop, and
         perf_analyzer asks for it around every measurement window; walking the whole registry once
@@ -185,7 +178,6 @@ class Metrics:
             return int(count), total
 
         by_size = self.batch_stats.get((model, version), {})
-        images = self._version_images.get((model, version))
         return ModelStats(
             success_count=int(ok),
             fail_count=int(failed),
@@ -194,7 +186,7 @@ class Metrics:
             compute_input=stage("preprocess"),
             compute_infer=stage("inference"),
             compute_output=stage("postprocess"),
-            inference_count=images.total if images else 0,
+            inference_count=int(sum(size * totals[0] for size, totals in by_size.items())),
             execution_count=int(sum(totals[0] for totals in by_size.values())),
             batch_stats=tuple(
                 (size, int(count), merge, run, split) for size, (count, merge, run, split) in sorted(by_size.items())
@@ -206,19 +198,6 @@ def _version_samples(metric, model: str, version: str):
     """The samples of one metric (all its other label values) that belong to one model version."""
     for family in metric.collect():
         yield from (s for s in family.samples if s.labels.get("model") == model and s.labels.get("version") == version)
-
-
-class VersionImages:
-    """Images run through one model version: counted into the per-model `convserve_images_total`
-    and kept as the version's own total for ModelStatistics' inference_count."""
-
-    def __init__(self, child):
-        self._child = child
-        self.total = 0
-
-    def inc(self, count: int) -> None:
-        self._child.inc(count)
-        self.total += count
 
 
 @dataclass(frozen=True)

@@ -43,6 +43,7 @@ class Stages:
         self.metrics = metrics
         self.limits = limits
         self._pool = ThreadPoolExecutor(max_workers=preprocess_threads, thread_name_prefix="preprocess")
+        self._image_counters: dict[str, object] = {}  # memoised metrics.images.labels(model): per-request hot path
         self.originals = InflightBudget(limits.max_decoded_bytes)
 
     def resolve(self, ctx: RequestContext, model: ModelRef | LoadedVersion, task: str | None = None) -> LoadedVersion:
@@ -190,7 +191,10 @@ class Stages:
         ctx.add_stage("inference", time.monotonic() - started - queue_wait)
         count = next(iter(inputs.values())).shape[0]
         ctx.images = ctx.images or count  # tensor requests skip prepare(), which counts images
-        self.metrics.images_run(model.name, str(model.version)).inc(count)
+        counter = self._image_counters.get(model.name)
+        if counter is None:
+            counter = self._image_counters[model.name] = self.metrics.images.labels(model.name)
+        counter.inc(count)
         if output_names:
             return {name: outputs[name] for name in output_names}
         return outputs

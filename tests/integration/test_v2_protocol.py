@@ -333,7 +333,6 @@ def test_model_statistics_are_each_versions_own(tmp_path):
     for entry in (first, second):
         sizes = {b.batch_size: b.compute_infer.count for b in entry.batch_stats}
         assert entry.execution_count == sum(sizes.values()) >= 1
-        assert sum(size * count for size, count in sizes.items()) == entry.inference_count
         assert entry.inference_stats.compute_infer.count == entry.inference_stats.success.count
         assert entry.last_inference > 0
     assert plain.inference_stats.success.count == 1 and plain.inference_count == 1

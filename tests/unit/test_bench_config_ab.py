@@ -13,9 +13,10 @@ from testkit import write_tiny_model
 def test_a_changed_copy_sets_the_fields_and_keeps_the_rest(tmp_path):
     source = write_tiny_model(tmp_path / "repo", versions=(1, 2))
     target = tmp_path / "changed" / "tiny"
-    changed_copy(source, target, parse_changes(["batching.inline_run_max_us=0", "runtime.intra_op_threads=1"]))
+    changed_copy(source, target, parse_changes(["batching.inline_run_max_us=250", "runtime.intra_op_threads=1"]))
     original, changed = load_model_config(source / "config.yaml"), load_model_config(target / "config.yaml")
-    assert changed.batching.inline_run_max_us == 0 and changed.runtime.intra_op_threads == 1
+    assert original.batching.inline_run_max_us != 250 and original.runtime.intra_op_threads != 1
+    assert changed.batching.inline_run_max_us == 250 and changed.runtime.intra_op_threads == 1
     assert changed.batching.max_batch_size == original.batching.max_batch_size
     assert changed.inputs == original.inputs and (target / "2" / "model.onnx").is_file()
 
