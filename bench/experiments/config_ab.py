@@ -14,13 +14,12 @@ from __future__ import annotations
 
 import argparse
 import shutil
-import statistics
 import tempfile
 from pathlib import Path
 
 import yaml
 
-from bench.perf import run_perf_analyzer
+from bench.experiments.alternating import alternate, perf_analyzer_on, print_medians
 from bench.server import REPO_ROOT, served_models
 from service.config import load_model_config
 from service.errors import ConfigError
@@ -62,7 +61,6 @@ def main(argv: list[str] | None = None) -> int:
     changes = parse_changes(args.set)
     levels = [int(c) for c in args.concurrency.split(",")]
     changed_name = " ".join(f"{k}={v}" for k, v in changes.items())
-    results: dict[tuple[str, int], list[tuple[float, float]]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         shipped, changed = Path(tmp) / "shipped", Path(tmp) / "changed"
         shutil.copytree(REPO_ROOT / "model_repo" / args.model, shipped / args.model)
@@ -70,29 +68,14 @@ def main(argv: list[str] | None = None) -> int:
             changed_copy(REPO_ROOT / "model_repo" / args.model, changed / args.model, changes)
         except ConfigError as exc:
             parser.error(str(exc))
-        kinds = [("shipped config", shipped), (changed_name, changed)]
-        for round_index in range(args.rounds):
-            for name, repo in kinds if round_index % 2 == 0 else kinds[::-1]:
-                server = served_models(repo)
-                try:
-                    for concurrency in levels:
-                        point = run_perf_analyzer(server, args.model, "grpc", concurrency, args.seconds)
-                        results.setdefault((name, concurrency), []).append(
-                            (point.throughput_rps, point.latency_ms["p50"])
-                        )
-                        print(
-                            f"round {round_index + 1} {name} c{concurrency}: {point.throughput_rps:,.0f} req/s, "
-                            f"p50 {point.latency_ms['p50']:.3f} ms",
-                            flush=True,
-                        )
-                finally:
-                    server.stop()
-    print(f"\n{args.model}, perf_analyzer V2 over gRPC, medians of {args.rounds} alternating rounds\n")
-    print("| config | concurrency | req/s | p50 ms |\n|---|---:|---:|---:|")
-    for (name, concurrency), points in sorted(results.items(), key=lambda kv: (kv[0][1], kv[0][0])):
-        rps = statistics.median(p[0] for p in points)
-        p50 = statistics.median(p[1] for p in points)
-        print(f"| {name} | {concurrency} | {rps:,.0f} | {p50:.3f} |")
+        repos = {"shipped config": shipped, changed_name: changed}
+
+        def serve(name: str):
+            return perf_analyzer_on(lambda: served_models(repos[name]), args.model, args.seconds)
+
+        results = alternate(list(repos), args.rounds, levels, serve)
+    title = f"{args.model}, perf_analyzer V2 over gRPC, medians of {args.rounds} alternating rounds"
+    print_medians(results, title, "config", "p50 ms", "{:.3f}")
     return 0
 
 

@@ -13,9 +13,8 @@ background load moves them alike. Prints each round and the medians.
 from __future__ import annotations
 
 import argparse
-import statistics
 
-from bench.perf import run_perf_analyzer
+from bench.experiments.alternating import alternate, perf_analyzer_on, print_medians
 from bench.server import REPO_ROOT, served_models
 
 LOOPS = ("asyncio", "uvloop")
@@ -29,28 +28,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", default="16,64", help="comma-separated perf_analyzer concurrencies")
     args = parser.parse_args(argv)
     levels = [int(c) for c in args.concurrency.split(",")]
-    results: dict[tuple[str, int], list[tuple[float, float]]] = {}
-    for round_index in range(args.rounds):
-        for loop in LOOPS:
-            server = served_models(REPO_ROOT / "model_repo", "--event-loop", loop)
-            try:
-                for concurrency in levels:
-                    point = run_perf_analyzer(server, args.model, "grpc", concurrency, args.seconds)
-                    results.setdefault((loop, concurrency), []).append(
-                        (point.throughput_rps, point.server_cpu_us_per_request)
-                    )
-                    print(
-                        f"round {round_index + 1} {loop:8s} c{concurrency}: {point.throughput_rps:,.0f} req/s, "
-                        f"server {point.server_cpu_us_per_request:.0f} us CPU/request",
-                        flush=True,
-                    )
-            finally:
-                server.stop()
-    print("\n| loop | concurrency | req/s (median) | server CPU us/request (median) |\n|---|---:|---:|---:|")
-    for (loop, concurrency), points in sorted(results.items(), key=lambda kv: (kv[0][1], kv[0][0])):
-        rps = statistics.median(p[0] for p in points)
-        cpu = statistics.median(p[1] for p in points)
-        print(f"| {loop} | {concurrency} | {rps:,.0f} | {cpu:.0f} |")
+
+    def serve(loop: str):
+        return perf_analyzer_on(
+            lambda: served_models(REPO_ROOT / "model_repo", "--event-loop", loop),
+            args.model,
+            args.seconds,
+            lambda point: point.server_cpu_us_per_request,
+        )
+
+    results = alternate(LOOPS, args.rounds, levels, serve, second=("server", "{:.0f} us CPU/request"))
+    title = f"{args.model}, medians of {args.rounds} alternating rounds"
+    print_medians(results, title, "loop", "server CPU us/request (median)", "{:.0f}")
     return 0
 
 

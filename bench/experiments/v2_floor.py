@@ -16,10 +16,10 @@ round by round (ABBA) because the background load of a shared machine drifts.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import os
 import pickle
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -28,6 +28,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 
+from bench.experiments.alternating import alternate, print_medians
 from bench.perf import ensure_perf_analyzer, write_input_data
 from bench.server import REPO_ROOT, served_models
 from service.api.inference import grpc_service_pb2 as pb
@@ -205,40 +206,35 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [k for k in kinds if k != "convserve" and k not in BARE_VARIANTS]
     if unknown:
         parser.error(f"unknown --servers {unknown}; choose from convserve, {', '.join(BARE_VARIANTS)}")
-    results: dict[tuple[str, int], list[tuple[float, float]]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp)
-        for round_index in range(args.rounds):
-            for kind in kinds if round_index % 2 == 0 else kinds[::-1]:
-                served = served_models(REPO_ROOT / "model_repo")
-                server = served
-                try:
-                    if not any(data.iterdir()):
-                        write_input_data(served, args.model, data)
-                    version = newest_version(served.address, args.model)
-                    if kind == "convserve":
-                        server, address = served, served.address
-                    else:
-                        answers = record_answers(served.address, args.model)
-                        served.stop()
-                        server = BareServer(answers, kind)
-                        address = server.address
-                    for concurrency in levels:
-                        rps, p50 = perf_point(binary, address, args.model, version, data, concurrency, args.seconds)
-                        results.setdefault((kind, concurrency), []).append((rps, p50))
-                        print(
-                            f"round {round_index + 1} {kind:11s} c{concurrency}: {rps:,.0f} req/s, p50 {p50:.3f} ms",
-                            flush=True,
-                        )
-                finally:
-                    server.stop()
+
+        @contextlib.contextmanager
+        def serve(kind: str):
+            """convserve on the bundled repository, or a bare server answering what it recorded."""
+            served = served_models(REPO_ROOT / "model_repo")
+            bare = None
+            try:
+                if not any(data.iterdir()):
+                    write_input_data(served, args.model, data)
+                version = newest_version(served.address, args.model)
+                address = served.address
+                if kind != "convserve":
+                    answers = record_answers(served.address, args.model)
                     served.stop()
-    print(f"\n{args.model}, perf_analyzer V2 over gRPC, medians of {args.rounds} alternating rounds\n")
-    print("| server | concurrency | req/s | p50 ms |\n|---|---:|---:|---:|")
-    for (kind, concurrency), points in sorted(results.items(), key=lambda kv: (kv[0][1], kv[0][0])):
-        rps = statistics.median(p[0] for p in points)
-        p50 = statistics.median(p[1] for p in points)
-        print(f"| {kind} | {concurrency} | {rps:,.0f} | {p50:.3f} |")
+                    bare = BareServer(answers, kind)
+                    address = bare.address
+                yield lambda concurrency: perf_point(
+                    binary, address, args.model, version, data, concurrency, args.seconds
+                )
+            finally:
+                if bare is not None:
+                    bare.stop()
+                served.stop()
+
+        results = alternate(kinds, args.rounds, levels, serve)
+    title = f"{args.model}, perf_analyzer V2 over gRPC, medians of {args.rounds} alternating rounds"
+    print_medians(results, title, "server", "p50 ms", "{:.3f}")
     return 0
 
 
