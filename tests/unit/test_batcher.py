@@ -172,6 +172,68 @@ def test_a_failed_batch_fails_only_its_own_requests():
     np.testing.assert_array_equal(out["y"], 2 * rows(2, start=7)["x"] + 1)
 
 
+class RecordingPool(ThreadPoolExecutor):
+    """A thread pool that notes, in the test's event log, each batch handed to it (on the loop)."""
+
+    def __init__(self, log: list[str]):
+        super().__init__(max_workers=1)
+        self.log = log
+
+    def submit(self, fn, /, *args, **kwargs):
+        self.log.append("handed to the model")
+        return super().submit(fn, *args, **kwargs)
+
+
+def test_the_next_queued_batch_goes_to_the_model_before_the_last_one_is_answered():
+    """A finished run passes its instance straight to the queued batch: the model is not idle while
+    the loop answers the finished batch's callers (and reads their next requests)."""
+    model, log = GatedModel(), []
+
+    async def answered(name: str, inputs):
+        outputs, _ = await batcher.submit(inputs)
+        log.append(f"{name} answered")
+        return outputs
+
+    async def main():
+        nonlocal batcher
+        with RecordingPool(log) as pool:
+            batcher = DynamicBatcher(model, pool, BatchPolicy(max_queue_delay_s=0.0))
+            batcher.start()
+            first = asyncio.create_task(answered("first", rows(1, start=1)))
+            await wait_started(model)
+            second = asyncio.create_task(answered("second", rows(2, start=5)))
+            await settle()
+            model.gate.set()
+            outputs = await asyncio.gather(first, second)
+            await batcher.close(drain_timeout=2.0)
+            return outputs
+
+    batcher = None
+    first, second = asyncio.run(main())
+    assert log == ["handed to the model", "handed to the model", "first answered", "second answered"]
+    np.testing.assert_array_equal(first["y"], 2 * rows(1, start=1)["x"] + 1)
+    np.testing.assert_array_equal(second["y"], 2 * rows(2, start=5)["x"] + 1)
+
+
+def test_a_batch_the_model_cannot_be_handed_fails_its_requests_instead_of_hanging():
+    model = GatedModel(hold=False)
+
+    async def main():
+        pool = ThreadPoolExecutor(max_workers=1)
+        batcher = DynamicBatcher(model, pool, BatchPolicy(max_queue_delay_s=0.0))
+        batcher.start()
+        pool.shutdown()  # run_in_executor now raises: the hand-off itself fails
+        try:
+            for _ in range(2):  # the instance is free again after each failure
+                with pytest.raises(InternalError, match="inference failed: RuntimeError"):
+                    await asyncio.wait_for(batcher.submit(rows(1)), 5)
+        finally:
+            await batcher.close(drain_timeout=2.0)
+
+    asyncio.run(main())
+    assert model.batches == []
+
+
 def test_wrong_output_batch_size_is_an_internal_error_for_that_batch():
     model = GatedModel(hold=False, wrong_batch=True)
 
