@@ -28,6 +28,8 @@ class ServerProcess:
     Returns once the server logged `wait_for`: "server_started" (listening; models may still be
     loading) or "server_ready" (every model loaded; a model_load_failed event is an error then).
     `keep_log=False` drops log lines after start-up (a long soak must not hold every line).
+    `source` is the checkout whose code runs (another one, e.g. a `git worktree` of an older
+    commit, for before/after comparisons; this environment's packages either way).
     """
 
     def __init__(
@@ -38,6 +40,7 @@ class ServerProcess:
         wait_for: str = "server_started",
         keep_log: bool = True,
         timeout: float = 120,
+        source: Path = REPO_ROOT,
     ):
         command = [
             sys.executable,
@@ -62,7 +65,7 @@ class ServerProcess:
         ]
         self.proc = subprocess.Popen(
             command,
-            cwd=REPO_ROOT,
+            cwd=source,
             stderr=subprocess.PIPE,
             stdout=subprocess.DEVNULL,
             text=True,
@@ -185,10 +188,12 @@ class ServerProcess:
             self.kill()
 
 
-def served_models(repo: Path, *args: str) -> ServerProcess:
+def served_models(repo: Path, *args: str, source: Path = REPO_ROOT) -> ServerProcess:
     """The benchmark's server: every model loaded before it returns, no metrics listener unless `args`
-    ask for one (`--metrics-port 0`), log lines after start-up not kept."""
-    return ServerProcess(repo, "--metrics-port", "-1", *args, wait_for="server_ready", keep_log=False, timeout=600)
+    ask for one (`--metrics-port 0`), log lines after start-up not kept; `source` as in ServerProcess."""
+    return ServerProcess(
+        repo, "--metrics-port", "-1", *args, wait_for="server_ready", keep_log=False, timeout=600, source=source
+    )
 
 
 def system_busy_seconds() -> float:

@@ -54,15 +54,17 @@ def perf_analyzer_on(
     start: Callable[[], ServerProcess],
     model: str,
     seconds: float,
+    transport: str = "grpc",
     second: Callable[[ServedPoint], float] = lambda point: point.latency_ms["p50"],
 ) -> Iterator[Measure]:
-    """A server from `start()`, measured by perf_analyzer (V2 over gRPC) at any concurrency, and
-    stopped after the block: the `serve` of experiments whose servers are convserve processes."""
+    """A server from `start()`, measured by perf_analyzer (V2 over `transport`: grpc, or shm for
+    system shared memory) at any concurrency, and stopped after the block: the `serve` of
+    experiments whose servers are convserve processes."""
     server = start()
     try:
 
         def measure(concurrency: int) -> tuple[float, float]:
-            point = run_perf_analyzer(server, model, "grpc", concurrency, seconds)
+            point = run_perf_analyzer(server, model, transport, concurrency, seconds)
             return point.throughput_rps, second(point)
 
         yield measure

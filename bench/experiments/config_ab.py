@@ -1,25 +1,37 @@
-"""`python -m bench.experiments.config_ab`: one model served with its shipped config vs with fields changed, A/B.
+"""`python -m bench.experiments.config_ab`: a model served as shipped vs with config fields or serve flags changed.
 
-Why: a config default should come from a measurement of the served model, and on a shared machine
-only measurements taken side by side mean anything. This copies the model's directory twice into
-temporary repositories, changes the given fields in one copy (validated by the server's own
-config loader), and drives each server with perf_analyzer (V2 over gRPC) at each concurrency, the
-two alternating round by round (ABBA). Prints each round and the medians.
+Why: a default (a config field's or a `convserve serve` flag's) should come from a measurement of
+the served model, and on a shared machine only measurements taken side by side mean anything.
+This copies the model's directory twice into temporary repositories, changes the given fields in
+one copy (validated by the server's own config loader) and starts that copy's server with the
+given extra flags, and drives each server with perf_analyzer (V2 tensors over gRPC, or over system
+shared memory) at each concurrency, the two alternating round by round (ABBA). Prints each round
+and the medians. `--model resnet18` is `make bench`'s torchvision ResNet-18, exported first.
+`--baseline-tree DIR` runs the "as shipped" server from another checkout's code (before/after a
+change: `git worktree add /tmp/before HEAD~1`), with or without changes on the other side.
 
     python -m bench.experiments.config_ab --set batching.inline_run_max_us=0
     python -m bench.experiments.config_ab --model lenet5 --set batching.max_queue_delay_us=0 --rounds 5
+    python -m bench.experiments.config_ab --model resnet18 --flags "--max-reads-per-peer 4" --concurrency 1,16
+    python -m bench.experiments.config_ab --baseline-tree /tmp/before --busy --concurrency 16,64
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import shlex
 import shutil
 import tempfile
+import time
 from pathlib import Path
 
 import yaml
 
 from bench.experiments.alternating import alternate, perf_analyzer_on, print_medians
+from bench.experiments.latency_breakdown import model_runs
+from bench.models import export_resnet18
+from bench.perf import run_perf_analyzer
 from bench.server import REPO_ROOT, served_models
 from service.config import load_model_config
 from service.errors import ConfigError
@@ -50,32 +62,81 @@ def parse_changes(items: list[str]) -> dict[str, object]:
     return changes
 
 
+@contextlib.contextmanager
+def busy_on(repo: Path, flags: list[str], source: Path, model: str, seconds: float, transport: str):
+    """A server measured by perf_analyzer, its second value the share of the perf_analyzer run during
+    which the model was running (the server's own run timings, convserve_model_execution_seconds):
+    what is left is idle time between batches, the same for either side's start and end of the run."""
+    server = served_models(repo, "--metrics-port", "0", *flags, source=source)
+    try:
+
+        def measure(concurrency: int) -> tuple[float, float]:
+            ran, started = model_runs(server, model)[1], time.monotonic()
+            point = run_perf_analyzer(server, model, transport, concurrency, seconds)
+            busy = (model_runs(server, model)[1] - ran) / (time.monotonic() - started)
+            return point.throughput_rps, 100 * busy
+
+        yield measure
+    finally:
+        server.stop()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.experiments.config_ab", description=__doc__)
-    parser.add_argument("--model", default="lenet5", help="a model of model_repo/")
-    parser.add_argument("--set", action="append", required=True, metavar="FIELD=VALUE", help="repeatable")
+    parser.add_argument("--model", default="lenet5", help="a model of model_repo/, or resnet18 (make bench's)")
+    parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="repeatable")
+    parser.add_argument("--flags", default="", help="extra `convserve serve` flags of the changed server")
+    parser.add_argument("--transport", choices=["grpc", "shm"], default="grpc", help="shm: system shared memory")
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--seconds", type=float, default=6.0, help="perf_analyzer time per point")
     parser.add_argument("--concurrency", default="1,16,64", help="comma-separated perf_analyzer concurrencies")
+    parser.add_argument("--baseline-tree", type=Path, help="serve the 'as shipped' side from this checkout's code")
+    parser.add_argument(
+        "--busy", action="store_true", help="report the model's busy share of each run instead of p50 latency"
+    )
     args = parser.parse_args(argv)
+    if not args.set and not args.flags and not args.baseline_tree:
+        parser.error("nothing to compare: give --set FIELD=VALUE, --flags FLAGS and/or --baseline-tree DIR")
+    if args.baseline_tree and not (args.baseline_tree / "service" / "server.py").is_file():
+        parser.error(f"--baseline-tree {args.baseline_tree}: not a convserve checkout")
     changes = parse_changes(args.set)
+    flags = shlex.split(args.flags)
     levels = [int(c) for c in args.concurrency.split(",")]
-    changed_name = " ".join(f"{k}={v}" for k, v in changes.items())
+    changed_name = " ".join([f"{k}={v}" for k, v in changes.items()] + flags) or "this tree"
     with tempfile.TemporaryDirectory() as tmp:
         shipped, changed = Path(tmp) / "shipped", Path(tmp) / "changed"
-        shutil.copytree(REPO_ROOT / "model_repo" / args.model, shipped / args.model)
+        source = REPO_ROOT / "model_repo" / args.model
+        if args.model == "resnet18" and not source.exists():
+            source = Path(tmp) / "exported"
+            export_resnet18(source)
+            source = source / "resnet18"
+        shutil.copytree(source, shipped / args.model)
         try:
-            changed_copy(REPO_ROOT / "model_repo" / args.model, changed / args.model, changes)
+            changed_copy(source, changed / args.model, changes)
         except ConfigError as exc:
             parser.error(str(exc))
-        repos = {"shipped config": shipped, changed_name: changed}
+        baseline = "baseline tree" if args.baseline_tree else "as shipped"
+        servers = {
+            baseline: (shipped, [], args.baseline_tree or REPO_ROOT),
+            changed_name: (changed, flags, REPO_ROOT),
+        }
 
         def serve(name: str):
-            return perf_analyzer_on(lambda: served_models(repos[name]), args.model, args.seconds)
+            repo, extra, source = servers[name]
+            if args.busy:
+                return busy_on(repo, extra, source, args.model, args.seconds, args.transport)
+            return perf_analyzer_on(
+                lambda: served_models(repo, *extra, source=source), args.model, args.seconds, args.transport
+            )
 
-        results = alternate(list(repos), args.rounds, levels, serve)
-    title = f"{args.model}, perf_analyzer V2 over gRPC, medians of {args.rounds} alternating rounds"
-    print_medians(results, title, "config", "p50 ms", "{:.3f}")
+        second = ("model busy", "{:.1f} %") if args.busy else ("p50", "{:.3f} ms")
+        results = alternate(list(servers), args.rounds, levels, serve, second)
+    over = "system shared memory" if args.transport == "shm" else "gRPC"
+    title = f"{args.model}, perf_analyzer V2 over {over}, medians of {args.rounds} alternating rounds"
+    if args.busy:
+        print_medians(results, title, "server", "model busy %", "{:.1f}")
+    else:
+        print_medians(results, title, "server", "p50 ms", "{:.3f}")
     return 0
 
 

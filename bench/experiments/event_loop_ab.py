@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
             lambda: served_models(REPO_ROOT / "model_repo", "--event-loop", loop),
             args.model,
             args.seconds,
-            lambda point: point.server_cpu_us_per_request,
+            second=lambda point: point.server_cpu_us_per_request,
         )
 
     results = alternate(LOOPS, args.rounds, levels, serve, second=("server", "{:.0f} us CPU/request"))
