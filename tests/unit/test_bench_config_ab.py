@@ -27,3 +27,14 @@ def test_a_bad_value_is_refused_with_the_field_named(tmp_path):
         changed_copy(source, tmp_path / "changed" / "tiny", parse_changes(["batching.inline_run_max_us=-1"]))
     with pytest.raises(SystemExit):
         parse_changes(["no-equals-sign"])
+
+
+def test_nothing_to_compare_and_a_baseline_that_is_no_checkout_are_refused_before_measuring(tmp_path, capsys):
+    from bench.experiments.config_ab import main
+
+    with pytest.raises(SystemExit):
+        main(["--model", "lenet5"])
+    assert "nothing to compare" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["--baseline-tree", str(tmp_path)])
+    assert "not a convserve checkout" in capsys.readouterr().err
