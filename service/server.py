@@ -148,10 +148,10 @@ async def start_server(settings: ServerSettings, interceptors: list | None = Non
         maximum_concurrent_rpcs=None,
     )
     v2 = InferenceServicer(stages, calls, lifecycle, settings.repository_api, shared_memory=shared_memory)
-    grpc_service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(v2, server)
-    vision_pb2_grpc.add_VisionServiceServicer_to_server(VisionServicer(stages, calls), server)
+    add_generic(grpc_service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server, v2, server)
+    add_generic(vision_pb2_grpc.add_VisionServiceServicer_to_server, VisionServicer(stages, calls), server)
     health_servicer = health.aio.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    add_generic(health_pb2_grpc.add_HealthServicer_to_server, health_servicer, server)
     _enable_reflection(server)
     await _set_health(health_servicer, health_pb2.HealthCheckResponse.NOT_SERVING)
     address = f"{settings.host}:{settings.port}"
@@ -210,6 +210,35 @@ async def start_server(settings: ServerSettings, interceptors: list | None = Non
         },
     )
     return running
+
+
+class _GenericHandlers:
+    """Stands in for the server while a generated `add_*Servicer_to_server` runs: keeps the generic
+    handler it registers and drops its registered-method handlers."""
+
+    def __init__(self):
+        self.handlers: list[grpc.GenericRpcHandler] = []
+
+    def add_generic_rpc_handlers(self, handlers) -> None:
+        self.handlers.extend(handlers)
+
+    def add_registered_method_handlers(self, service_name, method_handlers) -> None:
+        pass
+
+
+def add_generic(add_to_server, servicer, server: grpc.aio.Server) -> None:
+    """Add a service's methods as generic handlers only, not as gRPC "registered methods".
+
+    Why: grpc.aio keeps one pending request per registered method and, for every call it accepts,
+    waits on all of them at once (asyncio.wait): with the 27 methods of the V2, vision and health
+    services that wait cost the event loop more per call than the lookup of a generic handler
+    (one dict lookup per service). docs/load-testing.md, "Registered methods".
+    """
+    generic = _GenericHandlers()
+    add_to_server(servicer, generic)
+    if not generic.handlers:
+        raise RuntimeError(f"{add_to_server.__qualname__} registered no generic handler")
+    server.add_generic_rpc_handlers(tuple(generic.handlers))
 
 
 def _enable_reflection(server: grpc.aio.Server) -> None:

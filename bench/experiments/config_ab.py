@@ -91,8 +91,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=6.0, help="perf_analyzer time per point")
     parser.add_argument("--concurrency", default="1,16,64", help="comma-separated perf_analyzer concurrencies")
     parser.add_argument("--baseline-tree", type=Path, help="serve the 'as shipped' side from this checkout's code")
-    parser.add_argument(
+    report = parser.add_mutually_exclusive_group()
+    report.add_argument(
         "--busy", action="store_true", help="report the model's busy share of each run instead of p50 latency"
+    )
+    report.add_argument(
+        "--cpu", action="store_true", help="report the server's CPU time per request instead of p50 latency"
     )
     args = parser.parse_args(argv)
     if not args.set and not args.flags and not args.baseline_tree:
@@ -125,16 +129,20 @@ def main(argv: list[str] | None = None) -> int:
             repo, extra, source = servers[name]
             if args.busy:
                 return busy_on(repo, extra, source, args.model, args.seconds, args.transport)
+            value = (lambda p: p.server_cpu_us_per_request) if args.cpu else (lambda p: p.latency_ms["p50"])
             return perf_analyzer_on(
-                lambda: served_models(repo, *extra, source=source), args.model, args.seconds, args.transport
+                lambda: served_models(repo, *extra, source=source), args.model, args.seconds, args.transport, value
             )
 
         second = ("model busy", "{:.1f} %") if args.busy else ("p50", "{:.3f} ms")
+        second = ("server", "{:.0f} us CPU/request") if args.cpu else second
         results = alternate(list(servers), args.rounds, levels, serve, second)
     over = "system shared memory" if args.transport == "shm" else "gRPC"
     title = f"{args.model}, perf_analyzer V2 over {over}, medians of {args.rounds} alternating rounds"
     if args.busy:
         print_medians(results, title, "server", "model busy %", "{:.1f}")
+    elif args.cpu:
+        print_medians(results, title, "server", "server CPU us/request", "{:.0f}")
     else:
         print_medians(results, title, "server", "p50 ms", "{:.3f}")
     return 0
