@@ -261,9 +261,10 @@ class DynamicBatcher:
         slot on, then answer the batch's requests.
 
         Why the slot is passed on before anyone is answered: when the next batch is already
-        queued it starts at once, so the model does not sit idle while the loop answers this
-        batch's callers and reads their next requests (that wait was 3 % of a ResNet-18 session's
-        time at concurrency 16)."""
+        queued it goes to the worker thread at once instead of after this batch's callers and the
+        dispatcher have had their turn on the loop. (On 2 cores that changed nothing measurable:
+        the time between runs is the worker waiting for the GIL; docs/load-testing.md, "Starting
+        batches sooner does not help on two cores".)"""
         outputs: dict[str, np.ndarray] = {}
         error: Exception | None = None
         try:
