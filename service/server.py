@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 from prometheus_client import start_http_server
 
 from service.api import DESCRIPTOR_POOL
@@ -230,9 +230,9 @@ def add_generic(add_to_server, servicer, server: grpc.aio.Server) -> None:
     """Add a service's methods as generic handlers only, not as gRPC "registered methods".
 
     Why: grpc.aio keeps one pending request per registered method and, for every call it accepts,
-    waits on all of them at once (asyncio.wait): with the 27 methods of the V2, vision and health
-    services that wait cost the event loop more per call than the lookup of a generic handler
-    (one dict lookup per service). docs/load-testing.md, "Registered methods".
+    waits on all of them at once (asyncio.wait): with the 28 methods of the V2, vision, health and
+    reflection services that wait cost the event loop more per call than the lookup of a generic
+    handler (one dict lookup per service). docs/load-testing.md, "Registered methods".
     """
     generic = _GenericHandlers()
     add_to_server(servicer, generic)
@@ -248,7 +248,9 @@ def _enable_reflection(server: grpc.aio.Server) -> None:
     except KeyError:
         DESCRIPTOR_POOL.AddSerializedFile(health_pb2.DESCRIPTOR.serialized_pb)
     names = (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME)
-    reflection.enable_server_reflection(names, server, pool=DESCRIPTOR_POOL)
+    # what reflection.enable_server_reflection does for an aio server, added as generic handlers
+    servicer = reflection.aio.ReflectionServicer(names, pool=DESCRIPTOR_POOL)
+    add_generic(reflection_pb2_grpc.add_ServerReflectionServicer_to_server, servicer, server)
 
 
 def _warn_cuda_once(settings: ServerSettings) -> None:
