@@ -171,6 +171,10 @@ class DynamicBatcher:
             return True
         return self._enough_queued() or time.monotonic() >= self._queue[0].enqueued + delay
 
+    def _next_batch_ready(self) -> bool:
+        """Whether a free slot should go straight to a batch of the queue rather than to the dispatcher."""
+        return bool(self._queue) and self._company_arrived()
+
     def _enough_queued(self) -> bool:
         # a batch of a preferred size can be formed: run it now (Triton's rule), else wait for max_batch_size
         enough = min(self.policy.preferred_batch_sizes, default=self.policy.max_batch_size)
@@ -211,7 +215,7 @@ class DynamicBatcher:
                 break
             if batch:  # every request of it expired: the model was "done" with them just now
                 self._last_done = time.monotonic()
-            if not (self._queue and self._company_arrived()):
+            if not self._next_batch_ready():
                 self._slots.release()
                 return
         total = sum(p.count for p in live)
@@ -270,7 +274,7 @@ class DynamicBatcher:
         try:
             try:
                 outputs, run_seconds = _timed(self._run, merged) if run is None else await run
-                del merged
+                del merged  # the stacked batch is not held while the callers are answered
                 if self.policy.inline_run_max_s:
                     self._note_run(total, run_seconds)
                 for name, value in outputs.items():
@@ -287,7 +291,7 @@ class DynamicBatcher:
                 )
         finally:
             self._last_done = time.monotonic()
-            if self._queue and self._company_arrived():
+            if self._next_batch_ready():
                 self._launch()
             else:
                 self._slots.release()

@@ -62,6 +62,14 @@ def parse_changes(items: list[str]) -> dict[str, object]:
     return changes
 
 
+# what each point's second value is: (label, format per round, table column, table format)
+REPORTS = {
+    "p50": ("p50", "{:.3f} ms", "p50 ms", "{:.3f}"),
+    "cpu": ("server", "{:.0f} us CPU/request", "server CPU us/request", "{:.0f}"),
+    "busy": ("model busy", "{:.1f} %", "model busy %", "{:.1f}"),
+}
+
+
 @contextlib.contextmanager
 def busy_on(repo: Path, flags: list[str], source: Path, model: str, seconds: float, transport: str):
     """A server measured by perf_analyzer, its second value the share of the perf_analyzer run during
@@ -125,26 +133,22 @@ def main(argv: list[str] | None = None) -> int:
             changed_name: (changed, flags, REPO_ROOT),
         }
 
+        report = "busy" if args.busy else "cpu" if args.cpu else "p50"
+        label, point_format, column, column_format = REPORTS[report]
+
         def serve(name: str):
             repo, extra, source = servers[name]
-            if args.busy:
+            if report == "busy":
                 return busy_on(repo, extra, source, args.model, args.seconds, args.transport)
-            value = (lambda p: p.server_cpu_us_per_request) if args.cpu else (lambda p: p.latency_ms["p50"])
+            value = (lambda p: p.server_cpu_us_per_request) if report == "cpu" else (lambda p: p.latency_ms["p50"])
             return perf_analyzer_on(
                 lambda: served_models(repo, *extra, source=source), args.model, args.seconds, args.transport, value
             )
 
-        second = ("model busy", "{:.1f} %") if args.busy else ("p50", "{:.3f} ms")
-        second = ("server", "{:.0f} us CPU/request") if args.cpu else second
-        results = alternate(list(servers), args.rounds, levels, serve, second)
+        results = alternate(list(servers), args.rounds, levels, serve, (label, point_format))
     over = "system shared memory" if args.transport == "shm" else "gRPC"
     title = f"{args.model}, perf_analyzer V2 over {over}, medians of {args.rounds} alternating rounds"
-    if args.busy:
-        print_medians(results, title, "server", "model busy %", "{:.1f}")
-    elif args.cpu:
-        print_medians(results, title, "server", "server CPU us/request", "{:.0f}")
-    else:
-        print_medians(results, title, "server", "p50 ms", "{:.3f}")
+    print_medians(results, title, "server", column, column_format)
     return 0
 
 

@@ -189,26 +189,24 @@ def test_the_next_queued_batch_goes_to_the_model_before_the_last_one_is_answered
     the loop answers the finished batch's callers (and reads their next requests)."""
     model, log = GatedModel(), []
 
-    async def answered(name: str, inputs):
+    async def answered(batcher, name: str, inputs):
         outputs, _ = await batcher.submit(inputs)
         log.append(f"{name} answered")
         return outputs
 
     async def main():
-        nonlocal batcher
         with RecordingPool(log) as pool:
             batcher = DynamicBatcher(model, pool, BatchPolicy(max_queue_delay_s=0.0))
             batcher.start()
-            first = asyncio.create_task(answered("first", rows(1, start=1)))
+            first = asyncio.create_task(answered(batcher, "first", rows(1, start=1)))
             await wait_started(model)
-            second = asyncio.create_task(answered("second", rows(2, start=5)))
+            second = asyncio.create_task(answered(batcher, "second", rows(2, start=5)))
             await settle()
             model.gate.set()
             outputs = await asyncio.gather(first, second)
             await batcher.close(drain_timeout=2.0)
             return outputs
 
-    batcher = None
     first, second = asyncio.run(main())
     assert log == ["handed to the model", "handed to the model", "first answered", "second answered"]
     np.testing.assert_array_equal(first["y"], 2 * rows(1, start=1)["x"] + 1)
