@@ -17,9 +17,11 @@ that reads its one message itself, and only once it holds a reservation:
 * once it has arrived the turn is given back and the reservation shrinks to the message's real
   size, held until the call has answered: what queued and running requests hold counts too.
 
-Health checks are exempt, so that probes answer while the budget is full; a health call's message
-is read as gRPC reads any (at most `--max-message-bytes`). Streaming calls read their frames one
-at a time under the stream limits (docs/security.md).
+Streaming calls (ModelStreamInfer, StreamDetect, StreamClassify) read their frames under the
+same budget, one at a time (`GatedFrames`): a frame is read once the budget has room for the
+largest message, and is counted at its real size from its arrival until the stream has answered
+it. Health checks and reflection are exempt, so that probes and tools answer while the budget is
+full; their messages are read as gRPC reads any (at most `--max-message-bytes`).
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ from service.errors import DeadlineExceeded, InvalidArgument, ServiceError, boun
 from service.inflight import InflightBudget
 from service.metrics import RECEIVE_REFUSALS, Metrics
 
-EXEMPT_PREFIX = "/grpc.health."
+EXEMPT_PREFIXES = ("/grpc.health.", "/grpc.reflection.")
 
 
 class ReceiveGate:
@@ -57,8 +59,10 @@ class ReceiveGate:
         read_timeout_s: float,
         max_deadline_s: float,
         metrics: Metrics | None = None,
+        stream_idle_timeout_s: float = 60.0,
     ):
-        """`metrics`: where the budget in use and the refusals show (convserve_received_*)."""
+        """`metrics`: where the budget in use and the refusals show (convserve_received_*);
+        `stream_idle_timeout_s`: how long a stream's next frame may take (`GatedFrames`)."""
         self.budget = InflightBudget(budget_bytes, "--max-received-bytes", "request messages")
         self._refusals = None
         if metrics is not None:
@@ -68,6 +72,7 @@ class ReceiveGate:
         self.reads_per_peer = reads_per_peer
         self.read_timeout_s = read_timeout_s
         self.max_deadline_s = max_deadline_s
+        self.stream_idle_timeout_s = stream_idle_timeout_s
         self._reading: dict[str, int] = {}  # peer -> reads in progress
         self._turn_waiters: dict[str, deque[asyncio.Future]] = {}  # peer -> calls waiting for a turn
         self._reads: dict[asyncio.Task, float] = {}  # task reading -> time.monotonic() it must be done by
@@ -84,6 +89,7 @@ class ReceiveGate:
             limits.message_read_timeout_s,
             limits.max_deadline_s,
             metrics,
+            limits.stream_idle_timeout_s,
         )
 
     def refused(self, reason: str) -> None:
@@ -137,6 +143,15 @@ class ReceiveGate:
 
     def release(self, held: int) -> None:
         self.budget.release(held)
+
+    async def room_for_a_frame(self, context) -> None:
+        """Until the budget has room for a message of the largest size (in turn with the calls
+        waiting to read), up to the call's deadline; DEADLINE_EXCEEDED after it."""
+        try:
+            await self.budget.wait_for_room(self.max_message_bytes, self._deadline(context))
+        except DeadlineExceeded:
+            self.refused("no_room")
+            raise
 
     async def _take_turn(self, peer: str, deadline: float) -> None:
         """One of the connection's `reads_per_peer` read turns, waited for up to `deadline`."""
@@ -216,8 +231,79 @@ class ReceiveGate:
             self._watcher = None
 
 
+class GatedFrames:
+    """A streaming call's frames, read one at a time under the gate's budget, parsed.
+
+    Why not a reservation per read, as a unary call has: a stream waits for its next frame most
+    of its life, and a reservation taken before that wait would hold `--max-message-bytes` all
+    the while (four idle streams would fill the default budget, and every unary call would wait
+    behind them). So the next frame is read once the budget has room for a message of the largest
+    size (in turn with the unary calls waiting), is counted at its real size as soon as it has
+    arrived, and stays counted until the stream is done with it: `release(frame)`, which
+    service.servicers.streams.OrderedStream calls once the frame is answered or dropped, or the
+    end of the call. So the frames streams hold (waiting, queued, running) are bounded by
+    `--max-received-bytes` with everything else; what the budget cannot see is a frame while gRPC
+    is receiving it, at most one per open stream (docs/security.md).
+
+    The stream's idle limit is here too: DEADLINE_EXCEEDED when no frame has come
+    `stream_idle_timeout_s` after the read started (the wait for room does not count: that is
+    the server's wait, not the client's silence).
+    """
+
+    def __init__(self, gate: ReceiveGate, context, deserialize):
+        self._gate = gate
+        self._context = context
+        self._deserialize = deserialize
+        self._held: dict[int, int] = {}  # id(frame) -> bytes it is counted for
+
+    def __aiter__(self) -> "GatedFrames":
+        return self
+
+    async def __anext__(self):
+        gate, context = self._gate, self._context
+        try:
+            await gate.room_for_a_frame(context)
+        except ServiceError as exc:
+            code, message = status_of(exc)
+            await context.abort(code, bounded(message))
+        try:
+            data = await asyncio.wait_for(context.read(), gate.stream_idle_timeout_s)
+        except asyncio.TimeoutError:
+            await context.abort(
+                grpc.StatusCode.DEADLINE_EXCEEDED,
+                f"stream sent no frame for {gate.stream_idle_timeout_s:g} s: closed to free its slot "
+                "(--stream-idle-timeout-s)",
+            )
+        if data is grpc.aio.EOF:
+            raise StopAsyncIteration
+        nbytes = len(data)
+        gate.budget.charge(nbytes)
+        try:
+            frame = parse(data, self._deserialize, gate)
+        except ServiceError as exc:
+            gate.budget.release(nbytes)
+            code, message = status_of(exc)
+            await context.abort(code, bounded(message))
+        del data  # only the parsed frame is held from here
+        self._held[id(frame)] = nbytes
+        return frame
+
+    def release(self, frame) -> None:
+        """The stream is done with `frame`: its bytes go back to the budget (once)."""
+        nbytes = self._held.pop(id(frame), 0)
+        if nbytes:
+            self._gate.budget.release(nbytes)
+
+    def close(self) -> None:
+        """The call has ended: every frame still counted goes back."""
+        held, self._held = sum(self._held.values()), {}
+        if held:
+            self._gate.budget.release(held)
+
+
 class ReceiveGateInterceptor(grpc.aio.ServerInterceptor):
-    """Serves every unary-unary method (health aside) through the gate; other shapes pass."""
+    """Serves every unary-unary and stream-stream method (health and reflection aside) through the
+    gate; other shapes pass."""
 
     def __init__(self, gate: ReceiveGate, deserializers: Mapping[str, Callable[[bytes], object]] | None = None):
         """`deserializers` replace a method's registered request deserializer (ModelInfer's keeps
@@ -229,13 +315,31 @@ class ReceiveGateInterceptor(grpc.aio.ServerInterceptor):
     async def intercept_service(self, continuation, handler_call_details):
         handler = await continuation(handler_call_details)
         method = handler_call_details.method
-        if handler is None or handler.unary_unary is None or method.startswith(EXEMPT_PREFIX):
+        if handler is None or method.startswith(EXEMPT_PREFIXES):
+            return handler
+        if handler.unary_unary is None and handler.stream_stream is None:
             return handler
         cached = self._gated.get(method)
         if cached is None or cached[0] is not handler:
-            cached = (handler, self._gate(handler, self.deserializers.get(method, handler.request_deserializer)))
-            self._gated[method] = cached
+            deserialize = self.deserializers.get(method, handler.request_deserializer)
+            gated = self._gate(handler, deserialize) if handler.unary_unary else self._gate_stream(handler, deserialize)
+            cached = self._gated[method] = (handler, gated)
         return cached[1]
+
+    def _gate_stream(self, handler: grpc.RpcMethodHandler, deserialize) -> grpc.RpcMethodHandler:
+        behavior, gate = handler.stream_stream, self.gate
+
+        async def gated(request_iterator, context):
+            frames = GatedFrames(gate, context, deserialize)
+            try:
+                async for response in behavior(frames, context):
+                    yield response
+            finally:
+                frames.close()
+
+        return grpc.stream_stream_rpc_method_handler(
+            gated, request_deserializer=None, response_serializer=handler.response_serializer
+        )
 
     def _gate(self, handler: grpc.RpcMethodHandler, deserialize) -> grpc.RpcMethodHandler:
         behavior, gate = handler.unary_unary, self.gate

@@ -103,9 +103,10 @@ _HELP = {
     "max_pixels": "largest image, in pixels, checked from the header before decoding",
     "max_decoded_bytes": "most bytes of original-size image data (decoded originals kept, masks, a decode in progress) "
     "all requests hold at once; a request waits for room, or alone over it is RESOURCE_EXHAUSTED",
-    "max_received_bytes": "most bytes of unary request messages the server reads and holds at once; each read "
+    "max_received_bytes": "most bytes of request messages the server reads and holds at once; each unary read "
     "first reserves max_message_bytes (so this / max_message_bytes messages are read at once), then keeps its real "
-    "size until the call answers; a call waits for room up to its deadline",
+    "size until the call answers; stream frames count from arrival until answered; a call (or a stream's next "
+    "frame) waits for room up to its deadline",
     "max_reads_per_peer": "most request messages one client connection may be sending to the server at once "
     "(the others wait), so one client cannot hold every read",
     "message_read_timeout_s": "a unary request's message must have arrived this long after its read started, "

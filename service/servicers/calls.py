@@ -17,7 +17,7 @@ import itertools
 import logging
 import os
 import time
-from typing import AsyncIterator, Awaitable, Callable, TypeVar
+from typing import Awaitable, Callable, TypeVar
 
 import grpc
 
@@ -85,30 +85,6 @@ def deadline_of(context: grpc.aio.ServicerContext, limits: Limits) -> float:
     return time.monotonic() + budget
 
 
-class StreamSlot:
-    """A held stream slot; `frames` reads the client's frames and frees the slot of an idle stream."""
-
-    def __init__(self, context: grpc.aio.ServicerContext, idle_timeout_s: float):
-        self.context = context
-        self.idle_timeout_s = idle_timeout_s
-
-    async def frames(self, request_iterator: AsyncIterator[T]) -> AsyncIterator[T]:
-        """The client's frames; DEADLINE_EXCEEDED ends the call when none comes for `idle_timeout_s`."""
-        frames = request_iterator.__aiter__()
-        while True:
-            try:
-                frame = await asyncio.wait_for(frames.__anext__(), self.idle_timeout_s)
-            except StopAsyncIteration:
-                return
-            except asyncio.TimeoutError:
-                await self.context.abort(
-                    grpc.StatusCode.DEADLINE_EXCEEDED,
-                    f"stream sent no frame for {self.idle_timeout_s:g} s: closed to free its slot "
-                    "(--stream-idle-timeout-s)",
-                )
-            yield frame
-
-
 class CallRunner:
     def __init__(self, metrics: Metrics, registry: ModelRegistry, limits: Limits):
         self.metrics = metrics
@@ -159,8 +135,9 @@ class CallRunner:
 
         One count for every streaming method of either API, because each open stream holds server
         memory and a reader task whichever API it speaks. The per-peer cap (gRPC's peer address: one
-        client connection) keeps a single client from holding every slot; yields a `StreamSlot`
-        whose `frames()` closes a stream that stays idle (the other half of fairness).
+        client connection) keeps a single client from holding every slot; a stream that stays
+        idle is closed where its frames are read (service.receive_gate.GatedFrames: the other half
+        of fairness).
         """
         limits = self.limits
         peer = context.peer() or ""
@@ -178,7 +155,7 @@ class CallRunner:
         self._open_streams += 1
         self._peer_streams[peer] = self._peer_streams.get(peer, 0) + 1
         try:
-            yield StreamSlot(context, limits.stream_idle_timeout_s)
+            yield
         finally:
             self._open_streams -= 1
             self._peer_streams[peer] -= 1

@@ -219,9 +219,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 return pb.ModelStreamInferResponse(error_message=status_of(failure)[1])
             return pb.ModelStreamInferResponse(infer_response=response)
 
-        async with self.calls.stream_slot(context) as slot:
-            requests = slot.frames(request_iterator)
-            async for answer in OrderedStream(requests, process, None, lambda _: policy).results():
+        async with self.calls.stream_slot(context):
+            async for answer in OrderedStream(request_iterator, process, None, lambda _: policy).results():
                 yield answer
 
     async def _infer(

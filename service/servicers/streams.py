@@ -64,6 +64,9 @@ class OrderedStream(Generic[F, R]):
     """Reads frames, processes up to `max_pending` concurrently, yields results in order.
 
     on_dropped answers a frame skipped under drop_frames (None for a stream that never drops).
+    Frames read through the server's receive gate (service.receive_gate.GatedFrames) stay counted
+    in its received-bytes budget until their `release`: called here once each frame has been
+    answered or dropped.
     """
 
     def __init__(
@@ -74,6 +77,7 @@ class OrderedStream(Generic[F, R]):
         policy_of_first: Callable[[F], StreamPolicy],
     ):
         self._frames = frames
+        self._release = getattr(frames, "release", None)
         self._process = process
         self._on_dropped = on_dropped
         self._policy_of_first = policy_of_first
@@ -127,6 +131,7 @@ class OrderedStream(Generic[F, R]):
             old = self._waiting
             self.dropped += 1
             old.future.set_result(self._on_dropped(old.frame, self.dropped))
+            self._done_with(old.frame)
             old.frame = None
         self._waiting = slot
 
@@ -142,8 +147,13 @@ class OrderedStream(Generic[F, R]):
         except Exception as exc:  # process() turns frame errors into results; anything else ends the stream
             slot.future.set_exception(exc)
         finally:
+            self._done_with(frame)
             if self._waiting is not None:  # the slot passes straight to the newest waiting frame
                 waiting, self._waiting = self._waiting, None
                 self._start(waiting)
             else:
                 self._slots.release()
+
+    def _done_with(self, frame) -> None:
+        if self._release is not None:
+            self._release(frame)

@@ -127,10 +127,8 @@ class VisionServicer(vpb_grpc.VisionServiceServicer):
         the call holds one of `max_concurrent_streams` (shared with ModelStreamInfer) while it runs.
         `follow(first_frame, model)` may return a function that sees every result in frame order
         (dropped ones included) before it is sent: per-stream state such as tracking."""
-        async with self.calls.stream_slot(context) as slot:
-            frames = self._stream_frames(
-                method, task, slot.frames(request_iterator), context, answer, result_type, follow
-            )
+        async with self.calls.stream_slot(context):
+            frames = self._stream_frames(method, task, request_iterator, context, answer, result_type, follow)
             async for result in frames:
                 yield result
 

@@ -1,5 +1,6 @@
-"""The received-bytes gate on a real server: reads wait for room and for their connection's turn,
-slow senders are cut, health checks pass by, and unparseable messages are the client's error.
+"""The received-bytes gate on a real server: reads (unary messages and stream frames) wait for room,
+unary reads for their connection's turn, slow senders are cut, health checks pass by, and
+unparseable messages are the client's error.
 
 A slow sender is a real gRPC client calling ModelInfer as a client-streaming call whose one
 message comes late: on the wire that is a unary call whose body has not arrived yet.
@@ -21,6 +22,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from bench import hostile_requests as hostile
 from service.api.inference import grpc_service_pb2 as pb
+from service.api.inference import grpc_service_pb2_grpc as pb_grpc
 from service.settings import Limits
 from testkit import ServerThread, test_settings, write_tiny_model
 
@@ -134,6 +136,15 @@ def test_a_connection_reads_one_message_at_a_time_others_are_not_held_up(gated_s
         assert _infer(slow_channel, timeout=5) == (grpc.StatusCode.OK, "")  # its turn is back
 
 
+def _stream_infer(channel: grpc.Channel) -> tuple[grpc.StatusCode, str]:
+    stub = pb_grpc.GRPCInferenceServiceStub(channel)
+    try:
+        answers = list(stub.ModelStreamInfer(iter([_good_request()]), timeout=5))
+    except grpc.RpcError as exc:
+        return exc.code(), exc.details() or ""
+    return grpc.StatusCode.OK, answers[0].error_message
+
+
 def test_calls_wait_for_room_while_health_answers(gated_server):
     """Two slow senders hold the room for two largest messages: a third call waits for room up to
     its deadline; health answers meanwhile; once the readers are cut, calls go through again."""
@@ -154,6 +165,25 @@ def test_calls_wait_for_room_while_health_answers(gated_server):
             sender.stop()
         assert _infer(channels[2], timeout=5) == (grpc.StatusCode.OK, "")  # room again once they are cut
         assert _http_infer(gated_server.http_url)[0] == 200
+    finally:
+        for channel in channels:
+            channel.close()
+
+
+def test_a_streams_frame_waits_for_room_like_a_call(gated_server):
+    """Stream frames are read under the same budget: while two slow senders hold it, a stream's
+    frame is not read and the stream ends when its wait passes the deadline cap; once the
+    senders are cut, streams are answered again."""
+    channels = [_channel(gated_server.address) for _ in range(3)]
+    try:
+        slow = [SlowSender(channel, delay_s=10) for channel in channels[:2]]
+        time.sleep(0.2)
+        code, details = _stream_infer(channels[2])
+        assert code == grpc.StatusCode.DEADLINE_EXCEEDED and "--max-received-bytes" in details, details
+        for sender in slow:
+            assert sender.outcome()[0] == grpc.StatusCode.DEADLINE_EXCEEDED
+            sender.stop()
+        assert _stream_infer(channels[2]) == (grpc.StatusCode.OK, "")
     finally:
         for channel in channels:
             channel.close()
