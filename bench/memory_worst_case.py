@@ -8,8 +8,10 @@ its own share of reads, so an attacker uses many): 59 MB tensors of a shape no m
 (refused once read, so they cost only the reading), many concurrent fcn8s tensors at the
 per-request budget (16 MiB), 40-megapixel images to fcn8s (decoded at full size, downscaled
 into the budget, masks made at full size), the same with overlays (every decoded original kept
-until its answer), and tensors and images at once. Prints the server's peak VmRSS and its VmRSS
-after the next memory trim, per phase.
+until its answer), tensors and images at once, and the same 59 MB tensors as frames of
+`--streams` ModelStreamInfer streams at once (two frames each). Prints the server's peak VmRSS
+and its VmRSS after the next memory trim, per phase. `--source DIR` serves from another checkout
+(before/after a change).
 """
 
 from __future__ import annotations
@@ -54,6 +56,25 @@ def fire(calls, concurrency: int, stubs: list) -> dict[str, int]:
     return dict(sorted(counts.items()))
 
 
+def fire_streams(request, streams: int, frames: int, stubs: list) -> dict[str, int]:
+    """`streams` ModelStreamInfer streams at once, stream i on connection i % len(stubs), each
+    writing `frames` copies of `request` without waiting for answers; counts the frames' outcomes
+    (a frame answered with an error_message, as a refused frame is, counts as "error_message")."""
+    counts: dict[str, int] = {}
+
+    def one(index: int) -> None:
+        try:
+            for answer in stubs[index % len(stubs)].ModelStreamInfer(iter([request] * frames), timeout=120):
+                code = "error_message" if answer.error_message else "OK"
+                counts[code] = counts.get(code, 0) + 1
+        except grpc.RpcError as exc:
+            counts[exc.code().name] = counts.get(exc.code().name, 0) + 1
+
+    with ThreadPoolExecutor(streams) as pool:
+        list(pool.map(one, range(streams)))
+    return dict(sorted(counts.items()))
+
+
 class Stubs:
     """The two services on one client connection of its own."""
 
@@ -65,18 +86,20 @@ class Stubs:
         ]
         self.channel = grpc.insecure_channel(address, options=options)
         v2, vision = pb_grpc.GRPCInferenceServiceStub(self.channel), vpb_grpc.VisionServiceStub(self.channel)
-        self.ModelInfer, self.Segment = v2.ModelInfer, vision.Segment
+        self.ModelInfer, self.ModelStreamInfer, self.Segment = v2.ModelInfer, v2.ModelStreamInfer, vision.Segment
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--concurrency", type=int, default=24)
     parser.add_argument("--connections", type=int, default=8, help="client connections the calls are spread over")
+    parser.add_argument("--streams", type=int, default=64, help="streams of the streams phase (the default limit)")
     parser.add_argument("--repo", type=Path, default=REPO_ROOT / "model_repo")
+    parser.add_argument("--source", type=Path, default=REPO_ROOT, help="serve from this checkout's code")
     parser.add_argument(
         "--phases",
-        default="oversized,tensors,images,overlays,both",
-        help="comma list of oversized, tensors, images, overlays, both",
+        default="oversized,tensors,images,overlays,both,streams",
+        help="comma list of oversized, tensors, images, overlays, both, streams",
     )
     args = parser.parse_args(argv)
     oversized = hostile.oversized_tensor("lenet5")  # 59 MB
@@ -84,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     photo = hostile.segment("fcn8s", hostile.encoded_png(6324, 6324))  # 39,992,976 pixels: inside --max-pixels
     with_overlay = hostile.segment("fcn8s", photo.images[0].encoded)
     with_overlay.overlay = True
-    server = served_models(args.repo)
+    server = served_models(args.repo, source=args.source)
     stubs = [Stubs(server.address) for _ in range(args.connections)]
     try:
         print(f"at rest: {server.rss_mb():.0f} MB")
@@ -94,6 +117,7 @@ def main(argv: list[str] | None = None) -> int:
             "images": [("Segment", photo)] * 8,
             "overlays": [("Segment", with_overlay)] * 8,
             "both": [("ModelInfer", tensor)] * (2 * args.concurrency) + [("Segment", photo)] * 8,
+            "streams": None,  # fire_streams
         }
         for name in args.phases.split(","):
             calls = phases[name]
@@ -102,7 +126,10 @@ def main(argv: list[str] | None = None) -> int:
             sampler = threading.Thread(target=sample, args=(server, stop, rss))
             sampler.start()
             started = time.perf_counter()
-            counts = fire(calls, args.concurrency, stubs)
+            if calls is None:
+                counts = fire_streams(oversized, args.streams, 2, stubs)
+            else:
+                counts = fire(calls, args.concurrency, stubs)
             seconds = time.perf_counter() - started
             time.sleep(TRIM_INTERVAL_S + 1)  # the server hands free pages back every TRIM_INTERVAL_S
             stop.set()
