@@ -26,7 +26,13 @@ from bench.server import REPO_ROOT, ServerProcess, system_busy_seconds
 PERF_ANALYZER = Path(
     os.environ.get("PERF_ANALYZER_BIN", Path.home() / ".cache" / "convserve" / "perf_analyzer" / "perf_analyzer")
 )
-TRANSPORTS = {"grpc": "none", "shm": "system"}  # payload name in the results -> --shared-memory value
+# payload name in the results -> perf_analyzer's flags: plain gRPC, system shared memory, or
+# V2 ModelStreamInfer (one stream per concurrent caller)
+TRANSPORTS = {
+    "grpc": ("--shared-memory", "none"),
+    "shm": ("--shared-memory", "system"),
+    "stream": ("--shared-memory", "none", "--streaming"),
+}
 
 
 def perf_payload(transport: str) -> str:
@@ -99,8 +105,7 @@ def run_perf_analyzer(
             "3",
             "--input-data",
             str(data),
-            "--shared-memory",
-            TRANSPORTS[transport],
+            *TRANSPORTS[transport],
             "-f",
             str(report),
         ]

@@ -31,7 +31,7 @@ import yaml
 from bench.experiments.alternating import alternate, perf_analyzer_on, print_medians
 from bench.experiments.latency_breakdown import model_runs
 from bench.models import export_resnet18
-from bench.perf import run_perf_analyzer
+from bench.perf import TRANSPORTS, run_perf_analyzer
 from bench.server import REPO_ROOT, served_models
 from service.config import load_model_config
 from service.errors import ConfigError
@@ -94,7 +94,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", default="lenet5", help="a model of model_repo/, or resnet18 (make bench's)")
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="repeatable")
     parser.add_argument("--flags", default="", help="extra `convserve serve` flags of the changed server")
-    parser.add_argument("--transport", choices=["grpc", "shm"], default="grpc", help="shm: system shared memory")
+    parser.add_argument(
+        "--transport",
+        choices=sorted(TRANSPORTS),
+        default="grpc",
+        help="shm: system shared memory; stream: V2 ModelStreamInfer, a stream per caller",
+    )
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--seconds", type=float, default=6.0, help="perf_analyzer time per point")
     parser.add_argument("--concurrency", default="1,16,64", help="comma-separated perf_analyzer concurrencies")
@@ -146,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
             )
 
         results = alternate(list(servers), args.rounds, levels, serve, (label, point_format))
-    over = "system shared memory" if args.transport == "shm" else "gRPC"
+    over = {"shm": "system shared memory", "stream": "ModelStreamInfer streams"}.get(args.transport, "gRPC")
     title = f"{args.model}, perf_analyzer V2 over {over}, medians of {args.rounds} alternating rounds"
     print_medians(results, title, "server", column, column_format)
     return 0
