@@ -207,6 +207,18 @@ def test_bytes_that_are_not_the_message_are_invalid_argument(gated_server, metho
     assert fragment in raised.value.details()
 
 
+@pytest.mark.parametrize(
+    "method", ["/inference.GRPCInferenceService/ModelStreamInfer", "/convserve.v1.VisionService/StreamDetect"]
+)
+def test_a_stream_frame_that_is_not_the_message_ends_the_stream_invalid_argument(gated_server, method):
+    with _channel(gated_server.address) as channel:
+        call = channel.stream_stream(method, request_serializer=None, response_deserializer=None)
+        with pytest.raises(grpc.RpcError) as raised:
+            list(call(iter([b"\x0a\x05ab"]), timeout=5))
+    assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "could not be parsed" in raised.value.details()
+
+
 def test_a_message_over_the_largest_size_is_refused_by_grpc(gated_server):
     with _channel(gated_server.address) as channel:
         request = hostile.v2_tensor("tiny", (1, 1, 8, 140_000))  # 4.3 MiB
