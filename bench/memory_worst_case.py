@@ -111,25 +111,26 @@ def main(argv: list[str] | None = None) -> int:
     stubs = [Stubs(server.address) for _ in range(args.connections)]
     try:
         print(f"at rest: {server.rss_mb():.0f} MB")
-        phases = {
-            "oversized": [("ModelInfer", oversized)] * (3 * args.concurrency),
-            "tensors": [("ModelInfer", tensor)] * (3 * args.concurrency),
-            "images": [("Segment", photo)] * 8,
-            "overlays": [("Segment", with_overlay)] * 8,
-            "both": [("ModelInfer", tensor)] * (2 * args.concurrency) + [("Segment", photo)] * 8,
-            "streams": None,  # fire_streams
+
+        def unary(calls):
+            return lambda: fire(calls, args.concurrency, stubs)
+
+        phases = {  # name -> what sends it, returning the outcomes' counts
+            "oversized": unary([("ModelInfer", oversized)] * (3 * args.concurrency)),
+            "tensors": unary([("ModelInfer", tensor)] * (3 * args.concurrency)),
+            "images": unary([("Segment", photo)] * 8),
+            "overlays": unary([("Segment", with_overlay)] * 8),
+            "both": unary([("ModelInfer", tensor)] * (2 * args.concurrency) + [("Segment", photo)] * 8),
+            "streams": lambda: fire_streams(oversized, args.streams, 2, stubs),
         }
         for name in args.phases.split(","):
-            calls = phases[name]
+            send = phases[name]
             rss: list[float] = []
             stop = threading.Event()
             sampler = threading.Thread(target=sample, args=(server, stop, rss))
             sampler.start()
             started = time.perf_counter()
-            if calls is None:
-                counts = fire_streams(oversized, args.streams, 2, stubs)
-            else:
-                counts = fire(calls, args.concurrency, stubs)
+            counts = send()
             seconds = time.perf_counter() - started
             time.sleep(TRIM_INTERVAL_S + 1)  # the server hands free pages back every TRIM_INTERVAL_S
             stop.set()

@@ -26,12 +26,11 @@ from bench.server import REPO_ROOT, ServerProcess, system_busy_seconds
 PERF_ANALYZER = Path(
     os.environ.get("PERF_ANALYZER_BIN", Path.home() / ".cache" / "convserve" / "perf_analyzer" / "perf_analyzer")
 )
-# payload name in the results -> perf_analyzer's flags: plain gRPC, system shared memory, or
-# V2 ModelStreamInfer (one stream per concurrent caller)
+# payload name in the results -> (what it sends over, in words; perf_analyzer's flags for it)
 TRANSPORTS = {
-    "grpc": ("--shared-memory", "none"),
-    "shm": ("--shared-memory", "system"),
-    "stream": ("--shared-memory", "none", "--streaming"),
+    "grpc": ("gRPC", ("--shared-memory", "none")),
+    "shm": ("system shared memory", ("--shared-memory", "system")),
+    "stream": ("ModelStreamInfer streams (one per concurrent caller)", ("--shared-memory", "none", "--streaming")),
 }
 
 
@@ -105,7 +104,7 @@ def run_perf_analyzer(
             "3",
             "--input-data",
             str(data),
-            *TRANSPORTS[transport],
+            *TRANSPORTS[transport][1],
             "-f",
             str(report),
         ]

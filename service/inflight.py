@@ -112,16 +112,10 @@ class InflightBudget:
                 ) from None
             raise
 
-    async def wait_for_room(self, nbytes: int, deadline: float | None) -> None:
-        """Return once `nbytes` would fit, in turn with the reservations waiting; takes nothing.
-        For bytes that cannot be reserved before they arrive (a stream's next frame: see
-        service.receive_gate.GatedFrames), then `charge`d at their real size."""
-        await self.acquire(nbytes, deadline)
-        self.release(nbytes)
-
     def charge(self, nbytes: int) -> None:
         """Count `nbytes` already in memory, whatever the limit (give them back with `release`):
-        while the budget is over its limit, every reservation and `wait_for_room` waits."""
+        bytes that could not be reserved before they arrived (a stream's frame:
+        service.receive_gate.GatedFrames). While the budget is over its limit, reservations wait."""
         self.used += nbytes
 
     def release(self, nbytes: int) -> None:

@@ -103,11 +103,7 @@ class ReceiveGate:
         its Content-Length, or the largest size for a body sent without one. aiohttp buffers
         little of a body nobody reads yet, so waiting here costs no more."""
         nbytes = self.max_message_bytes if content_length is None else min(content_length, self.max_message_bytes)
-        try:
-            await self.budget.acquire(nbytes, time.monotonic() + self.max_deadline_s)
-        except DeadlineExceeded:
-            self.refused("no_room")
-            raise
+        await self._room(nbytes, time.monotonic() + self.max_deadline_s)
         try:
             yield
         finally:
@@ -125,11 +121,7 @@ class ReceiveGate:
         deadline = self._deadline(context)
         await self._take_turn(peer, deadline)
         try:
-            try:
-                await self.budget.acquire(self.max_message_bytes, deadline)
-            except DeadlineExceeded:
-                self.refused("no_room")
-                raise
+            await self._room(self.max_message_bytes, deadline)
             try:
                 data = await self._read(context)
             except BaseException:
@@ -146,9 +138,15 @@ class ReceiveGate:
 
     async def room_for_a_frame(self, context) -> None:
         """Until the budget has room for a message of the largest size (in turn with the calls
-        waiting to read), up to the call's deadline; DEADLINE_EXCEEDED after it."""
+        waiting to read), up to the call's deadline; DEADLINE_EXCEEDED after it. Takes nothing:
+        the frame is `charge`d at its real size once it has arrived (GatedFrames)."""
+        await self._room(self.max_message_bytes, self._deadline(context))
+        self.budget.release(self.max_message_bytes)
+
+    async def _room(self, nbytes: int, deadline: float) -> None:
+        """`nbytes` of the budget, waited for up to `deadline`; a wait that runs out is counted."""
         try:
-            await self.budget.wait_for_room(self.max_message_bytes, self._deadline(context))
+            await self.budget.acquire(nbytes, deadline)
         except DeadlineExceeded:
             self.refused("no_room")
             raise
@@ -264,8 +262,7 @@ class GatedFrames:
         try:
             await gate.room_for_a_frame(context)
         except ServiceError as exc:
-            code, message = status_of(exc)
-            await context.abort(code, bounded(message))
+            await abort_with(context, exc)
         try:
             data = await asyncio.wait_for(context.read(), gate.stream_idle_timeout_s)
         except asyncio.TimeoutError:
@@ -282,8 +279,7 @@ class GatedFrames:
             frame = parse(data, self._deserialize, gate)
         except ServiceError as exc:
             gate.budget.release(nbytes)
-            code, message = status_of(exc)
-            await context.abort(code, bounded(message))
+            await abort_with(context, exc)
         del data  # only the parsed frame is held from here
         self._held[id(frame)] = nbytes
         return frame
@@ -348,21 +344,25 @@ class ReceiveGateInterceptor(grpc.aio.ServerInterceptor):
             try:
                 data, held = await gate.receive(context)
             except ServiceError as exc:
-                code, message = status_of(exc)
-                await context.abort(code, bounded(message))
+                await abort_with(context, exc)
             try:
                 request = parse(data, deserialize, gate)
                 del data  # only the parsed request is held from here (ModelInfer's views keep it alive)
                 return await behavior(request, context)
             except ServiceError as exc:
-                code, message = status_of(exc)
-                await context.abort(code, bounded(message))
+                await abort_with(context, exc)
             finally:
                 gate.release(held)
 
         return grpc.stream_unary_rpc_method_handler(
             gated, request_deserializer=None, response_serializer=handler.response_serializer
         )
+
+
+async def abort_with(context, error: ServiceError) -> None:
+    """End the call with `error`'s status and its (bounded) message."""
+    code, message = status_of(error)
+    await context.abort(code, bounded(message))
 
 
 def parse(data: bytes, deserialize, gate: ReceiveGate) -> object:

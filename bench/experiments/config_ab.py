@@ -4,11 +4,12 @@ Why: a default (a config field's or a `convserve serve` flag's) should come from
 the served model, and on a shared machine only measurements taken side by side mean anything.
 This copies the model's directory twice into temporary repositories, changes the given fields in
 one copy (validated by the server's own config loader) and starts that copy's server with the
-given extra flags, and drives each server with perf_analyzer (V2 tensors over gRPC, or over system
-shared memory) at each concurrency, the two alternating round by round (ABBA). Prints each round
-and the medians. `--model resnet18` is `make bench`'s torchvision ResNet-18, exported first.
-`--baseline-tree DIR` runs the "as shipped" server from another checkout's code (before/after a
-change: `git worktree add /tmp/before HEAD~1`), with or without changes on the other side.
+given extra flags, and drives each server with perf_analyzer (V2 tensors over gRPC, over system
+shared memory, or over ModelStreamInfer streams) at each concurrency, the two alternating round
+by round (ABBA). Prints each round and the medians. `--model resnet18` is `make bench`'s
+torchvision ResNet-18, exported first. `--baseline-tree DIR` runs the "as shipped" server from
+another checkout's code (before/after a change: `git worktree add /tmp/before HEAD~1`), with or
+without changes on the other side.
 
     python -m bench.experiments.config_ab --set batching.inline_run_max_us=0
     python -m bench.experiments.config_ab --model lenet5 --set batching.max_queue_delay_us=0 --rounds 5
@@ -62,11 +63,18 @@ def parse_changes(items: list[str]) -> dict[str, object]:
     return changes
 
 
-# what each point's second value is: (label, format per round, table column, table format)
+# what each point's second value is: (label, format per round, table column, table format, the
+# value read from perf_analyzer's point; None: measured around it by busy_on)
 REPORTS = {
-    "p50": ("p50", "{:.3f} ms", "p50 ms", "{:.3f}"),
-    "cpu": ("server", "{:.0f} us CPU/request", "server CPU us/request", "{:.0f}"),
-    "busy": ("model busy", "{:.1f} %", "model busy %", "{:.1f}"),
+    "p50": ("p50", "{:.3f} ms", "p50 ms", "{:.3f}", lambda point: point.latency_ms["p50"]),
+    "cpu": (
+        "server",
+        "{:.0f} us CPU/request",
+        "server CPU us/request",
+        "{:.0f}",
+        lambda point: point.server_cpu_us_per_request,
+    ),
+    "busy": ("model busy", "{:.1f} %", "model busy %", "{:.1f}", None),
 }
 
 
@@ -98,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
         "--transport",
         choices=sorted(TRANSPORTS),
         default="grpc",
-        help="shm: system shared memory; stream: V2 ModelStreamInfer, a stream per caller",
+        help="; ".join(f"{name}: {words}" for name, (words, _) in TRANSPORTS.items()),
     )
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--seconds", type=float, default=6.0, help="perf_analyzer time per point")
@@ -139,19 +147,18 @@ def main(argv: list[str] | None = None) -> int:
         }
 
         report = "busy" if args.busy else "cpu" if args.cpu else "p50"
-        label, point_format, column, column_format = REPORTS[report]
+        label, point_format, column, column_format, value = REPORTS[report]
 
         def serve(name: str):
             repo, extra, source = servers[name]
-            if report == "busy":
+            if value is None:
                 return busy_on(repo, extra, source, args.model, args.seconds, args.transport)
-            value = (lambda p: p.server_cpu_us_per_request) if report == "cpu" else (lambda p: p.latency_ms["p50"])
             return perf_analyzer_on(
                 lambda: served_models(repo, *extra, source=source), args.model, args.seconds, args.transport, value
             )
 
         results = alternate(list(servers), args.rounds, levels, serve, (label, point_format))
-    over = {"shm": "system shared memory", "stream": "ModelStreamInfer streams"}.get(args.transport, "gRPC")
+    over = TRANSPORTS[args.transport][0]
     title = f"{args.model}, perf_analyzer V2 over {over}, medians of {args.rounds} alternating rounds"
     print_medians(results, title, "server", column, column_format)
     return 0

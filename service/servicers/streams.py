@@ -77,7 +77,7 @@ class OrderedStream(Generic[F, R]):
         policy_of_first: Callable[[F], StreamPolicy],
     ):
         self._frames = frames
-        self._release = getattr(frames, "release", None)
+        self._release: Callable[[F], None] = getattr(frames, "release", lambda frame: None)
         self._process = process
         self._on_dropped = on_dropped
         self._policy_of_first = policy_of_first
@@ -131,7 +131,7 @@ class OrderedStream(Generic[F, R]):
             old = self._waiting
             self.dropped += 1
             old.future.set_result(self._on_dropped(old.frame, self.dropped))
-            self._done_with(old.frame)
+            self._release(old.frame)
             old.frame = None
         self._waiting = slot
 
@@ -147,13 +147,9 @@ class OrderedStream(Generic[F, R]):
         except Exception as exc:  # process() turns frame errors into results; anything else ends the stream
             slot.future.set_exception(exc)
         finally:
-            self._done_with(frame)
+            self._release(frame)
             if self._waiting is not None:  # the slot passes straight to the newest waiting frame
                 waiting, self._waiting = self._waiting, None
                 self._start(waiting)
             else:
                 self._slots.release()
-
-    def _done_with(self, frame) -> None:
-        if self._release is not None:
-            self._release(frame)
